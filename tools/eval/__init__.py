@@ -1,0 +1,1 @@
+"""dn2-eval: the paper's evaluation protocols, offline."""
