@@ -1,0 +1,240 @@
+"""The dn2 bundle: one directory holding everything a detector needs, written atomically.
+
+Layout::
+
+    BUNDLE/
+      dn2.json          manifest (schema below), written last
+      model.onnx        the dn2 model, copied in
+      bank.npy|bank.bin normal bank: numpy float32 [N, D] (allow_pickle=False) or hnswlib index
+      group_bank.*      pooled normal groups (only with group scoring)
+      fit_report.json   kept / dropped / failed files, bank row -> image name
+
+Manifest (``schema: "dn2-bundle"``, ``schema_version: 1``): ``dn2_version``, ``model``
+{file, sha256, arch, weights, input, dim, precision}, ``bank`` {kind, file, sha256, n, dim,
+metric, M, ef_construction, ef, seed}, ``fit`` {images, failed, dropped, cleaned_fraction,
+kmeans, seed, ...}, ``score`` {k, reduction, l2norm}, ``threshold`` {value, method, fpr,
+quantiles, candidates, calibration}, ``group`` (null or {size, pooling, source, n_groups, k,
+bank {...}, threshold {...}, cov_trace_threshold {...}}), ``files`` {name: sha256} for every
+file but the manifest.
+
+Writing goes to a hidden temp directory beside the target (same file system), fsyncs, then
+renames it into place; an existing bundle at the target is swapped out and removed. A crash
+leaves either the old bundle or the new one, plus at most a ``.NAME.tmp-*`` directory.
+Loading checks the schema, every file's sha256, dims, metric and counts; each problem is a
+``BundleError`` saying what was expected and what was found.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+from .bank import METRIC, Bank, BankError, load_bank
+from .errors import BundleError
+from .version import __version__
+
+SCHEMA = "dn2-bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "dn2.json"
+MODEL_FILE = "model.onnx"
+REPORT_FILE = "fit_report.json"
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"--output {out}: expected a bundle directory to create, found a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise BundleError(f"--output {out}: expected a new path, an empty folder or an existing "
+                          f"bundle to replace, found a folder with other files (not replaced)")
+
+
+def write_bundle(output, model_path, manifest: Dict, bank: Bank,
+                 group_bank: Optional[Bank] = None, report: Optional[Dict] = None) -> Path:
+    """Write the bundle atomically; fills in files, checksums and bank parameters."""
+    out = Path(output).absolute()
+    _check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        m = json.loads(json.dumps(manifest))  # a copy that is certainly JSON-able
+        shutil.copyfile(model_path, tmp / MODEL_FILE)
+        m["model"]["file"] = MODEL_FILE
+        sections = [("bank", "bank", bank)]
+        if group_bank is not None:
+            sections.append(("group", "group_bank", group_bank))
+        for key, stem, b in sections:
+            name = stem + b.suffix
+            b.save(tmp / name)
+            sec = m[key] if key == "bank" else m[key].setdefault("bank", {})
+            sec.update(b.params(), file=name)
+        if report is not None:
+            (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        m["model"]["sha256"] = files[MODEL_FILE]
+        m["bank"]["sha256"] = files[m["bank"]["file"]]
+        if group_bank is not None:
+            m["group"]["bank"]["sha256"] = files[m["group"]["bank"]["file"]]
+        m.update(schema=SCHEMA, schema_version=SCHEMA_VERSION, dn2_version=__version__,
+                 files=files)
+        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+            json.dump(m, f, indent=1, sort_keys=True)
+        for p in tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: Dict
+    bank: Bank
+    group_bank: Optional[Bank]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest["model"]["file"]
+
+    def report(self) -> Dict:
+        p = self.path / REPORT_FILE
+        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+def _expect(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise BundleError(f"bundle {where}: {msg}")
+
+
+def read_manifest(path) -> Dict:
+    """Parse and check dn2.json and every file's checksum (no bank loaded)."""
+    p = Path(path)
+    if not p.exists():
+        raise BundleError(f"bundle {p}: expected a bundle directory written by dn2-fit, "
+                          f"found no such path")
+    _expect(p.is_dir(), str(p), "expected a bundle directory, found a file")
+    mpath = p / MANIFEST
+    if not mpath.is_file():
+        found = sorted(x.name for x in p.iterdir())
+        half = ".tmp-" in p.name or bool(found)
+        raise BundleError(
+            f"bundle {p}: expected {MANIFEST}, found " +
+            (f"only {found[:8]}: a half-written bundle (dn2-fit did not finish) or not a "
+             f"bundle; fit again" if half else "an empty folder; run dn2-fit first"))
+    try:
+        m = json.loads(mpath.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"bundle {p}: expected {MANIFEST} to be JSON, found invalid "
+                          f"text ({exc})") from None
+    _expect(isinstance(m, dict) and m.get("schema") == SCHEMA, str(p),
+            f"expected schema {SCHEMA!r}, found {m.get('schema') if isinstance(m, dict) else m!r}")
+    ver = m.get("schema_version")
+    _expect(ver == SCHEMA_VERSION, str(p),
+            f"expected schema_version {SCHEMA_VERSION}, found {ver!r} (written by dn2 "
+            f"{m.get('dn2_version')}, this is dn2 {__version__})")
+    for key in ("model", "bank", "score", "threshold", "files"):
+        _expect(isinstance(m.get(key), dict), str(p), f"expected a {key!r} section, found none")
+    files = m["files"]
+    for name, digest in sorted(files.items()):
+        _expect(name == os.path.basename(name) and name not in ("", ".", ".."), str(p),
+                f"expected plain file names, found {name!r}")
+        fp = p / name
+        _expect(fp.is_file(), str(p), f"expected file {name} (listed in {MANIFEST}), found it "
+                                      f"missing: half-written or damaged bundle")
+        got = sha256_file(fp)
+        _expect(got == digest, str(p), f"{name}: expected sha256 {digest}, found {got} "
+                                       f"(the file changed after dn2-fit wrote it)")
+    for sec, label in ((m["model"], "model"), (m["bank"], "bank")):
+        _expect(sec.get("file") in files, str(p),
+                f"{label}.file: expected one of {sorted(files)}, found {sec.get('file')!r}")
+        _expect(sec.get("sha256") == files[sec["file"]], str(p),
+                f"{label}.sha256: expected {files[sec['file']]}, found {sec.get('sha256')}")
+    b, mod, sc = m["bank"], m["model"], m["score"]
+    _expect(b.get("metric") == METRIC, str(p),
+            f"bank.metric: expected {METRIC!r}, found {b.get('metric')!r}")
+    _expect(b.get("dim") == mod.get("dim"), str(p),
+            f"bank.dim: expected the model's dim {mod.get('dim')}, found {b.get('dim')}")
+    k = sc.get("k")
+    _expect(isinstance(k, int) and 1 <= k <= int(b.get("n", 0)), str(p),
+            f"score.k: expected an integer in [1, bank.n={b.get('n')}], found {k!r}")
+    _expect(sc.get("reduction") == "mean", str(p),
+            f"score.reduction: expected 'mean', found {sc.get('reduction')!r}")
+    t = m["threshold"].get("value")
+    _expect(isinstance(t, (int, float)) and math.isfinite(t), str(p),
+            f"threshold.value: expected a finite number, found {t!r}")
+    g = m.get("group")
+    if g is not None:
+        gb = g.get("bank", {})
+        _expect(gb.get("file") in files, str(p),
+                f"group.bank.file: expected one of {sorted(files)}, found {gb.get('file')!r}")
+        _expect(gb.get("dim") == mod.get("dim"), str(p),
+                f"group.bank.dim: expected {mod.get('dim')}, found {gb.get('dim')}")
+        _expect(gb.get("metric") == METRIC, str(p),
+                f"group.bank.metric: expected {METRIC!r}, found {gb.get('metric')!r}")
+        _expect(g.get("pooling") in ("mean", "max"), str(p),
+                f"group.pooling: expected 'mean' or 'max', found {g.get('pooling')!r}")
+    return m
+
+
+def load_bundle(path) -> Bundle:
+    """Validate and load a bundle (model file checked by checksum; see Detector for the
+    model's own metadata check)."""
+    p = Path(path)
+    m = read_manifest(p)
+    try:
+        bank = load_bank(p / m["bank"]["file"], m["bank"])
+        g = m.get("group")
+        gbank = load_bank(p / g["bank"]["file"], g["bank"]) if g else None
+    except BankError as exc:
+        raise BundleError(f"bundle {p}: {exc}") from None
+    return Bundle(p, m, bank, gbank)
+
+
+def check_model_meta(m: Dict, meta, where: str) -> None:
+    """The model's own metadata must agree with the manifest's model section."""
+    mod = m["model"]
+    _expect(meta.dim == mod.get("dim"), where,
+            f"model dim: manifest expects {mod.get('dim')}, model.onnx says {meta.dim}")
+    _expect(meta.input_size == mod.get("input"), where,
+            f"model input: manifest expects {mod.get('input')}, model.onnx says {meta.input_size}")
+    _expect(meta.arch == mod.get("arch"), where,
+            f"model arch: manifest expects {mod.get('arch')!r}, model.onnx says {meta.arch!r}")

@@ -1,0 +1,175 @@
+"""The Python API over a bundle: score and predict images, batches and groups.
+
+    det = Detector.load("bundle/")            # checks checksums, schema, dims, model metadata
+    det.score_paths(["a.jpg", "b.png"])       # [ScoreResult(path, score, threshold,
+                                              #              anomalous, error)]
+    det.score_images([bgr_uint8, ...])        # float32 [N]
+    det.score_embeddings(emb)                 # float32 [N]  (L2-normalised first if fitted so)
+    det.score_group_paths(paths)              # GroupResult, pooled set vs the normal groups
+    det.predict(emb_or_images)                # bool [N]: score > threshold
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .bundle import Bundle, check_model_meta, load_bundle
+from .errors import Dn2Error
+from .scoring import cov_trace, knn_score, l2normalize, pool
+
+GROUP_STATS = ("knn", "cov_trace")
+
+
+@dataclass
+class ScoreResult:
+    path: str
+    score: Optional[float]
+    threshold: float
+    anomalous: Optional[bool]
+    error: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GroupResult:
+    paths: List[str]
+    n_images: int
+    score: Optional[float]
+    threshold: Optional[float]
+    anomalous: Optional[bool]
+    statistic: str = "knn"
+    errors: List[Tuple[str, str]] = field(default_factory=list)
+    error: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["errors"] = [list(e) for e in self.errors]
+        return d
+
+
+class Detector:
+    """A loaded bundle plus (optionally) its embedder."""
+
+    def __init__(self, bundle: Bundle, embedder=None):
+        self.bundle = bundle
+        m = bundle.manifest
+        self.manifest = m
+        self.threshold = float(m["threshold"]["value"])
+        self.k = int(m["score"]["k"])
+        self.l2norm = bool(m["score"]["l2norm"])
+        self.dim = int(m["model"]["dim"])
+        g = m.get("group")
+        self.group_threshold = float(g["threshold"]["value"]) if g else None
+        self.group_cov_trace_threshold = float(g["cov_trace_threshold"]["value"]) if g else None
+        self.pooling = g["pooling"] if g else "mean"
+        self.group_k = int(g["k"]) if g else None
+        self._embedder = embedder
+
+    @classmethod
+    def load(cls, bundle_dir, providers="auto", threads: Optional[int] = None,
+             batch_size: int = 8, load_model: bool = True) -> "Detector":
+        """Load and validate; ``load_model=False`` skips the onnxruntime session (scoring
+        embeddings only)."""
+        bundle = load_bundle(bundle_dir)
+        emb = None
+        if load_model:
+            from .embedder import Embedder
+
+            emb = Embedder(str(bundle.model_path), providers=providers, threads=threads,
+                           batch_size=batch_size)
+            check_model_meta(bundle.manifest, emb.meta, str(bundle.path))
+        return cls(bundle, emb)
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            raise Dn2Error("this Detector was loaded with load_model=False: expected an "
+                           "embedder for images, found none")
+        return self._embedder
+
+    # -- single images -----------------------------------------------------------------
+    def _features(self, emb) -> np.ndarray:
+        e = np.asarray(emb, np.float32)
+        if e.ndim == 1:
+            e = e[None, :]
+        if e.ndim != 2 or e.shape[1] != self.dim:
+            raise Dn2Error(f"embeddings: expected [N, {self.dim}], found shape {e.shape}")
+        return l2normalize(e) if self.l2norm else e
+
+    def score_embeddings(self, emb) -> np.ndarray:
+        e = self._features(emb)
+        if len(e) == 0:
+            return np.zeros(0, np.float32)
+        return knn_score(self.bundle.bank, e, self.k)
+
+    def score_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros(0, np.float32)
+        return self.score_embeddings(self.embedder.embed_images(list(images)))
+
+    def score_paths(self, paths: Sequence, progress: bool = False) -> List[ScoreResult]:
+        paths = [str(p) for p in paths]
+        res = self.embedder.embed_paths(paths, progress=progress)
+        scores = self.score_embeddings(res.embeddings) if len(res.paths) else []
+        errors = {}
+        for p, msg in res.errors:
+            errors.setdefault(str(p), str(msg))
+        out, j = [], 0
+        for p in paths:
+            if j < len(res.paths) and str(res.paths[j]) == p:
+                s = float(scores[j])
+                out.append(ScoreResult(p, s, self.threshold, bool(s > self.threshold)))
+                j += 1
+            else:
+                out.append(ScoreResult(p, None, self.threshold, None,
+                                       errors.get(p, "not scored (no embedding returned)")))
+        return out
+
+    def predict(self, x) -> np.ndarray:
+        """bool [N]: score > threshold, for embeddings [N, D] or a list of BGR images."""
+        if isinstance(x, np.ndarray) and x.dtype != np.uint8:
+            scores = self.score_embeddings(x)
+        else:
+            scores = self.score_images(list(x))
+        return scores > self.threshold
+
+    # -- groups --------------------------------------------------------------------------
+    def _need_group(self, statistic: str) -> None:
+        if statistic not in GROUP_STATS:
+            raise Dn2Error(f"group statistic: expected one of {GROUP_STATS}, "
+                           f"found {statistic!r}")
+        if self.bundle.group_bank is None:
+            raise Dn2Error(f"bundle {self.bundle.path}: expected a group bank for group "
+                           f"scoring, found none (fit with --group-size M or --group-dirs)")
+
+    def score_group_embeddings(self, emb, statistic: str = "knn") -> float:
+        """Pooled set [M, D] vs the normal groups (knn), or the covariance trace (paper 4.5)."""
+        self._need_group(statistic)
+        e = self._features(emb)
+        if statistic == "cov_trace":
+            return cov_trace(e)
+        return float(knn_score(self.bundle.group_bank, pool(e, self.pooling)[None, :],
+                               self.group_k)[0])
+
+    def group_threshold_for(self, statistic: str = "knn") -> float:
+        self._need_group(statistic)
+        return self.group_threshold if statistic == "knn" else self.group_cov_trace_threshold
+
+    def score_group_paths(self, paths: Sequence, statistic: str = "knn") -> GroupResult:
+        self._need_group(statistic)
+        paths = [str(p) for p in paths]
+        th = self.group_threshold_for(statistic)
+        res = self.embedder.embed_paths(paths)
+        errors = [(str(p), str(m)) for p, m in res.errors]
+        if len(res.paths) == 0:
+            return GroupResult(paths, 0, None, th, None, statistic, errors,
+                               "no image of the group could be scored")
+        s = self.score_group_embeddings(res.embeddings, statistic)
+        return GroupResult(paths, len(res.paths), s, th, bool(s > th), statistic, errors)
+
+    def predict_group(self, emb, statistic: str = "knn") -> bool:
+        return self.score_group_embeddings(emb, statistic) > self.group_threshold_for(statistic)

@@ -1,0 +1,262 @@
+"""An onnxruntime session over a dn2 model: images in, pooled embeddings out.
+
+    emb = Embedder("model.onnx", providers="auto", threads=None, batch_size=8)
+    emb.provider                  # the provider a real warm-up inference ran on
+    emb.embed_batch(uint8 [N, S, S, 3]) -> float32 [N, D]
+    emb.embed_images([bgr, ...])  -> float32 [N, D]   (any sizes; resized by the model's rule)
+    emb.embed_paths(paths)        -> EmbedResult(embeddings [M, D], paths (M, in input order),
+                                                 errors [(path, message)])
+
+The model's own metadata (``dn2.*`` metadata_props) gives the resize rule and the embedding
+size; the graph's input/output names, dtypes and shapes are checked against the dn2 contract
+(``dn2.runtime.modelmeta``) and a mismatch is a ``ModelError`` naming expected and found.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import providers as prov
+from .errors import Dn2Error, ImageError, ModelError
+from .images import prepare, read_image
+from .modelmeta import INPUT_NAME, OUTPUT_NAME, ModelMeta
+from .progress import Progress
+
+log = logging.getLogger("dn2")
+
+
+class EmbedResult(NamedTuple):
+    embeddings: np.ndarray  # float32 [M, D], row i belongs to paths[i]
+    paths: List[str]  # the files that were embedded, in input order
+    errors: List[Tuple[str, str]]  # (path, message) for every file that was not
+
+
+def _dim(d) -> Optional[int]:
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def check_graph(sess, meta: ModelMeta, source: str) -> None:
+    """The session's signature must be the dn2 contract with the metadata's sizes."""
+    ins, outs = sess.get_inputs(), sess.get_outputs()
+    s, d = meta.input_size, meta.dim
+    if [i.name for i in ins] != [INPUT_NAME] or [o.name for o in outs] != [OUTPUT_NAME]:
+        raise ModelError(f"{source}: expected one input {INPUT_NAME!r} and one output "
+                         f"{OUTPUT_NAME!r}, found inputs {[i.name for i in ins]} and outputs "
+                         f"{[o.name for o in outs]}")
+    i, o = ins[0], outs[0]
+    if i.type != "tensor(uint8)":
+        raise ModelError(f"{source}: input {INPUT_NAME!r} expected tensor(uint8), found {i.type}")
+    shape = list(i.shape)
+    if len(shape) != 4 or [_dim(x) for x in shape[1:]] != [s, s, 3] or _dim(shape[0]):
+        raise ModelError(f"{source}: input {INPUT_NAME!r} expected shape [N, {s}, {s}, 3] with "
+                         f"dynamic N (metadata input size {s}), found {shape}")
+    if o.type != "tensor(float)":
+        raise ModelError(f"{source}: output {OUTPUT_NAME!r} expected tensor(float), found {o.type}")
+    oshape = list(o.shape)
+    if len(oshape) != 2 or _dim(oshape[1]) != d:
+        raise ModelError(f"{source}: output {OUTPUT_NAME!r} expected shape [N, {d}] "
+                         f"(metadata embedding dim {d}), found {oshape}")
+
+
+class Embedder:
+    """onnxruntime over a dn2 model; see the module doc.
+
+    ``providers``: "auto" (TensorRT > CUDA > CPU among those available), a name, or a list
+    (see ``dn2.runtime.providers``). ``threads``: onnxruntime intra-op threads (None: its
+    default, all cores). ``decode_workers``: threads decoding and resizing files in
+    ``embed_paths`` while the model runs (None: 2; 0: decode in the calling thread). Measured
+    with ``python -m dn2.tools.bench_embed lite0.onnx --threads 2`` on the 2-core dev VM, 32
+    1280x720 JPEGs, Lite0 on the CPU: 12.8 img/s with 0 workers, 15.5 with 1, 15.7 with 2 (decode
+    + resize alone 14.7 ms/img, the model 32.2 ms/img); on a GPU box the model is faster than
+    decoding and the workers matter more.
+    ``allow_fp16``: let TensorRT use FP16 kernels for an FP32 model.
+    """
+
+    def __init__(self, model_path, providers="auto", threads: Optional[int] = None,
+                 batch_size: int = 8, decode_workers: Optional[int] = None,
+                 allow_fp16: bool = True):
+        self.model_path = str(model_path)
+        if not os.path.isfile(self.model_path):
+            raise ModelError(f"{self.model_path}: expected an ONNX model file, found "
+                             f"{'a directory' if os.path.isdir(self.model_path) else 'no such file'}")
+        if int(batch_size) < 1:
+            raise ModelError(f"batch size: expected >= 1, found {batch_size}")
+        if threads is not None and int(threads) < 1:
+            raise ModelError(f"threads: expected >= 1 (or None for all cores), found {threads}")
+        self.batch_size = int(batch_size)
+        self.threads = threads
+        self.decode_workers = 2 if decode_workers is None else max(0, int(decode_workers))
+        order = prov.resolve(providers)
+        self.fallbacks: List[Tuple[str, str]] = []  # (provider, why it was not used)
+        self.session, self.meta = self._open(order, allow_fp16)
+        self.provider: str = self.session.get_providers()[0]
+        self.dim: int = self.meta.dim
+        self.input_size: int = self.meta.input_size
+        self.rule = self.meta.resize
+
+    # -- session -------------------------------------------------------------------------
+    def _options(self, names: Sequence[str]):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if names[0] == prov.CPU:
+            so.log_severity_level = 3  # errors only; GPU attempts keep onnxruntime's warnings,
+            # which say why a provider could not start (missing CUDA/cuDNN libraries, ...)
+        if self.threads is not None:
+            so.intra_op_num_threads = int(self.threads)
+            so.inter_op_num_threads = 1
+        return so
+
+    def _session(self, names: List[str], meta: Optional[ModelMeta], allow_fp16: bool, last: bool):
+        import onnxruntime as ort
+
+        plist = (prov.with_options(names, meta.input_size, meta.precision, allow_fp16,
+                                   self.batch_size) if meta is not None else list(names))
+        try:
+            return ort.InferenceSession(self.model_path, self._options(names), providers=plist)
+        except Exception as exc:  # onnxruntime's own exception types; the text is what matters
+            if last:
+                raise ModelError(f"{self.model_path}: expected an ONNX model onnxruntime can "
+                                 f"load, found: {str(exc).strip()}") from exc
+            raise _Fallback(f"session creation failed: {str(exc).strip()}") from exc
+
+    def _warm_up(self, sess, meta: ModelMeta) -> None:
+        s = meta.input_size
+        x = np.zeros((1, s, s, 3), np.uint8)
+        try:
+            y = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        except Exception as exc:
+            raise _Fallback(f"warm-up inference failed: {str(exc).strip()}") from exc
+        if y.shape != (1, meta.dim) or not np.all(np.isfinite(y)):
+            raise _Fallback(f"warm-up inference gave shape {y.shape} (expected (1, {meta.dim})) "
+                            f"or non-finite values")
+
+    def _open(self, order: List[str], allow_fp16: bool):
+        meta: Optional[ModelMeta] = None
+        if prov.TRT in order:  # TensorRT's options need the input size (batch profile) first
+            from .modelmeta import read_model_meta
+
+            meta = read_model_meta(self.model_path)
+        reasons = []
+        tries = prov.attempts(order)
+        for k, names in enumerate(tries):
+            want = names[0]
+            try:
+                sess = self._session(names, meta, allow_fp16, last=k == len(tries) - 1)
+                if meta is None:
+                    meta = ModelMeta.from_props(sess.get_modelmeta().custom_metadata_map,
+                                                source=self.model_path)
+                check_graph(sess, meta, self.model_path)
+                got = sess.get_providers()[0]
+                if got != want:  # onnxruntime dropped the provider (e.g. no GPU / CUDA libs)
+                    raise _Fallback(f"onnxruntime did not enable it (session runs on {got})")
+                self._warm_up(sess, meta)
+                return sess, meta
+            except _Fallback as exc:
+                reasons.append(f"{want}: {exc}")
+                self.fallbacks.append((want, str(exc)))
+                nxt = names[1] if len(names) > 1 else None
+                if nxt:
+                    log.warning("%s: %s not used (%s); falling back to %s",
+                                self.model_path, want, exc, nxt)
+        raise ModelError(f"{self.model_path}: expected a provider that runs the model, found "
+                         f"none: " + "; ".join(reasons))
+
+    # -- embedding -----------------------------------------------------------------------
+    def embed_batch(self, x: np.ndarray) -> np.ndarray:
+        """uint8 [N, S, S, 3] BGR -> float32 [N, D], run in chunks of ``batch_size``."""
+        s = self.input_size
+        if (not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4
+                or x.shape[1:] != (s, s, 3)):
+            found = (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, np.ndarray)
+                     else type(x).__name__)
+            raise ImageError(f"embed_batch: expected uint8 [N, {s}, {s}, 3] BGR, found {found}")
+        out = np.empty((x.shape[0], self.dim), np.float32)
+        for i in range(0, x.shape[0], self.batch_size):
+            chunk = np.ascontiguousarray(x[i:i + self.batch_size])
+            try:
+                out[i:i + len(chunk)] = self.session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0]
+            except Exception as exc:
+                raise ModelError(f"{self.model_path}: inference on {self.provider} failed for "
+                                 f"a batch of {len(chunk)}: {str(exc).strip()}") from exc
+        return out
+
+    def prepare(self, img: np.ndarray, name: str = "image") -> np.ndarray:
+        """One BGR image of any size -> the model's S x S x 3 input (resize rule + crop)."""
+        return prepare(img, self.rule, name=name)
+
+    def embed_images(self, imgs: Sequence[np.ndarray]) -> np.ndarray:
+        """BGR (or gray / BGRA / 16-bit) arrays of any size -> float32 [N, D]."""
+        if len(imgs) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        batch = np.stack([self.prepare(im, f"image {i}") for i, im in enumerate(imgs)])
+        return self.embed_batch(batch)
+
+    def _load(self, path) -> Tuple[str, Optional[np.ndarray], Optional[str]]:
+        p = str(path)
+        try:
+            return p, prepare(read_image(p), self.rule, name=p), None
+        except Dn2Error as exc:
+            return p, None, str(exc)
+        except Exception as exc:  # cv2.error, MemoryError, ... from a hostile file: per file
+            return p, None, f"{p}: expected a decodable image, found {type(exc).__name__}: {exc}"
+
+    def _loaded(self, paths: Iterable) -> Iterator[Tuple[str, Optional[np.ndarray], Optional[str]]]:
+        """Decoded + prepared files in input order; with workers, decoding runs ahead of the
+        model in a bounded window (memory: about 2 batches of S x S x 3 crops)."""
+        if self.decode_workers == 0:
+            yield from map(self._load, paths)
+            return
+        it = iter(paths)
+        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="dn2-decode") as ex:
+            window = deque(ex.submit(self._load, p)
+                           for p in islice(it, 2 * self.batch_size + self.decode_workers))
+            while window:
+                res = window.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    window.append(ex.submit(self._load, nxt))
+                yield res
+
+    def embed_paths(self, paths: Sequence, progress: bool = False) -> EmbedResult:
+        """Decode, prepare and embed files; a bad file is an entry in ``errors``, not a stop."""
+        paths = list(paths)
+        ok: List[str] = []
+        errors: List[Tuple[str, str]] = []
+        chunks: List[np.ndarray] = []
+        pending: List[np.ndarray] = []
+        bar = Progress(len(paths), "embed", enabled=progress)
+
+        def flush():
+            if pending:
+                chunks.append(self.embed_batch(np.stack(pending)))
+                bar.update(len(pending))
+                pending.clear()
+
+        with bar:
+            for p, crop, err in self._loaded(paths):
+                if err is not None:
+                    errors.append((p, err))
+                    bar.update(1)
+                    continue
+                ok.append(p)
+                pending.append(crop)
+                if len(pending) == self.batch_size:
+                    flush()
+            flush()
+        emb = np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
+        return EmbedResult(emb, ok, errors)
+
+    def __repr__(self) -> str:
+        return (f"Embedder({self.model_path!r}, arch={self.meta.arch}, dim={self.dim}, "
+                f"input={self.input_size}, provider={self.provider}, batch={self.batch_size})")
+
+
+class _Fallback(Exception):
+    """Internal: this provider did not work; try the next one."""

@@ -1,0 +1,289 @@
+"""Fit a bundle from normal images or precomputed embeddings (the library side of dn2-fit).
+
+Steps (DESIGN.md, data flow 2): embed the good images (bad files are skipped, listed and
+counted) -> optional L2 normalisation -> optional cleaning (paper 3.2) -> optional k-means
+compression (paper 5.1) -> bank -> threshold from normal data only -> optional group bank
+(paper 3.3) -> bundle, written atomically.
+
+Threshold calibration set: *every* good training image, scored without itself: bank members
+by leave-one-out (k-fold when the bank holds k-means centres, see scoring.loo_kmeans_scores),
+images dropped by cleaning directly against the final bank (they are not in it). Scoring only
+the kept images would calibrate on the dense half the cleaning selected and put the threshold
+far too low. In the unsupervised setting (anomalies among the training images) the
+contamination above the target FPR raises the threshold; give ``--val-normal`` and choose
+``--threshold-method val-fpr`` to calibrate on clean images instead.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import groups as G
+from .bank import HNSW_DEFAULTS, build_bank
+from .bundle import write_bundle
+from .errors import Dn2Error
+from .scoring import clean as clean_embeddings
+from .scoring import knn_score, l2normalize, loo_kmeans_scores, loo_scores
+from .threshold import calibrate, conformal_quantile, quantile_table
+
+Inputs = Union[str, Path, Sequence[Union[str, Path]]]
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _as_list(inputs: Inputs) -> List[str]:
+    if isinstance(inputs, (str, Path)):
+        return [str(inputs)]
+    return [str(i) for i in inputs]
+
+
+class _Embed:
+    """Creates the Embedder on first use (fitting from embeddings may never need it)."""
+
+    def __init__(self, model_path, providers, threads, batch, progress):
+        self.args = (model_path, providers, threads, batch)
+        self.progress = progress
+        self._emb = None
+
+    @property
+    def embedder(self):
+        if self._emb is None:
+            from .embedder import Embedder
+
+            mp, providers, threads, batch = self.args
+            self._emb = Embedder(str(mp), providers=providers, threads=threads, batch_size=batch)
+        return self._emb
+
+    def inputs(self, inputs: Inputs) -> Tuple[np.ndarray, List[str], List[Tuple[str, str]]]:
+        from .images import find_images
+
+        files, problems = find_images(_as_list(inputs))
+        if not files:
+            return np.zeros((0, self.embedder.dim), np.float32), [], list(problems)
+        res = self.embedder.embed_paths(files, progress=self.progress)
+        return (np.asarray(res.embeddings, np.float32), list(res.paths),
+                list(problems) + list(res.errors))
+
+
+def _needed(k: int, clean: float) -> int:
+    n = k + 1
+    while n - int(np.floor(clean * n)) < k + 1:
+        n += 1
+    return n
+
+
+def _check_args(k, clean, kmeans, index, fpr, group_size, n_groups, pooling, threshold_method,
+                val_normal, val_anomalous) -> None:
+    """Refuse bad settings before minutes of embedding, not after."""
+    from .bank import choose_kind
+    from .threshold import METHODS
+
+    if k < 1:
+        raise Dn2Error(f"--k: expected >= 1, found {k}")
+    if not 0.0 <= float(clean) < 1.0:
+        raise Dn2Error(f"--clean: expected a fraction in [0, 1), found {clean}")
+    if kmeans is not None and int(kmeans) < k:
+        raise Dn2Error(f"--kmeans {kmeans}: expected at least k={k} centres")
+    choose_kind(index, 1, 1)
+    if not 0.0 < float(fpr) < 1.0:
+        raise Dn2Error(f"--fpr: expected a rate in (0, 1), found {fpr}")
+    if group_size is not None and int(group_size) < 1:
+        raise Dn2Error(f"--group-size: expected >= 1, found {group_size}")
+    if int(n_groups) < 1:
+        raise Dn2Error(f"--groups: expected >= 1, found {n_groups}")
+    if pooling not in ("mean", "max"):
+        raise Dn2Error(f"--pooling: expected mean or max, found {pooling!r}")
+    if threshold_method not in METHODS:
+        raise Dn2Error(f"--threshold-method: expected one of {METHODS}, "
+                       f"found {threshold_method!r}")
+    if threshold_method != "fpr" and val_normal is None:
+        raise Dn2Error(f"--threshold-method {threshold_method}: expected --val-normal images, "
+                       f"found none")
+    if threshold_method in ("youden", "f1") and val_anomalous is None:
+        raise Dn2Error(f"--threshold-method {threshold_method}: expected --val-anomalous "
+                       f"images, found none")
+
+
+def _validation(emb: _Embed, val, what: str, l2norm: bool, progress: bool):
+    if val is None:
+        return None, []
+    if isinstance(val, np.ndarray):
+        x, failed = np.asarray(val, np.float32), []
+    else:
+        x, _, failed = emb.inputs(val)
+        _say(progress, f"{what}: {len(x)} images embedded, {len(failed)} bad files skipped")
+    return (l2normalize(x) if l2norm else x), failed
+
+
+def _group_section(x: np.ndarray, emb: _Embed, *, group_size, group_dirs,
+                   n_groups, pooling, k, fpr, index, l2norm, seed, progress):
+    """(group manifest section, group bank, report) for the pooled normal groups."""
+    failed: List[Tuple[str, str]] = []
+    if group_dirs:
+        members, feats, gnames = [], [], []
+        for top in _as_list(group_dirs):
+            subs = sorted(p for p in Path(top).iterdir() if p.is_dir()) if Path(top).is_dir() \
+                else []
+            if not subs:
+                raise Dn2Error(f"--group-dirs {top}: expected a folder of group folders, "
+                               f"found no sub-folders")
+            for sub in subs:
+                gx, _, bad = emb.inputs([str(sub)])
+                failed += bad
+                if len(gx) == 0:
+                    failed.append((str(sub), "group folder without a readable image (skipped)"))
+                    continue
+                members.append(np.arange(len(feats), len(feats) + len(gx)))
+                feats.extend(l2normalize(gx) if l2norm else gx)
+                gnames.append(str(sub))
+        if len(members) < 2:
+            raise Dn2Error(f"--group-dirs: expected at least 2 usable group folders, found "
+                           f"{len(members)}")
+        gx_all = np.asarray(feats, np.float32)
+        source, size = "dirs", None
+    else:
+        members = G.sample_groups(len(x), group_size, n_groups, seed)
+        gx_all, gnames, source, size = x, None, "sampled", int(group_size)
+    pooled = G.pool_groups(gx_all, members, pooling)
+    gk = min(k, len(pooled) - 1)
+    loo, n_nan = G.group_loo_scores(pooled, members, gk)
+    good = G.check_calibration(loo, gk)
+    traces = G.cov_traces(gx_all, members)
+    gbank = build_bank(pooled, index)
+    th = conformal_quantile(good, fpr)
+    section = {
+        "size": size, "pooling": pooling, "source": source, "n_groups": len(members),
+        "k": gk, "seed": seed, "l2norm_per_image": bool(l2norm),
+        "sizes": [int(min(map(len, members))), int(max(map(len, members)))],
+        "threshold": {"value": th["value"], "method": "fpr", "fpr": fpr,
+                      "quantiles": quantile_table(good), "conformal": th,
+                      "calibration": "leave-one-out against groups sharing no image",
+                      "n_calibration": int(good.size), "no_disjoint_neighbours": n_nan},
+        "cov_trace_threshold": {"value": conformal_quantile(traces, fpr)["value"],
+                                "method": "fpr", "fpr": fpr,
+                                "quantiles": quantile_table(traces)},
+    }
+    _say(progress, f"groups: {len(members)} normal groups ({source}), threshold "
+                   f"{th['value']:.6g}")
+    return section, gbank, {"group_folders": gnames, "group_failed": failed}
+
+
+def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=None,
+               names: Optional[Sequence[str]] = None, k: int = 2, clean: float = 0.0,
+               kmeans: Optional[int] = None, index: str = "auto", fpr: float = 0.01,
+               group_size: Optional[int] = None, group_dirs: Optional[Inputs] = None,
+               n_groups: int = G.DEFAULT_GROUPS, pooling: str = "mean", l2norm: bool = False,
+               batch: int = 8, threads: Optional[int] = None, providers="auto",
+               val_normal=None, val_anomalous=None, threshold_method: str = "fpr",
+               seed: int = 0, progress: bool = True, kmeans_folds: int = 5,
+               kmeans_backend: str = "auto", hnsw: Optional[Dict] = None) -> Path:
+    """Fit a bundle at ``output`` from normal ``images`` (paths, folders, globs) or
+    ``embeddings`` [N, D] (+ ``names``). Returns the bundle path."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise Dn2Error(f"model {model_path}: expected a dn2 ONNX model file, found none")
+    if (images is None) == (embeddings is None):
+        raise Dn2Error("fit: expected exactly one of images or embeddings, found "
+                       + ("both" if images is not None else "neither"))
+    k = int(k)
+    _check_args(k, clean, kmeans, index, fpr, group_size, n_groups, pooling, threshold_method,
+                val_normal, val_anomalous)
+    emb = _Embed(model_path, providers, threads, batch, progress)
+    failed: List[Tuple[str, str]] = []
+    if images is not None:
+        x, names, failed = emb.inputs(images)
+        meta = emb.embedder.meta
+        _say(progress, f"embedded {len(x)} images; {len(failed)} bad files skipped")
+        for path, msg in failed:
+            shown = msg if str(msg).startswith(str(path)) else f"{path}: {msg}"
+            _say(progress, f"  skipped {shown}")
+    else:
+        from .modelmeta import read_model_meta
+
+        meta = read_model_meta(str(model_path))
+        x = np.asarray(embeddings, np.float32)
+        if x.ndim != 2 or x.shape[1] != meta.dim:
+            raise Dn2Error(f"embeddings: expected [N, {meta.dim}] for this model, "
+                           f"found shape {x.shape}")
+        names = [str(n) for n in names] if names is not None else \
+            [f"embedding[{i}]" for i in range(len(x))]
+        if len(names) != len(x):
+            raise Dn2Error(f"names: expected {len(x)} (one per embedding), found {len(names)}")
+    need = _needed(k, clean)
+    if len(x) < need:
+        raise Dn2Error(f"fit needs at least {need} good normal images (k={k} neighbours + 1 "
+                       f"for leave-one-out{f', after cleaning {clean:g}' if clean else ''}), "
+                       f"found {len(x)} ({len(failed)} bad files skipped)")
+    x = l2normalize(x) if l2norm else np.ascontiguousarray(x)
+
+    keep = np.ones(len(x), bool)
+    clean_dist = None
+    if clean:
+        keep, clean_dist = clean_embeddings(x, clean, k, index)
+        dropped = [names[i] for i in np.flatnonzero(~keep)]
+        _say(progress, f"cleaning {clean:g}: dropped {len(dropped)} of {len(x)} images")
+        for n_ in dropped:
+            _say(progress, f"  dropped {n_}")
+    xk = x[keep]
+    hnsw = dict(HNSW_DEFAULTS, **(hnsw or {}))
+    km_info = None
+    if kmeans is not None:
+        from .kmeans import kmeans as run_kmeans
+
+        res = run_kmeans(xk, int(kmeans), seed=seed, backend=kmeans_backend)
+        km_info = dict(res.info(), folds=int(kmeans_folds), seed=seed)
+        _say(progress, f"k-means: {len(xk)} -> {res.centres.shape[0]} centres "
+                       f"({res.backend}, {res.seconds:.1f} s)")
+        bank = build_bank(res.centres, index, **hnsw)
+        loo = loo_kmeans_scores(xk, int(kmeans), k, kmeans_folds, seed, kmeans_backend)
+        how = f"{kmeans_folds}-fold: centres fitted without the scored image's fold"
+    else:
+        bank = build_bank(xk, index, **hnsw)
+        loo = loo_scores(bank, xk, k)
+        how = "leave-one-out against the bank without the image itself"
+    calib = np.concatenate([loo, knn_score(bank, x[~keep], k)]) if (~keep).any() else loo
+    if (~keep).any():
+        how += "; images dropped by cleaning scored against the final bank"
+
+    vn, vn_failed = _validation(emb, val_normal, "--val-normal", l2norm, progress)
+    va, va_failed = _validation(emb, val_anomalous, "--val-anomalous", l2norm, progress)
+    threshold = calibrate(calib, fpr,
+                          knn_score(bank, vn, k) if vn is not None and len(vn) else None,
+                          knn_score(bank, va, k) if va is not None and len(va) else None,
+                          threshold_method, calibration=how)
+    _say(progress, f"threshold ({threshold['method']}, fpr {fpr:g}): {threshold['value']:.6g}")
+
+    group, gbank, greport = None, None, {}
+    if group_size or group_dirs:
+        group, gbank, greport = _group_section(
+            xk, emb, group_size=group_size,
+            group_dirs=group_dirs, n_groups=n_groups, pooling=pooling, k=k, fpr=fpr,
+            index=index, l2norm=l2norm, seed=seed, progress=progress)
+
+    manifest = {
+        "model": {"arch": meta.arch, "weights": meta.weights, "input": meta.input_size,
+                  "dim": meta.dim, "precision": meta.precision},
+        "bank": {"contents": "kmeans-centres" if kmeans is not None else "embeddings"},
+        "fit": {"images": int(len(x)), "kept": int(keep.sum()), "failed": len(failed),
+                "dropped": int((~keep).sum()), "cleaned_fraction": float(clean),
+                "kmeans": km_info, "seed": int(seed), "index": index,
+                "source": "images" if images is not None else "embeddings"},
+        "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm)},
+        "threshold": threshold,
+        "group": group,
+    }
+    report = {"kept": [names[i] for i in np.flatnonzero(keep)],
+              "dropped": [{"name": names[i], "loo_distance": float(clean_dist[i])}
+                          for i in np.flatnonzero(~keep)],
+              "failed": [list(f) for f in failed],
+              "val_failed": [list(f) for f in vn_failed + va_failed],
+              "bank_rows": "kept" if kmeans is None else "kmeans-centres", **greport}
+    out = write_bundle(output, model_path, manifest, bank, gbank, report)
+    _say(progress, f"bundle written: {out}")
+    return out

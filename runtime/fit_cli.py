@@ -1,0 +1,98 @@
+"""dn2-fit: fit a bundle (bank + threshold, optionally groups) from normal images.
+
+    dn2-fit MODEL.onnx NORMAL... --output BUNDLE [--k 2] [--clean F] [--kmeans C]
+            [--index auto|exact|hnsw] [--fpr F] [--group-size M] [--l2norm] [--batch N]
+            [--threads N] [--providers ...] [--val-normal ...] [--val-anomalous ...]
+
+NORMAL: image files, folders (recursive) or globs. Bad files are skipped, listed and counted.
+
+Exit codes:
+  0  bundle written (skipped bad files, if any, are listed on stderr)
+  2  nothing written: usage error, unusable model, too few good images, or another dn2 error
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from .errors import Dn2Error
+from .threshold import METHODS
+
+
+def _providers(text: str):
+    return "auto" if text == "auto" else [p.strip() for p in text.split(",") if p.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dn2-fit", description="Fit a dn2 bundle from normal images (paper 3.1-3.3).",
+        epilog="exit codes: 0 bundle written (skipped bad files are listed); "
+               "2 nothing written (usage error, bad model, too few good images, other error)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="dn2 ONNX model (from dn2-export)")
+    p.add_argument("normal", nargs="+", help="normal images: files, folders (recursive), globs")
+    p.add_argument("--output", "-o", required=True, help="bundle directory to write")
+    p.add_argument("--k", type=int, default=2, help="nearest neighbours per score (default 2)")
+    p.add_argument("--clean", type=float, default=0.0, metavar="F",
+                   help="drop this fraction of training images with the largest leave-one-out "
+                        "kNN distance (paper 3.2 uses 0.5; default off)")
+    p.add_argument("--kmeans", type=int, default=None, metavar="C",
+                   help="compress the bank to C k-means centres (paper 5.1; dn2[kmeans])")
+    p.add_argument("--index", choices=("auto", "exact", "hnsw"), default="auto",
+                   help="bank backend (auto: exact below the benchmarked size cut)")
+    p.add_argument("--fpr", type=float, default=0.01,
+                   help="target false-positive rate on normal images (default 0.01)")
+    p.add_argument("--threshold-method", choices=METHODS, default="fpr",
+                   help="fpr: leave-one-out quantile on the training images (default); "
+                        "val-fpr / youden / f1 need --val-normal (and --val-anomalous)")
+    p.add_argument("--val-normal", nargs="+", default=None, metavar="PATH",
+                   help="labelled normal validation images")
+    p.add_argument("--val-anomalous", nargs="+", default=None, metavar="PATH",
+                   help="labelled anomalous validation images")
+    p.add_argument("--group-size", type=int, default=None, metavar="M",
+                   help="also fit group scoring from sampled sets of M normal images")
+    p.add_argument("--groups", type=int, default=1000, metavar="G",
+                   help="number of sampled normal groups (default 1000)")
+    p.add_argument("--group-dirs", nargs="+", default=None, metavar="DIR",
+                   help="folder(s) of group folders (each sub-folder is one normal group)")
+    p.add_argument("--pooling", choices=("mean", "max"), default="mean",
+                   help="group pooling (paper 3.3: mean)")
+    p.add_argument("--l2norm", action="store_true", help="L2-normalise embeddings")
+    p.add_argument("--batch", type=int, default=8, help="images per inference batch")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--providers", default="auto",
+                   help="auto, or a comma-separated list (e.g. cuda,cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed for k-means, groups, folds")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
+        return int(exc.code or 0)
+    from .fit import fit_bundle
+
+    try:
+        out = fit_bundle(a.model, a.output, images=a.normal, k=a.k, clean=a.clean,
+                         kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
+                         group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
+                         l2norm=a.l2norm, batch=a.batch, threads=a.threads,
+                         providers=_providers(a.providers), val_normal=a.val_normal,
+                         val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
+                         seed=a.seed, progress=not a.quiet)
+    except Dn2Error as exc:
+        print(f"dn2-fit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dn2-fit: interrupted; nothing written", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

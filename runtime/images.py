@@ -1,0 +1,253 @@
+"""Images in, model input out: decode with OpenCV, normalise, resize + centre crop.
+
+* ``read_image(src)``: a file path or encoded bytes -> BGR uint8 HxWx3, EXIF-rotated.
+  Refuses a decompression bomb from the header before anything is decoded, a JPEG cut off
+  mid-scan, empty files, text or other non-images, directories, FIFOs, dangling links,
+  unreadable files and images too small to be meaningful; every refusal is an ``ImageError``
+  reading ``"<path>: expected ..., found ..."``.
+* ``to_bgr8(arr)``: grayscale -> 3 channels, alpha composited over black, 16-bit scaled to
+  8-bit, float [0, 1] scaled to 8-bit.
+* ``prepare(img, rule)``: the model's resize rule (shorter side to ``rule.resize_to``, centre
+  crop ``rule.crop``), computed like torchvision's ``Resize`` + ``CenterCrop``.
+* ``find_images(inputs)``: files, folders (recursive) and globs -> image paths + problems.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from typing import List, Optional, Tuple, Union
+
+import cv2
+import numpy as np
+
+from .errors import ImageError
+from .imageheader import describe_unknown, sniff
+from .modelmeta import ResizeRule
+from .resize import center_crop_resize
+
+MAX_PIXELS = 100_000_000  # decompression-bomb limit (a 100 MP photo is the largest we expect)
+MIN_SIDE = 8  # shorter side below this carries no usable texture; refused, not upscaled
+MAX_FILE_BYTES = 1 << 30
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .bmp .dib .gif .webp .tif .tiff .pbm .pgm .ppm .pnm .pxm "
+    ".jp2 .avif .hdr .pic .ras .sr .pfm".split())
+_FORMATS = "JPEG, PNG, GIF, BMP, WebP, TIFF, PNM"
+
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
+
+
+def _read_file(path: str) -> bytes:
+    """The file's bytes; any reason it is not a readable regular file -> ImageError."""
+    try:
+        st = os.stat(path)  # follows symlinks
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageError(f"{path}: expected a readable image file, found a dangling symlink "
+                             f"to {os.readlink(path)!r}") from None
+        raise ImageError(f"{path}: expected an image file, found no such file") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: expected a readable image file, found {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{path}: expected an image file, found a directory")
+    if not stat.S_ISREG(st.st_mode):  # never open a FIFO/device: reading could block forever
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or special file")
+        raise ImageError(f"{path}: expected a regular image file, found {kind}")
+    if st.st_size == 0:
+        raise ImageError(f"{path}: expected an image file, found an empty file (0 bytes)")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ImageError(f"{path}: expected an image file of at most {MAX_FILE_BYTES >> 20} MiB, "
+                         f"found {st.st_size >> 20} MiB")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except PermissionError:
+        raise ImageError(f"{path}: expected a readable image file, found permission denied "
+                         f"(mode {stat.filemode(st.st_mode)})") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: expected a readable image file, found {exc.strerror}") from None
+
+
+def _orient(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply EXIF orientation 1..8 (the transform that makes the image display upright)."""
+    if orientation == 2:
+        return cv2.flip(img, 1)
+    if orientation == 3:
+        return cv2.rotate(img, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(img, 0)
+    if orientation == 5:  # transpose
+        return cv2.transpose(img)
+    if orientation == 6:
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:  # transverse
+        return cv2.rotate(cv2.transpose(img), cv2.ROTATE_180)
+    if orientation == 8:
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return img
+
+
+def to_bgr8(arr: np.ndarray, name: str = "image") -> np.ndarray:
+    """Any decoded image array -> BGR uint8 HxWx3 (C-contiguous).
+
+    Grayscale is replicated to 3 channels; an alpha channel is composited over black (so hidden
+    colour under transparent pixels never reaches the model; opaque images are unchanged);
+    16-bit is scaled by 255/65535 with rounding; float is read as [0, 1] and clipped.
+    """
+    if not isinstance(arr, np.ndarray):
+        raise ImageError(f"{name}: expected a numpy image array, found {type(arr).__name__}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (2, 3, 4)):
+        raise ImageError(f"{name}: expected an HxW, HxWx3 or HxWx4 image, found shape {arr.shape}")
+    if arr.dtype == np.uint16:
+        arr = cv2.convertScaleAbs(arr, alpha=255.0 / 65535.0)  # rounds and saturates
+    elif arr.dtype in (np.float32, np.float64):
+        arr = cv2.convertScaleAbs(np.clip(np.nan_to_num(arr), 0.0, 1.0), alpha=255.0)
+    elif arr.dtype != np.uint8:
+        raise ImageError(f"{name}: expected 8-bit, 16-bit or float samples, found {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] in (2, 4):
+        color, alpha = arr[:, :, :-1], arr[:, :, -1:]
+        if alpha.min() < 255:
+            color = ((color.astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+        arr = color if color.shape[2] == 3 else color[:, :, 0]
+    if arr.ndim == 2:
+        arr = cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR)
+    return np.ascontiguousarray(arr)
+
+
+def _check_size(name: str, w: int, h: int, max_pixels: int, min_side: int, what: str) -> None:
+    if w <= 0 or h <= 0:
+        raise ImageError(f"{name}: expected positive image dimensions, found {what} {w}x{h}")
+    if w * h > max_pixels:
+        when = "before decoding " if what.endswith("declaring") else ""
+        raise ImageError(
+            f"{name}: expected at most {max_pixels / 1e6:g} megapixels, found {what} {w}x{h} "
+            f"({w * h / 1e6:,.1f} megapixels); refused {when}as a possible decompression bomb "
+            f"(raise max_pixels to allow it)")
+    if min(w, h) < min_side:
+        raise ImageError(f"{name}: expected at least {min_side} px on the shorter side, "
+                         f"found {what} {w}x{h}")
+
+
+def read_image(src: Source, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE,
+               name: Optional[str] = None) -> np.ndarray:
+    """Decode an image file or encoded bytes to BGR uint8 HxWx3, upright per EXIF orientation.
+
+    ``max_pixels`` is checked against the header before decoding (formats whose header dn2
+    cannot parse, e.g. AVIF or JPEG 2000, fall back to OpenCV's own 2^30-pixel limit and are
+    checked after decoding). Images with a shorter side below ``min_side`` are refused.
+    """
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        name = name or "<bytes>"
+        data = bytes(src)
+        if not data:
+            raise ImageError(f"{name}: expected encoded image bytes, found an empty buffer")
+    else:
+        name = name or str(src)
+        data = _read_file(os.fspath(src))
+    head = sniff(data)
+    if head is not None and head.pixels is not None:
+        _check_size(name, head.width, head.height, max_pixels, min_side,
+                    f"a {head.format} header declaring")
+    if head is not None and head.format == "JPEG" and not head.complete:
+        raise ImageError(f"{name}: expected a complete JPEG (an end-of-image marker after the "
+                         f"scan data), found a truncated or corrupt file of {len(data)} bytes")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    try:
+        # UNCHANGED keeps alpha and 16-bit samples; it also skips EXIF orientation (applied below)
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
+        raise ImageError(f"{name}: expected a decodable image, found data OpenCV refused: "
+                         f"{msg}") from None
+    if img is None:
+        if head is None:
+            raise ImageError(f"{name}: expected an image file ({_FORMATS}, ...), "
+                             f"found {describe_unknown(data)}")
+        raise ImageError(f"{name}: expected a decodable {head.format} image, found a corrupt or "
+                         f"unsupported file of {len(data)} bytes (OpenCV {cv2.__version__} "
+                         f"could not decode it)")
+    if head is None or head.pixels is None:
+        _check_size(name, img.shape[1], img.shape[0], max_pixels, min_side, "a decoded image of")
+    img = to_bgr8(img, name)
+    if head is not None and head.orientation != 1:
+        img = np.ascontiguousarray(_orient(img, head.orientation))
+    return img
+
+
+def prepare(img_bgr: np.ndarray, rule: ResizeRule, *, min_side: int = MIN_SIDE,
+            name: str = "image") -> np.ndarray:
+    """Resize the shorter side to ``rule.resize_to`` and centre-crop ``rule.crop`` square.
+
+    Returns a C-contiguous ``crop x crop x 3`` BGR uint8 array. Only the source region that
+    maps onto the crop is resampled (see ``dn2.runtime.resize`` for the measured choice).
+    """
+    img = to_bgr8(img_bgr, name)
+    h, w = img.shape[:2]
+    if min(h, w) < min_side:
+        raise ImageError(f"{name}: expected at least {min_side} px on the shorter side, "
+                         f"found {w}x{h}")
+    return center_crop_resize(img, rule.resize_to, rule.crop)
+
+
+def _is_image_name(p: str) -> bool:
+    return os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk(folder: str, files: List[str], problems: List[Tuple[str, str]]) -> None:
+    def onerror(exc: OSError) -> None:
+        problems.append((exc.filename or folder, f"expected a readable folder, found "
+                                                 f"{exc.strerror}"))
+
+    for root, dirs, names in os.walk(folder, onerror=onerror, followlinks=False):
+        dirs.sort()
+        for n in names:
+            if n.startswith("."):
+                continue  # hidden files (.DS_Store, ._x.jpg resource forks) are not images
+            p = os.path.join(root, n)
+            if _is_image_name(n):
+                files.append(p)
+            else:
+                ext = os.path.splitext(n)[1] or "no extension"
+                problems.append((p, f"expected an image file ({_FORMATS}, ...), found "
+                                    f"a file with {ext}; skipped"))
+
+
+def find_images(inputs: List[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """Expand files, folders (recursive) and globs into (sorted image paths, problems).
+
+    A file named explicitly is kept whatever its extension (``read_image`` sniffs the content
+    and reports it if it is not an image); inside folders only image extensions are collected
+    and every other file is reported as a problem. Nothing here is fatal.
+    """
+    import glob
+
+    files: List[str] = []
+    problems: List[Tuple[str, str]] = []
+    for item in inputs:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            _walk(item, files, problems)
+        elif os.path.lexists(item):
+            files.append(item)
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                problems.append((item, "expected files matching this pattern, found none"))
+            for m in matches:
+                if os.path.isdir(m):
+                    _walk(m, files, problems)
+                elif _is_image_name(m):
+                    files.append(m)
+                else:
+                    problems.append((m, f"expected an image file ({_FORMATS}, ...), found "
+                                        f"a file with {os.path.splitext(m)[1] or 'no extension'}"
+                                        f"; skipped"))
+        else:
+            problems.append((item, "expected a file, folder or glob, found no such path"))
+    return sorted(set(files)), problems
+
+
+__all__ = ["read_image", "prepare", "find_images", "to_bgr8", "MAX_PIXELS", "MIN_SIDE",
+           "IMAGE_EXTENSIONS"]

@@ -1,0 +1,108 @@
+"""dn2-score: score images (or one group of images) against a bundle.
+
+    dn2-score BUNDLE PATH... [--json] [--group] [--group-stat knn|cov_trace]
+
+PATH: image files, folders (recursive) or globs. Per image: path, score, threshold, decision.
+With ``--json`` one JSON object per line with keys ``path``, ``score``, ``threshold``,
+``anomalous``, ``error`` (null when scored). A bad file gets a line with its error; the rest
+are still scored. With ``--group`` all inputs form one set, scored by its pooled embedding
+against the bundle's normal groups (one line; ``paths`` and ``errors`` added).
+
+Exit codes:
+  0  every input was scored
+  1  some inputs could not be scored (their lines carry the error); the others were
+  2  usage error, or the bundle is missing, half-written, tampered or inconsistent
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from .errors import Dn2Error
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dn2-score", description="Score images against a dn2 bundle.",
+        epilog="exit codes: 0 all inputs scored; 1 some inputs failed (reported per line); "
+               "2 usage error or bad bundle (missing, half-written, tampered, inconsistent)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="bundle directory written by dn2-fit")
+    p.add_argument("paths", nargs="+", help="images: files, folders (recursive), globs")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--group", action="store_true",
+                   help="score all inputs as one group against the normal groups")
+    p.add_argument("--group-stat", choices=("knn", "cov_trace"), default="knn",
+                   help="group statistic: kNN of the pooled embedding (default) or the "
+                        "covariance trace of paper 4.5")
+    p.add_argument("--batch", type=int, default=8, help="images per inference batch")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--providers", default="auto",
+                   help="auto, or a comma-separated list (e.g. cuda,cpu)")
+    return p
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.6g}"
+
+
+def _emit(obj: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj), flush=True)
+    elif obj.get("error") and obj.get("score") is None:
+        print(f"{obj['path']}\terror: {obj['error']}", flush=True)
+    else:
+        verdict = "ANOMALOUS" if obj["anomalous"] else "normal"
+        print(f"{obj['path']}\t{_fmt(obj['score'])}\t{_fmt(obj['threshold'])}\t{verdict}",
+              flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    from .detector import Detector
+    from .images import find_images
+
+    providers = "auto" if a.providers == "auto" else a.providers.split(",")
+    try:
+        det = Detector.load(a.bundle, providers=providers, threads=a.threads,
+                            batch_size=a.batch)
+        files, problems = find_images(a.paths)
+        if not files and not problems:
+            raise Dn2Error(f"expected images in {a.paths}, found none")
+        failed = len(problems)
+        if a.group:
+            r = det.score_group_paths(files, statistic=a.group_stat) if files else None
+            errors = [list(p) for p in problems] + ([list(e) for e in r.errors] if r else [])
+            obj = {"path": f"<group of {len(files)}>", "paths": files,
+                   "score": r.score if r else None,
+                   "threshold": r.threshold if r else det.group_threshold_for(a.group_stat),
+                   "anomalous": r.anomalous if r else None,
+                   "error": (r.error if r else "no image found"), "statistic": a.group_stat,
+                   "n_images": r.n_images if r else 0, "errors": errors}
+            _emit(obj, a.json)
+            if not a.json:
+                for path, msg in errors:
+                    print(f"{path}\terror: {msg}", file=sys.stderr)
+            return EXIT_OK if not errors and obj["score"] is not None else EXIT_SOME_FAILED
+        for path, msg in problems:
+            _emit({"path": path, "score": None, "threshold": det.threshold,
+                   "anomalous": None, "error": msg}, a.json)
+        for r in det.score_paths(files):
+            failed += r.error is not None
+            _emit(r.to_dict(), a.json)
+    except Dn2Error as exc:
+        print(f"dn2-score: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Decision thresholds from scores; an image is anomalous when ``score > threshold``.
+
+Methods (``--threshold-method``):
+
+* ``fpr`` (default, normal data only): the conformal (1 - fpr) quantile of the leave-one-out
+  scores of the normal training images: the ``ceil((n + 1)(1 - fpr))``-th smallest of n scores.
+  For a new normal image exchangeable with the training ones, P(score > threshold) <= fpr. When
+  n is too small for the target (n + 1 < 1 / fpr) the largest score is used and the manifest
+  says ``"capped": true``.
+* ``val-fpr``: the same quantile over the scores of ``--val-normal`` images.
+* ``youden``: with ``--val-normal`` and ``--val-anomalous``: the threshold maximising
+  TPR - FPR (Youden's J) on the validation scores.
+* ``f1``: ditto, maximising F1 with anomalous as the positive class.
+
+Every method that the given data allow is computed and recorded; the chosen one is applied.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import numpy as np
+
+from .errors import Dn2Error
+
+METHODS = ("fpr", "val-fpr", "youden", "f1")
+QUANTILES = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+
+
+def _scores(s, what: str) -> np.ndarray:
+    a = np.asarray(s, dtype=np.float64).ravel()
+    if a.size == 0:
+        raise Dn2Error(f"{what}: expected at least one score, found none")
+    if not np.isfinite(a).all():
+        raise Dn2Error(f"{what}: expected finite scores, found NaN or inf")
+    return a
+
+
+def conformal_quantile(scores, fpr: float) -> Dict:
+    """{'value', 'rank', 'n', 'capped'}: the ceil((n+1)(1-fpr))-th smallest score."""
+    if not 0.0 < float(fpr) < 1.0:
+        raise Dn2Error(f"--fpr: expected a rate in (0, 1), found {fpr}")
+    a = np.sort(_scores(scores, "calibration scores"))
+    n = a.size
+    rank = math.ceil((n + 1) * (1.0 - float(fpr)) - 1e-9)
+    capped = rank > n
+    rank = min(rank, n)
+    return {"value": float(a[rank - 1]), "rank": int(rank), "n": int(n), "capped": bool(capped)}
+
+
+def quantile_table(scores) -> Dict[str, float]:
+    a = _scores(scores, "calibration scores")
+    return {f"{q:g}": float(np.quantile(a, q)) for q in QUANTILES}
+
+
+def _sweep(normal: np.ndarray, anomalous: np.ndarray):
+    """For each candidate threshold t (every distinct score; decision score > t):
+    (t, tp, fp, fn, tn) arrays."""
+    t = np.unique(np.concatenate([normal, anomalous]))
+    fp = normal.size - np.searchsorted(np.sort(normal), t, side="right")
+    tp = anomalous.size - np.searchsorted(np.sort(anomalous), t, side="right")
+    return t, tp, fp, anomalous.size - tp, normal.size - fp
+
+
+def youden_threshold(normal, anomalous) -> Dict:
+    n, a = _scores(normal, "--val-normal scores"), _scores(anomalous, "--val-anomalous scores")
+    t, tp, fp, _, _ = _sweep(n, a)
+    j = tp / a.size - fp / n.size
+    i = int(np.argmax(j))
+    return {"value": float(t[i]), "j": float(j[i]), "tpr": float(tp[i] / a.size),
+            "fpr": float(fp[i] / n.size)}
+
+
+def f1_threshold(normal, anomalous) -> Dict:
+    n, a = _scores(normal, "--val-normal scores"), _scores(anomalous, "--val-anomalous scores")
+    t, tp, fp, fn, _ = _sweep(n, a)
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    i = int(np.argmax(f1))
+    return {"value": float(t[i]), "f1": float(f1[i]),
+            "precision": float(tp[i] / max(tp[i] + fp[i], 1)), "recall": float(tp[i] / a.size)}
+
+
+def calibrate(loo, fpr: float = 0.01, val_normal=None, val_anomalous=None,
+              method: str = "fpr", calibration: str = "") -> Dict:
+    """The manifest's ``threshold`` section: value, method, fpr, quantiles, candidates."""
+    if method not in METHODS:
+        raise Dn2Error(f"--threshold-method: expected one of {METHODS}, found {method!r}")
+    cands: Dict[str, Dict] = {"fpr": conformal_quantile(loo, fpr)}
+    has_n = val_normal is not None and len(val_normal) > 0
+    has_a = val_anomalous is not None and len(val_anomalous) > 0
+    if has_n:
+        cands["val-fpr"] = conformal_quantile(val_normal, fpr)
+    if has_n and has_a:
+        cands["youden"] = youden_threshold(val_normal, val_anomalous)
+        cands["f1"] = f1_threshold(val_normal, val_anomalous)
+    if method not in cands:
+        need = "--val-normal" if method == "val-fpr" else "--val-normal and --val-anomalous"
+        raise Dn2Error(f"--threshold-method {method} needs scored {need} images, found "
+                       f"{len(val_normal) if has_n else 0} normal and "
+                       f"{len(val_anomalous) if has_a else 0} anomalous")
+    out = {"value": cands[method]["value"], "method": method, "fpr": float(fpr),
+           "quantiles": quantile_table(loo), "calibration": calibration,
+           "n_calibration": int(np.asarray(loo).size), "candidates": cands}
+    if has_n:
+        out["val_normal_fpr"] = float(np.mean(np.asarray(val_normal) > out["value"]))
+    if has_a:
+        out["val_anomalous_tpr"] = float(np.mean(np.asarray(val_anomalous) > out["value"]))
+    return out
+
+
+def decide(scores, threshold: Optional[float]) -> np.ndarray:
+    return np.asarray(scores) > float(threshold)

@@ -1,0 +1,153 @@
+"""dn2-watch: score a camera / stream / video / folder live and raise debounced alerts.
+
+A thin command line over :func:`dn2.runtime.watch.loop.watch`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from typing import List, Optional
+
+from ..errors import Dn2Error
+
+EPILOG = """\
+sources: a camera index (0), a video file, a folder of images (played in name order), an
+  rtsp:// / http:// URL, or a GStreamer pipeline ending in appsink (quote it), e.g.
+  "nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,height=720 ! nvvidconv !
+   video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1"
+events: JSON lines, alert_start / alert_end per alert (see dn2.runtime.watch.events).
+stop: Ctrl-C or SIGTERM stops cleanly: an open alert is closed (reason "stopped"), every
+  event is flushed and the events file fsync'ed. A second Ctrl-C aborts at once.
+exit codes: 0 the stream ended, --max-frames was reached or a stop was asked for;
+  1 a problem (bad option, bundle, source that cannot open); 2 usage error;
+  3 the source failed and could not be reopened within --reconnect-attempts.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dn2-watch", description=__doc__.splitlines()[0], epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="bundle folder from dn2-fit; with --learn, a dn2 model "
+                                  "(.onnx) or a bundle whose model is used")
+    p.add_argument("--source", required=True, help="camera index, file, folder, URL or "
+                                                   "GStreamer pipeline")
+    p.add_argument("--batch", type=int, default=8,
+                   help="most frames embedded in one call when frames are waiting (default 8)")
+    p.add_argument("--stride", type=int, default=1, help="score every N-th frame (default 1)")
+    p.add_argument("--group", type=int, metavar="M",
+                   help="group mode: score the mean-pooled embedding of the last M frames "
+                        "against the bundle's group bank")
+    p.add_argument("--hop", type=int, help="group mode: frames between scored groups "
+                                           "(default 1: a sliding window)")
+    p.add_argument("--threshold", type=float,
+                   help="override the bundle's (or the group) threshold")
+    p.add_argument("--min-consecutive", type=int, default=3, metavar="N",
+                   help="N scores above the threshold open an alert, N below close it "
+                        "(default 3). Group mode with --hop 1: one odd frame sits in M "
+                        "windows, so N > M keeps it from opening an alert on its own")
+    p.add_argument("--cooldown", type=float, default=0.0, metavar="SECONDS",
+                   help="quiet time after an alert before the next may open (default 0)")
+    p.add_argument("--events", metavar="FILE", help="append alert events here (JSON lines)")
+    p.add_argument("--snapshots", metavar="DIR", help="save each alert's peak frame here")
+    p.add_argument("--output-video", metavar="FILE",
+                   help="write the annotated stream (.mp4 / .avi)")
+    p.add_argument("--headless", action="store_true", help="no window")
+    p.add_argument("--stats-every", type=float, default=10.0, metavar="SECONDS",
+                   help="print a stats line this often on stderr (0: never; default 10)")
+    p.add_argument("--learn", metavar="SECONDS|Nf",
+                   help="fit a bundle from the source's first frames (30 or 30s: seconds; "
+                        "300f: frames), treated as normal, then watch with it")
+    p.add_argument("--learn-bundle", metavar="DIR",
+                   help="keep the learned bundle here (default: a temporary folder)")
+    p.add_argument("--providers", default="auto",
+                   help="onnxruntime providers: auto (TensorRT > CUDA > CPU) or a list")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--realtime", action="store_true",
+                   help="replay a video file at its own frame rate, as a live camera")
+    p.add_argument("--queue-size", type=int, help="frames buffered between reader and scorer "
+                                                  "(default 2x batch, at least 4)")
+    p.add_argument("--reconnect-max-delay", type=float, default=10.0, metavar="SECONDS",
+                   help="longest wait between reconnect attempts (backoff doubles from "
+                        "0.5 s up to this; default 10)")
+    p.add_argument("--reconnect-attempts", type=int, metavar="N",
+                   help="give up after N failed attempts in a row (default: never for live "
+                        "sources, 3 for files and folders)")
+    p.add_argument("--folder-fps", type=float, default=10.0,
+                   help="clock of a folder source, for timestamps and cooldown (default 10)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    return p
+
+
+def _install_signals(stop: threading.Event):
+    """SIGINT / SIGTERM ask for a clean stop; a second SIGINT aborts."""
+    previous = {}
+
+    def handler(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"dn2-watch: {signal.Signals(signum).name} received, stopping "
+              "(closing alerts, flushing events)", file=sys.stderr, flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _quiet_opencv() -> None:
+    """OpenCV's own warnings (e.g. V4L2 probing) would bury dn2-watch's clearer messages."""
+    try:
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except (ImportError, AttributeError):
+        pass
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .loop import watch
+
+    _quiet_opencv()
+    stop = threading.Event()
+    previous = _install_signals(stop) if threading.current_thread() is threading.main_thread() \
+        else {}
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        summary = watch(
+            args.bundle, args.source, batch=args.batch, stride=args.stride, group=args.group,
+            hop=args.hop, threshold=args.threshold, min_consecutive=args.min_consecutive,
+            cooldown=args.cooldown, events=args.events, snapshots=args.snapshots,
+            output_video=args.output_video, headless=args.headless,
+            stats_every=args.stats_every, learn=args.learn, learn_bundle=args.learn_bundle,
+            providers=args.providers, threads=args.threads, max_frames=args.max_frames,
+            queue_size=args.queue_size, realtime=args.realtime,
+            reconnect_attempts=args.reconnect_attempts,
+            reconnect_max_delay=args.reconnect_max_delay,
+            folder_fps=args.folder_fps, stop=stop, log=log)
+    except Dn2Error as exc:
+        print(f"dn2-watch: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dn2-watch: aborted", file=sys.stderr)
+        return 130
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        print(summary.text())
+    return 3 if summary.error and not summary.stopped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

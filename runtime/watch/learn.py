@@ -1,0 +1,198 @@
+"""On-device learning (``--learn``): fit a bundle from the camera's own first frames.
+
+The first frames (a number of seconds on the frames' clock, or a number of frames) are taken as
+normal, embedded, and handed to :func:`dn2.runtime.fit.fit_bundle` as precomputed embeddings;
+the watch then goes on with the same stream and the new bundle.
+
+Why the threshold is calibrated differently here: neighbouring video frames are near copies of
+each other, so the usual leave-one-out scores (each frame against all the others) are tiny —
+every frame's nearest neighbour is the frame next to it — and a threshold taken from them
+would fire on ordinary drift. Instead the frames are cut into contiguous time blocks and each
+block is scored against a bank of the other blocks only ("blocked" hold-out), which is what the
+future stream looks like to the bank. The threshold is the conformal (1 - fpr) quantile of
+those scores (:func:`dn2.runtime.threshold.conformal_quantile`, as dn2-fit uses). It errs on the
+side of fewer alarms: the watch then scores against a bank of all the learned frames.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Callable, Optional, Tuple, Union
+
+import numpy as np
+
+from ..errors import Dn2Error
+from ..modelmeta import ResizeRule, read_model_meta
+
+MIN_LEARN_FRAMES = 20
+MAX_LEARN_FRAMES = 20_000  # ~100 MB of 1280-d float32 embeddings: the memory cap
+BLOCKS = 5
+
+
+def parse_learn(text: str) -> Tuple[str, float]:
+    """'30' / '30s' / '2.5s' -> ('seconds', 30.0); '300f' / '300frames' -> ('frames', 300)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|seconds|f|frames)?\s*", str(text))
+    if not m:
+        raise Dn2Error(f"--learn expects seconds (30, 30s) or frames (300f), found {text!r}")
+    value, unit = float(m.group(1)), (m.group(2) or "s")
+    if unit.startswith("f"):
+        if value != int(value) or value < MIN_LEARN_FRAMES:
+            raise Dn2Error(f"--learn {text}: needs a whole number of at least "
+                           f"{MIN_LEARN_FRAMES} frames")
+        return "frames", int(value)
+    if value <= 0:
+        raise Dn2Error(f"--learn {text}: needs a positive number of seconds")
+    return "seconds", value
+
+
+def model_path(bundle_or_model: Union[str, Path]) -> Path:
+    """The .onnx model to learn with: the file itself, or a bundle folder's model."""
+    p = Path(bundle_or_model)
+    if p.is_dir():
+        for name in ("model.onnx",):
+            if (p / name).is_file():
+                return p / name
+        models = sorted(p.glob("*.onnx"))
+        if len(models) == 1:
+            return models[0]
+        raise Dn2Error(f"--learn: {p} is a folder without one model.onnx; expected a dn2 "
+                       "model (.onnx) or a bundle folder")
+    if not p.is_file():
+        raise Dn2Error(f"--learn: model {p} does not exist (expected a dn2 model .onnx "
+                       "from dn2-export, or a bundle folder)")
+    return p
+
+
+def model_rule(bundle_or_model: Union[str, Path]) -> ResizeRule:
+    return read_model_meta(str(model_path(bundle_or_model))).resize
+
+
+def pool_windows(emb: np.ndarray, size: int, hop: int = 1) -> np.ndarray:
+    """Mean of every ``size`` consecutive embeddings, every ``hop`` frames: [W, D]."""
+    if len(emb) < size:
+        return np.empty((0, emb.shape[1]), np.float32)
+    c = np.cumsum(np.vstack([np.zeros((1, emb.shape[1])), emb.astype(np.float64)]), axis=0)
+    starts = np.arange(0, len(emb) - size + 1, hop)
+    return ((c[starts + size] - c[starts]) / size).astype(np.float32)
+
+
+def blocked_scores(emb: np.ndarray, k: int, blocks: int = BLOCKS, group: Optional[int] = None
+                   ) -> np.ndarray:
+    """Each contiguous time block scored against a bank built from the other blocks only.
+
+    Frame mode: the frames of block b against the frames of the other blocks. Group mode:
+    the pooled ``group``-frame windows of block b against the windows of the other blocks
+    (windows never straddle two blocks).
+    """
+    from ..bank import build_bank
+    from ..scoring import knn_score
+
+    parts = np.array_split(np.arange(len(emb)), blocks)
+    items = [pool_windows(emb[ix], group) if group else emb[ix] for ix in parts]
+    out = []
+    for b in range(blocks):
+        bank = np.vstack([items[j] for j in range(blocks) if j != b])
+        if len(items[b]) and len(bank) >= k:
+            out.append(knn_score(build_bank(bank, index="exact"), items[b], k=k))
+    if not out:
+        raise Dn2Error(f"--learn: {len(emb)} frames are too few to calibrate a threshold"
+                       f"{f' for groups of {group}' if group else ''}; learn for longer")
+    return np.concatenate(out)
+
+
+class WindowGroups:
+    """The normal groups of a learned stream: its pooled consecutive windows (in memory).
+
+    For a video the normal group is a run of consecutive frames, not a random draw of frames
+    (what dn2-fit --group-size samples): a camera that always alternates between two views
+    has windows that always mix both, while a random draw is sometimes all one view.
+    Scores like ``Detector.score_group_embeddings`` (mean pooling, eq. 2, k nearest).
+    """
+
+    def __init__(self, emb: np.ndarray, size: int, k: int, l2norm: bool):
+        """``emb``: the learned frames' embeddings, already L2-normalised if ``l2norm``."""
+        from ..bank import build_bank
+
+        self.l2norm, self.k = l2norm, k
+        self.bank = build_bank(pool_windows(emb, size), index="auto")
+
+    def score_group_embeddings(self, emb: np.ndarray) -> float:
+        from ..scoring import knn_score, l2normalize
+
+        e = np.asarray(emb, np.float32)
+        e = l2normalize(e) if self.l2norm else e
+        return float(knn_score(self.bank, e.mean(axis=0)[None, :], self.k)[0])
+
+
+def _collect(queue, spec: Tuple[str, float], embed: Callable, batch: int, stop, log
+             ) -> Tuple[np.ndarray, list]:
+    """Embeddings of the learning frames, and the frames of the last batch left over."""
+    kind, amount = spec
+    chunks, n, first_ts, last_note, rest = [], 0, None, time.monotonic(), []
+    while not stop.is_set():
+        frames = queue.get_batch(batch, timeout=0.1)
+        if frames is None:
+            break
+        if not frames:
+            continue
+        if first_ts is None:
+            first_ts = frames[0].timestamp
+        if kind == "seconds":
+            cut = sum(1 for f in frames if f.timestamp - first_ts < amount)
+        else:
+            cut = max(0, int(amount) - n)
+        frames, rest = frames[:cut], frames[cut:]
+        if frames:
+            chunks.append(embed(np.stack([f.prepared for f in frames])))
+            n += len(frames)
+        if time.monotonic() - last_note > 5.0:
+            log(f"learning: {n} frames so far")
+            last_note = time.monotonic()
+        if rest or (kind == "frames" and n >= amount) or n >= MAX_LEARN_FRAMES:
+            break
+    if stop.is_set():
+        raise Dn2Error("stopped while learning; no bundle was fitted")
+    if n < MIN_LEARN_FRAMES:
+        raise Dn2Error(f"--learn: the source gave {n} frames before it ended; at least "
+                       f"{MIN_LEARN_FRAMES} are needed to fit a bundle")
+    return np.vstack(chunks), rest
+
+
+def learn_from_queue(bundle_or_model, queue, learn: str, *, output: Union[str, Path],
+                     group: Optional[int] = None, batch: int = 8, providers="auto",
+                     threads=None, stop, log=lambda m: None, k: int = 2, fpr: float = 0.01):
+    """Embed the first frames from ``queue``, fit a bundle into ``output``, load it.
+
+    Returns (detector, threshold, leftover frames, groups): the threshold is for the mode
+    being watched (frame or group), calibrated on blocked hold-out scores of the learned
+    frames; the leftover frames came after the learning span in the last batch and are to be
+    watched first; ``groups`` (group mode only, else None) is a :class:`WindowGroups` to score
+    windows with. The group bank lives in memory: the bundle written holds the frame bank.
+    """
+    from ..bundle import load_bundle
+    from ..detector import Detector
+    from ..embedder import Embedder
+    from ..fit import fit_bundle
+    from ..scoring import l2normalize
+    from ..threshold import conformal_quantile
+
+    spec = parse_learn(learn)
+    model = model_path(bundle_or_model)
+    embedder = Embedder(str(model), providers=providers, threads=threads, batch_size=batch)
+    log(f"learning from the first {spec[1]:g} {spec[0]} of the stream (taken as normal)")
+    t0 = time.monotonic()
+    emb, rest = _collect(queue, spec, embedder.embed_batch, batch, stop, log)
+    if group and len(emb) < BLOCKS * (group + 1):
+        raise Dn2Error(f"--learn with --group {group}: {len(emb)} frames are too few; learn "
+                       f"at least {BLOCKS * (group + 1)} frames")
+    names = [f"learned frame {i}" for i in range(len(emb))]
+    out = fit_bundle(str(model), str(output), embeddings=emb, names=names, k=k, fpr=fpr,
+                     progress=False)
+    detector = Detector(load_bundle(str(out)), embedder)  # one onnxruntime session, not two
+    scored = l2normalize(emb) if detector.l2norm else emb
+    groups = WindowGroups(scored, group, detector.k, detector.l2norm) if group else None
+    thr = conformal_quantile(blocked_scores(scored, k=detector.k, group=group), fpr)["value"]
+    log(f"learned a bundle from {len(emb)} frames in {time.monotonic() - t0:.1f} s -> {out}; "
+        f"{'group ' if group else ''}threshold {thr:.4g} (blocked hold-out, FPR {fpr:g})")
+    return detector, thr, rest, groups

@@ -1,0 +1,283 @@
+"""The camera loop: source -> reader thread -> bounded queue -> batched scorer -> decisions.
+
+:func:`watch` is the library entry point (``dn2-watch`` is a thin CLI over it). The reader
+thread decodes and prepares frames (resize + centre crop to the model input) in parallel with
+the scorer, which takes every frame already waiting (up to ``batch``) in one onnxruntime call,
+scores them against the bundle's bank (per frame) or pools the last ``group`` embeddings and
+scores the pool against the bundle's group bank every ``hop`` frames, and feeds the scores to
+the hysteresis :class:`~dn2.runtime.watch.decide.Decider`.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Union
+
+import numpy as np
+
+from ..errors import Dn2Error
+from .decide import Decider
+from .outputs import Outputs
+from .reader import Backoff, FrameQueue, Reader
+from .sources import Source, open_source
+from .stats import Stats, Summary
+
+_log = logging.getLogger("dn2.watch")
+
+
+def _check(name: str, value, low, what: str = "") -> None:
+    if value is not None and value < low:
+        raise Dn2Error(f"{name} must be >= {low}{what}, found {value}")
+
+
+def load_detector(bundle, providers="auto", threads=None, batch: int = 8):
+    """A Detector from a bundle folder (or the Detector itself)."""
+    from ..detector import Detector
+
+    if isinstance(bundle, (str, Path)):
+        return Detector.load(str(bundle), providers=providers, threads=threads,
+                             batch_size=batch)
+    return bundle
+
+
+class _GroupWindow:
+    """The last ``size`` embeddings; yields a pooled group score every ``hop`` frames.
+
+    ``scorer`` has ``score_group_embeddings(emb [M, D]) -> float``: the Detector (the
+    bundle's group bank) or, after ``--learn``, the learned stream's windows.
+    """
+
+    def __init__(self, scorer, size: int, hop: int):
+        self.detector, self.hop = scorer, hop
+        self.window: collections.deque = collections.deque(maxlen=size)
+        self.since = 0
+
+    def push(self, emb: np.ndarray) -> Optional[float]:
+        self.window.append(emb)
+        self.since += 1
+        if len(self.window) < self.window.maxlen or self.since < self.hop:
+            return None
+        self.since = 0
+        return float(self.detector.score_group_embeddings(np.stack(self.window)))
+
+
+def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
+          batch: int = 8, stride: int = 1, group: Optional[int] = None,
+          hop: Optional[int] = None, threshold: Optional[float] = None,
+          min_consecutive: int = 3, cooldown: float = 0.0,
+          events: Optional[str] = None, snapshots: Optional[str] = None,
+          output_video: Optional[str] = None, headless: bool = True,
+          stats_every: float = 0.0, learn: Optional[str] = None,
+          learn_bundle: Optional[str] = None, providers: str = "auto",
+          threads: Optional[int] = None, max_frames: Optional[int] = None,
+          queue_size: Optional[int] = None, realtime: bool = False,
+          reconnect_attempts: Optional[int] = None, reconnect_max_delay: float = 10.0,
+          backoff: Optional[Backoff] = None, folder_fps: float = 10.0,
+          stop: Optional[threading.Event] = None,
+          on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
+          on_score: Optional[Callable[[int, float, float], None]] = None,
+          log: Optional[Callable[[str], None]] = None) -> Summary:
+    """Watch ``source`` with the bundle at ``bundle`` until the stream ends or ``stop`` is set.
+
+    ``bundle`` is a bundle folder or a loaded Detector; with ``learn`` ("30", "30s" seconds or
+    "300f" frames) it may instead be a dn2 model (.onnx): a bundle is fitted from the first
+    frames (see :mod:`dn2.runtime.watch.learn`) and the watch goes on with it. Events go to
+    ``events`` (JSON lines), peak frames to ``snapshots``, the annotated stream to
+    ``output_video``. ``on_event(event_dict)`` sees each event as it is written,
+    ``on_score(frame, timestamp, score)`` every frame (or group) score. A failing source is
+    reopened after 0.5 s, 1 s, 2 s ... up to ``reconnect_max_delay``; ``reconnect_attempts``
+    failures in a row end the stream (default: never for live sources, 3 for files;
+    ``backoff`` overrides all three). Returns a :class:`Summary`; raises :class:`Dn2Error` on
+    bad options, a bundle that does not load or a source that cannot open.
+    """
+    log = log or _log.info
+    _validate(batch=batch, stride=stride, group=group, hop=hop, max_frames=max_frames,
+              queue_size=queue_size, reconnect_attempts=reconnect_attempts,
+              reconnect_max_delay=reconnect_max_delay, learn=learn)
+    stop = stop or threading.Event()
+    halt = threading.Event()  # stops the reader: set at the end, whatever the reason
+    mode = "group" if group else "frame"
+    # the source first: a wrong --source fails at once, before seconds of model loading
+    src = open_source(source, realtime=realtime, folder_fps=folder_fps)
+    reader = outputs = tmp = None
+    try:
+        detector, thr, rule = None, float("nan"), None
+        if learn is None:
+            detector = load_detector(bundle, providers, threads, batch)
+            thr, rule = _threshold(detector, threshold, group), detector.embedder.meta.resize
+        else:
+            from .learn import model_rule
+
+            rule = model_rule(bundle)
+        summary = Summary(source=src.name, mode=mode, threshold=thr, events_path=events,
+                          bundle=str(bundle) if isinstance(bundle, (str, Path)) else None)
+        outputs = Outputs(threshold=thr, mode=mode, source_name=src.name,
+                          clock="wall" if (src.live or not src.fps) else "source",
+                          events=events, snapshots=snapshots, output_video=output_video,
+                          video_fps=(src.fps / stride) if src.fps else 10.0,
+                          headless=headless, on_quit=stop.set, on_event=on_event, log=log)
+        if backoff is None:
+            backoff = Backoff(initial=min(0.5, reconnect_max_delay),
+                              max_delay=reconnect_max_delay,
+                              max_attempts=reconnect_attempts if reconnect_attempts is not None
+                              else (None if src.live else 3))
+        queue = FrameQueue(queue_size or max(4, 2 * batch))
+        from ..images import prepare
+
+        reader = Reader(src, queue, halt, stride=stride, max_frames=max_frames,
+                        prepare=lambda img: prepare(img, rule), backoff=backoff, log=log)
+        reader.start()
+        pending, groups = [], None
+        if learn is not None:
+            from .learn import learn_from_queue
+
+            if learn_bundle is None:
+                tmp = tempfile.TemporaryDirectory(prefix="dn2-learn-")
+            detector, learned, pending, groups = learn_from_queue(
+                bundle, queue, learn, output=learn_bundle or str(Path(tmp.name) / "bundle"),
+                group=group, batch=batch, providers=providers, threads=threads, stop=stop,
+                log=log)
+            thr = float(threshold) if threshold is not None else learned
+            summary.threshold = outputs.threshold = thr
+            summary.bundle = learn_bundle  # None: the learned bundle was temporary
+        _score_loop(detector, queue, reader, outputs, summary,
+                    Decider(thr, min_consecutive, cooldown), batch, group, hop or 1,
+                    stats_every, stop, log, pending, on_score, groups)
+    finally:
+        halt.set()
+        if reader is not None:
+            reader.join(timeout=5.0)
+        else:
+            src.close()
+        if outputs is not None:
+            outputs.close()
+        if tmp is not None:
+            tmp.cleanup()
+    st = reader.stats
+    summary.stopped, summary.dropped, summary.error = stop.is_set(), queue.dropped, st.error
+    summary.frames_read, summary.failures = st.frames, st.failures
+    summary.reconnects, summary.skipped_items = st.reconnects, st.skipped_items
+    summary.problems = [f"{what}: {why}" for what, why in st.recent_problems]
+    summary.events = outputs.writer.count
+    return summary
+
+
+def _validate(*, batch, stride, group, hop, max_frames, queue_size, reconnect_attempts,
+              reconnect_max_delay, learn) -> None:
+    _check("--batch", batch, 1)
+    _check("--stride", stride, 1)
+    _check("--group", group, 2, " (a group pools several frames)")
+    _check("--hop", hop, 1)
+    _check("--max-frames", max_frames, 1)
+    _check("--queue-size", queue_size, 1)
+    _check("--reconnect-attempts", reconnect_attempts, 0)
+    _check("--reconnect-max-delay", reconnect_max_delay, 0.05, " seconds")
+    if hop is not None and group is None:
+        raise Dn2Error("--hop needs --group M (it is the step between scored groups)")
+    if learn is not None:
+        from .learn import parse_learn
+
+        parse_learn(learn)
+
+
+def _threshold(detector, override: Optional[float], group: Optional[int]) -> float:
+    if group:
+        gthr = getattr(detector, "group_threshold", None)
+        if gthr is None:
+            raise Dn2Error("--group needs a bundle with a group bank (fit it with "
+                           "dn2-fit --group-size M); this bundle has none")
+        g = (getattr(detector, "manifest", None) or {}).get("group") or {}
+        sizes = g.get("sizes") or [None, None]
+        if sizes[0] is not None and sizes[0] == sizes[1] and int(sizes[0]) != int(group):
+            raise Dn2Error(f"--group {group}: the bundle's normal groups have {sizes[0]} "
+                           f"images each; use --group {sizes[0]} (means of other sizes "
+                           "spread differently, so the bundle's group threshold would not hold)")
+        return float(override) if override is not None else float(gthr)
+    return float(override) if override is not None else float(detector.threshold)
+
+
+def _embed(detector, frames) -> np.ndarray:
+    return detector.embedder.embed_batch(np.stack([f.prepared for f in frames]))
+
+
+class _Scorer:
+    """Turns batches of frames into scores, decisions, events and overlay frames."""
+
+    def __init__(self, detector, out: Outputs, decider: Decider, group: Optional[int],
+                 hop: int, stats: Stats, log, on_score=None, groups=None):
+        self.detector, self.out, self.decider, self.stats = detector, out, decider, stats
+        self.gwin = _GroupWindow(groups or detector, group, hop) if group else None
+        self.label = "group" if group else ""
+        self.log, self.on_score = log, on_score
+        self.last_score: Optional[float] = None
+        self.last = None  # the last frame scored
+
+    def batch(self, frames) -> None:
+        emb = _embed(self.detector, frames)
+        scores = None if self.gwin else self.detector.score_embeddings(emb)
+        fps = self.stats.recent_fps()
+        for i, f in enumerate(frames):
+            if self.gwin:
+                s = self.gwin.push(emb[i])
+                if s is None:  # window not full yet, or between hops: no new decision
+                    self.out.frame(f.image, self.last_score, self.decider.state, fps, self.label)
+                    continue
+                self.stats.groups += 1
+            else:
+                s = float(scores[i])
+            self.last_score = s
+            if self.on_score is not None:
+                self.on_score(f.index, f.timestamp, s)
+            t = self.decider.update(s, f.index, f.timestamp, f.image)
+            if t is not None:
+                ev = self.out.transition(t)
+                self.log(f"{ev['type']} #{ev['alert_id']} at frame {ev['frame']} score "
+                         f"{s:.4g} (threshold {self.decider.threshold:.4g})")
+            self.out.frame(f.image, s, self.decider.state, fps, self.label)
+        self.last = frames[-1]
+        self.stats.record([f.captured for f in frames])
+
+    def finish(self, reason: str) -> None:
+        """Close an alert still open, so every alert_start has its alert_end."""
+        last = self.last
+        t = self.decider.finish(reason, frame=last.index if last else None,
+                                timestamp=last.timestamp if last else None)
+        if t is not None:
+            self.out.transition(t)
+            self.log(f"alert_end #{t.alert_id} ({reason})")
+
+
+def _score_loop(detector, queue: FrameQueue, reader: Reader, out: Outputs, summary: Summary,
+                decider: Decider, batch: int, group: Optional[int], hop: int,
+                stats_every: float, stop: threading.Event, log, pending=(),
+                on_score=None, groups=None) -> None:
+    stats = Stats()
+    scorer = _Scorer(detector, out, decider, group, hop, stats, log, on_score, groups)
+    reason = "end_of_stream"
+    try:
+        while True:
+            if stop.is_set():
+                reason = "stopped"
+                break
+            if pending:
+                frames, pending = list(pending[:batch]), pending[batch:]
+            else:
+                frames = queue.get_batch(batch, timeout=0.1)
+            if frames is None:
+                break
+            if frames:
+                scorer.batch(frames)
+            if stats.due(stats_every):
+                log(stats.line(queue.dropped, reader.stats.reconnects, len(queue)))
+    except KeyboardInterrupt:  # library use without the CLI's signal handlers: a clean stop
+        stop.set()
+        reason = "stopped"
+    except BaseException:
+        scorer.finish("error")  # the events file still pairs every alert, then re-raise
+        raise
+    scorer.finish(reason)
+    stats.fill(summary)
+    summary.alerts = decider.alerts

@@ -1,0 +1,147 @@
+"""kNN banks: exact (numpy, chunked norm trick) and HNSW (hnswlib), save/load, auto cut."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from dn2.runtime.bank import (EXACT_MAX_ELEMENTS, HNSW_DEFAULTS, BankError, ExactBank, HnswBank,
+                              build_bank, choose_kind, load_bank)
+from dn2.tools.bench_bank import gaussian_mixture, recall_at
+
+
+def brute(x, q, k):
+    d = ((q[:, None, :].astype(np.float64) - x[None, :, :].astype(np.float64)) ** 2).sum(-1)
+    ids = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, ids, 1), ids
+
+
+def test_exact_matches_brute_force_with_chunking_over_queries_and_bank():
+    x, q = gaussian_mixture(700, 48, clusters=20, latent=8, seed=1, n_queries=130)
+    bank = ExactBank(48, max_block=64 * 50)  # forces many query chunks and bank chunks
+    bank.add(x[:300])
+    bank.add(x[300:])  # add appends: ids continue
+    d, ids = bank.search(q, 5)
+    bd, bids = brute(x, q, 5)
+    assert d.dtype == np.float32 and ids.dtype == np.int64 and d.shape == (130, 5)
+    assert np.array_equal(ids, bids)
+    # float32 norm trick: error ~ eps32 * ||x||^2 (here ||x||^2 ~ 1e3) -> 1e-3 relative is ample
+    np.testing.assert_allclose(d, bd, rtol=1e-3, atol=1e-2)
+    assert np.all(np.diff(d, axis=1) >= 0)
+
+
+def test_exact_clamps_self_distance_at_zero_and_is_exactly_ordered():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(50, 32)) * 100 + 500).astype(np.float32)  # large norms: cancellation
+    bank = build_bank(x, "exact")
+    d, ids = bank.search(x, 1)
+    assert (d >= 0).all()
+    assert np.array_equal(ids[:, 0], np.arange(50))
+
+
+def test_exact_errors_say_expected_and_found():
+    bank = build_bank(np.zeros((3, 4), np.float32), "exact")
+    with pytest.raises(BankError, match="only 3 entries"):
+        bank.search(np.zeros((1, 4)), 4)
+    with pytest.raises(BankError, match="expected dimension 4, found 5"):
+        bank.search(np.zeros((1, 5)), 1)
+    with pytest.raises(BankError, match="finite"):
+        bank.search(np.full((1, 4), np.nan), 1)
+    with pytest.raises(BankError, match="at least one embedding"):
+        build_bank(np.zeros((0, 4), np.float32))
+
+
+def test_exact_save_load_roundtrip_and_no_pickles(tmp_path):
+    x, q = gaussian_mixture(200, 16, clusters=5, latent=4, n_queries=10)
+    bank = build_bank(x, "exact")
+    p = tmp_path / "bank.npy"
+    bank.save(p)
+    again = load_bank(p, bank.params())
+    assert np.array_equal(again.search(q, 3)[1], bank.search(q, 3)[1])
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(BankError, match="expected a numpy float32"):
+        load_bank(tmp_path / "obj.npy", {"kind": "exact"})
+    with pytest.raises(BankError, match="manifest says n=201, found n=200"):
+        load_bank(p, dict(bank.params(), n=201))
+
+
+def test_hnsw_defaults_hold_recall_at_2_on_structured_data():
+    # Gaussian-mixture data with 128-d intrinsic structure (bench_bank's generator); 4000 x 256
+    # keeps the single-threaded build to seconds. The defaults must keep recall@2 >= 0.99.
+    x, q = gaussian_mixture(4000, 256, seed=3, n_queries=300)
+    exact = build_bank(x, "exact")
+    hnsw = build_bank(x, "hnsw")
+    assert hnsw.params()["M"] == HNSW_DEFAULTS["M"] and hnsw.ef == HNSW_DEFAULTS["ef"]
+    ed, ei = exact.search(q, 2)
+    hd, hi = hnsw.search(q, 2)
+    assert recall_at(ei, hi) >= 0.99
+    # the data is hard enough to tell settings apart: a sparse graph searched with hnswlib's
+    # default ef=10 misses neighbours on it
+    weak = build_bank(x, "hnsw", M=4, ef_construction=20, ef=10)
+    assert recall_at(ei, weak.search(q, 2)[1]) < 0.97
+    hit = (ei == hi).all(1)
+    # where the ids agree, hnswlib's squared L2 equals ours (float32 sums: 1e-4 relative)
+    np.testing.assert_allclose(hd[hit], ed[hit], rtol=1e-4, atol=1e-3)
+
+
+def test_hnsw_build_is_deterministic_and_load_reapplies_ef(tmp_path):
+    x, q = gaussian_mixture(1500, 32, seed=5, n_queries=50)
+    paths = []
+    for i in range(2):
+        b = HnswBank(32, M=8, ef_construction=40, ef=17, seed=7)
+        b.add(x[:700])
+        b.add(x[700:])  # growing the index keeps determinism
+        paths.append(tmp_path / f"h{i}.bin")
+        b.save(paths[-1])
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    assert len(digests) == 1, "same data + seed + single-threaded add must give the same graph"
+    loaded = load_bank(paths[0], b.params())
+    assert isinstance(loaded, HnswBank) and loaded.n == 1500
+    assert loaded.ef == 17 and loaded._index.ef == 17  # recorded ef re-applied after load
+    assert loaded.M == 8 and loaded.ef_construction == 40
+    assert np.array_equal(loaded.search(q, 2)[1], b.search(q, 2)[1])
+    # k larger than ef still works (ef raised to k for the query only)
+    d, ids = loaded.search(q[:3], 30)
+    assert ids.shape == (3, 30) and loaded._index.ef == 17
+    np.testing.assert_allclose(loaded.vectors(), x, rtol=0, atol=0)
+
+
+def test_auto_uses_the_benchmarked_size_cut():
+    assert choose_kind("auto", 8192, 2048) == "exact"
+    assert choose_kind("auto", 8193, 2048) == "hnsw"
+    assert choose_kind("auto", EXACT_MAX_ELEMENTS // 512, 512) == "exact"
+    assert choose_kind("exact", 10 ** 7, 2048) == "exact"
+    with pytest.raises(BankError, match="expected auto, exact or hnsw, found 'faiss'"):
+        choose_kind("faiss", 10, 10)
+
+
+def test_hnsw_file_must_agree_with_the_manifest_before_hnswlib_parses_it(tmp_path):
+    # hnswlib itself loads an index of another dimension silently and reads garbage
+    x, _ = gaussian_mixture(100, 32, seed=2)
+    b = build_bank(x, "hnsw", M=8, ef_construction=20, ef=10)
+    p = tmp_path / "bank.bin"
+    b.save(p)
+    with pytest.raises(BankError, match="manifest says dim=16, found dim=32 in the hnswlib file"):
+        load_bank(p, dict(b.params(), dim=16))
+    with pytest.raises(BankError, match="manifest says M=16, found M=8"):
+        load_bank(p, dict(b.params(), M=16))
+    (tmp_path / "short.bin").write_bytes(b"abc")
+    with pytest.raises(BankError, match="expected an hnswlib index, found 3 bytes"):
+        load_bank(tmp_path / "short.bin", b.params())
+
+
+def test_bench_bank_tool_runs_small(capsys):
+    from dn2.tools import bench_bank
+
+    assert bench_bank.main(["--sizes", "300", "--dim", "16", "--grid", "8:40:20",
+                            "--queries", "20", "--json"]) == 0
+    import json
+
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [r["kind"] for r in rows] == ["exact", "hnsw M=8 efc=40 ef=20"]
+    assert rows[1]["recall@2"] >= 0.9 and rows[0]["n"] == 300
+    assert bench_bank.main(["--kmeans", "--kmeans-n", "400", "--kmeans-c", "8", "--dim", "8",
+                            "--json"]) == 0
+    km = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert any("seconds" in r for r in km)

@@ -1,0 +1,130 @@
+"""fp16 / int8 variants and the verification gate that refuses bad models (issue 2)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="exporting needs pip install 'dn2[export]'")
+
+from dn2.export import quantize  # noqa: E402
+from dn2.export.archs import get_arch  # noqa: E402
+from dn2.export.graph import EmbeddingGraph, build_graph, export_onnx  # noqa: E402
+from dn2.export.pipeline import export_model  # noqa: E402
+from dn2.export.samples import sample_photos  # noqa: E402
+from dn2.export.verify import VerificationError, cosines, ort_embed, verify_fp32  # noqa: E402
+from dn2.export.weights import load_weights  # noqa: E402
+from dn2.runtime.modelmeta import read_model_meta  # noqa: E402
+
+
+def _session_config(path) -> dict:
+    extra = read_model_meta(str(path)).extra
+    return json.loads(extra.get("dn2.ort_session_config", "{}"))
+
+
+def test_knn_scores_and_spearman():
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(12, 5))
+    brute = [np.mean(sorted(((e[i] - e[j]) ** 2).sum() for j in range(12) if j != i)[:2])
+             for i in range(12)]
+    assert np.allclose(quantize.knn_scores(e, k=2), brute)
+    s = rng.normal(size=30)
+    assert quantize.spearman(s, s * 3 + 1) == pytest.approx(1.0)
+    assert quantize.spearman(s, -s) == pytest.approx(-1.0)
+    assert quantize.spearman(s, np.exp(s)) == pytest.approx(1.0)  # ranks only
+    assert abs(quantize.spearman(s, rng.normal(size=30))) < 0.5
+
+
+@pytest.mark.slow
+def test_lite0_int8_keeps_cosine_on_real_photos(lite0_model, tmp_path):
+    import cv2
+
+    names, photos = sample_photos(224)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for name, img in zip(names[::2], photos[::2]):  # calibrate on half; the other half is unseen
+        cv2.imwrite(str(calib / f"{name}.png"), img)
+    out = tmp_path / "lite0-int8.onnx"
+    report = export_model("efficientnet_lite0", "imagenet", str(out), precision="int8",
+                          calib=str(calib))
+    q = report["quantize"]
+    assert q["calib_images"] == 8 and q["passed"] and q["knn_spearman"] >= 0.9
+    meta = read_model_meta(str(out))
+    assert meta.precision == "int8" and meta.dim == 1280 and meta.input_size == 224
+    config = _session_config(out)
+    assert config == {"session.x64quantprecision": "1"}
+    # independent check against the fp32 model, on all 16 photos (8 never seen in calibration):
+    # the issue's requirement is cosine >= 0.99 on real photos
+    cos = cosines(ort_embed(str(lite0_model), photos), ort_embed(str(out), photos, config))
+    assert cos.min() >= 0.99, dict(zip(names, cos.round(4)))
+    assert out.stat().st_size < lite0_model.stat().st_size / 2
+
+
+@pytest.mark.slow
+def test_resnet_int8_random_weights_on_sample_photos(tmp_path, capsys):
+    out = tmp_path / "r18-int8.onnx"
+    report = export_model("resnet18", "none", str(out), input_size=96, precision="int8")
+    assert "warning: no --calib DIR" in capsys.readouterr().err
+    q = report["quantize"]
+    assert q["float_convs"] == 0 and q["int8_convs"] == 20  # a ResNet quantizes whole
+    spec = get_arch("resnet18")
+    names, photos = sample_photos(96)
+    ref = build_graph(spec, load_weights(spec, "none").model)
+    from dn2.export.verify import torch_embed
+
+    cos = cosines(torch_embed(ref, photos), ort_embed(str(out), photos, _session_config(out)))
+    assert cos.min() >= 0.99
+    ops = {n.op_type for n in __import__("onnx").load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_fp16_keeps_io_types_and_agrees(tmp_path):
+    import onnx
+
+    out = tmp_path / "lite0-fp16.onnx"
+    report = export_model("efficientnet_lite0", "imagenet", str(out), input_size=96,
+                          precision="fp16")
+    assert report["quantize"]["passed"] and read_model_meta(str(out)).precision == "fp16"
+    model = onnx.load(str(out))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    conv_w = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+    assert all(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer
+               if t.name in conv_w)
+    spec = get_arch("efficientnet_lite0")
+    names, photos = sample_photos(96)
+    from dn2.export.verify import torch_embed
+
+    ref = torch_embed(build_graph(spec, load_weights(spec, "imagenet").model), photos)
+    got = ort_embed(str(out), photos)
+    # fp16 rounding (11-bit mantissa) through ~50 layers: measured cosine > 0.9999
+    assert got.dtype == np.float32 and cosines(ref, got).min() > 0.999
+
+
+def test_int8_below_tolerance_is_refused_and_nothing_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(quantize, "INT8_MIN_COSINE", 1.01)  # unreachable: forces the refusal
+    out = tmp_path / "m.onnx"
+    with pytest.raises(VerificationError, match="int8 vs fp32.*No model was written"):
+        export_model("resnet18", "none", str(out), input_size=64, precision="int8")
+    assert list(tmp_path.iterdir()) == []
+    err = capsys.readouterr().err
+    assert "first 0/20 convs in float" in err and "first 12/20 convs in float" in err
+
+
+class _RGBGraph(EmbeddingGraph):
+    """A plausible bug: the channel swap forgotten."""
+
+    def preprocess(self, images):
+        x = images.float().permute(0, 3, 1, 2)
+        return x * self.scale + self.shift
+
+
+def test_fp32_gate_catches_a_wrong_graph(tmp_path):
+    spec = get_arch("efficientnet_lite0")
+    model = load_weights(spec, "imagenet").model
+    path = tmp_path / "m.onnx"
+    export_onnx(build_graph(spec, model), path, 64)
+    assert verify_fp32(build_graph(spec, model), str(path), 64)["passed"]
+    with pytest.raises(VerificationError, match="onnxruntime fp32 vs torch: max-abs error"):
+        verify_fp32(_RGBGraph(spec, model).eval(), str(path), 64)

@@ -1,0 +1,55 @@
+"""dn2's own pipeline: the lean runtime exactly as dn2-score / dn2-watch run it.
+
+``dn2.runtime.images.read_image`` decodes (OpenCV), ``prepare`` resizes the shorter side and
+centre-crops to the model's uint8 BGR input, the ``Embedder`` runs the ONNX graph in onnxruntime
+(cast and normalisation are inside the graph), the runtime's exact kNN scores against the bank,
+and the decision is score > threshold.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+class Dn2Pipeline:
+    def __init__(self, model_path: str, kind: str, bank: np.ndarray, k: int, threshold: float,
+                 threads: int, batch_size: int, name: str = ""):
+        import cv2
+
+        from dn2.runtime import images
+        from dn2.runtime.embedder import Embedder
+
+        cv2.setNumThreads(threads)
+        self.name = name or f"dn2-{kind}"
+        self.kind = kind
+        self._images = images
+        self.embedder = Embedder(str(model_path), providers="auto", threads=threads,
+                                 batch_size=batch_size)
+        self.rule = self.embedder.meta.resize
+        self.knn_fn = make_exact_knn(bank, k)
+        self.threshold = float(threshold)
+
+    def decode(self, paths: Sequence[str]):
+        return [self._images.read_image(p) for p in paths]
+
+    def preprocess(self, images):
+        return np.stack([self._images.prepare(im, self.rule) for im in images])
+
+    def model(self, batch):
+        return self.embedder.embed_batch(batch)
+
+    def knn(self, embeddings):
+        return self.knn_fn(embeddings)
+
+    def decide(self, scores):
+        return (np.asarray(scores) > self.threshold).tolist()
+
+
+def make_exact_knn(bank: np.ndarray, k: int):
+    """The runtime's exact bank and kNN score (paper eq. 2) as one callable: queries -> scores."""
+    from dn2.runtime import scoring
+    from dn2.runtime.bank import build_bank
+
+    exact = build_bank(np.ascontiguousarray(bank, dtype=np.float32), index="exact")
+    return lambda q: scoring.knn_score(exact, q, k=k)

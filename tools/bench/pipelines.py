@@ -1,0 +1,132 @@
+"""The timing harness shared by every benchmarked pipeline.
+
+A pipeline is an object with five stage methods, called in this order on each batch:
+
+    decode(paths) -> images        read + decode the files
+    preprocess(images) -> batch    resize / crop / normalise / stack: the model's input
+    model(batch) -> embeddings     the trunk
+    knn(embeddings) -> scores      exact k-nearest-neighbour score against the bank
+    decide(scores) -> decisions    score > threshold
+
+Each stage is timed on its own with ``time.perf_counter``, and the whole batch (first stage start
+to last stage end) is timed around them, so end-to-end >= the sum of the stages by construction;
+the difference is the harness's own overhead (a few microseconds). Every pipeline runs over the
+same image paths, in the same batches.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Protocol, Sequence
+
+import numpy as np
+
+STAGES = ("decode", "preprocess", "model", "knn", "decision")
+
+
+class Pipeline(Protocol):
+    name: str
+    kind: str  # "torch" | "fp32" | "int8"
+
+    def decode(self, paths: Sequence[str]): ...
+    def preprocess(self, images): ...
+    def model(self, batch): ...
+    def knn(self, embeddings): ...
+    def decide(self, scores): ...
+
+
+@dataclass
+class Timings:
+    """Raw per-batch timings of one pipeline at one batch size (seconds)."""
+
+    name: str
+    kind: str
+    batch: int
+    images: int = 0
+    e2e: List[float] = field(default_factory=list)
+    stages: Dict[str, List[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+
+    def summary(self) -> Dict[str, object]:
+        """img/s, per-batch latency percentiles, per-image stage means, model-only throughput."""
+        total = sum(self.e2e)
+        stage_tot = {s: sum(v) for s, v in self.stages.items()}
+        lat_ms = np.asarray(self.e2e) * 1e3
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "batch": self.batch,
+            "images": self.images,
+            "batches": len(self.e2e),
+            "img_per_s": round(self.images / total, 3),
+            "latency_ms_p50": round(float(np.percentile(lat_ms, 50)), 3),
+            "latency_ms_p95": round(float(np.percentile(lat_ms, 95)), 3),
+            "latency_unit": f"one batch of {self.batch} image(s), decode to decision",
+            "e2e_ms_per_image": round(total / self.images * 1e3, 4),
+            "stages_ms_per_image": {s: round(t / self.images * 1e3, 4) for s, t in stage_tot.items()},
+            "stages_sum_ms_per_image": round(sum(stage_tot.values()) / self.images * 1e3, 4),
+            "model_only_img_per_s": round(self.images / stage_tot["model"], 3),
+            "e2e_over_model_only": round(stage_tot["model"] / total, 4),
+        }
+
+
+def make_batches(paths: Sequence[str], batch: int) -> List[List[str]]:
+    """Full batches over ``paths``, wrapping around so the last batch is full too."""
+    if batch < 1:
+        raise ValueError(f"batch size must be >= 1, found {batch}")
+    n = len(paths)
+    if n == 0:
+        raise ValueError("no benchmark images")
+    count = math.ceil(n / batch) * batch
+    idx = [i % n for i in range(count)]
+    return [[paths[j] for j in idx[i:i + batch]] for i in range(0, count, batch)]
+
+
+def run_batch(pipe: Pipeline, paths: Sequence[str]):
+    """One batch through the five stages. Returns (stage seconds, e2e seconds, decisions)."""
+    clock = time.perf_counter
+    t_start = clock()
+    images = pipe.decode(paths)
+    t1 = clock()
+    batch = pipe.preprocess(images)
+    t2 = clock()
+    emb = pipe.model(batch)
+    t3 = clock()
+    scores = pipe.knn(emb)
+    t4 = clock()
+    decisions = pipe.decide(scores)
+    t_end = clock()
+    stages = {"decode": t1 - t_start, "preprocess": t2 - t1, "model": t3 - t2,
+              "knn": t4 - t3, "decision": t_end - t4}
+    return stages, t_end - t_start, decisions
+
+
+def run_pass(pipe: Pipeline, batches: Sequence[Sequence[str]], timings: Timings) -> None:
+    """Every batch once, appending to ``timings``."""
+    for paths in batches:
+        stages, e2e, decisions = run_batch(pipe, paths)
+        if len(decisions) != len(paths):
+            raise RuntimeError(f"{pipe.name}: {len(paths)} images in, {len(decisions)} decisions out")
+        timings.e2e.append(e2e)
+        timings.images += len(paths)
+        for s in STAGES:
+            timings.stages[s].append(stages[s])
+
+
+def run_all(pipes: Sequence[Pipeline], paths: Sequence[str], batch_sizes: Sequence[int],
+            passes: int, progress=None) -> List[Timings]:
+    """Warm each (pipeline, batch) up on one batch, then time ``passes`` passes over all images.
+
+    Passes are interleaved (pass 1 of every pipeline, then pass 2, ...) so that a change in
+    machine load during the run spreads over all pipelines instead of hitting one.
+    """
+    plan = [(p, b, make_batches(paths, b)) for p in pipes for b in batch_sizes]
+    results = {(p.name, b): Timings(p.name, p.kind, b) for p, b, _ in plan}
+    for p, b, batches in plan:
+        run_batch(p, batches[0])  # warm-up: allocators, thread pools, lazy init; not counted
+    for k in range(passes):
+        for p, b, batches in plan:
+            if progress:
+                progress(f"pass {k + 1}/{passes}: {p.name} batch {b} ({len(batches)} batches)")
+            run_pass(p, batches, results[(p.name, b)])
+    return [results[(p.name, b)] for p, b, _ in plan]

@@ -1,0 +1,300 @@
+"""Benchmark the dn2-watch loop against the bare model on the same frames.
+
+    python -m dn2.tools.bench_watch --model lite0.onnx [--bundle B] [--frames 300]
+        [--size 640x480] [--batch 8] [--threads 2] [--live-fps 10] [--json out.json]
+
+Rows of the table:
+
+* ``model``: onnxruntime alone, ``embed_batch`` on frames already resized and cropped in
+  memory, batches of ``--batch``: the ceiling.
+* ``bare``: one thread doing what the loop must do per frame, minus the video: prepare
+  (resize + crop) + embed + score, on decoded frames in memory.
+* ``loop (file)``: ``watch()`` on an MJPG video of the same frames: decode in the reader thread,
+  queue, batched scoring, decisions, events. Its frames/s over ``model`` is the goal ratio
+  (>= 0.9). Latency here includes the wait in a full queue (files never drop).
+* ``loop (live)``: the same video replayed in real time at ``--live-fps`` as a camera: the
+  latency a camera frame sees (capture -> decision) when the loop keeps up, and drops if not.
+
+CPU is process CPU time over wall time (100 % = one core busy).
+
+``--soak N`` instead runs the loop over N frames (the video replayed end to end, stains every
+so often so alerts open, close and write snapshots) and samples the process RSS: memory must
+stay flat once the model is warm.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from dn2.runtime.watch.sources import CaptureSource
+
+
+def _textile_paths(n: int) -> List[str]:
+    try:
+        import conformal_clip_data as ccd
+    except ImportError as exc:
+        raise SystemExit("bench_watch needs the textile images: pip install conformal-clip-data"
+                         ) from exc
+    files = sorted(str(p) for p in Path(ccd.nominal_dir()).glob("*.jpg"))
+    if len(files) < n:
+        raise SystemExit(f"expected at least {n} textile images, found {len(files)}")
+    return files[:n]
+
+
+def make_frames(paths: List[str], w: int, h: int) -> List[np.ndarray]:
+    """Camera-sized frames from real textile photos: centre crop to w:h, then resize."""
+    import cv2
+
+    out = []
+    for p in paths:
+        img = cv2.imread(p)
+        ih, iw = img.shape[:2]
+        cw, ch = (iw, int(iw * h / w)) if iw * h / w <= ih else (int(ih * w / h), ih)
+        y, x = (ih - ch) // 2, (iw - cw) // 2
+        out.append(cv2.resize(img[y:y + ch, x:x + cw], (w, h), interpolation=cv2.INTER_LINEAR))
+    return out
+
+
+def default_bundle(model: str, work: Path, w: int, h: int, n: int = 200,
+                   threads: Optional[int] = None) -> str:
+    """A bundle fitted on the first ``n`` textile photos made into frames like the stream's,
+    through the same MJPG codec (the stream uses the last photos of the set, never these).
+    The codec matters: fitted on uncompressed frames, the textures score ~2x higher."""
+    from dn2.runtime.embedder import Embedder
+    from dn2.runtime.fit import fit_bundle
+
+    bundle = work / f"bundle_{w}x{h}"
+    if not bundle.exists():
+        print(f"fitting a bundle on {n} textile frames {w}x{h} ...", file=sys.stderr)
+        import cv2
+
+        cap = cv2.VideoCapture(str(write_video(work / "fit.avi",
+                                               make_frames(_textile_paths(n), w, h), 25.0)))
+        frames = []
+        while True:
+            ok, f = cap.read()
+            if not ok:
+                break
+            frames.append(f)
+        cap.release()
+        emb = Embedder(model, threads=threads).embed_images(frames)
+        fit_bundle(model, bundle, embeddings=emb, progress=False)
+    return str(bundle)
+
+
+def write_video(path: Path, frames: List[np.ndarray], fps: float) -> Path:
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), float(fps), (w, h))
+    for f in frames:
+        vw.write(f)
+    vw.release()
+    return path
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench(model: str, bundle: Optional[str], n_frames: int, size: str, batch: int,
+          threads: Optional[int], live_fps: float, work: Path, repeats: int = 3,
+          providers: str = "auto") -> dict:
+    from dn2.runtime.detector import Detector
+    from dn2.runtime.images import prepare
+    from dn2.runtime.watch.loop import watch
+
+    w, h = (int(v) for v in size.lower().split("x"))
+    bundle = bundle or default_bundle(model, work, w, h, threads=threads)
+    det = Detector.load(bundle, providers=providers, threads=threads, batch_size=batch)
+    frames = make_frames(_textile_paths(1000)[-n_frames:], w, h)
+    rule = det.embedder.meta.resize
+    prepared = np.stack([prepare(f, rule) for f in frames])
+    chunks = [prepared[i:i + batch] for i in range(0, len(prepared), batch)]
+    det.embedder.embed_batch(chunks[0])  # warm-up
+
+    def model_only():
+        for c in chunks:
+            det.embedder.embed_batch(c)
+
+    def bare():
+        for i in range(0, len(frames), batch):
+            x = np.stack([prepare(f, rule) for f in frames[i:i + batch]])
+            det.score_embeddings(det.embedder.embed_batch(x))
+
+    video = write_video(work / "bench.avi", frames, fps=25.0)
+    # Interleaved repeats, best of each: on a shared machine the best run is the one least
+    # disturbed by other processes, and all three see the same conditions.
+    t_model = t_bare = float("inf")
+    loop = None
+    for _ in range(repeats):
+        t_model = min(t_model, _timed(model_only))
+        t_bare = min(t_bare, _timed(bare))
+        run = watch(det, str(video), batch=batch, headless=True)
+        if loop is None or run.fps > loop.fps:
+            loop = run
+    live_video = write_video(work / "bench_live.avi", frames, fps=live_fps)
+    live = watch(det, str(live_video), batch=batch, headless=True, realtime=True)
+    n = len(frames)
+    res = {
+        "frames": n, "frame_size": f"{w}x{h}", "batch": batch, "threads": threads,
+        "repeats": repeats,
+        "model": det.embedder.meta.arch, "input_size": det.embedder.input_size,
+        "provider": det.embedder.provider, "cpu_count": os.cpu_count(),
+        "model_fps": n / t_model, "bare_fps": n / t_bare,
+        "loop_fps": loop.fps, "loop_latency_p50_ms": loop.latency_p50_ms,
+        "loop_latency_p95_ms": loop.latency_p95_ms, "loop_cpu_percent": loop.cpu_percent,
+        "live_fps_in": live_fps, "live_fps": live.fps, "live_dropped": live.dropped,
+        "live_latency_p50_ms": live.latency_p50_ms, "live_latency_p95_ms": live.latency_p95_ms,
+        "live_cpu_percent": live.cpu_percent,
+    }
+    res["loop_over_model"] = res["loop_fps"] / res["model_fps"]
+    res["loop_over_bare"] = res["loop_fps"] / res["bare_fps"]
+    return res
+
+
+class Looped(CaptureSource):
+    """A video file replayed ``times`` times as one stream (for the soak run)."""
+
+    def __init__(self, path: str, times: int):
+        super().__init__(path, "file", live=False)
+        self.left = times
+
+    def read(self):
+        img = super().read()
+        while img is None and self.left > 1:
+            self.left -= 1
+            self.close()
+            self._pos = 0
+            self.open()
+            img = super().read()
+        return img
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def soak(model: str, bundle: Optional[str], n_frames: int, size: str, batch: int,
+         threads: Optional[int], work: Path) -> dict:
+    """RSS over a long run; returns samples [(frames scored, RSS MB)] and the summary."""
+    import threading
+
+    from dn2.runtime.detector import Detector
+    from dn2.runtime.watch.loop import watch
+
+    w, h = (int(v) for v in size.lower().split("x"))
+    bundle = bundle or default_bundle(model, work, w, h, threads=threads)
+    frames = make_frames(_textile_paths(1000)[-100:], w, h)
+    import cv2
+
+    for i in range(40, 50):  # a stain: one alert (start, end, snapshots) per replay
+        cv2.circle(frames[i], (w // 2, h // 2), min(w, h) // 4, (20, 20, 20), -1)
+    video = write_video(work / "soak.avi", frames, fps=25.0)
+    det = Detector.load(bundle, threads=threads, batch_size=batch)
+    samples, done = [], threading.Event()
+    scored = [0]
+
+    def sample():
+        while not done.wait(1.0):
+            samples.append((scored[0], _rss_mb()))
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    times = max(1, -(-n_frames // len(frames)))
+    summary = watch(det, Looped(str(video), times), batch=batch, max_frames=n_frames,
+                    events=str(work / "soak_events.jsonl"), snapshots=str(work / "soak_snaps"),
+                    on_score=lambda i, ts, s: scored.__setitem__(0, scored[0] + 1))
+    done.set()
+    t.join()
+    samples.append((scored[0], _rss_mb()))
+    return {"samples": samples, "summary": summary.to_dict()}
+
+
+def table(r: dict) -> str:
+    def f(v, fmt="{:.1f}"):
+        return "-" if v is None else fmt.format(v)
+
+    rows = [
+        ("model (embed_batch only)", f(r["model_fps"]), "1.00", "-", "-", "-", "-"),
+        ("bare (prepare+embed+score)", f(r["bare_fps"]), f(r["bare_fps"] / r["model_fps"],
+                                                            "{:.2f}"), "-", "-", "-", "-"),
+        ("loop, file (every frame)", f(r["loop_fps"]), f(r["loop_over_model"], "{:.2f}"),
+         f(r["loop_latency_p50_ms"]), f(r["loop_latency_p95_ms"]), "0",
+         f(r["loop_cpu_percent"], "{:.0f}%")),
+        (f"loop, live {r['live_fps_in']:g} fps", f(r["live_fps"]), "-",
+         f(r["live_latency_p50_ms"]), f(r["live_latency_p95_ms"]), str(r["live_dropped"]),
+         f(r["live_cpu_percent"], "{:.0f}%")),
+    ]
+    head = ("pipeline", "frames/s", "x model", "p50 ms", "p95 ms", "drops", "CPU")
+    widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(wd) for c, wd in zip(cells, widths)) + " |"
+    out = [f"{r['model']} {r['input_size']} px, {r['frames']} frames {r['frame_size']}, batch "
+           f"{r['batch']}, threads {r['threads']}, provider {r['provider']}, "
+           f"{r['cpu_count']} CPUs, best of {r['repeats']}",
+           line(head), line(["-" * wd for wd in widths])]
+    return "\n".join(out + [line(x) for x in rows])
+
+
+def soak_table(r: dict) -> str:
+    s = r["samples"]
+    n = len(s)
+    picks = sorted({0, n // 10, n // 4, n // 2, 3 * n // 4, n - 1}) if n else []
+    rows = ["| frames scored | RSS MB |", "|---|---|"]
+    rows += [f"| {s[i][0]} | {s[i][1]:.1f} |" for i in picks]
+    sm = r["summary"]
+    after_warm = [m for f, m in s if f >= s[-1][0] * 0.1] or [0.0]
+    return "\n".join(rows + [
+        f"RSS from 10% of the run to the end: min {min(after_warm):.1f} MB, "
+        f"max {max(after_warm):.1f} MB, growth {after_warm[-1] - after_warm[0]:+.1f} MB; "
+        f"{sm['frames_scored']} frames, {sm['alerts']} alerts, {sm['events']} events, "
+        f"{sm['fps']:.1f} fps"])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="bench_watch", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="dn2 model (.onnx) from dn2-export")
+    p.add_argument("--bundle", help="bundle to score with (default: fit one on 200 textile "
+                                    "frames of --size)")
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--size", default="640x480", help="frame size WxH (default 640x480)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="interleaved repeats; the best of each row is kept (default 3)")
+    p.add_argument("--providers", default="auto", help="onnxruntime providers (default auto)")
+    p.add_argument("--live-fps", type=float, default=10.0,
+                   help="camera rate for the live row (default 10)")
+    p.add_argument("--work-dir", help="keep the video and bundle here")
+    p.add_argument("--json", help="also write the numbers here")
+    p.add_argument("--soak", type=int, metavar="N",
+                   help="instead: run N frames and print RSS as the run goes (memory check)")
+    a = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="dn2-bench-watch-") as tmp:
+        work = Path(a.work_dir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if a.soak:
+            r = soak(a.model, a.bundle, a.soak, a.size, a.batch, a.threads, work)
+            print(soak_table(r))
+        else:
+            r = bench(a.model, a.bundle, a.frames, a.size, a.batch, a.threads, a.live_fps,
+                      work, repeats=a.repeats, providers=a.providers)
+            print(table(r))
+    if a.json:
+        Path(a.json).write_text(json.dumps(r, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
