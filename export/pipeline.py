@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from dn2.runtime.errors import Dn2Error
-from dn2.runtime.modelmeta import ModelMeta, ResizeRule
+from dn2.runtime.modelmeta import K_ORT_CONFIG, ModelMeta, ResizeRule
 from dn2.runtime.version import __version__
 
 from .archs import DEFAULT_OPSET, MIN_INPUT_SIZE, get_arch
 
 PRECISIONS = ("fp32", "fp16", "int8")
-K_ORT_CONFIG = "dn2.ort_session_config"  # JSON {key: value} for onnxruntime SessionOptions
 MAX_INPUT_SIZE = 1024
 
 

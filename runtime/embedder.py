@@ -13,19 +13,20 @@ size; the graph's input/output names, dtypes and shapes are checked against the 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
-from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import providers as prov
 from .errors import Dn2Error, ImageError, ModelError
 from .images import prepare, read_image
-from .modelmeta import INPUT_NAME, OUTPUT_NAME, ModelMeta
+from .modelmeta import INPUT_NAME, K_ORT_CONFIG, OUTPUT_NAME, ModelMeta
 from .progress import Progress
 
 log = logging.getLogger("dn2")
@@ -93,6 +94,7 @@ class Embedder:
         self.threads = threads
         self.decode_workers = 2 if decode_workers is None else max(0, int(decode_workers))
         order = prov.resolve(providers)
+        self._ort_config: Dict[str, str] = {}
         self.fallbacks: List[Tuple[str, str]] = []  # (provider, why it was not used)
         self.session, self.meta = self._open(order, allow_fp16)
         self.provider: str = self.session.get_providers()[0]
@@ -111,7 +113,24 @@ class Embedder:
         if self.threads is not None:
             so.intra_op_num_threads = int(self.threads)
             so.inter_op_num_threads = 1
+        for key, value in self._ort_config.items():
+            so.add_session_config_entry(key, value)
         return so
+
+    @staticmethod
+    def _config_of(meta: ModelMeta) -> Dict[str, str]:
+        """onnxruntime session entries the exporter asked for (``dn2.ort_session_config``):
+        int8 models need ``session.x64quantprecision=1`` on x86 CPUs without VNNI, where the
+        default int8 kernels overflow (Lite0 int8 min cosine 0.96 instead of 0.99)."""
+        text = meta.extra.get(K_ORT_CONFIG)
+        if not text:
+            return {}
+        try:
+            cfg = json.loads(text)
+            return {str(k): str(v) for k, v in dict(cfg).items()}
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"metadata {K_ORT_CONFIG}: expected a JSON object of strings, "
+                             f"found {text!r} ({exc})") from exc
 
     def _session(self, names: List[str], meta: Optional[ModelMeta], allow_fp16: bool, last: bool):
         import onnxruntime as ort
@@ -152,6 +171,10 @@ class Embedder:
                 if meta is None:
                     meta = ModelMeta.from_props(sess.get_modelmeta().custom_metadata_map,
                                                 source=self.model_path)
+                cfg = self._config_of(meta)
+                if cfg != self._ort_config:  # the model asks for session entries: reopen
+                    self._ort_config = cfg
+                    sess = self._session(names, meta, allow_fp16, last=k == len(tries) - 1)
                 check_graph(sess, meta, self.model_path)
                 got = sess.get_providers()[0]
                 if got != want:  # onnxruntime dropped the provider (e.g. no GPU / CUDA libs)

@@ -1,23 +1,26 @@
 """k-means compression of the normal bank (paper 5.1): C centres replace the N embeddings.
 
-Backend choice, measured on this project's 2-core machine (``python -m dn2.tools.bench_bank
---kmeans``; Gaussian-mixture data, 20k x 2048 -> 500 centres, 20 Lloyd iterations):
+Backend choice, measured on this project's shared 2-core machine (load average ~10 from other
+jobs), both backends interleaved, one thread each, same k-means++ seeding:
+``OMP_NUM_THREADS=1 python -m dn2.tools.bench_bank --kmeans --kmeans-n 10000 --kmeans-c 250``
+(Gaussian-mixture data, 10k x 2048 -> 250 centres, 20 iterations):
 
-* faiss-cpu ``faiss.Kmeans`` (random init):            1.6 s, inertia/n 516.7
-* faiss-cpu, seeded k-means++ init on a 4*C subsample:  2.9 s, inertia/n 498.6  <- chosen
-* scikit-learn ``MiniBatchKMeans`` (k-means++ init):   115 s,  inertia/n 499.8
-* scikit-learn ``MiniBatchKMeans`` (random init):       26 s,  inertia/n 500.2
-* scikit-learn ``KMeans`` (Lloyd):                     > 300 s (stopped)
+* faiss-cpu ``faiss.Kmeans`` (full Lloyd):           10.2 s / 10.5 s, inertia/n 2461 / 2718
+* scikit-learn ``MiniBatchKMeans`` (4096 batches):   20.5 s / 18.4 s, inertia/n 2422 / 2724
 
-faiss is ~10-40x faster at equal or better inertia, is maintained by Meta, ships wheels for
-x86-64 and aarch64 (Jetson), and adds no Python dependencies besides numpy. Its random init can
-leave clusters without a centre (inertia 3 % worse above), so centres are seeded by k-means++
-(``_kmeanspp``, a dozen lines of numpy, seeded) on a subsample of ``4 * C`` points, and faiss runs
-the Lloyd iterations. faiss is an optional extra, ``pip install 'dn2[kmeans]'``, because most
-edge boxes never compress; when it is missing and scikit-learn is present (``dn2[tools]``),
+(seeds 0 / 1: equal quality within 1.6 %). Earlier on a quieter machine, 20k x 2048 -> 500:
+faiss 2.9 s; sklearn ``MiniBatchKMeans`` with its own k-means++ init 115 s, random init 26 s;
+sklearn ``KMeans`` (Lloyd) > 300 s (stopped).
+
+faiss is 2x (contended) to 10x faster at equal inertia, runs exact Lloyd steps (no mini-batch
+noise), is maintained by Meta, ships wheels for x86-64 and aarch64 (Jetson) and needs nothing
+besides numpy. Its own random init can leave clusters without a centre (20k x 2048 -> 500:
+inertia/n 516.7 against 498.6 when seeded), so centres are seeded by k-means++ (``_kmeanspp``,
+a dozen lines of numpy, seeded) on a subsample of ``4 * C`` points, and faiss runs the Lloyd
+iterations. faiss is an optional extra, ``pip install 'dn2[kmeans]'``, because most edge boxes
+never compress; when it is missing and scikit-learn is present (``dn2[tools]``),
 ``MiniBatchKMeans`` started from the same k-means++ centres is used instead (slower, same
-role). With neither:
-``MissingExtraError`` naming ``dn2[kmeans]``.
+role). With neither: ``MissingExtraError`` naming ``dn2[kmeans]``.
 
 Determinism: same data, C and seed -> same centres (k-means++ draws come from
 ``numpy.random.default_rng(seed)``; faiss's Lloyd steps are deterministic for a fixed init).
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+
 import numpy as np
 
 from .errors import Dn2Error, MissingExtraError

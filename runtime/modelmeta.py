@@ -35,6 +35,7 @@ K_DIM = "dn2.embedding_dim"
 K_OPSET = "dn2.opset"
 K_PRECISION = "dn2.precision"  # fp32 | fp16 | int8
 K_VERSION = "dn2.version"
+K_ORT_CONFIG = "dn2.ort_session_config"  # optional JSON {key: value} for onnxruntime SessionOptions
 FORMAT = "dn2-model-1"
 
 

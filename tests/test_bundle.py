@@ -150,3 +150,14 @@ def test_half_written_and_missing_bundles_get_clear_messages(bundle, tmp_path):
     (bundle / MANIFEST).write_text("{not json")
     with pytest.raises(BundleError, match="expected dn2.json to be JSON"):
         load_bundle(bundle)
+
+
+def test_l2norm_bundle_normalises_queries_too(model, data, tmp_path):
+    x, q = data
+    det = Detector.load(fit(model, tmp_path / "n", x, k=2, l2norm=True), load_model=False)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    ref = np.sort(((qn[:, None].astype(np.float64) - xn[None]) ** 2).sum(-1), 1)[:, :2].mean(1)
+    # unit vectors: squared distances in [0, 4], float32 error ~1e-6 absolute
+    np.testing.assert_allclose(det.score_embeddings(q * 7.5), ref, rtol=1e-4, atol=1e-5)
+    assert det.l2norm and det.score_embeddings(q).max() <= 4.0 + 1e-5

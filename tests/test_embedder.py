@@ -231,3 +231,30 @@ def test_gpu_provider_is_proven_and_agrees_with_cpu(tiny, photos, caplog):
     a, b = gpu.embed_paths(photos).embeddings, cpu.embed_paths(photos).embeddings
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.min() > 0.999  # TensorRT may run FP16 kernels: ~1e-3 relative error
+
+
+def _with_prop(src, dst, key, value):
+    import onnx
+
+    model = onnx.load(str(src))
+    model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_session_config_from_model_metadata_is_applied(tmp_path):
+    # int8 exports ask for session.x64quantprecision=1 (default int8 kernels overflow on
+    # AVX2-without-VNNI CPUs); the Embedder must open its session with every entry.
+    from dn2.runtime.modelmeta import K_ORT_CONFIG
+
+    src = build_tiny_model(tmp_path / "plain.onnx")
+    path = _with_prop(src, tmp_path / "cfg.onnx", K_ORT_CONFIG,
+                      '{"session.x64quantprecision": "1"}')
+    emb = Embedder(str(path), providers="cpu")
+    assert emb._ort_config == {"session.x64quantprecision": "1"}
+    assert emb.embed_batch(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 8)
+    assert Embedder(str(src), providers="cpu")._ort_config == {}
+
+    bad = _with_prop(src, tmp_path / "bad.onnx", K_ORT_CONFIG, "[1, 2")
+    with pytest.raises(ModelError, match="expected a JSON object"):
+        Embedder(str(bad), providers="cpu")

@@ -242,3 +242,16 @@ def test_signal_leaves_valid_json_lines_with_every_alert_closed(sig, bundle, sta
     assert [e["type"] for e in events] == ["alert_start", "alert_end"]
     assert events[1]["reason"] == "stopped" and events[1]["peak_score"] > events[1]["threshold"]
     assert "stopped" in out
+
+
+def test_bench_watch_runs_and_reports_its_columns(lite0_model, bundle, work):
+    """A smoke run of tools/bench_watch.py (the numbers themselves go to BENCHMARKS.md)."""
+    from dn2.tools.bench_watch import bench, table
+
+    r = bench(str(lite0_model), str(bundle), n_frames=16, size="160x120", batch=4,
+              threads=1, live_fps=40.0, work=work, repeats=1)
+    assert r["frames"] == 16 and r["live_dropped"] >= 0
+    assert r["loop_fps"] > 0 and r["model_fps"] > 0 and r["loop_latency_p95_ms"] > 0
+    assert r["loop_over_model"] == pytest.approx(r["loop_fps"] / r["model_fps"])
+    text = table(r)
+    assert "loop, file (every frame)" in text and "x bare" in text

@@ -121,20 +121,24 @@ def bench_size(n: int, dim: int, grid: List[Tuple[int, int, int]], n_queries: in
     return rows
 
 
-def bench_kmeans(n: int, dim: int, c: int) -> List[dict]:
-    from dn2.runtime.kmeans import _inertia, kmeans
+def bench_kmeans(n: int, dim: int, c: int, repeats: int = 2) -> List[dict]:
+    """Both backends, interleaved (so machine load hits them alike), seeds 0..repeats-1."""
+    from dn2.runtime.kmeans import available_backend, kmeans
 
     x, _ = gaussian_mixture(n, dim, clusters=200, latent=32, spread=3.0, seed=1)
-    rows = []
+    rows, ok = [], []
     for backend in ("faiss", "sklearn"):
         try:
-            r = kmeans(x, c, seed=0, backend=backend)
+            available_backend(backend)  # import outside the timing
+            ok.append(backend)
         except Exception as exc:  # a missing backend is reported, not fatal
             rows.append({"backend": backend, "error": str(exc)})
-            continue
-        rows.append({"backend": r.backend, "n": n, "dim": dim, "C": c,
-                     "seconds": round(r.seconds, 2),
-                     "inertia_per_point": round(_inertia(x, r.centres) / n, 3)})
+    for seed in range(repeats):
+        for backend in ok:
+            r = kmeans(x, c, seed=seed, backend=backend)
+            rows.append({"backend": r.backend, "seed": seed, "n": n, "dim": dim, "C": c,
+                         "seconds": round(r.seconds, 2),
+                         "inertia_per_point": round(r.inertia / n, 3)})
     return rows
 
 

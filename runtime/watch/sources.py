@@ -157,12 +157,12 @@ class CaptureSource(Source):
         self._cap = cap
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self._fps = fps if 0.0 < fps < 1000.0 else None
-        if self.realtime and self._t0 is None:
-            self._t0 = time.monotonic()
 
     def _pace(self) -> None:
         fps = self.fps
-        if self.realtime and fps and self._t0 is not None:
+        if self.realtime and fps:
+            if self._t0 is None:  # the clock starts with the first read, not at open
+                self._t0 = time.monotonic() - self._pos / fps
             due = self._t0 + self._pos / fps
             delay = due - time.monotonic()
             if delay > 0:
