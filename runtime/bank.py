@@ -13,29 +13,35 @@ One small interface, two backends:
 
 ``search(q, k) -> (sq_dists [N, k] float32 ascending, ids [N, k] int64)``.
 
-``auto`` picks exact when ``n * dim <= EXACT_MAX_ELEMENTS`` (2^24 floats, 64 MB: 8192 x 2048,
-13107 x 1280, 32768 x 512). Measured with ``python -m dn2.tools.bench_bank --build-threads 2``
-on this project's shared 2-core machine (load average 6-12 while it ran; BENCHMARKS.md):
+``auto`` picks exact when ``n * dim <= EXACT_MAX_ELEMENTS`` (2^25 floats, 128 MB: 16384 x 2048,
+26214 x 1280, 65536 x 512). Measured with ``OMP_NUM_THREADS=2 python -m dn2.tools.bench_bank
+--build-threads 2`` on this project's 2-core machine (1k / 10k rows: machine quiet; 100k rows:
+load average ~10 from other jobs; figures in BENCHMARKS.md):
 
-=========  ==============================  =============  ================  =========
-n x 2048   bank                            1 query (ms)   batched (ms/q)    recall@2
-=========  ==============================  =============  ================  =========
-1k         exact                           6.7            0.54              1 (ref.)
-1k         hnsw M=32 efc=200 ef=128        1.9            1.35              1.0
-10k        exact                           16.9           1.94              1 (ref.)
-10k        hnsw M=16 efc=200 ef=10         1.5            0.93              0.93
-10k        hnsw M=32 efc=200 ef=128        5.3            5.40              1.0
-=========  ==============================  =============  ================  =========
+=========  ==========================  ============  ==============  ========  ===========
+n x 2048   bank                        1 query (ms)  batched (ms/q)  build (s)  recall@2
+=========  ==========================  ============  ==============  ========  ===========
+1k         exact                       0.37          0.06            0.005     1 (ref.)
+1k         hnsw M=32 efc=200 ef=128    0.52          0.21            0.19      1.0
+10k        exact                       4.1           0.38            0.04      1 (ref.)
+10k        hnsw M=16 efc=200 ef=10     0.47          0.34            20        0.93
+10k        hnsw M=32 efc=200 ef=128    4.4           4.2             37        1.0
+100k       exact                       110           11.4            1.4       1 (ref.)
+100k       hnsw M=16 efc=200 ef=10     0.78          0.68            546       0.72
+100k       hnsw M=16 efc=200 ef=64     2.7           2.0             501       0.99
+100k       hnsw M=32 efc=200 ef=128    2.7           2.2             624       0.9975
+=========  ==========================  ============  ==============  ========  ===========
 
-Exact costs ~0.85 ns per stored float per single query (memory-bound) and wins batched
-scoring up to at least 10k x 2048; HNSW answers single queries faster from ~1k on but costs a
-build (56 s at 10k x 2048) and approximation. The cut keeps exact single-query latency near
-10 ms here (a third of one CPU Lite0 embedding, ~32 ms), i.e. never the bottleneck, and pays
-HNSW's build and recall risk only where it buys real speed (100k: see BENCHMARKS.md).
+Exact single-query cost is memory-bound, ~0.2 ns per stored float on a quiet machine, and
+batched exact scoring beats HNSW to beyond 10k x 2048; HNSW at the defaults answers a single
+query in ~3-4 ms whatever the size but costs a build (37 s at 10k) and approximation. The cut
+sits where exact single-query latency (~6-7 ms at 16k x 2048) is within 2x of HNSW's while
+still exact, build-free and faster batched; above it exact grows linearly (110 ms at 100k).
 
-HNSW defaults M=32, ef_construction=200, ef=128: recall@2 = 1.0 for in-distribution queries at
-10k (hnswlib's own ef=10 gives 0.93: a miss can raise a normal image's score by 8 %), and 0.97
-for anomaly-like out-of-distribution queries, where a miss only raises the score (<= 2.6 %).
+HNSW defaults M=32, ef_construction=200, ef=128 keep recall@2 >= 0.99 for in-distribution
+queries up to 100k (0.9975; worst score raised 0.1 %), where hnswlib's own ef=10 falls to 0.72
+and can raise a normal image's score 2.2x. For anomaly-like out-of-distribution queries recall
+is lower (0.76 at 100k) but a miss only raises an anomaly's score (<= 5 % measured).
 """
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ import numpy as np
 
 from .errors import Dn2Error
 
-EXACT_MAX_ELEMENTS = 1 << 24  # size cut for index="auto" (see module docstring)
+EXACT_MAX_ELEMENTS = 1 << 25  # size cut for index="auto" (see module docstring)
 HNSW_DEFAULTS = {"M": 32, "ef_construction": 200, "ef": 128}  # recall@2 >= 0.99, bench_bank
 METRIC = "sqeuclidean"
 KINDS = ("exact", "hnsw")

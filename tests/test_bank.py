@@ -108,8 +108,8 @@ def test_hnsw_build_is_deterministic_and_load_reapplies_ef(tmp_path):
 
 
 def test_auto_uses_the_benchmarked_size_cut():
-    assert choose_kind("auto", 8192, 2048) == "exact"
-    assert choose_kind("auto", 8193, 2048) == "hnsw"
+    assert choose_kind("auto", 16384, 2048) == "exact"
+    assert choose_kind("auto", 16385, 2048) == "hnsw"
     assert choose_kind("auto", EXACT_MAX_ELEMENTS // 512, 512) == "exact"
     assert choose_kind("exact", 10 ** 7, 2048) == "exact"
     with pytest.raises(BankError, match="expected auto, exact or hnsw, found 'faiss'"):

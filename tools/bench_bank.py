@@ -173,6 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--kmeans", action="store_true", help="benchmark k-means backends instead")
     p.add_argument("--kmeans-n", type=int, default=20000)
     p.add_argument("--kmeans-c", type=int, default=500)
+    p.add_argument("--kmeans-repeats", type=int, default=2)
     p.add_argument("--bundle", default=None, help="time loading this bundle instead")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
     if a.bundle:
         rows = bench_bundle(a.bundle)
     elif a.kmeans:
-        rows = bench_kmeans(a.kmeans_n, a.dim, a.kmeans_c)
+        rows = bench_kmeans(a.kmeans_n, a.dim, a.kmeans_c, a.kmeans_repeats)
     else:
         grid = [tuple(int(v) for v in g.split(":")) for g in a.grid]
         rows = []

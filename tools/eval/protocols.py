@@ -108,6 +108,7 @@ def few_shot(e: Embeds, k: int = 2, shots: Sequence[int] = FEW_SHOTS, repeats: i
         curve.append(float(np.mean([r["auroc"] for r in rows])))
     return _finish(per_n[ns[-1]], curves={"few-shot": {"x": ns, "y": curve}},
                    headline=f"{ns[-1]} training images per class, k={k}",
+                   xlabel="training images per class",
                    by_n={str(n): float(v) for n, v in zip(ns, curve)})
 
 
@@ -149,6 +150,7 @@ def impurity(e: Embeds, k: int = 2, ratios: Sequence[float] = IMPURITIES,
     xs = [float(r) for r in ratios]
     return _finish(rows_last, headline=f"impurity {ratios[-1]:.2f}, cleaning "
                    f"{clean_fraction:.0%} (column auroc_no_clean: without), k={k}",
+                   xlabel="fraction of anomalies in the training set",
                    curves={"no cleaning": {"x": xs, "y": raw},
                                       f"cleaning {clean_fraction:.0%}": {"x": xs, "y": cleaned}},
                    by_ratio=[{"ratio": x, "auroc_no_clean": a, "auroc_clean": b,
@@ -164,7 +166,8 @@ def k_sweep(e: Embeds, ks: Sequence[int] = K_SWEEP, k: int = 2) -> Dict:
         if kk == k:
             rows_at_k = res["per_class"]
     xs = sorted(by_k)
-    return _finish(rows_at_k, headline=f"one-class, k={k}", curves={"k sweep": {"x": xs, "y": [by_k[x] for x in xs]}},
+    return _finish(rows_at_k, headline=f"one-class, k={k}", xlabel="k (neighbours)",
+                   curves={"k sweep": {"x": xs, "y": [by_k[x] for x in xs]}},
                    by_k={str(x): by_k[x] for x in xs})
 
 
@@ -180,15 +183,15 @@ def kmeans_sweep(e: Embeds, cs: Sequence[int] = KMEANS_C, k: int = 2, seed: int 
             vals.append(auroc(knn_scores(centres, e.test, k), e.test_labels != c))
         table[f"C={cc}"] = float(np.mean(vals))
     table["kNN"] = full["mean_auroc"]
-    return _finish(full["per_class"], headline=f"full bank (kNN), k={k}", curves={"k-means": {"x": list(cs),
-                                                          "y": [table[f"C={c}"] for c in cs]}},
+    curve = {"x": list(cs), "y": [table[f"C={c}"] for c in cs]}
+    return _finish(full["per_class"], headline=f"full bank (kNN), k={k}",
+                   xlabel="C (k-means centres per normal class)", curves={"k-means": curve},
                    table=table)
 
 
 # ----------------------------------------------------------------------------- group (4.5)
 def _one_of_each(rng, pools: List[np.ndarray], n_sets: int) -> np.ndarray:
     """[n_sets, M] item indices: one item of each class per set, in a random order."""
-    m = len(pools)
     sets = np.stack([rng.choice(p, n_sets) for p in pools], axis=1)
     for row in sets:
         rng.shuffle(row)
@@ -237,7 +240,8 @@ def group(e: Embeds, k: int = 2, ms: Sequence[int] = GROUP_M, n_train_sets: int 
         rows.append(row)
     head = poolings[0] if "mean" not in poolings else "mean"
     return {"per_M": rows, "per_class": [], "mean_auroc": rows[-1][head], "curves": curves,
-            "scores": {}, "headline": f"{head} pooling, M={ms[-1]}, k={k}"}
+            "scores": {}, "headline": f"{head} pooling, M={ms[-1]}, k={k}",
+            "xlabel": "M (images per set)"}
 
 
 def int8_delta(fp32: Embeds, int8: Embeds, k: int = 2) -> Dict:

@@ -131,8 +131,8 @@ def write_plots(res: Dict, folder: str, classes: List[str], title: str) -> List[
             a = next((r["auroc"] for r in res["per_class"] if r["class"] == c), float("nan"))
             ax.plot(fpr, tpr, lw=1, label=f"{classes[c]} ({100 * a:.1f})")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set(xlabel="false-positive rate", ylabel="true-positive rate",
-               title=f"ROC per normal class — {title}")
+        ax.set(xlabel="false-positive rate", ylabel="true-positive rate")
+        ax.set_title(f"ROC per normal class\n{title}", fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
         written.append(_save(fig, out / "roc.png"))
         rows, cols = _grid(len(scores))
@@ -156,7 +156,8 @@ def write_plots(res: Dict, folder: str, classes: List[str], title: str) -> List[
         xs = [x for cv in curves.values() for x in cv["x"]]
         if xs and min(xs) > 0 and max(xs) / min(xs) >= 50:
             ax.set_xscale("log")
-        ax.set(ylabel="mean ROC-AUC %", title=title)
+        ax.set(ylabel="mean ROC-AUC %", xlabel=res.get("xlabel", ""))
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         written.append(_save(fig, out / "curves.png"))
