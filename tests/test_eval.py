@@ -94,6 +94,11 @@ def test_impurity_cleaning_beats_no_cleaning():
         assert by[r]["auroc_clean"] > by[r]["auroc_no_clean"] + 0.02
         assert by[r]["anomalies_left"] < 0.5
     assert by[0.3]["auroc_no_clean"] < by[0.0]["auroc_no_clean"]
+    # planted anomalies come in small clusters (~9 per class here): a cleaning score over more
+    # neighbours than a cluster holds removes them all; k=2 keeps those with a close twin
+    wide = P.impurity(e, ratios=(0.3,), clean_k=30)["by_ratio"][0]
+    assert wide["anomalies_left"] < by[0.3]["anomalies_left"]
+    assert wide["auroc_clean"] >= by[0.3]["auroc_clean"]
 
 
 def test_few_shot_curve():
@@ -213,6 +218,19 @@ def test_folder_tree_split_and_errors(tmp_path):
         load_folder(str(tmp_path))
     with pytest.raises(DatasetError, match="one subfolder per class"):
         load_folder(str(tmp_path / "missing"))
+
+
+def test_evaluate_rejects_bad_arguments(tmp_path):
+    from dn2.tools.eval.run import EvalConfig, evaluate
+
+    with pytest.raises(Dn2Error, match="protocol expected one of"):
+        evaluate(EvalConfig("fashion-mnist", "m.onnx", "nope"))
+    with pytest.raises(Dn2Error, match="--model-int8"):
+        evaluate(EvalConfig("fashion-mnist", "m.onnx", "int8"))
+    with pytest.raises(Dn2Error, match="k expected >= 1"):
+        evaluate(EvalConfig("fashion-mnist", "m.onnx", k=0))
+    with pytest.raises(Dn2Error, match="one subfolder per class"):
+        evaluate(EvalConfig(str(tmp_path / "none"), "m.onnx"))
 
 
 def test_gray_to_bgr():

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "group M (default: the paper's)")
     p.add_argument("--clean-fraction", type=float, default=0.5,
                    help="impurity: fraction dropped by the cleaning stage (paper 0.5)")
+    p.add_argument("--clean-k", type=int, default=None,
+                   help="impurity: neighbours of the cleaning score (default --k, as the paper)")
     p.add_argument("--model-int8", default=None, metavar="M2",
                    help="protocol int8: the int8 model compared against --model")
     p.add_argument("--json", required=True, metavar="OUT", help="write the JSON results here")
@@ -72,7 +74,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                      model_int8=args.model_int8, cache_dir=args.cache_dir, threads=args.threads,
                      batch_size=args.batch_size, providers=args.providers,
                      progress=not args.no_progress, sweep=args.sweep,
-                     clean_fraction=args.clean_fraction)
+                     clean_fraction=args.clean_fraction, clean_k=args.clean_k)
     try:
         out = evaluate(cfg, json_out=args.json, plots_dir=args.plots)
     except Dn2Error as exc:

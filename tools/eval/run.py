@@ -6,8 +6,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-
 from dn2.runtime.errors import Dn2Error
 
 from . import protocols as P
@@ -35,6 +33,7 @@ class EvalConfig:
     progress: bool = True
     sweep: Optional[Sequence[float]] = None  # shots / impurity ratios / ks / Cs / Ms
     clean_fraction: float = P.CLEAN_FRACTION
+    clean_k: Optional[int] = None
     fashion_dir: Optional[str] = None
 
 
@@ -72,7 +71,7 @@ def _run_protocol(cfg: EvalConfig, e: P.Embeds, e8: Optional[P.Embeds]) -> Dict:
         return P.few_shot(e, k, shots=[int(x) for x in sw] if sw else P.FEW_SHOTS, seed=cfg.seed)
     if name == "impurity":
         return P.impurity(e, k, ratios=sw or P.IMPURITIES, clean_fraction=cfg.clean_fraction,
-                          seed=cfg.seed)
+                          clean_k=cfg.clean_k, seed=cfg.seed)
     if name == "k-sweep":
         return P.k_sweep(e, ks=[int(x) for x in sw] if sw else P.K_SWEEP, k=k)
     if name == "kmeans":
@@ -109,7 +108,8 @@ def evaluate(cfg: EvalConfig, json_out: Optional[str] = None, plots_dir: Optiona
     res = _run_protocol(cfg, embeds[0], embeds[1] if len(embeds) > 1 else None)
     t2 = time.perf_counter()
     m = caches[0].meta
-    title = f"{cfg.protocol}, {m.arch} {m.input_size}px {m.precision}" + \
+    prec = m.precision + (f" vs {caches[1].meta.precision}" if len(caches) > 1 else "")
+    title = f"{cfg.protocol}, {m.arch} {m.input_size}px {prec}" + \
         (", L2-normalised" if cfg.l2norm else "") + f", k={cfg.k}"
     meta = {
         "dataset": ds.name, "dataset_source": ds.source, "protocol": cfg.protocol,
@@ -121,7 +121,7 @@ def evaluate(cfg: EvalConfig, json_out: Optional[str] = None, plots_dir: Optiona
         "params": {"k": cfg.k, "l2norm": cfg.l2norm, "seed": cfg.seed,
                    "train_per_class": cfg.train_per_class, "test_per_class": cfg.test_per_class,
                    "classes": classes, "sweep": list(cfg.sweep) if cfg.sweep else None,
-                   "clean_fraction": cfg.clean_fraction},
+                   "clean_fraction": cfg.clean_fraction, "clean_k": cfg.clean_k},
         "n_train": int(len(embeds[0].train)), "n_test": int(len(embeds[0].test)),
         "paper": paper_ref(ds.name, cfg.protocol) or None,
         "seconds": {"embeddings": round(t1 - t0, 2), "protocol": round(t2 - t1, 2)},
