@@ -166,9 +166,11 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
                 photo_names, photos = sample_photos(size)
                 quant = quantize.quantize_int8(str(tmp_fp32), str(tmp_final), calib_images,
                                                calib_names, photos, photo_names, log=log)
-                extra[K_ORT_CONFIG] = json.dumps(quant["ort_session_config"], sort_keys=True)
+                if quant["ort_session_config"]:
+                    extra[K_ORT_CONFIG] = json.dumps(quant["ort_session_config"], sort_keys=True)
+                kernels = "exact" if quant["ort_session_config"] else "default"
                 detail = (f"int8 QDQ ({quant['int8_convs']} convs int8, {quant['float_convs']} "
-                          f"float) vs fp32: min cosine photos {quant['photos']['min_cosine']:.4f}, "
+                          f"float, {kernels} onnxruntime kernels) vs fp32: min cosine photos {quant['photos']['min_cosine']:.4f}, "
                           f"calib {quant['calib']['min_cosine']:.4f}, kNN Spearman "
                           f"{quant['knn_spearman']:.3f}")
             write_metadata(tmp_final, replace(meta, precision=precision, extra=extra))

@@ -45,6 +45,7 @@ is lower (0.76 at 100k) but a miss only raises an anomaly's score (<= 5 % measur
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from typing import Dict, Optional, Tuple
@@ -114,6 +115,33 @@ class Bank:
         return k
 
 
+# Queries up to this many rows run their sgemm on one BLAS thread. A multi-threaded OpenBLAS
+# call leaves its worker threads spin-waiting for the next call, and on a small CPU those
+# spinning threads take the cores from the onnxruntime run of the next frame: ResNet101 fp32
+# batch 1 on 2 cores, decode + model + exact kNN (5000 x 2048) in a loop, measured 155.5 ms per
+# model run with the kNN on 2 BLAS threads vs 104.5 ms on one (102.8 ms without the kNN step;
+# BENCHMARKS.md "End to end"). One thread costs little here: a 64 x 2048 x 16384 product is
+# ~4 GFLOP. Large query sets (fit's leave-one-out scores) keep every BLAS thread.
+SINGLE_THREAD_QUERIES = 64
+_BLAS = None
+
+
+def blas_threads(n_queries: int):
+    """Context that limits numpy's BLAS to one thread for ``n_queries`` <= SINGLE_THREAD_QUERIES
+    (no-op for more, or when threadpoolctl is not installed)."""
+    global _BLAS
+    if n_queries > SINGLE_THREAD_QUERIES:
+        return contextlib.nullcontext()
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        except ImportError:  # a base dependency; tolerate its absence rather than fail a query
+            _BLAS = False
+    return _BLAS.limit(limits=1, user_api="blas") if _BLAS else contextlib.nullcontext()
+
+
 class ExactBank(Bank):
     kind = "exact"
     suffix = ".npy"
@@ -146,7 +174,13 @@ class ExactBank(Bank):
         bc = max(k, min(nb, self.max_block // qc))
         out_d = np.empty((nq, k), np.float32)
         out_i = np.empty((nq, k), np.int64)
-        for q0 in range(0, nq, qc):
+        with blas_threads(nq):
+            self._search_blocks(q, qn, k, qc, bc, out_d, out_i)
+        return out_d, out_i
+
+    def _search_blocks(self, q, qn, k, qc, bc, out_d, out_i) -> None:
+        nb = self.n
+        for q0 in range(0, q.shape[0], qc):
             qs = q[q0:q0 + qc]
             best_d = np.full((qs.shape[0], 0), np.inf, np.float32)
             best_i = np.zeros((qs.shape[0], 0), np.int64)
@@ -167,7 +201,6 @@ class ExactBank(Bank):
                 best_d = np.take_along_axis(cand_d, order, 1)
                 best_i = np.take_along_axis(cand_i, order, 1)
             out_d[q0:q0 + qc], out_i[q0:q0 + qc] = best_d, best_i
-        return out_d, out_i
 
     def save(self, path) -> None:
         with open(path, "wb") as f:

@@ -26,8 +26,8 @@ from .bank import HNSW_DEFAULTS, build_bank
 from .bundle import write_bundle
 from .errors import Dn2Error
 from .scoring import clean as clean_embeddings
-from .scoring import knn_score, l2normalize, loo_kmeans_scores, loo_scores
-from .threshold import calibrate, conformal_quantile, quantile_table
+from .scoring import DEFAULT_L2NORM, knn_score, l2normalize, loo_kmeans_scores, loo_scores
+from .threshold import calibrate, conformal_quantile, quantile_table, roc_auc
 
 Inputs = Union[str, Path, Sequence[Union[str, Path]]]
 
@@ -79,7 +79,7 @@ def _needed(k: int, clean: float) -> int:
 
 
 def _check_args(k, clean, kmeans, index, fpr, group_size, n_groups, pooling, threshold_method,
-                val_normal, val_anomalous) -> None:
+                val_normal, val_anomalous, l2norm) -> None:
     """Refuse bad settings before minutes of embedding, not after."""
     from .bank import choose_kind
     from .threshold import METHODS
@@ -108,9 +108,16 @@ def _check_args(k, clean, kmeans, index, fpr, group_size, n_groups, pooling, thr
     if threshold_method in ("youden", "f1") and val_anomalous is None:
         raise Dn2Error(f"--threshold-method {threshold_method}: expected --val-anomalous "
                        f"images, found none")
+    if l2norm not in (True, False, "auto"):
+        raise Dn2Error(f"l2norm: expected True, False or 'auto', found {l2norm!r}")
+    if l2norm == "auto" and (val_normal is None or val_anomalous is None):
+        raise Dn2Error("--l2norm-select: expected --val-normal and --val-anomalous images to "
+                       "compare on, found " + ("neither" if val_normal is None and
+                                               val_anomalous is None else "only one of them"))
 
 
-def _validation(emb: _Embed, val, what: str, l2norm: bool, progress: bool):
+def _validation(emb: _Embed, val, what: str, progress: bool):
+    """Embeddings (not yet normalised) of validation images or arrays, and the bad files."""
     if val is None:
         return None, []
     if isinstance(val, np.ndarray):
@@ -118,7 +125,31 @@ def _validation(emb: _Embed, val, what: str, l2norm: bool, progress: bool):
     else:
         x, _, failed = emb.inputs(val)
         _say(progress, f"{what}: {len(x)} images embedded, {len(failed)} bad files skipped")
-    return (l2normalize(x) if l2norm else x), failed
+    return x, failed
+
+
+def _norm(x, l2norm: bool):
+    return None if x is None else (l2normalize(x) if l2norm else np.ascontiguousarray(x))
+
+
+def select_l2norm(x, vn, va, k: int, progress: bool = False) -> Dict:
+    """Pick L2 normalisation on or off by validation ROC-AUC (normal vs anomalous, each scored
+    against a bank of all of ``x``); a tie keeps the default. Returns the choice and both AUCs."""
+    if vn is None or va is None or not len(vn) or not len(va):
+        raise Dn2Error("--l2norm-select: expected readable --val-normal and --val-anomalous "
+                       f"images, found {0 if vn is None else len(vn)} normal and "
+                       f"{0 if va is None else len(va)} anomalous")
+    aucs = {}
+    for on in (False, True):
+        bank = build_bank(_norm(x, on), "auto")
+        aucs[on] = roc_auc(knn_score(bank, _norm(vn, on), k), knn_score(bank, _norm(va, on), k))
+    chosen = DEFAULT_L2NORM if aucs[DEFAULT_L2NORM] >= aucs[not DEFAULT_L2NORM] \
+        else not DEFAULT_L2NORM
+    _say(progress, f"--l2norm-select: validation ROC-AUC {aucs[True]:.4f} L2-normalised, "
+                   f"{aucs[False]:.4f} plain; using {'L2-normalised' if chosen else 'plain'}")
+    return {"chosen": bool(chosen), "val_auroc_l2norm": round(aucs[True], 6),
+            "val_auroc_plain": round(aucs[False], 6),
+            "val_normal": int(len(vn)), "val_anomalous": int(len(va))}
 
 
 def _group_section(x: np.ndarray, emb: _Embed, *, group_size, group_dirs,
@@ -178,8 +209,8 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                names: Optional[Sequence[str]] = None, k: int = 2, clean: float = 0.0,
                kmeans: Optional[int] = None, index: str = "auto", fpr: float = 0.01,
                group_size: Optional[int] = None, group_dirs: Optional[Inputs] = None,
-               n_groups: int = G.DEFAULT_GROUPS, pooling: str = "mean", l2norm: bool = False,
-               batch: int = 8, threads: Optional[int] = None, providers="auto",
+               n_groups: int = G.DEFAULT_GROUPS, pooling: str = "mean",
+               l2norm: bool = DEFAULT_L2NORM, batch: int = 8, threads: Optional[int] = None, providers="auto",
                val_normal=None, val_anomalous=None, threshold_method: str = "fpr",
                seed: int = 0, progress: bool = True, kmeans_folds: int = 5,
                kmeans_backend: str = "auto", hnsw: Optional[Dict] = None) -> Path:
@@ -193,7 +224,7 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                        + ("both" if images is not None else "neither"))
     k = int(k)
     _check_args(k, clean, kmeans, index, fpr, group_size, n_groups, pooling, threshold_method,
-                val_normal, val_anomalous)
+                val_normal, val_anomalous, l2norm)
     emb = _Embed(model_path, providers, threads, batch, progress)
     failed: List[Tuple[str, str]] = []
     if images is not None:
@@ -220,7 +251,13 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         raise Dn2Error(f"fit needs at least {need} good normal images (k={k} neighbours + 1 "
                        f"for leave-one-out{f', after cleaning {clean:g}' if clean else ''}), "
                        f"found {len(x)} ({len(failed)} bad files skipped)")
-    x = l2normalize(x) if l2norm else np.ascontiguousarray(x)
+    vn, vn_failed = _validation(emb, val_normal, "--val-normal", progress)
+    va, va_failed = _validation(emb, val_anomalous, "--val-anomalous", progress)
+    selection = None
+    if l2norm == "auto":
+        selection = select_l2norm(x, vn, va, k, progress)
+        l2norm = selection["chosen"]
+    x, vn, va = _norm(x, l2norm), _norm(vn, l2norm), _norm(va, l2norm)
 
     keep = np.ones(len(x), bool)
     clean_dist = None
@@ -251,8 +288,6 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
     if (~keep).any():
         how += "; images dropped by cleaning scored against the final bank"
 
-    vn, vn_failed = _validation(emb, val_normal, "--val-normal", l2norm, progress)
-    va, va_failed = _validation(emb, val_anomalous, "--val-anomalous", l2norm, progress)
     threshold = calibrate(calib, fpr,
                           knn_score(bank, vn, k) if vn is not None and len(vn) else None,
                           knn_score(bank, va, k) if va is not None and len(va) else None,
@@ -273,7 +308,8 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         "fit": {"images": int(len(x)), "kept": int(keep.sum()), "failed": len(failed),
                 "dropped": int((~keep).sum()), "cleaned_fraction": float(clean),
                 "kmeans": km_info, "seed": int(seed), "index": index,
-                "source": "images" if images is not None else "embeddings"},
+                "source": "images" if images is not None else "embeddings",
+                "l2norm_selection": selection},
         "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm)},
         "threshold": threshold,
         "group": group,

@@ -1,8 +1,9 @@
 """dn2-fit: fit a bundle (bank + threshold, optionally groups) from normal images.
 
     dn2-fit MODEL.onnx NORMAL... --output BUNDLE [--k 2] [--clean F] [--kmeans C]
-            [--index auto|exact|hnsw] [--fpr F] [--group-size M] [--l2norm] [--batch N]
-            [--threads N] [--providers ...] [--val-normal ...] [--val-anomalous ...]
+            [--index auto|exact|hnsw] [--fpr F] [--group-size M] [--batch N]
+            [--no-l2norm | --l2norm-select] [--threads N] [--providers ...]
+            [--val-normal ...] [--val-anomalous ...]
 
 NORMAL: image files, folders (recursive) or globs. Bad files are skipped, listed and counted.
 
@@ -17,6 +18,7 @@ import sys
 from typing import List, Optional
 
 from .errors import Dn2Error
+from .scoring import DEFAULT_L2NORM
 from .threshold import METHODS
 
 
@@ -58,7 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder(s) of group folders (each sub-folder is one normal group)")
     p.add_argument("--pooling", choices=("mean", "max"), default="mean",
                    help="group pooling (paper 3.3: mean)")
-    p.add_argument("--l2norm", action="store_true", help="L2-normalise embeddings")
+    p.add_argument("--l2norm", action=argparse.BooleanOptionalAction, default=DEFAULT_L2NORM,
+                   help="L2-normalise embeddings before the bank and the score (default on: "
+                        "+1.0 pt mean ROC-AUC on Fashion-MNIST, BENCHMARKS.md); --no-l2norm "
+                        "scores plain euclidean distances as in the paper")
+    p.add_argument("--l2norm-select", action="store_true",
+                   help="choose L2 normalisation on or off by ROC-AUC on --val-normal vs "
+                        "--val-anomalous (both needed); the choice and both AUCs go into the "
+                        "bundle manifest")
     p.add_argument("--batch", type=int, default=8, help="images per inference batch")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--providers", default="auto",
@@ -80,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         out = fit_bundle(a.model, a.output, images=a.normal, k=a.k, clean=a.clean,
                          kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
                          group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
-                         l2norm=a.l2norm, batch=a.batch, threads=a.threads,
+                         l2norm="auto" if a.l2norm_select else a.l2norm, batch=a.batch, threads=a.threads,
                          providers=_providers(a.providers), val_normal=a.val_normal,
                          val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
                          seed=a.seed, progress=not a.quiet)

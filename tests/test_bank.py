@@ -145,3 +145,39 @@ def test_bench_bank_tool_runs_small(capsys):
                             "--json"]) == 0
     km = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert any("seconds" in r for r in km)
+
+
+def test_small_queries_run_on_one_blas_thread_and_large_ones_keep_all():
+    """Small queries (a camera frame, a batch) must not leave multi-threaded BLAS workers
+    spinning over the next onnxruntime run; fit-sized query sets keep every thread."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from dn2.runtime.bank import SINGLE_THREAD_QUERIES, blas_threads
+
+    def blas_threads_now():  # numpy's own BLAS: the one ExactBank's matmul runs on
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+
+    before = blas_threads_now()
+    if not before:
+        pytest.skip("numpy's BLAS is not visible to threadpoolctl here")
+    with blas_threads(1):
+        assert blas_threads_now() == [1] * len(before)
+    with blas_threads(SINGLE_THREAD_QUERIES):
+        assert blas_threads_now() == [1] * len(before)
+    with blas_threads(SINGLE_THREAD_QUERIES + 1):
+        assert blas_threads_now() == before
+    assert blas_threads_now() == before  # restored on exit
+
+
+def test_exact_search_same_result_on_one_or_many_blas_threads():
+    from dn2.runtime.bank import SINGLE_THREAD_QUERIES, ExactBank
+
+    rng = np.random.default_rng(3)
+    b = ExactBank(32)
+    b.add(rng.standard_normal((500, 32)).astype(np.float32))
+    q = rng.standard_normal((SINGLE_THREAD_QUERIES + 10, 32)).astype(np.float32)
+    d_all, i_all = b.search(q, 2)  # one call above the cut: all threads
+    d_one, i_one = b.search(q[:5], 2)  # below the cut: one thread
+    np.testing.assert_array_equal(i_one, i_all[:5])
+    # the same products summed in a different blocking order: float32 rounding only
+    np.testing.assert_allclose(d_one, d_all[:5], rtol=1e-5, atol=1e-4)

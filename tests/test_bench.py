@@ -62,6 +62,17 @@ def test_stage_times_positive_and_e2e_covers_them(report):
         assert p["e2e_ms_per_image"] >= p["stages_sum_ms_per_image"] - 1e-4
         assert p["e2e_ms_per_image"] == pytest.approx(sum(st.values()), rel=0.05, abs=0.05)
         assert 0 < p["e2e_over_model_only"] <= 1.0
+        # the bare model pass ran every prepared batch once per pass
+        assert p["bare_model_img_per_s"] > 0
+        e2e_ratio = p["img_per_s"] / p["bare_model_img_per_s"]
+        # rounding of the two img/s figures to 3 decimals is the only difference
+        assert p["e2e_over_bare_model"] == pytest.approx(e2e_ratio, rel=0.02)
+    goals = [g for g in report["goals"] if g["goal"] == "e2e_vs_model"]
+    by_name = {p["name"]: p for p in report["pipelines"]}
+    assert len(goals) == 4  # fp32 and int8, batch 1 and 2; judged on the bare model ratio
+    for g in goals:
+        name = g["what"].rsplit("(", 1)[1].rstrip(")")
+        assert g["measured"] == round(by_name[name]["e2e_over_bare_model"], 3)
 
 
 def test_flops_match_torch_conv_shapes(report):

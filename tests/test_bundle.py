@@ -9,7 +9,7 @@ import pytest
 
 from dn2.runtime.bundle import MANIFEST, load_bundle, read_manifest
 from dn2.runtime.detector import Detector
-from dn2.runtime.errors import BundleError
+from dn2.runtime.errors import BundleError, Dn2Error
 from dn2.runtime.fit import fit_bundle
 from dn2.tools.bench_bank import gaussian_mixture
 from dn2_tiny import make_tiny_model
@@ -57,7 +57,7 @@ def test_manifest_records_everything(model, data, tmp_path):
 
 def test_detector_scores_embeddings_like_the_bank(model, data, tmp_path):
     x, q = data
-    out = fit(model, tmp_path / "b", x, k=2)
+    out = fit(model, tmp_path / "b", x, k=2, l2norm=False)  # the paper's plain distance
     det = Detector.load(out, load_model=False)
     s = det.score_embeddings(q)
     d = ((q[:, None].astype(np.float64) - x[None]) ** 2).sum(-1)
@@ -161,3 +161,43 @@ def test_l2norm_bundle_normalises_queries_too(model, data, tmp_path):
     # unit vectors: squared distances in [0, 4], float32 error ~1e-6 absolute
     np.testing.assert_allclose(det.score_embeddings(q * 7.5), ref, rtol=1e-4, atol=1e-5)
     assert det.l2norm and det.score_embeddings(q).max() <= 4.0 + 1e-5
+
+
+def _norm_or_direction_world(signal: str, dim: int = 16, seed: int = 0):
+    """Normals: one direction, lengths spread 1..4. Anomalies carry the signal either in their
+    length (same direction, 8x longer) or in their direction (other direction, normal lengths)."""
+    rng = np.random.default_rng(seed)
+    u, v = np.eye(dim)[0], np.eye(dim)[1]
+
+    def normal(n):
+        return (rng.uniform(1, 4, (n, 1)) * (u + 0.05 * rng.standard_normal((n, dim))))
+
+    def anomalous(n):
+        if signal == "length":
+            return 8 * normal(n)
+        return rng.uniform(1, 4, (n, 1)) * (0.8 * u + 0.6 * v + 0.05 * rng.standard_normal((n, dim)))
+
+    return [x.astype(np.float32) for x in (normal(200), normal(40), anomalous(40))]
+
+
+@pytest.mark.parametrize("signal, chosen", [("length", False), ("direction", True)])
+def test_l2norm_select_picks_by_validation_auroc(model, tmp_path, signal, chosen):
+    from dn2.runtime.modelmeta import read_model_meta
+
+    dim = read_model_meta(str(model)).dim
+    x, vn, va = _norm_or_direction_world(signal, dim)
+    out = fit(model, tmp_path / signal, x, l2norm="auto", val_normal=vn, val_anomalous=va)
+    m = json.loads((out / MANIFEST).read_text())
+    sel = m["fit"]["l2norm_selection"]
+    assert m["score"]["l2norm"] is chosen and sel["chosen"] is chosen
+    # the chosen variant separates the validation sets better than the other one
+    better, worse = ((sel["val_auroc_l2norm"], sel["val_auroc_plain"]) if chosen
+                     else (sel["val_auroc_plain"], sel["val_auroc_l2norm"]))
+    assert better > worse and better > 0.9
+
+
+def test_l2norm_select_needs_both_validation_sets(model, data, tmp_path):
+    x, q = data
+    with pytest.raises(Dn2Error, match="--val-normal and --val-anomalous"):
+        fit(model, tmp_path / "x", x, l2norm="auto", val_normal=q)
+    assert not (tmp_path / "x").exists()

@@ -53,7 +53,12 @@ def test_lite0_int8_keeps_cosine_on_real_photos(lite0_model, tmp_path):
     meta = read_model_meta(str(out))
     assert meta.precision == "int8" and meta.dim == 1280 and meta.input_size == 224
     config = _session_config(out)
-    assert config == {"session.x64quantprecision": "1"}
+    # the exact kernels are asked for unless the gate passed with the default ones on a CPU
+    # whose default kernels saturate (the worst case)
+    assert config == q["ort_session_config"]
+    if not quantize.default_int8_kernels_saturate():
+        assert config == {"session.x64quantprecision": "1"}
+    assert config in ({}, {"session.x64quantprecision": "1"})
     # independent check against the fp32 model, on all 16 photos (8 never seen in calibration):
     # the requirement is cosine >= 0.99 on real photos
     cos = cosines(ort_embed(str(lite0_model), photos), ort_embed(str(out), photos, config))
@@ -128,3 +133,21 @@ def test_fp32_gate_catches_a_wrong_graph(tmp_path):
     assert verify_fp32(build_graph(spec, model), str(path), 64)["passed"]
     with pytest.raises(VerificationError, match="onnxruntime fp32 vs torch: max-abs error"):
         verify_fp32(_RGBGraph(spec, model).eval(), str(path), 64)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse2 avx avx2 fma", True),  # AVX2 without VNNI: u8 x s8 saturates in int16
+    ("fpu sse2 avx avx2 fma avx512f avx512_vnni", False),
+    ("fpu sse2 avx avx2 avx_vnni", False),
+    ("fpu sse2 sse4_2", False),  # no AVX2: other kernels, no claim made
+])
+def test_default_int8_kernels_saturate_reads_cpu_flags(tmp_path, monkeypatch, flags, expected):
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert quantize.default_int8_kernels_saturate(str(info)) is expected
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert quantize.default_int8_kernels_saturate(str(info)) is False
+    assert quantize.default_int8_kernels_saturate(str(tmp_path / "missing")) is False

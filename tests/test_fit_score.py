@@ -44,6 +44,39 @@ def test_fit_skips_and_records_bad_files(world):
     failed = dict((p.split("/")[-1], msg) for p, msg in rep["failed"])
     assert set(failed) == {"broken.jpg", "notes.txt"} and "expected" in failed["broken.jpg"]
     assert len(rep["kept"]) == 60 and m["group"]["size"] == 5 and m["group"]["n_groups"] == 200
+    assert m["score"]["l2norm"] is True  # the default (BENCHMARKS.md: +1.0 pt Fashion-MNIST)
+
+
+def test_no_l2norm_flag_scores_plain_euclidean(world, tmp_path):
+    out = tmp_path / "plain"
+    rc = fit_cli.main([str(world["model"]), str(world["normal"]), "--output", str(out),
+                       "--no-l2norm", "--quiet"])
+    assert rc == 0
+    plain = Detector.load(out, load_model=False)
+    normed = Detector.load(world["bundle"], load_model=False)
+    assert plain.manifest["score"]["l2norm"] is False and normed.l2norm
+    q = np.random.default_rng(0).standard_normal((4, plain.dim)).astype(np.float32)
+    # L2-normalised scoring ignores a query's scale; the plain distance does not
+    np.testing.assert_allclose(normed.score_embeddings(10 * q), normed.score_embeddings(q),
+                               rtol=1e-5)  # float32 rounding of the normalisation
+    assert (plain.score_embeddings(10 * q) > 2 * plain.score_embeddings(q)).all()
+
+
+def test_l2norm_select_flag_records_the_choice(world, tmp_path, capsys):
+    out = tmp_path / "sel"
+    rc = fit_cli.main([str(world["model"]), str(world["normal"]), "--output", str(out),
+                       "--l2norm-select", "--val-normal", *map(str, world["test_n"]),
+                       "--val-anomalous", *map(str, world["test_a"])])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    sel = load_bundle(out).manifest["fit"]["l2norm_selection"]
+    assert sel["val_normal"] == 10 and sel["val_anomalous"] == 10
+    assert load_bundle(out).manifest["score"]["l2norm"] is sel["chosen"]
+    assert "--l2norm-select: validation ROC-AUC" in err
+    rc = fit_cli.main([str(world["model"]), str(world["normal"]), "--output",
+                       str(tmp_path / "no"), "--l2norm-select", "-q"])
+    assert rc == 2 and "expected --val-normal and --val-anomalous" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
 
 
 def test_score_json_lines_flag_anomalies_and_report_bad_files(world, capsys, tmp_path):

@@ -12,7 +12,8 @@ from dn2.runtime.errors import Dn2Error, MissingExtraError
 from dn2.runtime.kmeans import available_backend, kmeans
 from dn2.runtime.scoring import (clean, cov_trace, knn_score, l2normalize, loo_kmeans_scores,
                                  loo_scores, pool)
-from dn2.runtime.threshold import calibrate, conformal_quantile, f1_threshold, youden_threshold
+from dn2.runtime.threshold import (calibrate, conformal_quantile, f1_threshold, roc_auc,
+                                   youden_threshold)
 from dn2.tools.bench_bank import gaussian_mixture
 
 
@@ -160,3 +161,14 @@ def test_youden_f1_and_calibrate_record_all_candidates():
     assert out["val_normal_fpr"] == 0.25 and out["quantiles"]["0.5"] == pytest.approx(49.5)
     with pytest.raises(Dn2Error, match="needs scored --val-normal and --val-anomalous"):
         calibrate(np.arange(10.0), 0.1, method="f1")
+
+
+def test_roc_auc_matches_pairwise_count_with_ties():
+    rng = np.random.default_rng(5)
+    n = rng.integers(0, 6, 40).astype(float)  # few distinct values: many ties
+    a = rng.integers(2, 8, 30).astype(float)
+    pairs = (a[:, None] > n[None, :]).sum() + 0.5 * (a[:, None] == n[None, :]).sum()
+    assert roc_auc(n, a) == pytest.approx(pairs / (n.size * a.size), abs=1e-12)
+    assert roc_auc([0.0, 1.0], [2.0, 3.0]) == 1.0 and roc_auc([2.0, 3.0], [0.0, 1.0]) == 0.0
+    with pytest.raises(Dn2Error, match="at least one score"):
+        roc_auc([], [1.0])

@@ -27,14 +27,32 @@ def _log(msg: str) -> None:
     print(f"[bench-export] {msg}", file=sys.stderr, flush=True)
 
 
-def _throughput(fn: Callable[[], object], batch: int, seconds: float, min_reps: int = 3) -> float:
-    fn()  # warm-up
-    fn()
+ROUNDS = 3  # each cell's time is split over rounds that alternate the runtimes (load drift)
+
+
+def _timed(fn: Callable[[], object], seconds: float, min_reps: int = 2):
+    """(calls, seconds) of calling ``fn`` for at least ``seconds`` and ``min_reps`` calls."""
     reps, t0 = 0, time.perf_counter()
     while reps < min_reps or time.perf_counter() - t0 < seconds:
         fn()
         reps += 1
-    return reps * batch / (time.perf_counter() - t0)
+    return reps, time.perf_counter() - t0
+
+
+def _throughputs(runs, batch: int, seconds: float) -> Dict[str, float]:
+    """img/s of each named callable; rounds interleave them so a change in machine load
+    during the measurement spreads over all of them instead of hitting one."""
+    calls = {name: 0 for name, _ in runs}
+    spent = {name: 0.0 for name, _ in runs}
+    for _, fn in runs:  # warm-up, not counted
+        fn()
+        fn()
+    for _ in range(ROUNDS):
+        for name, fn in runs:
+            n, t = _timed(fn, seconds / ROUNDS)
+            calls[name] += n
+            spent[name] += t
+    return {name: calls[name] * batch / spent[name] for name in calls}
 
 
 def time_exports(archs: List[str], weights: str, input_size: int,
@@ -90,8 +108,7 @@ def throughput_table(arch: str, weights: str, input_size: int, out: Path, calib:
                 trunk(xt)
         runs = [("torch eager", torch_run)]
         runs += [(f"onnxruntime {p}", (lambda e=embedders[p]: e.embed_batch(x))) for p in paths]
-        for name, fn in runs:
-            ips = _throughput(fn, b, seconds)
+        for name, ips in _throughputs(runs, b, seconds).items():
             rows.append({"runtime": name, "batch": b, "img_per_s": round(ips, 2),
                          "gflops_per_s": round(ips * gflops, 1)})
             _log(f"{name} batch {b}: {ips:.2f} img/s")

@@ -12,6 +12,12 @@ Each stage is timed on its own with ``time.perf_counter``, and the whole batch (
 to last stage end) is timed around them, so end-to-end >= the sum of the stages by construction;
 the difference is the harness's own overhead (a few microseconds). Every pipeline runs over the
 same image paths, in the same batches.
+
+Each pass also times the pipeline's model stage *bare*: ``model`` called back to back on the
+already-prepared batches, nothing else in between. That is the "bare model throughput" the
+end-to-end rate is compared with; the model stage timed inside the pipeline can be slower
+than bare (other stages' thread pools still spinning on the same cores), and that loss is part
+of what end-to-end has to answer for.
 """
 from __future__ import annotations
 
@@ -46,6 +52,8 @@ class Timings:
     images: int = 0
     e2e: List[float] = field(default_factory=list)
     stages: Dict[str, List[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    bare_images: int = 0
+    bare_model: List[float] = field(default_factory=list)
 
     def summary(self) -> Dict[str, object]:
         """img/s, per-batch latency percentiles, per-image stage means, model-only throughput."""
@@ -67,6 +75,10 @@ class Timings:
             "stages_sum_ms_per_image": round(sum(stage_tot.values()) / self.images * 1e3, 4),
             "model_only_img_per_s": round(self.images / stage_tot["model"], 3),
             "e2e_over_model_only": round(stage_tot["model"] / total, 4),
+            "bare_model_img_per_s": (round(self.bare_images / sum(self.bare_model), 3)
+                                     if self.bare_model else None),
+            "e2e_over_bare_model": (round(self.images / total * sum(self.bare_model)
+                                          / self.bare_images, 4) if self.bare_model else None),
         }
 
 
@@ -113,20 +125,35 @@ def run_pass(pipe: Pipeline, batches: Sequence[Sequence[str]], timings: Timings)
             timings.stages[s].append(stages[s])
 
 
+def run_bare_model(pipe: Pipeline, inputs: Sequence, timings: Timings) -> None:
+    """The model stage alone over prepared batches, back to back, appending to ``timings``."""
+    clock = time.perf_counter
+    for x in inputs:
+        t0 = clock()
+        pipe.model(x)
+        timings.bare_model.append(clock() - t0)
+        timings.bare_images += len(x)
+
+
 def run_all(pipes: Sequence[Pipeline], paths: Sequence[str], batch_sizes: Sequence[int],
             passes: int, progress=None) -> List[Timings]:
-    """Warm each (pipeline, batch) up on one batch, then time ``passes`` passes over all images.
+    """Warm each (pipeline, batch) up on one batch, then time ``passes`` passes over all images,
+    each pass followed by the same batches through the bare model stage.
 
     Passes are interleaved (pass 1 of every pipeline, then pass 2, ...) so that a change in
     machine load during the run spreads over all pipelines instead of hitting one.
     """
     plan = [(p, b, make_batches(paths, b)) for p in pipes for b in batch_sizes]
     results = {(p.name, b): Timings(p.name, p.kind, b) for p, b, _ in plan}
+    prepared = {}
     for p, b, batches in plan:
         run_batch(p, batches[0])  # warm-up: allocators, thread pools, lazy init; not counted
+        prepared[(p.name, b)] = [p.preprocess(p.decode(x)) for x in batches]  # not timed
     for k in range(passes):
         for p, b, batches in plan:
             if progress:
-                progress(f"pass {k + 1}/{passes}: {p.name} batch {b} ({len(batches)} batches)")
+                progress(f"pass {k + 1}/{passes}: {p.name} batch {b} ({len(batches)} batches)"
+                         " + bare model")
             run_pass(p, batches, results[(p.name, b)])
+            run_bare_model(p, prepared[(p.name, b)], results[(p.name, b)])
     return [results[(p.name, b)] for p, b, _ in plan]

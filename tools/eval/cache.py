@@ -50,7 +50,8 @@ class EmbeddingCache:
                  threads: Optional[int] = None, batch_size: int = 32, providers: str = "auto",
                  progress: bool = True):
         if not Path(model_path).is_file():
-            raise Dn2Error(f"model {model_path!r}: expected a dn2 ONNX file, found no such file")
+            found = "a directory" if Path(model_path).is_dir() else "no such file"
+            raise Dn2Error(f"model {model_path!r}: expected a dn2 ONNX file, found {found}")
         self.model_path, self.dataset = str(model_path), dataset
         self.meta = read_model_meta(self.model_path)
         self.model_sha256 = file_sha256(self.model_path)

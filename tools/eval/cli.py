@@ -11,6 +11,7 @@ import sys
 from typing import List, Optional
 
 from dn2.runtime.errors import Dn2Error
+from dn2.runtime.scoring import DEFAULT_L2NORM
 
 from .protocols import PROTOCOLS
 from .run import EvalConfig, evaluate
@@ -44,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=_ints, default=None, metavar="I,J,..",
                    help="only these class indices (default: all)")
     p.add_argument("--k", type=int, default=2, help="neighbours (paper default 2)")
-    p.add_argument("--l2norm", action="store_true", help="L2-normalise embeddings first")
+    p.add_argument("--l2norm", action=argparse.BooleanOptionalAction, default=DEFAULT_L2NORM,
+                   help="L2-normalise embeddings first (default on, as dn2-fit); --no-l2norm "
+                        "for the paper's plain euclidean distance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sweep", type=_floats, default=None, metavar="X,Y,..",
                    help="values swept: few-shot n / impurity ratios / k-sweep k / kmeans C / "

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from dn2.runtime.errors import Dn2Error
+from dn2.runtime.scoring import DEFAULT_L2NORM
 
 from . import protocols as P
 from .cache import EmbeddingCache
@@ -23,7 +24,7 @@ class EvalConfig:
     test_per_class: Optional[int] = None
     classes: Optional[Sequence[int]] = None
     k: int = 2
-    l2norm: bool = False
+    l2norm: bool = DEFAULT_L2NORM
     seed: int = 0
     model_int8: Optional[str] = None
     cache_dir: Optional[str] = None
@@ -99,10 +100,9 @@ def evaluate(cfg: EvalConfig, json_out: Optional[str] = None, plots_dir: Optiona
     tr_idx = select_per_class(ds.train.labels, cfg.train_per_class, cfg.seed, classes)
     te_idx = select_per_class(ds.test.labels, cfg.test_per_class, cfg.seed + 1, classes)
     t0 = time.perf_counter()
-    caches = [EmbeddingCache(m, ds, cfg.cache_dir, cfg.threads, cfg.batch_size, cfg.providers,
-                             cfg.progress) for m in [cfg.model] + ([cfg.model_int8]
-                                                                    if cfg.protocol == "int8"
-                                                                    else [])]
+    models = [cfg.model] + ([cfg.model_int8] if cfg.protocol == "int8" else [])
+    caches = [EmbeddingCache(path, ds, cfg.cache_dir, cfg.threads, cfg.batch_size,
+                             cfg.providers, cfg.progress) for path in models]
     embeds = [_embeds(c, ds, tr_idx, te_idx, cfg.l2norm, log) for c in caches]
     t1 = time.perf_counter()
     res = _run_protocol(cfg, embeds[0], embeds[1] if len(embeds) > 1 else None)
@@ -110,7 +110,7 @@ def evaluate(cfg: EvalConfig, json_out: Optional[str] = None, plots_dir: Optiona
     m = caches[0].meta
     prec = m.precision + (f" vs {caches[1].meta.precision}" if len(caches) > 1 else "")
     title = f"{cfg.protocol}, {m.arch} {m.input_size}px {prec}" + \
-        (", L2-normalised" if cfg.l2norm else "") + f", k={cfg.k}"
+        (", L2-normalised" if cfg.l2norm else ", no L2 norm") + f", k={cfg.k}"
     meta = {
         "dataset": ds.name, "dataset_source": ds.source, "protocol": cfg.protocol,
         "model": {"path": cfg.model, "sha256": caches[0].model_sha256, "arch": m.arch,
