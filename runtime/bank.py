@@ -118,9 +118,9 @@ class Bank:
 # Queries up to this many rows run their sgemm on one BLAS thread. A multi-threaded OpenBLAS
 # call leaves its worker threads spin-waiting for the next call, and on a small CPU those
 # spinning threads take the cores from the onnxruntime run of the next frame: ResNet101 fp32
-# batch 1 on 2 cores, decode + model + exact kNN (5000 x 2048) in a loop, measured 155.5 ms per
-# model run with the kNN on 2 BLAS threads vs 104.5 ms on one (102.8 ms without the kNN step;
-# BENCHMARKS.md "End to end"). One thread costs little here: a 64 x 2048 x 16384 product is
+# batch 1 on 2 cores, decode + model + exact kNN (5000 x 2048) in a loop, median 163.1 ms per
+# model run with the kNN on 2 BLAS threads vs 112.3 ms on one (124.5 ms without the kNN step;
+# python -m dn2.tools.bench_blas_spin, BENCHMARKS.md "End to end"). One thread costs little here: a 64 x 2048 x 16384 product is
 # ~4 GFLOP. Large query sets (fit's leave-one-out scores) keep every BLAS thread.
 SINGLE_THREAD_QUERIES = 64
 _BLAS = None

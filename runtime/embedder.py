@@ -31,6 +31,16 @@ from .progress import Progress
 
 log = logging.getLogger("dn2")
 
+# onnxruntime's CPU thread pool spin-waits between runs by default. In dn2 the model shares the
+# cores with decoding, resizing, the kNN and the camera reader thread, which those spinning
+# workers starve. `python -m dn2.tools.bench_watch [--ort-spinning]` (efficientnet_lite0, 640x480
+# frames, 2 threads, quiet machine, three alternating runs each): the watch loop kept 0.91-0.97
+# of the bare pipeline's rate without spinning vs 0.84-0.94 with it, and a 10 fps camera used
+# 24 % of a core instead of 81-85 %, for ~7 ms more latency (BENCHMARKS.md "Camera loop").
+# A model's own dn2.ort_session_config entries override these.
+CPU_SESSION_DEFAULTS = {"session.intra_op.allow_spinning": "0",
+                        "session.inter_op.allow_spinning": "0"}
+
 
 class EmbedResult(NamedTuple):
     embeddings: np.ndarray  # float32 [M, D], row i belongs to paths[i]
@@ -107,13 +117,15 @@ class Embedder:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
+        config = dict(self._ort_config)
         if names[0] == prov.CPU:
             so.log_severity_level = 3  # errors only; GPU attempts keep onnxruntime's warnings,
             # which say why a provider could not start (missing CUDA/cuDNN libraries, ...)
+            config = {**CPU_SESSION_DEFAULTS, **config}  # the model's own entries win
         if self.threads is not None:
             so.intra_op_num_threads = int(self.threads)
             so.inter_op_num_threads = 1
-        for key, value in self._ort_config.items():
+        for key, value in config.items():
             so.add_session_config_entry(key, value)
         return so
 

@@ -181,3 +181,18 @@ def test_exact_search_same_result_on_one_or_many_blas_threads():
     np.testing.assert_array_equal(i_one, i_all[:5])
     # the same products summed in a different blocking order: float32 rounding only
     np.testing.assert_allclose(d_one, d_all[:5], rtol=1e-5, atol=1e-4)
+
+
+def test_bench_blas_spin_tool_runs_every_variant_and_restores_the_cut(tmp_path, capsys):
+    from dn2.runtime import bank as bank_mod
+    from dn2.tools import bench_blas_spin
+    from dn2_tiny import make_tiny_model, write_images
+
+    model = make_tiny_model(tmp_path / "tiny.onnx")
+    imgs = write_images(tmp_path / "imgs", 3, "normal", seed=0)
+    cut = bank_mod.SINGLE_THREAD_QUERIES
+    assert bench_blas_spin.main([str(model), *map(str, imgs), "--threads", "1", "--bank", "50",
+                                 "--reps", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == list(bench_blas_spin.VARIANTS)
+    assert bank_mod.SINGLE_THREAD_QUERIES == cut

@@ -258,3 +258,19 @@ def test_session_config_from_model_metadata_is_applied(tmp_path):
     bad = _with_prop(src, tmp_path / "bad.onnx", K_ORT_CONFIG, "[1, 2")
     with pytest.raises(ModelError, match="expected a JSON object"):
         Embedder(str(bad), providers="cpu")
+
+
+def test_cpu_sessions_do_not_spin_unless_the_model_asks(tmp_path):
+    """Spinning onnxruntime workers starve the decode / reader threads on small CPUs
+    (BENCHMARKS.md "Camera loop"): CPU sessions turn it off; a model's entries still win."""
+    from dn2.runtime.embedder import CPU_SESSION_DEFAULTS
+    from dn2.runtime.modelmeta import K_ORT_CONFIG
+
+    key = "session.intra_op.allow_spinning"
+    assert CPU_SESSION_DEFAULTS[key] == "0"
+    src = build_tiny_model(tmp_path / "plain.onnx")
+    opts = Embedder(str(src), providers="cpu").session.get_session_options()
+    assert opts.get_session_config_entry(key) == "0"
+    spin = _with_prop(src, tmp_path / "spin.onnx", K_ORT_CONFIG, '{"%s": "1"}' % key)
+    opts = Embedder(str(spin), providers="cpu").session.get_session_options()
+    assert opts.get_session_config_entry(key) == "1"

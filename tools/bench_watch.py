@@ -279,9 +279,25 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="camera rate for the live row (default 10)")
     p.add_argument("--work-dir", help="keep the video and bundle here")
     p.add_argument("--json", help="also write the numbers here")
+    p.add_argument("--ort-spinning", action="store_true",
+                   help="let onnxruntime's CPU workers spin-wait between runs (onnxruntime's "
+                        "default; dn2 turns it off: dn2.runtime.embedder.CPU_SESSION_DEFAULTS)")
     p.add_argument("--soak", type=int, metavar="N",
                    help="instead: run N frames and print RSS as the run goes (memory check)")
     a = p.parse_args(argv)
+    from dn2.runtime import embedder
+
+    saved = embedder.CPU_SESSION_DEFAULTS
+    if a.ort_spinning:
+        embedder.CPU_SESSION_DEFAULTS = {}
+    print(f"onnxruntime CPU spinning: {'on' if a.ort_spinning else 'off (dn2 default)'}")
+    try:
+        return _run(a)
+    finally:
+        embedder.CPU_SESSION_DEFAULTS = saved
+
+
+def _run(a) -> int:
     with tempfile.TemporaryDirectory(prefix="dn2-bench-watch-") as tmp:
         work = Path(a.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
