@@ -23,15 +23,9 @@ from dn2.runtime.bank import build_bank
 from dn2.runtime.embedder import Embedder
 from dn2.runtime.images import prepare, read_image
 from dn2.runtime.scoring import knn_score, l2normalize
+from dn2.runtime.threshold import roc_auc
 
 N_TRAIN, N_HELD, N_DEFECT = 200, 200, 100
-
-
-def auroc(normal, anomalous) -> float:
-    """P(anomalous score > normal score), ties counted half."""
-    n, a = np.asarray(normal, np.float64), np.asarray(anomalous, np.float64)
-    return float(((a[:, None] > n[None, :]).sum() + 0.5 * (a[:, None] == n[None, :]).sum())
-                 / (a.size * n.size))
 
 
 class _Cached:
@@ -67,8 +61,9 @@ def study(model: str, seeds: Sequence[int], threads: Optional[int] = None) -> Li
             f = l2normalize if l2 else (lambda a: a)
             bank = build_bank(f(train), index="exact")
             s_held, s_g, s_l = (knn_score(bank, f(x), 2) for x in (held, g, lo))
-            rows.append({"seed": seed, "l2norm": l2, "auroc_global": round(auroc(s_held, s_g), 4),
-                         "auroc_local": round(auroc(s_held, s_l), 4)})
+            rows.append({"seed": seed, "l2norm": l2,
+                         "auroc_global": round(roc_auc(s_held, s_g), 4),
+                         "auroc_local": round(roc_auc(s_held, s_l), 4)})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
