@@ -15,19 +15,19 @@ sample photos, efficientnet_lite0 (real weights) / resnet101 (random weights):
 AVX2 without VNNI multiplies u8 x s8 pairs into saturating int16 (``vpmaddubsw``);
 onnxruntime's ``session.x64quantprecision=1`` selects exact kernels, but they are slower:
 the bare resnet101 int8 model at batch 8 on 2 threads ran 12.06 img/s with them and 17.03
-img/s without in two dn2-bench runs (onnxruntime 1.32, this machine, quiet; BENCHMARKS.md). So each attempt first tries the default session,
-and only when that misses the gate retries with the exact kernels, which are then written into
-the model metadata (``dn2.ort_session_config``) for the runtime to apply. The default session
-is only trusted on a CPU whose default kernels saturate (x86 with AVX2 and no VNNI): a model
-verified there is verified for the worst case, while one verified on a VNNI CPU could still
-saturate on an older box, so elsewhere the exact kernels are always asked for. ResNet101 passes
-with the default kernels; EfficientNet-Lite does not. The remaining error of EfficientNet-Lite
-sits in its first blocks (narrow
-linear bottlenecks whose per-tensor activation ranges differ a lot between channels), so the
-quantizer keeps a growing prefix of convolutions in float until the gate passes. A prefix, not
-a hand-picked set: keeping single depthwise convs in the middle in float measured *worse* with
-onnxruntime's optimised kernels (0.87) than its exact QDQ semantics promise (0.995), while a
-float prefix (one float->int8 boundary) runs as the QDQ semantics say.
+img/s without in two dn2-bench runs (onnxruntime 1.32, this machine, quiet; BENCHMARKS.md).
+So each attempt first tries the default session, and only when that misses the gate retries
+with the exact kernels, which are then written into the model metadata
+(``dn2.ort_session_config``) for the runtime to apply. The default session is only trusted on
+a CPU whose default kernels saturate (x86 with AVX2 and no VNNI): a model verified there is
+verified for the worst case, while one verified on a VNNI CPU could still saturate on an older
+box, so elsewhere the exact kernels are always asked for. ResNet101 passes with the default
+kernels; EfficientNet-Lite does not. The remaining error of EfficientNet-Lite sits in its first
+blocks (narrow linear bottlenecks whose per-tensor activation ranges differ a lot between
+channels), so the quantizer keeps a growing prefix of convolutions in float until the gate
+passes. A prefix, not a hand-picked set: keeping single depthwise convs in the middle in float
+measured *worse* with onnxruntime's optimised kernels (0.87) than its exact QDQ semantics
+promise (0.995), while a float prefix (one float->int8 boundary) runs as the QDQ semantics say.
 """
 from __future__ import annotations
 

@@ -120,8 +120,8 @@ class Bank:
 # spinning threads take the cores from the onnxruntime run of the next frame: ResNet101 fp32
 # batch 1 on 2 cores, decode + model + exact kNN (5000 x 2048) in a loop, median 163.1 ms per
 # model run with the kNN on 2 BLAS threads vs 112.3 ms on one (124.5 ms without the kNN step;
-# python -m dn2.tools.bench_blas_spin, BENCHMARKS.md "End to end"). One thread costs little here: a 64 x 2048 x 16384 product is
-# ~4 GFLOP. Large query sets (fit's leave-one-out scores) keep every BLAS thread.
+# python -m dn2.tools.bench_blas_spin, BENCHMARKS.md "End to end"). One thread costs little
+# here: a 64 x 2048 x 16384 product is ~4 GFLOP. Large query sets (fit's leave-one-out scores) keep every BLAS thread.
 SINGLE_THREAD_QUERIES = 64
 _BLAS = None
 

@@ -210,12 +210,16 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                kmeans: Optional[int] = None, index: str = "auto", fpr: float = 0.01,
                group_size: Optional[int] = None, group_dirs: Optional[Inputs] = None,
                n_groups: int = G.DEFAULT_GROUPS, pooling: str = "mean",
-               l2norm: bool = DEFAULT_L2NORM, batch: int = 8, threads: Optional[int] = None, providers="auto",
+               l2norm: Union[bool, str] = DEFAULT_L2NORM, batch: int = 8,
+               threads: Optional[int] = None, providers="auto",
                val_normal=None, val_anomalous=None, threshold_method: str = "fpr",
                seed: int = 0, progress: bool = True, kmeans_folds: int = 5,
                kmeans_backend: str = "auto", hnsw: Optional[Dict] = None) -> Path:
     """Fit a bundle at ``output`` from normal ``images`` (paths, folders, globs) or
-    ``embeddings`` [N, D] (+ ``names``). Returns the bundle path."""
+    ``embeddings`` [N, D] (+ ``names``). Returns the bundle path.
+
+    ``l2norm``: True (default) / False, or ``"auto"``: whichever separates ``val_normal`` from
+    ``val_anomalous`` better (:func:`select_l2norm`)."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise Dn2Error(f"model {model_path}: expected a dn2 ONNX model file, found none")

@@ -89,7 +89,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         out = fit_bundle(a.model, a.output, images=a.normal, k=a.k, clean=a.clean,
                          kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
                          group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
-                         l2norm="auto" if a.l2norm_select else a.l2norm, batch=a.batch, threads=a.threads,
+                         l2norm="auto" if a.l2norm_select else a.l2norm, batch=a.batch,
+                         threads=a.threads,
                          providers=_providers(a.providers), val_normal=a.val_normal,
                          val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
                          seed=a.seed, progress=not a.quiet)
