@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
+from dn2.runtime.bundle import sha256_file
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.modelmeta import K_ORT_CONFIG, ModelMeta, ResizeRule
 from dn2.runtime.version import __version__
@@ -176,9 +177,7 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
             write_metadata(tmp_final, replace(meta, precision=precision, extra=extra))
             stage("quantize", t, detail)
 
-        import hashlib
-
-        digest = hashlib.sha256(tmp_final.read_bytes()).hexdigest()
+        digest = sha256_file(tmp_final)
         report = {
             "dn2_version": __version__, "arch": arch, "weights": loaded.tag,
             "weights_sha256": loaded.sha256, "weights_path": loaded.path,

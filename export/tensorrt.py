@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from dn2.runtime.bundle import sha256_file
 from dn2.runtime.cuda_rt import CudaRT
 from dn2.runtime.errors import Dn2Error, ImageError, ModelError
 from dn2.runtime.modelmeta import INPUT_NAME, ModelMeta, read_model_meta
@@ -44,14 +45,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 MAX_BATCH, OPT_BATCH, CALIB_BATCH = 64, 8, 8
 HEARTBEAT_S = 30.0
 Log = Callable[[str], Any]
-
-
-def onnx_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, precision: str,
@@ -271,7 +264,7 @@ def build_engine(onnx_path: Any, precision: str = "fp16", calib: Any = None,
     if precision == "int8":
         calib_arr, _ = load_calibration_images(calib, meta.resize, log=log)
         extra["calib_sha256"] = calibration_digest(calib_arr)
-    sha = onnx_sha256(onnx_path)
+    sha = sha256_file(onnx_path)
     key = engine_cache_key(sha, trt.__version__, gpu, precision, extra)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = cache / f"{meta.arch}-{meta.input_size}px-{precision}-{key[:16]}.engine"

@@ -12,7 +12,6 @@ only uses the trunk, so a PATH may carry any classifier head (or none).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import socket
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 from urllib.parse import urlparse
 
+from dn2.runtime.bundle import sha256_file
 from dn2.runtime.errors import Dn2Error
 
 from .archs import ArchSpec, build_trunk
@@ -41,14 +41,6 @@ class LoadedWeights:
     tag: str  # "imagenet:IMAGENET1K_V1", "imagenet:efficientnet-lite0-57934424.pth", "none", "file:x.pth"
     sha256: str  # of the weights file; "" for random weights
     path: str  # the file read; "" for random weights
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_offline(offline: Optional[bool]) -> bool:

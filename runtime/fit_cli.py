@@ -22,10 +22,6 @@ from .scoring import DEFAULT_L2NORM
 from .threshold import METHODS
 
 
-def _providers(text: str):
-    return "auto" if text == "auto" else [p.strip() for p in text.split(",") if p.strip()]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dn2-fit", description="Fit a dn2 bundle from normal images (paper 3.1-3.3).",
@@ -91,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                          group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
                          l2norm="auto" if a.l2norm_select else a.l2norm, batch=a.batch,
                          threads=a.threads,
-                         providers=_providers(a.providers), val_normal=a.val_normal,
+                         providers=a.providers, val_normal=a.val_normal,
                          val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
                          seed=a.seed, progress=not a.quiet)
     except Dn2Error as exc:

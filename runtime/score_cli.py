@@ -70,9 +70,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .detector import Detector
     from .images import find_images
 
-    providers = "auto" if a.providers == "auto" else a.providers.split(",")
     try:
-        det = Detector.load(a.bundle, providers=providers, threads=a.threads,
+        det = Detector.load(a.bundle, providers=a.providers, threads=a.threads,
                             batch_size=a.batch)
         files, problems = find_images(a.paths)
         if not files and not problems:

@@ -15,14 +15,29 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 @pytest.fixture(scope="session")
-def lite0_model(tmp_path_factory) -> Path:
-    """A verified efficientnet_lite0 dn2 model (fp32, 224 px) with the shipped ImageNet weights."""
-    pytest.importorskip("torch", reason="exporting needs pip install 'dn2[export]'")
-    from dn2.export.pipeline import export_model
+def lite0_at(tmp_path_factory):
+    """``lite0_at(size)``: a verified efficientnet_lite0 dn2 model (fp32, ``size`` px) with the
+    shipped ImageNet weights, exported once per size and session."""
+    made = {}
 
-    out = tmp_path_factory.mktemp("models") / "lite0.onnx"
-    export_model("efficientnet_lite0", "imagenet", str(out), input_size=224, precision="fp32")
-    return out
+    def get(size: int) -> Path:
+        if size not in made:
+            pytest.importorskip("torch", reason="exporting needs pip install 'dn2[export]'")
+            from dn2.export.pipeline import export_model
+
+            out = tmp_path_factory.mktemp("models") / f"lite0_{size}.onnx"
+            export_model("efficientnet_lite0", "imagenet", str(out), input_size=size,
+                         precision="fp32")
+            made[size] = out
+        return made[size]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def lite0_model(lite0_at) -> Path:
+    """The offline default at 224 px."""
+    return lite0_at(224)
 
 
 @pytest.fixture(scope="session")

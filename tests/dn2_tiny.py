@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tiny_model import save_model
+
 
 def make_tiny_model(path, size: int = 32, dim: int = 64, seed: int = 0) -> Path:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from dn2.runtime.modelmeta import ModelMeta, ResizeRule
@@ -47,17 +48,10 @@ def make_tiny_model(path, size: int = 32, dim: int = 64, seed: int = 0) -> Path:
         [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", size, size, 3])],
         [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", dim])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     meta = ModelMeta(arch="tiny", weights="random:seed%d" % seed, weights_sha256="",
                      input_size=size, resize=ResizeRule.for_input_size(size), dim=dim, opset=17,
                      precision="fp32", version="test")
-    for k, v in meta.to_props().items():
-        e = model.metadata_props.add()
-        e.key, e.value = k, v
-    onnx.checker.check_model(model)
-    path = Path(path)
-    onnx.save(model, str(path))
-    return path
+    return save_model(model, meta, path)
 
 
 def texture(rng: np.random.Generator, kind: str = "normal", size: int = 48) -> np.ndarray:

@@ -18,6 +18,7 @@ from dn2.runtime.errors import Dn2Error, MissingExtraError
 from dn2.tools import demo_data, demo_video
 from dn2.tools.demo_verdict import Alert, alerts_from_events, judge, read_events
 from dn2.tools.demo_video import CLEAT, DEFECT_GAP, LEAD, Piece
+from videos import read_video
 
 
 def _column_keys(img: np.ndarray) -> set:
@@ -40,15 +41,7 @@ def line(tmp_path_factory, textile_dirs):
     defects = [Piece(str(p), "global") for p in sorted(textile_dirs["global"].glob("*.jpg"))[:4]]
     plan = demo_video.plan_line(nominal, defects, n_frames=170, n_defects=2, seed=3)
     path = demo_video.render_video(plan, tmp_path_factory.mktemp("line") / "line.avi")
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    cap.release()
-    return plan, demo_video.ground_truth(plan), frames, path
+    return plan, demo_video.ground_truth(plan), read_video(path), path
 
 
 def test_video_file_has_every_frame_losslessly(line):
@@ -237,12 +230,13 @@ def test_model_reuse_needs_matching_stamp_and_metadata(tmp_path):
     onnx = pytest.importorskip("onnx")
     from tiny_model import build_tiny_model
 
+    from dn2.runtime.bundle import sha256_file
     from dn2.runtime.modelmeta import K_ARCH, K_WEIGHTS
-    from dn2.tools.demo import _sha256, reusable_model, stamp_path
+    from dn2.tools.demo import reusable_model, stamp_path
 
     model = build_tiny_model(tmp_path / "model.onnx", input_size=224, dim=8)
     stamp = stamp_path(model)
-    stamp.write_text(_sha256(model) + "  model.onnx\n")
+    stamp.write_text(sha256_file(model) + "  model.onnx\n")
     assert not reusable_model(model)  # arch tiny-test: not the demo's model
     m = onnx.load(str(model))
     for p in m.metadata_props:
@@ -252,7 +246,7 @@ def test_model_reuse_needs_matching_stamp_and_metadata(tmp_path):
             p.value = "imagenet:efficientnet-lite0-57934424.pth"
     onnx.save(m, str(model))
     assert not reusable_model(model)  # the stamp no longer matches the file
-    stamp.write_text(_sha256(model) + "  model.onnx\n")
+    stamp.write_text(sha256_file(model) + "  model.onnx\n")
     assert reusable_model(model)
     stamp.unlink()
     assert not reusable_model(model)

@@ -253,13 +253,8 @@ SUBSAMPLE_FLOOR = 0.88
 
 
 @pytest.fixture(scope="module")
-def lite0_96(tmp_path_factory) -> Path:
-    pytest.importorskip("torch", reason="exporting needs pip install 'dn2[export]'")
-    from dn2.export.pipeline import export_model
-
-    out = tmp_path_factory.mktemp("eval_models") / "lite0_96.onnx"
-    export_model("efficientnet_lite0", "imagenet", str(out), input_size=96, precision="fp32")
-    return out
+def lite0_96(lite0_at) -> Path:
+    return lite0_at(96)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,6 @@ def build_tiny_model(path, input_size: int = 32, dim: int = 8, *, meta_dim: Opti
     and passes every static check but fails inside onnxruntime at inference (a Gather with an
     out-of-range index), to exercise the warm-up. ``metadata=False``: a plain ONNX model.
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     s, d = int(input_size), int(dim)
@@ -64,9 +63,16 @@ def build_tiny_model(path, input_size: int = 32, dim: int = 8, *, meta_dim: Opti
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                               producer_name="dn2-tests")
+    return save_model(model, tiny_meta(meta_size or s, meta_dim or d) if metadata else None, path)
+
+
+def save_model(model, meta, path) -> Path:
+    """Stamp ``meta`` (a ModelMeta, or None for a plain ONNX model) into ``model``'s
+    metadata_props, check the graph and save it to ``path``."""
+    import onnx
+
     model.ir_version = 8  # readable by every onnxruntime >= 1.14
-    if metadata:
-        meta = tiny_meta(meta_size or s, meta_dim or d)
+    if meta is not None:
         for k, v in meta.to_props().items():
             e = model.metadata_props.add()
             e.key, e.value = k, v

@@ -11,6 +11,8 @@ from typing import List, Sequence
 import cv2
 import numpy as np
 
+from dn2.tools.bench_watch import read_video, write_video  # noqa: F401 (the tests' helpers too)
+
 
 def load_frames(folder: Path, n: int, size: int = 160, start: int = 0) -> List[np.ndarray]:
     """``n`` real images from ``folder`` (sorted names from ``start``), resized to size x size."""
@@ -24,31 +26,6 @@ def load_frames(folder: Path, n: int, size: int = 160, start: int = 0) -> List[n
         assert img is not None, p
         out.append(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
     return out
-
-
-def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = 25.0) -> Path:
-    """Write frames with cv2.VideoWriter (MJPG in .avi: every frame a keyframe, fast to seek)."""
-    path = Path(path)
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), float(fps), (w, h))
-    assert writer.isOpened(), f"OpenCV cannot write MJPG to {path}"
-    for f in frames:
-        writer.write(f)
-    writer.release()
-    return path
-
-
-def read_video(path: Path) -> List[np.ndarray]:
-    """Every frame of a video as OpenCV decodes it (the reference the tests compare against)."""
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    cap.release()
-    return frames
 
 
 def stain(img: np.ndarray, seed: int) -> np.ndarray:

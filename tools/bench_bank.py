@@ -80,38 +80,36 @@ def _latency(bank, q: np.ndarray, k: int, **kw) -> float:
     return (time.perf_counter() - t) / len(q) * 1e3
 
 
+def _measure(make, x, q, ood, k: int, latency_kw: dict):
+    """Build a bank with ``make()`` + ``add(x)``, then time it: build seconds, batched ms per
+    query, single-query latency; returns those and the (dists, ids) of ``q`` and ``ood``."""
+    t = time.perf_counter()
+    bank = make()
+    bank.add(x)
+    build = time.perf_counter() - t
+    bank.search(q[:8], k)  # warm-up
+    t = time.perf_counter()
+    on_q = bank.search(q, k)
+    batch = (time.perf_counter() - t) / len(q) * 1e3
+    on_ood = bank.search(ood, k)
+    timing = {"build_s": round(build, 3),
+              "latency_ms": round(_latency(bank, q[:50], k, **latency_kw), 3),
+              "batch_ms_per_query": round(batch, 3)}
+    return timing, on_q, on_ood
+
+
 def bench_size(n: int, dim: int, grid: List[Tuple[int, int, int]], n_queries: int,
                build_threads: int, k: int = 2) -> List[dict]:
     from dn2.runtime.bank import ExactBank, HnswBank
 
     x, q, ood = mixture(n, dim, seed=n, n_queries=n_queries, n_ood=n_queries)
-    rows = []
-    t = time.perf_counter()
-    exact = ExactBank(dim)
-    exact.add(x)
-    build = time.perf_counter() - t
-    exact.search(q[:8], k)  # warm-up
-    t = time.perf_counter()
-    ed, ei = exact.search(q, k)
-    batch = (time.perf_counter() - t) / len(q) * 1e3
-    od, oi = exact.search(ood, k)
-    rows.append({"n": n, "dim": dim, "kind": "exact", "build_s": round(build, 3),
-                 "latency_ms": round(_latency(exact, q[:50], k), 3),
-                 "batch_ms_per_query": round(batch, 3), "recall@2": 1.0})
+    timing, (ed, ei), (od, oi) = _measure(lambda: ExactBank(dim), x, q, ood, k, {})
+    rows = [{"n": n, "dim": dim, "kind": "exact", **timing, "recall@2": 1.0}]
     for m, efc, ef in grid:
-        t = time.perf_counter()
-        h = HnswBank(dim, M=m, ef_construction=efc, ef=ef, threads=build_threads)
-        h.add(x)
-        build = time.perf_counter() - t
-        h.search(q[:8], k)  # warm-up
-        t = time.perf_counter()
-        hd, hi = h.search(q, k)
-        batch = (time.perf_counter() - t) / len(q) * 1e3
-        hod, hoi = h.search(ood, k)
-        rows.append({"n": n, "dim": dim, "kind": f"hnsw M={m} efc={efc} ef={ef}",
-                     "build_s": round(build, 3),
-                     "latency_ms": round(_latency(h, q[:50], k, threads=1), 3),
-                     "batch_ms_per_query": round(batch, 3),
+        timing, (hd, hi), (hod, hoi) = _measure(
+            lambda: HnswBank(dim, M=m, ef_construction=efc, ef=ef, threads=build_threads),
+            x, q, ood, k, {"threads": 1})
+        rows.append({"n": n, "dim": dim, "kind": f"hnsw M={m} efc={efc} ef={ef}", **timing,
                      "recall@2": round(recall_at(ei, hi), 4),
                      "worst_score_ratio": round(float((hd.mean(1) / np.maximum(
                          ed.mean(1), 1e-12)).max()), 3),

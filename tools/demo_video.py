@@ -24,7 +24,6 @@ frame the detector scores), plus the wider run where any of it is in that square
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence

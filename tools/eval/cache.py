@@ -21,6 +21,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dn2.runtime.bundle import sha256_file
 from dn2.runtime.errors import Dn2Error, ImageError
 from dn2.runtime.modelmeta import read_model_meta
 from dn2.runtime.progress import Progress
@@ -35,14 +36,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DN2_EVAL_CACHE", Path.home() / ".cache" / "dn2" / "eval"))
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class EmbeddingCache:
     """Embeddings of one dataset under one model, filled lazily by :meth:`get`."""
 
@@ -54,7 +47,7 @@ class EmbeddingCache:
             raise Dn2Error(f"model {model_path!r}: expected a dn2 ONNX file, found {found}")
         self.model_path, self.dataset = str(model_path), dataset
         self.meta = read_model_meta(self.model_path)
-        self.model_sha256 = file_sha256(self.model_path)
+        self.model_sha256 = sha256_file(self.model_path)
         self.threads, self.batch_size, self.providers = threads, batch_size, providers
         self.progress = progress
         key = {"model_sha256": self.model_sha256, "dataset": dataset.fingerprint,
