@@ -12,10 +12,10 @@ Layout::
 Manifest (``schema: "dn2-bundle"``, ``schema_version: 1``): ``dn2_version``, ``model``
 {file, sha256, arch, weights, input, dim, precision}, ``bank`` {kind, file, sha256, n, dim,
 metric, M, ef_construction, ef, seed}, ``fit`` {images, failed, dropped, cleaned_fraction,
-kmeans, seed, ...}, ``score`` {k, reduction, l2norm}, ``threshold`` {value, method, fpr,
-quantiles, candidates, calibration}, ``group`` (null or {size, pooling, source, n_groups, k,
-bank {...}, threshold {...}, cov_trace_threshold {...}}), ``files`` {name: sha256} for every
-file but the manifest.
+kmeans, seed, ...}, ``score`` {k, reduction, l2norm, jpeg_draft (absent in older bundles:
+false)}, ``threshold`` {value, method, fpr, quantiles, candidates, calibration}, ``group`` (null
+or {size, pooling, source, n_groups, k, bank {...}, threshold {...}, cov_trace_threshold {...}}),
+``files`` {name: sha256} for every file but the manifest.
 
 Writing goes to a hidden temp directory beside the target (same file system), fsyncs, then
 renames it into place; an existing bundle at the target is swapped out and removed. A crash
@@ -198,6 +198,8 @@ def read_manifest(path) -> Dict:
             f"score.k: expected an integer in [1, bank.n={b.get('n')}], found {k!r}")
     _expect(sc.get("reduction") == "mean", str(p),
             f"score.reduction: expected 'mean', found {sc.get('reduction')!r}")
+    _expect(isinstance(sc.get("jpeg_draft", False), bool), str(p),
+            f"score.jpeg_draft: expected true or false, found {sc.get('jpeg_draft')!r}")
     t = m["threshold"].get("value")
     _expect(isinstance(t, (int, float)) and math.isfinite(t), str(p),
             f"threshold.value: expected a finite number, found {t!r}")

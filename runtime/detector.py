@@ -71,16 +71,20 @@ class Detector:
 
     @classmethod
     def load(cls, bundle_dir, providers="auto", threads: Optional[int] = None,
-             batch_size: int = 8, load_model: bool = True) -> "Detector":
+             batch_size: int = 8, load_model: bool = True,
+             jpeg_draft: Optional[bool] = None) -> "Detector":
         """Load and validate; ``load_model=False`` skips the onnxruntime session (scoring
-        embeddings only)."""
+        embeddings only). ``jpeg_draft``: None decodes files the way the bundle was fitted
+        (manifest ``score.jpeg_draft``); True / False override it."""
         bundle = load_bundle(bundle_dir)
         emb = None
         if load_model:
             from .embedder import Embedder
 
+            if jpeg_draft is None:
+                jpeg_draft = bool(bundle.manifest["score"].get("jpeg_draft", False))
             emb = Embedder(str(bundle.model_path), providers=providers, threads=threads,
-                           batch_size=batch_size)
+                           batch_size=batch_size, jpeg_draft=jpeg_draft)
             check_model_meta(bundle.manifest, emb.meta, str(bundle.path))
         return cls(bundle, emb)
 

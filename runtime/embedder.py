@@ -25,7 +25,7 @@ import numpy as np
 
 from . import providers as prov
 from .errors import Dn2Error, ImageError, ModelError
-from .images import prepare, read_image
+from .images import draft_side_for, prepare, read_image
 from .modelmeta import INPUT_NAME, K_ORT_CONFIG, OUTPUT_NAME, ModelMeta
 from .progress import Progress
 
@@ -87,11 +87,14 @@ class Embedder:
     + resize alone 14.7 ms/img, the model 32.2 ms/img); on a GPU box the model is faster than
     decoding and the workers matter more.
     ``allow_fp16``: let TensorRT use FP16 kernels for an FP32 model.
+    ``jpeg_draft``: ``embed_paths`` decodes large JPEGs at reduced scale
+    (``dn2.runtime.images.read_image(draft_side=...)``); fit and score must agree on it, which is
+    why a bundle records it (manifest ``score.jpeg_draft``).
     """
 
     def __init__(self, model_path, providers="auto", threads: Optional[int] = None,
                  batch_size: int = 8, decode_workers: Optional[int] = None,
-                 allow_fp16: bool = True):
+                 allow_fp16: bool = True, jpeg_draft: bool = False):
         self.model_path = str(model_path)
         if not os.path.isfile(self.model_path):
             raise ModelError(f"{self.model_path}: expected an ONNX model file, found "
@@ -111,6 +114,7 @@ class Embedder:
         self.dim: int = self.meta.dim
         self.input_size: int = self.meta.input_size
         self.rule = self.meta.resize
+        self.jpeg_draft = bool(jpeg_draft)
 
     # -- session -------------------------------------------------------------------------
     def _options(self, names: Sequence[str]):
@@ -236,7 +240,8 @@ class Embedder:
     def _load(self, path) -> Tuple[str, Optional[np.ndarray], Optional[str]]:
         p = str(path)
         try:
-            return p, prepare(read_image(p), self.rule, name=p), None
+            draft = draft_side_for(self.rule) if self.jpeg_draft else None
+            return p, prepare(read_image(p, draft_side=draft), self.rule, name=p), None
         except Dn2Error as exc:
             return p, None, str(exc)
         except Exception as exc:  # cv2.error, MemoryError, ... from a hostile file: per file

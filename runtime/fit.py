@@ -46,8 +46,8 @@ def _as_list(inputs: Inputs) -> List[str]:
 class _Embed:
     """Creates the Embedder on first use (fitting from embeddings may never need it)."""
 
-    def __init__(self, model_path, providers, threads, batch, progress):
-        self.args = (model_path, providers, threads, batch)
+    def __init__(self, model_path, providers, threads, batch, progress, jpeg_draft=False):
+        self.args = (model_path, providers, threads, batch, jpeg_draft)
         self.progress = progress
         self._emb = None
 
@@ -56,8 +56,9 @@ class _Embed:
         if self._emb is None:
             from .embedder import Embedder
 
-            mp, providers, threads, batch = self.args
-            self._emb = Embedder(str(mp), providers=providers, threads=threads, batch_size=batch)
+            mp, providers, threads, batch, draft = self.args
+            self._emb = Embedder(str(mp), providers=providers, threads=threads, batch_size=batch,
+                                 jpeg_draft=draft)
         return self._emb
 
     def inputs(self, inputs: Inputs) -> Tuple[np.ndarray, List[str], List[Tuple[str, str]]]:
@@ -214,12 +215,14 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                threads: Optional[int] = None, providers="auto",
                val_normal=None, val_anomalous=None, threshold_method: str = "fpr",
                seed: int = 0, progress: bool = True, kmeans_folds: int = 5,
-               kmeans_backend: str = "auto", hnsw: Optional[Dict] = None) -> Path:
+               kmeans_backend: str = "auto", hnsw: Optional[Dict] = None,
+               jpeg_draft: bool = False) -> Path:
     """Fit a bundle at ``output`` from normal ``images`` (paths, folders, globs) or
     ``embeddings`` [N, D] (+ ``names``). Returns the bundle path.
 
     ``l2norm``: True (default) / False, or ``"auto"``: whichever separates ``val_normal`` from
-    ``val_anomalous`` better (:func:`select_l2norm`)."""
+    ``val_anomalous`` better (:func:`select_l2norm`). ``jpeg_draft``: decode large JPEGs at
+    reduced scale (``Embedder(jpeg_draft=True)``); recorded so scoring decodes the same way."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise Dn2Error(f"model {model_path}: expected a dn2 ONNX model file, found none")
@@ -229,7 +232,7 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
     k = int(k)
     _check_args(k, clean, kmeans, index, fpr, group_size, n_groups, pooling, threshold_method,
                 val_normal, val_anomalous, l2norm)
-    emb = _Embed(model_path, providers, threads, batch, progress)
+    emb = _Embed(model_path, providers, threads, batch, progress, bool(jpeg_draft))
     failed: List[Tuple[str, str]] = []
     if images is not None:
         x, names, failed = emb.inputs(images)
@@ -314,7 +317,8 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                 "kmeans": km_info, "seed": int(seed), "index": index,
                 "source": "images" if images is not None else "embeddings",
                 "l2norm_selection": selection},
-        "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm)},
+        "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm),
+                  "jpeg_draft": bool(jpeg_draft)},
         "threshold": threshold,
         "group": group,
     }

@@ -1,6 +1,6 @@
 """dn2-score: score images (or one group of images) against a bundle.
 
-    dn2-score BUNDLE PATH... [--json] [--group] [--group-stat knn|cov_trace]
+    dn2-score BUNDLE PATH... [--json] [--group] [--group-stat knn|cov_trace] [--[no-]jpeg-draft]
 
 PATH: image files, folders (recursive) or globs. Per image: path, score, threshold, decision.
 With ``--json`` one JSON object per line with keys ``path``, ``score``, ``threshold``,
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-stat", choices=("knn", "cov_trace"), default="knn",
                    help="group statistic: kNN of the pooled embedding (default) or the "
                         "covariance trace of paper 4.5")
+    p.add_argument("--jpeg-draft", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode large JPEGs at reduced scale (default: as the bundle was "
+                        "fitted, manifest score.jpeg_draft)")
     p.add_argument("--batch", type=int, default=8, help="images per inference batch")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--providers", default="auto",
@@ -72,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         det = Detector.load(a.bundle, providers=a.providers, threads=a.threads,
-                            batch_size=a.batch)
+                            batch_size=a.batch, jpeg_draft=a.jpeg_draft)
         files, problems = find_images(a.paths)
         if not files and not problems:
             raise Dn2Error(f"expected images in {a.paths}, found none")

@@ -124,6 +124,29 @@ def test_cli_writes_json_and_reuses_models(work, tmp_path, capsys):
     assert all(p["img_per_s"] > 0 for p in data["pipelines"])
 
 
+def test_cli_jpeg_draft_rows_share_the_model_and_agree(work, tmp_path, capsys):
+    out = tmp_path / "draft.json"
+    # 320x240 frames, input 64 (resize to 73): the draft decode keeps 160x120 (>= 1.25 x 73)
+    rc = cli.main(["--arch", "resnet18", "--weights", "none", "--input-size", "64",
+                   "--threads", "1", "--n-images", "5", "--passes", "1", "--batch", "1",
+                   "--frame-size", "320x240", "--bank-size", "40", "--quick", "--jpeg-draft",
+                   "--work-dir", str(work), "--json", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads(out.read_text())
+    assert [p["name"] for p in data["pipelines"]] == [
+        "torch-eager b1", "dn2-fp32 b1", "dn2-int8 b1", "dn2-fp32-jpeg-draft b1",
+        "dn2-int8-jpeg-draft b1"]
+    assert data["config"]["jpeg_draft_rows"] is True
+    agree = data["agreement"]
+    # the same model on a 2x DCT-domain decode: close (real photos, Lite0: >= 0.997) but not
+    # identical, or the draft rows would not be decoding anything differently
+    for prec in ("fp32", "int8"):
+        cos = agree[f"{prec}_vs_{prec}_jpeg_draft"]
+        assert 0.95 < cos["min"] and cos["mean"] < 0.999999, agree
+    peak_rows = [g["what"] for g in data["goals"] if g["goal"] == "fp32_model_peak"]
+    assert peak_rows == ["dn2 fp32 model stage / measured sgemm peak (dn2-fp32 b1)"]
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--frame-size", "720p"], "WIDTHxHEIGHT"),
     (["--threads", "0"], ">= 1"),

@@ -43,7 +43,7 @@ def test_manifest_records_everything(model, data, tmp_path):
     assert b["kind"] == "hnsw" and b["file"] == "bank.bin" and b["n"] == 300
     assert b["metric"] == "sqeuclidean" and b["M"] == 32 and b["ef"] == 128
     assert b["ef_construction"] == 200 and len(b["sha256"]) == 64
-    assert m["score"] == {"k": 3, "reduction": "mean", "l2norm": True}
+    assert m["score"] == {"k": 3, "reduction": "mean", "l2norm": True, "jpeg_draft": False}
     t = m["threshold"]
     assert t["method"] == "fpr" and t["fpr"] == 0.05 and "0.99" in t["quantiles"]
     assert set(m["files"]) == {"model.onnx", "bank.bin", "fit_report.json"}
@@ -96,6 +96,14 @@ def _edit_manifest(path, fn):
     (path / MANIFEST).write_text(json.dumps(m))
 
 
+def test_bundle_without_jpeg_draft_loads_as_full_decode(bundle):
+    # bundles written before score.jpeg_draft existed decode files at full size
+    _edit_manifest(bundle, lambda m: m["score"].pop("jpeg_draft"))
+    assert Detector.load(bundle).embedder.jpeg_draft is False
+    _edit_manifest(bundle, lambda m: m["score"].update(jpeg_draft=True))
+    assert Detector.load(bundle).embedder.jpeg_draft is True
+
+
 def test_tampered_bank_is_refused_with_expected_and_found(bundle):
     with open(bundle / "bank.npy", "r+b") as f:
         f.seek(-4, os.SEEK_END)
@@ -117,6 +125,7 @@ def test_tampered_model_is_refused(bundle):
     (lambda m: m["bank"].update(dim=65), "bank.dim: expected the model's dim 64, found 65"),
     (lambda m: m["bank"].update(metric="cosine"), "expected 'sqeuclidean', found 'cosine'"),
     (lambda m: m["score"].update(k=301), r"score.k: expected an integer in \[1, bank.n=300\]"),
+    (lambda m: m["score"].update(jpeg_draft="yes"), "score.jpeg_draft: expected true or false"),
     (lambda m: m["bank"].update(n=299), "manifest says n=299, found n=300"),
     (lambda m: m["threshold"].update(value=None), "threshold.value: expected a finite number"),
     (lambda m: m["group"].update(pooling="median"), "group.pooling: expected 'mean' or 'max'"),

@@ -199,3 +199,42 @@ def test_bad_settings_are_refused_before_embedding(world, tmp_path, capsys, args
                        str(tmp_path / "b"), "-q", *args])
     err = capsys.readouterr().err
     assert rc == 2 and re.search(message, err), err
+
+
+def test_jpeg_draft_is_recorded_at_fit_and_followed_at_score(world, tmp_path, capsys):
+    import cv2
+
+    from dn2.runtime.images import draft_side_for, read_image
+    from dn2_tiny import texture
+
+    # tiny model: input 32, resize to 37, draft side 47 -> 192 px JPEGs decode at 1/4 (48 px)
+    rng = np.random.default_rng(5)
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(30):
+        img = cv2.resize(texture(rng, "normal"), (192, 192), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(big / f"n{i:02d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    out = tmp_path / "draft"
+    assert fit_cli.main([str(world["model"]), str(big), "--output", str(out), "--jpeg-draft",
+                         "-q"]) == 0
+    assert load_bundle(out).manifest["score"]["jpeg_draft"] is True
+    assert load_bundle(world["bundle"]).manifest["score"]["jpeg_draft"] is False
+    det = Detector.load(out)
+    assert det.embedder.jpeg_draft is True  # follows the bundle ...
+    assert Detector.load(out, jpeg_draft=False).embedder.jpeg_draft is False  # ... unless told
+    files = sorted(big.glob("*.jpg"))[:4]
+    full_det = Detector.load(out, jpeg_draft=False)
+    e_draft = det.embedder.embed_paths(files).embeddings
+    e_full = full_det.embedder.embed_paths(files).embeddings
+    side = draft_side_for(det.embedder.rule)
+    ref = det.embedder.embed_images([read_image(str(p), draft_side=side) for p in files])
+    np.testing.assert_allclose(e_draft, ref, rtol=1e-6, atol=1e-7)  # same pixels, same session
+    assert np.abs(e_draft - e_full).max() > 1e-4  # 48 px decode vs 192 px: other pixels
+    drafted = [r.score for r in det.score_paths(files)]
+    full = [r.score for r in full_det.score_paths(files)]
+    assert drafted != full
+    capsys.readouterr()
+    for flag, expected in (([], drafted), (["--no-jpeg-draft"], full)):
+        assert score_cli.main([str(out), *map(str, files), "--json", *flag]) == 0
+        rows = _json_lines(capsys.readouterr().out)
+        np.testing.assert_allclose([r["score"] for r in rows], expected, rtol=1e-6)  # same path

@@ -255,3 +255,20 @@ def test_bench_watch_runs_and_reports_its_columns(lite0_model, bundle, work):
     assert r["loop_over_model"] == pytest.approx(r["loop_fps"] / r["model_fps"])
     text = table(r)
     assert "loop, file (every frame)" in text and "x bare" in text
+
+
+def test_a_jpeg_draft_bundle_is_noted_when_watching_frames(bundle, stained, work):
+    import shutil
+
+    drafted = work / "bundle_draft"
+    shutil.copytree(bundle, drafted)
+    m = json.loads((drafted / "dn2.json").read_text())
+    m["score"]["jpeg_draft"] = True  # as dn2-fit --jpeg-draft writes it
+    (drafted / "dn2.json").write_text(json.dumps(m))
+    said = []
+    s = watch(str(drafted), str(stained[1]), max_frames=8, batch=8, log=said.append)
+    assert s.error is None and s.frames_scored == 8
+    assert any("fitted with --jpeg-draft" in line for line in said), said
+    said.clear()
+    watch(str(bundle), str(stained[1]), max_frames=8, batch=8, log=said.append)
+    assert not any("jpeg-draft" in line for line in said), said

@@ -8,7 +8,9 @@ OpenCV decode (``dn2.runtime.images.read_image``) -> one of the resize paths bel
 trunk. Prints, per path: worst and mean cosine to the reference over real photos (scikit-image
 samples, crops of them, textile images, a 1280x720 frame), pixel differences, and the CPU time
 per 1280x720 and 1920x1080 frame (one thread). The runtime's choice (``dn2.runtime.resize``)
-is the result of this table.
+is the result of this table. A second table does the same for the opt-in reduced-scale JPEG
+decode (``read_image(draft_side=...)``, ``dn2-fit --jpeg-draft``) at several margins, on
+quality-90 JPEG versions of the photos; ``DRAFT_MARGIN`` in ``dn2.runtime.images`` is its result.
 """
 from __future__ import annotations
 
@@ -216,7 +218,64 @@ def main(argv=None) -> int:
     print(f"for scale: decoding the 720p frame as a quality-90 JPEG costs {dec:.2f} cpu ms")
     worst = np.argsort(cosine(embed(graph, [center_crop_resize(i, r, c) for i in decoded]), ref))
     print("dn2 path, 3 lowest cosines:", ", ".join(items[i][0] for i in worst[:3]))
+    with tempfile.TemporaryDirectory() as tmp:
+        jpegs = jpeg_versions([n for n, _ in items], decoded, tmp)
+        jpeg_draft_table(graph, jpegs, frame, r, c, args.reps)
     return 0
+
+
+def jpeg_versions(names: List[str], decoded: List[np.ndarray], tmpdir: str
+                  ) -> List[Tuple[str, str]]:
+    """Quality-90 JPEGs of every photo above, of the 720p frame (the last one) at 1024x576 /
+    1920x1080 / 3840x2160, and 16 dn2-bench frames (1280x720)."""
+    from dn2.tools.bench.frames import make_frames
+
+    out = []
+    for name, img in zip(names, decoded):
+        q = os.path.join(tmpdir, name.rsplit(".", 1)[0] + "_q90.jpg")
+        cv2.imwrite(q, img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        out.append((os.path.basename(q), q))
+    frame = decoded[-1]
+    for w, h in ((1024, 576), (1920, 1080), (3840, 2160)):
+        q = os.path.join(tmpdir, f"frame_{w}x{h}.jpg")
+        cv2.imwrite(q, cv2.resize(frame, (w, h), interpolation=cv2.INTER_CUBIC),
+                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+        out.append((os.path.basename(q), q))
+    return out + [(os.path.basename(p), str(p))
+                  for p in make_frames(os.path.join(tmpdir, "bench"), 16)]
+
+
+def jpeg_draft_table(graph, jpegs: List[Tuple[str, str]], frame: np.ndarray, r: int, c: int,
+                     reps: int) -> None:
+    """Reduced-scale JPEG decode (``read_image(draft_side=...)``) at several margins: cosine of
+    embeddings to the torchvision pipeline on the same JPEG files, and the decode + resize cost
+    of ``frame`` as a quality-90 JPEG at 720p and 1080p."""
+    from dn2.runtime.images import DRAFT_MARGIN, draft_scale
+
+    ref = embed(graph, [reference_crop(p, r, c) for _, p in jpegs])
+    full = cosine(embed(graph, [center_crop_resize(read_image(p), r, c) for _, p in jpegs]), ref)
+    print(f"\nJPEG draft decode: {len(jpegs)} quality-90 JPEGs; cosine to torchvision on the same "
+          f"files; full decode: min {full.min():.5f} mean {full.mean():.5f}")
+    print(f"{'margin':>6s} {'reduced':>8s} {'min cos':>8s} {'mean cos':>9s} "
+          f"{'min cos reduced':>15s} {'mean cos reduced':>16s}  lowest")
+    for margin in (1.0, 1.25, 1.5, 2.0):
+        side = int(np.ceil(r * margin))
+        cos = cosine(embed(graph, [center_crop_resize(read_image(p, draft_side=side), r, c)
+                                   for _, p in jpegs]), ref)
+        red = [i for i, (_, p) in enumerate(jpegs)
+               if draft_scale(*cv2.imread(p).shape[1::-1], side) > 1]
+        cr = cos[red] if red else np.ones(1)
+        print(f"{margin:6.2f} {len(red):4d}/{len(jpegs):<3d} {cos.min():8.5f} {cos.mean():9.5f} "
+              f"{cr.min():15.5f} {cr.mean():16.5f}  {jpegs[int(np.argmin(cos))][0]}")
+    for w, h in ((1280, 720), (1920, 1080)):
+        img = cv2.resize(frame, (w, h), interpolation=cv2.INTER_CUBIC)
+        enc = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        side = int(np.ceil(r * DRAFT_MARGIN))
+        t_full = time_ms(lambda *_: center_crop_resize(read_image(enc), r, c), img, r, c, reps)
+        t_draft = time_ms(lambda *_: center_crop_resize(read_image(enc, draft_side=side), r, c),
+                          img, r, c, reps)
+        print(f"{w}x{h} JPEG: decode + resize {t_full:.2f} cpu ms full, {t_draft:.2f} draft "
+              f"(margin {DRAFT_MARGIN:g})")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,11 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
         if learn is None:
             detector = load_detector(bundle, providers, threads, batch)
             thr, rule = _threshold(detector, threshold, group), detector.embedder.meta.resize
+            if detector.manifest["score"].get("jpeg_draft"):
+                log("note: this bundle was fitted with --jpeg-draft (JPEG files decoded at "
+                    "reduced scale); watched frames are decoded at full size, which shifts "
+                    "embeddings slightly (cosine >= 0.9975 on real photos); refit without "
+                    "--jpeg-draft for a camera")
         else:
             from .learn import model_rule
 

@@ -13,7 +13,6 @@ from dn2.export.archs import ARCH_NAMES  # torch-free table
 from dn2.runtime.errors import Dn2Error
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dn2-bench",
@@ -36,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", type=int, default=None, help="override the number of timed passes")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 pipeline")
+    p.add_argument("--jpeg-draft", action="store_true",
+                   help="also time each dn2 pipeline with the opt-in reduced-scale JPEG decode "
+                        "(dn2-fit --jpeg-draft)")
     p.add_argument("--work-dir", help="keep frames and exported models here (reused next run)")
     p.add_argument("--json", metavar="OUT", help="write the full report as JSON")
     return p
@@ -56,7 +58,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             quick=args.quick, images_dir=args.images, frame_size=parse_frame_size(args.frame_size),
             bank_size=args.bank_size or DEFAULT_BANK, k=args.k, n_images=args.n_images,
             passes=args.passes, batch_sizes=args.batch,
-            precisions=("fp32",) if args.no_int8 else ("fp32", "int8"), work_dir=args.work_dir)
+            precisions=("fp32",) if args.no_int8 else ("fp32", "int8"), work_dir=args.work_dir,
+            jpeg_draft=args.jpeg_draft)
         print(format_tables(report))
         if args.json:
             try:

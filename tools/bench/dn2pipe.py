@@ -3,7 +3,8 @@
 ``dn2.runtime.images.read_image`` decodes (OpenCV), ``prepare`` resizes the shorter side and
 centre-crops to the model's uint8 BGR input, the ``Embedder`` runs the ONNX graph in onnxruntime
 (cast and normalisation are inside the graph), the runtime's exact kNN scores against the bank,
-and the decision is score > threshold.
+and the decision is score > threshold. ``jpeg_draft=True`` is the same pipeline with the
+opt-in reduced-scale JPEG decode (``dn2-fit --jpeg-draft``), sharing the other one's session.
 """
 from __future__ import annotations
 
@@ -14,24 +15,29 @@ import numpy as np
 
 class Dn2Pipeline:
     def __init__(self, model_path: str, kind: str, bank: np.ndarray, k: int, threshold: float,
-                 threads: int, batch_size: int, name: str = ""):
+                 threads: int, batch_size: int, name: str = "", jpeg_draft: bool = False,
+                 share: "Dn2Pipeline" = None):
         import cv2
 
         from dn2.runtime import images
         from dn2.runtime.embedder import Embedder
 
         cv2.setNumThreads(threads)
-        self.name = name or f"dn2-{kind}"
+        self.name = name or f"dn2-{kind}" + ("-jpeg-draft" if jpeg_draft else "")
         self.kind = kind
         self._images = images
-        self.embedder = Embedder(str(model_path), providers="auto", threads=threads,
-                                 batch_size=batch_size)
+        if share is not None:
+            self.embedder, self.knn_fn = share.embedder, share.knn_fn
+        else:
+            self.embedder = Embedder(str(model_path), providers="auto", threads=threads,
+                                     batch_size=batch_size)
+            self.knn_fn = make_exact_knn(bank, k)
         self.rule = self.embedder.meta.resize
-        self.knn_fn = make_exact_knn(bank, k)
+        self.draft_side = images.draft_side_for(self.rule) if jpeg_draft else None
         self.threshold = float(threshold)
 
     def decode(self, paths: Sequence[str]):
-        return [self._images.read_image(p) for p in paths]
+        return [self._images.read_image(p, draft_side=self.draft_side) for p in paths]
 
     def preprocess(self, images):
         return np.stack([self._images.prepare(im, self.rule) for im in images])
