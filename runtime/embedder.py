@@ -114,7 +114,12 @@ class Embedder:
         self.dim: int = self.meta.dim
         self.input_size: int = self.meta.input_size
         self.rule = self.meta.resize
-        self.jpeg_draft = bool(jpeg_draft)
+        # the shorter side a draft-decoded JPEG keeps (None: full-size decode), once, not per file
+        self.draft_side: Optional[int] = draft_side_for(self.rule) if jpeg_draft else None
+
+    @property
+    def jpeg_draft(self) -> bool:
+        return self.draft_side is not None
 
     # -- session -------------------------------------------------------------------------
     def _options(self, names: Sequence[str]):
@@ -240,8 +245,7 @@ class Embedder:
     def _load(self, path) -> Tuple[str, Optional[np.ndarray], Optional[str]]:
         p = str(path)
         try:
-            draft = draft_side_for(self.rule) if self.jpeg_draft else None
-            return p, prepare(read_image(p, draft_side=draft), self.rule, name=p), None
+            return p, prepare(read_image(p, draft_side=self.draft_side), self.rule, name=p), None
         except Dn2Error as exc:
             return p, None, str(exc)
         except Exception as exc:  # cv2.error, MemoryError, ... from a hostile file: per file

@@ -44,8 +44,8 @@ _FORMATS = "JPEG, PNG, GIF, BMP, WebP, TIFF, PNM"
 # 6.15 -> 3.46, 1920x1080 12.02 -> 6.55 (libjpeg's Huffman decoding is not scaled, only the IDCT
 # and colour conversion).
 DRAFT_MARGIN = 1.25
-_DRAFT_FLAGS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                (2, cv2.IMREAD_REDUCED_COLOR_2))
+_DRAFT_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                2: cv2.IMREAD_REDUCED_COLOR_2}  # scale denominator -> flag, largest first
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
@@ -152,7 +152,7 @@ def draft_side_for(rule: ResizeRule) -> int:
 def draft_scale(width: int, height: int, draft_side: int) -> int:
     """The libjpeg scale denominator (8, 4, 2, or 1 = full size) for a ``width x height`` JPEG
     whose shorter side must stay >= ``draft_side``."""
-    return next((s for s, _ in _DRAFT_FLAGS if min(width, height) / s >= draft_side), 1)
+    return next((s for s in _DRAFT_FLAGS if min(width, height) / s >= draft_side), 1)
 
 
 def read_image(src: Source, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE,
@@ -186,7 +186,7 @@ def read_image(src: Source, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN
     if draft_side and head is not None and head.format == "JPEG" and head.pixels is not None:
         scale = draft_scale(head.width, head.height, int(draft_side))
         if scale > 1:
-            flag = dict(_DRAFT_FLAGS)[scale] | cv2.IMREAD_IGNORE_ORIENTATION
+            flag = _DRAFT_FLAGS[scale] | cv2.IMREAD_IGNORE_ORIENTATION
     try:
         img = cv2.imdecode(buf, flag)
     except cv2.error as exc:

@@ -258,12 +258,12 @@ def jpeg_draft_table(graph, jpegs: List[Tuple[str, str]], frame: np.ndarray, r: 
           f"files; full decode: min {full.min():.5f} mean {full.mean():.5f}")
     print(f"{'margin':>6s} {'reduced':>8s} {'min cos':>8s} {'mean cos':>9s} "
           f"{'min cos reduced':>15s} {'mean cos reduced':>16s}  lowest")
+    sizes = [cv2.imread(p).shape[1::-1] for _, p in jpegs]  # (w, h)
     for margin in (1.0, 1.25, 1.5, 2.0):
         side = int(np.ceil(r * margin))
         cos = cosine(embed(graph, [center_crop_resize(read_image(p, draft_side=side), r, c)
                                    for _, p in jpegs]), ref)
-        red = [i for i, (_, p) in enumerate(jpegs)
-               if draft_scale(*cv2.imread(p).shape[1::-1], side) > 1]
+        red = [i for i, wh in enumerate(sizes) if draft_scale(*wh, side) > 1]
         cr = cos[red] if red else np.ones(1)
         print(f"{margin:6.2f} {len(red):4d}/{len(jpegs):<3d} {cos.min():8.5f} {cos.mean():9.5f} "
               f"{cr.min():15.5f} {cr.mean():16.5f}  {jpegs[int(np.argmin(cos))][0]}")
