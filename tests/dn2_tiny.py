@@ -1,7 +1,7 @@
 """A tiny but real dn2 ONNX model (no torch) and synthetic image files, for fast runtime tests.
 
 The model honours the dn2 contract (modelmeta.py): input ``images`` uint8 NHWC BGR [N,S,S,3],
-output ``embeddings`` float32 [N,D], dn2 metadata_props. Its feature is a 4x4 grid of
+output ``embedding`` float32 [N,D], dn2 metadata_props. Its feature is a 4x4 grid of
 per-channel means plus a gradient-energy grid, projected by a fixed random matrix: images with
 different colour layout or texture get different embeddings, like a (very small) CNN trunk.
 """
@@ -41,12 +41,12 @@ def make_tiny_model(path, size: int = 32, dim: int = 64, seed: int = 0) -> Path:
         helper.make_node("Reshape", ["p1", "flat"], ["r1"]),
         helper.make_node("Reshape", ["p2", "flat"], ["r2"]),
         helper.make_node("Concat", ["r1", "r2"], ["cat"], axis=1),
-        helper.make_node("MatMul", ["cat", "W"], ["embeddings"]),
+        helper.make_node("MatMul", ["cat", "W"], ["embedding"]),
     ]
     graph = helper.make_graph(
         nodes, "dn2_tiny",
         [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", size, size, 3])],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", dim])], inits)
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     meta = ModelMeta(arch="tiny", weights="random:seed%d" % seed, weights_sha256="",
                      input_size=size, resize=ResizeRule.for_input_size(size), dim=dim, opset=17,

@@ -43,11 +43,11 @@ def tiny_dn2_onnx(path: Path, size: int = SIZE, dim: int = 16, seed: int = 0) ->
              helper.make_node("Conv", ["t", "w"], ["c"], strides=[2, 2]),
              helper.make_node("Relu", ["c"], ["r"]),
              helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["embeddings"])]
+             helper.make_node("Flatten", ["g"], ["embedding"])]
     graph = helper.make_graph(
         nodes, "tiny",
         [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", size, size, 3])],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", dim])], [w])
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     meta = ModelMeta(arch="tiny", weights="random", weights_sha256="", input_size=size,

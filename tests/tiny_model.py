@@ -1,5 +1,8 @@
 """A tiny, real dn2-contract ONNX model for runtime tests (built with onnx.helper in ms).
 
+It is a dn2-model-1 model (the single output ``embeddings``, as exported before named
+outputs), so every test built on it also proves that older models still load.
+
 uint8 [N, S, S, 3] BGR -> Cast -> NCHW -> 3x3 conv (stride 2, fixed seeded weights) -> ReLU ->
 global average pool -> float32 [N, D], with dn2 metadata_props from ``ModelMeta.to_props()``.
 Keyword arguments break one part of the contract at a time, so the Embedder's checks can be
@@ -13,13 +16,15 @@ from typing import Optional
 import numpy as np
 
 
-def tiny_meta(input_size: int = 32, dim: int = 8, precision: str = "fp32"):
-    from dn2.runtime.modelmeta import ModelMeta, ResizeRule
+def tiny_meta(input_size: int = 32, dim: int = 8, precision: str = "fp32", fmt: str = ""):
+    """Metadata of the tiny model; ``fmt`` "" -> dn2-model-1 (one output ``embeddings``, what
+    models exported before named outputs carry), or FORMAT for the current format."""
+    from dn2.runtime.modelmeta import FORMAT_V1, ModelMeta, ResizeRule
     from dn2.runtime.version import __version__
 
     return ModelMeta(arch="tiny-test", weights="none", weights_sha256="", input_size=input_size,
                      resize=ResizeRule.for_input_size(input_size), dim=dim, opset=17,
-                     precision=precision, version=__version__)
+                     precision=precision, version=__version__, format=fmt or FORMAT_V1)
 
 
 def build_tiny_model(path, input_size: int = 32, dim: int = 8, *, meta_dim: Optional[int] = None,
