@@ -216,13 +216,16 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                val_normal=None, val_anomalous=None, threshold_method: str = "fpr",
                seed: int = 0, progress: bool = True, kmeans_folds: int = 5,
                kmeans_backend: str = "auto", hnsw: Optional[Dict] = None,
-               jpeg_draft: bool = False) -> Path:
+               jpeg_draft: bool = False, embed_failed: Optional[Sequence] = None,
+               source: Optional[str] = None) -> Path:
     """Fit a bundle at ``output`` from normal ``images`` (paths, folders, globs) or
     ``embeddings`` [N, D] (+ ``names``). Returns the bundle path.
 
     ``l2norm``: True (default) / False, or ``"auto"``: whichever separates ``val_normal`` from
     ``val_anomalous`` better (:func:`select_l2norm`). ``jpeg_draft``: decode large JPEGs at
-    reduced scale (``Embedder(jpeg_draft=True)``); recorded so scoring decodes the same way."""
+    reduced scale (``Embedder(jpeg_draft=True)``); recorded so scoring decodes the same way.
+    ``embed_failed`` / ``source``: with ``embeddings`` embedded elsewhere (e.g. on Ray), the
+    files that failed there, (path, message), and what the manifest names as the source."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise Dn2Error(f"model {model_path}: expected a dn2 ONNX model file, found none")
@@ -249,6 +252,7 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         if x.ndim != 2 or x.shape[1] != meta.dim:
             raise Dn2Error(f"embeddings: expected [N, {meta.dim}] for this model, "
                            f"found shape {x.shape}")
+        failed = [(str(p), str(m)) for p, m in (embed_failed or [])]
         names = [str(n) for n in names] if names is not None else \
             [f"embedding[{i}]" for i in range(len(x))]
         if len(names) != len(x):
@@ -315,7 +319,7 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         "fit": {"images": int(len(x)), "kept": int(keep.sum()), "failed": len(failed),
                 "dropped": int((~keep).sum()), "cleaned_fraction": float(clean),
                 "kmeans": km_info, "seed": int(seed), "index": index,
-                "source": "images" if images is not None else "embeddings",
+                "source": source or ("images" if images is not None else "embeddings"),
                 "l2norm_selection": selection},
         "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm),
                   "jpeg_draft": bool(jpeg_draft)},
