@@ -33,7 +33,7 @@ log = logging.getLogger("dn2")
 
 # onnxruntime's CPU thread pool spin-waits between runs by default. In dn2 the model shares the
 # cores with decoding, resizing, the kNN and the camera reader thread, which those spinning
-# workers starve. `python -m dn2.tools.bench_watch [--ort-spinning]` (efficientnet_lite0, 640x480
+# workers starve. `python -m dn2.tools.bench.watch [--ort-spinning]` (efficientnet_lite0, 640x480
 # frames, 2 threads, quiet machine, three alternating runs each): the watch loop kept 0.91-0.97
 # of the bare pipeline's rate without spinning vs 0.84-0.94 with it, and a 10 fps camera used
 # 24 % of a core instead of 81-85 %, for ~7 ms more latency (BENCHMARKS.md "Camera loop").
@@ -82,7 +82,7 @@ class Embedder:
     (see ``dn2.runtime.providers``). ``threads``: onnxruntime intra-op threads (None: its
     default, all cores). ``decode_workers``: threads decoding and resizing files in
     ``embed_paths`` while the model runs (None: 2; 0: decode in the calling thread). Measured
-    with ``python -m dn2.tools.bench_embed lite0.onnx --threads 2`` on the 2-core dev VM, 32
+    with ``python -m dn2.tools.bench.embed lite0.onnx --threads 2`` on the 2-core dev VM, 32
     1280x720 JPEGs, Lite0 on the CPU: 12.8 img/s with 0 workers, 15.5 with 1, 15.7 with 2 (decode
     + resize alone 14.7 ms/img, the model 32.2 ms/img); on a GPU box the model is faster than
     decoding and the workers matter more.

@@ -11,8 +11,8 @@ from dn2.runtime.bundle import MANIFEST, load_bundle, read_manifest
 from dn2.runtime.detector import Detector
 from dn2.runtime.errors import BundleError, Dn2Error
 from dn2.runtime.fit import fit_bundle
-from dn2.tools.bench_bank import gaussian_mixture
-from dn2_tiny import make_tiny_model
+from dn2.tools.bench.bank import gaussian_mixture
+from tiny_model import make_tiny_model
 
 DIM = 64
 

@@ -11,7 +11,7 @@ from typing import List, Sequence
 import cv2
 import numpy as np
 
-from dn2.tools.bench_watch import read_video, write_video  # noqa: F401 (the tests' helpers too)
+from dn2.tools.videoio import read_video, write_video  # noqa: F401 (the tests' helpers too)
 
 
 def load_frames(folder: Path, n: int, size: int = 160, start: int = 0) -> List[np.ndarray]:
