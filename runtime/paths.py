@@ -67,7 +67,7 @@ def found(path) -> str:
 
 
 def regular_file(path, expected: str, error: Type[Dn2Error] = Dn2Error) -> str:
-    """``path`` if it is a non-empty regular file; else ``error("<path>: expected ..., found ...")``."""
+    """``path`` if it is a non-empty regular file; else ``error("<path>: expected ..., found")``."""
     p = os.fspath(path)
     what = found(p)
     if what != "a regular file":
