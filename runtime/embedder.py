@@ -28,6 +28,7 @@ from .errors import Dn2Error, ImageError, ModelError
 from .color import to_gray3
 from .images import draft_side_for, prepare, read_image
 from .modelmeta import INPUT_NAME, K_ORT_CONFIG, OUTPUT_NAME, ModelMeta
+from .paths import regular_file
 from .progress import Progress
 
 log = logging.getLogger("dn2")
@@ -99,9 +100,7 @@ class Embedder:
                  batch_size: int = 8, decode_workers: Optional[int] = None,
                  allow_fp16: bool = True, jpeg_draft: bool = False, gray: bool = False):
         self.model_path = str(model_path)
-        if not os.path.isfile(self.model_path):
-            raise ModelError(f"{self.model_path}: expected an ONNX model file, found "
-                             f"{'a directory' if os.path.isdir(self.model_path) else 'no such file'}")
+        regular_file(self.model_path, "an ONNX model file", ModelError)
         if int(batch_size) < 1:
             raise ModelError(f"batch size: expected >= 1, found {batch_size}")
         if threads is not None and int(threads) < 1:

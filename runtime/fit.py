@@ -23,8 +23,9 @@ import numpy as np
 
 from . import groups as G
 from .bank import HNSW_DEFAULTS, build_bank
-from .bundle import write_bundle
+from .bundle import check_output, write_bundle
 from .errors import Dn2Error
+from .paths import regular_file
 from .scoring import clean as clean_embeddings
 from .scoring import DEFAULT_L2NORM, knn_score, l2normalize, loo_kmeans_scores, loo_scores
 from .threshold import calibrate, conformal_quantile, quantile_table, roc_auc
@@ -247,14 +248,14 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
     gray bank scores every input converted to gray (``dn2.runtime.color``); recorded in the
     manifest (``score.color``) so every scorer follows it."""
     model_path = Path(model_path)
-    if not model_path.is_file():
-        raise Dn2Error(f"model {model_path}: expected a dn2 ONNX model file, found none")
+    regular_file(model_path, "a dn2 ONNX model file (from dn2-export)")
     if (images is None) == (embeddings is None):
         raise Dn2Error("fit: expected exactly one of images or embeddings, found "
                        + ("both" if images is not None else "neither"))
     k = int(k)
     _check_args(k, clean, kmeans, index, fpr, group_size, n_groups, pooling, threshold_method,
                 val_normal, val_anomalous, l2norm)
+    check_output(output)  # an unwritable target fails now, not after embedding everything
     emb = _Embed(model_path, providers, threads, batch, progress, bool(jpeg_draft))
     colour = color_mode(color, images, progress)
     emb.gray = colour["mode"] == "gray"

@@ -60,9 +60,9 @@ def test_exact_save_load_roundtrip_and_no_pickles(tmp_path):
     again = load_bank(p, bank.params())
     assert np.array_equal(again.search(q, 3)[1], bank.search(q, 3)[1])
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(BankError, match="expected a numpy float32"):
+    with pytest.raises(BankError, match=r"expected a float32 \[N, D\] C-order array, found object"):
         load_bank(tmp_path / "obj.npy", {"kind": "exact"})
-    with pytest.raises(BankError, match="manifest says n=201, found n=200"):
+    with pytest.raises(BankError, match=r"manifest says \[201, 16\], the file declares \[200, 16\]"):
         load_bank(p, dict(bank.params(), n=201))
 
 
@@ -122,12 +122,12 @@ def test_hnsw_file_must_agree_with_the_manifest_before_hnswlib_parses_it(tmp_pat
     b = build_bank(x, "hnsw", M=8, ef_construction=20, ef=10)
     p = tmp_path / "bank.bin"
     b.save(p)
-    with pytest.raises(BankError, match="manifest says dim=16, found dim=32 in the hnswlib file"):
+    with pytest.raises(BankError, match="expected dim 16, found room for 32 floats"):
         load_bank(p, dict(b.params(), dim=16))
     with pytest.raises(BankError, match="manifest says M=16, found M=8"):
         load_bank(p, dict(b.params(), M=16))
     (tmp_path / "short.bin").write_bytes(b"abc")
-    with pytest.raises(BankError, match="expected an hnswlib index, found 3 bytes"):
+    with pytest.raises(BankError, match="header at least.*found 3 bytes"):
         load_bank(tmp_path / "short.bin", b.params())
 
 

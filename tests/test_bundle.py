@@ -127,7 +127,7 @@ def test_tampered_model_is_refused(bundle):
     (lambda m: m["bank"].update(metric="cosine"), "expected 'sqeuclidean', found 'cosine'"),
     (lambda m: m["score"].update(k=301), r"score.k: expected an integer in \[1, bank.n=300\]"),
     (lambda m: m["score"].update(jpeg_draft="yes"), "score.jpeg_draft: expected true or false"),
-    (lambda m: m["bank"].update(n=299), "manifest says n=299, found n=300"),
+    (lambda m: m["bank"].update(n=299), r"manifest says \[299, 64\], the file declares \[300, 64\]"),
     (lambda m: m["threshold"].update(value=None), "threshold.value: expected a finite number"),
     (lambda m: m["group"].update(pooling="median"), "group.pooling: expected 'mean' or 'max'"),
     (lambda m: m["files"].update({"../x": "0" * 64}), "expected plain file names"),

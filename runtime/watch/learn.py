@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import Dn2Error
 from ..modelmeta import ResizeRule, read_model_meta
+from ..paths import found
 
 MIN_LEARN_FRAMES = 20
 MAX_LEARN_FRAMES = 20_000  # ~100 MB of 1280-d float32 embeddings: the memory cap
@@ -59,8 +60,8 @@ def model_path(bundle_or_model: Union[str, Path]) -> Path:
         raise Dn2Error(f"--learn: {p} is a folder without one model.onnx; expected a dn2 "
                        "model (.onnx) or a bundle folder")
     if not p.is_file():
-        raise Dn2Error(f"--learn: model {p} does not exist (expected a dn2 model .onnx "
-                       "from dn2-export, or a bundle folder)")
+        raise Dn2Error(f"--learn: model {p}: expected a dn2 model (.onnx from dn2-export) or "
+                       f"a bundle folder, found {found(p)}")
     return p
 
 
