@@ -25,6 +25,7 @@ import numpy as np
 
 from . import providers as prov
 from .errors import Dn2Error, ImageError, ModelError
+from .color import to_gray3
 from .images import draft_side_for, prepare, read_image
 from .modelmeta import INPUT_NAME, K_ORT_CONFIG, OUTPUT_NAME, ModelMeta
 from .paths import regular_file
@@ -91,11 +92,13 @@ class Embedder:
     ``jpeg_draft``: ``embed_paths`` decodes large JPEGs at reduced scale
     (``dn2.runtime.images.read_image(draft_side=...)``); fit and score must agree on it, which is
     why a bundle records it (manifest ``score.jpeg_draft``).
+    ``gray``: every batch is converted BGR -> gray -> BGR before the model (a bank fitted on
+    gray images, manifest ``score.color``; ``dn2.runtime.color``).
     """
 
     def __init__(self, model_path, providers="auto", threads: Optional[int] = None,
                  batch_size: int = 8, decode_workers: Optional[int] = None,
-                 allow_fp16: bool = True, jpeg_draft: bool = False):
+                 allow_fp16: bool = True, jpeg_draft: bool = False, gray: bool = False):
         self.model_path = str(model_path)
         regular_file(self.model_path, "an ONNX model file", ModelError)
         if int(batch_size) < 1:
@@ -115,6 +118,8 @@ class Embedder:
         self.rule = self.meta.resize
         # the shorter side a draft-decoded JPEG keeps (None: full-size decode), once, not per file
         self.draft_side: Optional[int] = draft_side_for(self.rule) if jpeg_draft else None
+        # a bank of gray images scores every input as gray (dn2.runtime.color)
+        self.gray = bool(gray)
 
     @property
     def jpeg_draft(self) -> bool:
@@ -223,6 +228,8 @@ class Embedder:
         out = np.empty((x.shape[0], self.dim), np.float32)
         for i in range(0, x.shape[0], self.batch_size):
             chunk = np.ascontiguousarray(x[i:i + self.batch_size])
+            if self.gray:
+                chunk = to_gray3(chunk)
             try:
                 out[i:i + len(chunk)] = self.session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0]
             except Exception as exc:
