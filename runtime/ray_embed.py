@@ -80,11 +80,11 @@ class EmbedActor:
     """One onnxruntime session per actor; ``__call__`` embeds a batch of paths."""
 
     def __init__(self, model_path: str, providers, threads: Optional[int], batch: int,
-                 jpeg_draft: bool, decode_workers: int):
+                 jpeg_draft: bool, decode_workers: int, gray: bool = False):
         from .embedder import Embedder
 
         self.emb = Embedder(model_path, providers=providers, threads=threads, batch_size=batch,
-                            jpeg_draft=jpeg_draft, decode_workers=decode_workers)
+                            jpeg_draft=jpeg_draft, decode_workers=decode_workers, gray=gray)
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
@@ -144,7 +144,8 @@ def path_dataset(columns: Dict[str, Sequence[str]], rows_per_block: int):
 
 def embed_to_shards(model_path, paths: Sequence[str], out_dir, *, workers: Optional[int] = None,
                     threads: Optional[int] = 1, gpus: float = 0.0, batch: int = 8,
-                    providers="auto", jpeg_draft: bool = False, decode_workers: int = 1,
+                    providers="auto", jpeg_draft: bool = False, gray: bool = False,
+                    decode_workers: int = 1,
                     shard_rows: int = SHARD_ROWS, progress: bool = True) -> Dict:
     """Embed ``paths`` on the connected cluster and write the shards + index to ``out_dir``.
     Returns the index (also written as ``out_dir/index.json``) plus ``images_per_s``."""
@@ -160,7 +161,8 @@ def embed_to_shards(model_path, paths: Sequence[str], out_dir, *, workers: Optio
                         fn_constructor_kwargs=dict(model_path=str(model_path),
                                                    providers=providers, threads=threads,
                                                    batch=batch, jpeg_draft=bool(jpeg_draft),
-                                                   decode_workers=decode_workers),
+                                                   decode_workers=decode_workers,
+                                                   gray=bool(gray)),
                         batch_format="numpy", **remote)
     names: List[str] = []
     failed: List[List[str]] = []

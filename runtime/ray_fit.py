@@ -32,23 +32,26 @@ def fit_bundle_ray(model_path, output, images, *, address: Optional[str] = None,
                    workers: Optional[int] = None, gpus: float = 0.0,
                    shards_dir=None, num_cpus: Optional[int] = None, batch: int = 8,
                    threads: Optional[int] = 1, providers="auto", jpeg_draft: bool = False,
-                   progress: bool = True, **fit_kwargs) -> Path:
+                   color="auto", progress: bool = True, **fit_kwargs) -> Path:
     """Fit like ``fit_bundle(model_path, output, images=images, **fit_kwargs)`` with the
     embedding done on Ray. ``address``: None starts a local cluster (``num_cpus`` CPUs),
     "auto" joins the running one, "host:port" / "ray://..." a given one. ``workers``: actors
     (default: cluster CPUs / ``threads``); ``gpus``: GPUs per actor (0: CPU actors).
     ``shards_dir``: keep the embedding shards there (default: a temporary folder next to
     ``output``, removed after the fit)."""
-    from .fit import fit_bundle
+    from .bundle import check_output
+    from .fit import color_mode, fit_bundle
+    from .paths import regular_file
 
     model_path = Path(model_path)
-    if not model_path.is_file():
-        raise Dn2Error(f"model {model_path}: expected a dn2 ONNX model file, found none")
+    regular_file(model_path, "a dn2 ONNX model file (from dn2-export)")
+    check_output(output)  # an unwritable target fails now, not after embedding everything
     files, problems = find_images(expand_inputs(images))
     if not files:
         raise Dn2Error(f"fit --ray: expected normal images in {images}, found none"
                        + (f" ({len(problems)} problems, first: {problems[0][1]})"
                           if problems else ""))
+    colour = color_mode(color, files, progress)  # detected on the driver, as a local fit does
     tmp = None
     if shards_dir is None:
         parent = Path(output).resolve().parent
@@ -61,7 +64,7 @@ def fit_bundle_ray(model_path, output, images, *, address: Optional[str] = None,
             info = embed_to_shards(model_path, files, shards_dir, workers=workers,
                                    threads=threads, gpus=gpus, batch=batch,
                                    providers=providers, jpeg_draft=jpeg_draft,
-                                   progress=progress)
+                                   gray=colour["mode"] == "gray", progress=progress)
         finally:
             if started:
                 shutdown()
@@ -78,4 +81,4 @@ def fit_bundle_ray(model_path, output, images, *, address: Optional[str] = None,
     return fit_bundle(model_path, output, embeddings=x, names=names,
                       embed_failed=list(problems) + list(failed), source="ray", batch=batch,
                       threads=threads, providers=providers, jpeg_draft=jpeg_draft,
-                      progress=progress, **fit_kwargs)
+                      color=colour, progress=progress, **fit_kwargs)
