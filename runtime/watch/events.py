@@ -86,7 +86,7 @@ class EventWriter:
         return [f"events file {self.path}: {self.lost} of {self.count} events not written "
                 f"({self.last_error})"]
 
-    def close(self, timeout: float = 0.0) -> None:
+    def close(self, timeout: Optional[float] = None) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:

@@ -120,11 +120,11 @@ class Outputs:
             out.append(self.video_error)
         return out
 
-    def close(self, timeout: float = 2.0) -> None:
+    def close(self) -> None:
         try:
             for s in self.sinks:
                 try:
-                    s.close(timeout)
+                    s.close()
                 except Exception as exc:  # noqa: BLE001
                     self.log(f"{s.name} sink: closing: {type(exc).__name__}: {exc}")
             if self.scores is not None:

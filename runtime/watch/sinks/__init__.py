@@ -8,7 +8,7 @@ An event sink takes every alert event (``alert_start`` / ``alert_end`` dicts, se
         def write(self, event: dict) -> None   # quick; never raises
         def backlog(self) -> int               # events accepted but not delivered yet
         def problems(self) -> list[str]        # what could not be written, for the summary
-        def close(self, timeout: float) -> None
+        def close(self, timeout=None) -> None  # None: the sink's own drain time
 
 Sinks: the JSON-lines file (:class:`~dn2.runtime.watch.events.EventWriter`), MQTT
 (:mod:`.mqtt`) and webhooks (:mod:`.webhook`); the network ones sit behind a bounded on-disk
@@ -40,7 +40,7 @@ class Sink:
     def problems(self) -> List[str]:
         return []
 
-    def close(self, timeout: float = 2.0) -> None:
+    def close(self, timeout: Optional[float] = None) -> None:
         pass
 
 
@@ -94,6 +94,6 @@ def build_event_sinks(*, mqtt: Optional[str] = None, webhooks: Optional[List[str
     for url in webhooks or []:
         from .webhook import WebhookTarget
 
-        target = WebhookTarget(url, config.get("webhook") or {})
+        target = WebhookTarget(url, config.get("webhook") or {}, camera_id)
         sinks.append(SpooledSink(target, root, log=log))
     return sinks
