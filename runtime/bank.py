@@ -14,7 +14,7 @@ One small interface, two backends:
 ``search(q, k) -> (sq_dists [N, k] float32 ascending, ids [N, k] int64)``.
 
 ``auto`` picks exact when ``n * dim <= EXACT_MAX_ELEMENTS`` (2^25 floats, 128 MB: 16384 x 2048,
-26214 x 1280, 65536 x 512). Measured with ``OMP_NUM_THREADS=2 python -m dn2.tools.bench_bank
+26214 x 1280, 65536 x 512). Measured with ``OMP_NUM_THREADS=2 python -m dn2.tools.bench.bank
 --build-threads 2`` on this project's 2-core machine (1k / 10k rows: machine quiet; 100k rows:
 load average ~10 from other jobs; figures in BENCHMARKS.md):
 
@@ -120,7 +120,7 @@ class Bank:
 # spinning threads take the cores from the onnxruntime run of the next frame: ResNet101 fp32
 # batch 1 on 2 cores, decode + model + exact kNN (5000 x 2048) in a loop, median 163.1 ms per
 # model run with the kNN on 2 BLAS threads vs 112.3 ms on one (124.5 ms without the kNN step;
-# python -m dn2.tools.bench_blas_spin, BENCHMARKS.md "End to end"). One thread costs little
+# python -m dn2.tools.bench.blas_spin, BENCHMARKS.md "End to end"). One thread costs little
 # here: a 64 x 2048 x 16384 product is ~4 GFLOP. Large query sets (fit's leave-one-out scores) keep every BLAS thread.
 SINGLE_THREAD_QUERIES = 64
 _BLAS = None

@@ -13,7 +13,7 @@ Manifest (``schema: "dn2-bundle"``, ``schema_version: 1``): ``dn2_version``, ``m
 {file, sha256, arch, weights, input, dim, precision}, ``bank`` {kind, file, sha256, n, dim,
 metric, M, ef_construction, ef, seed}, ``fit`` {images, failed, dropped, cleaned_fraction,
 kmeans, seed, ...}, ``score`` {k, reduction, l2norm, jpeg_draft (absent in older bundles:
-false)}, ``threshold`` {value, method, fpr, quantiles, candidates, calibration}, ``group`` (null
+false), color ('gray': every input is scored converted to gray; absent: 'color')}, ``threshold`` {value, method, fpr, quantiles, candidates, calibration}, ``group`` (null
 or {size, pooling, source, n_groups, k, bank {...}, threshold {...}, cov_trace_threshold {...}}),
 ``files`` {name: sha256} for every file but the manifest.
 
@@ -294,6 +294,8 @@ def read_manifest(path) -> Dict:
             f"score.reduction: expected 'mean', found {sc.get('reduction')!r}")
     _expect(isinstance(sc.get("jpeg_draft", False), bool), str(p),
             f"score.jpeg_draft: expected true or false, found {sc.get('jpeg_draft')!r}")
+    _expect(sc.get("color", "color") in ("gray", "color"), str(p),
+            f"score.color: expected 'gray' or 'color', found {sc.get('color')!r}")
     t = m["threshold"].get("value")
     _expect(isinstance(t, (int, float)) and math.isfinite(t), str(p),
             f"threshold.value: expected a finite number, found {t!r}")

@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "6.2 -> 3.5 ms, 1080p: 12.0 -> 6.6 ms; embedding cosine to the "
                         "torchvision pipeline >= 0.9975 on real photos, 0.99998 without); "
                         "recorded in the bundle, so dn2-score decodes the same way")
+    p.add_argument("--color", choices=("auto", "gray", "color"), default="auto",
+                   help="auto (default): when the normal images are monochrome, score every "
+                        "input converted to gray, so a camera's colour cast or colour noise "
+                        "cannot decide; gray / color force it. Recorded in the bundle")
     p.add_argument("--batch", type=int, default=8, help="images per inference batch")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--providers", default="auto",
@@ -94,7 +98,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          threads=a.threads,
                          providers=a.providers, val_normal=a.val_normal,
                          val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
-                         seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft)
+                         seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft,
+                         color=a.color)
     except Dn2Error as exc:
         print(f"dn2-fit: error: {exc}", file=sys.stderr)
         return 2

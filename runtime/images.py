@@ -37,7 +37,7 @@ IMAGE_EXTENSIONS = frozenset(
     ".jp2 .avif .hdr .pic .ras .sr .pfm".split())
 _FORMATS = "JPEG, PNG, GIF, BMP, WebP, TIFF, PNM"
 # A draft-decoded JPEG keeps a shorter side >= DRAFT_MARGIN x resize_to, so the resize after it
-# still shrinks (and antialiases). `python -m dn2.tools.resize_study` (efficientnet_lite0, 45
+# still shrinks (and antialiases). `python -m dn2.tools.studies.resize` (efficientnet_lite0, 45
 # quality-90 JPEGs of real photos and frames; cosine of embeddings to the torchvision pipeline on
 # the same files): full decode min 0.99998; draft at margin 1.0: min 0.97540 (a photo decoded
 # straight to 256 px); 1.25: 25 of 45 reduced, min 0.99753, mean over those 0.99897; 1.5: only 6

@@ -1,4 +1,4 @@
-"""A small real scene for the sink / server tests: a tiny real ONNX model (tests/dn2_tiny.py),
+"""A small real scene for the sink / server tests: a tiny real ONNX model (tests/tiny_model.py),
 a bundle fitted on real textile photos passed through the MJPG codec at 16:9, and a stained
 clip with sensor noise whose alerts are known (frame ranges in STAINS)."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dn2_tiny import make_tiny_model
+from tiny_model import make_tiny_model
 from videos import read_video, stain, write_video
 
 W, H = 192, 108  # 16:9, like a camera

@@ -8,7 +8,7 @@ import pytest
 
 from dn2.runtime.bank import (EXACT_MAX_ELEMENTS, HNSW_DEFAULTS, BankError, ExactBank, HnswBank,
                               build_bank, choose_kind, load_bank)
-from dn2.tools.bench_bank import gaussian_mixture, recall_at
+from dn2.tools.bench.bank import gaussian_mixture, recall_at
 
 
 def brute(x, q, k):
@@ -132,7 +132,7 @@ def test_hnsw_file_must_agree_with_the_manifest_before_hnswlib_parses_it(tmp_pat
 
 
 def test_bench_bank_tool_runs_small(capsys):
-    from dn2.tools import bench_bank
+    from dn2.tools.bench import bank as bench_bank
 
     assert bench_bank.main(["--sizes", "300", "--dim", "16", "--grid", "8:40:20",
                             "--queries", "20", "--json"]) == 0
@@ -185,8 +185,9 @@ def test_exact_search_same_result_on_one_or_many_blas_threads():
 
 def test_bench_blas_spin_tool_runs_every_variant_and_restores_the_cut(tmp_path, capsys):
     from dn2.runtime import bank as bank_mod
-    from dn2.tools import bench_blas_spin
-    from dn2_tiny import make_tiny_model, write_images
+    from dn2.tools.bench import blas_spin as bench_blas_spin
+    from textures import write_images
+    from tiny_model import make_tiny_model
 
     model = make_tiny_model(tmp_path / "tiny.onnx")
     imgs = write_images(tmp_path / "imgs", 3, "normal", seed=0)

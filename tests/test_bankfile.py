@@ -11,7 +11,7 @@ import pytest
 
 from dn2.runtime.bank import BankError, build_bank, load_bank
 from dn2.runtime.bankfile import HNSW_HEADER, check_hnsw_file, check_npy_file
-from dn2.tools.bench_bank import gaussian_mixture
+from dn2.tools.bench.bank import gaussian_mixture
 
 
 @pytest.fixture

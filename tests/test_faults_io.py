@@ -24,7 +24,7 @@ from dn2.runtime.errors import BundleError, ImageError
 from dn2.runtime.fit import fit_bundle
 from dn2.runtime.images import read_image
 from dn2.runtime.watch.sources import SourceError, open_source
-from dn2_tiny import make_tiny_model
+from tiny_model import make_tiny_model
 
 BIN = os.path.dirname(sys.executable)
 

@@ -2,7 +2,7 @@
 
     dn2-plot scores.csv [--events events.jsonl] -o scores.png
 
-The same picture as the demo's (tools/demo_plot.py). The scores file is what ``dn2-watch
+The same picture as the demo's (tools/demo/plot.py). The scores file is what ``dn2-watch
 --scores`` wrote (CSV or JSON lines); alerts come from the events file, matched on the run id
 (an events file appended to by several runs holds them all).
 """
@@ -83,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--title", default="", help="plot title")
     a = p.parse_args(argv)
     try:
-        from dn2.tools.demo_plot import plot_scores
+        from dn2.tools.demo.plot import plot_scores
 
         run, frames, scores, thr = read_scores(a.scores)
         alerts = read_alerts(a.events, run) if a.events else []
