@@ -86,11 +86,13 @@ class Detector:
 
             if jpeg_draft is None:
                 jpeg_draft = bool(bundle.manifest["score"].get("jpeg_draft", False))
+            gray = bundle.manifest["score"].get("color") == "gray"
             if backend is None:
                 emb = Embedder(str(bundle.model_path), providers=providers, threads=threads,
-                               batch_size=batch_size, jpeg_draft=jpeg_draft)
+                               batch_size=batch_size, jpeg_draft=jpeg_draft, gray=gray)
             else:
-                emb = Embedder(bundle.model_path, backend=backend, jpeg_draft=jpeg_draft)
+                emb = Embedder(bundle.model_path, backend=backend, jpeg_draft=jpeg_draft,
+                               gray=gray)
             check_model_meta(bundle.manifest, emb.meta, str(bundle.path))
         return cls(bundle, emb)
 

@@ -26,6 +26,7 @@ import numpy as np
 from .backend import Backend
 from .contract import check_signature, ort_signature
 from .errors import Dn2Error, ImageError, ModelError
+from .color import to_gray3
 from .images import draft_side_for, prepare, read_image
 from .modelmeta import EMBEDDING, ModelMeta
 from .ort_backend import CPU_SESSION_DEFAULTS, OrtBackend  # noqa: F401  (re-exported)
@@ -55,7 +56,7 @@ class Embedder:
     (see ``dn2.runtime.providers``). ``threads``: onnxruntime intra-op threads (None: its
     default, all cores). ``decode_workers``: threads decoding and resizing files in
     ``embed_paths`` while the model runs (None: 2; 0: decode in the calling thread). Measured
-    with ``python -m dn2.tools.bench_embed lite0.onnx --threads 2`` on the 2-core dev VM, 32
+    with ``python -m dn2.tools.bench.embed lite0.onnx --threads 2`` on the 2-core dev VM, 32
     1280x720 JPEGs, Lite0 on the CPU: 12.8 img/s with 0 workers, 15.5 with 1, 15.7 with 2 (decode
     + resize alone 14.7 ms/img, the model 32.2 ms/img); on a GPU box the model is faster than
     decoding and the workers matter more.
@@ -63,11 +64,14 @@ class Embedder:
     ``jpeg_draft``: ``embed_paths`` decodes large JPEGs at reduced scale
     (``dn2.runtime.images.read_image(draft_side=...)``); fit and score must agree on it, which is
     why a bundle records it (manifest ``score.jpeg_draft``).
+    ``gray``: every batch is converted BGR -> gray -> BGR before the model (a bank fitted on
+    gray images, manifest ``score.color``; ``dn2.runtime.color``).
     """
 
     def __init__(self, model_path=None, providers="auto", threads: Optional[int] = None,
                  batch_size: int = 8, decode_workers: Optional[int] = None,
-                 allow_fp16: bool = True, jpeg_draft: bool = False, backend=None):
+                 allow_fp16: bool = True, jpeg_draft: bool = False, gray: bool = False,
+                 backend=None):
         if backend is None:
             if model_path is None:
                 raise ModelError("Embedder: expected a model path or a backend, found neither")
@@ -92,6 +96,8 @@ class Embedder:
         self.rule = self.meta.resize
         # the shorter side a draft-decoded JPEG keeps (None: full-size decode), once, not per file
         self.draft_side: Optional[int] = draft_side_for(self.rule) if jpeg_draft else None
+        # a bank of gray images scores every input as gray (dn2.runtime.color)
+        self.gray = bool(gray)
 
     @property
     def jpeg_draft(self) -> bool:
@@ -119,6 +125,8 @@ class Embedder:
             found = (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, np.ndarray)
                      else type(x).__name__)
             raise ImageError(f"embed_batch: expected uint8 [N, {s}, {s}, 3] BGR, found {found}")
+        if self.gray:  # a bank of gray images scores every input as gray
+            x = to_gray3(x)
         return self.run_batch(x, [EMBEDDING])[EMBEDDING]
 
     def run_batch(self, x: np.ndarray, outputs: Optional[Sequence[str]] = None

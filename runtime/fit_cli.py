@@ -18,6 +18,7 @@ import sys
 from typing import List, Optional
 
 from .errors import Dn2Error
+from .ray_inputs import add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
 from .threshold import METHODS
 
@@ -69,12 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "6.2 -> 3.5 ms, 1080p: 12.0 -> 6.6 ms; embedding cosine to the "
                         "torchvision pipeline >= 0.9975 on real photos, 0.99998 without); "
                         "recorded in the bundle, so dn2-score decodes the same way")
+    p.add_argument("--color", choices=("auto", "gray", "color"), default="auto",
+                   help="auto (default): when the normal images are monochrome, score every "
+                        "input converted to gray, so a camera's colour cast or colour noise "
+                        "cannot decide; gray / color force it. Recorded in the bundle")
     p.add_argument("--batch", type=int, default=8, help="images per inference batch")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--providers", default="auto",
                    help="auto, or a comma-separated list (e.g. cuda,cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed for k-means, groups, folds")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    add_ray_args(p)
     return p
 
 
@@ -86,15 +92,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(exc.code or 0)
     from .fit import fit_bundle
 
+    fit, ray_kw = fit_bundle, {}
+    if a.ray is not None:  # the same fit, with the embedding on a Ray cluster
+        from .ray_fit import fit_bundle_ray as fit
+
+        ray_kw = dict(address=ray_address(a.ray), workers=a.ray_workers, gpus=a.ray_gpus,
+                      num_cpus=a.ray_cpus, shards_dir=a.ray_shards)
     try:
-        out = fit_bundle(a.model, a.output, images=a.normal, k=a.k, clean=a.clean,
+        out = fit(a.model, a.output, a.normal, k=a.k, clean=a.clean,
                          kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
                          group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
                          l2norm="auto" if a.l2norm_select else a.l2norm, batch=a.batch,
                          threads=a.threads,
                          providers=a.providers, val_normal=a.val_normal,
                          val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
-                         seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft)
+                         seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft,
+                         color=a.color, **ray_kw)
     except Dn2Error as exc:
         print(f"dn2-fit: error: {exc}", file=sys.stderr)
         return 2

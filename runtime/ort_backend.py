@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,12 +21,13 @@ from . import providers as prov
 from .contract import check_signature, ort_signature
 from .errors import ModelError
 from .modelmeta import EMBEDDING, INPUT_NAME, K_ORT_CONFIG, ModelMeta
+from .paths import regular_file
 
 log = logging.getLogger("dn2")
 
 # onnxruntime's CPU thread pool spin-waits between runs by default. In dn2 the model shares the
 # cores with decoding, resizing, the kNN and the camera reader thread, which those spinning
-# workers starve. `python -m dn2.tools.bench_watch [--ort-spinning]` (efficientnet_lite0, 640x480
+# workers starve. `python -m dn2.tools.bench.watch [--ort-spinning]` (efficientnet_lite0, 640x480
 # frames, 2 threads, quiet machine, three alternating runs each): the watch loop kept 0.91-0.97
 # of the bare pipeline's rate without spinning vs 0.84-0.94 with it, and a 10 fps camera used
 # 24 % of a core instead of 81-85 %, for ~7 ms more latency (BENCHMARKS.md "Camera loop").
@@ -61,9 +61,7 @@ class OrtBackend:
     def __init__(self, model_path, providers="auto", threads: Optional[int] = None,
                  batch_size: int = 8, allow_fp16: bool = True):
         self.model_path = str(model_path)
-        if not os.path.isfile(self.model_path):
-            raise ModelError(f"{self.model_path}: expected an ONNX model file, found "
-                             f"{'a directory' if os.path.isdir(self.model_path) else 'no such file'}")
+        regular_file(self.model_path, "an ONNX model file", ModelError)
         if int(batch_size) < 1:
             raise ModelError(f"batch size: expected >= 1, found {batch_size}")
         if threads is not None and int(threads) < 1:

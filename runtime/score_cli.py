@@ -16,11 +16,13 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import sys
 from typing import List, Optional
 
 from .errors import Dn2Error
+from .ray_inputs import add_ray_args, ray_address
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -46,7 +48,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--providers", default="auto",
                    help="auto, or a comma-separated list (e.g. cuda,cpu)")
+    add_ray_args(p, score=True)
     return p
+
+
+def _path_errors(exc: UnicodeEncodeError):
+    """Codec error handler for printed paths: the file name's own bytes where it was not
+    valid in the file system encoding (surrogateescape), a backslash escape for any other
+    character the terminal cannot show. A file name never stops the output."""
+    bad = exc.object[exc.start:exc.end]
+    if all(0xDC80 <= ord(c) <= 0xDCFF for c in bad):
+        return codecs.lookup_error("surrogateescape")(exc)
+    return codecs.lookup_error("backslashreplace")(exc)
+
+
+def _safe_stdout() -> None:
+    codecs.register_error("dn2path", _path_errors)
+    try:
+        sys.stdout.reconfigure(errors="dn2path")
+    except (AttributeError, ValueError):  # not a TextIOWrapper (captured, replaced)
+        pass
 
 
 def _fmt(x) -> str:
@@ -71,13 +92,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     from .detector import Detector
-    from .images import find_images
+    from .images import expand_inputs
 
+    _safe_stdout()
+
+    if a.ray is not None:
+        return _score_on_ray(a)
     try:
         det = Detector.load(a.bundle, providers=a.providers, threads=a.threads,
                             batch_size=a.batch, jpeg_draft=a.jpeg_draft)
-        files, problems = find_images(a.paths)
-        if not files and not problems:
+        items = expand_inputs(a.paths)
+        files = [p for p, why in items if why is None]
+        problems = [(p, why) for p, why in items if why is not None]
+        if not items:
             raise Dn2Error(f"expected images in {a.paths}, found none")
         failed = len(problems)
         if a.group:
@@ -94,16 +121,48 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for path, msg in errors:
                     print(f"{path}\terror: {msg}", file=sys.stderr)
             return EXIT_OK if not errors and obj["score"] is not None else EXIT_SOME_FAILED
-        for path, msg in problems:
-            _emit({"path": path, "score": None, "threshold": det.threshold,
-                   "anomalous": None, "error": msg}, a.json)
-        for r in det.score_paths(files):
+        # one line per input, in input order (duplicates too): score the files in batches,
+        # then answer each input where it stood
+        results = iter(det.score_paths(files))
+        for path, why in items:
+            if why is not None:
+                _emit({"path": path, "score": None, "threshold": det.threshold,
+                       "anomalous": None, "error": why}, a.json)
+                continue
+            r = next(results)
             failed += r.error is not None
             _emit(r.to_dict(), a.json)
     except Dn2Error as exc:
         print(f"dn2-score: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _score_on_ray(a) -> int:
+    """--ray: every input scored on the cluster, rows written as shards to --ray-output."""
+    if a.group or a.json:
+        print("dn2-score: error: --ray writes result shards to --ray-output; it does not "
+              "take --group or --json", file=sys.stderr)
+        return EXIT_ERROR
+    if not a.ray_output:
+        print("dn2-score: error: --ray: expected --ray-output DIR for the result shards, "
+              "found none", file=sys.stderr)
+        return EXIT_ERROR
+    from .ray_score import score_ray
+
+    try:
+        s = score_ray(a.bundle, a.paths, a.ray_output, fmt=a.ray_format,
+                      address=ray_address(a.ray), workers=a.ray_workers, threads=a.threads,
+                      gpus=a.ray_gpus, num_cpus=a.ray_cpus, batch=a.batch,
+                      providers=a.providers, jpeg_draft=a.jpeg_draft,
+                      video_stride=a.video_stride)
+    except Dn2Error as exc:
+        print(f"dn2-score: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"dn2-score: {s['rows']} rows ({s['scored']} scored, {s['failed']} failed) in "
+          f"{len(s['shards'])} shards in {s['out']}; {s['images_per_s']:.1f} img/s with "
+          f"{s['actors']} actors", file=sys.stderr)
+    return EXIT_SOME_FAILED if s["failed"] else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -228,7 +228,8 @@ def test_detector_on_an_explicit_backend_scores_like_the_default(tmp_path):
     from dn2.runtime.detector import Detector
     from dn2.runtime.fit import fit_bundle
 
-    from dn2_tiny import make_tiny_model, write_images
+    from textures import write_images
+    from tiny_model import make_tiny_model
 
     model = make_tiny_model(tmp_path / "m.onnx")
     normal = write_images(tmp_path / "normal", 12, "normal", seed=1)
