@@ -38,7 +38,11 @@ class ScoreResult:
     map: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # float32 [H, W]
 
     def to_dict(self) -> dict:
+        """The JSON fields; a bundle without views / patches keeps the five base fields."""
         d = {k: v for k, v in self.__dict__.items() if k != "map"}
+        if self.global_score is None and self.patch_score is None:
+            for k in ("global_score", "patch_score", "peak", "box"):
+                d.pop(k)
         return d
 
 

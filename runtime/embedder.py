@@ -59,9 +59,10 @@ def check_graph(sess, meta: ModelMeta, source: str) -> None:
     pspec = patch_spec(meta, source)
     want = [OUTPUT_NAME, PATCHES_NAME] if pspec else [OUTPUT_NAME]
     if [i.name for i in ins] != [INPUT_NAME] or [o.name for o in outs] != want:
-        raise ModelError(f"{source}: expected one input {INPUT_NAME!r} and outputs {want} "
-                         f"(metadata {'with' if pspec else 'without'} patches), found inputs "
-                         f"{[i.name for i in ins]} and outputs {[o.name for o in outs]}")
+        outputs = (f"outputs {want} (metadata describes patches)" if pspec
+                   else f"one output {OUTPUT_NAME!r}")
+        raise ModelError(f"{source}: expected one input {INPUT_NAME!r} and {outputs}, found "
+                         f"inputs {[i.name for i in ins]} and outputs {[o.name for o in outs]}")
     if pspec:
         pshape = list(outs[1].shape)
         c, (gh, gw) = pspec["channels"], pspec["grid"]

@@ -2,7 +2,8 @@
 
 Colours are on one fixed scale for every image of a bundle: 0 -> blue, the pixel threshold ->
 the middle of the colour map (green), twice the pixel threshold and above -> red, so two
-overlays can be compared by eye. Cells under half the pixel threshold are not tinted at all.
+overlays can be compared by eye. Pixels under 3/4 of the pixel threshold are not tinted; from there the tint grows to
+full strength at the threshold.
 """
 from __future__ import annotations
 
@@ -27,12 +28,12 @@ def colorize(m: np.ndarray, pixel_threshold: float) -> np.ndarray:
 
 def overlay(img: np.ndarray, m: np.ndarray, pixel_threshold: float,
             peak: Optional[List[int]] = None, box: Optional[List[int]] = None) -> np.ndarray:
-    """The image with the map blended over it (only where map >= half the pixel threshold),
+    """The image with the map blended over it (from 3/4 of the pixel threshold up),
     the box over the pixel threshold in white and the peak as a cross."""
     if m.shape != img.shape[:2]:
         m = cv2.resize(m, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
     heat = colorize(m, pixel_threshold)
-    a = np.clip((m / max(float(pixel_threshold), 1e-12) - 0.5) * 2.0, 0.0, 1.0) * ALPHA
+    a = np.clip((m / max(float(pixel_threshold), 1e-12) - 0.75) * 4.0, 0.0, 1.0) * ALPHA
     out = (img.astype(np.float32) * (1 - a[..., None]) + heat.astype(np.float32) * a[..., None])
     out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     t = max(1, round(min(img.shape[:2]) / 200))
