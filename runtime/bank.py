@@ -14,7 +14,7 @@ One small interface, two backends:
 ``search(q, k) -> (sq_dists [N, k] float32 ascending, ids [N, k] int64)``.
 
 ``auto`` picks exact when ``n * dim <= EXACT_MAX_ELEMENTS`` (2^25 floats, 128 MB: 16384 x 2048,
-26214 x 1280, 65536 x 512). Measured with ``OMP_NUM_THREADS=2 python -m dn2.tools.bench_bank
+26214 x 1280, 65536 x 512). Measured with ``OMP_NUM_THREADS=2 python -m dn2.tools.bench.bank
 --build-threads 2`` on this project's 2-core machine (1k / 10k rows: machine quiet; 100k rows:
 load average ~10 from other jobs; figures in BENCHMARKS.md):
 
@@ -47,11 +47,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from .bankfile import BankFileError, check_hnsw_file, check_npy_file
 from .errors import Dn2Error
 
 EXACT_MAX_ELEMENTS = 1 << 25  # size cut for index="auto" (see module docstring)
@@ -120,7 +120,7 @@ class Bank:
 # spinning threads take the cores from the onnxruntime run of the next frame: ResNet101 fp32
 # batch 1 on 2 cores, decode + model + exact kNN (5000 x 2048) in a loop, median 163.1 ms per
 # model run with the kNN on 2 BLAS threads vs 112.3 ms on one (124.5 ms without the kNN step;
-# python -m dn2.tools.bench_blas_spin, BENCHMARKS.md "End to end"). One thread costs little
+# python -m dn2.tools.bench.blas_spin, BENCHMARKS.md "End to end"). One thread costs little
 # here: a 64 x 2048 x 16384 product is ~4 GFLOP. Large query sets (fit's leave-one-out scores) keep every BLAS thread.
 SINGLE_THREAD_QUERIES = 64
 _BLAS = None
@@ -208,8 +208,12 @@ class ExactBank(Bank):
 
     @classmethod
     def load(cls, path, params: Optional[Dict] = None) -> "ExactBank":
-        try:
+        p = params or {}
+        try:  # header, dtype, shape and length first: never allocate what the file claims
+            check_npy_file(path, _int_or_none(p.get("n")), _int_or_none(p.get("dim")))
             x = np.load(path, allow_pickle=False)
+        except BankFileError as exc:
+            raise BankError(str(exc)) from None
         except (ValueError, OSError, EOFError) as exc:
             raise BankError(f"{path}: expected a numpy float32 [N, D] array file, "
                             f"found unreadable data ({exc})") from None
@@ -219,22 +223,6 @@ class ExactBank(Bank):
         bank = cls(x.shape[1])
         bank.add(x)
         return bank
-
-
-_HNSW_HEADER = struct.Struct("<QQQQQQiIQQQdQ")  # hnswlib HierarchicalNSW::saveIndex order
-
-
-def hnsw_header(path) -> Dict:
-    """The fields hnswlib writes first: lets load check dim / M / n before hnswlib parses the
-    rest (hnswlib itself would load a file of another dimension without complaint)."""
-    with open(path, "rb") as f:
-        raw = f.read(_HNSW_HEADER.size)
-    if len(raw) < _HNSW_HEADER.size:
-        raise BankError(f"{path}: expected an hnswlib index, found {len(raw)} bytes")
-    (_, max_el, count, per_el, label_off, data_off, _, _, _, _, m, _, efc) = \
-        _HNSW_HEADER.unpack(raw)
-    return {"n": count, "max_elements": max_el, "dim": (label_off - data_off) // 4,
-            "size_per_element": per_el, "M": m, "ef_construction": efc}
 
 
 class HnswBank(Bank):
@@ -304,21 +292,24 @@ class HnswBank(Bank):
         bank = cls(int(params["dim"]), M=int(params["M"]),
                    ef_construction=int(params["ef_construction"]), ef=int(params["ef"]),
                    seed=int(params.get("seed", 100)))
-        head = hnsw_header(path)
-        for key in ("dim", "M", "ef_construction", "n"):
-            want = bank.dim if key == "dim" else params.get(key)
-            if want is not None and int(want) != head[key]:
-                raise BankError(f"{os.path.basename(str(path))}: manifest says {key}={want}, "
-                                f"found {key}={head[key]} in the hnswlib file")
+        try:  # the whole file, structure and sizes, before hnswlib parses it (bankfile.py)
+            head = check_hnsw_file(path, bank.dim, n=_int_or_none(params.get("n")), M=bank.M,
+                                   ef_construction=bank.ef_construction)
+        except BankFileError as exc:
+            raise BankError(str(exc)) from None
         idx = bank._hnswlib.Index(space="l2", dim=bank.dim)
-        try:
-            idx.load_index(str(path), max_elements=0)
+        try:  # capacity = the checked count: hnswlib never allocates what the header claims
+            idx.load_index(str(path), max_elements=int(head["n"]))
         except (RuntimeError, OSError, ValueError) as exc:
             raise BankError(f"{path}: expected an hnswlib index of dim {bank.dim}, "
                             f"found unreadable data ({exc})") from None
         idx.set_ef(bank.ef)  # ef is not stored in the hnswlib file: re-apply the recorded one
         bank._index, bank._n = idx, int(idx.get_current_count())
         return bank
+
+
+def _int_or_none(v) -> Optional[int]:
+    return None if v is None else int(v)
 
 
 def choose_kind(index: str, n: int, dim: int) -> str:
@@ -344,7 +335,7 @@ def build_bank(x, index: str = "auto", **hnsw) -> Bank:
 def load_bank(path, params: Dict) -> Bank:
     kind = params.get("kind")
     if kind == "exact":
-        bank = ExactBank.load(path)
+        bank = ExactBank.load(path, params)
     elif kind == "hnsw":
         bank = HnswBank.load(path, params)
     else:

@@ -14,30 +14,37 @@ Manifest (``schema: "dn2-bundle"``, ``schema_version: 1``): ``dn2_version``, ``m
 {file, sha256, arch, weights, input, dim, precision}, ``bank`` {kind, file, sha256, n, dim,
 metric, M, ef_construction, ef, seed}, ``fit`` {images, failed, dropped, cleaned_fraction,
 kmeans, seed, ...}, ``score`` {k, reduction, l2norm, jpeg_draft (absent in older bundles:
-false)}, ``threshold`` {value, method, fpr, quantiles, candidates, calibration}, ``group`` (null
+false), color ('gray': every input is scored converted to gray; absent: 'color')}, ``threshold`` {value, method, fpr, quantiles, candidates, calibration}, ``group`` (null
 or {size, pooling, source, n_groups, k, bank {...}, threshold {...}, cov_trace_threshold {...}}),
 ``files`` {name: sha256} for every file but the manifest.
 
-Writing goes to a hidden temp directory beside the target (same file system), fsyncs, then
-renames it into place; an existing bundle at the target is swapped out and removed. A crash
-leaves either the old bundle or the new one, plus at most a ``.NAME.tmp-*`` directory.
+Writing checks the target first (writable, not a file, not another folder), then goes to a
+hidden temp directory beside it (same file system), fsyncs, and puts it in place: an existing
+bundle is exchanged with the new one in one ``renameat2(RENAME_EXCHANGE)`` where Linux and the
+file system allow, so a reader finds a whole bundle at the target at every instant (elsewhere:
+two renames). A crash leaves the old bundle or the new one, plus at most a ``.NAME.tmp-*``
+directory, which the next write to that target removes once its writer process is gone.
 Loading checks the schema, every file's sha256, dims, metric and counts; each problem is a
 ``BundleError`` saying what was expected and what was found.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
 from .bank import METRIC, Bank, BankError, load_bank
 from .errors import BundleError
+from .paths import found, too_long
 from .version import __version__
 
 SCHEMA = "dn2-bundle"
@@ -70,18 +77,111 @@ def _fsync_dir(path: Path) -> None:
 
 def _check_target(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise BundleError(f"--output {out}: expected a bundle directory to create, found a file")
+        raise BundleError(f"--output {out}: expected a bundle directory to create, found "
+                          f"{found(out)}")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise BundleError(f"--output {out}: expected a new path, an empty folder or an existing "
                           f"bundle to replace, found a folder with other files (not replaced)")
+
+
+def check_output(output) -> Path:
+    """Before any work: ``output`` can be written (a new path, an empty folder or a bundle to
+    replace, under a writable folder). Also removes temp folders that dead writers left."""
+    out = Path(output).absolute()
+    long = too_long(out)
+    if long:
+        raise BundleError(f"--output {out}: expected a path the OS accepts, found {long}")
+    _check_target(out)
+    base = out.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise BundleError(f"--output {out}: expected a folder to write into, found {base} is "
+                          f"{found(base)}")
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=base))
+        probe.rmdir()
+    except OSError as exc:
+        raise BundleError(f"--output {out}: expected a writable folder, found {base} not "
+                          f"writable ({exc.strerror or exc})") from None
+    clean_stale(out)
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale(out: Path) -> list:
+    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` folders beside ``out`` whose writer
+    process is gone (a kill during fit); returns what was removed."""
+    removed = []
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMP.match(p.name)
+        if m and m.group(1) == out.name and p.is_dir() and not p.is_symlink() \
+                and not _pid_alive(int(m.group(2))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(str(p))
+    return removed
+
+
+_TEMP = re.compile(r"^\.(.+)\.(?:tmp|old)-(\d+)-[0-9a-f]+$")
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the OS or the
+    file system cannot (the caller falls back to two renames)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                   ctypes.c_uint]
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Put the finished bundle ``tmp`` at ``out``. With an old bundle there, the two are
+    exchanged in one step where the OS allows (a reader always finds a whole bundle at
+    ``out``); elsewhere the old one is renamed aside first (a short window without one)."""
+    if out.exists():
+        if exchange(tmp, out):
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old bundle
+            return
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
 
 
 def write_bundle(output, model_path, manifest: Dict, bank: Bank,
                  group_bank: Optional[Bank] = None, report: Optional[Dict] = None,
                  patch_bank: Optional[Bank] = None) -> Path:
     """Write the bundle atomically; fills in files, checksums and bank parameters."""
-    out = Path(output).absolute()
-    _check_target(out)
+    out = check_output(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
@@ -115,13 +215,7 @@ def write_bundle(output, model_path, manifest: Dict, bank: Bank,
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        _install(tmp, out)
         _fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -215,6 +309,8 @@ def read_manifest(path) -> Dict:
             f"score.reduction: expected 'mean', found {sc.get('reduction')!r}")
     _expect(isinstance(sc.get("jpeg_draft", False), bool), str(p),
             f"score.jpeg_draft: expected true or false, found {sc.get('jpeg_draft')!r}")
+    _expect(sc.get("color", "color") in ("gray", "color"), str(p),
+            f"score.color: expected 'gray' or 'color', found {sc.get('color')!r}")
     t = m["threshold"].get("value")
     _expect(isinstance(t, (int, float)) and math.isfinite(t), str(p),
             f"threshold.value: expected a finite number, found {t!r}")
@@ -249,8 +345,27 @@ def read_manifest(path) -> Dict:
 
 def load_bundle(path) -> Bundle:
     """Validate and load a bundle (model file checked by checksum; see Detector for the
-    model's own metadata check)."""
+    model's own metadata check). A bundle replaced while it was being read (the target's
+    inode changed) is read once more."""
     p = Path(path)
+    before = _inode(p)
+    try:
+        return _load_bundle(p)
+    except BundleError:
+        if before is None or _inode(p) == before:
+            raise
+    return _load_bundle(p)
+
+
+def _inode(p: Path):
+    try:
+        st = os.stat(p)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return None
+
+
+def _load_bundle(p: Path) -> Bundle:
     m = read_manifest(p)
     try:
         bank = load_bank(p / m["bank"]["file"], m["bank"])

@@ -99,7 +99,8 @@ class Detector:
             if jpeg_draft is None:
                 jpeg_draft = bool(bundle.manifest["score"].get("jpeg_draft", False))
             emb = Embedder(str(bundle.model_path), providers=providers, threads=threads,
-                           batch_size=batch_size, jpeg_draft=jpeg_draft)
+                           batch_size=batch_size, jpeg_draft=jpeg_draft,
+                           gray=bundle.manifest["score"].get("color") == "gray")
             check_model_meta(bundle.manifest, emb.meta, str(bundle.path))
         return cls(bundle, emb)
 

@@ -25,15 +25,17 @@ import numpy as np
 
 from . import providers as prov
 from .errors import Dn2Error, ImageError, ModelError
+from .color import to_gray3
 from .images import draft_side_for, prepare, read_image
 from .modelmeta import INPUT_NAME, K_ORT_CONFIG, OUTPUT_NAME, PATCHES_NAME, ModelMeta, patch_spec
+from .paths import regular_file
 from .progress import Progress
 
 log = logging.getLogger("dn2")
 
 # onnxruntime's CPU thread pool spin-waits between runs by default. In dn2 the model shares the
 # cores with decoding, resizing, the kNN and the camera reader thread, which those spinning
-# workers starve. `python -m dn2.tools.bench_watch [--ort-spinning]` (efficientnet_lite0, 640x480
+# workers starve. `python -m dn2.tools.bench.watch [--ort-spinning]` (efficientnet_lite0, 640x480
 # frames, 2 threads, quiet machine, three alternating runs each): the watch loop kept 0.91-0.97
 # of the bare pipeline's rate without spinning vs 0.84-0.94 with it, and a 10 fps camera used
 # 24 % of a core instead of 81-85 %, for ~7 ms more latency (BENCHMARKS.md "Camera loop").
@@ -91,7 +93,7 @@ class Embedder:
     (see ``dn2.runtime.providers``). ``threads``: onnxruntime intra-op threads (None: its
     default, all cores). ``decode_workers``: threads decoding and resizing files in
     ``embed_paths`` while the model runs (None: 2; 0: decode in the calling thread). Measured
-    with ``python -m dn2.tools.bench_embed lite0.onnx --threads 2`` on the 2-core dev VM, 32
+    with ``python -m dn2.tools.bench.embed lite0.onnx --threads 2`` on the 2-core dev VM, 32
     1280x720 JPEGs, Lite0 on the CPU: 12.8 img/s with 0 workers, 15.5 with 1, 15.7 with 2 (decode
     + resize alone 14.7 ms/img, the model 32.2 ms/img); on a GPU box the model is faster than
     decoding and the workers matter more.
@@ -99,15 +101,15 @@ class Embedder:
     ``jpeg_draft``: ``embed_paths`` decodes large JPEGs at reduced scale
     (``dn2.runtime.images.read_image(draft_side=...)``); fit and score must agree on it, which is
     why a bundle records it (manifest ``score.jpeg_draft``).
+    ``gray``: every batch is converted BGR -> gray -> BGR before the model (a bank fitted on
+    gray images, manifest ``score.color``; ``dn2.runtime.color``).
     """
 
     def __init__(self, model_path, providers="auto", threads: Optional[int] = None,
                  batch_size: int = 8, decode_workers: Optional[int] = None,
-                 allow_fp16: bool = True, jpeg_draft: bool = False):
+                 allow_fp16: bool = True, jpeg_draft: bool = False, gray: bool = False):
         self.model_path = str(model_path)
-        if not os.path.isfile(self.model_path):
-            raise ModelError(f"{self.model_path}: expected an ONNX model file, found "
-                             f"{'a directory' if os.path.isdir(self.model_path) else 'no such file'}")
+        regular_file(self.model_path, "an ONNX model file", ModelError)
         if int(batch_size) < 1:
             raise ModelError(f"batch size: expected >= 1, found {batch_size}")
         if threads is not None and int(threads) < 1:
@@ -127,6 +129,8 @@ class Embedder:
         self.patch_spec: Optional[Dict] = patch_spec(self.meta, self.model_path)
         # the shorter side a draft-decoded JPEG keeps (None: full-size decode), once, not per file
         self.draft_side: Optional[int] = draft_side_for(self.rule) if jpeg_draft else None
+        # a bank of gray images scores every input as gray (dn2.runtime.color)
+        self.gray = bool(gray)
 
     @property
     def jpeg_draft(self) -> bool:
@@ -235,6 +239,8 @@ class Embedder:
         out = np.empty((x.shape[0], self.dim), np.float32)
         for i in range(0, x.shape[0], self.batch_size):
             chunk = np.ascontiguousarray(x[i:i + self.batch_size])
+            if self.gray:
+                chunk = to_gray3(chunk)
             try:
                 out[i:i + len(chunk)] = self.session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0]
             except Exception as exc:
@@ -260,6 +266,8 @@ class Embedder:
         pat = np.empty((x.shape[0], c, gh, gw), np.float32)
         for i in range(0, x.shape[0], self.batch_size):
             chunk = np.ascontiguousarray(x[i:i + self.batch_size])
+            if self.gray:
+                chunk = to_gray3(chunk)
             try:
                 e, p = self.session.run([OUTPUT_NAME, PATCHES_NAME], {INPUT_NAME: chunk})
             except Exception as exc:

@@ -23,8 +23,9 @@ import numpy as np
 
 from . import groups as G
 from .bank import HNSW_DEFAULTS, build_bank
-from .bundle import write_bundle
+from .bundle import check_output, write_bundle
 from .errors import Dn2Error
+from .paths import regular_file
 from .scoring import clean as clean_embeddings
 from .scoring import DEFAULT_L2NORM, knn_score, l2normalize, loo_kmeans_scores, loo_scores
 from .threshold import calibrate, conformal_quantile, quantile_table, roc_auc
@@ -49,6 +50,7 @@ class _Embed:
     def __init__(self, model_path, providers, threads, batch, progress, jpeg_draft=False):
         self.args = (model_path, providers, threads, batch, jpeg_draft)
         self.progress = progress
+        self.gray = False  # set from the colour mode before the first embedding
         self._emb = None
 
     @property
@@ -58,7 +60,8 @@ class _Embed:
 
             mp, providers, threads, batch, draft = self.args
             self._emb = Embedder(str(mp), providers=providers, threads=threads, batch_size=batch,
-                                 jpeg_draft=draft)
+                                 jpeg_draft=draft, gray=self.gray)
+        self._emb.gray = self.gray
         return self._emb
 
     def inputs(self, inputs: Inputs) -> Tuple[np.ndarray, List[str], List[Tuple[str, str]]]:
@@ -70,6 +73,24 @@ class _Embed:
         res = self.embedder.embed_paths(files, progress=self.progress)
         return (np.asarray(res.embeddings, np.float32), list(res.paths),
                 list(problems) + list(res.errors))
+
+
+def color_mode(color: str, images: Optional[Inputs], progress: bool = False) -> Dict:
+    """The manifest's ``fit.color``: the option, what the normal images look like, the mode."""
+    from . import color as C
+    from .images import find_images
+
+    C.check_option(color)
+    detected = None
+    if images is not None and color == "auto":
+        files, _ = find_images(_as_list(images))
+        detected = C.detect_files(files)
+    mode = C.resolve(color, detected or {})
+    if detected is not None:
+        _say(progress, f"colour: {detected['sampled']} sampled normal images, "
+                       f"{detected.get('gray_share', 0):.0%} monochrome -> scoring in {mode}"
+                       + (" (every input converted to gray first)" if mode == "gray" else ""))
+    return {"option": color, "detected": detected, "mode": mode}
 
 
 def _needed(k: int, clean: float) -> int:
@@ -216,23 +237,28 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                val_normal=None, val_anomalous=None, threshold_method: str = "fpr",
                seed: int = 0, progress: bool = True, kmeans_folds: int = 5,
                kmeans_backend: str = "auto", hnsw: Optional[Dict] = None,
-               jpeg_draft: bool = False) -> Path:
+               jpeg_draft: bool = False, color: str = "auto") -> Path:
     """Fit a bundle at ``output`` from normal ``images`` (paths, folders, globs) or
     ``embeddings`` [N, D] (+ ``names``). Returns the bundle path.
 
     ``l2norm``: True (default) / False, or ``"auto"``: whichever separates ``val_normal`` from
     ``val_anomalous`` better (:func:`select_l2norm`). ``jpeg_draft``: decode large JPEGs at
-    reduced scale (``Embedder(jpeg_draft=True)``); recorded so scoring decodes the same way."""
+    reduced scale (``Embedder(jpeg_draft=True)``); recorded so scoring decodes the same way.
+    ``color``: "auto" (detect whether the normal images are monochrome), "gray" or "color"; a
+    gray bank scores every input converted to gray (``dn2.runtime.color``); recorded in the
+    manifest (``score.color``) so every scorer follows it."""
     model_path = Path(model_path)
-    if not model_path.is_file():
-        raise Dn2Error(f"model {model_path}: expected a dn2 ONNX model file, found none")
+    regular_file(model_path, "a dn2 ONNX model file (from dn2-export)")
     if (images is None) == (embeddings is None):
         raise Dn2Error("fit: expected exactly one of images or embeddings, found "
                        + ("both" if images is not None else "neither"))
     k = int(k)
     _check_args(k, clean, kmeans, index, fpr, group_size, n_groups, pooling, threshold_method,
                 val_normal, val_anomalous, l2norm)
+    check_output(output)  # an unwritable target fails now, not after embedding everything
     emb = _Embed(model_path, providers, threads, batch, progress, bool(jpeg_draft))
+    colour = color_mode(color, images, progress)
+    emb.gray = colour["mode"] == "gray"
     failed: List[Tuple[str, str]] = []
     if images is not None:
         x, names, failed = emb.inputs(images)
@@ -316,9 +342,9 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                 "dropped": int((~keep).sum()), "cleaned_fraction": float(clean),
                 "kmeans": km_info, "seed": int(seed), "index": index,
                 "source": "images" if images is not None else "embeddings",
-                "l2norm_selection": selection},
+                "l2norm_selection": selection, "color": colour},
         "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm),
-                  "jpeg_draft": bool(jpeg_draft)},
+                  "jpeg_draft": bool(jpeg_draft), "color": colour["mode"]},
         "threshold": threshold,
         "group": group,
     }

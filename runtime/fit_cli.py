@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-topk", type=int, default=None, metavar="T",
                    help="image patch score = mean of the T highest cell scores (default 10; "
                         "1 = the max)")
+    p.add_argument("--color", choices=("auto", "gray", "color"), default="auto",
+                   help="auto (default): when the normal images are monochrome, score every "
+                        "input converted to gray, so a camera's colour cast or colour noise "
+                        "cannot decide; gray / color force it. Recorded in the bundle")
     p.add_argument("--batch", type=int, default=8, help="images per inference batch")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--providers", default="auto",
@@ -146,7 +150,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          threads=a.threads,
                          providers=a.providers, val_normal=a.val_normal,
                          val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
-                         seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft)
+                         seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft,
+                         color=a.color)
     except Dn2Error as exc:
         print(f"dn2-fit: error: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@
   a steady stream of same-sized batches (the camera loop) does one host->device copy of the
   uint8 pixels and one device->host copy of the embeddings per batch, with no per-call device
   allocation. Plain ``session.run`` does the same two copies but allocates the output each call;
-  ``tools/bench_gpu.py`` measures both. On the CPU provider it works too (device "cpu").
+  ``tools/bench/gpu.py`` measures both. On the CPU provider it works too (device "cpu").
 
 onnxruntime-gpu and the CPU ``onnxruntime`` package both install the module ``onnxruntime``:
 ``pip uninstall -y onnxruntime && pip install 'dn2[gpu]'`` (see docs/jetson.md).

@@ -26,6 +26,7 @@ import numpy as np
 from .errors import ImageError
 from .imageheader import describe_unknown, sniff
 from .modelmeta import ResizeRule
+from .paths import too_long
 from .resize import center_crop_resize
 
 MAX_PIXELS = 100_000_000  # decompression-bomb limit (a 100 MP photo is the largest we expect)
@@ -36,7 +37,7 @@ IMAGE_EXTENSIONS = frozenset(
     ".jp2 .avif .hdr .pic .ras .sr .pfm".split())
 _FORMATS = "JPEG, PNG, GIF, BMP, WebP, TIFF, PNM"
 # A draft-decoded JPEG keeps a shorter side >= DRAFT_MARGIN x resize_to, so the resize after it
-# still shrinks (and antialiases). `python -m dn2.tools.resize_study` (efficientnet_lite0, 45
+# still shrinks (and antialiases). `python -m dn2.tools.studies.resize` (efficientnet_lite0, 45
 # quality-90 JPEGs of real photos and frames; cosine of embeddings to the torchvision pipeline on
 # the same files): full decode min 0.99998; draft at margin 1.0: min 0.97540 (a photo decoded
 # straight to 256 px); 1.25: 25 of 45 reduced, min 0.99753, mean over those 0.99897; 1.5: only 6
@@ -50,8 +51,17 @@ _DRAFT_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
 
+def _special(mode: int) -> str:
+    return ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "a device or special file")
+
+
 def _read_file(path: str) -> bytes:
-    """The file's bytes; any reason it is not a readable regular file -> ImageError."""
+    """The file's bytes; any reason it is not a readable regular file -> ImageError.
+
+    Opened with O_NONBLOCK and checked again with fstat on the open descriptor: a FIFO or
+    device swapped in for the file between the first check and the open can never block the
+    reader (opening a FIFO without a writer would wait forever)."""
     try:
         st = os.stat(path)  # follows symlinks
     except FileNotFoundError:
@@ -63,23 +73,37 @@ def _read_file(path: str) -> bytes:
         raise ImageError(f"{path}: expected a readable image file, found {exc.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
         raise ImageError(f"{path}: expected an image file, found a directory")
-    if not stat.S_ISREG(st.st_mode):  # never open a FIFO/device: reading could block forever
-        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else
-                "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or special file")
-        raise ImageError(f"{path}: expected a regular image file, found {kind}")
-    if st.st_size == 0:
-        raise ImageError(f"{path}: expected an image file, found an empty file (0 bytes)")
-    if st.st_size > MAX_FILE_BYTES:
-        raise ImageError(f"{path}: expected an image file of at most {MAX_FILE_BYTES >> 20} MiB, "
-                         f"found {st.st_size >> 20} MiB")
+    if not stat.S_ISREG(st.st_mode):  # never read a FIFO/device: it could block forever
+        raise ImageError(f"{path}: expected a regular image file, found {_special(st.st_mode)}")
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except PermissionError:
         raise ImageError(f"{path}: expected a readable image file, found permission denied "
                          f"(mode {stat.filemode(st.st_mode)})") from None
     except OSError as exc:
         raise ImageError(f"{path}: expected a readable image file, found {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)  # what was opened, not what was there a moment ago
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{path}: expected a regular image file, found "
+                             f"{_special(st.st_mode)} (swapped in after the first check)")
+        if st.st_size == 0:
+            raise ImageError(f"{path}: expected an image file, found an empty file (0 bytes)")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ImageError(f"{path}: expected an image file of at most "
+                             f"{MAX_FILE_BYTES >> 20} MiB, found {st.st_size >> 20} MiB")
+        chunks, left = [], st.st_size + 1  # read to EOF, but never more than the size cap
+        while left > 0:
+            b = os.read(fd, min(left, 1 << 24))
+            if not b:
+                break
+            chunks.append(b)
+            left -= len(b)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ImageError(f"{path}: expected a readable image file, found {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def _orient(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -246,40 +270,57 @@ def _walk(folder: str, files: List[str], problems: List[Tuple[str, str]]) -> Non
                                     f"a file with {ext}; skipped"))
 
 
-def find_images(inputs: List[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
-    """Expand files, folders (recursive) and globs into (sorted image paths, problems).
+def expand_inputs(inputs: List[str]) -> List[Tuple[str, Optional[str]]]:
+    """Files, folders (recursive) and globs -> ``[(path, problem or None)]`` in input order.
 
+    Each input expands in place (a folder or a glob to its sorted files), duplicates are kept:
+    one entry per file named, so a caller can answer every input in the order it was given.
     A file named explicitly is kept whatever its extension (``read_image`` sniffs the content
     and reports it if it is not an image); inside folders only image extensions are collected
     and every other file is reported as a problem. Nothing here is fatal.
     """
     import glob
 
-    files: List[str] = []
-    problems: List[Tuple[str, str]] = []
+    out: List[Tuple[str, Optional[str]]] = []
+
+    def walk(folder: str) -> None:
+        files: List[str] = []
+        problems: List[Tuple[str, str]] = []
+        _walk(folder, files, problems)
+        out.extend(sorted([(f, None) for f in files] + list(problems)))
+
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
-            _walk(item, files, problems)
+            walk(item)
         elif os.path.lexists(item):
-            files.append(item)
+            out.append((item, None))
         elif glob.has_magic(item):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
-                problems.append((item, "expected files matching this pattern, found none"))
+                out.append((item, "expected files matching this pattern, found none"))
             for m in matches:
                 if os.path.isdir(m):
-                    _walk(m, files, problems)
+                    walk(m)
                 elif _is_image_name(m):
-                    files.append(m)
+                    out.append((m, None))
                 else:
-                    problems.append((m, f"expected an image file ({_FORMATS}, ...), found "
-                                        f"a file with {os.path.splitext(m)[1] or 'no extension'}"
-                                        f"; skipped"))
+                    out.append((m, f"expected an image file ({_FORMATS}, ...), found a file "
+                                   f"with {os.path.splitext(m)[1] or 'no extension'}; skipped"))
+        elif too_long(item):
+            out.append((item, f"expected a file, folder or glob, found {too_long(item)}"))
         else:
-            problems.append((item, "expected a file, folder or glob, found no such path"))
-    return sorted(set(files)), problems
+            out.append((item, "expected a file, folder or glob, found no such path"))
+    return out
 
 
-__all__ = ["read_image", "prepare", "find_images", "to_bgr8", "MAX_PIXELS", "MIN_SIDE",
+def find_images(inputs: List[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """Expand files, folders (recursive) and globs into (sorted unique image paths, problems);
+    see :func:`expand_inputs` for the order-keeping form."""
+    items = expand_inputs(inputs)
+    files = sorted({p for p, why in items if why is None})
+    return files, [(p, why) for p, why in items if why is not None]
+
+
+__all__ = ["read_image", "prepare", "find_images", "expand_inputs", "to_bgr8", "MAX_PIXELS", "MIN_SIDE",
            "IMAGE_EXTENSIONS"]

@@ -1,7 +1,7 @@
 """k-means compression of the normal bank (paper 5.1): C centres replace the N embeddings.
 
 Backend choice, measured on this project's shared 2-core machine with
-``OMP_NUM_THREADS=2 python -m dn2.tools.bench_bank --kmeans --kmeans-n 50000 --kmeans-c 1000
+``OMP_NUM_THREADS=2 python -m dn2.tools.bench.bank --kmeans --kmeans-n 50000 --kmeans-c 1000
 --kmeans-repeats 1`` (Gaussian-mixture data, 50k x 2048 -> 1000 centres, the issue's case; load
 average ~5 from other jobs), both backends from the same seeded k-means++ centres:
 

@@ -8,7 +8,7 @@ back to a fractional rectangle of the source image; ``center_crop_resize`` compu
 weights for only the ``C`` output rows and columns of the crop and applies them as two banded
 matrix products over just the source region that feeds the crop.
 
-Measured with ``OMP_NUM_THREADS=1 python -m dn2.tools.resize_study --reps 60`` (2-core dev VM;
+Measured with ``OMP_NUM_THREADS=1 python -m dn2.tools.studies.resize --reps 60`` (2-core dev VM;
 efficientnet_lite0 torch trunk; 26 real photos: scikit-image samples, lossless crops of them at
 shorter-side scale factors 0.98-5.5, textile images, a 1280x720 frame; cosine of embeddings to
 the torchvision pipeline's; CPU ms per frame, one thread, median of 60):

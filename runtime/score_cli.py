@@ -16,6 +16,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import sys
 from typing import List, Optional
@@ -53,6 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _path_errors(exc: UnicodeEncodeError):
+    """Codec error handler for printed paths: the file name's own bytes where it was not
+    valid in the file system encoding (surrogateescape), a backslash escape for any other
+    character the terminal cannot show. A file name never stops the output."""
+    bad = exc.object[exc.start:exc.end]
+    if all(0xDC80 <= ord(c) <= 0xDCFF for c in bad):
+        return codecs.lookup_error("surrogateescape")(exc)
+    return codecs.lookup_error("backslashreplace")(exc)
+
+
+def _safe_stdout() -> None:
+    codecs.register_error("dn2path", _path_errors)
+    try:
+        sys.stdout.reconfigure(errors="dn2path")
+    except (AttributeError, ValueError):  # not a TextIOWrapper (captured, replaced)
+        pass
+
+
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.6g}"
 
@@ -82,13 +101,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     from .detector import Detector
-    from .images import find_images
+    from .images import expand_inputs
+
+    _safe_stdout()
 
     try:
         det = Detector.load(a.bundle, providers=a.providers, threads=a.threads,
                             batch_size=a.batch, jpeg_draft=a.jpeg_draft)
-        files, problems = find_images(a.paths)
-        if not files and not problems:
+        items = expand_inputs(a.paths)
+        files = [p for p, why in items if why is None]
+        problems = [(p, why) for p, why in items if why is not None]
+        if not items:
             raise Dn2Error(f"expected images in {a.paths}, found none")
         failed = len(problems)
         if a.group:
@@ -105,9 +128,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for path, msg in errors:
                     print(f"{path}\terror: {msg}", file=sys.stderr)
             return EXIT_OK if not errors and obj["score"] is not None else EXIT_SOME_FAILED
-        for path, msg in problems:
-            _emit({"path": path, "score": None, "threshold": det.threshold,
-                   "anomalous": None, "error": msg}, a.json)
         writer = None
         if a.maps:
             if not det.has_maps:
@@ -117,7 +137,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .heatmap import MapWriter
 
             writer = MapWriter(a.maps, det.view_scorer.pixel_threshold)
-        for r in det.analyze_paths(files, maps=writer is not None):
+        # one line per input, in input order (duplicates too): score the files in batches,
+        # then answer each input where it stood
+        results = iter(det.analyze_paths(files, maps=writer is not None))
+        for path, why in items:
+            if why is not None:
+                _emit({"path": path, "score": None, "threshold": det.threshold,
+                       "anomalous": None, "error": why}, a.json)
+                continue
+            r = next(results)
             failed += r.error is not None
             d = r.to_dict()
             if writer is not None and r.map is not None:

@@ -8,7 +8,7 @@ import pytest
 
 from dn2.runtime.bank import (EXACT_MAX_ELEMENTS, HNSW_DEFAULTS, BankError, ExactBank, HnswBank,
                               build_bank, choose_kind, load_bank)
-from dn2.tools.bench_bank import gaussian_mixture, recall_at
+from dn2.tools.bench.bank import gaussian_mixture, recall_at
 
 
 def brute(x, q, k):
@@ -60,9 +60,9 @@ def test_exact_save_load_roundtrip_and_no_pickles(tmp_path):
     again = load_bank(p, bank.params())
     assert np.array_equal(again.search(q, 3)[1], bank.search(q, 3)[1])
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(BankError, match="expected a numpy float32"):
+    with pytest.raises(BankError, match=r"expected a float32 \[N, D\] C-order array, found object"):
         load_bank(tmp_path / "obj.npy", {"kind": "exact"})
-    with pytest.raises(BankError, match="manifest says n=201, found n=200"):
+    with pytest.raises(BankError, match=r"manifest says \[201, 16\], the file declares \[200, 16\]"):
         load_bank(p, dict(bank.params(), n=201))
 
 
@@ -122,17 +122,17 @@ def test_hnsw_file_must_agree_with_the_manifest_before_hnswlib_parses_it(tmp_pat
     b = build_bank(x, "hnsw", M=8, ef_construction=20, ef=10)
     p = tmp_path / "bank.bin"
     b.save(p)
-    with pytest.raises(BankError, match="manifest says dim=16, found dim=32 in the hnswlib file"):
+    with pytest.raises(BankError, match="expected dim 16, found room for 32 floats"):
         load_bank(p, dict(b.params(), dim=16))
     with pytest.raises(BankError, match="manifest says M=16, found M=8"):
         load_bank(p, dict(b.params(), M=16))
     (tmp_path / "short.bin").write_bytes(b"abc")
-    with pytest.raises(BankError, match="expected an hnswlib index, found 3 bytes"):
+    with pytest.raises(BankError, match="header at least.*found 3 bytes"):
         load_bank(tmp_path / "short.bin", b.params())
 
 
 def test_bench_bank_tool_runs_small(capsys):
-    from dn2.tools import bench_bank
+    from dn2.tools.bench import bank as bench_bank
 
     assert bench_bank.main(["--sizes", "300", "--dim", "16", "--grid", "8:40:20",
                             "--queries", "20", "--json"]) == 0
@@ -185,8 +185,9 @@ def test_exact_search_same_result_on_one_or_many_blas_threads():
 
 def test_bench_blas_spin_tool_runs_every_variant_and_restores_the_cut(tmp_path, capsys):
     from dn2.runtime import bank as bank_mod
-    from dn2.tools import bench_blas_spin
-    from dn2_tiny import make_tiny_model, write_images
+    from dn2.tools.bench import blas_spin as bench_blas_spin
+    from textures import write_images
+    from tiny_model import make_tiny_model
 
     model = make_tiny_model(tmp_path / "tiny.onnx")
     imgs = write_images(tmp_path / "imgs", 3, "normal", seed=0)

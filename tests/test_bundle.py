@@ -11,8 +11,8 @@ from dn2.runtime.bundle import MANIFEST, load_bundle, read_manifest
 from dn2.runtime.detector import Detector
 from dn2.runtime.errors import BundleError, Dn2Error
 from dn2.runtime.fit import fit_bundle
-from dn2.tools.bench_bank import gaussian_mixture
-from dn2_tiny import make_tiny_model
+from dn2.tools.bench.bank import gaussian_mixture
+from tiny_model import make_tiny_model
 
 DIM = 64
 
@@ -43,7 +43,8 @@ def test_manifest_records_everything(model, data, tmp_path):
     assert b["kind"] == "hnsw" and b["file"] == "bank.bin" and b["n"] == 300
     assert b["metric"] == "sqeuclidean" and b["M"] == 32 and b["ef"] == 128
     assert b["ef_construction"] == 200 and len(b["sha256"]) == 64
-    assert m["score"] == {"k": 3, "reduction": "mean", "l2norm": True, "jpeg_draft": False}
+    assert m["score"] == {"k": 3, "reduction": "mean", "l2norm": True, "jpeg_draft": False,
+                          "color": "color"}
     t = m["threshold"]
     assert t["method"] == "fpr" and t["fpr"] == 0.05 and "0.99" in t["quantiles"]
     assert set(m["files"]) == {"model.onnx", "bank.bin", "fit_report.json"}
@@ -126,7 +127,7 @@ def test_tampered_model_is_refused(bundle):
     (lambda m: m["bank"].update(metric="cosine"), "expected 'sqeuclidean', found 'cosine'"),
     (lambda m: m["score"].update(k=301), r"score.k: expected an integer in \[1, bank.n=300\]"),
     (lambda m: m["score"].update(jpeg_draft="yes"), "score.jpeg_draft: expected true or false"),
-    (lambda m: m["bank"].update(n=299), "manifest says n=299, found n=300"),
+    (lambda m: m["bank"].update(n=299), r"manifest says \[299, 64\], the file declares \[300, 64\]"),
     (lambda m: m["threshold"].update(value=None), "threshold.value: expected a finite number"),
     (lambda m: m["group"].update(pooling="median"), "group.pooling: expected 'mean' or 'max'"),
     (lambda m: m["files"].update({"../x": "0" * 64}), "expected plain file names"),

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from dn2.runtime.errors import Dn2Error, MissingExtraError
-from dn2.tools import demo_data, demo_video
-from dn2.tools.demo_verdict import Alert, alerts_from_events, judge, read_events
-from dn2.tools.demo_video import CLEAT, DEFECT_GAP, LEAD, Piece
+from dn2.tools.demo import data as demo_data, video as demo_video
+from dn2.tools.demo.verdict import Alert, alerts_from_events, judge, read_events
+from dn2.tools.demo.video import CLEAT, DEFECT_GAP, LEAD, Piece
 from videos import read_video
 
 
@@ -188,7 +188,7 @@ def test_read_events_names_a_bad_line(tmp_path):
 # -- plot, score log, data, model reuse --------------------------------------------------------
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib", reason="pip install 'dn2[tools]'")
-    from dn2.tools.demo_plot import plot_scores
+    from dn2.tools.demo.plot import plot_scores
 
     scores = np.full(250, 4.0)
     scores[40:61] = 15.0
@@ -200,7 +200,7 @@ def test_plot_writes_a_png(tmp_path):
 
 
 def test_score_log_alignment_check():
-    from dn2.tools.demo import _check_alignment
+    from dn2.tools.demo.cli import _check_alignment
 
     scores = [1.0, 2.0, 3.5, 4.0]
     _check_alignment(scores, [{"frame": 2, "score": 3.5}, {"frame": 3, "score": None}])
@@ -232,7 +232,7 @@ def test_model_reuse_needs_matching_stamp_and_metadata(tmp_path):
 
     from dn2.runtime.bundle import sha256_file
     from dn2.runtime.modelmeta import K_ARCH, K_WEIGHTS
-    from dn2.tools.demo import reusable_model, stamp_path
+    from dn2.tools.demo.cli import reusable_model, stamp_path
 
     model = build_tiny_model(tmp_path / "model.onnx", input_size=224, dim=8)
     stamp = stamp_path(model)

@@ -99,7 +99,7 @@ def test_contract_mismatches_are_model_errors(tmp_path, kw, says):
 
 
 def test_missing_or_broken_model_file(tmp_path):
-    with pytest.raises(ModelError, match="expected an ONNX model file, found no such file"):
+    with pytest.raises(ModelError, match="expected an ONNX model file, found no such path"):
         Embedder(tmp_path / "nope.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a protobuf at all")
@@ -203,10 +203,10 @@ def test_runtime_embedding_never_imports_torch(tiny, photos):
 def test_real_photos_match_the_torchvision_reference(lite0_model, photos):
     """decode (OpenCV) + resize rule + ONNX model vs PIL + torchvision Resize/CenterCrop + the
     torch trunk, on real photos. The issue's bar is cosine >= 0.99; the measured agreement is
-    >= 0.9999 (tools/resize_study.py), so 0.999 here still catches a resampling regression
+    >= 0.9999 (tools/studies/resize.py), so 0.999 here still catches a resampling regression
     (INTER_AREA would give 0.97 on astronaut)."""
     pytest.importorskip("torchvision")
-    from dn2.tools.resize_study import embed, load_graph, reference_crop
+    from dn2.tools.studies.resize import embed, load_graph, reference_crop
 
     e = Embedder(lite0_model, threads=2)
     res = e.embed_paths(photos)
@@ -225,7 +225,7 @@ def test_jpeg_draft_embeddings_stay_close_to_the_torchvision_reference(lite0_mod
     here; and it must really decode differently from the full-size path."""
     pytest.importorskip("torchvision")
     from dn2.tools.bench.frames import make_frames
-    from dn2.tools.resize_study import embed, load_graph, reference_crop
+    from dn2.tools.studies.resize import embed, load_graph, reference_crop
 
     frames = [str(p) for p in make_frames(tmp_path, 4)]
     full = Embedder(lite0_model, threads=2).embed_paths(frames).embeddings

@@ -12,7 +12,8 @@ from dn2.runtime import fit_cli, score_cli
 from dn2.runtime.bundle import load_bundle
 from dn2.runtime.detector import Detector
 from dn2.runtime.fit import fit_bundle
-from dn2_tiny import make_tiny_model, write_images
+from textures import write_images
+from tiny_model import make_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +206,7 @@ def test_jpeg_draft_is_recorded_at_fit_and_followed_at_score(world, tmp_path, ca
     import cv2
 
     from dn2.runtime.images import draft_side_for, read_image
-    from dn2_tiny import texture
+    from textures import texture
 
     # tiny model: input 32, resize to 37, draft side 47 -> 192 px JPEGs decode at 1/4 (48 px)
     rng = np.random.default_rng(5)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import dn2.runtime
-from dn2_tiny import make_tiny_model, write_images
+from textures import write_images
+from tiny_model import make_tiny_model
 
 HEAVY = ("torch", "torchvision")
 GUARD = textwrap.dedent("""

@@ -14,7 +14,7 @@ from dn2.runtime.scoring import (clean, cov_trace, knn_score, l2normalize, loo_k
                                  loo_scores, pool)
 from dn2.runtime.threshold import (calibrate, conformal_quantile, f1_threshold, roc_auc,
                                    youden_threshold)
-from dn2.tools.bench_bank import gaussian_mixture
+from dn2.tools.bench.bank import gaussian_mixture
 
 
 def brute_knn(x, q, k, exclude_self=False):

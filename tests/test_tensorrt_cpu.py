@@ -18,7 +18,7 @@ import pytest
 
 from dn2.runtime.errors import Dn2Error, ImageError, MissingExtraError, ModelError
 from dn2.runtime.images import prepare, read_image
-from dn2.runtime.modelmeta import ModelMeta, ResizeRule
+from dn2.runtime.modelmeta import ResizeRule
 
 onnx = pytest.importorskip("onnx", reason="building the test model needs pip install 'dn2[export]'")
 ort = pytest.importorskip("onnxruntime")
@@ -28,42 +28,14 @@ from dn2.export.trt_calib import (calibration_batches, calibration_digest,  # no
                                   load_calibration_images)
 from dn2.export.trt_verify import (TOLERANCES, compare_embeddings,  # noqa: E402
                                    default_verify_images, loo_knn_scores, spearman)
+from tiny_model import build_tiny_model  # noqa: E402
 
 SIZE = 32
 
 
-def tiny_dn2_onnx(path: Path, size: int = SIZE, dim: int = 16, seed: int = 0) -> Path:
-    """A real (small) dn2 graph: uint8 NHWC BGR -> cast -> conv -> relu -> GAP -> [N, dim]."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.normal(0, 0.1, (dim, 3, 3, 3)).astype(np.float32), "w")
-    nodes = [helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("Transpose", ["f"], ["t"], perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["t", "w"], ["c"], strides=[2, 2]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["embeddings"])]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", size, size, 3])],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", dim])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = ModelMeta(arch="tiny", weights="random", weights_sha256="", input_size=size,
-                     resize=ResizeRule.for_input_size(size), dim=dim, opset=17,
-                     precision="fp32", version="0.1.0")
-    for k, v in meta.to_props().items():
-        prop = model.metadata_props.add()
-        prop.key, prop.value = k, v
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
 @pytest.fixture()
 def tiny_model(tmp_path):
-    return tiny_dn2_onnx(tmp_path / "tiny.onnx")
+    return build_tiny_model(tmp_path / "tiny.onnx", input_size=SIZE, dim=16)
 
 
 @pytest.fixture()
@@ -367,7 +339,7 @@ def test_gpu_providers_without_onnxruntime_gpu_say_how_to_install():
 
 def test_bench_gpu_timing_and_table(tiny_model):
     from dn2.runtime.gpu_io import BoundRunner
-    from dn2.tools.bench_gpu import table, time_batches
+    from dn2.tools.bench.gpu import table, time_batches
 
     run = BoundRunner(ort.InferenceSession(str(tiny_model), providers=["CPUExecutionProvider"])).run
     x = np.zeros((4, SIZE, SIZE, 3), np.uint8)

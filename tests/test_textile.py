@@ -68,7 +68,7 @@ def test_textile_global_defects_auroc_and_heldout_fpr(lite0_model, textile_dirs,
 @pytest.mark.slow
 def test_l2norm_study_tool_scores_both_variants_on_the_same_split(lite0_model, textile_dirs,
                                                                   monkeypatch, capsys):
-    from dn2.tools import l2norm_study
+    from dn2.tools.studies import l2norm as l2norm_study
 
     monkeypatch.setattr(l2norm_study, "N_TRAIN", 20)  # small split: a smoke run of the tool
     monkeypatch.setattr(l2norm_study, "N_HELD", 20)

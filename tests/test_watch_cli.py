@@ -17,7 +17,7 @@ def clip(textile_dirs, tmp_path_factory):
 
 @pytest.mark.parametrize("args,message", [
     (["{tmp}/no_bundle", "--source", "{clip}"], "expected a bundle directory"),
-    (["{tmp}/no_bundle", "--source", "{tmp}/missing.avi"], "does not exist"),
+    (["{tmp}/no_bundle", "--source", "{tmp}/missing.avi"], "found no such path"),
     (["{tmp}/no_bundle", "--source", "{clip}", "--hop", "2"], "--hop needs --group"),
     (["{tmp}/no_bundle", "--source", "{clip}", "--batch", "0"], "--batch must be >= 1"),
     (["{tmp}/no_bundle", "--source", "{clip}", "--learn", "ten"], "--learn expects"),

@@ -245,8 +245,8 @@ def test_signal_leaves_valid_json_lines_with_every_alert_closed(sig, bundle, sta
 
 
 def test_bench_watch_runs_and_reports_its_columns(lite0_model, bundle, work):
-    """A smoke run of tools/bench_watch.py (the numbers themselves go to BENCHMARKS.md)."""
-    from dn2.tools.bench_watch import bench, table
+    """A smoke run of tools/bench/watch.py (the numbers themselves go to BENCHMARKS.md)."""
+    from dn2.tools.bench.watch import bench, table
 
     r = bench(str(lite0_model), str(bundle), n_frames=16, size="160x120", batch=4,
               threads=1, live_fps=40.0, work=work, repeats=1)

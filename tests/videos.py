@@ -11,7 +11,7 @@ from typing import List, Sequence
 import cv2
 import numpy as np
 
-from dn2.tools.bench_watch import read_video, write_video  # noqa: F401 (the tests' helpers too)
+from dn2.tools.videoio import read_video, write_video  # noqa: F401 (the tests' helpers too)
 
 
 def load_frames(folder: Path, n: int, size: int = 160, start: int = 0) -> List[np.ndarray]:
@@ -139,3 +139,26 @@ def interleave(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> List[np.ndar
     for x, y in zip(a, b):
         out += [x, y]
     return out
+
+
+def camera_frames(pieces: Sequence[np.ndarray], path: Path, fourcc: str = "MJPG",
+                  sigma: float = 3.0, width: int = 0, seed: int = 0) -> List[np.ndarray]:
+    """``pieces`` as a camera delivers them: each centred in a 16:9 frame between its
+    neighbours, independent Gaussian sensor noise of ``sigma`` levels per channel, written with
+    OpenCV's real ``fourcc`` writer (MJPG / mp4v: colour conversion, chroma subsampling, codec
+    blur) and read back. Returns the decoded frames."""
+    rng = np.random.default_rng(seed)
+    h = pieces[0].shape[0]
+    width = width or (h * 16 // 9)
+    side = (width - h) // 2
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10.0, (width, h))
+    assert vw.isOpened(), f"OpenCV cannot write {fourcc} to {path}"
+    n = len(pieces)
+    for i, im in enumerate(pieces):
+        left, right = pieces[(i - 1) % n], pieces[(i + 1) % n]
+        f = np.concatenate([left[:, h - side:], im, right[:, :width - h - side]], axis=1)
+        if sigma:
+            f = np.clip(f + rng.normal(0.0, sigma, f.shape), 0, 255).astype(np.uint8)
+        vw.write(np.ascontiguousarray(f))
+    vw.release()
+    return read_video(path)

@@ -18,12 +18,21 @@ sources: a camera index (0), a video file, a folder of images (played in name or
   rtsp:// / http:// URL, or a GStreamer pipeline ending in appsink (quote it), e.g.
   "nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,height=720 ! nvvidconv !
    video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1"
-events: JSON lines, alert_start / alert_end per alert (see dn2.runtime.watch.events).
+events: JSON lines, alert_start / alert_end per alert (see dn2.runtime.watch.events), each
+  with the run's id; --mqtt and --webhook send the same events (QoS 1 / JSON POST), through an
+  on-disk spool (--spool) so a sink that is down loses nothing. MQTT credentials and TLS files,
+  webhook headers and the status server's token come from --sink-config FILE (JSON) or the
+  environment (DN2_MQTT_USERNAME, DN2_MQTT_PASSWORD, DN2_MQTT_CA, DN2_MQTT_CERT, DN2_MQTT_KEY,
+  DN2_HTTP_TOKEN), never from the command line.
+scores: --scores FILE writes one row per score (CSV for .csv, else JSON lines; - for stdout);
+  `dn2-plot FILE --events EV -o scores.png` draws it.
 stop: Ctrl-C or SIGTERM stops cleanly: an open alert is closed (reason "stopped"), every
   event is flushed and the events file fsync'ed. A second Ctrl-C aborts at once.
 exit codes: 0 the stream ended, --max-frames was reached or a stop was asked for;
   1 a problem (bad option, bundle, source that cannot open); 2 usage error;
-  3 the source failed and could not be reopened within --reconnect-attempts.
+  3 the source failed and could not be reopened within --reconnect-attempts;
+  4 the run went to its end but some output could not be written (events, snapshots, scores,
+  video: the summary says which).
 """
 
 
@@ -55,6 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshots", metavar="DIR", help="save each alert's peak frame here")
     p.add_argument("--output-video", metavar="FILE",
                    help="write the annotated stream (.mp4 / .avi)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing --output-video / --scores file")
+    p.add_argument("--scores", metavar="FILE",
+                   help="write every score: CSV (.csv) or JSON lines; - for stdout")
+    p.add_argument("--mqtt", metavar="URL",
+                   help="publish events to mqtt://host:port/topic (mqtts:// for TLS; QoS 1; "
+                        "retained status at TOPIC/CAMERA/status); needs dn2[serve]")
+    p.add_argument("--webhook", metavar="URL", action="append",
+                   help="POST each event as JSON to URL (retried with backoff; repeatable)")
+    p.add_argument("--camera-id", metavar="ID",
+                   help="camera name in MQTT topics and payloads (default: from --source)")
+    p.add_argument("--sink-config", metavar="FILE",
+                   help="JSON settings and secrets for --mqtt / --webhook / --http")
+    p.add_argument("--spool", metavar="DIR",
+                   help="where undelivered MQTT / webhook events wait (default "
+                        "~/.local/state/dn2/spool)")
+    p.add_argument("--http", metavar="[HOST:]PORT",
+                   help="status server: /healthz /metrics /latest.jpg /stream and a live page "
+                        "(host 127.0.0.1 unless given); needs dn2[serve]")
     p.add_argument("--headless", action="store_true", help="no window")
     p.add_argument("--stats-every", type=float, default=10.0, metavar="SECONDS",
                    help="print a stats line this often on stderr (0: never; default 10)")
@@ -121,7 +149,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    sinks, live = [], None
     try:
+        sinks, live = _serving(args, log)
         summary = watch(
             args.bundle, args.source, batch=args.batch, stride=args.stride, group=args.group,
             hop=args.hop, threshold=args.threshold, min_consecutive=args.min_consecutive,
@@ -132,21 +162,60 @@ def main(argv: Optional[List[str]] = None) -> int:
             queue_size=args.queue_size, realtime=args.realtime,
             reconnect_attempts=args.reconnect_attempts,
             reconnect_max_delay=args.reconnect_max_delay,
-            folder_fps=args.folder_fps, stop=stop, log=log)
+            folder_fps=args.folder_fps, stop=stop, log=log, scores=args.scores,
+            force=args.force, sinks=sinks, live=live)
     except Dn2Error as exc:
+        for s in sinks:
+            s.close(0.0)
         print(f"dn2-watch: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("dn2-watch: aborted", file=sys.stderr)
         return 130
     finally:
+        if live is not None:
+            live.close()
         for sig, h in previous.items():
             signal.signal(sig, h)
     if args.json:
         print(json.dumps(summary.to_dict()))
     else:
         print(summary.text())
-    return 3 if summary.error and not summary.stopped else 0
+    if summary.error and not summary.stopped:
+        return 3
+    return 4 if summary.unwritten else 0
+
+
+def camera_id(args) -> str:
+    import re
+
+    if args.camera_id:
+        return args.camera_id
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(args.source)).strip("_")[-64:] or "camera"
+
+
+def _serving(args, log):
+    """The network sinks and the status server asked for (built before the model loads, so a
+    wrong URL or a missing extra fails at once)."""
+    from .sinks import build_event_sinks, load_sink_config
+
+    if not (args.mqtt or args.webhook or args.http):
+        return [], None
+    config = load_sink_config(args.sink_config)
+    sinks = build_event_sinks(mqtt=args.mqtt, webhooks=args.webhook, camera_id=camera_id(args),
+                              config=config, spool_dir=args.spool, log=log)
+    live = None
+    if args.http:
+        try:
+            from .serve import start_server
+
+            live = start_server(args.http, config.get("http") or {},
+                                snapshots=args.snapshots, log=log)
+        except BaseException:
+            for s in sinks:
+                s.close(0.0)
+            raise
+    return sinks, live
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import Dn2Error
 from ..modelmeta import ResizeRule, read_model_meta
+from ..paths import found
 
 MIN_LEARN_FRAMES = 20
 MAX_LEARN_FRAMES = 20_000  # ~100 MB of 1280-d float32 embeddings: the memory cap
@@ -59,8 +60,8 @@ def model_path(bundle_or_model: Union[str, Path]) -> Path:
         raise Dn2Error(f"--learn: {p} is a folder without one model.onnx; expected a dn2 "
                        "model (.onnx) or a bundle folder")
     if not p.is_file():
-        raise Dn2Error(f"--learn: model {p} does not exist (expected a dn2 model .onnx "
-                       "from dn2-export, or a bundle folder)")
+        raise Dn2Error(f"--learn: model {p}: expected a dn2 model (.onnx from dn2-export) or "
+                       f"a bundle folder, found {found(p)}")
     return p
 
 
@@ -125,9 +126,10 @@ class WindowGroups:
         return float(knn_score(self.bank, e.mean(axis=0)[None, :], self.k)[0])
 
 
-def _collect(queue, spec: Tuple[str, float], embed: Callable, batch: int, stop, log
-             ) -> Tuple[np.ndarray, list]:
-    """Embeddings of the learning frames, and the frames of the last batch left over."""
+def _collect(queue, spec: Tuple[str, float], embed: Callable, batch: int, stop, log,
+             on_first: Optional[Callable] = None) -> Tuple[np.ndarray, list]:
+    """Embeddings of the learning frames, and the frames of the last batch left over;
+    ``on_first(frames)`` sees the first batch before it is embedded."""
     kind, amount = spec
     chunks, n, first_ts, last_note, rest = [], 0, None, time.monotonic(), []
     while not stop.is_set():
@@ -138,6 +140,8 @@ def _collect(queue, spec: Tuple[str, float], embed: Callable, batch: int, stop, 
             continue
         if first_ts is None:
             first_ts = frames[0].timestamp
+            if on_first is not None:
+                on_first(frames)
         if kind == "seconds":
             cut = sum(1 for f in frames if f.timestamp - first_ts < amount)
         else:
@@ -161,7 +165,8 @@ def _collect(queue, spec: Tuple[str, float], embed: Callable, batch: int, stop, 
 
 def learn_from_queue(bundle_or_model, queue, learn: str, *, output: Union[str, Path],
                      group: Optional[int] = None, batch: int = 8, providers="auto",
-                     threads=None, stop, log=lambda m: None, k: int = 2, fpr: float = 0.01):
+                     threads=None, stop, log=lambda m: None, k: int = 2, fpr: float = 0.01,
+                     color: str = "auto"):
     """Embed the first frames from ``queue``, fit a bundle into ``output``, load it.
 
     Returns (detector, threshold, leftover frames, groups): the threshold is for the mode
@@ -169,7 +174,10 @@ def learn_from_queue(bundle_or_model, queue, learn: str, *, output: Union[str, P
     frames; the leftover frames came after the learning span in the last batch and are to be
     watched first; ``groups`` (group mode only, else None) is a :class:`WindowGroups` to score
     windows with. The group bank lives in memory: the bundle written holds the frame bank.
+    ``color``: "auto" decides from the first batch of frames whether the scene is monochrome
+    (then every frame is scored as gray, ``dn2.runtime.color``); "gray" / "color" force it.
     """
+    from .. import color as C
     from ..bundle import load_bundle
     from ..detector import Detector
     from ..embedder import Embedder
@@ -182,13 +190,23 @@ def learn_from_queue(bundle_or_model, queue, learn: str, *, output: Union[str, P
     embedder = Embedder(str(model), providers=providers, threads=threads, batch_size=batch)
     log(f"learning from the first {spec[1]:g} {spec[0]} of the stream (taken as normal)")
     t0 = time.monotonic()
-    emb, rest = _collect(queue, spec, embedder.embed_batch, batch, stop, log)
+    C.check_option(color)
+    mode = {"mode": color}
+
+    def decide_color(frames) -> None:
+        if color == "auto":
+            mode.update(C.detect([f.image for f in frames]))
+        embedder.gray = mode["mode"] == "gray"
+        if embedder.gray:
+            log("learning: the frames are monochrome; every frame is scored as gray")
+
+    emb, rest = _collect(queue, spec, embedder.embed_batch, batch, stop, log, decide_color)
     if group and len(emb) < BLOCKS * (group + 1):
         raise Dn2Error(f"--learn with --group {group}: {len(emb)} frames are too few; learn "
                        f"at least {BLOCKS * (group + 1)} frames")
     names = [f"learned frame {i}" for i in range(len(emb))]
     out = fit_bundle(str(model), str(output), embeddings=emb, names=names, k=k, fpr=fpr,
-                     progress=False)
+                     progress=False, color=mode["mode"])
     detector = Detector(load_bundle(str(out)), embedder)  # one onnxruntime session, not two
     scored = l2normalize(emb) if detector.l2norm else emb
     groups = WindowGroups(scored, group, detector.k, detector.l2norm) if group else None

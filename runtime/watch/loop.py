@@ -14,14 +14,16 @@ import logging
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import Dn2Error
 from .decide import Decider
-from .outputs import Outputs
+from .events import new_run_id
+from .outputs import Outputs, check_new_output
 from .reader import Backoff, FrameQueue, Reader
+from .sinks.scores import ScoresWriter
 from .sources import Source, open_source
 from .stats import Stats, Summary
 
@@ -79,7 +81,9 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
           stop: Optional[threading.Event] = None,
           on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
           on_score: Optional[Callable[[int, float, float], None]] = None,
-          log: Optional[Callable[[str], None]] = None) -> Summary:
+          log: Optional[Callable[[str], None]] = None, scores: Optional[str] = None,
+          force: bool = False, sinks: Sequence[Any] = (), live: Any = None,
+          run_id: Optional[str] = None) -> Summary:
     """Watch ``source`` with the bundle at ``bundle`` until the stream ends or ``stop`` is set.
 
     ``bundle`` is a bundle folder or a loaded Detector; with ``learn`` ("30", "30s" seconds or
@@ -87,7 +91,13 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
     frames (see :mod:`dn2.runtime.watch.learn`) and the watch goes on with it. Events go to
     ``events`` (JSON lines), peak frames to ``snapshots``, the annotated stream to
     ``output_video``. ``on_event(event_dict)`` sees each event as it is written,
-    ``on_score(frame, timestamp, score)`` every frame (or group) score. A failing source is
+    ``on_score(frame, timestamp, score)`` every frame (or group) score, ``scores`` (a file,
+    ``-`` for stdout) gets one row per score (:mod:`dn2.runtime.watch.sinks.scores`);
+    ``sinks`` are extra event sinks (MQTT, webhook: :mod:`dn2.runtime.watch.sinks`), ``live``
+    a status server's state (:mod:`dn2.runtime.watch.serve`). Every run has a ``run_id`` (in
+    events, scores and snapshot names); existing outputs are never overwritten unless
+    ``force``; an output that fails mid-run is reported in ``Summary.unwritten``, never
+    raised. A failing source is
     reopened after 0.5 s, 1 s, 2 s ... up to ``reconnect_max_delay``; ``reconnect_attempts``
     failures in a row end the stream (default: never for live sources, 3 for files;
     ``backoff`` overrides all three). Returns a :class:`Summary`; raises :class:`Dn2Error` on
@@ -97,12 +107,15 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
     _validate(batch=batch, stride=stride, group=group, hop=hop, max_frames=max_frames,
               queue_size=queue_size, reconnect_attempts=reconnect_attempts,
               reconnect_max_delay=reconnect_max_delay, learn=learn)
+    check_new_output(output_video, "--output-video", force)
     stop = stop or threading.Event()
+    run_id = run_id or new_run_id()
     halt = threading.Event()  # stops the reader: set at the end, whatever the reason
     mode = "group" if group else "frame"
     # the source first: a wrong --source fails at once, before seconds of model loading
     src = open_source(source, realtime=realtime, folder_fps=folder_fps)
     reader = outputs = tmp = None
+    sinks = list(sinks)
     try:
         detector, thr, rule = None, float("nan"), None
         if learn is None:
@@ -118,12 +131,16 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
 
             rule = model_rule(bundle)
         summary = Summary(source=src.name, mode=mode, threshold=thr, events_path=events,
-                          bundle=str(bundle) if isinstance(bundle, (str, Path)) else None)
+                          bundle=str(bundle) if isinstance(bundle, (str, Path)) else None,
+                          run_id=run_id)
+        writer = ScoresWriter(scores, run_id, thr, force=force) if scores else None
         outputs = Outputs(threshold=thr, mode=mode, source_name=src.name,
                           clock="wall" if (src.live or not src.fps) else "source",
                           events=events, snapshots=snapshots, output_video=output_video,
                           video_fps=(src.fps / stride) if src.fps else 10.0,
-                          headless=headless, on_quit=stop.set, on_event=on_event, log=log)
+                          headless=headless, on_quit=stop.set, on_event=on_event, log=log,
+                          run_id=run_id, sinks=sinks, scores=writer, live=live)
+        sinks = []  # outputs closes them now
         if backoff is None:
             backoff = Backoff(initial=min(0.5, reconnect_max_delay),
                               max_delay=reconnect_max_delay,
@@ -134,6 +151,9 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
 
         reader = Reader(src, queue, halt, stride=stride, max_frames=max_frames,
                         prepare=lambda img: prepare(img, rule), backoff=backoff, log=log)
+        if live is not None:
+            live.attach(reader=reader, queue=queue, outputs=outputs, threshold=thr,
+                        run_id=run_id, source=src.name)
         reader.start()
         pending, groups = [], None
         if learn is not None:
@@ -146,7 +166,8 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
                 group=group, batch=batch, providers=providers, threads=threads, stop=stop,
                 log=log)
             thr = float(threshold) if threshold is not None else learned
-            summary.threshold = outputs.threshold = thr
+            summary.threshold = thr
+            outputs.set_threshold(thr)
             summary.bundle = learn_bundle  # None: the learned bundle was temporary
         _score_loop(detector, queue, reader, outputs, summary,
                     Decider(thr, min_consecutive, cooldown), batch, group, hop or 1,
@@ -159,6 +180,8 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
             src.close()
         if outputs is not None:
             outputs.close()
+        for s in sinks:  # built but never handed to outputs (a failure before it)
+            s.close(0.0)
         if tmp is not None:
             tmp.cleanup()
     st = reader.stats
@@ -167,6 +190,10 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
     summary.reconnects, summary.skipped_items = st.reconnects, st.skipped_items
     summary.problems = [f"{what}: {why}" for what, why in st.recent_problems]
     summary.events = outputs.writer.count
+    summary.unwritten = outputs.problems()
+    summary.sink_backlog = outputs.backlog()
+    for line in summary.unwritten:
+        log(f"not written: {line}")
     return summary
 
 
@@ -237,6 +264,8 @@ class _Scorer:
             if self.on_score is not None:
                 self.on_score(f.index, f.timestamp, s)
             t = self.decider.update(s, f.index, f.timestamp, f.image)
+            self.out.score(f, s, self.decider.state,
+                           self.decider.alerts if self.decider.open else None)
             if t is not None:
                 ev = self.out.transition(t)
                 self.log(f"{ev['type']} #{ev['alert_id']} at frame {ev['frame']} score "
@@ -276,7 +305,9 @@ def _score_loop(detector, queue: FrameQueue, reader: Reader, out: Outputs, summa
             if frames:
                 scorer.batch(frames)
             if stats.due(stats_every):
-                log(stats.line(queue.dropped, reader.stats.reconnects, len(queue)))
+                waiting = sum(out.backlog().values())
+                log(stats.line(queue.dropped, reader.stats.reconnects, len(queue))
+                    + (f", sink backlog {waiting}" if waiting else ""))
     except KeyboardInterrupt:  # library use without the CLI's signal handlers: a clean stop
         stop.set()
         reason = "stopped"

@@ -18,7 +18,7 @@ from typing import Callable, Deque, List, Optional, Tuple
 import numpy as np
 
 from ..errors import Dn2Error
-from .sources import Source, SourceError, SourceFailure
+from .sources import ItemSkipped, Source, SourceError, SourceFailure
 
 
 @dataclass
@@ -182,6 +182,13 @@ class Reader(threading.Thread):
                             break
                     elif not self.source.skip():
                         break
+                except ItemSkipped as exc:
+                    self.stats.skipped_items += 1
+                    self.stats.recent_problems.append((exc.item or f"frame {self.index}",
+                                                       str(exc)))
+                    self.log(f"skipped frame {self.index}: {exc}")
+                    self.index += 1
+                    continue
                 except SourceFailure as exc:
                     streak += 1
                     if not self._recover(exc, streak):

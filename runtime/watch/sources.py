@@ -25,6 +25,7 @@ from typing import List, Optional, Union
 import numpy as np
 
 from ..errors import Dn2Error
+from ..paths import found
 
 # Network streams: give up opening after 10 s and a read after 5 s without a frame (OpenCV's
 # FFmpeg default is 30 s each), so a frozen camera is noticed and reconnected promptly.
@@ -40,6 +41,15 @@ class SourceError(Dn2Error):
 
 class SourceFailure(Dn2Error):
     """A source that was open stopped delivering frames mid-stream (not a clean end)."""
+
+
+class ItemSkipped(Dn2Error):
+    """One item of the source (a folder's image) cannot be used and was passed over; the
+    source goes on with the next. The reader counts it as a frame number, never a frame."""
+
+    def __init__(self, message: str, item: str = ""):
+        super().__init__(message)
+        self.item = item
 
 
 def as_bgr(frame) -> Optional[np.ndarray]:
@@ -133,16 +143,21 @@ class CaptureSource(Source):
                     "use an OpenCV built with GStreamer (on Jetson: the JetPack OpenCV)")
             cap = cv2.VideoCapture(str(self.spec), cv2.CAP_GSTREAMER)
         elif self.kind == "camera":
-            cap = cv2.VideoCapture(int(self.spec))
+            index = int(str(self.spec).strip())
+            if not 0 <= index < 10_000:  # OpenCV takes a C int; real indices are small
+                raise SourceError(f"--source {self.spec}: expected a camera index in "
+                                  f"[0, 9999], found {index}")
+            cap = cv2.VideoCapture(index)
         elif self.kind == "url":
             cap = cv2.VideoCapture(str(self.spec), cv2.CAP_FFMPEG,
                                    [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_OPEN_TIMEOUT_MS,
                                     cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_READ_TIMEOUT_MS])
         else:
-            if self.kind == "file" and not Path(self.spec).is_file():
-                raise SourceError(f"video file {self.spec!r} does not exist "
-                                  "(expected a video file, a folder of images, a camera index, "
-                                  "a stream URL or a GStreamer pipeline)")
+            what = found(self.spec)
+            if self.kind == "file" and what != "a regular file":
+                raise SourceError(f"--source {self.spec!r}: expected a video file, a folder "
+                                  "of images, a camera index, a stream URL or a GStreamer "
+                                  f"pipeline, found {what}")
             cap = cv2.VideoCapture(str(self.spec))
         if not cap.isOpened():
             cap.release()
@@ -228,24 +243,26 @@ class FolderSource(Source):
             raise SourceError(f"folder {self.name!r} does not exist")
         if not self._files:
             self._files = sorted(p for p in self.folder.iterdir()
-                                 if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                                 if p.suffix.lower() in IMAGE_SUFFIXES)  # each one is
+            # read (or reported) in turn: a FIFO or folder named .jpg is a skipped frame
             if not self._files:
                 raise SourceError(f"folder {self.name!r} holds no images "
                                   f"(expected files ending in {', '.join(IMAGE_SUFFIXES)})")
 
     def read(self) -> Optional[np.ndarray]:
-        import cv2
+        from ..errors import ImageError
+        from ..images import read_image
 
         if self._pos >= len(self._files):
             return None
         path = self._files[self._pos]
-        try:
-            data = np.fromfile(str(path), dtype=np.uint8)
-        except OSError as exc:
-            raise SourceFailure(f"{path}: cannot read ({exc.strerror or exc})") from exc
-        img = as_bgr(cv2.imdecode(data, cv2.IMREAD_COLOR)) if data.size else None
-        if img is None:
-            raise SourceFailure(f"{path}: not a decodable image ({data.size} bytes)")
+        try:  # the same guarded reader as dn2-score / dn2-fit (bombs, FIFOs, sizes, EXIF)
+            img = read_image(path)
+        except ImageError as exc:
+            if not os.path.lexists(path):  # moved away for a moment: retry with backoff
+                raise SourceFailure(str(exc)) from None
+            self._pos += 1  # the file is there and bad: report it once and go on
+            raise ItemSkipped(str(exc), item=str(path)) from None
         self._pos += 1
         return img
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Deque, List, Optional
+from typing import Deque, Dict, List, Optional
 
 import numpy as np
 
@@ -40,6 +40,9 @@ class Summary:
     events_path: Optional[str] = None
     bundle: Optional[str] = None  # the bundle used (the learned one with --learn)
     problems: List[str] = field(default_factory=list)  # recent skipped items, bounded
+    run_id: Optional[str] = None  # in every event, scores row and snapshot name of this run
+    unwritten: List[str] = field(default_factory=list)  # outputs that failed, one line each
+    sink_backlog: Dict[str, int] = field(default_factory=dict)  # events spooled, not sent
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +58,11 @@ class Summary:
                 f"of {self.frames_read} read in {self.elapsed_s:.1f} s ({self.fps:.1f} fps), "
                 f"{lat}{cpu}; dropped {self.dropped}, reconnects {self.reconnects}, "
                 f"skipped {self.skipped_items}; {self.alerts} alerts, {self.events} events"
-                + (f" -> {self.events_path}" if self.events_path else ""))
+                + (f" -> {self.events_path}" if self.events_path else "")
+                + (f"; run {self.run_id}" if self.run_id else "")
+                + "".join(f"\n  NOT WRITTEN: {u}" for u in self.unwritten)
+                + "".join(f"\n  waiting in the {k} spool: {n} events (sent on the next run)"
+                          for k, n in self.sink_backlog.items() if n))
 
 
 def percentile_ms(values, q: float) -> Optional[float]:

@@ -1,8 +1,8 @@
 """GPU throughput of a dn2 model: fp32 / fp16 / int8 x onnxruntime CUDA EP / TensorRT EP / native
 TensorRT engine x batch sizes. Only runs on a machine with an NVIDIA GPU.
 
-    python -m dn2.tools.bench_gpu --arch resnet101 --weights none --calib DIR --json gpu.json
-    python -m dn2.tools.bench_gpu --onnx fp32=model.onnx --onnx fp16=model-fp16.onnx ...
+    python -m dn2.tools.bench.gpu --arch resnet101 --weights none --calib DIR --json gpu.json
+    python -m dn2.tools.bench.gpu --onnx fp32=model.onnx --onnx fp16=model-fp16.onnx ...
 
 Every number is end to end from host uint8 pixels [N, S, S, 3] to host float32 embeddings
 (the host->device and device->host copies included), median of ``--repeats`` timed runs of
@@ -175,7 +175,7 @@ def table(report: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench_gpu", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench.gpu", description=__doc__.split("\n")[0])
     p.add_argument("--onnx", action="append", default=[], metavar="PREC=PATH",
                    help="dn2 ONNX file per precision (fp32 required unless --arch exports it)")
     p.add_argument("--arch", default="resnet101", help="export this arch when no fp32 --onnx is given")
@@ -205,7 +205,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         report = run_bench(onnx, a.batch, a.precision, a.backend, a.calib, work,
                            a.warmup, a.iters, a.repeats)
     except Dn2Error as exc:
-        print(f"bench_gpu: {exc}", file=sys.stderr)
+        print(f"bench.gpu: {exc}", file=sys.stderr)
         return 1
     print(table(report))
     if a.json:

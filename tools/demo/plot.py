@@ -11,7 +11,9 @@ from dn2.runtime.errors import MissingExtraError
 
 def plot_scores(frames: Sequence[int], scores: Sequence[float], threshold: float,
                 defects: Sequence[Mapping], alerts: Sequence, out_png, fps: float = 0.0,
-                title: str = "", found_by: Optional[Sequence[Optional[int]]] = None) -> Path:
+                title: str = "", found_by: Optional[Sequence[Optional[int]]] = None,
+                xnote: str = "short spikes: the join between two pieces passing the camera"
+                ) -> Path:
     """Write a PNG: the score curve, the threshold line, each injected defect range shaded
     (darker where it fills the view), and each alert as a bar from its start to its end.
 
@@ -58,7 +60,7 @@ def plot_scores(frames: Sequence[int], scores: Sequence[float], threshold: float
     ax.set_ylim(bottom / 2.2, top * 3.2)
     ax.set_xlim(-0.5, n - 0.5)
     ax.set_xlabel("frame" + (f"  ({fps:g} fps)" if fps else "")
-                  + "   —   short spikes: the join between two pieces passing the camera")
+                  + (f"   —   {xnote}" if xnote else ""))
     ax.set_ylabel("anomaly score (log)")
     ax.set_title(title or "dn2-watch on the production line: score per frame")
     ax.grid(alpha=0.25, which="both")

@@ -1,6 +1,6 @@
 """Benchmark the dn2-watch loop against the bare model on the same frames.
 
-    python -m dn2.tools.bench_watch --model lite0.onnx [--bundle B] [--frames 300]
+    python -m dn2.tools.bench.watch --model lite0.onnx [--bundle B] [--frames 300]
         [--size 640x480] [--batch 8] [--threads 2] [--live-fps 10] [--json out.json]
 
 Rows of the table:
@@ -30,18 +30,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 
 from dn2.runtime.watch.sources import CaptureSource
+from dn2.tools.videoio import read_video, write_video
 
 
 def _textile_paths(n: int) -> List[str]:
     try:
         import conformal_clip_data as ccd
     except ImportError as exc:
-        raise SystemExit("bench_watch needs the textile images: pip install conformal-clip-data"
+        raise SystemExit("the watch benchmark needs the textile images: pip install conformal-clip-data"
                          ) from exc
     files = sorted(str(p) for p in Path(ccd.nominal_dir()).glob("*.jpg"))
     if len(files) < n:
@@ -78,36 +79,6 @@ def default_bundle(model: str, work: Path, w: int, h: int, n: int = 200,
         emb = Embedder(model, threads=threads).embed_images(frames)
         fit_bundle(model, bundle, embeddings=emb, progress=False)
     return str(bundle)
-
-
-def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = 25.0) -> Path:
-    """Write frames with cv2.VideoWriter (MJPG in .avi: every frame a keyframe, fast to seek)."""
-    import cv2
-
-    path = Path(path)
-    h, w = frames[0].shape[:2]
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), float(fps), (w, h))
-    if not vw.isOpened():
-        raise RuntimeError(f"OpenCV cannot write MJPG to {path}")
-    for f in frames:
-        vw.write(f)
-    vw.release()
-    return path
-
-
-def read_video(path: Path) -> List[np.ndarray]:
-    """Every frame of a video file as OpenCV decodes it."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    cap.release()
-    return frames
 
 
 def _timed(fn) -> float:
@@ -273,7 +244,7 @@ def soak_table(r: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="bench_watch", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench.watch", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="dn2 model (.onnx) from dn2-export")
     p.add_argument("--bundle", help="bundle to score with (default: fit one on 200 textile "
                                     "frames of --size)")

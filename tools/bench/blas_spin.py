@@ -1,6 +1,6 @@
 """How much do numpy's spinning BLAS threads slow the next onnxruntime run?
 
-    python -m dn2.tools.bench_blas_spin MODEL.onnx IMAGE... [--threads 2] [--bank 5000] [--reps 3]
+    python -m dn2.tools.bench.blas_spin MODEL.onnx IMAGE... [--threads 2] [--bank 5000] [--reps 3]
 
 One loop per variant, batch 1, the runtime's own parts: decode (``read_image``) + prepare +
 ``Embedder.embed_batch`` + exact kNN against a random bank of ``--bank`` rows. Variants:
@@ -55,7 +55,7 @@ def run_variant(variant: str, embedder: Embedder, paths: List[str], bank, reps: 
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench_blas_spin", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench.blas_spin", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
     p.add_argument("images", nargs="+")

@@ -166,8 +166,8 @@ def run_demo(out, frames: int = 400, seed: int = 0, threads: Optional[int] = Non
              n_defects: int = 5, n_train: int = 600, fpr: float = 0.005, margin: float = 1.25,
              min_consecutive: int = 3, slack: int = 5, log=_say) -> dict:
     """Run every stage into folder ``out``; returns a dict of outputs, timings and verdict."""
-    from . import demo_data, demo_video
-    from .demo_verdict import alerts_from_events, judge, read_events
+    from . import data as demo_data, video as demo_video
+    from .verdict import alerts_from_events, judge, read_events
 
     if n_defects < 1:
         raise Dn2Error(f"--defects: expected at least 1 defect to inject, found {n_defects}")
@@ -236,7 +236,7 @@ def run_demo(out, frames: int = 400, seed: int = 0, threads: Optional[int] = Non
     alerts = alerts_from_events(events)
     verdict = judge(gt, alerts, slack=slack, n_frames=plan.n_frames)
     with timer.stage(f"plot: {paths['plot']}"):
-        from .demo_plot import plot_scores
+        from .plot import plot_scores
 
         plot_scores(range(len(rec.scores)), rec.scores, detector.threshold, gt, alerts,
                     paths["plot"], fps=plan.fps, found_by=verdict.found_by,

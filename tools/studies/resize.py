@@ -1,6 +1,6 @@
 """Which OpenCV resize path agrees best with torchvision's Resize + CenterCrop, at what cost?
 
-    python -m dn2.tools.resize_study [--arch efficientnet_lite0] [--reps 200]
+    python -m dn2.tools.studies.resize [--arch efficientnet_lite0] [--reps 200]
 
 Reference: PIL decode -> torchvision ``Resize(R)`` (bilinear, antialias) -> ``CenterCrop(C)``
 -> the torch trunk (dn2.export graph: uint8 NHWC BGR in, pooled embedding out). Candidates:

@@ -1,7 +1,7 @@
-"""Export-stage benchmark (issue 2): export time per arch, and bare-model CPU throughput of
+"""Export-stage benchmark: export time per arch, and bare-model CPU throughput of
 onnxruntime fp32 / int8 against torch eager, batch 1 and 8, same thread count.
 
-    python -m dn2.tools.bench_export --threads 2 [--archs resnet18 resnet101 ...] [--json OUT]
+    python -m dn2.tools.bench.export --threads 2 [--archs resnet18 resnet101 ...] [--json OUT]
 
 Model-only: the input batch is prepared once (real photos as 720p frames, resized and cropped by
 the runtime) and fed repeatedly; torch eager gets the same pixels as a normalised float tensor.
@@ -146,7 +146,7 @@ def format_tables(res: Dict[str, object]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench_export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", nargs="*", default=list(ARCH_NAMES), choices=ARCH_NAMES,
                    help="archs to time the export of (default all; none: skip)")
     p.add_argument("--weights", default="none", help="weights for every export (default none)")
@@ -184,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=2)
     except (Dn2Error, OSError) as exc:
-        print(f"bench_export: error: {exc}", file=sys.stderr)
+        print(f"bench.export: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,9 +1,9 @@
 """Benchmark of the kNN banks: exact (numpy sgemm) vs HNSW (hnswlib), and k-means backends.
 
-    python -m dn2.tools.bench_bank [--sizes 1000 10000 100000] [--dim 2048]
+    python -m dn2.tools.bench.bank [--sizes 1000 10000 100000] [--dim 2048]
                                    [--grid 16:200:64 32:200:128] [--queries 200]
-    python -m dn2.tools.bench_bank --kmeans [--kmeans-n 20000 --kmeans-c 500]
-    python -m dn2.tools.bench_bank --bundle BUNDLE      # bundle load time
+    python -m dn2.tools.bench.bank --kmeans [--kmeans-n 20000 --kmeans-c 500]
+    python -m dn2.tools.bench.bank --bundle BUNDLE      # bundle load time
 
 Data: structured synthetic embeddings (``mixture``), not iid noise: a 128-d latent Gaussian
 mixture (100 overlapping clusters) mapped linearly to D dims plus isotropic noise, so
@@ -159,7 +159,7 @@ def bench_bundle(path: str, repeats: int = 3) -> List[dict]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench_bank", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench.bank", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--dim", type=int, default=2048)

@@ -1,6 +1,6 @@
 """Does L2 normalisation of the embeddings help on camera-like defect data too?
 
-    python -m dn2.tools.l2norm_study MODEL.onnx [--seeds 0,1,2] [--threads 2]
+    python -m dn2.tools.studies.l2norm MODEL.onnx [--seeds 0,1,2] [--threads 2]
 
 The textile set shipped by PyPI ``conformal-clip-data`` (nominal / global / local defects),
 split as tests/test_textile.py does for seed 0 (200 nominal for training, 200 other nominal
@@ -69,7 +69,7 @@ def study(model: str, seeds: Sequence[int], threads: Optional[int] = None) -> Li
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.l2norm_study", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dn2.tools.studies.l2norm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="dn2 ONNX model (dn2-export)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated split seeds")

@@ -1,6 +1,6 @@
 """Does decoding in worker threads overlap the model? img/s of Embedder.embed_paths per setting.
 
-    python -m dn2.tools.bench_embed MODEL.onnx [IMAGES...] [--threads 2] [--batch 8]
+    python -m dn2.tools.bench.embed MODEL.onnx [IMAGES...] [--threads 2] [--batch 8]
                                     [--workers 0 1 2] [--repeat 2]
 
 Without IMAGES it writes 32 real 1280x720 JPEG frames (scikit-image photos, shifted) to a temp

@@ -1,0 +1,180 @@
+"""MQTT and webhook sinks against real local services: every event arrives once and in order,
+a broker killed mid-run loses nothing (the spool replays), a receiver that fails at first
+gets everything, a sink down for a whole run gets its events on the next run."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from brokers import Broker, Receiver, Subscriber, free_port, have_mosquitto
+from dn2.runtime.errors import Dn2Error
+from dn2.runtime.watch.cli import main
+from dn2.runtime.watch.loop import watch
+from dn2.runtime.watch.sinks import build_event_sinks
+from sinkscene import STAINS, make_scene
+
+pytest.importorskip("paho.mqtt", reason="pip install 'dn2[serve]'")
+needs_broker = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed "
+                                  "(apt-get install mosquitto)")
+KINDS = [k for _ in STAINS for k in ("alert_start", "alert_end")]
+
+
+@pytest.fixture(scope="module")
+def scene(textile_dirs, tmp_path_factory):
+    return make_scene(tmp_path_factory.mktemp("scene"), textile_dirs["nominal"])
+
+
+def ids(events):
+    return [(e["run_id"], e["alert_id"], e["type"]) for e in events]
+
+
+@needs_broker
+def test_mqtt_every_alert_once_in_order_across_a_broker_kill(scene, tmp_path):
+    bundle, clip = scene
+    broker = Broker(tmp_path / "broker").start()
+    sub = Subscriber(broker.port)
+    try:
+        assert sub.wait(lambda s: s.client.is_connected(), 10)
+        sinks = build_event_sinks(mqtt=f"mqtt://127.0.0.1:{broker.port}/plant",
+                                  camera_id="cam1", spool_dir=str(tmp_path / "spool"))
+        state = {"killed": False, "restarted": False}
+
+        def on_score(frame, ts, score):  # the scoring thread; the broker dies after alert 1
+            state["backlog"] = max(state.get("backlog", 0), sinks[0].backlog())
+            if not state["killed"] and sub.events():
+                broker.kill()
+                state["killed"], state["t"] = True, time.monotonic()
+            elif state["killed"] and not state["restarted"] and \
+                    time.monotonic() - state["t"] > 1.5:
+                broker.start()
+                state["restarted"] = True
+
+        s = watch(str(bundle), str(clip), events=str(tmp_path / "ev.jsonl"), sinks=sinks,
+                  min_consecutive=2, realtime=True, on_score=on_score)
+        assert state["killed"] and state["restarted"]
+        assert state["backlog"] >= 1  # events were produced while the broker was down
+        file_events = [__import__("json").loads(x)
+                       for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+        assert [e["type"] for e in file_events] == KINDS
+        assert sub.wait(lambda x: len(x.events()) >= len(KINDS), 20)
+        time.sleep(0.5)  # a duplicate would arrive now
+        got = sub.events()
+        assert ids(got) == ids(file_events)  # once each, in order
+        assert all(e["camera_id"] == "cam1" for e in got)
+        assert s.sink_backlog == {sinks[0].name: 0} and s.unwritten == []
+        status = [m for m in sub.messages if m[0] == "plant/cam1/status"]
+        assert status[-1][1]["state"] == "offline"  # published on a clean stop
+    finally:
+        sub.close()
+        broker.stop()
+
+
+@needs_broker
+def test_mqtt_status_retained_and_last_will(tmp_path):
+    broker = Broker(tmp_path / "broker").start()
+    code = ("import sys, time, os, signal\n"
+            "from dn2.runtime.watch.sinks.mqtt import MqttTarget\n"
+            f"t = MqttTarget('mqtt://127.0.0.1:{broker.port}/plant', 'cam9', {{}})\n"
+            "t._connected.wait(10); time.sleep(0.5)\n"
+            "print('up', flush=True); time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "up"
+        late = Subscriber(broker.port, "plant/cam9/status")  # joins after: sees the retained
+        assert late.wait(lambda s: any(m[1]["state"] == "online" and m[2]
+                                       for m in s.messages), 10)
+        p.kill()  # dies without a word: the broker publishes the last will
+        assert late.wait(lambda s: s.messages[-1][1]["state"] == "offline", 10)
+        late.close()
+    finally:
+        p.kill()
+        broker.stop()
+
+
+def test_webhook_that_fails_first_gets_every_event(scene, tmp_path):
+    bundle, clip = scene
+    rx = Receiver(fail_first=3)
+    try:
+        sinks = build_event_sinks(webhooks=[rx.url], camera_id="cam2",
+                                  spool_dir=str(tmp_path / "spool"))
+        s = watch(str(bundle), str(clip), sinks=sinks, min_consecutive=2)
+        assert rx.attempts == len(KINDS) + 3  # three refused, each retried
+        assert [b["type"] for b in rx.bodies] == KINDS
+        assert [b["alert_id"] for b in rx.bodies] == [i // 2 + 1 for i in range(len(KINDS))]
+        assert all(b["_key"] == f"{s.run_id}:{b['alert_id']}:{b['type']}" for b in rx.bodies)
+        assert all(b["camera_id"] == "cam2" for b in rx.bodies)
+    finally:
+        rx.close()
+
+
+def test_sink_down_for_a_run_is_replayed_first_on_the_next(scene, tmp_path, capsys):
+    bundle, clip = scene
+    port = free_port()  # nobody listens yet
+    url = f"http://127.0.0.1:{port}/hook"
+    argv = [str(bundle), "--source", str(clip), "--headless", "--min-consecutive", "2",
+            "--webhook", url, "--spool", str(tmp_path / "spool"), "--stats-every", "0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"waiting in the webhook 127.0.0.1:{port}/hook spool: {len(KINDS)} events" in out
+    rx = Receiver(port=port)
+    try:
+        assert main(argv + ["--json"]) == 0
+        run2 = __import__("json").loads(capsys.readouterr().out)["run_id"]
+        assert len(rx.bodies) == 2 * len(KINDS)
+        assert [b["type"] for b in rx.bodies] == KINDS * 2
+        assert len({b["run_id"] for b in rx.bodies[:len(KINDS)]}) == 1
+        assert {b["run_id"] for b in rx.bodies[len(KINDS):]} == {run2}  # old run went first
+    finally:
+        rx.close()
+
+
+def test_bad_sink_options_are_messages(tmp_path):
+    with pytest.raises(Dn2Error, match="credentials do not belong"):
+        build_event_sinks(mqtt="mqtt://user:pw@127.0.0.1:1/x", spool_dir=str(tmp_path))
+    with pytest.raises(Dn2Error, match="expected mqtt://"):
+        build_event_sinks(mqtt="http://127.0.0.1/x", spool_dir=str(tmp_path))
+    with pytest.raises(Dn2Error, match="expected an http"):
+        build_event_sinks(webhooks=["ftp://x/y"], spool_dir=str(tmp_path))
+    a = build_event_sinks(webhooks=["http://127.0.0.1:9/h"], spool_dir=str(tmp_path))
+    with pytest.raises(Dn2Error, match="in use by another dn2-watch"):
+        build_event_sinks(webhooks=["http://127.0.0.1:9/h"], spool_dir=str(tmp_path))
+    a[0].close(0)
+
+
+@pytest.mark.parametrize("flag,value,module", [
+    ("--mqtt", "mqtt://127.0.0.1:1/x", "paho"),
+    ("--http", "127.0.0.1:0", "prometheus_client"),
+])
+def test_missing_serve_extra_names_it(scene, tmp_path, flag, value, module):
+    """Without dn2[serve] the lean runtime still watches; asking for a sink says what to
+    install (the module is hidden from a real subprocess, as if never installed)."""
+    bundle, clip = scene
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
+            "from dn2.runtime.watch.cli import main\n"
+            f"sys.exit(main([{str(bundle)!r}, '--source', {str(clip)!r}, '--headless', "
+            f"{flag!r}, {value!r}, '--spool', {str(tmp_path)!r}]))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 1 and "pip install 'dn2[serve]'" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_cli_scores_to_stdout_with_webhook_and_http(scene, tmp_path):
+    bundle, clip = scene
+    rx = Receiver()
+    try:
+        p = subprocess.run([sys.executable, "-m", "dn2.runtime.watch.cli", str(bundle),
+                            "--source", str(clip), "--headless", "--min-consecutive", "2",
+                            "--scores", "-", "--webhook", rx.url, "--http", "127.0.0.1:0",
+                            "--spool", str(tmp_path / "spool"), "--stats-every", "0"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        rows = [__import__("json").loads(x) for x in p.stdout.splitlines()
+                if x.startswith("{")]
+        assert len(rows) == 110 and "status server on http://127.0.0.1:" in p.stderr
+        assert [b["type"] for b in rx.bodies] == KINDS
+    finally:
+        rx.close()
