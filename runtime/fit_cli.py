@@ -114,7 +114,8 @@ def _view_fit(a) -> Optional[str]:
         return None
     extra = [n for n, v in (("--clean", a.clean), ("--kmeans", a.kmeans),
                             ("--group-size", a.group_size), ("--group-dirs", a.group_dirs),
-                            ("--val-normal", a.val_normal), ("--l2norm-select", a.l2norm_select))
+                            ("--val-normal", a.val_normal), ("--l2norm-select", a.l2norm_select),
+                            ("--ray", getattr(a, "ray", None)))
              if v]
     if extra or a.threshold_method != "fpr":
         raise Dn2Error(f"{', '.join(extra) or '--threshold-method'}: not available with "
