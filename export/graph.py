@@ -1,5 +1,6 @@
 """The exported graph: uint8 NHWC BGR images -> named outputs, ``embedding`` float32 [N, D]
-(pooled) always; the outputs and their description are the model's ``dn2.outputs`` metadata.
+(pooled) always (and ``patches`` with dn2.export.patches); the outputs and their description
+are the model's ``dn2.outputs`` metadata.
 
 Cast, BGR->RGB, per-arch normalisation and global average pooling live inside the graph, so
 every runtime (onnxruntime, TensorRT, DeepStream) gets the same numbers from the same bytes.
@@ -15,7 +16,8 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from dn2.runtime.modelmeta import EMBEDDING, FORMAT, INPUT_NAME, ModelMeta, embedding_output
+from dn2.runtime.modelmeta import (EMBEDDING, FORMAT, INPUT_NAME, K_PATCHES, PATCHES_NAME,
+                                   ModelMeta, embedding_output)
 
 from . import onnx_passes
 from .archs import DEFAULT_OPSET, ArchSpec
@@ -74,10 +76,13 @@ def build_graph(spec: ArchSpec, model: nn.Module) -> EmbeddingGraph:
 
 
 def named_meta(meta: ModelMeta) -> ModelMeta:
-    """``meta`` in the current format (a dn2-model-1 description -> ``embedding`` only)."""
+    """``meta`` in the current format: a dn2-model-1 description's outputs renamed
+    (``embeddings`` -> ``embedding``; ``patches`` keeps its description, in ``dn2.outputs``)."""
     if meta.format == FORMAT:
         return meta
-    return replace(meta, format=FORMAT, outputs=(embedding_output(meta.dim),))
+    extra = {k: v for k, v in meta.extra.items() if k != K_PATCHES}
+    return replace(meta, format=FORMAT, extra=extra,
+                   outputs=(embedding_output(meta.dim),) + tuple(meta.outputs[1:]))
 
 
 def export_onnx(graph: EmbeddingGraph, path: Path, input_size: int, opset: int = DEFAULT_OPSET,
@@ -85,7 +90,8 @@ def export_onnx(graph: EmbeddingGraph, path: Path, input_size: int, opset: int =
     """Write the ONNX graph (single file, dynamic batch), cleaned, with ``meta`` as metadata_props.
 
     The graph's outputs are named after ``meta.outputs`` (in that order: the module's forward
-    returns one tensor per output); without ``meta`` the one output is ``embedding``.
+    returns one tensor per output); without ``meta``: ``embedding`` (and ``patches`` for a
+    patch graph).
 
     Uses the TorchScript-based exporter (``dynamo=False``). Measured with torch 2.14.1 on this
     2-core machine, both exporters run offline and give the same numbers (max rel. error ~1e-6),
@@ -96,21 +102,34 @@ def export_onnx(graph: EmbeddingGraph, path: Path, input_size: int, opset: int =
 
     if meta is not None:
         meta = named_meta(meta)
-    outputs = [o.graph_name for o in meta.outputs] if meta is not None else [EMBEDDING]
+        outputs = [o.graph_name for o in meta.outputs]
+    else:
+        outputs = [EMBEDDING, PATCHES_NAME] if _has_patches(graph) else [EMBEDDING]
     dummy = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             graph, (dummy,), str(path), dynamo=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=outputs,
-            dynamic_axes={INPUT_NAME: {0: "N"}, **{o: {0: "N"} for o in outputs}},
+            dynamic_axes={INPUT_NAME: {0: "N"}, **{name: {0: "N"} for name in outputs}},
             do_constant_folding=True)
     model = onnx.load(str(path))
     counts = onnx_passes.clean(model, (1, input_size, input_size, 3))
+    if len(outputs) > 1:  # torch leaves the concatenated channel axis symbolic: pin it
+        with torch.no_grad():
+            _, p = graph(torch.zeros(1, input_size, input_size, 3, dtype=torch.uint8))
+        dims = model.graph.output[1].type.tensor_type.shape.dim
+        for d, v in zip(list(dims)[1:], p.shape[1:]):
+            d.ClearField("dim_param")
+            d.dim_value = int(v)
     if meta is not None:
         set_metadata(model, meta)
     onnx.save(model, str(path))
     return counts
+
+
+def _has_patches(graph: nn.Module) -> bool:
+    return hasattr(graph, "tapped")  # dn2.export.patches.PatchGraph
 
 
 def set_metadata(model, meta: ModelMeta) -> None:

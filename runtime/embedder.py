@@ -28,7 +28,7 @@ from .contract import check_signature, ort_signature
 from .errors import Dn2Error, ImageError, ModelError
 from .color import to_gray3
 from .images import draft_side_for, prepare, read_image
-from .modelmeta import EMBEDDING, ModelMeta
+from .modelmeta import EMBEDDING, PATCHES_NAME, ModelMeta, patch_spec
 from .ort_backend import CPU_SESSION_DEFAULTS, OrtBackend  # noqa: F401  (re-exported)
 from .progress import Progress
 
@@ -94,6 +94,8 @@ class Embedder:
         self.dim: int = self.meta.dim
         self.input_size: int = self.meta.input_size
         self.rule = self.meta.resize
+        # the ``patches`` output's description (layers, stride, channels, grid), or None
+        self.patch_spec: Optional[Dict] = patch_spec(self.meta, self.model_path)
         # the shorter side a draft-decoded JPEG keeps (None: full-size decode), once, not per file
         self.draft_side: Optional[int] = draft_side_for(self.rule) if jpeg_draft else None
         # a bank of gray images scores every input as gray (dn2.runtime.color)
@@ -137,6 +139,24 @@ class Embedder:
             return {o.name: np.zeros((0,) + tuple(int(d) for d in o.shape[1:]), np.float32)
                     for o in self.meta.outputs if outputs is None or o.name in outputs}
         return self.backend.run(x, outputs)
+
+    def embed_patches_batch(self, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """uint8 [N, S, S, 3] BGR -> (float32 [N, D] embeddings, float32 [N, C, h, w] patches);
+        only for a model exported with ``--patches``."""
+        if self.patch_spec is None:
+            raise ModelError(f"{self.model_path}: expected a model with a {PATCHES_NAME!r} output "
+                             f"(dn2-export --patches), found one with {EMBEDDING!r} only")
+        s = self.input_size
+        if (not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4
+                or x.shape[1:] != (s, s, 3)):
+            found = (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, np.ndarray)
+                     else type(x).__name__)
+            raise ImageError(f"embed_patches_batch: expected uint8 [N, {s}, {s}, 3] BGR, "
+                             f"found {found}")
+        if self.gray:
+            x = to_gray3(x)
+        out = self.run_batch(x, [EMBEDDING, PATCHES_NAME])
+        return out[EMBEDDING], out[PATCHES_NAME]
 
     def prepare(self, img: np.ndarray, name: str = "image") -> np.ndarray:
         """One BGR image of any size -> the model's S x S x 3 input (resize rule + crop)."""

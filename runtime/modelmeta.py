@@ -26,8 +26,9 @@ from .errors import ModelError
 
 INPUT_NAME = "images"
 EMBEDDING = "embedding"  # the logical (and, from dn2-model-2 on, the graph's) output name
-V1_OUTPUT_NAME = "embeddings"  # the single output of dn2-model-1 graphs
+V1_OUTPUT_NAME = "embeddings"  # the embedding output's graph name in dn2-model-1 graphs
 OUTPUT_NAME = EMBEDDING  # the exporter's name for the embedding output
+PATCHES_NAME = "patches"  # optional output, float32 [N, C, h, w] (dn2-export --patches)
 INPUT_FORMAT = "NHWC-BGR-uint8"
 CROP_RATIO = 0.875  # paper 4.6: resize to 256, centre crop 224 -> 224 / 256
 
@@ -45,6 +46,10 @@ K_PRECISION = "dn2.precision"  # fp32 | fp16 | int8
 K_VERSION = "dn2.version"
 K_ORT_CONFIG = "dn2.ort_session_config"  # optional JSON {key: value} for onnxruntime SessionOptions
 K_OUTPUTS = "dn2.outputs"  # JSON list of OutputSpec (dn2-model-2)
+# dn2-model-1 only: JSON describing the ``patches`` output (dn2-model-2 keeps it in the
+# output's attrs): {layers: [{name, stride, channels}], stride, channels, grid: [h, w], pool,
+# upsample}
+K_PATCHES = "dn2.patches"
 FORMAT = "dn2-model-2"
 FORMAT_V1 = "dn2-model-1"
 FORMATS = (FORMAT, FORMAT_V1)
@@ -190,9 +195,10 @@ class ModelMeta:
         if not self.outputs:
             object.__setattr__(self, "outputs", v1_out if fmt == FORMAT_V1
                                else (embedding_output(self.dim),))
-        elif fmt == FORMAT_V1 and tuple(self.outputs) != v1_out:
-            raise ModelMetaError(f"{FORMAT_V1} has the single output {V1_OUTPUT_NAME!r}; named "
-                                 f"outputs need {FORMAT}")
+        elif fmt == FORMAT_V1 and (self.outputs[0] != v1_out[0] or any(
+                o.name != PATCHES_NAME for o in self.outputs[1:])):
+            raise ModelMetaError(f"{FORMAT_V1} has the output {V1_OUTPUT_NAME!r} (and optionally "
+                                 f"{PATCHES_NAME!r}); other named outputs need {FORMAT}")
         object.__setattr__(self, "outputs", tuple(self.outputs))
 
     def output(self, name: str) -> Optional[OutputSpec]:
@@ -245,6 +251,8 @@ class ModelMeta:
             raise ModelMetaError(f"{source}: resize crop {resize.crop} != input size {size}")
         if fmt == FORMAT_V1:
             outputs: Tuple[OutputSpec, ...] = (embedding_output(dim, V1_OUTPUT_NAME),)
+            if props.get(K_PATCHES):
+                outputs += (_v1_patches(props[K_PATCHES], source),)
         elif K_OUTPUTS not in props:
             raise ModelMetaError(f"{source}: dn2 metadata lacks [{K_OUTPUTS!r}] ({fmt} lists "
                                  f"its outputs)")
@@ -261,6 +269,45 @@ class ModelMeta:
 
 
 ModelSpec = ModelMeta  # what a user's model is, read from its ONNX metadata
+
+
+def parse_patch_attrs(d: Any, source: str = "model") -> Dict[str, Any]:
+    """Check and normalise the ``patches`` output's description (layers, stride, channels,
+    grid, pool, upsample)."""
+    try:
+        spec = {"layers": [dict(name=str(x["name"]), stride=int(x["stride"]),
+                                channels=int(x["channels"])) for x in d["layers"]],
+                "stride": int(d["stride"]), "channels": int(d["channels"]),
+                "grid": [int(d["grid"][0]), int(d["grid"][1])], "pool": int(d.get("pool", 3)),
+                "upsample": str(d.get("upsample", "bilinear"))}
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ModelMetaError(f"{source}: metadata {K_PATCHES} expected JSON with layers, stride, "
+                             f"channels and grid, found {d!r} ({exc})") from None
+    if sum(x["channels"] for x in spec["layers"]) != spec["channels"] or min(spec["grid"]) < 1:
+        raise ModelMetaError(f"{source}: metadata {K_PATCHES}: layer channels must add up to "
+                             f"{spec['channels']} and the grid be positive, found {d!r}")
+    return spec
+
+
+def patches_output(attrs: Mapping[str, Any], source: str = "model") -> OutputSpec:
+    """The ``patches`` output [N, C, h, w] described by ``attrs`` (see parse_patch_attrs)."""
+    spec = parse_patch_attrs(attrs, source)
+    return OutputSpec(name=PATCHES_NAME, shape=(BATCH, spec["channels"], *spec["grid"]),
+                      attrs=spec)
+
+
+def _v1_patches(text: str, source: str) -> OutputSpec:
+    try:
+        d = json.loads(text)
+    except ValueError:
+        d = text
+    return patches_output(d, source)
+
+
+def patch_spec(meta: ModelMeta, source: str = "model") -> Optional[Dict]:
+    """The ``patches`` output's description, or None for a model exported without it."""
+    out = meta.output(PATCHES_NAME)
+    return None if out is None else parse_patch_attrs(out.attrs, source)
 
 
 def read_model_meta(path: str) -> ModelMeta:
