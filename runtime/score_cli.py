@@ -8,10 +8,11 @@ With ``--json`` one JSON object per line with keys ``path``, ``score``, ``thresh
 are still scored. With ``--group`` all inputs form one set, scored by its pooled embedding
 against the bundle's normal groups (one line; ``paths`` and ``errors`` added).
 
-Exit codes:
+Exit codes (the table of every dn2 command, dn2.runtime.cliargs.EXIT_CODES):
   0  every input was scored
   1  some inputs could not be scored (their lines carry the error); the others were
   2  usage error, or the bundle is missing, half-written, tampered or inconsistent
+  130 interrupted
 """
 from __future__ import annotations
 
@@ -21,20 +22,19 @@ import json
 import sys
 from typing import List, Optional
 
+from .cliargs import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser,
+                      new_parser, parse_args, report_error, setup_logging)
 from .errors import Dn2Error
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_SOME_FAILED, EXIT_ERROR = EXIT_FAILED, EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dn2-score", description="Score images against a dn2 bundle.",
-        epilog="exit codes: 0 all inputs scored; 1 some inputs failed (reported per line); "
-               "2 usage error or bad bundle (missing, half-written, tampered, inconsistent)",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("score", "Score images against a dn2 bundle.", engine_parser(batch=8))
     p.add_argument("bundle", help="bundle directory written by dn2-fit")
     p.add_argument("paths", nargs="+", help="images: files, folders (recursive), globs")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output on stdout: one JSON object per input")
     p.add_argument("--group", action="store_true",
                    help="score all inputs as one group against the normal groups")
     p.add_argument("--group-stat", choices=("knn", "cov_trace"), default="knn",
@@ -43,10 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-draft", action=argparse.BooleanOptionalAction, default=None,
                    help="decode large JPEGs at reduced scale (default: as the bundle was "
                         "fitted, manifest score.jpeg_draft)")
-    p.add_argument("--batch", type=int, default=8, help="images per inference batch")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--providers", default="auto",
-                   help="auto, or a comma-separated list (e.g. cuda,cpu)")
     return p
 
 
@@ -86,9 +82,13 @@ def _emit(obj: dict, as_json: bool) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
-        a = parser.parse_args(argv)
+        a = parse_args(parser, argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    except Dn2Error as exc:  # --config
+        report_error("score", exc)
+        return EXIT_USAGE
+    setup_logging(a.quiet, a.verbose)
     from .detector import Detector
     from .images import expand_inputs
 
@@ -129,8 +129,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             failed += r.error is not None
             _emit(r.to_dict(), a.json)
     except Dn2Error as exc:
-        print(f"dn2-score: error: {exc}", file=sys.stderr)
+        report_error("score", exc, parser)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        report_error("score", "interrupted")
+        return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
