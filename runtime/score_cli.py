@@ -23,8 +23,9 @@ import sys
 from typing import List, Optional
 
 from .cliargs import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser,
-                      new_parser, parse_args, report_error, setup_logging)
+                      new_parser, parse_args, prog, report_error, setup_logging)
 from .errors import Dn2Error
+from .ray_inputs import add_ray_args, ray_address
 
 EXIT_SOME_FAILED, EXIT_ERROR = EXIT_FAILED, EXIT_USAGE
 
@@ -43,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-draft", action=argparse.BooleanOptionalAction, default=None,
                    help="decode large JPEGs at reduced scale (default: as the bundle was "
                         "fitted, manifest score.jpeg_draft)")
+    p.add_argument("--maps", metavar="DIR", default=None,
+                   help="write per image DIR/STEM.png (heatmap overlay) and DIR/STEM.npy (raw "
+                        "float32 map at the image's own size); needs a bundle with the patch "
+                        "signal (dn2-fit --mode patch|both)")
+    add_ray_args(p, score=True)
     return p
 
 
@@ -79,6 +85,13 @@ def _emit(obj: dict, as_json: bool) -> None:
               flush=True)
 
 
+def _full_image(path: str, m):
+    """The image at its own size (a draft-decoded JPEG is read again in full)."""
+    from .images import read_image
+
+    return read_image(path)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
@@ -94,6 +107,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     _safe_stdout()
 
+    if a.ray is not None:
+        return _score_on_ray(a)
     try:
         det = Detector.load(a.bundle, providers=a.providers, threads=a.threads,
                             batch_size=a.batch, jpeg_draft=a.jpeg_draft)
@@ -117,9 +132,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for path, msg in errors:
                     print(f"{path}\terror: {msg}", file=sys.stderr)
             return EXIT_OK if not errors and obj["score"] is not None else EXIT_SOME_FAILED
+        writer = None
+        if a.maps:
+            if not det.has_maps:
+                raise Dn2Error(f"--maps: expected a bundle with the patch signal (dn2-fit "
+                               f"--mode patch|both with a model from dn2-export --patches), "
+                               f"found mode {det.mode!r}")
+            from .heatmap import MapWriter
+
+            writer = MapWriter(a.maps, det.view_scorer.pixel_threshold)
         # one line per input, in input order (duplicates too): score the files in batches,
         # then answer each input where it stood
-        results = iter(det.score_paths(files))
+        results = iter(det.analyze_paths(files, maps=writer is not None))
         for path, why in items:
             if why is not None:
                 _emit({"path": path, "score": None, "threshold": det.threshold,
@@ -127,7 +151,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 continue
             r = next(results)
             failed += r.error is not None
-            _emit(r.to_dict(), a.json)
+            d = r.to_dict()
+            if writer is not None and r.map is not None:
+                d.update(writer.write(r.path, _full_image(r.path, r.map), r.map, r.peak, r.box))
+            _emit(d, a.json)
     except Dn2Error as exc:
         report_error("score", exc, parser)
         return EXIT_ERROR
@@ -135,6 +162,33 @@ def main(argv: Optional[List[str]] = None) -> int:
         report_error("score", "interrupted")
         return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _score_on_ray(a) -> int:
+    """--ray: every input scored on the cluster, rows written as shards to --ray-output."""
+    if a.group or a.json:
+        report_error("score", "--ray writes result shards to --ray-output; it does not take "
+                              "--group or --json")
+        return EXIT_ERROR
+    if not a.ray_output:
+        report_error("score", "--ray: expected --ray-output DIR for the result shards, found "
+                              "none")
+        return EXIT_ERROR
+    from .ray_score import score_ray
+
+    try:
+        s = score_ray(a.bundle, a.paths, a.ray_output, fmt=a.ray_format,
+                      address=ray_address(a.ray), workers=a.ray_workers, threads=a.threads,
+                      gpus=a.ray_gpus, num_cpus=a.ray_cpus, batch=a.batch,
+                      providers=a.providers, jpeg_draft=a.jpeg_draft,
+                      video_stride=a.video_stride)
+    except Dn2Error as exc:
+        report_error("score", exc)
+        return EXIT_ERROR
+    print(f"{prog('score')}: {s['rows']} rows ({s['scored']} scored, {s['failed']} failed) in "
+          f"{len(s['shards'])} shards in {s['out']}; {s['images_per_s']:.1f} img/s with "
+          f"{s['actors']} actors", file=sys.stderr)
+    return EXIT_SOME_FAILED if s["failed"] else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def test_contract_mismatches_are_model_errors(tmp_path, kw, says):
 
 
 def test_missing_or_broken_model_file(tmp_path):
-    with pytest.raises(ModelError, match="expected an ONNX model file, found no such file"):
+    with pytest.raises(ModelError, match="expected an ONNX model file, found no such path"):
         Embedder(tmp_path / "nope.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a protobuf at all")
