@@ -11,7 +11,8 @@ against the bundle's normal groups (one line; ``paths`` and ``errors`` added).
 Exit codes:
   0  every input was scored
   1  some inputs could not be scored (their lines carry the error); the others were
-  2  usage error, or the bundle is missing, half-written, tampered or inconsistent
+  2  usage error, or the bundle is missing, half-written, tampered, inconsistent, or (with a
+     trusted key: --trusted-key / DN2_TRUSTED_KEY) unsigned or altered after signing
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "fitted, manifest score.jpeg_draft)")
     p.add_argument("--batch", type=int, default=8, help="images per inference batch")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--trusted-key", metavar="PUBKEY",
+                   help="score only with a bundle signed by this Ed25519 public key (PEM; "
+                        "default $DN2_TRUSTED_KEY); unsigned or altered bundles exit 2")
     p.add_argument("--providers", default="auto",
                    help="auto, or a comma-separated list (e.g. cuda,cpu)")
     return p
@@ -96,7 +100,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         det = Detector.load(a.bundle, providers=a.providers, threads=a.threads,
-                            batch_size=a.batch, jpeg_draft=a.jpeg_draft)
+                            batch_size=a.batch, jpeg_draft=a.jpeg_draft,
+                            trusted_key=a.trusted_key)
         items = expand_inputs(a.paths)
         files = [p for p, why in items if why is None]
         problems = [(p, why) for p, why in items if why is not None]

@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import List, Optional
 
-from ..errors import Dn2Error
+from ..errors import BundleError, Dn2Error
 
 EPILOG = """\
 sources: a camera index (0), a video file, a folder of images (played in name order), an
@@ -29,7 +29,8 @@ scores: --scores FILE writes one row per score (CSV for .csv, else JSON lines; -
 stop: Ctrl-C or SIGTERM stops cleanly: an open alert is closed (reason "stopped"), every
   event is flushed and the events file fsync'ed. A second Ctrl-C aborts at once.
 exit codes: 0 the stream ended, --max-frames was reached or a stop was asked for;
-  1 a problem (bad option, bundle, source that cannot open); 2 usage error;
+  1 a problem (bad option, source that cannot open); 2 usage error, or a bundle that is
+  missing, damaged, malformed, unsigned or altered (with a trusted key);
   3 the source failed and could not be reopened within --reconnect-attempts;
   4 the run went to its end but some output could not be written (events, snapshots, scores,
   video: the summary says which).
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder-fps", type=float, default=10.0,
                    help="clock of a folder source, for timestamps and cooldown (default 10)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--trusted-key", metavar="PUBKEY",
+                   help="watch only a bundle signed by this Ed25519 public key (PEM; default "
+                        "$DN2_TRUSTED_KEY); an unsigned or altered bundle is refused (exit 2)")
     return p
 
 
@@ -163,12 +167,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             reconnect_attempts=args.reconnect_attempts,
             reconnect_max_delay=args.reconnect_max_delay,
             folder_fps=args.folder_fps, stop=stop, log=log, scores=args.scores,
-            force=args.force, sinks=sinks, live=live)
+            force=args.force, sinks=sinks, live=live, trusted_key=args.trusted_key)
     except Dn2Error as exc:
         for s in sinks:
             s.close(0.0)
         print(f"dn2-watch: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, BundleError) else 1
     except KeyboardInterrupt:
         print("dn2-watch: aborted", file=sys.stderr)
         return 130
