@@ -237,7 +237,8 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                val_normal=None, val_anomalous=None, threshold_method: str = "fpr",
                seed: int = 0, progress: bool = True, kmeans_folds: int = 5,
                kmeans_backend: str = "auto", hnsw: Optional[Dict] = None,
-               jpeg_draft: bool = False, color: str = "auto") -> Path:
+               jpeg_draft: bool = False, color: Union[str, Dict] = "auto",
+               embed_failed: Optional[Sequence] = None, source: Optional[str] = None) -> Path:
     """Fit a bundle at ``output`` from normal ``images`` (paths, folders, globs) or
     ``embeddings`` [N, D] (+ ``names``). Returns the bundle path.
 
@@ -246,7 +247,10 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
     reduced scale (``Embedder(jpeg_draft=True)``); recorded so scoring decodes the same way.
     ``color``: "auto" (detect whether the normal images are monochrome), "gray" or "color"; a
     gray bank scores every input converted to gray (``dn2.runtime.color``); recorded in the
-    manifest (``score.color``) so every scorer follows it."""
+    manifest (``score.color``) so every scorer follows it. ``embed_failed`` / ``source`` /
+    ``color`` as a :func:`color_mode` dict: with ``embeddings`` embedded elsewhere (e.g. on
+    Ray), the files that failed there, (path, message), what the manifest names as the
+    source, and the colour mode detected on those images."""
     model_path = Path(model_path)
     regular_file(model_path, "a dn2 ONNX model file (from dn2-export)")
     if (images is None) == (embeddings is None):
@@ -257,7 +261,7 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                 val_normal, val_anomalous, l2norm)
     check_output(output)  # an unwritable target fails now, not after embedding everything
     emb = _Embed(model_path, providers, threads, batch, progress, bool(jpeg_draft))
-    colour = color_mode(color, images, progress)
+    colour = color if isinstance(color, dict) else color_mode(color, images, progress)
     emb.gray = colour["mode"] == "gray"
     failed: List[Tuple[str, str]] = []
     if images is not None:
@@ -275,6 +279,7 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         if x.ndim != 2 or x.shape[1] != meta.dim:
             raise Dn2Error(f"embeddings: expected [N, {meta.dim}] for this model, "
                            f"found shape {x.shape}")
+        failed = [(str(p), str(m)) for p, m in (embed_failed or [])]
         names = [str(n) for n in names] if names is not None else \
             [f"embedding[{i}]" for i in range(len(x))]
         if len(names) != len(x):
@@ -341,7 +346,7 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         "fit": {"images": int(len(x)), "kept": int(keep.sum()), "failed": len(failed),
                 "dropped": int((~keep).sum()), "cleaned_fraction": float(clean),
                 "kmeans": km_info, "seed": int(seed), "index": index,
-                "source": "images" if images is not None else "embeddings",
+                "source": source or ("images" if images is not None else "embeddings"),
                 "l2norm_selection": selection, "color": colour},
         "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm),
                   "jpeg_draft": bool(jpeg_draft), "color": colour["mode"]},

@@ -18,6 +18,7 @@ import sys
 from typing import List, Optional
 
 from .errors import Dn2Error
+from .ray_inputs import add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
 from .threshold import METHODS
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto, or a comma-separated list (e.g. cuda,cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed for k-means, groups, folds")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    add_ray_args(p)
     return p
 
 
@@ -90,8 +92,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(exc.code or 0)
     from .fit import fit_bundle
 
+    fit, ray_kw = fit_bundle, {}
+    if a.ray is not None:  # the same fit, with the embedding on a Ray cluster
+        from .ray_fit import fit_bundle_ray as fit
+
+        ray_kw = dict(address=ray_address(a.ray), workers=a.ray_workers, gpus=a.ray_gpus,
+                      num_cpus=a.ray_cpus, shards_dir=a.ray_shards)
     try:
-        out = fit_bundle(a.model, a.output, images=a.normal, k=a.k, clean=a.clean,
+        out = fit(a.model, a.output, a.normal, k=a.k, clean=a.clean,
                          kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
                          group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
                          l2norm="auto" if a.l2norm_select else a.l2norm, batch=a.batch,
@@ -99,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                          providers=a.providers, val_normal=a.val_normal,
                          val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
                          seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft,
-                         color=a.color)
+                         color=a.color, **ray_kw)
     except Dn2Error as exc:
         print(f"dn2-fit: error: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ import sys
 from typing import List, Optional
 
 from .errors import Dn2Error
+from .ray_inputs import add_ray_args, ray_address
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default $DN2_TRUSTED_KEY); unsigned or altered bundles exit 2")
     p.add_argument("--providers", default="auto",
                    help="auto, or a comma-separated list (e.g. cuda,cpu)")
+    add_ray_args(p, score=True)
     return p
 
 
@@ -98,6 +100,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     _safe_stdout()
 
+    if a.ray is not None:
+        return _score_on_ray(a)
     try:
         det = Detector.load(a.bundle, providers=a.providers, threads=a.threads,
                             batch_size=a.batch, jpeg_draft=a.jpeg_draft,
@@ -137,6 +141,33 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"dn2-score: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _score_on_ray(a) -> int:
+    """--ray: every input scored on the cluster, rows written as shards to --ray-output."""
+    if a.group or a.json:
+        print("dn2-score: error: --ray writes result shards to --ray-output; it does not "
+              "take --group or --json", file=sys.stderr)
+        return EXIT_ERROR
+    if not a.ray_output:
+        print("dn2-score: error: --ray: expected --ray-output DIR for the result shards, "
+              "found none", file=sys.stderr)
+        return EXIT_ERROR
+    from .ray_score import score_ray
+
+    try:
+        s = score_ray(a.bundle, a.paths, a.ray_output, fmt=a.ray_format,
+                      address=ray_address(a.ray), workers=a.ray_workers, threads=a.threads,
+                      gpus=a.ray_gpus, num_cpus=a.ray_cpus, batch=a.batch,
+                      providers=a.providers, jpeg_draft=a.jpeg_draft,
+                      video_stride=a.video_stride)
+    except Dn2Error as exc:
+        print(f"dn2-score: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"dn2-score: {s['rows']} rows ({s['scored']} scored, {s['failed']} failed) in "
+          f"{len(s['shards'])} shards in {s['out']}; {s['images_per_s']:.1f} img/s with "
+          f"{s['actors']} actors", file=sys.stderr)
+    return EXIT_SOME_FAILED if s["failed"] else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -142,3 +142,39 @@ def test_bad_sink_options_are_messages(tmp_path):
     with pytest.raises(Dn2Error, match="in use by another dn2-watch"):
         build_event_sinks(webhooks=["http://127.0.0.1:9/h"], spool_dir=str(tmp_path))
     a[0].close(0)
+
+
+@pytest.mark.parametrize("flag,value,module", [
+    ("--mqtt", "mqtt://127.0.0.1:1/x", "paho"),
+    ("--http", "127.0.0.1:0", "prometheus_client"),
+])
+def test_missing_serve_extra_names_it(scene, tmp_path, flag, value, module):
+    """Without dn2[serve] the lean runtime still watches; asking for a sink says what to
+    install (the module is hidden from a real subprocess, as if never installed)."""
+    bundle, clip = scene
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
+            "from dn2.runtime.watch.cli import main\n"
+            f"sys.exit(main([{str(bundle)!r}, '--source', {str(clip)!r}, '--headless', "
+            f"{flag!r}, {value!r}, '--spool', {str(tmp_path)!r}]))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 1 and "pip install 'dn2[serve]'" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_cli_scores_to_stdout_with_webhook_and_http(scene, tmp_path):
+    bundle, clip = scene
+    rx = Receiver()
+    try:
+        p = subprocess.run([sys.executable, "-m", "dn2.runtime.watch.cli", str(bundle),
+                            "--source", str(clip), "--headless", "--min-consecutive", "2",
+                            "--scores", "-", "--webhook", rx.url, "--http", "127.0.0.1:0",
+                            "--spool", str(tmp_path / "spool"), "--stats-every", "0"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        rows = [__import__("json").loads(x) for x in p.stdout.splitlines()
+                if x.startswith("{")]
+        assert len(rows) == 110 and "status server on http://127.0.0.1:" in p.stderr
+        assert [b["type"] for b in rx.bodies] == KINDS
+    finally:
+        rx.close()

@@ -1,0 +1,199 @@
+"""dn2 fit --ray / dn2 score --ray on a real local Ray cluster (2 CPUs), real textile images,
+a real Lite0 model, and compared with the local fit and score.
+
+One cluster per module (starting Ray costs ~10-30 s on 2 cores); the commands reuse the
+connection the process already has and leave it running; the fixture shuts it down.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from videos import load_frames, read_video, write_video
+
+ray = pytest.importorskip("ray", reason="pip install 'dn2[ray]'")
+pq = pytest.importorskip("pyarrow.parquet", reason="pip install 'dn2[ray]'")
+
+from dn2.runtime import fit_cli, score_cli  # noqa: E402
+from dn2.runtime.detector import Detector  # noqa: E402
+from dn2.runtime.fit import fit_bundle  # noqa: E402
+from dn2.runtime.ray_embed import load_shards  # noqa: E402
+from dn2.runtime.ray_score import score_ray  # noqa: E402
+
+N_FIT = 240  # real nominal textile images the fits see
+# Local and Ray embeddings come from the same onnxruntime graph on the same crops, but the
+# batches are cut differently (a bad file shifts the local batches; Ray cuts per block), and
+# the CPU kernels may sum in another order per batch shape: float32 round-off, ~1e-6
+# relative. Scores are squared distances of such embeddings; 1e-4 relative is 100x that.
+RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    assert not ray.is_initialized()
+
+
+@pytest.fixture(scope="module")
+def model(lite0_at):
+    return lite0_at(96)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, textile_dirs):
+    """Normal training files (real JPEGs + one corrupt file), held-out normal and defect
+    images, a 16:9 MJPG video of real frames with sensor noise, and a list file."""
+    d = tmp_path_factory.mktemp("raydata")
+    nominal = sorted(textile_dirs["nominal"].glob("*.jpg"))
+    train = d / "train"
+    train.mkdir()
+    for p in nominal[:N_FIT]:
+        (train / p.name).symlink_to(p)
+    (train / "broken.jpg").write_bytes(nominal[0].read_bytes()[:300])  # truncated JPEG
+    held = [str(p) for p in nominal[N_FIT:N_FIT + 20]]
+    defects = [str(p) for p in sorted(textile_dirs["global"].glob("*.jpg"))[:20]]
+    rng = np.random.default_rng(0)
+    frames = []
+    for f in load_frames(textile_dirs["nominal"], 10, size=180, start=N_FIT + 20):
+        wide = cv2.resize(f, (320, 180), interpolation=cv2.INTER_LINEAR)
+        noisy = wide.astype(np.int16) + rng.normal(0, 6, wide.shape).astype(np.int16)
+        frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
+    video = write_video(d / "line.avi", frames)
+    listing = d / "score.lst"
+    listing.write_text("# held-out normal and defects\n" + "\n".join(held + defects) + "\n")
+    return {"train": train, "held": held, "defects": defects, "video": video,
+            "list": listing, "broken": str(train / "broken.jpg")}
+
+
+@pytest.fixture(scope="module")
+def bundles(cluster, model, data, tmp_path_factory):
+    """The same images fitted locally and with --ray (2 actors, 1 thread each)."""
+    d = tmp_path_factory.mktemp("raybundles")
+    local = fit_bundle(model, d / "local", images=[str(data["train"])], kmeans=None,
+                       progress=False)
+    rc = fit_cli.main([str(model), str(data["train"]), "--output", str(d / "ray"), "--threads",
+                       "1", "--ray-workers", "2", "--ray-shards", str(d / "shards"), "-q",
+                       "--ray"])
+    assert rc == 0
+    return local, d / "ray", d / "shards"
+
+
+def test_fit_ray_matches_local_fit(bundles, data):
+    local, remote, shards = bundles
+    ml = json.loads((local / "dn2.json").read_text())
+    mr = json.loads((remote / "dn2.json").read_text())
+    assert mr["fit"]["source"] == "ray" and ml["fit"]["source"] == "images"
+    for key in ("model", "score", "bank"):  # the same bundle format and settings
+        assert {k: v for k, v in mr[key].items() if k not in ("sha256",)} == \
+            {k: v for k, v in ml[key].items() if k not in ("sha256",)}, key
+    assert mr["fit"]["images"] == ml["fit"]["images"] == N_FIT
+    assert mr["fit"]["failed"] == ml["fit"]["failed"] == 1
+    rl = json.loads((local / "fit_report.json").read_text())
+    rr = json.loads((remote / "fit_report.json").read_text())
+    assert rr["kept"] == rl["kept"]  # same files, same order
+    assert [f[0] for f in rr["failed"]] == [f[0] for f in rl["failed"]] == [data["broken"]]
+    np.testing.assert_allclose(mr["threshold"]["value"], ml["threshold"]["value"], rtol=RTOL)
+    # the shards hold the embeddings in file order, without pickles
+    x, names, failed = load_shards(shards)
+    assert x.shape == (N_FIT, 1280) and names == rl["kept"] and failed[0][0] == data["broken"]
+    dl, dr = Detector.load(local), Detector.load(remote)
+    paths = data["held"] + data["defects"]
+    sl = [r.score for r in dl.score_paths(paths)]
+    sr = [r.score for r in dr.score_paths(paths)]
+    np.testing.assert_allclose(sr, sl, rtol=RTOL)
+    assert [s > dr.threshold for s in sr] == [s > dl.threshold for s in sl]
+    # the detector separates defects from held-out normal images at all (not a dead model)
+    assert np.median(sl[20:]) > np.median(sl[:20])
+
+
+def test_score_ray_parquet_matches_local_scores(bundles, data, tmp_path):
+    local, remote, _ = bundles
+    out = tmp_path / "scores"
+    s = score_ray(remote, [f"@{data['list']}", data["broken"], str(data["video"]),
+                           str(tmp_path / "missing.jpg")], out, fmt="parquet", workers=2,
+                  progress=False)
+    assert s["actors"] == 2 and s["failed"] == 2  # the truncated JPEG and the missing path
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == s["rows"] == 40 + 2 + 10
+    assert all({"path", "score", "threshold", "anomalous", "error", "frame"} <= set(r)
+               for r in rows)
+    by_path = {r["path"]: r for r in rows if r["frame"] is None}
+    det = Detector.load(remote)
+    for ref in det.score_paths(data["held"] + data["defects"] + [data["broken"]]):
+        got = by_path[ref.path]
+        if ref.error:
+            assert got["score"] is None and got["anomalous"] is None and got["error"]
+        else:
+            np.testing.assert_allclose(got["score"], ref.score, rtol=RTOL)
+            assert got["anomalous"] == ref.anomalous and got["error"] is None
+    assert "no such path" in by_path[str(tmp_path / "missing.jpg")]["error"]
+    frames = sorted((r for r in rows if r["frame"] is not None), key=lambda r: r["frame"])
+    assert [r["frame"] for r in frames] == list(range(10))
+    want = det.score_images(read_video(data["video"]))  # the frames as OpenCV decodes them
+    np.testing.assert_allclose([r["score"] for r in frames], want, rtol=RTOL)
+
+
+def test_score_cli_ray_jsonl(bundles, data, tmp_path, capsys):
+    _, remote, _ = bundles
+    out = tmp_path / "jsonl"
+    rc = score_cli.main([str(remote), str(data["video"]), "--ray-output", str(out),
+                         "--ray-format", "jsonl", "--video-stride", "3", "--ray-workers", "1",
+                         "--ray"])
+    assert rc == 0, capsys.readouterr().err
+    lines = [json.loads(ln) for f in sorted(out.glob("part-*.jsonl"))
+             for ln in f.read_text().splitlines()]
+    assert [r["frame"] for r in lines] == [0, 3, 6, 9]
+    assert all(r["error"] is None and r["score"] > 0 for r in lines)
+    assert "4 rows (4 scored, 0 failed)" in capsys.readouterr().err
+    rc = score_cli.main([str(remote), str(data["video"]), "--ray"])  # no --ray-output
+    assert rc == 2 and "--ray-output" in capsys.readouterr().err
+
+
+def test_missing_ray_names_the_extra(model, data, tmp_path):
+    """Without ray installed, --ray says which extra to install and writes nothing."""
+    code = textwrap.dedent(f"""
+        import sys
+        class NoRay:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "ray":
+                    raise ImportError("no ray here")
+        sys.meta_path.insert(0, NoRay())
+        from dn2.runtime import fit_cli
+        sys.exit(fit_cli.main([{str(model)!r}, {str(data['train'])!r}, "-o",
+                               {str(tmp_path / 'b')!r}, "-q", "--ray"]))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "pip install 'dn2[ray]'" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_lean_fit_and_score_never_import_ray(model, data, tmp_path):
+    """Local fit and score (the edge box's commands) load no Ray module."""
+    bundle = tmp_path / "bundle"
+    code = textwrap.dedent(f"""
+        import sys
+        from dn2.runtime import fit_cli, score_cli
+        assert fit_cli.main([{str(model)!r}, {data['held'][0]!r}, {data['held'][1]!r},
+                             {data['held'][2]!r}, {data['held'][3]!r}, "-o",
+                             {str(bundle)!r}, "-q"]) == 0
+        assert score_cli.main([{str(bundle)!r}, {data['defects'][0]!r}, "--json"]) == 0
+        print("RAY-MODULES", sorted(m for m in sys.modules if m.split(".")[0] == "ray"))
+    """)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "RAY-MODULES []" in p.stdout
