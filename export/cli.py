@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="PATH",
                    help="model file (default <arch>-<S>-<precision>.onnx); the JSON report is "
                         "written to PATH.json")
+    p.add_argument("--patches", action="store_true",
+                   help="add a second output 'patches' [N, C, S/8, S/8]: 3x3-averaged stride-8 "
+                        "and stride-16 features (ResNet layer2+layer3, Lite blocks at stride 8 "
+                        "and 16) for patch-level scoring and anomaly maps (dn2-fit --mode)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     p.add_argument("--offline", action="store_true",
                    help="never try to download weights (also: DN2_OFFLINE=1)")
@@ -75,7 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         report = export_model(args.arch, args.weights, args.output, input_size=args.input_size,
                               precision=args.precision, calib=args.calib, opset=args.opset,
-                              offline=True if args.offline else None, log=_log)
+                              offline=True if args.offline else None, log=_log,
+                              patches=args.patches)
         if args.tensorrt:
             try:
                 from .tensorrt import build_engine

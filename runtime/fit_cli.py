@@ -70,6 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "6.2 -> 3.5 ms, 1080p: 12.0 -> 6.6 ms; embedding cosine to the "
                         "torchvision pipeline >= 0.9975 on real photos, 0.99998 without); "
                         "recorded in the bundle, so dn2-score decodes the same way")
+    p.add_argument("--mode", choices=("auto", "global", "patch", "both"), default="auto",
+                   help="signals: global (pooled embedding kNN, paper 3.1), patch (patch kNN "
+                        "with anomaly maps; needs a model from dn2-export --patches), both "
+                        "(anomalous when either normalised score is over its threshold). "
+                        "auto (default): both for a model with the patches output, else global")
+    p.add_argument("--view", default="crop", metavar="crop|full|tiles=RxC",
+                   help="how a frame becomes model inputs: centre crop (default, paper 4.6), "
+                        "the full frame, or R x C tiles batched through the model; fixed here "
+                        "and recorded in the bundle")
+    p.add_argument("--roi", default=None, metavar="x,y,w,h",
+                   help="look only at this rectangle of each frame (pixels)")
+    p.add_argument("--patch-bank", type=int, default=None, metavar="N",
+                   help="patch bank rows after the greedy coreset (default 16384)")
+    p.add_argument("--patch-topk", type=int, default=None, metavar="T",
+                   help="image patch score = mean of the T highest cell scores (default 10; "
+                        "1 = the max)")
     p.add_argument("--color", choices=("auto", "gray", "color"), default="auto",
                    help="auto (default): when the normal images are monochrome, score every "
                         "input converted to gray, so a camera's colour cast or colour noise "
@@ -82,6 +98,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     add_ray_args(p)
     return p
+
+
+def _view_fit(a) -> Optional[str]:
+    """Fit through views / patches when asked (or when the model has patches): else None."""
+    from .modelmeta import patch_spec, read_model_meta
+    from .views import View
+
+    view = View.parse(a.view, a.roi)
+    mode = a.mode
+    if mode == "auto":
+        has = patch_spec(read_model_meta(a.model), a.model) is not None
+        mode = "both" if has else "global"
+    if mode == "global" and view == View():
+        return None
+    extra = [n for n, v in (("--clean", a.clean), ("--kmeans", a.kmeans),
+                            ("--group-size", a.group_size), ("--group-dirs", a.group_dirs),
+                            ("--val-normal", a.val_normal), ("--l2norm-select", a.l2norm_select),
+                            ("--ray", getattr(a, "ray", None)))
+             if v]
+    if extra or a.threshold_method != "fpr":
+        raise Dn2Error(f"{', '.join(extra) or '--threshold-method'}: not available with "
+                       f"--mode {mode} / --view {view}; expected the global mode with the crop "
+                       f"view (dn2-fit --mode global)")
+    from .patchfit import DEFAULTS, fit_view_bundle
+
+    out = fit_view_bundle(a.model, a.output, a.normal, mode=mode, view=view, k=a.k, fpr=a.fpr,
+                          l2norm=a.l2norm, index=a.index, batch=a.batch, threads=a.threads,
+                          providers=a.providers, seed=a.seed, progress=not a.quiet,
+                          jpeg_draft=a.jpeg_draft,
+                          bank_size=a.patch_bank or DEFAULTS["bank_size"],
+                          topk=a.patch_topk or DEFAULTS["topk"],
+                          reduction="max" if a.patch_topk == 1 else DEFAULTS["reduction"])
+    return str(out)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -99,6 +148,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         ray_kw = dict(address=ray_address(a.ray), workers=a.ray_workers, gpus=a.ray_gpus,
                       num_cpus=a.ray_cpus, shards_dir=a.ray_shards)
     try:
+        view_fit = _view_fit(a)
+        if view_fit is not None:
+            print(view_fit)
+            return 0
         out = fit(a.model, a.output, a.normal, k=a.k, clean=a.clean,
                          kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
                          group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,

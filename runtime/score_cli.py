@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-draft", action=argparse.BooleanOptionalAction, default=None,
                    help="decode large JPEGs at reduced scale (default: as the bundle was "
                         "fitted, manifest score.jpeg_draft)")
+    p.add_argument("--maps", metavar="DIR", default=None,
+                   help="write per image DIR/STEM.png (heatmap overlay) and DIR/STEM.npy (raw "
+                        "float32 map at the image's own size); needs a bundle with the patch "
+                        "signal (dn2-fit --mode patch|both)")
     p.add_argument("--batch", type=int, default=8, help="images per inference batch")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--trusted-key", metavar="PUBKEY",
@@ -89,6 +93,13 @@ def _emit(obj: dict, as_json: bool) -> None:
               flush=True)
 
 
+def _full_image(path: str, m):
+    """The image at its own size (a draft-decoded JPEG is read again in full)."""
+    from .images import read_image
+
+    return read_image(path)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
@@ -126,9 +137,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for path, msg in errors:
                     print(f"{path}\terror: {msg}", file=sys.stderr)
             return EXIT_OK if not errors and obj["score"] is not None else EXIT_SOME_FAILED
+        writer = None
+        if a.maps:
+            if not det.has_maps:
+                raise Dn2Error(f"--maps: expected a bundle with the patch signal (dn2-fit "
+                               f"--mode patch|both with a model from dn2-export --patches), "
+                               f"found mode {det.mode!r}")
+            from .heatmap import MapWriter
+
+            writer = MapWriter(a.maps, det.view_scorer.pixel_threshold)
         # one line per input, in input order (duplicates too): score the files in batches,
         # then answer each input where it stood
-        results = iter(det.score_paths(files))
+        results = iter(det.analyze_paths(files, maps=writer is not None))
         for path, why in items:
             if why is not None:
                 _emit({"path": path, "score": None, "threshold": det.threshold,
@@ -136,7 +156,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 continue
             r = next(results)
             failed += r.error is not None
-            _emit(r.to_dict(), a.json)
+            d = r.to_dict()
+            if writer is not None and r.map is not None:
+                d.update(writer.write(r.path, _full_image(r.path, r.map), r.map, r.peak, r.box))
+            _emit(d, a.json)
     except Dn2Error as exc:
         print(f"dn2-score: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
