@@ -116,6 +116,7 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
               queue_size=queue_size, reconnect_attempts=reconnect_attempts,
               reconnect_max_delay=reconnect_max_delay, learn=learn)
     check_new_output(output_video, "--output-video", force)
+    check_new_output(scores, "--scores", force)
     stop = stop or threading.Event()
     run_id = run_id or new_run_id()
     halt = threading.Event()  # stops the reader: set at the end, whatever the reason
