@@ -36,6 +36,8 @@ COMMANDS = {
         None,
         "score a camera, stream, video or folder live; debounced alerts",
     ),
+    "sign": Command("dn2.runtime.sign_cli:main", "sign",
+                    "sign a bundle (Ed25519), make a key pair, or verify a signature"),
     "eval": Command(
         "dn2.tools.eval.cli:main", "tools", "the paper's evaluation protocols on a labelled dataset"
     ),

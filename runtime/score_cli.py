@@ -11,7 +11,8 @@ against the bundle's normal groups (one line; ``paths`` and ``errors`` added).
 Exit codes (the table of every dn2 command, dn2.runtime.cliargs.EXIT_CODES):
   0  every input was scored
   1  some inputs could not be scored (their lines carry the error); the others were
-  2  usage error, or the bundle is missing, half-written, tampered or inconsistent
+  2  usage error, or the bundle is missing, half-written, tampered, inconsistent, or (with a
+     trusted key: --trusted-key / DN2_TRUSTED_KEY) unsigned or altered after signing
   130 interrupted
 """
 from __future__ import annotations
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write per image DIR/STEM.png (heatmap overlay) and DIR/STEM.npy (raw "
                         "float32 map at the image's own size); needs a bundle with the patch "
                         "signal (dn2-fit --mode patch|both)")
+    p.add_argument("--trusted-key", metavar="PUBKEY",
+                   help="score only with a bundle signed by this Ed25519 public key (PEM; "
+                        "default $DN2_TRUSTED_KEY); unsigned or altered bundles exit 2")
     add_ray_args(p, score=True)
     return p
 
@@ -111,7 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _score_on_ray(a)
     try:
         det = Detector.load(a.bundle, providers=a.providers, threads=a.threads,
-                            batch_size=a.batch, jpeg_draft=a.jpeg_draft)
+                            batch_size=a.batch, jpeg_draft=a.jpeg_draft,
+                            trusted_key=a.trusted_key)
         items = expand_inputs(a.paths)
         files = [p for p, why in items if why is None]
         problems = [(p, why) for p, why in items if why is not None]

@@ -33,7 +33,8 @@ stop: Ctrl-C or SIGTERM stops cleanly: an open alert is closed (reason "stopped"
   event is flushed and the events file fsync'ed (exit 0). A second Ctrl-C aborts at once
   (exit 130).
 exit 0: the stream ended, --max-frames was reached or a stop was asked for; exit 2: a bad
-  option, bundle or model, or a source that cannot open; exit 3: the source failed and could
+  option, a bundle or model that is missing, damaged, malformed, unsigned or altered
+  (with a trusted key), or a source that cannot open; exit 3: the source failed and could
   not be reopened within --reconnect-attempts; exit 4: the run went to its end but some
   output could not be written (events, snapshots, scores, video: the summary says which).
 """
@@ -106,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clock of a folder source, for timestamps and cooldown (default 10)")
     p.add_argument("--json", action="store_true",
                    help="machine-readable output on stdout: the summary as one JSON object")
+    p.add_argument("--trusted-key", metavar="PUBKEY",
+                   help="watch only a bundle signed by this Ed25519 public key (PEM; default "
+                        "$DN2_TRUSTED_KEY); an unsigned or altered bundle is refused (exit 2)")
     return p
 
 
@@ -166,7 +170,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             reconnect_attempts=args.reconnect_attempts,
             reconnect_max_delay=args.reconnect_max_delay,
             folder_fps=args.folder_fps, stop=stop, log=log, scores=args.scores,
-            force=args.force, sinks=sinks, live=live)
+            force=args.force, sinks=sinks, live=live, trusted_key=args.trusted_key)
     except Dn2Error as exc:
         for s in sinks:
             s.close(0.0)

@@ -19,7 +19,7 @@ def check_new_output(path: Optional[str], flag: str, force: bool) -> None:
     if not path or path == "-":
         return
     p = Path(path)
-    if p.exists() and not force:
+    if p.is_file() and p.stat().st_size and not force:
         raise Dn2Error(f"{flag} {p} exists (from an earlier run?); pass --force to overwrite "
                        "it, or give a new name")
     if p.is_dir():
