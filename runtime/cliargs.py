@@ -316,6 +316,9 @@ def apply_config(
         action.required = False
         if not action.option_strings:  # a positional given in the file may be left out
             action.nargs = "*" if action.nargs in ("+", "*") else "?"
+    for group in parser._mutually_exclusive_groups:  # one of them given in the file
+        if any(a.dest in defaults for a in group._group_actions):
+            group.required = False
     parser.set_defaults(**defaults)
 
 
