@@ -215,3 +215,32 @@ def test_plot_draws_any_run(scene, tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     assert plot_main([str(tmp_path / "bad.csv"), "-o", str(tmp_path / "q.png")]) == 2
     assert "expected dn2-watch --scores rows" in capsys.readouterr().err
+
+
+def test_events_fifo_whose_reader_stopped_reading_never_stalls_the_run(scene, tmp_path,
+                                                                       capsys):
+    """The reader holds the FIFO open but reads nothing and the pipe is full: each event
+    waits a moment, is counted as not written, and the run goes on to its end."""
+    import fcntl
+
+    bundle, clip = scene
+    fifo = tmp_path / "ev.fifo"
+    os.mkfifo(fifo)
+    rd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    wr = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        fcntl.fcntl(wr, 1031, 4096)  # F_SETPIPE_SZ: a one-page pipe
+    except OSError:
+        pass
+    try:
+        while True:
+            os.write(wr, b"x" * 512)
+    except BlockingIOError:
+        pass  # full
+    rc = main([str(bundle), "--source", str(clip), "--events", str(fifo), "--headless",
+               "--min-consecutive", "2", "--stats-every", "0"])
+    os.close(wr)
+    os.close(rd)
+    out = capsys.readouterr().out
+    assert rc == 4 and f"{2 * len(STAINS)} of {2 * len(STAINS)} events not written" in out
+    assert "the reader of the pipe is not reading" in out
