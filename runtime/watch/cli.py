@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "windows, so N > M keeps it from opening an alert on its own")
     p.add_argument("--cooldown", type=float, default=0.0, metavar="SECONDS",
                    help="quiet time after an alert before the next may open (default 0)")
-    p.add_argument("--events", metavar="FILE", help="append alert events here (JSON lines)")
+    p.add_argument("--events", metavar="FILE",
+                   help="append alert events here (JSON lines; -: stdout)")
     p.add_argument("--snapshots", metavar="DIR", help="save each alert's peak frame here")
     p.add_argument("--output-video", metavar="FILE",
                    help="write the annotated stream (.mp4 / .avi)")
