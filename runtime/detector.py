@@ -87,11 +87,12 @@ class Detector:
     @classmethod
     def load(cls, bundle_dir, providers="auto", threads: Optional[int] = None,
              batch_size: int = 8, load_model: bool = True,
-             jpeg_draft: Optional[bool] = None) -> "Detector":
+             jpeg_draft: Optional[bool] = None, trusted_key=None) -> "Detector":
         """Load and validate; ``load_model=False`` skips the onnxruntime session (scoring
         embeddings only). ``jpeg_draft``: None decodes files the way the bundle was fitted
-        (manifest ``score.jpeg_draft``); True / False override it."""
-        bundle = load_bundle(bundle_dir)
+        (manifest ``score.jpeg_draft``); True / False override it. ``trusted_key``: a public
+        key PEM path (default: $DN2_TRUSTED_KEY); when set, only a bundle signed by it loads."""
+        bundle = load_bundle(bundle_dir, trusted_key=trusted_key)
         emb = None
         if load_model:
             from .embedder import Embedder
