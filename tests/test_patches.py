@@ -245,7 +245,7 @@ def test_watch_patch_bundle_draws_heatmap_and_reports_peak_and_box(lite0_patches
     from dn2.runtime.patchfit import fit_view_bundle
     from dn2.runtime.views import View
     from dn2.runtime.watch.loop import watch
-    from dn2.tools.locset import paste_into
+    from dn2.tools.eval.locset import paste_into
     from videos import read_video
 
     train = _camera([cv2.imread(str(p)) for p in textile["train"]], tmp_path / "fit.mp4", 1)
