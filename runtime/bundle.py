@@ -343,17 +343,30 @@ def read_manifest(path) -> Dict:
     return m
 
 
-def load_bundle(path) -> Bundle:
+def load_bundle(path, trusted_key=None) -> Bundle:
     """Validate and load a bundle (model file checked by checksum; see Detector for the
-    model's own metadata check). A bundle replaced while it was being read (the target's
-    inode changed) is read once more."""
+    model's own metadata check). With a trusted public key (``trusted_key``, else the
+    environment's ``DN2_TRUSTED_KEY``) the bundle must carry a valid signature by it, checked
+    before anything else is read (:mod:`dn2.runtime.signing`). A bundle replaced while it was
+    being read (the target's inode changed) is read once more."""
     p = Path(path)
     before = _inode(p)
     try:
-        return _load_bundle(p)
+        return _load_verified(p, trusted_key)
     except BundleError:
         if before is None or _inode(p) == before:
             raise
+    return _load_verified(p, trusted_key)
+
+
+def _load_verified(p: Path, trusted_key) -> Bundle:
+    from .signing import trusted_key_path, verify_bundle
+
+    key = trusted_key_path(trusted_key)
+    if key is not None:
+        if not p.is_dir():
+            read_manifest(p)  # the usual "no such bundle" message
+        verify_bundle(p, key)
     return _load_bundle(p)
 
 

@@ -87,14 +87,16 @@ class Detector:
     @classmethod
     def load(cls, bundle_dir, providers="auto", threads: Optional[int] = None,
              batch_size: int = 8, load_model: bool = True,
-             jpeg_draft: Optional[bool] = None, backend=None) -> "Detector":
+             jpeg_draft: Optional[bool] = None, trusted_key=None,
+             backend=None) -> "Detector":
         """Load and validate; ``load_model=False`` skips the model (scoring embeddings only).
         ``jpeg_draft``: None decodes files the way the bundle was fitted (manifest
-        ``score.jpeg_draft``); True / False override it. ``backend``: an open backend
-        (``dn2.runtime.backend``, e.g. a native ``TrtEngine`` built from the bundle's model)
-        instead of an onnxruntime session on ``model.onnx``; ``providers``/``threads`` are then
-        unused. Its metadata must agree with the bundle's."""
-        bundle = load_bundle(bundle_dir)
+        ``score.jpeg_draft``); True / False override it. ``trusted_key``: a public key PEM path
+        (default: $DN2_TRUSTED_KEY); when set, only a bundle signed by it loads. ``backend``: an
+        open backend (``dn2.runtime.backend``, e.g. a native ``TrtEngine`` built from the
+        bundle's model) instead of an onnxruntime session on ``model.onnx``;
+        ``providers``/``threads`` are then unused. Its metadata must agree with the bundle's."""
+        bundle = load_bundle(bundle_dir, trusted_key=trusted_key)
         emb = None
         if load_model or backend is not None:
             from .embedder import Embedder

@@ -314,6 +314,9 @@ def read_model_meta(path: str) -> ModelMeta:
     """Read a dn2 model's metadata with onnxruntime (no onnx package needed)."""
     import onnxruntime as ort
 
+    from .paths import regular_file
+
+    regular_file(path, "a dn2 ONNX model file (from dn2-export)", ModelMetaError)  # no FIFO
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:

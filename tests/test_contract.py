@@ -26,9 +26,12 @@ onnx = pytest.importorskip("onnx", reason="building test graphs needs pip instal
 S, D, C = 32, 8, 8  # input size, embedding dim, patch channels (conv output, stride 2 -> 15x15)
 
 
-def two_output_meta(patch_shape=(C, 15, 15), props_override=None):
-    patches = OutputSpec("patches", ("N",) + tuple(patch_shape),
-                         attrs={"layers": ["conv"], "stride": 2, "channels": C})
+PATCH_ATTRS = {"layers": [{"name": "conv", "stride": 2, "channels": C}], "stride": 2,
+               "channels": C, "grid": [15, 15], "pool": 3, "upsample": "bilinear"}
+
+
+def two_output_meta(patch_shape=(C, 15, 15)):
+    patches = OutputSpec("patches", ("N",) + tuple(patch_shape), attrs=PATCH_ATTRS)
     return ModelMeta(arch="tiny-2out", weights="none", weights_sha256="", input_size=S,
                      resize=ResizeRule.for_input_size(S), dim=D, opset=17, precision="fp32",
                      version="test", outputs=(embedding_output(D), patches))
@@ -73,7 +76,7 @@ def test_two_outputs_come_back_by_name_from_the_onnxruntime_backend(tmp_path, ba
     b = OrtBackend(path, providers="cpu", batch_size=2)
     assert isinstance(b, Backend)
     assert b.meta.format == FORMAT and b.meta.output_names == ("embedding", "patches")
-    assert b.meta.output("patches").attrs == {"layers": ["conv"], "stride": 2, "channels": C}
+    assert b.meta.output("patches").attrs == PATCH_ATTRS
     out = b.run(batch)
     assert sorted(out) == ["embedding", "patches"]
     assert out["embedding"].shape == (5, D) and out["patches"].shape == (5, C, 15, 15)
@@ -95,6 +98,25 @@ def test_v1_model_output_is_read_as_embedding(tmp_path, batch):
     assert b.meta.output("embedding").graph_name == "embeddings"
     out = b.run(batch)
     assert list(out) == ["embedding"] and out["embedding"].shape == (5, D)
+
+
+def test_v1_model_with_patches_loads_with_both_outputs(tmp_path, batch):
+    """dn2-model-1 with a ``patches`` output described in ``dn2.patches`` (exported before
+    named outputs) reads as ``embedding`` + ``patches``, the description as its attrs."""
+    from dn2.runtime.modelmeta import K_PATCHES, patch_spec
+
+    meta = ModelMeta(arch="tiny-2out", weights="none", weights_sha256="", input_size=S,
+                     resize=ResizeRule.for_input_size(S), dim=D, opset=17, precision="fp32",
+                     version="test", format=FORMAT_V1,
+                     extra={K_PATCHES: json.dumps(PATCH_ATTRS)})
+    path = build_two_output(tmp_path / "v1p.onnx", meta=meta,
+                            graph_outputs=("embeddings", "patches"))
+    e = Embedder(path, providers="cpu")
+    assert e.meta.output_names == ("embedding", "patches")
+    assert patch_spec(e.meta) == PATCH_ATTRS == e.patch_spec
+    emb, pat = e.embed_patches_batch(batch)
+    assert emb.shape == (5, D) and pat.shape == (5, C, 15, 15)
+    np.testing.assert_allclose(emb, pat.mean(axis=(2, 3)), rtol=1e-5, atol=1e-7)
 
 
 def test_old_export_from_main_loads(lite0_v1_or_skip, batch):
@@ -175,7 +197,8 @@ def test_metadata_round_trips_with_outputs():
         props = meta.to_props()
         del props[K_OUTPUTS]
         ModelMeta.from_props(props)
-    with pytest.raises(ModelError, match=r"dn2-model-1 has the single output 'embeddings'"):
+    with pytest.raises(ModelError, match=r"dn2-model-1 has the output 'embeddings' \(and "
+                                         r"optionally 'patches'\)"):
         ModelMeta(**{**meta.__dict__, "format": FORMAT_V1})
 
 
