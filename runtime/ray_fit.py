@@ -41,11 +41,13 @@ def fit_bundle_ray(model_path, output, images, *, address: Optional[str] = None,
     ``output``, removed after the fit)."""
     from .bundle import check_output
     from .fit import color_mode, fit_bundle
+    from .modelmeta import read_model_meta
     from .paths import regular_file
 
     model_path = Path(model_path)
     regular_file(model_path, "a dn2 ONNX model file (from dn2-export)")
     check_output(output)  # an unwritable target fails now, not after embedding everything
+    read_model_meta(str(model_path))  # not a dn2 model: say so here, before any actor starts
     files, problems = find_images(expand_inputs(images))
     if not files:
         raise Dn2Error(f"fit --ray: expected normal images in {images}, found none"
@@ -75,6 +77,9 @@ def fit_bundle_ray(model_path, output, images, *, address: Optional[str] = None,
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+    if len(x) == 0:
+        raise Dn2Error(f"fit --ray: expected good normal images, found none of {len(files)} "
+                       f"readable ({len(failed)} bad files, first: {failed[0][1]})")
     for path, msg in failed:
         shown = msg if str(msg).startswith(str(path)) else f"{path}: {msg}"
         _say(progress, f"  skipped {shown}")
