@@ -31,7 +31,9 @@ stop: Ctrl-C or SIGTERM stops cleanly: an open alert is closed (reason "stopped"
 exit codes: 0 the stream ended, --max-frames was reached or a stop was asked for;
   1 a problem (bad option, source that cannot open); 2 usage error, or a bundle that is
   missing, damaged, malformed, unsigned or altered (with a trusted key);
-  3 the source failed and could not be reopened within --reconnect-attempts;
+  3 the source failed and could not be reopened within --reconnect-attempts, or frames of a
+  damaged video file could not be read (the summary counts them; the rest are scored with
+  their true frame numbers);
   4 the run went to its end but some output could not be written (events, snapshots, scores,
   video: the summary says which).
 """
@@ -185,7 +187,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(summary.to_dict()))
     else:
         print(summary.text())
-    if summary.error and not summary.stopped:
+    if (summary.error and not summary.stopped) or summary.lost_frames:
         return 3
     return 4 if summary.unwritten else 0
 
