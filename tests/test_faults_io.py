@@ -80,7 +80,7 @@ def test_model_and_source_that_are_fifos_or_devices_say_so(work, tmp_path):
         assert says in str(e.value), str(e.value)
     r = cli("dn2-watch", str(bundle), "--source", "99999999999999999999", "--headless",
             timeout=60)
-    assert r.returncode == 1 and b"Traceback" not in r.stderr and b"[0, 9999]" in r.stderr
+    assert r.returncode == 2 and b"Traceback" not in r.stderr and b"[0, 9999]" in r.stderr
 
 
 def test_score_answers_every_input_once_in_order(work):

@@ -24,9 +24,9 @@ def clip(textile_dirs, tmp_path_factory):
     (["{tmp}/no_bundle", "--source", "{clip}", "--realtime", "--group", "1"], "--group must"),
     (["{tmp}/no_bundle", "--source", "7", "--realtime"], "replays a video file"),
 ])
-def test_bad_input_is_a_message_and_exit_1(args, message, clip, tmp_path, capsys):
+def test_bad_input_is_a_message_and_exit_2(args, message, clip, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path, clip=clip) for a in args]
-    assert main(argv) == 1
+    assert main(argv) == 2  # the exit-code table: nothing done
     err = capsys.readouterr().err
     assert err.startswith("dn2-watch: error: ") and message in err and "Traceback" not in err
 

@@ -158,7 +158,7 @@ def test_missing_serve_extra_names_it(scene, tmp_path, flag, value, module):
             f"{flag!r}, {value!r}, '--spool', {str(tmp_path)!r}]))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=120)
-    assert p.returncode == 1 and "pip install 'dn2[serve]'" in p.stderr
+    assert p.returncode == 2 and "pip install 'dn2[serve]'" in p.stderr
     assert "Traceback" not in p.stderr
 
 

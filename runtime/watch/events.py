@@ -120,7 +120,7 @@ def _open_nonblocking(path: Path, what: str, append: bool = True) -> int:
                        f"{exc.strerror or exc}") from exc
 
 
-def _write_all(fd: int, data: bytes, note, wait_s: float = 1.0) -> bool:
+def _write_all(fd: int, data: bytes, note, wait_s: float = 0.25) -> bool:
     """Write ``data`` to a non-blocking fd; a full pipe is waited on for at most ``wait_s``
     (then the rest is dropped, so a reader that stopped reading cannot stall the loop)."""
     view, deadline = memoryview(data), None

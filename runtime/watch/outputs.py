@@ -82,10 +82,12 @@ class Outputs:
             self.on_event(ev)
         return ev
 
-    def score(self, frame, score: float, state: str, alert_id: Optional[int]) -> None:
-        """One score (frame or group): the scores file and the live view's history."""
+    def score(self, frame, score: float, state: str, alert_id: Optional[int],
+              map_peak: Optional[float] = None) -> None:
+        """One score (frame or group): the scores file and the live view's history.
+        ``map_peak``: the anomaly map's peak, for scorers that make maps."""
         if self.scores is not None:
-            self.scores.row(frame.index, frame.captured, score, state, alert_id)
+            self.scores.row(frame.index, frame.captured, score, state, alert_id, map_peak)
         if self.live is not None:
             self.live.score(frame.index, frame.captured, score, state)
 
