@@ -19,42 +19,16 @@ class Command(NamedTuple):
     summary: str
 
 
+# name: Command(target, extra, summary) -- one line per subcommand, in the order --help lists
 COMMANDS = {
-    "export": Command(
-        "dn2.export.cli:main",
-        "export",
-        "export an ImageNet trunk to a verified, self-describing ONNX model",
-    ),
-    "fit": Command(
-        "dn2.runtime.fit_cli:main", None, "fit a bundle (bank + threshold) from normal images"
-    ),
-    "score": Command(
-        "dn2.runtime.score_cli:main", None, "score images (or one group of images) against a bundle"
-    ),
-    "watch": Command(
-        "dn2.runtime.watch.cli:main",
-        None,
-        "score a camera, stream, video or folder live; debounced alerts",
-    ),
-    "sign": Command("dn2.runtime.sign_cli:main", "sign",
-                    "sign a bundle (Ed25519), make a key pair, or verify a signature"),
-    "eval": Command(
-        "dn2.tools.eval.cli:main", "tools", "the paper's evaluation protocols on a labelled dataset"
-    ),
-    "bench": Command(
-        "dn2.tools.bench.cli:main",
-        "export,tools",
-        "end-to-end speed: torch-eager vs dn2 fp32 vs dn2 int8",
-    ),
+    "export": Command("dn2.export.cli:main", "export", "ImageNet trunk -> verified ONNX model"),
+    "fit": Command("dn2.runtime.fit_cli:main", None, "fit a bundle from normal images"),
+    "score": Command("dn2.runtime.score_cli:main", None, "score images against a bundle"),
+    "watch": Command("dn2.runtime.watch.cli:main", None, "watch a camera, stream or video live"),
+    "plot": Command("dn2.tools.plot:main", "tools", "a watch run's score over time, as a PNG"),
+    "sign": Command("dn2.runtime.sign_cli:main", "sign", "sign a bundle, make keys, verify"),
+    "eval": Command("dn2.tools.eval.cli:main", "tools", "the paper's evaluation protocols"),
+    "bench": Command("dn2.tools.bench.cli:main", "export,tools", "speed: torch vs dn2 fp32 / int8"),
     "demo": Command("dn2.tools.demo.cli:main", "export,tools", "the offline Quick start demo"),
-    "plot": Command(
-        "dn2.tools.plot_cli:main",
-        "tools",
-        "draw a watch run's per-frame scores, threshold and alerts",
-    ),
-    "checks": Command(
-        "dn2.cli.checks:main",
-        None,
-        "report dn2, Python, numpy, onnxruntime, OpenCV, hnswlib and the CPU",
-    ),
+    "checks": Command("dn2.cli.checks:main", None, "versions, providers, video back-ends, CPU"),
 }

@@ -34,7 +34,7 @@ def textile(textile_dirs):
 @pytest.fixture(scope="module")
 def pasted(textile, tmp_path_factory):
     """Held-out normal images with a real object or texture pasted in: (jpg paths, masks)."""
-    from dn2.tools.locset import paste_into
+    from dn2.tools.eval.locset import paste_into
 
     root = tmp_path_factory.mktemp("pasted")
     out = []

@@ -43,7 +43,7 @@ def test_usage_errors_exit_2(capsys):
     assert e.value.code == 2 and "--source" in capsys.readouterr().err
 
 
-def test_every_issue_option_exists():
+def test_every_documented_option_exists():
     opts = {o for a in build_parser()._actions for o in a.option_strings}
     for o in ("--source", "--batch", "--stride", "--group", "--hop", "--threshold",
               "--min-consecutive", "--cooldown", "--events", "--snapshots", "--output-video",

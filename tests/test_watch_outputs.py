@@ -197,7 +197,7 @@ def test_events_fifo_with_reader_and_sigterm_flushes(scene, tmp_path):
 
 def test_plot_draws_any_run(scene, tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from dn2.tools.plot_cli import main as plot_main
+    from dn2.tools.plot import main as plot_main
 
     bundle, clip = scene
     ev = tmp_path / "ev.jsonl"
