@@ -23,10 +23,10 @@ sources: a camera index (0), a video file, a folder of images (played in name or
    video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1"
 events: JSON lines, alert_start / alert_end per alert (see dn2.runtime.watch.events), each
   with the run's id; --mqtt and --webhook send the same events (QoS 1 / JSON POST), through an
-  on-disk spool (--spool) so a sink that is down loses nothing. MQTT credentials and TLS files,
-  webhook headers and the status server's token come from --sink-config FILE (JSON) or the
-  environment (DN2_MQTT_USERNAME, DN2_MQTT_PASSWORD, DN2_MQTT_CA, DN2_MQTT_CERT, DN2_MQTT_KEY,
-  DN2_HTTP_TOKEN), never from the command line.
+  on-disk spool (--spool) so a sink that is down loses nothing. MQTT credentials and TLS
+  files, webhook headers and the status server's token come from --sink-config FILE
+  (JSON/TOML/YAML) or the environment (DN2_MQTT_USERNAME, DN2_MQTT_PASSWORD, DN2_MQTT_CA,
+  DN2_MQTT_CERT, DN2_MQTT_KEY, DN2_HTTP_TOKEN), never from the command line.
 scores: --scores FILE writes one row per score (CSV for .csv, else JSON lines; - for stdout);
   `dn2 plot FILE --events EV -o scores.png` draws it.
 stop: Ctrl-C or SIGTERM stops cleanly: an open alert is closed (reason "stopped"), every
@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "windows, so N > M keeps it from opening an alert on its own")
     p.add_argument("--cooldown", type=float, default=0.0, metavar="SECONDS",
                    help="quiet time after an alert before the next may open (default 0)")
-    p.add_argument("--events", metavar="FILE", help="append alert events here (JSON lines)")
+    p.add_argument("--events", metavar="FILE",
+                   help="append alert events here (JSON lines; -: stdout)")
     p.add_argument("--snapshots", metavar="DIR", help="save each alert's peak frame here")
     p.add_argument("--output-video", metavar="FILE",
                    help="write the annotated stream (.mp4 / .avi)")
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera-id", metavar="ID",
                    help="camera name in MQTT topics and payloads (default: from --source)")
     p.add_argument("--sink-config", metavar="FILE",
-                   help="JSON settings and secrets for --mqtt / --webhook / --http")
+                   help="settings and secrets for --mqtt / --webhook / --http: JSON, TOML or "
+                        "YAML with tables mqtt, webhook, http")
     p.add_argument("--spool", metavar="DIR",
                    help="where undelivered MQTT / webhook events wait (default "
                         "~/.local/state/dn2/spool)")
