@@ -1,6 +1,6 @@
 """Fit a bundle from normal images or precomputed embeddings (the library side of dn2-fit).
 
-Steps (DESIGN.md, data flow 2): embed the good images (bad files are skipped, listed and
+Steps (docs/design.md, data flow 2): embed the good images (bad files are skipped, listed and
 counted) -> optional L2 normalisation -> optional cleaning (paper 3.2) -> optional k-means
 compression (paper 5.1) -> bank -> threshold from normal data only -> optional group bank
 (paper 3.3) -> bundle, written atomically.

@@ -35,8 +35,10 @@ stop: Ctrl-C or SIGTERM stops cleanly: an open alert is closed (reason "stopped"
 exit 0: the stream ended, --max-frames was reached or a stop was asked for; exit 2: a bad
   option, a bundle or model that is missing, damaged, malformed, unsigned or altered
   (with a trusted key), or a source that cannot open; exit 3: the source failed and could
-  not be reopened within --reconnect-attempts; exit 4: the run went to its end but some
-  output could not be written (events, snapshots, scores, video: the summary says which).
+  not be reopened within --reconnect-attempts, or frames of a damaged video file could not
+  be read (the summary counts them; the others keep their true frame numbers); exit 4: the
+  run went to its end but some output could not be written (events, snapshots, scores,
+  video: the summary says which).
 """
 
 
@@ -61,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "windows, so N > M keeps it from opening an alert on its own")
     p.add_argument("--cooldown", type=float, default=0.0, metavar="SECONDS",
                    help="quiet time after an alert before the next may open (default 0)")
-    p.add_argument("--events", metavar="FILE", help="append alert events here (JSON lines)")
+    p.add_argument("--events", metavar="FILE",
+                   help="append alert events here (JSON lines; -: stdout)")
     p.add_argument("--snapshots", metavar="DIR", help="save each alert's peak frame here")
     p.add_argument("--output-video", metavar="FILE",
                    help="write the annotated stream (.mp4 / .avi)")
@@ -189,7 +192,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(summary.to_dict()))
     else:
         print(summary.text())
-    if summary.error and not summary.stopped:
+    if (summary.error and not summary.stopped) or summary.lost_frames:
         return EXIT_SOURCE_LOST
     return EXIT_UNWRITTEN if summary.unwritten else EXIT_OK
 
