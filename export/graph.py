@@ -13,7 +13,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from dn2.runtime.modelmeta import INPUT_NAME, OUTPUT_NAME, ModelMeta
+from dn2.runtime.modelmeta import INPUT_NAME, OUTPUT_NAME, PATCHES_NAME, ModelMeta
 
 from . import onnx_passes
 from .archs import DEFAULT_OPSET, ArchSpec
@@ -82,20 +82,32 @@ def export_onnx(graph: EmbeddingGraph, path: Path, input_size: int, opset: int =
     """
     import onnx
 
+    outputs = [OUTPUT_NAME, PATCHES_NAME] if _has_patches(graph) else [OUTPUT_NAME]
     dummy = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             graph, (dummy,), str(path), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}},
+            input_names=[INPUT_NAME], output_names=outputs,
+            dynamic_axes={INPUT_NAME: {0: "N"}, **{name: {0: "N"} for name in outputs}},
             do_constant_folding=True)
     model = onnx.load(str(path))
     counts = onnx_passes.clean(model, (1, input_size, input_size, 3))
+    if len(outputs) > 1:  # torch leaves the concatenated channel axis symbolic: pin it
+        with torch.no_grad():
+            _, p = graph(torch.zeros(1, input_size, input_size, 3, dtype=torch.uint8))
+        dims = model.graph.output[1].type.tensor_type.shape.dim
+        for d, v in zip(list(dims)[1:], p.shape[1:]):
+            d.ClearField("dim_param")
+            d.dim_value = int(v)
     if meta is not None:
         set_metadata(model, meta)
     onnx.save(model, str(path))
     return counts
+
+
+def _has_patches(graph: nn.Module) -> bool:
+    return hasattr(graph, "tapped")  # dn2.export.patches.PatchGraph
 
 
 def set_metadata(model, meta: ModelMeta) -> None:

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional
 
 from dn2.runtime.bundle import sha256_file
 from dn2.runtime.errors import Dn2Error
-from dn2.runtime.modelmeta import K_ORT_CONFIG, ModelMeta, ResizeRule
+from dn2.runtime.modelmeta import K_ORT_CONFIG, K_PATCHES, ModelMeta, ResizeRule
 from dn2.runtime.version import __version__
 
 from .archs import DEFAULT_OPSET, MIN_INPUT_SIZE, get_arch
@@ -90,9 +90,12 @@ def _atomic_json(path: Path, data: Dict) -> None:
 def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = None,
                  input_size: int = 224, precision: str = "fp32", calib: Optional[str] = None,
                  opset: Optional[int] = None, offline: Optional[bool] = None,
-                 log: Optional[Callable[[str], None]] = None) -> Dict[str, object]:
+                 log: Optional[Callable[[str], None]] = None,
+                 patches: bool = False) -> Dict[str, object]:
     """Export, verify, optionally convert/quantize; write ``output`` and ``<output>.json``.
 
+    ``patches``: add the second output ``patches [N, C, S/8, S/8]`` (``dn2.export.patches``),
+    described in the metadata (``dn2.patches``) and verified like the embedding.
     Returns the report dict (also written as JSON). Raises ``Dn2Error`` (nothing written) on
     bad arguments, missing/unfit weights, or a failed verification.
     """
@@ -131,18 +134,31 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
         t = time.perf_counter()
         from .graph import build_graph, export_onnx
 
-        graph = build_graph(spec, loaded.model)
+        pinfo = None
+        if patches:
+            from .patches import build_patch_graph
+
+            graph = build_patch_graph(spec, loaded.model)
+            pinfo = graph.describe(size)
+            meta = replace(meta, extra={K_PATCHES: json.dumps(pinfo, sort_keys=True)})
+        else:
+            graph = build_graph(spec, loaded.model)
         counts = export_onnx(graph, tmp_fp32, size, opset, meta)
+        extra_out = (f" + patches [N,{pinfo['channels']},{pinfo['grid'][0]},{pinfo['grid'][1]}]"
+                     if pinfo else "")
         stage("export", t, f"ONNX opset {opset}, input uint8 [N,{size},{size},3] BGR -> "
-                           f"float32 [N,{spec.dim}] ({counts['pads_folded']} pads folded)")
+                           f"float32 [N,{spec.dim}]{extra_out} ({counts['pads_folded']} pads "
+                           f"folded)")
 
         t = time.perf_counter()
-        from .verify import verify_fp32
+        from .verify import verify_fp32, verify_fp32_patches
 
-        verified = verify_fp32(graph, str(tmp_fp32), size)
+        verified = (verify_fp32_patches if patches else verify_fp32)(graph, str(tmp_fp32), size)
         stage("verify", t, f"torch vs onnxruntime on {verified['n']} images: max-abs "
                            f"{verified['max_abs']:.2e} ({verified['max_abs_rel']:.1e} rel), "
-                           f"min cosine {verified['min_cosine']:.6f}")
+                           f"min cosine {verified['min_cosine']:.6f}"
+              + (f"; patches min cosine {verified['patches']['min_cosine']:.6f}" if patches
+                 else ""))
 
         quant = None
         if precision == "fp32":
@@ -151,7 +167,8 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
             t = time.perf_counter()
             from . import quantize
             from .graph import write_metadata
-            from .verify import verification_inputs
+            from .verify import (FP16_MAX_ABS_REL, FP16_MIN_COSINE, INT8_MIN_COSINE,
+                                 verification_inputs, verify_patches_against)
 
             extra = {}
             if precision == "fp16":
@@ -160,6 +177,11 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
                 quant = quantize.verify_fp16(str(tmp_fp32), str(tmp_final), names, images)
                 detail = (f"fp16 vs fp32 on {quant['n']} images: max-abs rel "
                           f"{quant['max_abs_rel']:.1e}, min cosine {quant['min_cosine']:.5f}")
+                if patches:
+                    quant["patches"] = verify_patches_against(
+                        str(tmp_fp32), str(tmp_final), images, names, "fp16 vs fp32",
+                        FP16_MAX_ABS_REL, FP16_MIN_COSINE)
+                    detail += f"; patches {quant['patches']['min_cosine']:.5f}"
             else:
                 from .samples import sample_photos
 
@@ -169,12 +191,17 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
                                                calib_names, photos, photo_names, log=log)
                 if quant["ort_session_config"]:
                     extra[K_ORT_CONFIG] = json.dumps(quant["ort_session_config"], sort_keys=True)
+                if patches:
+                    quant["patches"] = verify_patches_against(
+                        str(tmp_fp32), str(tmp_final), photos, photo_names, "int8 vs fp32",
+                        None, INT8_MIN_COSINE, quant["ort_session_config"])
                 kernels = "exact" if quant["ort_session_config"] else "default"
                 detail = (f"int8 QDQ ({quant['int8_convs']} convs int8, {quant['float_convs']} "
                           f"float, {kernels} onnxruntime kernels) vs fp32: min cosine photos "
                           f"{quant['photos']['min_cosine']:.4f}, calib {quant['calib']['min_cosine']:.4f}, kNN Spearman "
                           f"{quant['knn_spearman']:.3f}")
-            write_metadata(tmp_final, replace(meta, precision=precision, extra=extra))
+            write_metadata(tmp_final, replace(meta, precision=precision,
+                                              extra={**meta.extra, **extra}))
             stage("quantize", t, detail)
 
         digest = sha256_file(tmp_final)
@@ -182,7 +209,7 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
             "dn2_version": __version__, "arch": arch, "weights": loaded.tag,
             "weights_sha256": loaded.sha256, "weights_path": loaded.path,
             "input_size": size, "resize": json.loads(meta.resize.to_json()),
-            "embedding_dim": spec.dim, "opset": opset, "precision": precision,
+            "embedding_dim": spec.dim, "patches": pinfo, "opset": opset, "precision": precision,
             "output": str(output_path.resolve()), "output_sha256": digest,
             "output_bytes": tmp_final.stat().st_size, "verify": verified,
             "quantize": quant, "timings_s": timings,

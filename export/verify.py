@@ -130,3 +130,70 @@ def verify_fp32(graph, onnx_path: str, size: int) -> Dict[str, object]:
     out = ort_embed(onnx_path, images)
     return check(compare(ref, out, names), "onnxruntime fp32 vs torch",
                  FP32_MAX_ABS_REL, FP32_MIN_COSINE)
+
+
+# -- the ``patches`` output (dn2-export --patches) ----------------------------------------------
+def torch_outputs(graph, images: np.ndarray, batch: int = BATCH) -> Dict[str, np.ndarray]:
+    """Every output of a graph that returns (embedding, patches)."""
+    import torch
+
+    from dn2.runtime.modelmeta import OUTPUT_NAME, PATCHES_NAME
+
+    embs, pats = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            e, p = graph(torch.from_numpy(np.ascontiguousarray(images[i:i + batch])))
+            embs.append(e.numpy())
+            pats.append(p.numpy())
+    return {OUTPUT_NAME: np.concatenate(embs).astype(np.float32),
+            PATCHES_NAME: np.concatenate(pats).astype(np.float32)}
+
+
+def ort_outputs(path: str, images: np.ndarray, config: Optional[Dict[str, str]] = None,
+                batch: int = BATCH) -> Dict[str, np.ndarray]:
+    """Every output of the ONNX file at ``path``, by name."""
+    sess = ort_session(path, config)
+    name = sess.get_inputs()[0].name
+    names = [o.name for o in sess.get_outputs()]
+    runs = [sess.run(None, {name: images[i:i + batch]}) for i in range(0, len(images), batch)]
+    return {n: np.concatenate([r[j] for r in runs]).astype(np.float32) for j, n in enumerate(names)}
+
+
+def compare_patches(ref: np.ndarray, out: np.ndarray, names: Sequence[str]) -> Dict[str, object]:
+    """``compare`` on each image's whole map (flattened), plus the per-patch cosine spread
+    (every C-vector of every cell: a few wrong cells barely move the flattened cosine)."""
+    flat = compare(ref.reshape(len(ref), -1), out.reshape(len(out), -1), names)
+    if ref.shape == out.shape and flat["finite"]:
+        r = ref.transpose(0, 2, 3, 1).reshape(-1, ref.shape[1]).astype(np.float64)
+        o = out.transpose(0, 2, 3, 1).reshape(-1, ref.shape[1]).astype(np.float64)
+        c = cosines(r, o)
+        flat["patch_cosine_p01"] = float(np.quantile(c, 0.01))
+        flat["patch_cosine_min"] = float(c.min())
+        flat["shape"] = list(ref.shape[1:])
+    return flat
+
+
+def verify_fp32_patches(graph, onnx_path: str, size: int) -> Dict[str, object]:
+    """torch vs onnxruntime for both outputs of a patch graph; raises VerificationError."""
+    from dn2.runtime.modelmeta import OUTPUT_NAME, PATCHES_NAME
+
+    names, images = verification_inputs(size)
+    ref, out = torch_outputs(graph, images), ort_outputs(onnx_path, images)
+    stats = check(compare(ref[OUTPUT_NAME], out[OUTPUT_NAME], names),
+                  "onnxruntime fp32 vs torch", FP32_MAX_ABS_REL, FP32_MIN_COSINE)
+    stats["patches"] = check(compare_patches(ref[PATCHES_NAME], out[PATCHES_NAME], names),
+                             "patches output, onnxruntime fp32 vs torch", FP32_MAX_ABS_REL,
+                             FP32_MIN_COSINE)
+    return stats
+
+
+def verify_patches_against(fp32_path: str, other_path: str, images: np.ndarray,
+                           names: Sequence[str], what: str, max_abs_rel: Optional[float],
+                           min_cosine: float, config: Optional[Dict[str, str]] = None) -> Dict:
+    """The ``patches`` output of a converted model (fp16 / int8) vs the verified fp32 one."""
+    from dn2.runtime.modelmeta import PATCHES_NAME
+
+    ref = ort_outputs(fp32_path, images)[PATCHES_NAME]
+    out = ort_outputs(other_path, images, config)[PATCHES_NAME]
+    return check(compare_patches(ref, out, names), f"patches output, {what}", max_abs_rel,
+                 min_cosine)

@@ -7,6 +7,7 @@ Layout::
       model.onnx        the dn2 model, copied in
       bank.npy|bank.bin normal bank: numpy float32 [N, D] (allow_pickle=False) or hnswlib index
       group_bank.*      pooled normal groups (only with group scoring)
+      patch_bank.*      normal patch features (only with the patch signal, ``signals.patch``)
       fit_report.json   kept / dropped / failed files, bank row -> image name
 
 Manifest (``schema: "dn2-bundle"``, ``schema_version: 1``): ``dn2_version``, ``model``
@@ -177,7 +178,8 @@ def _install(tmp: Path, out: Path) -> None:
 
 
 def write_bundle(output, model_path, manifest: Dict, bank: Bank,
-                 group_bank: Optional[Bank] = None, report: Optional[Dict] = None) -> Path:
+                 group_bank: Optional[Bank] = None, report: Optional[Dict] = None,
+                 patch_bank: Optional[Bank] = None) -> Path:
     """Write the bundle atomically; fills in files, checksums and bank parameters."""
     out = check_output(output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,18 +192,21 @@ def write_bundle(output, model_path, manifest: Dict, bank: Bank,
         sections = [("bank", "bank", bank)]
         if group_bank is not None:
             sections.append(("group", "group_bank", group_bank))
+        if patch_bank is not None:
+            sections.append(("signals.patch", "patch_bank", patch_bank))
         for key, stem, b in sections:
             name = stem + b.suffix
             b.save(tmp / name)
-            sec = m[key] if key == "bank" else m[key].setdefault("bank", {})
+            sec = _bank_section(m, key)
             sec.update(b.params(), file=name)
         if report is not None:
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         m["model"]["sha256"] = files[MODEL_FILE]
         m["bank"]["sha256"] = files[m["bank"]["file"]]
-        if group_bank is not None:
-            m["group"]["bank"]["sha256"] = files[m["group"]["bank"]["file"]]
+        for key, _, _ in sections[1:]:
+            sec = _bank_section(m, key)
+            sec["sha256"] = files[sec["file"]]
         m.update(schema=SCHEMA, schema_version=SCHEMA_VERSION, dn2_version=__version__,
                  files=files)
         with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
@@ -218,12 +223,22 @@ def write_bundle(output, model_path, manifest: Dict, bank: Bank,
     return out
 
 
+def _bank_section(m: Dict, key: str) -> Dict:
+    """The manifest dict describing the bank of ``key`` (bank, group, signals.patch)."""
+    if key == "bank":
+        return m["bank"]
+    if key == "group":
+        return m["group"].setdefault("bank", {})
+    return m["signals"]["patch"].setdefault("bank", {})
+
+
 @dataclass
 class Bundle:
     path: Path
     manifest: Dict
     bank: Bank
     group_bank: Optional[Bank]
+    patch_bank: Optional[Bank] = None
 
     @property
     def model_path(self) -> Path:
@@ -310,20 +325,48 @@ def read_manifest(path) -> Dict:
                 f"group.bank.metric: expected {METRIC!r}, found {gb.get('metric')!r}")
         _expect(g.get("pooling") in ("mean", "max"), str(p),
                 f"group.pooling: expected 'mean' or 'max', found {g.get('pooling')!r}")
+    sig = m.get("signals")
+    if sig is not None:
+        _expect(isinstance(sig, dict), str(p), f"signals: expected an object, found {sig!r}")
+        ps = sig.get("patch")
+        if ps is not None:
+            pb = ps.get("bank", {}) if isinstance(ps, dict) else {}
+            _expect(pb.get("file") in files, str(p), f"signals.patch.bank.file: expected one "
+                                                     f"of {sorted(files)}, found {pb.get('file')!r}")
+            _expect(pb.get("sha256") == files.get(pb.get("file")), str(p),
+                    f"signals.patch.bank.sha256: expected {files.get(pb.get('file'))}, found "
+                    f"{pb.get('sha256')}")
+            for key in ("threshold", "pixel_threshold"):
+                v = (ps.get(key) or {}).get("value")
+                _expect(isinstance(v, (int, float)) and math.isfinite(v), str(p),
+                        f"signals.patch.{key}.value: expected a finite number, found {v!r}")
     return m
 
 
-def load_bundle(path) -> Bundle:
+def load_bundle(path, trusted_key=None) -> Bundle:
     """Validate and load a bundle (model file checked by checksum; see Detector for the
-    model's own metadata check). A bundle replaced while it was being read (the target's
-    inode changed) is read once more."""
+    model's own metadata check). With a trusted public key (``trusted_key``, else the
+    environment's ``DN2_TRUSTED_KEY``) the bundle must carry a valid signature by it, checked
+    before anything else is read (:mod:`dn2.runtime.signing`). A bundle replaced while it was
+    being read (the target's inode changed) is read once more."""
     p = Path(path)
     before = _inode(p)
     try:
-        return _load_bundle(p)
+        return _load_verified(p, trusted_key)
     except BundleError:
         if before is None or _inode(p) == before:
             raise
+    return _load_verified(p, trusted_key)
+
+
+def _load_verified(p: Path, trusted_key) -> Bundle:
+    from .signing import trusted_key_path, verify_bundle
+
+    key = trusted_key_path(trusted_key)
+    if key is not None:
+        if not p.is_dir():
+            read_manifest(p)  # the usual "no such bundle" message
+        verify_bundle(p, key)
     return _load_bundle(p)
 
 
@@ -341,9 +384,11 @@ def _load_bundle(p: Path) -> Bundle:
         bank = load_bank(p / m["bank"]["file"], m["bank"])
         g = m.get("group")
         gbank = load_bank(p / g["bank"]["file"], g["bank"]) if g else None
+        ps = (m.get("signals") or {}).get("patch")
+        pbank = load_bank(p / ps["bank"]["file"], ps["bank"]) if ps else None
     except BankError as exc:
         raise BundleError(f"bundle {p}: {exc}") from None
-    return Bundle(p, m, bank, gbank)
+    return Bundle(p, m, bank, gbank, pbank)
 
 
 def check_model_meta(m: Dict, meta, where: str) -> None:

@@ -7,6 +7,8 @@
     det.score_embeddings(emb)                 # float32 [N]  (L2-normalised first if fitted so)
     det.score_group_paths(paths)              # GroupResult, pooled set vs the normal groups
     det.predict(emb_or_images)                # bool [N]: score > threshold
+    det.analyze_paths(paths) / det.analyze_images(imgs)   # ScoreResult with map, peak, box
+                                              # (bundles fitted with --mode patch|both/--view)
 """
 from __future__ import annotations
 
@@ -29,9 +31,19 @@ class ScoreResult:
     threshold: float
     anomalous: Optional[bool]
     error: Optional[str] = None
+    global_score: Optional[float] = None  # raw global kNN score (view bundles)
+    patch_score: Optional[float] = None  # raw patch score (patch / both bundles)
+    peak: Optional[List[int]] = None  # [x, y] of the map's maximum, image pixels
+    box: Optional[List[int]] = None  # [x, y, w, h] over the pixel threshold, or None
+    map: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # float32 [H, W]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The JSON fields; a bundle without views / patches keeps the five base fields."""
+        d = {k: v for k, v in self.__dict__.items() if k != "map"}
+        if self.global_score is None and self.patch_score is None:
+            for k in ("global_score", "patch_score", "peak", "box"):
+                d.pop(k)
+        return d
 
 
 @dataclass
@@ -68,15 +80,19 @@ class Detector:
         self.pooling = g["pooling"] if g else "mean"
         self.group_k = int(g["k"]) if g else None
         self._embedder = embedder
+        self.views = "signals" in m  # fitted by fit_view_bundle: view / patch / both
+        self.mode = m["score"].get("mode", "global")
+        self._vs = None
 
     @classmethod
     def load(cls, bundle_dir, providers="auto", threads: Optional[int] = None,
              batch_size: int = 8, load_model: bool = True,
-             jpeg_draft: Optional[bool] = None) -> "Detector":
+             jpeg_draft: Optional[bool] = None, trusted_key=None) -> "Detector":
         """Load and validate; ``load_model=False`` skips the onnxruntime session (scoring
         embeddings only). ``jpeg_draft``: None decodes files the way the bundle was fitted
-        (manifest ``score.jpeg_draft``); True / False override it."""
-        bundle = load_bundle(bundle_dir)
+        (manifest ``score.jpeg_draft``); True / False override it. ``trusted_key``: a public
+        key PEM path (default: $DN2_TRUSTED_KEY); when set, only a bundle signed by it loads."""
+        bundle = load_bundle(bundle_dir, trusted_key=trusted_key)
         emb = None
         if load_model:
             from .embedder import Embedder
@@ -96,6 +112,32 @@ class Detector:
                            "embedder for images, found none")
         return self._embedder
 
+    @property
+    def view_scorer(self):
+        if self._vs is None:
+            from .mapscore import ViewScorer
+
+            self._vs = ViewScorer(self.bundle, self._embedder)
+        return self._vs
+
+    @property
+    def has_maps(self) -> bool:
+        return self.views and self.view_scorer.has_maps
+
+    def analyze_paths(self, paths: Sequence, maps: bool = True) -> List[ScoreResult]:
+        """Score files; with the patch signal each result carries ``map`` (float32, the
+        image's own height x width), ``peak`` and ``box``."""
+        if not self.views:
+            return self.score_paths(paths)
+        return self.view_scorer.score_paths(paths, maps)
+
+    def analyze_images(self, images: Sequence[np.ndarray], maps: bool = True) -> List[ScoreResult]:
+        if not self.views:
+            scores = self.score_images(images)
+            return [ScoreResult(f"image {i}", float(s), self.threshold, bool(s > self.threshold))
+                    for i, s in enumerate(scores)]
+        return self.view_scorer.score_images(list(images), maps)
+
     # -- single images -----------------------------------------------------------------
     def _features(self, emb) -> np.ndarray:
         e = np.asarray(emb, np.float32)
@@ -114,10 +156,15 @@ class Detector:
     def score_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if len(images) == 0:
             return np.zeros(0, np.float32)
+        if self.views:
+            return np.asarray([r.score for r in self.analyze_images(images, maps=False)],
+                              np.float32)
         return self.score_embeddings(self.embedder.embed_images(list(images)))
 
     def score_paths(self, paths: Sequence, progress: bool = False) -> List[ScoreResult]:
         paths = [str(p) for p in paths]
+        if self.views:
+            return self.view_scorer.score_paths(paths, maps=False)
         res = self.embedder.embed_paths(paths, progress=progress)
         scores = self.score_embeddings(res.embeddings) if len(res.paths) else []
         errors = {}

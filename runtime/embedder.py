@@ -27,7 +27,7 @@ from . import providers as prov
 from .errors import Dn2Error, ImageError, ModelError
 from .color import to_gray3
 from .images import draft_side_for, prepare, read_image
-from .modelmeta import INPUT_NAME, K_ORT_CONFIG, OUTPUT_NAME, ModelMeta
+from .modelmeta import INPUT_NAME, K_ORT_CONFIG, OUTPUT_NAME, PATCHES_NAME, ModelMeta, patch_spec
 from .paths import regular_file
 from .progress import Progress
 
@@ -58,10 +58,19 @@ def check_graph(sess, meta: ModelMeta, source: str) -> None:
     """The session's signature must be the dn2 contract with the metadata's sizes."""
     ins, outs = sess.get_inputs(), sess.get_outputs()
     s, d = meta.input_size, meta.dim
-    if [i.name for i in ins] != [INPUT_NAME] or [o.name for o in outs] != [OUTPUT_NAME]:
-        raise ModelError(f"{source}: expected one input {INPUT_NAME!r} and one output "
-                         f"{OUTPUT_NAME!r}, found inputs {[i.name for i in ins]} and outputs "
-                         f"{[o.name for o in outs]}")
+    pspec = patch_spec(meta, source)
+    want = [OUTPUT_NAME, PATCHES_NAME] if pspec else [OUTPUT_NAME]
+    if [i.name for i in ins] != [INPUT_NAME] or [o.name for o in outs] != want:
+        outputs = (f"outputs {want} (metadata describes patches)" if pspec
+                   else f"one output {OUTPUT_NAME!r}")
+        raise ModelError(f"{source}: expected one input {INPUT_NAME!r} and {outputs}, found "
+                         f"inputs {[i.name for i in ins]} and outputs {[o.name for o in outs]}")
+    if pspec:
+        pshape = list(outs[1].shape)
+        c, (gh, gw) = pspec["channels"], pspec["grid"]
+        if len(pshape) != 4 or [_dim(x) for x in pshape[1:]] != [c, gh, gw]:
+            raise ModelError(f"{source}: output {PATCHES_NAME!r} expected shape [N, {c}, {gh}, "
+                             f"{gw}] (metadata), found {pshape}")
     i, o = ins[0], outs[0]
     if i.type != "tensor(uint8)":
         raise ModelError(f"{source}: input {INPUT_NAME!r} expected tensor(uint8), found {i.type}")
@@ -116,6 +125,8 @@ class Embedder:
         self.dim: int = self.meta.dim
         self.input_size: int = self.meta.input_size
         self.rule = self.meta.resize
+        # the ``patches`` output's description (layers, stride, channels, grid), or None
+        self.patch_spec: Optional[Dict] = patch_spec(self.meta, self.model_path)
         # the shorter side a draft-decoded JPEG keeps (None: full-size decode), once, not per file
         self.draft_side: Optional[int] = draft_side_for(self.rule) if jpeg_draft else None
         # a bank of gray images scores every input as gray (dn2.runtime.color)
@@ -236,6 +247,34 @@ class Embedder:
                 raise ModelError(f"{self.model_path}: inference on {self.provider} failed for "
                                  f"a batch of {len(chunk)}: {str(exc).strip()}") from exc
         return out
+
+    def embed_patches_batch(self, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """uint8 [N, S, S, 3] BGR -> (float32 [N, D] embeddings, float32 [N, C, h, w] patches);
+        only for a model exported with ``--patches``."""
+        if self.patch_spec is None:
+            raise ModelError(f"{self.model_path}: expected a model with a {PATCHES_NAME!r} output "
+                             f"(dn2-export --patches), found one with {OUTPUT_NAME!r} only")
+        s = self.input_size
+        if (not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4
+                or x.shape[1:] != (s, s, 3)):
+            found = (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, np.ndarray)
+                     else type(x).__name__)
+            raise ImageError(f"embed_patches_batch: expected uint8 [N, {s}, {s}, 3] BGR, "
+                             f"found {found}")
+        c, (gh, gw) = self.patch_spec["channels"], self.patch_spec["grid"]
+        emb = np.empty((x.shape[0], self.dim), np.float32)
+        pat = np.empty((x.shape[0], c, gh, gw), np.float32)
+        for i in range(0, x.shape[0], self.batch_size):
+            chunk = np.ascontiguousarray(x[i:i + self.batch_size])
+            if self.gray:
+                chunk = to_gray3(chunk)
+            try:
+                e, p = self.session.run([OUTPUT_NAME, PATCHES_NAME], {INPUT_NAME: chunk})
+            except Exception as exc:
+                raise ModelError(f"{self.model_path}: inference on {self.provider} failed for "
+                                 f"a batch of {len(chunk)}: {str(exc).strip()}") from exc
+            emb[i:i + len(chunk)], pat[i:i + len(chunk)] = e, p
+        return emb, pat
 
     def prepare(self, img: np.ndarray, name: str = "image") -> np.ndarray:
         """One BGR image of any size -> the model's S x S x 3 input (resize rule + crop)."""

@@ -1,6 +1,6 @@
 """Fit a bundle from normal images or precomputed embeddings (the library side of dn2-fit).
 
-Steps (DESIGN.md, data flow 2): embed the good images (bad files are skipped, listed and
+Steps (docs/design.md, data flow 2): embed the good images (bad files are skipped, listed and
 counted) -> optional L2 normalisation -> optional cleaning (paper 3.2) -> optional k-means
 compression (paper 5.1) -> bank -> threshold from normal data only -> optional group bank
 (paper 3.3) -> bundle, written atomically.
@@ -15,7 +15,7 @@ contamination above the target FPR raises the threshold; give ``--val-normal`` a
 """
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -24,18 +24,24 @@ import numpy as np
 from . import groups as G
 from .bank import HNSW_DEFAULTS, build_bank
 from .bundle import check_output, write_bundle
+from .dupes import find_duplicates, grouped_scores
 from .errors import Dn2Error
 from .paths import regular_file
 from .scoring import clean as clean_embeddings
-from .scoring import DEFAULT_L2NORM, knn_score, l2normalize, loo_kmeans_scores, loo_scores
+from .scoring import DEFAULT_L2NORM, knn_score, l2normalize, loo_kmeans_scores
 from .threshold import calibrate, conformal_quantile, quantile_table, roc_auc
 
 Inputs = Union[str, Path, Sequence[Union[str, Path]]]
 
 
+log = logging.getLogger(__name__)
+
+
 def _say(progress: bool, msg: str) -> None:
+    """Progress notes go to the ``dn2`` logger (shown by the CLI; silent in a library call
+    unless the caller configures logging)."""
     if progress:
-        print(msg, file=sys.stderr, flush=True)
+        log.info(msg)
 
 
 def _as_list(inputs: Inputs) -> List[str]:
@@ -307,6 +313,13 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
             _say(progress, f"  dropped {n_}")
     xk = x[keep]
     hnsw = dict(HNSW_DEFAULTS, **(hnsw or {}))
+    bank = build_bank(xk, index, **hnsw) if kmeans is None else None
+    labels, dups = find_duplicates(x, names if images is not None else None, seed=seed,
+                                   bank=bank if keep.all() else None)
+    if dups["images_in_groups"]:
+        _say(progress, f"duplicates: {dups['images_in_groups']} images in {dups['groups']} "
+                       f"groups of copies ({dups['exact_copies']} exact, {dups['near_copies']} "
+                       f"near; largest {dups['largest']}); each is calibrated without its group")
     km_info = None
     if kmeans is not None:
         from .kmeans import kmeans as run_kmeans
@@ -316,13 +329,16 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         _say(progress, f"k-means: {len(xk)} -> {res.centres.shape[0]} centres "
                        f"({res.backend}, {res.seconds:.1f} s)")
         bank = build_bank(res.centres, index, **hnsw)
-        loo = loo_kmeans_scores(xk, int(kmeans), k, kmeans_folds, seed, kmeans_backend)
-        how = f"{kmeans_folds}-fold: centres fitted without the scored image's fold"
+        loo = loo_kmeans_scores(xk, int(kmeans), k, kmeans_folds, seed, kmeans_backend,
+                                groups=labels[keep])
+        how = (f"{kmeans_folds}-fold: centres fitted without the scored image's fold (copies "
+               f"share a fold)")
+        calib = np.concatenate([loo, knn_score(bank, x[~keep], k)]) if (~keep).any() else loo
     else:
-        bank = build_bank(xk, index, **hnsw)
-        loo = loo_scores(bank, xk, k)
-        how = "leave-one-out against the bank without the image itself"
-    calib = np.concatenate([loo, knn_score(bank, x[~keep], k)]) if (~keep).any() else loo
+        calib = grouped_scores(bank, x, k, labels, labels[keep])
+        how = ("leave-one-out against the bank without the image itself and its duplicates"
+               if dups["images_in_groups"] else
+               "leave-one-out against the bank without the image itself")
     if (~keep).any():
         how += "; images dropped by cleaning scored against the final bank"
 
@@ -347,7 +363,7 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                 "dropped": int((~keep).sum()), "cleaned_fraction": float(clean),
                 "kmeans": km_info, "seed": int(seed), "index": index,
                 "source": source or ("images" if images is not None else "embeddings"),
-                "l2norm_selection": selection, "color": colour},
+                "l2norm_selection": selection, "color": colour, "duplicates": dups},
         "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm),
                   "jpeg_draft": bool(jpeg_draft), "color": colour["mode"]},
         "threshold": threshold,

@@ -7,9 +7,9 @@
 
 NORMAL: image files, folders (recursive) or globs. Bad files are skipped, listed and counted.
 
-Exit codes:
-  0  bundle written (skipped bad files, if any, are listed on stderr)
-  2  nothing written: usage error, unusable model, too few good images, or another dn2 error
+Exit codes: 0 bundle written (skipped bad files, if any, are listed on stderr); 2 nothing
+written (usage error, unusable model, too few good images, or another dn2 error); 130
+interrupted. The same table as every dn2 command (dn2.runtime.cliargs.EXIT_CODES).
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import argparse
 import sys
 from typing import List, Optional
 
+from .cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser, new_parser,
+                      parse_args, report_error, setup_logging)
 from .errors import Dn2Error
 from .ray_inputs import add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
@@ -24,11 +26,8 @@ from .threshold import METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dn2-fit", description="Fit a dn2 bundle from normal images (paper 3.1-3.3).",
-        epilog="exit codes: 0 bundle written (skipped bad files are listed); "
-               "2 nothing written (usage error, bad model, too few good images, other error)",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("fit", "Fit a dn2 bundle from normal images (paper 3.1-3.3).",
+                   engine_parser(batch=8))
     p.add_argument("model", help="dn2 ONNX model (from dn2-export)")
     p.add_argument("normal", nargs="+", help="normal images: files, folders (recursive), globs")
     p.add_argument("--output", "-o", required=True, help="bundle directory to write")
@@ -70,26 +69,78 @@ def build_parser() -> argparse.ArgumentParser:
                         "6.2 -> 3.5 ms, 1080p: 12.0 -> 6.6 ms; embedding cosine to the "
                         "torchvision pipeline >= 0.9975 on real photos, 0.99998 without); "
                         "recorded in the bundle, so dn2-score decodes the same way")
+    p.add_argument("--mode", choices=("auto", "global", "patch", "both"), default="auto",
+                   help="signals: global (pooled embedding kNN, paper 3.1), patch (patch kNN "
+                        "with anomaly maps; needs a model from dn2-export --patches), both "
+                        "(anomalous when either normalised score is over its threshold). "
+                        "auto (default): both for a model with the patches output, else global")
+    p.add_argument("--view", default="crop", metavar="crop|full|tiles=RxC",
+                   help="how a frame becomes model inputs: centre crop (default, paper 4.6), "
+                        "the full frame, or R x C tiles batched through the model; fixed here "
+                        "and recorded in the bundle")
+    p.add_argument("--roi", default=None, metavar="x,y,w,h",
+                   help="look only at this rectangle of each frame (pixels)")
+    p.add_argument("--patch-bank", type=int, default=None, metavar="N",
+                   help="patch bank rows after the greedy coreset (default 16384)")
+    p.add_argument("--patch-topk", type=int, default=None, metavar="T",
+                   help="image patch score = mean of the T highest cell scores (default 10; "
+                        "1 = the max)")
     p.add_argument("--color", choices=("auto", "gray", "color"), default="auto",
                    help="auto (default): when the normal images are monochrome, score every "
                         "input converted to gray, so a camera's colour cast or colour noise "
                         "cannot decide; gray / color force it. Recorded in the bundle")
-    p.add_argument("--batch", type=int, default=8, help="images per inference batch")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--providers", default="auto",
-                   help="auto, or a comma-separated list (e.g. cuda,cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed for k-means, groups, folds")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     add_ray_args(p)
     return p
+
+
+# fit_bundle's parameter names that differ from the option names (for --config and errors)
+PARAMS = {"model_path": "model", "images": "normal", "n_groups": "groups"}
+
+
+def _view_fit(a) -> Optional[str]:
+    """Fit through views / patches when asked (or when the model has patches): else None."""
+    from .modelmeta import patch_spec, read_model_meta
+    from .views import View
+
+    view = View.parse(a.view, a.roi)
+    mode = a.mode
+    if mode == "auto":
+        has = patch_spec(read_model_meta(a.model), a.model) is not None
+        mode = "both" if has else "global"
+    if mode == "global" and view == View():
+        return None
+    extra = [n for n, v in (("--clean", a.clean), ("--kmeans", a.kmeans),
+                            ("--group-size", a.group_size), ("--group-dirs", a.group_dirs),
+                            ("--val-normal", a.val_normal), ("--l2norm-select", a.l2norm_select),
+                            ("--ray", getattr(a, "ray", None)))
+             if v]
+    if extra or a.threshold_method != "fpr":
+        raise Dn2Error(f"{', '.join(extra) or '--threshold-method'}: not available with "
+                       f"--mode {mode} / --view {view}; expected the global mode with the crop "
+                       f"view (dn2-fit --mode global)")
+    from .patchfit import DEFAULTS, fit_view_bundle
+
+    out = fit_view_bundle(a.model, a.output, a.normal, mode=mode, view=view, k=a.k, fpr=a.fpr,
+                          l2norm=a.l2norm, index=a.index, batch=a.batch, threads=a.threads,
+                          providers=a.providers, seed=a.seed, progress=not a.quiet,
+                          jpeg_draft=a.jpeg_draft,
+                          bank_size=a.patch_bank or DEFAULTS["bank_size"],
+                          topk=a.patch_topk or DEFAULTS["topk"],
+                          reduction="max" if a.patch_topk == 1 else DEFAULTS["reduction"])
+    return str(out)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
-        a = parser.parse_args(argv)
+        a = parse_args(parser, argv, PARAMS)
     except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
         return int(exc.code or 0)
+    except Dn2Error as exc:  # --config
+        report_error("fit", exc)
+        return EXIT_USAGE
+    setup_logging(a.quiet, a.verbose)
     from .fit import fit_bundle
 
     fit, ray_kw = fit_bundle, {}
@@ -99,23 +150,27 @@ def main(argv: Optional[List[str]] = None) -> int:
         ray_kw = dict(address=ray_address(a.ray), workers=a.ray_workers, gpus=a.ray_gpus,
                       num_cpus=a.ray_cpus, shards_dir=a.ray_shards)
     try:
+        view_fit = _view_fit(a)
+        if view_fit is not None:
+            print(view_fit)
+            return EXIT_OK
         out = fit(a.model, a.output, a.normal, k=a.k, clean=a.clean,
-                         kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
-                         group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
-                         l2norm="auto" if a.l2norm_select else a.l2norm, batch=a.batch,
-                         threads=a.threads,
-                         providers=a.providers, val_normal=a.val_normal,
-                         val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
-                         seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft,
-                         color=a.color, **ray_kw)
+                  kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
+                  group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
+                  l2norm="auto" if a.l2norm_select else a.l2norm, batch=a.batch,
+                  threads=a.threads,
+                  providers=a.providers, val_normal=a.val_normal,
+                  val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
+                  seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft,
+                  color=a.color, **ray_kw)
     except Dn2Error as exc:
-        print(f"dn2-fit: error: {exc}", file=sys.stderr)
-        return 2
+        report_error("fit", exc, parser, PARAMS)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("dn2-fit: interrupted; nothing written", file=sys.stderr)
-        return 2
+        report_error("fit", "interrupted; nothing written")
+        return EXIT_INTERRUPTED
     print(out)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

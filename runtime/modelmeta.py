@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 from .errors import ModelError
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
+PATCHES_NAME = "patches"  # optional second output, float32 [N, C, h, w] (dn2-export --patches)
 INPUT_FORMAT = "NHWC-BGR-uint8"
 CROP_RATIO = 0.875  # paper 4.6: resize to 256, centre crop 224 -> 224 / 256
 
@@ -36,6 +37,9 @@ K_OPSET = "dn2.opset"
 K_PRECISION = "dn2.precision"  # fp32 | fp16 | int8
 K_VERSION = "dn2.version"
 K_ORT_CONFIG = "dn2.ort_session_config"  # optional JSON {key: value} for onnxruntime SessionOptions
+# optional JSON describing the ``patches`` output: {layers: [{name, stride, channels}], stride,
+# channels, grid: [h, w], pool, upsample}
+K_PATCHES = "dn2.patches"
 FORMAT = "dn2-model-1"
 
 
@@ -132,10 +136,34 @@ class ModelMeta:
                    extra={k: v for k, v in props.items() if k not in known})
 
 
+def patch_spec(meta: ModelMeta, source: str = "model") -> Optional[Dict]:
+    """The ``patches`` output's description, or None for a model exported without it."""
+    text = meta.extra.get(K_PATCHES)
+    if not text:
+        return None
+    try:
+        d = json.loads(text)
+        spec = {"layers": [dict(name=str(x["name"]), stride=int(x["stride"]),
+                                channels=int(x["channels"])) for x in d["layers"]],
+                "stride": int(d["stride"]), "channels": int(d["channels"]),
+                "grid": [int(d["grid"][0]), int(d["grid"][1])], "pool": int(d.get("pool", 3)),
+                "upsample": str(d.get("upsample", "bilinear"))}
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ModelMetaError(f"{source}: metadata {K_PATCHES} expected JSON with layers, stride, "
+                             f"channels and grid, found {text!r} ({exc})") from None
+    if sum(x["channels"] for x in spec["layers"]) != spec["channels"] or min(spec["grid"]) < 1:
+        raise ModelMetaError(f"{source}: metadata {K_PATCHES}: layer channels must add up to "
+                             f"{spec['channels']} and the grid be positive, found {text!r}")
+    return spec
+
+
 def read_model_meta(path: str) -> ModelMeta:
     """Read a dn2 model's metadata with onnxruntime (no onnx package needed)."""
     import onnxruntime as ort
 
+    from .paths import regular_file
+
+    regular_file(path, "a dn2 ONNX model file (from dn2-export)", ModelMetaError)  # no FIFO
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:

@@ -8,10 +8,12 @@ With ``--json`` one JSON object per line with keys ``path``, ``score``, ``thresh
 are still scored. With ``--group`` all inputs form one set, scored by its pooled embedding
 against the bundle's normal groups (one line; ``paths`` and ``errors`` added).
 
-Exit codes:
+Exit codes (the table of every dn2 command, dn2.runtime.cliargs.EXIT_CODES):
   0  every input was scored
   1  some inputs could not be scored (their lines carry the error); the others were
-  2  usage error, or the bundle is missing, half-written, tampered or inconsistent
+  2  usage error, or the bundle is missing, half-written, tampered, inconsistent, or (with a
+     trusted key: --trusted-key / DN2_TRUSTED_KEY) unsigned or altered after signing
+  130 interrupted
 """
 from __future__ import annotations
 
@@ -21,21 +23,20 @@ import json
 import sys
 from typing import List, Optional
 
+from .cliargs import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser,
+                      new_parser, parse_args, prog, report_error, setup_logging)
 from .errors import Dn2Error
 from .ray_inputs import add_ray_args, ray_address
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_SOME_FAILED, EXIT_ERROR = EXIT_FAILED, EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dn2-score", description="Score images against a dn2 bundle.",
-        epilog="exit codes: 0 all inputs scored; 1 some inputs failed (reported per line); "
-               "2 usage error or bad bundle (missing, half-written, tampered, inconsistent)",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("score", "Score images against a dn2 bundle.", engine_parser(batch=8))
     p.add_argument("bundle", help="bundle directory written by dn2-fit")
     p.add_argument("paths", nargs="+", help="images: files, folders (recursive), globs")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output on stdout: one JSON object per input")
     p.add_argument("--group", action="store_true",
                    help="score all inputs as one group against the normal groups")
     p.add_argument("--group-stat", choices=("knn", "cov_trace"), default="knn",
@@ -44,10 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-draft", action=argparse.BooleanOptionalAction, default=None,
                    help="decode large JPEGs at reduced scale (default: as the bundle was "
                         "fitted, manifest score.jpeg_draft)")
-    p.add_argument("--batch", type=int, default=8, help="images per inference batch")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--providers", default="auto",
-                   help="auto, or a comma-separated list (e.g. cuda,cpu)")
+    p.add_argument("--maps", metavar="DIR", default=None,
+                   help="write per image DIR/STEM.png (heatmap overlay) and DIR/STEM.npy (raw "
+                        "float32 map at the image's own size); needs a bundle with the patch "
+                        "signal (dn2-fit --mode patch|both)")
+    p.add_argument("--trusted-key", metavar="PUBKEY",
+                   help="score only with a bundle signed by this Ed25519 public key (PEM; "
+                        "default $DN2_TRUSTED_KEY); unsigned or altered bundles exit 2")
     add_ray_args(p, score=True)
     return p
 
@@ -85,12 +89,23 @@ def _emit(obj: dict, as_json: bool) -> None:
               flush=True)
 
 
+def _full_image(path: str, m):
+    """The image at its own size (a draft-decoded JPEG is read again in full)."""
+    from .images import read_image
+
+    return read_image(path)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
-        a = parser.parse_args(argv)
+        a = parse_args(parser, argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    except Dn2Error as exc:  # --config
+        report_error("score", exc)
+        return EXIT_USAGE
+    setup_logging(a.quiet, a.verbose)
     from .detector import Detector
     from .images import expand_inputs
 
@@ -100,7 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _score_on_ray(a)
     try:
         det = Detector.load(a.bundle, providers=a.providers, threads=a.threads,
-                            batch_size=a.batch, jpeg_draft=a.jpeg_draft)
+                            batch_size=a.batch, jpeg_draft=a.jpeg_draft,
+                            trusted_key=a.trusted_key)
         items = expand_inputs(a.paths)
         files = [p for p, why in items if why is None]
         problems = [(p, why) for p, why in items if why is not None]
@@ -121,9 +137,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for path, msg in errors:
                     print(f"{path}\terror: {msg}", file=sys.stderr)
             return EXIT_OK if not errors and obj["score"] is not None else EXIT_SOME_FAILED
+        writer = None
+        if a.maps:
+            if not det.has_maps:
+                raise Dn2Error(f"--maps: expected a bundle with the patch signal (dn2-fit "
+                               f"--mode patch|both with a model from dn2-export --patches), "
+                               f"found mode {det.mode!r}")
+            from .heatmap import MapWriter
+
+            writer = MapWriter(a.maps, det.view_scorer.pixel_threshold)
         # one line per input, in input order (duplicates too): score the files in batches,
         # then answer each input where it stood
-        results = iter(det.score_paths(files))
+        results = iter(det.analyze_paths(files, maps=writer is not None))
         for path, why in items:
             if why is not None:
                 _emit({"path": path, "score": None, "threshold": det.threshold,
@@ -131,22 +156,28 @@ def main(argv: Optional[List[str]] = None) -> int:
                 continue
             r = next(results)
             failed += r.error is not None
-            _emit(r.to_dict(), a.json)
+            d = r.to_dict()
+            if writer is not None and r.map is not None:
+                d.update(writer.write(r.path, _full_image(r.path, r.map), r.map, r.peak, r.box))
+            _emit(d, a.json)
     except Dn2Error as exc:
-        print(f"dn2-score: error: {exc}", file=sys.stderr)
+        report_error("score", exc, parser)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        report_error("score", "interrupted")
+        return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 def _score_on_ray(a) -> int:
     """--ray: every input scored on the cluster, rows written as shards to --ray-output."""
     if a.group or a.json:
-        print("dn2-score: error: --ray writes result shards to --ray-output; it does not "
-              "take --group or --json", file=sys.stderr)
+        report_error("score", "--ray writes result shards to --ray-output; it does not take "
+                              "--group or --json")
         return EXIT_ERROR
     if not a.ray_output:
-        print("dn2-score: error: --ray: expected --ray-output DIR for the result shards, "
-              "found none", file=sys.stderr)
+        report_error("score", "--ray: expected --ray-output DIR for the result shards, found "
+                              "none")
         return EXIT_ERROR
     from .ray_score import score_ray
 
@@ -157,9 +188,9 @@ def _score_on_ray(a) -> int:
                       providers=a.providers, jpeg_draft=a.jpeg_draft,
                       video_stride=a.video_stride)
     except Dn2Error as exc:
-        print(f"dn2-score: error: {exc}", file=sys.stderr)
+        report_error("score", exc)
         return EXIT_ERROR
-    print(f"dn2-score: {s['rows']} rows ({s['scored']} scored, {s['failed']} failed) in "
+    print(f"{prog('score')}: {s['rows']} rows ({s['scored']} scored, {s['failed']} failed) in "
           f"{len(s['shards'])} shards in {s['out']}; {s['images_per_s']:.1f} img/s with "
           f"{s['actors']} actors", file=sys.stderr)
     return EXIT_SOME_FAILED if s["failed"] else EXIT_OK

@@ -68,13 +68,19 @@ def loo_scores(bank: Bank, x, k: int = 2, ids=None) -> np.ndarray:
 
 
 def loo_kmeans_scores(x, n_centres: int, k: int = 2, folds: int = 5, seed: int = 0,
-                      backend: str = "auto") -> np.ndarray:
-    """Held-out scores of every row of ``x`` against centres fitted without its fold."""
+                      backend: str = "auto", groups=None) -> np.ndarray:
+    """Held-out scores of every row of ``x`` against centres fitted without its fold.
+    ``groups`` [N] (duplicate groups, ``dn2.runtime.dupes``): rows of a group share a fold."""
     from .kmeans import centres_without, fold_ids
 
     x = np.asarray(x, dtype=np.float32)
     folds = max(2, min(int(folds), len(x)))
-    assign = fold_ids(len(x), folds, seed)
+    if groups is None:
+        assign = fold_ids(len(x), folds, seed)
+    else:
+        uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
+        folds = max(2, min(folds, len(uniq)))
+        assign = fold_ids(len(uniq), folds, seed)[inv]
     out = np.empty(len(x), np.float32)
     for f in range(folds):
         held = assign == f

@@ -38,11 +38,23 @@ def wait_port(port: int, up: bool = True, timeout: float = 10.0) -> None:
 
 
 class Broker:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, users=None, tls=None):
         self.port, self.folder, self.proc = free_port(), Path(folder), None
         self.folder.mkdir(parents=True, exist_ok=True)
         self.conf = self.folder / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        auth = "allow_anonymous true\n"
+        if users:  # a password file made by mosquitto_passwd: clients must log in
+            pw = self.folder / "passwd"
+            pw.write_text("")
+            for user, password in users.items():
+                subprocess.run([shutil.which("mosquitto_passwd") or "mosquitto_passwd", "-b",
+                                str(pw), user, password], check=True, capture_output=True)
+            auth = f"allow_anonymous false\npassword_file {pw}\n"
+        # as root mosquitto drops to user "mosquitto", who cannot read pytest's 0700 folders
+        user = "user root\n" if os.geteuid() == 0 else ""
+        if tls:  # (ca, cert, key) files: a TLS-only listener
+            auth += f"cafile {tls[0]}\ncertfile {tls[1]}\nkeyfile {tls[2]}\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\n{user}{auth}"
                              f"persistence true\npersistence_location {self.folder}/\n"
                              "autosave_interval 1\n")
 
@@ -66,7 +78,7 @@ class Subscriber:
     """A paho client with a persistent session (QoS 1): sees every message the broker takes,
     across broker restarts."""
 
-    def __init__(self, port: int, topic: str = "#"):
+    def __init__(self, port: int, topic: str = "#", auth=None):
         import paho.mqtt.client as mqtt
 
         self.messages: List[tuple] = []
@@ -76,6 +88,8 @@ class Subscriber:
         c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe(topic, qos=1)
         c.on_message = self._on_message
         c.reconnect_delay_set(0.2, 1)
+        if auth:
+            c.username_pw_set(*auth)
         c.connect("127.0.0.1", port)
         c.loop_start()
         self.client = c
@@ -135,6 +149,23 @@ class Receiver:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def make_tls(folder: Path):
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl CLI): (ca, cert, key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, cak = folder / "ca.pem", folder / "ca.key"
+    crt, key, csr = folder / "server.pem", folder / "server.key", folder / "server.csr"
+    ext = folder / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        "/CN=dn2 test CA", "-keyout", str(cak), "-out", str(ca))
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", str(key), "-out", str(csr))
+    run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(cak),
+        "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", str(crt))
+    return ca, crt, key
 
 
 def have_mosquitto() -> bool:

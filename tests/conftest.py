@@ -46,3 +46,16 @@ def textile_dirs():
     ccd = pytest.importorskip("conformal_clip_data", reason="pip install 'dn2[test]'")
     return {"nominal": Path(ccd.nominal_dir()), "global": Path(ccd.global_dir()),
             "local": Path(ccd.local_dir())}
+
+
+@pytest.fixture(scope="session")
+def lite0_patches(tmp_path_factory):
+    """(model path, export report): efficientnet_lite0 at 224 px with the ``patches`` output
+    (real ImageNet weights), exported and verified once per session."""
+    pytest.importorskip("torch", reason="exporting needs pip install 'dn2[export]'")
+    from dn2.export.pipeline import export_model
+
+    out = tmp_path_factory.mktemp("models") / "lite0_224_patches.onnx"
+    report = export_model("efficientnet_lite0", "imagenet", str(out), input_size=224,
+                          precision="fp32", patches=True)
+    return out, report

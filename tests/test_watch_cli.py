@@ -16,7 +16,6 @@ def clip(textile_dirs, tmp_path_factory):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["{tmp}/no_bundle", "--source", "{clip}"], "expected a bundle directory"),
     (["{tmp}/no_bundle", "--source", "{tmp}/missing.avi"], "found no such path"),
     (["{tmp}/no_bundle", "--source", "{clip}", "--hop", "2"], "--hop needs --group"),
     (["{tmp}/no_bundle", "--source", "{clip}", "--batch", "0"], "--batch must be >= 1"),
@@ -25,11 +24,17 @@ def clip(textile_dirs, tmp_path_factory):
     (["{tmp}/no_bundle", "--source", "{clip}", "--realtime", "--group", "1"], "--group must"),
     (["{tmp}/no_bundle", "--source", "7", "--realtime"], "replays a video file"),
 ])
-def test_bad_input_is_a_message_and_exit_1(args, message, clip, tmp_path, capsys):
+def test_bad_input_is_a_message_and_exit_2(args, message, clip, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path, clip=clip) for a in args]
-    assert main(argv) == 1
+    assert main(argv) == 2  # the exit-code table: nothing done
     err = capsys.readouterr().err
     assert err.startswith("dn2-watch: error: ") and message in err and "Traceback" not in err
+
+
+def test_a_bad_bundle_is_exit_2_like_dn2_score(clip, tmp_path, capsys):
+    assert main([str(tmp_path / "no_bundle"), "--source", str(clip)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dn2-watch: error: ") and "expected a bundle directory" in err
 
 
 def test_usage_errors_exit_2(capsys):
@@ -38,7 +43,7 @@ def test_usage_errors_exit_2(capsys):
     assert e.value.code == 2 and "--source" in capsys.readouterr().err
 
 
-def test_every_issue_option_exists():
+def test_every_documented_option_exists():
     opts = {o for a in build_parser()._actions for o in a.option_strings}
     for o in ("--source", "--batch", "--stride", "--group", "--hop", "--threshold",
               "--min-consecutive", "--cooldown", "--events", "--snapshots", "--output-video",

@@ -158,7 +158,7 @@ def test_missing_serve_extra_names_it(scene, tmp_path, flag, value, module):
             f"{flag!r}, {value!r}, '--spool', {str(tmp_path)!r}]))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=120)
-    assert p.returncode == 1 and "pip install 'dn2[serve]'" in p.stderr
+    assert p.returncode == 2 and "pip install 'dn2[serve]'" in p.stderr
     assert "Traceback" not in p.stderr
 
 
@@ -178,3 +178,83 @@ def test_cli_scores_to_stdout_with_webhook_and_http(scene, tmp_path):
         assert [b["type"] for b in rx.bodies] == KINDS
     finally:
         rx.close()
+
+
+@needs_broker
+@pytest.mark.skipif(not __import__("shutil").which("mosquitto_passwd"),
+                    reason="mosquitto_passwd is not installed")
+def test_mqtt_credentials_from_config_or_environment(tmp_path, monkeypatch):
+    import json
+
+    broker = Broker(tmp_path / "broker", users={"dn2": "pw-1", "sub": "pw-2"}).start()
+    sub = Subscriber(broker.port, "plant/#", auth=("sub", "pw-2"))
+    url = f"mqtt://127.0.0.1:{broker.port}/plant"
+    ev = {"type": "alert_start", "run_id": "r", "alert_id": 1}
+    try:
+        assert sub.wait(lambda s: s.client.is_connected(), 10)
+        cfg = tmp_path / "sinks.json"
+        cfg.write_text(json.dumps({"mqtt": {"username": "dn2", "password": "pw-1"}}))
+        from dn2.runtime.watch.sinks import load_sink_config
+
+        a = build_event_sinks(mqtt=url, camera_id="c1", config=load_sink_config(str(cfg)),
+                              spool_dir=str(tmp_path / "s1"))[0]
+        a.write(ev)
+        monkeypatch.setenv("DN2_MQTT_USERNAME", "dn2")
+        monkeypatch.setenv("DN2_MQTT_PASSWORD", "pw-1")
+        b = build_event_sinks(mqtt=url, camera_id="c2", spool_dir=str(tmp_path / "s2"))[0]
+        b.write(ev)
+        monkeypatch.setenv("DN2_MQTT_PASSWORD", "wrong")
+        c = build_event_sinks(mqtt=url, camera_id="c3", spool_dir=str(tmp_path / "s3"))[0]
+        c.write(ev)
+        assert sub.wait(lambda s: len(s.events()) >= 2, 15)
+        time.sleep(1.0)
+        got = {m[0] for m in sub.messages if m[0].endswith("/events")}
+        assert got == {"plant/c1/events", "plant/c2/events"}  # the wrong password: refused
+        assert c.backlog() == 1  # and its event waits in the spool, not lost
+        for s in (a, b, c):
+            s.close(0)
+    finally:
+        sub.close()
+        broker.stop()
+
+
+@needs_broker
+@pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="no openssl CLI")
+def test_mqtt_over_tls_with_the_ca_from_the_config(tmp_path):
+    from brokers import make_tls
+
+    ca, crt, key = make_tls(tmp_path / "tls")
+    broker = Broker(tmp_path / "broker", tls=(ca, crt, key)).start()
+    url = f"mqtts://127.0.0.1:{broker.port}/plant"
+    ev = {"type": "alert_start", "run_id": "r", "alert_id": 1}
+    try:
+        good = build_event_sinks(mqtt=url, camera_id="t1", config={"mqtt": {"ca": str(ca)}},
+                                 spool_dir=str(tmp_path / "s1"))[0]
+        good.write(ev)
+        bad = build_event_sinks(mqtt=url, camera_id="t2", spool_dir=str(tmp_path / "s2"))[0]
+        bad.write(ev)  # the system CAs do not know the test CA: no connection, spooled
+        deadline = time.monotonic() + 15
+        while good.backlog() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert good.backlog() == 0 and good.delivered == 1
+        assert bad.backlog() == 1 and bad.delivered == 0
+        good.close(0)
+        bad.close(0)
+    finally:
+        broker.stop()
+
+
+def test_sink_config_json_or_toml(tmp_path):
+    from dn2.runtime.watch.sinks import load_sink_config
+
+    (tmp_path / "s.toml").write_text('[mqtt]\nusername = "dn2"\n[http]\ntoken = "t"\n')
+    assert load_sink_config(str(tmp_path / "s.toml")) == {"mqtt": {"username": "dn2"},
+                                                          "http": {"token": "t"}}
+    (tmp_path / "s.json").write_text('{"webhook": {"headers": {"Authorization": "Bearer x"}}}')
+    assert load_sink_config(str(tmp_path / "s.json"))["webhook"]["headers"]
+    (tmp_path / "bad.json").write_text('{"mqtt": "user:pw"}')
+    with pytest.raises(Dn2Error, match="expected an object of objects"):
+        load_sink_config(str(tmp_path / "bad.json"))
+    (tmp_path / "bad.toml").write_text("[mqtt\n")
+    with pytest.raises(Dn2Error, match="--sink-config .*not valid TOML"):
+        load_sink_config(str(tmp_path / "bad.toml"))

@@ -62,6 +62,8 @@ class StatusServer:
         self.thread.start()
 
     def stop(self) -> None:
+        if self.closing.is_set():
+            return
         self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()

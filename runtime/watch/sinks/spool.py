@@ -120,6 +120,8 @@ class SpooledSink(Sink):
     def close(self, timeout: Optional[float] = None) -> None:
         """Wait up to ``timeout`` (default ``drain_s``) for the backlog to go out, then stop;
         what is still waiting stays in the folder for the next run."""
+        if self._closing.is_set():
+            return
         timeout = self.drain_s if timeout is None else timeout
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:

@@ -1,0 +1,76 @@
+"""Scoring with a bundle fitted by ``fit_view_bundle``: views, both signals, anomaly maps.
+
+``ViewScorer(bundle, embedder).score(items)`` turns ``ViewItem``s into ``ScoreResult``s with
+the decision score of the bundle's mode, each signal's raw score, and (with the patch signal)
+the anomaly map of the frame, its peak and the box over the pixel threshold.
+"""
+from __future__ import annotations
+
+from typing import Iterable, List, Optional
+
+import numpy as np
+
+from .patchfit import combine
+from .patchscore import PatchScorer, frame_map, peak_and_box, reduce_cells
+from .scoring import knn_score, l2normalize
+from .viewembed import ViewEmbedder, ViewItem
+from .views import View
+
+
+class ViewScorer:
+    def __init__(self, bundle, embedder):
+        m = bundle.manifest
+        self.bundle, self.embedder = bundle, embedder
+        self.mode = m["score"].get("mode", "global")
+        self.view = View.from_dict(m.get("view"))
+        sig = m.get("signals") or {}
+        g = sig.get("global", {})
+        self.k = int(g.get("k", m["score"]["k"]))
+        self.l2norm = bool(g.get("l2norm", m["score"]["l2norm"]))
+        self.global_threshold = float(g["threshold"]["value"]) if g else None
+        p = sig.get("patch")
+        self.patch = None
+        if p is not None:
+            self.patch = PatchScorer(bundle.patch_bank, int(p["k"]), p["reduction"],
+                                     int(p["topk"]), float(p["sigma"]))
+            self.patch_threshold = float(p["threshold"]["value"])
+            self.pixel_threshold = float(p["pixel_threshold"]["value"])
+        self.threshold = float(m["threshold"]["value"])
+        self.viewer = (ViewEmbedder(embedder, self.view, patches=self.patch is not None)
+                       if embedder is not None else None)
+
+    @property
+    def has_maps(self) -> bool:
+        return self.patch is not None
+
+    def _one(self, item: ViewItem, maps: bool):
+        from .detector import ScoreResult
+
+        if item.error is not None:
+            return ScoreResult(item.name, None, self.threshold, None, item.error)
+        e = l2normalize(item.embeddings) if self.l2norm else item.embeddings
+        g = float(knn_score(self.bundle.bank, e, self.k).max())
+        p = peak = box = fmap = None
+        if self.patch is not None:
+            cells = self.patch.cells(item.patches)
+            p = float(reduce_cells(cells[None], self.patch.reduction, self.patch.topk)[0])
+            h, w = item.shape
+            fmap = frame_map(list(cells), item.rects, h, w, self.embedder.input_size,
+                             self.patch.sigma)
+            peak, box = peak_and_box(fmap, self.pixel_threshold)
+        s = float(combine(np.float32(g), self.global_threshold or 1.0,
+                          None if p is None else np.float32(p),
+                          self.patch_threshold if p is not None else None, self.mode))
+        return ScoreResult(item.name, s, self.threshold, bool(s > self.threshold), None,
+                           global_score=g, patch_score=p, peak=peak, box=box,
+                           map=fmap if maps else None)
+
+    def score(self, items: Iterable[ViewItem], maps: bool = False) -> List:
+        return [self._one(it, maps) for it in items]
+
+    def score_paths(self, paths, maps: bool = False) -> List:
+        return self.score(self.viewer.paths([str(p) for p in paths]), maps)
+
+    def score_images(self, imgs, maps: bool = False, names: Optional[List[str]] = None) -> List:
+        names = names or [f"image {i}" for i in range(len(imgs))]
+        return self.score(self.viewer.items(zip(names, imgs)), maps)

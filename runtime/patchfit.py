@@ -1,0 +1,245 @@
+"""Fit a bundle with a view and/or the patch signal (``dn2-fit --mode patch|both`` or
+``--view full|tiles=RxC`` / ``--roi``).
+
+One pass over the normal images through ``ViewEmbedder`` gives, per image, the pooled
+embedding of each model input (``T`` inputs: 1 for crop/full, R x C for tiles) and, with the
+patch signal, its patch features. Memory stays bounded:
+
+* patch features go straight into per-fold ``StreamingCoreset`` pools (at most ``per_image``
+  rows per image, each pool shrunk by a greedy coreset when it exceeds its capacity);
+* for calibration, the patch features of up to ``calib_images`` images are spilled to a
+  float16 memmap in a temporary folder (disk, not RAM) and scored after the pass.
+
+Calibration, from normal data only, by image:
+
+* patch: ``folds``-fold by image — fold f's images are scored against the union of the other
+  folds' pools, so no image's own patches are its neighbours. The image threshold is the
+  conformal quantile of those held-out image scores at ``fpr``; the pixel threshold is the
+  conformal quantile of the held-out images' *map maxima*, so a normal image shows a box over
+  the pixel threshold with probability about ``fpr`` too.
+* global: eq. 2 leave-one-out by image (an image's own inputs — its tiles — are excluded from
+  its neighbours); with T > 1 an image scores the max over its inputs.
+* both: each signal normalised by its own threshold (score / threshold), the decision score is
+  the larger of the two, and its threshold the conformal quantile of the held-out combined
+  scores at ``fpr`` (so the union of the two signals still holds the target rate).
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .bank import build_bank
+from .bundle import write_bundle
+from .coreset import StreamingCoreset
+from .errors import Dn2Error
+from .patchscore import SIGMA, PatchScorer, cell_scores, frame_map, patch_rows, reduce_cells
+from .scoring import l2normalize
+from .threshold import conformal_quantile, quantile_table
+from .viewembed import ViewEmbedder
+from .views import View
+
+MODES = ("global", "patch", "both")
+DEFAULTS = {"bank_size": 16384, "per_image": 512, "folds": 5, "patch_k": 1,
+            "reduction": "topk", "topk": 10, "calib_images": 200}
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def loo_by_image(x: np.ndarray, image_of: np.ndarray, k: int) -> np.ndarray:
+    """eq. 2 score of every row of ``x`` against the rows of *other* images, [N] float32."""
+    bank = build_bank(x, "exact")
+    t = int(np.bincount(image_of).max())
+    kk = min(bank.n, k + t)
+    d, ids = bank.search(x, kk)
+    other = image_of[ids] != image_of[:, None]
+    if (other.sum(axis=1) < k).any():
+        raise Dn2Error(f"calibration needs inputs of at least {k} other images per image")
+    d = np.where(other, d, np.inf)
+    return np.sort(d, axis=1)[:, :k].mean(axis=1).astype(np.float32)
+
+
+def fit_view_bundle(model_path, output, images, *, mode: str = "both", view: View = View(),
+                    k: int = 2, fpr: float = 0.01, l2norm: bool = True,
+                    bank_size: int = DEFAULTS["bank_size"], per_image: int = DEFAULTS["per_image"],
+                    folds: int = DEFAULTS["folds"], patch_k: int = DEFAULTS["patch_k"],
+                    reduction: str = DEFAULTS["reduction"], topk: int = DEFAULTS["topk"],
+                    calib_images: int = DEFAULTS["calib_images"], index: str = "auto",
+                    batch: int = 8, threads: Optional[int] = None, providers="auto",
+                    seed: int = 0, progress: bool = True, jpeg_draft: bool = False) -> Path:
+    """Fit a view-aware bundle (global, patch or both signals); returns its path."""
+    from .embedder import Embedder
+    from .fit import _as_list
+    from .images import find_images
+
+    if mode not in MODES:
+        raise Dn2Error(f"--mode: expected one of {', '.join(MODES)}, found {mode!r}")
+    if not 0.0 < float(fpr) < 1.0:
+        raise Dn2Error(f"--fpr: expected a rate in (0, 1), found {fpr}")
+    model_path = Path(model_path)
+    emb = Embedder(str(model_path), providers=providers, threads=threads, batch_size=batch,
+                   jpeg_draft=jpeg_draft)
+    use_patch = mode in ("patch", "both")
+    files, failed = find_images(_as_list(images))
+    n_files = len(files)
+    folds = max(2, min(int(folds), max(2, n_files)))
+    rng = np.random.default_rng(seed)
+    fold_of_file = rng.permutation(np.arange(n_files) % folds)
+    calib_set = set(np.sort(rng.permutation(n_files)[:calib_images]).tolist())
+    ve = ViewEmbedder(emb, view, patches=use_patch)
+    t0 = time.perf_counter()
+    embs: List[np.ndarray] = []
+    names: List[str] = []
+    fold_of: List[int] = []
+    frame_shapes: List[Tuple[int, int]] = []
+    rects_of: List = []
+    pools: List[StreamingCoreset] = []
+    spill = None
+    spill_rows: Dict[int, int] = {}
+    with tempfile.TemporaryDirectory(prefix="dn2-fit-") as tmp:
+        for i, item in enumerate(ve.paths(files)):
+            if item.error is not None:
+                failed.append((item.name, item.error))
+                continue
+            names.append(item.name)
+            fold_of.append(int(fold_of_file[i]))
+            embs.append(item.embeddings)
+            frame_shapes.append(item.shape)
+            rects_of.append(item.rects)
+            if use_patch:
+                rows = patch_rows(item.patches).reshape(-1, item.patches.shape[1])
+                if not pools:
+                    cap = max(2 * per_image, 4 * bank_size // folds)
+                    pools = [StreamingCoreset(rows.shape[1], min(per_image, len(rows)), cap,
+                                              seed + 31 * f) for f in range(folds)]
+                pools[fold_of[-1]].add_image(rows)
+                if i in calib_set:
+                    if spill is None:
+                        shape = (len(calib_set),) + item.patches.shape
+                        spill = np.lib.format.open_memmap(str(Path(tmp) / "calib.npy"), "w+",
+                                                          np.float16, shape)
+                    spill_rows[len(names) - 1] = len(spill_rows)
+                    spill[spill_rows[len(names) - 1]] = item.patches.astype(np.float16)
+            if progress and len(names) % 50 == 0:
+                _say(progress, f"  {len(names)}/{n_files} images "
+                               f"({time.perf_counter() - t0:.0f} s)")
+        n = len(names)
+        if n < max(k + 1, folds):
+            raise Dn2Error(f"fit needs at least {max(k + 1, folds)} good normal images, found "
+                           f"{n} ({len(failed)} bad files skipped)")
+        t_embed = time.perf_counter() - t0
+        _say(progress, f"embedded {n} images through view {view} ({t_embed:.1f} s); "
+                       f"{len(failed)} bad files skipped")
+        fold_arr = np.asarray(fold_of)
+        t_in = len(embs[0])
+        x = np.concatenate(embs)
+        image_of = np.repeat(np.arange(n), [len(e) for e in embs])
+        if l2norm:
+            x = l2normalize(x)
+        gscores = reduce_cells(loo_by_image(x, image_of, k).reshape(n, t_in), "max")
+        gthr = conformal_quantile(gscores, fpr)
+        gbank = build_bank(x, index)
+        sections: Dict = {"global": {"k": k, "l2norm": bool(l2norm), "inputs_per_image": t_in,
+                                     "threshold": dict(gthr, fpr=fpr,
+                                                       quantiles=quantile_table(gscores))}}
+        patch_bank, pinfo = None, None
+        if use_patch:
+            t1 = time.perf_counter()
+            per_fold = max(1, bank_size // folds)
+            fold_banks = [p.result(per_fold) for p in pools]
+            t_bank = time.perf_counter() - t1
+            pscores = np.full(n, np.nan, np.float32)
+            pmax = np.full(n, np.nan, np.float32)
+            for f in range(folds):
+                held = [j for j in spill_rows if fold_arr[j] == f]
+                if not held:
+                    continue
+                others = np.concatenate([b for g, b in enumerate(fold_banks) if g != f])
+                fb = build_bank(others, "exact")
+                for j in held:
+                    cells = cell_scores(fb, np.asarray(spill[spill_rows[j]], np.float32),
+                                        patch_k)
+                    pscores[j] = reduce_cells(cells[None], reduction, topk)[0]
+                    h, w = frame_shapes[j]
+                    pmax[j] = frame_map(list(cells), rects_of[j], h, w, emb.input_size).max()
+            calibrated = ~np.isnan(pscores)
+            pthr = conformal_quantile(pscores[calibrated], fpr)
+            pix = conformal_quantile(pmax[calibrated], fpr)
+            bank_rows = np.concatenate(fold_banks)
+            patch_bank = build_bank(bank_rows, index)
+            t_fit = time.perf_counter() - t1
+            pinfo = {"calibrated_images": int(calibrated.sum()), "folds": folds,
+                     "pool_shrinks": int(sum(p.shrinks for p in pools)),
+                     "bank_seconds": round(t_bank, 2), "fit_seconds": round(t_fit, 2)}
+            sections["patch"] = {
+                **PatchScorer(patch_bank, patch_k, reduction, topk, SIGMA).params(),
+                "compression": "greedy-coreset", "per_image": per_image,
+                "bank_size": int(len(bank_rows)), "layers": emb.patch_spec["layers"],
+                "channels": emb.patch_spec["channels"], "grid": emb.patch_spec["grid"],
+                "threshold": dict(pthr, fpr=fpr, quantiles=quantile_table(pscores[calibrated])),
+                "pixel_threshold": dict(pix, fpr=fpr, what="map maximum of held-out normal "
+                                                           "images"),
+                "calibration": f"{folds}-fold by image: scored against the other folds' "
+                               f"patch pools"}
+            _say(progress, f"patch bank: {len(bank_rows)} rows x {bank_rows.shape[1]} "
+                           f"(greedy coreset of {n} images, {t_bank:.1f} s); threshold "
+                           f"{pthr['value']:.4g}, pixel threshold {pix['value']:.4g}")
+        if mode == "both":
+            both = calibrated_both(gscores, gthr["value"], pscores, pthr["value"])
+            thr = dict(conformal_quantile(both[~np.isnan(both)], fpr), method="fpr", fpr=fpr,
+                       quantiles=quantile_table(both[~np.isnan(both)]),
+                       calibration="max of the two normalised held-out scores")
+        elif mode == "patch":
+            thr = dict(sections["patch"]["threshold"], method="fpr",
+                       calibration=sections["patch"]["calibration"])
+        else:
+            thr = dict(gthr, method="fpr", fpr=fpr, quantiles=quantile_table(gscores),
+                       calibration="leave-one-out by image")
+    meta = emb.meta
+    manifest = {
+        "model": {"arch": meta.arch, "weights": meta.weights, "input": meta.input_size,
+                  "dim": meta.dim, "precision": meta.precision},
+        "bank": {"contents": "embeddings" if t_in == 1 else "view-input-embeddings"},
+        "fit": {"images": n, "kept": n, "failed": len(failed), "dropped": 0,
+                "cleaned_fraction": 0.0, "kmeans": None, "seed": int(seed), "index": index,
+                "source": "images", "embed_seconds": round(t_embed, 2),
+                **({"patch": pinfo} if pinfo else {})},
+        "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm),
+                  "jpeg_draft": bool(jpeg_draft), "mode": mode},
+        "view": view.to_dict(),
+        "signals": sections,
+        "threshold": thr,
+        "group": None,
+    }
+    report = {"kept": names, "dropped": [], "failed": [list(f) for f in failed],
+              "val_failed": [], "bank_rows": "view inputs of the kept images, in order"}
+    out = write_bundle(output, model_path, manifest, gbank, None, report, patch_bank=patch_bank)
+    _say(progress, f"bundle written: {out} (mode {mode}, view {view}, threshold "
+                   f"{thr['value']:.6g})")
+    return out
+
+
+def calibrated_both(g: np.ndarray, tg: float, p: np.ndarray, tp: float) -> np.ndarray:
+    """max(global / its threshold, patch / its threshold); NaN where a patch score is missing."""
+    return np.maximum(np.asarray(g, np.float64) / max(tg, 1e-30),
+                      np.asarray(p, np.float64) / max(tp, 1e-30)).astype(np.float32)
+
+
+def combine(g: np.ndarray, tg: float, p: Optional[np.ndarray], tp: Optional[float],
+            mode: str) -> np.ndarray:
+    """The decision score of ``mode`` from raw global / patch image scores."""
+    if mode == "global":
+        return np.asarray(g, np.float32)
+    if mode == "patch":
+        return np.asarray(p, np.float32)
+    return calibrated_both(g, tg, p, tp)
+
+
+__all__ = ["fit_view_bundle", "combine", "loo_by_image", "MODES", "DEFAULTS"]
