@@ -47,17 +47,21 @@ class MjpegCamera:
     OpenCV reads it through FFmpeg exactly like an IP camera URL. It serves ``frames`` in order
     at ``fps``; after frame ``drop_after`` (if set) it cuts the connection and refuses new ones
     for ``down_s`` seconds, then the next connection continues with the following frame, so
-    no frame of the camera's timeline is lost unless the client misses it.
+    no frame of the camera's timeline is lost unless the client misses it. ``partial=True``:
+    the cut falls in the middle of the next frame (its first half is sent, then the connection
+    dies, as a camera losing power does); that frame is sent whole after the reconnection.
     """
 
     def __init__(self, frames: Sequence[np.ndarray], fps: float = 25.0,
-                 drop_after: int = None, down_s: float = 1.0, quality: int = 95):
+                 drop_after: int = None, down_s: float = 1.0, quality: int = 95,
+                 partial: bool = False):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
                       for f in frames]
         self.fps, self.drop_after, self.down_s = fps, drop_after, down_s
+        self.partial = partial
         self.next = 0  # next frame to serve
         self.down_until = 0.0
         self.connections = 0
@@ -90,6 +94,12 @@ class MjpegCamera:
                         if cam.drop_after is not None and cam.next == cam.drop_after + 1:
                             cam.drop_after = None
                             cam.down_until = time.monotonic() + cam.down_s
+                            if cam.partial and cam.next < len(cam.jpegs):
+                                nxt = cam.jpegs[cam.next]
+                                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                                 b"Content-Length: %d\r\n\r\n" % len(nxt)
+                                                 + nxt[:len(nxt) // 2])
+                                self.wfile.flush()
                             self.close_connection = True
                             return
                         delay = t0 + sent / cam.fps - time.monotonic()

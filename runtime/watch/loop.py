@@ -199,7 +199,7 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
     summary.stopped, summary.dropped, summary.error = stop.is_set(), queue.dropped, st.error
     summary.frames_read, summary.failures = st.frames, st.failures
     summary.reconnects, summary.skipped_items = st.reconnects, st.skipped_items
-    summary.lost_frames = st.lost_frames
+    summary.lost_frames, summary.partial_frames = st.lost_frames, st.partial_frames
     summary.problems = [f"{what}: {why}" for what, why in st.recent_problems]
     summary.events = outputs.writer.count
     summary.unwritten = outputs.problems()
