@@ -29,7 +29,7 @@ events: JSON lines, alert_start / alert_end per alert (see dn2.runtime.watch.eve
   DN2_MQTT_CERT, DN2_MQTT_KEY, DN2_HTTP_TOKEN), never from the command line.
 scores: --scores FILE writes one row per score (CSV for .csv, else JSON lines; - for stdout);
   `dn2 plot FILE --events EV -o scores.png` draws it.
-stop: Ctrl-C or SIGTERM stops cleanly: an open alert is closed (reason "stopped"), every
+stop: Ctrl-C, SIGTERM or SIGHUP stops cleanly: an open alert is closed (reason "stopped"), every
   event is flushed and the events file fsync'ed (exit 0). A second Ctrl-C aborts at once
   (exit 130).
 exit 0: the stream ended, --max-frames was reached or a stop was asked for; exit 2: a bad
@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _install_signals(stop: threading.Event):
-    """SIGINT / SIGTERM ask for a clean stop; a second SIGINT aborts."""
+    """SIGINT / SIGTERM / SIGHUP (the terminal or the session went away) ask for a clean stop:
+    open alerts closed, events flushed; a second SIGINT aborts."""
     previous = {}
 
     def handler(signum, frame):
@@ -128,8 +129,9 @@ def _install_signals(stop: threading.Event):
         print(f"{prog('watch')}: {signal.Signals(signum).name} received, stopping "
               "(closing alerts, flushing events)", file=sys.stderr, flush=True)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            previous[sig] = signal.signal(sig, handler)
     return previous
 
 
