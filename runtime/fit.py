@@ -291,7 +291,7 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
             color_mode(color, inputs[0] if inputs else None, progress)
     emb.gray = colour["mode"] == "gray"
     failed: List[Tuple[str, str]] = []
-    temporal, segs, streams = None, None, []
+    in_order, temporal, segs, streams = bool(temporal), None, None, []
     if images is not None:
         x, names, failed, temporal, segs, streams = FV.embed_inputs(
             emb, _as_list(images), colour, every=every, max_frames=max_frames,
@@ -314,7 +314,7 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
             [f"embedding[{i}]" for i in range(len(x))]
         if len(names) != len(x):
             raise Dn2Error(f"names: expected {len(x)} (one per embedding), found {len(names)}")
-        temporal = np.full(len(x), bool(temporal))
+        temporal = np.full(len(x), in_order)
         segs = np.zeros(int(temporal.sum()), np.int64)
     if not temporal.any():
         temporal = None
@@ -342,8 +342,15 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
     xk = x[keep]
     hnsw = dict(HNSW_DEFAULTS, **(hnsw or {}))
     bank = build_bank(xk, index, **hnsw) if kmeans is None else None
-    labels, dups = find_duplicates(x, names if images is not None else None, seed=seed,
-                                   bank=bank if keep.all() else None)
+    if temporal is None:
+        labels, dups = find_duplicates(x, names if images is not None else None, seed=seed,
+                                       bank=bank if keep.all() else None)
+    else:  # frames are calibrated in time blocks; copies matter among the images only
+        labels, dups = np.arange(len(x)), {"images_in_groups": 0, "frames": "time blocks"}
+        if (~temporal).sum() > 1:
+            sub, dups = find_duplicates(x[~temporal], [n_ for n_, t in zip(names, temporal)
+                                                       if not t], seed=seed)
+            labels[np.flatnonzero(~temporal)] = np.flatnonzero(~temporal)[sub]
     if dups["images_in_groups"]:
         _say(progress, f"duplicates: {dups['images_in_groups']} images in {dups['groups']} "
                        f"groups of copies ({dups['exact_copies']} exact, {dups['near_copies']} "

@@ -1,9 +1,10 @@
 """Opening a source that may not be up yet: a camera still booting, a stream not started.
 
-A live source (camera index, stream URL, GStreamer pipeline) that cannot be opened at start is
-retried with the reader's reconnect backoff (0.5 s, 1 s, 2 s ... up to ``max_delay``) until
-``connect_timeout`` seconds have passed; then the last error is raised. Files and folders are
-opened once: a wrong path does not get better by waiting.
+A network stream (rtsp://, http:// ... URL) that cannot be opened at start is retried with the
+reader's reconnect backoff (0.5 s, 1 s, 2 s ... up to ``max_delay``) until ``connect_timeout``
+seconds have passed; then the last error is raised. Files, folders, camera indices and
+GStreamer pipelines are opened once: a wrong path, a missing device or a pipeline that does
+not parse does not get better by waiting (a stream that drops later is the reader's job).
 """
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ def open_live(spec, *, connect_timeout: float = 30.0, max_delay: float = 10.0,
               realtime: bool = False, folder_fps: float = 10.0,
               log: Callable[[str], None] = lambda m: None,
               stop=None):
-    """:func:`open_source`, retrying a live source until ``connect_timeout`` (seconds)."""
+    """:func:`open_source`, retrying a stream URL until ``connect_timeout`` (seconds)."""
     from .reader import Backoff
     from .sources import Source, classify
 
-    if isinstance(spec, Source) or classify(spec) not in ("camera", "url", "gstreamer"):
+    if isinstance(spec, Source) or realtime or classify(spec) != "url":
         return open_source(spec, realtime=realtime, folder_fps=folder_fps)
     backoff = Backoff(initial=min(0.5, max_delay), max_delay=max_delay)
     deadline = time.monotonic() + max(0.0, float(connect_timeout))

@@ -106,11 +106,18 @@ def collect_frames(queue, spec: Tuple[str, float], embed: Callable, batch: int, 
                    on_first: Optional[Callable] = None, what: str = "--learn"
                    ) -> Tuple[np.ndarray, list]:
     """Embeddings of the learning frames, and the frames of the last batch left over;
-    ``on_first(frames)`` sees the first batch before it is embedded."""
+    ``on_first(frames)`` sees the first full batch (or all frames, if fewer) before it is
+    embedded."""
     kind, amount = spec
     chunks, n, first_ts, last_note, rest = [], 0, None, time.monotonic(), []
+    first: list = []
+    while on_first is not None and len(first) < batch and not stop.is_set():
+        more = queue.get_batch(batch - len(first), timeout=0.1)
+        if more is None:
+            break
+        first += more
     while not stop.is_set():
-        frames = queue.get_batch(batch, timeout=0.1)
+        frames, first = (first, []) if first else (queue.get_batch(batch, timeout=0.1), [])
         if frames is None:
             break
         if not frames:
@@ -128,7 +135,7 @@ def collect_frames(queue, spec: Tuple[str, float], embed: Callable, batch: int, 
             chunks.append(embed(np.stack([f.prepared for f in frames])))
             n += len(frames)
         if time.monotonic() - last_note > 5.0:
-            log(f"learning: {n} frames so far")
+            log(f"{'learning' if what == '--learn' else what}: {n} frames so far")
             last_note = time.monotonic()
         if rest or (kind == "frames" and n >= amount) or n >= MAX_LEARN_FRAMES:
             break
