@@ -28,7 +28,7 @@ fashion_mnist() {
 }
 
 case "${1:-}" in
-  demo) shift; setup; exec "$VENV/bin/dn2-demo" "$@" ;;
+  demo) shift; setup; exec "$VENV/bin/dn2" demo "$@" ;;
   test) shift; setup; fashion_mnist; exec "$VENV/bin/python" -m pytest -q "$@" ;;
   *) echo "usage: $0 demo|test [args...]" >&2; exit 2 ;;
 esac

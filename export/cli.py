@@ -6,8 +6,12 @@ imported; every ``Dn2Error`` becomes one message on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import List, Optional
+
+from dn2.runtime.cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, new_parser, parse_args,
+                                 prog, setup_logging)
 
 from .archs import ARCH_NAMES, DEFAULT_ARCH
 
@@ -27,10 +31,10 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dn2-export", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-        description="Export an ImageNet trunk to a verified ONNX model: uint8 NHWC BGR images "
-                    "in, pooled float32 embeddings out, resize rule and provenance in metadata.")
+    p = new_parser(
+        "export", "Export an ImageNet trunk to a verified ONNX model: uint8 NHWC BGR images "
+                  "in, pooled float32 embeddings out, resize rule and provenance in metadata.",
+        extra_epilog=EPILOG)
     p.add_argument("--arch", default=DEFAULT_ARCH, choices=ARCH_NAMES, metavar="ARCH",
                    help=f"trunk, one of: {', '.join(ARCH_NAMES)} (default {DEFAULT_ARCH}, the "
                         f"paper's choice)")
@@ -59,21 +63,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+log = logging.getLogger("dn2.export")
+
+
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    (log.warning if msg.startswith("warning") else log.info)(msg)
+
+
+def _error(msg: str) -> None:
+    print(f"{prog('export')}: error: {msg}", file=sys.stderr, flush=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)  # bad choices exit 2 here, before torch loads
     from dn2.runtime.errors import Dn2Error
+
+    parser = build_parser()
+    try:
+        args = parse_args(parser, argv)  # bad choices exit 2 here, before torch loads
+    except Dn2Error as exc:  # --config
+        _error(str(exc))
+        return EXIT_USAGE
+    setup_logging(args.quiet, args.verbose)
 
     if args.tensorrt:
         import importlib.util
 
         if importlib.util.find_spec("tensorrt") is None:  # fail before minutes of export work
-            _log("dn2-export: error: --tensorrt needs the TensorRT Python API (x86_64: pip "
-                 "install 'dn2[tensorrt]'; Jetson: JetPack 6); nothing was exported")
-            return 1
+            _error("--tensorrt needs the TensorRT Python API (x86_64: pip install "
+                   "'dn2[tensorrt]'; Jetson: JetPack 6); nothing was exported")
+            return EXIT_USAGE
     try:
         from .pipeline import export_model
 
@@ -90,16 +108,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                                   args.workspace, _log)
             _log(f"wrote TensorRT engine {engine}")
     except Dn2Error as exc:
-        _log(f"dn2-export: error: {exc}")
-        return 1
+        _error(str(exc))
+        return EXIT_USAGE
     except ImportError as exc:  # torch/onnx missing: the export extra is not installed
-        _log(f"dn2-export: error: {exc.name or exc} is not installed: pip install 'dn2[export]'")
-        return 1
+        _error(f"{exc.name or exc} is not installed: pip install 'dn2[export]'")
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        _log("dn2-export: interrupted; no model written")
-        return 130
+        _error("interrupted; no model written")
+        return EXIT_INTERRUPTED
     print(report["output"])
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,6 @@
 """Fit a bundle from normal images or precomputed embeddings (the library side of dn2-fit).
 
-Steps (DESIGN.md, data flow 2): embed the good images (bad files are skipped, listed and
+Steps (docs/design.md, data flow 2): embed the good images (bad files are skipped, listed and
 counted) -> optional L2 normalisation -> optional cleaning (paper 3.2) -> optional k-means
 compression (paper 5.1) -> bank -> threshold from normal data only -> optional group bank
 (paper 3.3) -> bundle, written atomically.
@@ -15,7 +15,7 @@ contamination above the target FPR raises the threshold; give ``--val-normal`` a
 """
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -34,9 +34,14 @@ from .threshold import calibrate, conformal_quantile, quantile_table, roc_auc
 Inputs = Union[str, Path, Sequence[Union[str, Path]]]
 
 
+log = logging.getLogger(__name__)
+
+
 def _say(progress: bool, msg: str) -> None:
+    """Progress notes go to the ``dn2`` logger (shown by the CLI; silent in a library call
+    unless the caller configures logging)."""
     if progress:
-        print(msg, file=sys.stderr, flush=True)
+        log.info(msg)
 
 
 def _as_list(inputs: Inputs) -> List[str]:

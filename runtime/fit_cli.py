@@ -7,9 +7,9 @@
 
 NORMAL: image files, folders (recursive) or globs. Bad files are skipped, listed and counted.
 
-Exit codes:
-  0  bundle written (skipped bad files, if any, are listed on stderr)
-  2  nothing written: usage error, unusable model, too few good images, or another dn2 error
+Exit codes: 0 bundle written (skipped bad files, if any, are listed on stderr); 2 nothing
+written (usage error, unusable model, too few good images, or another dn2 error); 130
+interrupted. The same table as every dn2 command (dn2.runtime.cliargs.EXIT_CODES).
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import argparse
 import sys
 from typing import List, Optional
 
+from .cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser, new_parser,
+                      parse_args, report_error, setup_logging)
 from .errors import Dn2Error
 from .ray_inputs import add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
@@ -24,11 +26,8 @@ from .threshold import METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dn2-fit", description="Fit a dn2 bundle from normal images (paper 3.1-3.3).",
-        epilog="exit codes: 0 bundle written (skipped bad files are listed); "
-               "2 nothing written (usage error, bad model, too few good images, other error)",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("fit", "Fit a dn2 bundle from normal images (paper 3.1-3.3).",
+                   engine_parser(batch=8))
     p.add_argument("model", help="dn2 ONNX model (from dn2-export)")
     p.add_argument("normal", nargs="+",
                    help="normal inputs: image files, folders (recursive), globs, video files, "
@@ -101,14 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="videos and streams: the first S seconds of each (source clock)")
     p.add_argument("--connect-timeout", type=float, default=30.0, metavar="S",
                    help="a live source not up yet is retried with backoff for S seconds")
-    p.add_argument("--batch", type=int, default=8, help="images per inference batch")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--providers", default="auto",
-                   help="auto, or a comma-separated list (e.g. cuda,cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed for k-means, groups, folds")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     add_ray_args(p)
     return p
+
+
+# fit_bundle's parameter names that differ from the option names (for --config and errors)
+PARAMS = {"model_path": "model", "images": "normal", "n_groups": "groups"}
 
 
 def _view_fit(a) -> Optional[str]:
@@ -147,9 +145,13 @@ def _view_fit(a) -> Optional[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
-        a = parser.parse_args(argv)
+        a = parse_args(parser, argv, PARAMS)
     except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
         return int(exc.code or 0)
+    except Dn2Error as exc:  # --config
+        report_error("fit", exc)
+        return EXIT_USAGE
+    setup_logging(a.quiet, a.verbose)
     from .fit import fit_bundle
 
     fit, ray_kw = fit_bundle, dict(every=a.every, max_frames=a.max_frames, seconds=a.seconds,
@@ -163,7 +165,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         view_fit = _view_fit(a)
         if view_fit is not None:
             print(view_fit)
-            return 0
+            return EXIT_OK
         out = fit(a.model, a.output, a.normal, k=a.k, clean=a.clean,
                          kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
                          group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
@@ -174,13 +176,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                          seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft,
                          color=a.color, **ray_kw)
     except Dn2Error as exc:
-        print(f"dn2-fit: error: {exc}", file=sys.stderr)
-        return 2
+        report_error("fit", exc, parser, PARAMS)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("dn2-fit: interrupted; nothing written", file=sys.stderr)
-        return 2
+        report_error("fit", "interrupted; nothing written")
+        return EXIT_INTERRUPTED
     print(out)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

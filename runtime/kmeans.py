@@ -2,7 +2,7 @@
 
 Backend choice, measured on this project's shared 2-core machine with
 ``OMP_NUM_THREADS=2 python -m dn2.tools.bench.bank --kmeans --kmeans-n 50000 --kmeans-c 1000
---kmeans-repeats 1`` (Gaussian-mixture data, 50k x 2048 -> 1000 centres, the issue's case; load
+--kmeans-repeats 1`` (Gaussian-mixture data, 50k x 2048 -> 1000 centres, the design's case; load
 average ~5 from other jobs), both backends from the same seeded k-means++ centres:
 
 * faiss-cpu ``faiss.Kmeans``, 10 Lloyd iterations:      52.5 s, inertia/n 2008.4   <- chosen

@@ -8,11 +8,12 @@ With ``--json`` one JSON object per line with keys ``path``, ``score``, ``thresh
 are still scored. With ``--group`` all inputs form one set, scored by its pooled embedding
 against the bundle's normal groups (one line; ``paths`` and ``errors`` added).
 
-Exit codes:
+Exit codes (the table of every dn2 command, dn2.runtime.cliargs.EXIT_CODES):
   0  every input was scored
   1  some inputs could not be scored (their lines carry the error); the others were
   2  usage error, or the bundle is missing, half-written, tampered, inconsistent, or (with a
      trusted key: --trusted-key / DN2_TRUSTED_KEY) unsigned or altered after signing
+  130 interrupted
 """
 from __future__ import annotations
 
@@ -22,21 +23,20 @@ import json
 import sys
 from typing import List, Optional
 
+from .cliargs import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser,
+                      new_parser, parse_args, prog, report_error, setup_logging)
 from .errors import Dn2Error
 from .ray_inputs import add_ray_args, ray_address
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_SOME_FAILED, EXIT_ERROR = EXIT_FAILED, EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dn2-score", description="Score images against a dn2 bundle.",
-        epilog="exit codes: 0 all inputs scored; 1 some inputs failed (reported per line); "
-               "2 usage error or bad bundle (missing, half-written, tampered, inconsistent)",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("score", "Score images against a dn2 bundle.", engine_parser(batch=8))
     p.add_argument("bundle", help="bundle directory written by dn2-fit")
     p.add_argument("paths", nargs="+", help="images: files, folders (recursive), globs")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output on stdout: one JSON object per input")
     p.add_argument("--group", action="store_true",
                    help="score all inputs as one group against the normal groups")
     p.add_argument("--group-stat", choices=("knn", "cov_trace"), default="knn",
@@ -49,13 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write per image DIR/STEM.png (heatmap overlay) and DIR/STEM.npy (raw "
                         "float32 map at the image's own size); needs a bundle with the patch "
                         "signal (dn2-fit --mode patch|both)")
-    p.add_argument("--batch", type=int, default=8, help="images per inference batch")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--trusted-key", metavar="PUBKEY",
                    help="score only with a bundle signed by this Ed25519 public key (PEM; "
                         "default $DN2_TRUSTED_KEY); unsigned or altered bundles exit 2")
-    p.add_argument("--providers", default="auto",
-                   help="auto, or a comma-separated list (e.g. cuda,cpu)")
     add_ray_args(p, score=True)
     return p
 
@@ -103,9 +99,13 @@ def _full_image(path: str, m):
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
-        a = parser.parse_args(argv)
+        a = parse_args(parser, argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    except Dn2Error as exc:  # --config
+        report_error("score", exc)
+        return EXIT_USAGE
+    setup_logging(a.quiet, a.verbose)
     from .detector import Detector
     from .images import expand_inputs
 
@@ -161,20 +161,23 @@ def main(argv: Optional[List[str]] = None) -> int:
                 d.update(writer.write(r.path, _full_image(r.path, r.map), r.map, r.peak, r.box))
             _emit(d, a.json)
     except Dn2Error as exc:
-        print(f"dn2-score: error: {exc}", file=sys.stderr)
+        report_error("score", exc, parser)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        report_error("score", "interrupted")
+        return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 def _score_on_ray(a) -> int:
     """--ray: every input scored on the cluster, rows written as shards to --ray-output."""
     if a.group or a.json:
-        print("dn2-score: error: --ray writes result shards to --ray-output; it does not "
-              "take --group or --json", file=sys.stderr)
+        report_error("score", "--ray writes result shards to --ray-output; it does not take "
+                              "--group or --json")
         return EXIT_ERROR
     if not a.ray_output:
-        print("dn2-score: error: --ray: expected --ray-output DIR for the result shards, "
-              "found none", file=sys.stderr)
+        report_error("score", "--ray: expected --ray-output DIR for the result shards, found "
+                              "none")
         return EXIT_ERROR
     from .ray_score import score_ray
 
@@ -185,9 +188,9 @@ def _score_on_ray(a) -> int:
                       providers=a.providers, jpeg_draft=a.jpeg_draft,
                       video_stride=a.video_stride)
     except Dn2Error as exc:
-        print(f"dn2-score: error: {exc}", file=sys.stderr)
+        report_error("score", exc)
         return EXIT_ERROR
-    print(f"dn2-score: {s['rows']} rows ({s['scored']} scored, {s['failed']} failed) in "
+    print(f"{prog('score')}: {s['rows']} rows ({s['scored']} scored, {s['failed']} failed) in "
           f"{len(s['shards'])} shards in {s['out']}; {s['images_per_s']:.1f} img/s with "
           f"{s['actors']} actors", file=sys.stderr)
     return EXIT_SOME_FAILED if s["failed"] else EXIT_OK

@@ -18,14 +18,14 @@ import argparse
 import sys
 from typing import List, Optional
 
+from .cliargs import EXIT_OK, EXIT_USAGE, new_parser, parse_args, report_error, setup_logging
 from .errors import Dn2Error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dn2-sign", description="Sign dn2 bundles (Ed25519) and make keys.",
-        epilog="exit codes: 0 done; 2 usage error, bad bundle, bad key or invalid signature",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("sign", "Sign dn2 bundles (Ed25519) and make keys.",
+                   extra_epilog="exit 2 here: usage error, bad bundle, bad key or invalid "
+                                "signature")
     p.add_argument("bundle", nargs="?", help="bundle directory written by dn2-fit")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--key", metavar="PRIVATE", help="sign BUNDLE with this private key (PEM)")
@@ -39,9 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
-        a = parser.parse_args(argv)
+        a = parse_args(parser, argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    except Dn2Error as exc:  # --config
+        report_error("sign", exc)
+        return EXIT_USAGE
+    setup_logging(a.quiet, a.verbose)
     from . import signing
 
     try:
@@ -52,7 +56,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"private key: {priv} (keep it off the boxes)\npublic key: {pub} "
                   f"(key id {signing.key_id(signing.load_public_key(pub))}; give it to the "
                   f"boxes as --trusted-key or DN2_TRUSTED_KEY)")
-            return 0
+            return EXIT_OK
         if not a.bundle:
             raise Dn2Error("expected a BUNDLE to sign or verify, found none")
         if a.key:
@@ -62,9 +66,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{a.bundle}: signature valid (key {sig['key_id']}, "
                   f"{len(sig['files'])} files and the manifest)")
     except Dn2Error as exc:
-        print(f"dn2-sign: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        report_error("sign", exc, parser)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 if __name__ == "__main__":

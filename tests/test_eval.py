@@ -319,10 +319,10 @@ def test_cli_on_cached_embeddings(lite0_96, shared_cache, tmp_path, capsys):
     # errors are messages, not tracebacks
     capsys.readouterr()
     assert main(base[:2] + ["--model", str(tmp_path / "nope.onnx"), "--json",
-                            str(tmp_path / "x.json")]) == 1
+                            str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
     assert "nope.onnx" in err and "Traceback" not in err
-    assert main(base + ["--protocol", "int8", "--json", str(tmp_path / "x.json")]) == 1
+    assert main(base + ["--protocol", "int8", "--json", str(tmp_path / "x.json")]) == 2
     assert "--model-int8" in capsys.readouterr().err
 
 

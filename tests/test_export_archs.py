@@ -1,4 +1,4 @@
-"""Every arch exports with random weights and the ONNX graph matches torch (issue 2)."""
+"""Every arch exports with random weights and the ONNX graph matches torch."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +21,7 @@ SIZE = 64
 REL_TOL = 1e-3
 
 
-def test_arch_table_is_what_the_issue_lists():
+def test_arch_table_is_what_the_readme_lists():
     assert ARCH_NAMES == ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                           "wide_resnet50_2", "efficientnet_lite0", "efficientnet_lite2")
     assert ARCHS["resnet101"].dim == 2048 and ARCHS["efficientnet_lite0"].dim == 1280

@@ -40,7 +40,7 @@ def test_unknown_arch_fails_at_once_naming_the_choices_without_loading_torch():
 
 def test_unwritable_output_fails_without_loading_torch():
     proc, _ = _probe("--weights", "none", "--output", "/nonexistent-dn2/m.onnx")
-    assert proc.stdout.split() == ["rc", "1", "False"]
+    assert proc.stdout.split() == ["rc", "2", "False"]
     assert proc.stderr.strip() == ("dn2-export: error: cannot write /nonexistent-dn2/m.onnx: "
                                    "folder /nonexistent-dn2 does not exist")
 
@@ -50,7 +50,7 @@ def test_tensorrt_without_tensorrt_fails_before_exporting(tmp_path, capsys):
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here; tests/test_gpu.py covers --tensorrt")
-    assert main(["--weights", "none", "--tensorrt", "--output", str(tmp_path / "m.onnx")]) == 1
+    assert main(["--weights", "none", "--tensorrt", "--output", str(tmp_path / "m.onnx")]) == 2
     assert "--tensorrt needs the TensorRT Python API" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -85,7 +85,7 @@ def test_bad_values_fail_before_any_work_with_one_line(args, expected, tmp_path,
     rc = main(["--arch", "resnet18", "--weights", "none", *args] +
               ([] if "--output" in args else ["--output", str(tmp_path / "m.onnx")]))
     err = capsys.readouterr().err
-    assert rc == 1 and expected in err and "Traceback" not in err
+    assert rc == 2 and expected in err and "Traceback" not in err
     assert err.count("\n") == 1
     assert time.perf_counter() - t0 < 10  # no weights were built
     assert list(tmp_path.iterdir()) == []
@@ -93,9 +93,9 @@ def test_bad_values_fail_before_any_work_with_one_line(args, expected, tmp_path,
 
 def test_output_under_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
-    assert main(["--weights", "none", "--output", str(tmp_path / "afile" / "m.onnx")]) == 1
+    assert main(["--weights", "none", "--output", str(tmp_path / "afile" / "m.onnx")]) == 2
     assert "afile is a file, not a folder" in capsys.readouterr().err
-    assert main(["--weights", "none", "--output", str(tmp_path)]) == 1
+    assert main(["--weights", "none", "--output", str(tmp_path)]) == 2
     assert "is a folder; expected a file name" in capsys.readouterr().err
 
 
@@ -108,7 +108,7 @@ def test_output_in_a_read_only_folder_is_refused(tmp_path, capsys):
     try:
         if os.access(ro, os.W_OK):
             pytest.skip("running as a user that can write anywhere (root)")
-        assert main(["--weights", "none", "--output", str(ro / "m.onnx")]) == 1
+        assert main(["--weights", "none", "--output", str(ro / "m.onnx")]) == 2
         assert "is not writable" in capsys.readouterr().err
     finally:
         ro.chmod(0o700)

@@ -1,4 +1,4 @@
-"""fp16 / int8 variants and the verification gate that refuses bad models (issue 2)."""
+"""fp16 / int8 variants and the verification gate that refuses bad models."""
 from __future__ import annotations
 
 import json

@@ -98,7 +98,7 @@ def test_weights_that_do_not_fit_name_the_keys(tmp_path, capsys):
     # resnet18 weights for resnet34: many missing keys, listed first few plus a count
     out = tmp_path / "r34.onnx"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    assert main(["--arch", "resnet34", "--weights", str(path), "--output", str(out)]) == 1
+    assert main(["--arch", "resnet34", "--weights", str(path), "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert "missing keys: layer1.2.conv1.weight" in err and "more)" in err
     assert "Traceback" not in err and _files(tmp_path) == ["bad.pth"]
@@ -109,10 +109,10 @@ def test_unreadable_weights_give_a_message(tmp_path, capsys, content):
     path = tmp_path / "junk.pth"
     path.write_bytes(content)
     assert main(["--arch", "resnet18", "--weights", str(path), "--output",
-                 str(tmp_path / "x.onnx")]) == 1
+                 str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err
     assert f"cannot read {path}" in err and "Traceback" not in err
     assert main(["--arch", "resnet18", "--weights", str(tmp_path / "missing.pth"),
-                 "--output", str(tmp_path / "x.onnx")]) == 1
+                 "--output", str(tmp_path / "x.onnx")]) == 2
     assert "not found" in capsys.readouterr().err
     assert _files(tmp_path) == ["junk.pth"]

@@ -1,4 +1,5 @@
-"""The distribution maps the repo's top-level folders to dn2.export / dn2.runtime / dn2.tools."""
+"""The distribution maps the repo's top-level folders to dn2.cli / dn2.export / dn2.runtime /
+dn2.tools."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"export": "dn2.export", "runtime": "dn2.runtime", "tools": "dn2.tools"}
+FOLDERS = {"cli": "dn2.cli", "export": "dn2.export", "runtime": "dn2.runtime", "tools": "dn2.tools"}
 
 
 def _pyproject():

@@ -62,7 +62,7 @@ def test_textile_global_defects_auroc_and_heldout_fpr(lite0_model, textile_dirs,
     # adds about the same again -> combined sd ~0.022; 3 sd = 0.065.
     assert abs(fpr - FPR) <= 0.065
     # local defects (small spots) are reported, not asserted: a 224 px globally pooled
-    # embedding barely sees them (measured ROC-AUC ~0.58 here); the issue asks for global.
+    # embedding barely sees them (measured ROC-AUC ~0.58 here); the global ones are what it must catch.
 
 
 @pytest.mark.slow

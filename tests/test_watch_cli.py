@@ -24,9 +24,9 @@ def clip(textile_dirs, tmp_path_factory):
     (["{tmp}/no_bundle", "--source", "{clip}", "--realtime", "--group", "1"], "--group must"),
     (["{tmp}/no_bundle", "--source", "7", "--realtime"], "replays a video file"),
 ])
-def test_bad_input_is_a_message_and_exit_1(args, message, clip, tmp_path, capsys):
+def test_bad_input_is_a_message_and_exit_2(args, message, clip, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path, clip=clip) for a in args]
-    assert main(argv) == 1
+    assert main(argv) == 2  # the exit-code table: nothing done
     err = capsys.readouterr().err
     assert err.startswith("dn2-watch: error: ") and message in err and "Traceback" not in err
 
@@ -43,7 +43,7 @@ def test_usage_errors_exit_2(capsys):
     assert e.value.code == 2 and "--source" in capsys.readouterr().err
 
 
-def test_every_issue_option_exists():
+def test_every_documented_option_exists():
     opts = {o for a in build_parser()._actions for o in a.option_strings}
     for o in ("--source", "--batch", "--stride", "--group", "--hop", "--threshold",
               "--min-consecutive", "--cooldown", "--events", "--snapshots", "--output-video",

@@ -141,7 +141,7 @@ def test_output_video_under_an_unwritable_path_is_a_message(scene, tmp_path, cap
     rc = main([str(bundle), "--source", str(clip), "--headless", "--output-video",
                str(tmp_path / "file" / "sub" / "out.mp4")])
     err = capsys.readouterr().err
-    assert rc == 1 and "Traceback" not in err and "--output-video" in err
+    assert rc == 2 and "Traceback" not in err and "--output-video" in err
     # a missing folder is made
     assert main([str(bundle), "--source", str(clip), "--headless", "--max-frames", "4",
                  "--output-video", str(tmp_path / "new" / "dir" / "out.avi")]) == 0
@@ -155,7 +155,7 @@ def test_events_fifo_without_reader_is_an_error_not_a_hang(scene, tmp_path):
     p = subprocess.run([sys.executable, "-m", "dn2.runtime.watch.cli", str(bundle), "--source",
                         str(clip), "--headless", "--events", str(fifo)],
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode == 1 and "FIFO with no reader" in p.stderr
+    assert p.returncode == 2 and "FIFO with no reader" in p.stderr
     assert "Traceback" not in p.stderr
 
 
@@ -197,7 +197,7 @@ def test_events_fifo_with_reader_and_sigterm_flushes(scene, tmp_path):
 
 def test_plot_draws_any_run(scene, tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from dn2.tools.plot_cli import main as plot_main
+    from dn2.tools.plot import main as plot_main
 
     bundle, clip = scene
     ev = tmp_path / "ev.jsonl"
@@ -213,5 +213,34 @@ def test_plot_draws_any_run(scene, tmp_path, capsys):
     img = cv2.imread(str(tmp_path / "p.png"))
     assert img is not None and img.shape[1] > 800
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
-    assert plot_main([str(tmp_path / "bad.csv"), "-o", str(tmp_path / "q.png")]) == 1
+    assert plot_main([str(tmp_path / "bad.csv"), "-o", str(tmp_path / "q.png")]) == 2
     assert "expected dn2-watch --scores rows" in capsys.readouterr().err
+
+
+def test_events_fifo_whose_reader_stopped_reading_never_stalls_the_run(scene, tmp_path,
+                                                                       capsys):
+    """The reader holds the FIFO open but reads nothing and the pipe is full: each event
+    waits a moment, is counted as not written, and the run goes on to its end."""
+    import fcntl
+
+    bundle, clip = scene
+    fifo = tmp_path / "ev.fifo"
+    os.mkfifo(fifo)
+    rd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    wr = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        fcntl.fcntl(wr, 1031, 4096)  # F_SETPIPE_SZ: a one-page pipe
+    except OSError:
+        pass
+    try:
+        while True:
+            os.write(wr, b"x" * 512)
+    except BlockingIOError:
+        pass  # full
+    rc = main([str(bundle), "--source", str(clip), "--events", str(fifo), "--headless",
+               "--min-consecutive", "2", "--stats-every", "0"])
+    os.close(wr)
+    os.close(rd)
+    out = capsys.readouterr().out
+    assert rc == 4 and f"{2 * len(STAINS)} of {2 * len(STAINS)} events not written" in out
+    assert "the reader of the pipe is not reading" in out

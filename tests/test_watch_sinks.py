@@ -158,7 +158,7 @@ def test_missing_serve_extra_names_it(scene, tmp_path, flag, value, module):
             f"{flag!r}, {value!r}, '--spool', {str(tmp_path)!r}]))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=120)
-    assert p.returncode == 1 and "pip install 'dn2[serve]'" in p.stderr
+    assert p.returncode == 2 and "pip install 'dn2[serve]'" in p.stderr
     assert "Traceback" not in p.stderr
 
 
@@ -242,3 +242,19 @@ def test_mqtt_over_tls_with_the_ca_from_the_config(tmp_path):
         bad.close(0)
     finally:
         broker.stop()
+
+
+def test_sink_config_json_or_toml(tmp_path):
+    from dn2.runtime.watch.sinks import load_sink_config
+
+    (tmp_path / "s.toml").write_text('[mqtt]\nusername = "dn2"\n[http]\ntoken = "t"\n')
+    assert load_sink_config(str(tmp_path / "s.toml")) == {"mqtt": {"username": "dn2"},
+                                                          "http": {"token": "t"}}
+    (tmp_path / "s.json").write_text('{"webhook": {"headers": {"Authorization": "Bearer x"}}}')
+    assert load_sink_config(str(tmp_path / "s.json"))["webhook"]["headers"]
+    (tmp_path / "bad.json").write_text('{"mqtt": "user:pw"}')
+    with pytest.raises(Dn2Error, match="expected an object of objects"):
+        load_sink_config(str(tmp_path / "bad.json"))
+    (tmp_path / "bad.toml").write_text("[mqtt\n")
+    with pytest.raises(Dn2Error, match="--sink-config .*not valid TOML"):
+        load_sink_config(str(tmp_path / "bad.toml"))

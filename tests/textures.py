@@ -1,5 +1,6 @@
 """Synthetic image files for fast runtime tests: smooth gradients (normal) and blotches with
 stripes (anomalous); ``tiny_model.make_tiny_model`` tells them apart."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,6 +10,7 @@ dn2 metadata_props from ``ModelMeta.to_props()``:
   by a fixed random matrix: images with different colour layout or texture get different
   embeddings, like a (very small) CNN trunk. For fit/score tests that need separation.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,27 +18,50 @@ from typing import Optional
 
 import numpy as np
 
-
 # metadata arch / weights tag of each feature extractor (tests read them back)
 ARCH = {"conv": ("tiny-test", "none"), "grid": ("tiny", "random:seed{seed}")}
 
 
-def tiny_meta(input_size: int = 32, dim: int = 8, precision: str = "fp32",
-              features: str = "conv", seed: int = 0):
+def tiny_meta(
+    input_size: int = 32,
+    dim: int = 8,
+    precision: str = "fp32",
+    features: str = "conv",
+    seed: int = 0,
+):
     from dn2.runtime.modelmeta import ModelMeta, ResizeRule
     from dn2.runtime.version import __version__
 
     arch, weights = ARCH[features]
-    return ModelMeta(arch=arch, weights=weights.format(seed=seed), weights_sha256="",
-                     input_size=input_size, resize=ResizeRule.for_input_size(input_size),
-                     dim=dim, opset=17, precision=precision, version=__version__)
+    return ModelMeta(
+        arch=arch,
+        weights=weights.format(seed=seed),
+        weights_sha256="",
+        input_size=input_size,
+        resize=ResizeRule.for_input_size(input_size),
+        dim=dim,
+        opset=17,
+        precision=precision,
+        version=__version__,
+    )
 
 
-def build_tiny_model(path, input_size: int = 32, dim: int = 8, *, features: str = "conv",
-                     meta_dim: Optional[int] = None, meta_size: Optional[int] = None,
-                     input_dtype: str = "uint8", input_name: str = "images",
-                     output_name: str = "embeddings", fixed_batch: Optional[int] = None,
-                     fail_at_run: bool = False, metadata: bool = True, seed: int = 0) -> Path:
+def build_tiny_model(
+    path,
+    input_size: int = 32,
+    dim: int = 8,
+    *,
+    features: str = "conv",
+    meta_dim: Optional[int] = None,
+    meta_size: Optional[int] = None,
+    input_dtype: str = "uint8",
+    input_name: str = "images",
+    output_name: str = "embeddings",
+    fixed_batch: Optional[int] = None,
+    fail_at_run: bool = False,
+    metadata: bool = True,
+    seed: int = 0,
+) -> Path:
     """Write the model to ``path`` and return it.
 
     ``meta_dim``/``meta_size``: metadata that disagrees with the graph. ``input_dtype``
@@ -59,14 +83,18 @@ def build_tiny_model(path, input_size: int = 32, dim: int = 8, *, features: str 
     n = fixed_batch if fixed_batch else "N"
     in_type = {"uint8": TensorProto.UINT8, "float32": TensorProto.FLOAT}[input_dtype]
     graph = helper.make_graph(
-        nodes, "dn2_tiny",
+        nodes,
+        "dn2_tiny",
         [helper.make_tensor_value_info(input_name, in_type, [n, s, s, 3])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [n, d])],
-        initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="dn2-tests")
-    meta = tiny_meta(meta_size or s, meta_dim or d, features=features, seed=seed) if metadata \
-        else None
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="dn2-tests"
+    )
+    meta = (
+        tiny_meta(meta_size or s, meta_dim or d, features=features, seed=seed) if metadata else None
+    )
     return save_model(model, meta, path)
 
 
@@ -94,9 +122,12 @@ def _grid_features(x: str, out: str, s: int, d: int, rng: np.random.Generator):
     w = rng.normal(0, 1.0 / np.sqrt(feat), size=(feat, d)).astype(np.float32)
     kern = np.zeros((3, 1, 1, 2), np.float32)  # horizontal difference per channel
     kern[:, 0, 0, 0], kern[:, 0, 0, 1] = 1.0, -1.0
-    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(kern, "K"),
-             numpy_helper.from_array(np.array([1.0 / 255], np.float32), "scale"),
-             numpy_helper.from_array(np.array([0, -1], np.int64), "flat")]
+    inits = [
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(kern, "K"),
+        numpy_helper.from_array(np.array([1.0 / 255], np.float32), "scale"),
+        numpy_helper.from_array(np.array([0, -1], np.int64), "flat"),
+    ]
     pool = dict(kernel_shape=[s // g, s // g], strides=[s // g, s // g])
     nodes = [
         helper.make_node("Cast", [x], ["xf"], to=TensorProto.FLOAT),
@@ -105,8 +136,13 @@ def _grid_features(x: str, out: str, s: int, d: int, rng: np.random.Generator):
         helper.make_node("AveragePool", ["nchw"], ["p1"], **pool),
         helper.make_node("Conv", ["nchw", "K"], ["dx"], group=3),
         helper.make_node("Mul", ["dx", "dx"], ["dx2"]),
-        helper.make_node("AveragePool", ["dx2"], ["p2"],
-                         kernel_shape=[s // g, s // g - 1], strides=[s // g, s // g]),
+        helper.make_node(
+            "AveragePool",
+            ["dx2"],
+            ["p2"],
+            kernel_shape=[s // g, s // g - 1],
+            strides=[s // g, s // g],
+        ),
         helper.make_node("Reshape", ["p1", "flat"], ["r1"]),
         helper.make_node("Reshape", ["p2", "flat"], ["r2"]),
         helper.make_node("Concat", ["r1", "r2"], ["cat"], axis=1),

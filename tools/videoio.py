@@ -2,6 +2,7 @@
 
 MJPG in .avi is lossy (every frame a JPEG keyframe, fast to seek), the way a camera's stream is.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
 from typing import List, Optional
 
-from ..errors import BundleError, Dn2Error
+from ..cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOURCE_LOST, EXIT_UNWRITTEN, EXIT_USAGE,
+                       engine_parser, new_parser, parse_args, prog, report_error, setup_logging)
+from ..errors import Dn2Error
 
 EPILOG = """\
 sources: a camera index (0), a video file, a folder of images (played in name order), an
@@ -20,33 +23,32 @@ sources: a camera index (0), a video file, a folder of images (played in name or
    video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1"
 events: JSON lines, alert_start / alert_end per alert (see dn2.runtime.watch.events), each
   with the run's id; --mqtt and --webhook send the same events (QoS 1 / JSON POST), through an
-  on-disk spool (--spool) so a sink that is down loses nothing. MQTT credentials and TLS files,
-  webhook headers and the status server's token come from --sink-config FILE (JSON) or the
-  environment (DN2_MQTT_USERNAME, DN2_MQTT_PASSWORD, DN2_MQTT_CA, DN2_MQTT_CERT, DN2_MQTT_KEY,
-  DN2_HTTP_TOKEN), never from the command line.
+  on-disk spool (--spool) so a sink that is down loses nothing. MQTT credentials and TLS
+  files, webhook headers and the status server's token come from --sink-config FILE
+  (JSON/TOML/YAML) or the environment (DN2_MQTT_USERNAME, DN2_MQTT_PASSWORD, DN2_MQTT_CA,
+  DN2_MQTT_CERT, DN2_MQTT_KEY, DN2_HTTP_TOKEN), never from the command line.
 scores: --scores FILE writes one row per score (CSV for .csv, else JSON lines; - for stdout);
-  `dn2-plot FILE --events EV -o scores.png` draws it.
+  `dn2 plot FILE --events EV -o scores.png` draws it.
 stop: Ctrl-C or SIGTERM stops cleanly: an open alert is closed (reason "stopped"), every
-  event is flushed and the events file fsync'ed. A second Ctrl-C aborts at once.
-exit codes: 0 the stream ended, --max-frames was reached or a stop was asked for;
-  1 a problem (bad option, source that cannot open); 2 usage error, or a bundle that is
-  missing, damaged, malformed, unsigned or altered (with a trusted key);
-  3 the source failed and could not be reopened within --reconnect-attempts;
-  4 the run went to its end but some output could not be written (events, snapshots, scores,
+  event is flushed and the events file fsync'ed (exit 0). A second Ctrl-C aborts at once
+  (exit 130).
+exit 0: the stream ended, --max-frames was reached or a stop was asked for; exit 2: a bad
+  option, a bundle or model that is missing, damaged, malformed, unsigned or altered
+  (with a trusted key), or a source that cannot open; exit 3: the source failed and could
+  not be reopened within --reconnect-attempts, or frames of a damaged video file could not
+  be read (the summary counts them; the others keep their true frame numbers); exit 4: the
+  run went to its end but some output could not be written (events, snapshots, scores,
   video: the summary says which).
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dn2-watch", description=__doc__.splitlines()[0], epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("watch", __doc__.splitlines()[0].split(": ", 1)[1], engine_parser(batch=8),
+                   extra_epilog=EPILOG)
     p.add_argument("bundle", help="bundle folder from dn2-fit; with --learn, a dn2 model "
                                   "(.onnx) or a bundle whose model is used")
     p.add_argument("--source", required=True, help="camera index, file, folder, URL or "
                                                    "GStreamer pipeline")
-    p.add_argument("--batch", type=int, default=8,
-                   help="most frames embedded in one call when frames are waiting (default 8)")
     p.add_argument("--stride", type=int, default=1, help="score every N-th frame (default 1)")
     p.add_argument("--group", type=int, metavar="M",
                    help="group mode: score the mean-pooled embedding of the last M frames "
@@ -61,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "windows, so N > M keeps it from opening an alert on its own")
     p.add_argument("--cooldown", type=float, default=0.0, metavar="SECONDS",
                    help="quiet time after an alert before the next may open (default 0)")
-    p.add_argument("--events", metavar="FILE", help="append alert events here (JSON lines)")
+    p.add_argument("--events", metavar="FILE",
+                   help="append alert events here (JSON lines; -: stdout)")
     p.add_argument("--snapshots", metavar="DIR", help="save each alert's peak frame here")
     p.add_argument("--output-video", metavar="FILE",
                    help="write the annotated stream (.mp4 / .avi)")
@@ -77,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera-id", metavar="ID",
                    help="camera name in MQTT topics and payloads (default: from --source)")
     p.add_argument("--sink-config", metavar="FILE",
-                   help="JSON settings and secrets for --mqtt / --webhook / --http")
+                   help="settings and secrets for --mqtt / --webhook / --http: JSON, TOML or "
+                        "YAML with tables mqtt, webhook, http")
     p.add_argument("--spool", metavar="DIR",
                    help="where undelivered MQTT / webhook events wait (default "
                         "~/.local/state/dn2/spool)")
@@ -92,9 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "300f: frames), treated as normal, then watch with it")
     p.add_argument("--learn-bundle", metavar="DIR",
                    help="keep the learned bundle here (default: a temporary folder)")
-    p.add_argument("--providers", default="auto",
-                   help="onnxruntime providers: auto (TensorRT > CUDA > CPU) or a list")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--realtime", action="store_true",
                    help="replay a video file at its own frame rate, as a live camera")
@@ -111,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "sources, 3 for files and folders)")
     p.add_argument("--folder-fps", type=float, default=10.0,
                    help="clock of a folder source, for timestamps and cooldown (default 10)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output on stdout: the summary as one JSON object")
     p.add_argument("--trusted-key", metavar="PUBKEY",
                    help="watch only a bundle signed by this Ed25519 public key (PEM; default "
                         "$DN2_TRUSTED_KEY); an unsigned or altered bundle is refused (exit 2)")
@@ -126,7 +128,7 @@ def _install_signals(stop: threading.Event):
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop.set()
-        print(f"dn2-watch: {signal.Signals(signum).name} received, stopping "
+        print(f"{prog('watch')}: {signal.Signals(signum).name} received, stopping "
               "(closing alerts, flushing events)", file=sys.stderr, flush=True)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -145,7 +147,13 @@ def _quiet_opencv() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parse_args(parser, argv)
+    except Dn2Error as exc:  # --config
+        report_error("watch", exc)
+        return EXIT_USAGE
+    setup_logging(args.quiet, args.verbose)
     from .loop import watch
 
     _quiet_opencv()
@@ -153,8 +161,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     previous = _install_signals(stop) if threading.current_thread() is threading.main_thread() \
         else {}
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+    log = logging.getLogger("dn2.watch").info
 
     sinks, live = [], None
     try:
@@ -175,11 +182,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Dn2Error as exc:
         for s in sinks:
             s.close(0.0)
-        print(f"dn2-watch: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, BundleError) else 1
+        report_error("watch", exc, parser)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("dn2-watch: aborted", file=sys.stderr)
-        return 130
+        report_error("watch", "aborted")
+        return EXIT_INTERRUPTED
     finally:
         if live is not None:
             live.close()
@@ -189,9 +196,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(summary.to_dict()))
     else:
         print(summary.text())
-    if summary.error and not summary.stopped:
-        return 3
-    return 4 if summary.unwritten else 0
+    if (summary.error and not summary.stopped) or summary.lost_frames:
+        return EXIT_SOURCE_LOST
+    return EXIT_UNWRITTEN if summary.unwritten else EXIT_OK
 
 
 def camera_id(args) -> str:

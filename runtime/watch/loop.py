@@ -163,8 +163,10 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
         queue = FrameQueue(queue_size or max(4, 2 * batch))
         from ..images import prepare
 
+        views = getattr(detector, "views", False)  # view / patch bundles prepare in the scorer
         reader = Reader(src, queue, halt, stride=stride, max_frames=max_frames,
-                        prepare=lambda img: prepare(img, rule), backoff=backoff, log=log)
+                        prepare=None if views else (lambda img: prepare(img, rule)),
+                        backoff=backoff, log=log)
         if live is not None:
             live.attach(reader=reader, queue=queue, outputs=outputs, threshold=thr,
                         run_id=run_id, source=src.name)
@@ -202,6 +204,7 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
     summary.stopped, summary.dropped, summary.error = stop.is_set(), queue.dropped, st.error
     summary.frames_read, summary.failures = st.frames, st.failures
     summary.reconnects, summary.skipped_items = st.reconnects, st.skipped_items
+    summary.lost_frames = st.lost_frames
     summary.problems = [f"{what}: {why}" for what, why in st.recent_problems]
     summary.events = outputs.writer.count
     summary.unwritten = outputs.problems()
@@ -261,9 +264,29 @@ class _Scorer:
         self.last_score: Optional[float] = None
         self.last = None  # the last frame scored
 
+    def _views(self, frames):
+        """View / patch bundles: scores and, with patches, each frame's heat."""
+        d = self.detector
+        res = d.view_scorer.score_images([f.image for f in frames], maps=d.has_maps,
+                                         names=[f"frame {f.index}" for f in frames])
+        bad = [r.error for r in res if r.error]
+        if bad:
+            raise Dn2Error(bad[0])
+        heats = [None] * len(res)
+        if d.has_maps:
+            pt = d.view_scorer.pixel_threshold
+            heats = [{"map": r.map, "pixel_threshold": pt, "peak": r.peak, "box": r.box}
+                     for r in res]
+        return np.asarray([r.score for r in res], np.float32), heats
+
     def batch(self, frames) -> None:
-        emb = _embed(self.detector, frames)
-        scores = None if self.gwin else self.detector.score_embeddings(emb)
+        heats = [None] * len(frames)
+        if getattr(self.detector, "views", False) and not self.gwin:
+            emb = None
+            scores, heats = self._views(frames)
+        else:
+            emb = _embed(self.detector, frames)
+            scores = None if self.gwin else self.detector.score_embeddings(emb)
         fps = self.stats.recent_fps()
         for i, f in enumerate(frames):
             if self.gwin:
@@ -277,14 +300,14 @@ class _Scorer:
             self.last_score = s
             if self.on_score is not None:
                 self.on_score(f.index, f.timestamp, s)
-            t = self.decider.update(s, f.index, f.timestamp, f.image)
+            t = self.decider.update(s, f.index, f.timestamp, f.image, heats[i])
             self.out.score(f, s, self.decider.state,
                            self.decider.alerts if self.decider.open else None)
             if t is not None:
                 ev = self.out.transition(t)
                 self.log(f"{ev['type']} #{ev['alert_id']} at frame {ev['frame']} score "
                          f"{s:.4g} (threshold {self.decider.threshold:.4g})")
-            self.out.frame(f.image, s, self.decider.state, fps, self.label)
+            self.out.frame(f.image, s, self.decider.state, fps, self.label, heats[i])
         self.last = frames[-1]
         self.stats.record([f.captured for f in frames])
 

@@ -82,18 +82,27 @@ class Outputs:
             self.on_event(ev)
         return ev
 
-    def score(self, frame, score: float, state: str, alert_id: Optional[int]) -> None:
-        """One score (frame or group): the scores file and the live view's history."""
+    def score(self, frame, score: float, state: str, alert_id: Optional[int],
+              map_peak: Optional[float] = None) -> None:
+        """One score (frame or group): the scores file and the live view's history.
+        ``map_peak``: the anomaly map's peak, for scorers that make maps."""
         if self.scores is not None:
-            self.scores.row(frame.index, frame.captured, score, state, alert_id)
+            self.scores.row(frame.index, frame.captured, score, state, alert_id, map_peak)
         if self.live is not None:
             self.live.score(frame.index, frame.captured, score, state)
 
-    def frame(self, image, score: Optional[float], state: str, fps: float, label: str = ""):
+    def frame(self, image, score: Optional[float], state: str, fps: float, label: str = "",
+              heat=None):
+        """``heat``: patch bundles' {"map", "pixel_threshold", "peak", "box"} of the frame,
+        drawn under the score overlay."""
         if self.live is not None:
             self.live.frame(image, score, state, fps, label)
         if not self.draws:
             return
+        if heat is not None and heat.get("map") is not None:
+            from ..heatmap import overlay
+
+            image = overlay(image, heat["map"], heat["pixel_threshold"], heat["peak"], heat["box"])
         annotated = draw(image, score, self.threshold, state, fps, label)
         if self.video is not None:
             try:

@@ -1,6 +1,6 @@
 """dn2-bench: torch-eager vs dn2 fp32 vs dn2 int8 over the same images, stage by stage.
 
-    dn2-bench --arch resnet101 --weights none --quick --json bench.json
+    dn2 bench --arch resnet101 --weights none --quick --json-out bench.json
 """
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import sys
 from typing import List, Optional
 
 from dn2.export.archs import ARCH_NAMES  # torch-free table
+from dn2.runtime.cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, json_output_options,
+                                 new_parser, parse_args, report_error, setup_logging, write_text)
 from dn2.runtime.errors import Dn2Error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dn2-bench",
-        description="Benchmark the same images through three pipelines (torch-eager reference, "
-                    "dn2 fp32, dn2 int8) at the same thread count; stages timed separately.")
+    p = new_parser(
+        "bench", "Benchmark the same images through three pipelines (torch-eager reference, "
+                 "dn2 fp32, dn2 int8) at the same thread count; stages timed separately.")
     p.add_argument("--arch", default="resnet101", choices=ARCH_NAMES, help="trunk (default resnet101)")
     p.add_argument("--weights", default="none",
                    help="none (random, default) | imagenet | PATH to a state dict")
@@ -39,12 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time each dn2 pipeline with the opt-in reduced-scale JPEG decode "
                         "(dn2-fit --jpeg-draft)")
     p.add_argument("--work-dir", help="keep frames and exported models here (reused next run)")
-    p.add_argument("--json", metavar="OUT", help="write the full report as JSON")
+    json_output_options(p, "the full report")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parse_args(parser, argv)
+    except Dn2Error as exc:  # --config
+        report_error("bench", exc)
+        return EXIT_USAGE
+    setup_logging(args.quiet, args.verbose)
     from .frames import parse_frame_size
     from .report import format_tables
     from .run import DEFAULT_BANK, run_bench
@@ -60,20 +67,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             passes=args.passes, batch_sizes=args.batch,
             precisions=("fp32",) if args.no_int8 else ("fp32", "int8"), work_dir=args.work_dir,
             jpeg_draft=args.jpeg_draft)
-        print(format_tables(report))
-        if args.json:
-            try:
-                with open(args.json, "w") as f:
-                    json.dump(report, f, indent=2)
-            except OSError as exc:
-                raise Dn2Error(f"cannot write --json {args.json}: {exc}") from None
+        json_out = args.json_out or args.json
+        # the tables go to stdout, unless stdout carries the JSON
+        print(format_tables(report), file=sys.stderr if json_out == "-" else sys.stdout)
+        if json_out:
+            write_text(json_out, json.dumps(report, indent=2), "--json-out")
     except Dn2Error as exc:
-        print(f"dn2-bench: error: {exc}", file=sys.stderr)
-        return 2
+        report_error("bench", exc, parser)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("dn2-bench: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        report_error("bench", "interrupted")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

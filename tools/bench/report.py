@@ -4,7 +4,7 @@ JSON (schema ``dn2-bench-1``): ``config``, ``machine``, ``sgemm`` (measured peak
 (how counted), ``pipelines`` (one object per pipeline and batch size: ``name`` containing torch /
 fp32 / int8, ``img_per_s``, latency p50/p95, per-stage ms per image, ratio to torch-eager at the
 same batch, achieved model-stage GFLOP/s and its share of the sgemm peak), ``agreement``
-(embedding cosines between pipelines) and ``goals`` (the issue's targets, met or missed).
+(embedding cosines between pipelines) and ``goals`` (the speed targets, met or missed).
 """
 from __future__ import annotations
 

@@ -118,20 +118,55 @@ def sink_bench(det, video: Path, work: Path, batch: int, repeats: int = 5,
                 runs.append({"repeat": r, "kind": kind, "fps": s.fps, "alerts": s.alerts,
                              "events": s.events, "backlog": s.sink_backlog,
                              "unwritten": s.unwritten})
-                log(f"repeat {r}: bare {bare[-1] if len(bare) > r else float('nan'):.1f} f/s, "
-                    f"sinks {s.fps:.1f} f/s ({s.alerts} alerts, backlog {s.sink_backlog})")
+            log(f"repeat {r}: bare {bare[-1]:.1f} f/s, sinks {full[-1]:.1f} f/s "
+                f"({runs[-1].get('alerts', runs[-2].get('alerts'))} alerts)")
+        hot = hot_path_us(work, video)
     finally:
         for p in procs:
             p.kill()
             p.wait()
     mb, mf = statistics.median(bare), statistics.median(full)
+    pairs = [f / b for b, f in zip(bare, full)]
     return {"repeats": repeats, "bare_fps": bare, "sinks_fps": full,
-            "bare_median": mb, "sinks_median": mf, "ratio": mf / mb, "runs": runs,
+            "bare_median": mb, "sinks_median": mf, "ratio": mf / mb, "pair_ratios": pairs,
+            "pair_ratio_median": statistics.median(pairs), "runs": runs,
+            "hot_path_us": hot, "hot_path_share": hot * 1e-6 * mb,
             "mqtt": mport is not None, "loadavg_before": None}
 
 
+def hot_path_us(work: Path, video: Path, n: int = 3000) -> float:
+    """Median microseconds the scoring thread spends per frame in the outputs with the scores
+    file and the status server on (no events: those are per alert, not per frame)."""
+    import cv2
+
+    from dn2.runtime.watch.outputs import Outputs
+    from dn2.runtime.watch.reader import Frame
+    from dn2.runtime.watch.serve import start_server
+    from dn2.runtime.watch.sinks.scores import ScoresWriter
+
+    cap = cv2.VideoCapture(str(video))
+    ok, img = cap.read()
+    cap.release()
+    live = start_server("127.0.0.1:0", {})
+    out = Outputs(threshold=1.0, mode="frame", source_name="bench", clock="source",
+                  scores=ScoresWriter(str(work / "hot.csv"), "bench", 1.0, force=True),
+                  live=live)
+    times = []
+    try:
+        for i in range(n):
+            f = Frame(index=i, image=img, timestamp=i / 25.0, captured=time.monotonic())
+            t = time.perf_counter()
+            out.score(f, 0.5 + (i % 7) / 10, "normal", None)
+            out.frame(f.image, 0.5, "normal", 25.0)
+            times.append(time.perf_counter() - t)
+    finally:
+        out.close()
+        live.close()
+    return statistics.median(times) * 1e6
+
+
 def table(r: dict, load_before: Optional[tuple], load_after: Optional[tuple]) -> str:
-    f = lambda xs: ", ".join(f"{x:.1f}" for x in xs)  # noqa: E731
+    f = lambda xs: ", ".join(f"{x:.2f}" if x < 2 else f"{x:.1f}" for x in xs)  # noqa: E731
     lines = [
         f"watch loop, file, every frame; {r['repeats']} alternating repeats; sinks: events "
         f"file, snapshots, scores CSV, webhook, {'MQTT, ' if r['mqtt'] else ''}status server "
@@ -140,7 +175,11 @@ def table(r: dict, load_before: Optional[tuple], load_after: Optional[tuple]) ->
         "|---|---|---|",
         f"| no sinks | {f(r['bare_fps'])} | {r['bare_median']:.1f} |",
         f"| all sinks | {f(r['sinks_fps'])} | {r['sinks_median']:.1f} |",
-        f"sinks / none (medians): {r['ratio']:.3f}",
+        f"sinks / none: ratio of the medians {r['ratio']:.3f}; per-repeat ratios "
+        f"{f(r['pair_ratios'])} (median {r['pair_ratio_median']:.3f})",
+        f"scoring thread's own cost per frame in the outputs (scores CSV + status server): "
+        f"{r['hot_path_us']:.1f} us median = {100 * r['hot_path_share']:.2f} % of a frame at "
+        f"the median no-sinks rate",
     ]
     if load_before:
         lines.append("load average before / after: "

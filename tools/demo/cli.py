@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from dn2.runtime.bundle import sha256_file
+from dn2.runtime.cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, new_parser, parse_args,
+                                 report_error, setup_logging)
 from dn2.runtime.errors import Dn2Error
 
 ARCH, WEIGHTS, INPUT_SIZE = "efficientnet_lite0", "imagenet", 224
@@ -281,9 +283,8 @@ def _report(res: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dn2-demo", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p = new_parser("demo", __doc__.splitlines()[0].split(": ", 1)[1],
+                   extra_epilog="\n".join(__doc__.splitlines()[2:]))
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--frames", type=int, default=400, help="video length in frames at 10 fps "
                                                          "(default 400)")
@@ -299,19 +300,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parse_args(parser, argv)
+    except Dn2Error as exc:  # --config
+        report_error("demo", exc)
+        return EXIT_USAGE
+    setup_logging(args.quiet, args.verbose)
     try:
         res = run_demo(args.out, frames=args.frames, seed=args.seed, threads=args.threads,
                        n_defects=args.defects, n_train=args.train, fpr=args.fpr,
                        margin=args.margin)
     except Dn2Error as exc:
-        print(f"dn2-demo: error: {exc}", file=sys.stderr)
-        return 1
+        report_error("demo", exc, parser)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("dn2-demo: interrupted", file=sys.stderr)
-        return 130
+        report_error("demo", "interrupted")
+        return EXIT_INTERRUPTED
     print(_report(res), flush=True)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -111,7 +111,8 @@ class Live:
         latest = self.latest
         backlog = self.outputs.backlog() if self.outputs is not None else {}
         return {
-            "run_id": self.run_id, "source": self.source, "threshold": self.threshold,
+            "run_id": self.run_id, "source": self.source,
+            "threshold": self.threshold if math.isfinite(self.threshold) else None,
             "seq": self.seq, "scored": self.scored, "fps": round(self.fps(), 2),
             "state": latest[2] if latest else "starting",
             "score": latest[1] if latest and latest[1] is not None

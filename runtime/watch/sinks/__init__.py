@@ -45,19 +45,29 @@ class Sink:
 
 
 def load_sink_config(path: Optional[str]) -> Dict[str, Any]:
-    """The sink settings file (JSON): ``{"mqtt": {...}, "webhook": {...}, "http": {...}}``.
+    """The sink settings file: ``{"mqtt": {...}, "webhook": {...}, "http": {...}}`` as JSON,
+    or the same tables in TOML / YAML (``[mqtt]`` ``username = ...``), read like ``--config``.
 
     Secrets (MQTT username/password, TLS files, the webhook's headers, the status server's
     token) live here or in the environment, never on the command line.
     """
     if not path:
         return {}
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise Dn2Error(f"cannot read sink config {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise Dn2Error(f"sink config {path}: expected JSON, found a parse error: {exc}") from exc
+    if Path(path).suffix.lower() in (".toml", ".yaml", ".yml"):
+        from ...cliargs import ConfigError, load_config
+
+        try:
+            data = load_config(path)
+        except ConfigError as exc:
+            raise Dn2Error(str(exc).replace("--config", "--sink-config", 1)) from None
+    else:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise Dn2Error(f"cannot read sink config {path}: {exc.strerror or exc}") from exc
+        except ValueError as exc:
+            raise Dn2Error(f"sink config {path}: expected JSON (or .toml / .yaml), found a "
+                           f"parse error: {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise Dn2Error(f"sink config {path}: expected an object of objects like "
                        '{"mqtt": {"username": ...}}, found ' + type(data).__name__)

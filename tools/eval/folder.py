@@ -5,13 +5,13 @@
     DIR/test/<defect>/         anomalous test images, one folder per defect type
     DIR/ground_truth/<defect>/<name>_mask.png   optional masks (non-zero = defect)
 
-    python -m dn2.tools.folder_eval DIR --model MODEL.onnx [--mode both] [--view full]
+    python -m dn2.tools.eval.folder DIR --model MODEL.onnx [--mode both] [--view full]
         [--bundle OUT | --use-bundle B] [--json OUT.json] [--plots PLOTDIR] [--threads 2]
 
 Fits a bundle on ``train/good`` (or uses ``--use-bundle``), scores every test image with maps
 and reports image ROC-AUC per defect type and overall, the decisions at the bundle's threshold
 (TPR per defect type, FPR on test/good), and where masks exist pixel ROC-AUC and PRO
-(``dn2.tools.locmetrics``). ``--plots`` writes ROC curves on a log-FPR axis with the operating
+(``dn2.tools.eval.locmetrics``). ``--plots`` writes ROC curves on a log-FPR axis with the operating
 point marked, and thumbnails (heatmap overlays) of the worst misses and the worst false alarms.
 """
 from __future__ import annotations
@@ -188,7 +188,7 @@ def _plots(out: Path, res: Dict, scores, rows, det) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.folder_eval", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dn2.tools.eval.folder", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir")
     p.add_argument("--model")

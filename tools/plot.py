@@ -8,7 +8,6 @@ The same picture as the demo's (tools/demo/plot.py). The scores file is what ``d
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from dn2.runtime.cliargs import (EXIT_OK, EXIT_USAGE, new_parser, parse_args, prog, report_error,
+                                 setup_logging)
 from dn2.runtime.errors import Dn2Error
 
 
@@ -76,12 +77,17 @@ def read_alerts(path: str, run_id: Optional[str]) -> List[Alert]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="dn2-plot", description=__doc__.splitlines()[0])
+    p = new_parser("plot", __doc__.splitlines()[0].split(": ", 1)[1])
     p.add_argument("scores", help="scores file from dn2-watch --scores (.csv or JSON lines)")
     p.add_argument("--events", help="events file of the same run: alerts are drawn")
     p.add_argument("-o", "--output", default="scores.png", help="PNG to write (scores.png)")
     p.add_argument("--title", default="", help="plot title")
-    a = p.parse_args(argv)
+    try:
+        a = parse_args(p, argv)
+    except Dn2Error as exc:  # --config
+        report_error("plot", exc)
+        return EXIT_USAGE
+    setup_logging(a.quiet, a.verbose)
     try:
         from dn2.tools.demo.plot import plot_scores
 
@@ -90,10 +96,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         out = plot_scores(frames, scores, thr, [], alerts, a.output,
                           title=a.title or f"dn2-watch run {run}: score per frame", xnote="")
     except Dn2Error as exc:
-        print(f"dn2-plot: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"dn2-plot: {len(frames)} scores, {len(alerts)} alerts, threshold {thr:.4g} -> {out}")
-    return 0
+        report_error("plot", exc, p)
+        return EXIT_USAGE
+    print(f"{prog('plot')}: {len(frames)} scores, {len(alerts)} alerts, threshold {thr:.4g} "
+          f"-> {out}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

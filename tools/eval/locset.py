@@ -16,7 +16,7 @@ fabric: the subtle kind) — in every case pasted at a random place and size (``
 ``--max-size`` of the image's shorter side), with a one-pixel feathered edge. Test images are
 written as JPEG quality 90 (a camera's codec), masks as PNG. Same seed, same set.
 
-    python -m dn2.tools.locset OUT [--train 200] [--good 100] [--per-defect 100] [--seed 0]
+    python -m dn2.tools.eval.locset OUT [--train 200] [--good 100] [--per-defect 100] [--seed 0]
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def paste_into(base: np.ndarray, kind: str, seed: int, min_size: float = 0.08,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.locset", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m dn2.tools.eval.locset", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out")
     p.add_argument("--train", type=int, default=200)

@@ -1,0 +1,371 @@
+"""What every dn2 subcommand shares: the exit-code table, parent parsers, logging, ``--config``.
+
+Each subcommand (``dn2 fit``, ``dn2 score``, ...) builds its parser with
+``parents=[common_parser(), engine_parser()]`` and the exit-code epilog, parses with
+:func:`parse_args` (which applies ``--config FILE`` under the command line) and sets up the
+standard ``logging`` module with :func:`setup_logging`. The library itself only logs to the
+``dn2`` logger, which has no handler of its own: a Python caller sees nothing unless it asks.
+
+This module is torch-free and imports nothing heavy; it is the bottom of the CLI layer, so
+dn2.export and dn2.tools use it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import textwrap
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+from .errors import Dn2Error, MissingExtraError
+
+EXIT_OK = 0  # done
+EXIT_FAILED = 1  # some inputs failed (each reported); the others were done
+EXIT_USAGE = 2  # usage error, bad bundle / model / config, or an error before any result
+EXIT_SOURCE_LOST = 3  # the source was lost and could not be reopened
+EXIT_UNWRITTEN = 4  # the run went to its end, but some output could not be written
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+EXIT_CODES = (
+    (EXIT_OK, "done"),
+    (EXIT_FAILED, "some inputs failed (each one reported); the others were done"),
+    (
+        EXIT_USAGE,
+        "usage error, bad bundle, model or config, or another error that stopped "
+        "the command before any result; nothing written",
+    ),
+    (EXIT_SOURCE_LOST, "the source was lost and could not be reopened, or frames of a damaged "
+                       "video file could not be read (watch; the summary counts them)"),
+    (
+        EXIT_UNWRITTEN,
+        "the run went to its end, but some output could not be written (watch: "
+        "events, snapshots, scores, video; the summary says which)",
+    ),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
+)
+EXIT_EPILOG = "exit codes (the same for every dn2 command):\n" + "\n".join(
+    textwrap.fill(text, 92, initial_indent=f"  {code:<4d}", subsequent_indent=" " * 6)
+    for code, text in EXIT_CODES
+)
+
+LOGGER = "dn2"
+_dispatched = {"on": False}
+
+
+class ConfigError(Dn2Error):
+    """A ``--config`` file is unreadable, malformed, or names an unknown key."""
+
+
+def set_dispatched(on: bool = True) -> None:
+    """Called by the ``dn2`` dispatcher: messages then say ``dn2 fit``, not ``dn2-fit``."""
+    _dispatched["on"] = on
+
+
+def prog(name: str) -> str:
+    """The command's name as the user typed it: ``dn2 fit`` or the alias ``dn2-fit``."""
+    return f"dn2 {name}" if _dispatched["on"] else f"dn2-{name}"
+
+
+def epilog(*parts: str) -> str:
+    """The subcommand's own epilog text, then the shared exit-code table."""
+    return "\n\n".join([p.rstrip() for p in parts if p] + [EXIT_EPILOG])
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """``-q`` / ``-v`` and ``--config FILE``: every subcommand has them."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("output and configuration")
+    g.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only warnings and errors on stderr; no progress bars",
+    )
+    g.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more detail on stderr (debug messages)"
+    )
+    g.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from a TOML (or YAML, with pyyaml) file whose keys are "
+        'the option names (e.g. fpr = 0.01, val_normal = ["dir"]); the '
+        "command line overrides it",
+    )
+    return p
+
+
+def engine_parser(batch: int = 8, threads: Optional[int] = None) -> argparse.ArgumentParser:
+    """``--threads``, ``--providers``, ``--batch``: every subcommand that runs the model."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("inference")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=threads,
+        help="onnxruntime intra-op threads (default: "
+        + (f"{threads})" if threads else "onnxruntime's choice)"),
+    )
+    g.add_argument(
+        "--providers",
+        default="auto",
+        help="auto (TensorRT > CUDA > CPU), or a comma-separated list (e.g. cuda,cpu)",
+    )
+    g.add_argument(
+        "--batch",
+        "--batch-size",
+        dest="batch",
+        type=int,
+        default=batch,
+        metavar="N",
+        help=f"images per inference batch (default {batch})",
+    )
+    return p
+
+
+def new_parser(
+    name: str, description: str, *parents: argparse.ArgumentParser, extra_epilog: str = ""
+) -> argparse.ArgumentParser:
+    """A subcommand's parser: its name, the shared options and the exit-code epilog."""
+    return argparse.ArgumentParser(
+        prog=prog(name),
+        description=description,
+        epilog=epilog(extra_epilog),
+        parents=[common_parser(), *parents],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def json_output_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--json`` (machine-readable output on stdout, as in every subcommand) and
+    ``--json-out FILE`` (``-``: stdout). ``--json FILE`` is kept as the old spelling of
+    ``--json-out FILE``."""
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help=f"machine-readable output: {what} as JSON on stdout "
+        "(--json FILE: the old spelling of --json-out FILE)",
+    )
+    parser.add_argument(
+        "--json-out", metavar="FILE", help=f"write {what} as JSON to FILE ('-': stdout)"
+    )
+
+
+def write_text(path: str, text: str, flag: str = "--output") -> None:
+    """Write ``text`` to ``path``; ``-`` is stdout. An unwritable path is a Dn2Error."""
+    if path == "-":
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+        return
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    except OSError as exc:
+        raise Dn2Error(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (pytest's capture swaps it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def setup_logging(quiet: bool = False, verbose: int = 0) -> logging.Logger:
+    """Route the ``dn2`` logger to stderr: INFO by default, WARNING with ``-q``, DEBUG with
+    ``-v``. Idempotent (a second call replaces the handler)."""
+    log = logging.getLogger(LOGGER)
+    for h in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
+        log.removeHandler(h)
+    h = _StderrHandler()
+    h.setFormatter(logging.Formatter("%(name)s: %(message)s" if verbose else "%(message)s"))
+    log.addHandler(h)
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+    return log
+
+
+# ------------------------------------------------------------------------------ --config FILE
+
+
+def load_config(path: str) -> Dict:
+    """A TOML (``.toml``) or YAML (``.yaml`` / ``.yml``) file as a flat mapping."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    suffix = p.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise MissingExtraError("pyyaml", "config", f"YAML config {path}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {path}: not valid YAML ({exc})") from None
+    elif suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise MissingExtraError("tomli", "config", f"TOML config {path}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
+    else:
+        raise ConfigError(
+            f"--config {path}: expected a .toml, .yaml or .yml file, found {suffix or 'no suffix'}"
+        )
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"--config {path}: expected a table of option = value, found {type(data).__name__}"
+        )
+    return data
+
+
+def _flag(action: argparse.Action) -> str:
+    return (
+        action.option_strings[-1]
+        if not action.option_strings
+        else max(action.option_strings, key=len)
+    )
+
+
+def _config_value(action: argparse.Action, key: str, value, path: str):
+    """Check and convert one config value the way argparse would treat the flag."""
+    where = f"--config {path}: {key}"
+    if isinstance(
+        action,
+        (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction),
+    ):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} expects true or false, found {value!r}")
+        # the option's own value: a store_false flag (--no-x, dest x) takes x = false as is
+        return value
+    if isinstance(action, argparse._CountAction):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} expects an integer, found {value!r}")
+        return value
+    many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not many and len(items) != 1:
+        raise ConfigError(f"{where} expects one value, found a list {value!r}")
+    out = []
+    for item in items:
+        if isinstance(item, (dict, list)):
+            raise ConfigError(f"{where} expects a value, found {item!r}")
+        if action.type is not None and not isinstance(item, bool):
+            try:
+                item = action.type(item)
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        elif action.type is None and not isinstance(item, str):
+            item = str(item)
+        if action.choices is not None and item not in action.choices:
+            raise ConfigError(
+                f"{where} must be one of {', '.join(map(str, action.choices))}, found {item!r}"
+            )
+        out.append(item)
+    return out if many else out[0]
+
+
+def apply_config(
+    parser: argparse.ArgumentParser,
+    config: Mapping,
+    path: str = "FILE",
+    aliases: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Make ``config``'s values the parser's defaults, so the command line overrides them.
+
+    Keys are option names (``fpr``, ``val_normal`` or ``val-normal``) or, through
+    ``aliases``, the library's parameter names. A key that is no option is an error naming it.
+    """
+    by_dest = {
+        a.dest: a for a in parser._actions if a.dest not in ("help", "config", argparse.SUPPRESS)
+    }
+    aliases = dict(aliases or {})
+    defaults = {}
+    for key, value in config.items():
+        dest = aliases.get(key, str(key).replace("-", "_"))
+        action = by_dest.get(dest)
+        if action is None:
+            known = sorted(set(by_dest) | set(aliases))
+            raise ConfigError(
+                f"--config {path}: unknown key {key!r}; expected one of: {', '.join(known)}"
+            )
+        defaults[dest] = _config_value(action, key, value, path)
+        action.required = False
+        if not action.option_strings:  # a positional given in the file may be left out
+            action.nargs = "*" if action.nargs in ("+", "*") else "?"
+    for group in parser._mutually_exclusive_groups:  # one of them given in the file
+        if any(a.dest in defaults for a in group._group_actions):
+            group.required = False
+    parser.set_defaults(**defaults)
+
+
+def parse_args(
+    parser: argparse.ArgumentParser,
+    argv: Optional[List[str]] = None,
+    aliases: Optional[Mapping[str, str]] = None,
+) -> argparse.Namespace:
+    """``parser.parse_args`` with ``--config FILE`` applied first (the command line wins)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        apply_config(parser, load_config(known.config), known.config, aliases)
+    return parser.parse_args(argv)
+
+
+def option_names(parser: argparse.ArgumentParser) -> Dict[str, str]:
+    """dest -> the flag a user types (``val_normal`` -> ``--val-normal``; positionals upper)."""
+    out = {}
+    for a in parser._actions:
+        if a.dest in ("help", argparse.SUPPRESS):
+            continue
+        out[a.dest] = _flag(a) if a.option_strings else (a.metavar or a.dest).upper()
+    return out
+
+
+def error_text(exc, parser: Optional[argparse.ArgumentParser] = None,
+               aliases: Optional[Mapping[str, str]] = None) -> str:
+    """An error in the caller's words. A library error about one parameter carries its Python
+    name in ``exc.param`` (and says it in the message, e.g. "fpr expected in (0, 1), found 2");
+    on the command line that name becomes the flag the user typed ("--fpr expected ...").
+    ``aliases`` maps parameter names that differ from option names (``n_groups`` -> ``groups``).
+    """
+    msg = str(exc)
+    param = getattr(exc, "param", None)
+    if not param or parser is None:
+        return msg
+    names = option_names(parser)
+    flag = names.get((aliases or {}).get(param, param)) or names.get(param)
+    if not flag:
+        return msg
+    msg = re.sub(rf"(?<![\w-]){re.escape(param)}=", f"{flag} ", msg)
+    return re.sub(rf"(?<![\w.-]){re.escape(param)}(?![\w-])", flag, msg)
+
+
+def report_error(name: str, exc: BaseException, parser=None, aliases=None) -> None:
+    print(f"{prog(name)}: error: {error_text(exc, parser, aliases)}", file=sys.stderr, flush=True)
