@@ -172,3 +172,26 @@ def camera_frames(pieces: Sequence[np.ndarray], path: Path, fourcc: str = "MJPG"
         vw.write(np.ascontiguousarray(f))
     vw.release()
     return read_video(path)
+
+
+def line_video(path: Path, nominal: Sequence[str], n_frames: int, fps: float = 30.0,
+               fourcc: str = "MJPG", sigma: float = 2.0, defects: Sequence[str] = (),
+               seed: int = 0, move_frames: int = 8, dwell_frames: int = 22):
+    """A production line of real pieces (the demo's renderer) through a real ``fourcc`` writer
+    with per-channel sensor noise. Returns (path, ground-truth defect ranges)."""
+    from dn2.tools.demo.video import Piece, PieceImages, ground_truth, plan_line, render_frame
+
+    plan = plan_line(list(nominal), [Piece(p, "global") for p in defects], n_frames,
+                     n_defects=len(defects), seed=seed, fps=fps, move_frames=move_frames,
+                     dwell_frames=dwell_frames)
+    images, rng = PieceImages(plan.height), np.random.default_rng(seed)
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps,
+                         (plan.width, plan.height))
+    assert vw.isOpened(), f"OpenCV cannot write {fourcc} to {path}"
+    for t in range(n_frames):
+        f = render_frame(plan, t, images)
+        if sigma:
+            f = np.clip(f + rng.normal(0.0, sigma, f.shape), 0, 255).astype(np.uint8)
+        vw.write(f)
+    vw.release()
+    return Path(path), ground_truth(plan)

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconnect-max-delay", type=float, default=10.0, metavar="SECONDS",
                    help="longest wait between reconnect attempts (backoff doubles from "
                         "0.5 s up to this; default 10)")
+    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a live source (camera, URL, pipeline) not up at start is retried with "
+                        "the reconnect backoff for this long (default 30)")
     p.add_argument("--reconnect-attempts", type=int, metavar="N",
                    help="give up after N failed attempts in a row (default: never for live "
                         "sources, 3 for files and folders)")
@@ -176,7 +179,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             reconnect_attempts=args.reconnect_attempts,
             reconnect_max_delay=args.reconnect_max_delay,
             folder_fps=args.folder_fps, stop=stop, log=log, scores=args.scores,
-            force=args.force, sinks=sinks, live=live, trusted_key=args.trusted_key)
+            force=args.force, sinks=sinks, live=live, trusted_key=args.trusted_key,
+            connect_timeout=args.connect_timeout)
     except Dn2Error as exc:
         for s in sinks:
             s.close(0.0)
