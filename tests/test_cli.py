@@ -324,3 +324,57 @@ def test_checks_never_imports_torch():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "TORCH False" in p.stdout
+
+
+# ---------------------------------------------------------------------------- caller's words
+
+
+def _param_error(msg: str, param: str):
+    from dn2.runtime.errors import Dn2Error
+
+    exc = Dn2Error(msg)
+    exc.param = param  # what a library error about one parameter carries
+    return exc
+
+
+@pytest.mark.parametrize(
+    "param,msg,told",
+    [
+        ("fpr", "fpr expected in (0, 1), found 2.0", "--fpr expected in (0, 1), found 2.0"),
+        ("n_groups", "n_groups=0: expected >= 2", "--groups 0: expected >= 2"),
+        ("val_normal", "threshold_method 'youden' needs val_normal", "needs --val-normal"),
+        ("images", "images: expected at least 5 good normal images", "NORMAL: expected"),
+    ],
+)
+def test_library_parameter_names_become_the_flags_on_the_command_line(param, msg, told):
+    from dn2.runtime import fit_cli
+    from dn2.runtime.cliargs import error_text
+
+    parser = fit_cli.build_parser()
+    text = error_text(_param_error(msg, param), parser, fit_cli.PARAMS)
+    assert told in text, text
+    assert error_text(_param_error(msg, param)) == msg  # a Python caller keeps the names
+    assert "fpr_x" in error_text(_param_error("fpr_x is fine", "fpr"), parser)  # whole words
+
+
+def test_dash_is_stdout_for_watch_events(world, tmp_path):
+    """`dn2 watch --events -`: the alert events as JSON lines on stdout, from a real MJPG clip
+    with a run of defective frames in the middle."""
+    import numpy as np
+
+    from textures import texture
+    from videos import write_video
+
+    bundle = tmp_path / "b"
+    assert _fit(world, bundle) == 0
+    rng = np.random.default_rng(5)
+    kinds = ["normal"] * 12 + ["anomalous"] * 8 + ["normal"] * 12
+    clip = write_video(tmp_path / "clip.avi", [texture(rng, k, size=64) for k in kinds], fps=10)
+    p = subprocess.run(
+        [sys.executable, "-m", "dn2.cli", "watch", str(bundle), "--source", str(clip),
+         "--headless", "--events", "-", "-q"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    events = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith('{"type"')]
+    assert [e["type"] for e in events] == ["alert_start", "alert_end"], p.stdout[-2000:]
+    assert 10 <= events[0]["frame"] <= 16  # opens inside the defective run (3 consecutive)

@@ -24,6 +24,7 @@ class Peak:
     frame: int
     timestamp: float
     image: Any = None  # the frame's picture, kept for the snapshot
+    extra: Any = None  # patch bundles: {"peak", "box", "map", "pixel_threshold"} of the frame
 
 
 @dataclass
@@ -72,8 +73,8 @@ class Decider:
     def _cooling(self, ts: float) -> bool:
         return self._last_end_ts is not None and ts - self._last_end_ts < self.cooldown
 
-    def update(self, score: float, frame: int, timestamp: float, image: Any = None
-               ) -> Optional[Transition]:
+    def update(self, score: float, frame: int, timestamp: float, image: Any = None,
+               extra: Any = None) -> Optional[Transition]:
         """Feed one score (frame or group); returns the transition it caused, if any."""
         score = float(score)
         if math.isnan(score):
@@ -89,7 +90,7 @@ class Decider:
             if self._first is None:
                 self._first = Peak(score, frame, timestamp)
             if self._peak is None or score > self._peak.score:
-                self._peak = Peak(score, frame, timestamp, image)
+                self._peak = Peak(score, frame, timestamp, image, extra)
             if self._run < self.n or self._cooling(timestamp):
                 return None
             self.open, self._run = True, 0
@@ -100,7 +101,7 @@ class Decider:
             self._run = 0
             self._last_above = frame
             if score > self._peak.score:
-                self._peak = Peak(score, frame, timestamp, image)
+                self._peak = Peak(score, frame, timestamp, image, extra)
             return None
         self._run += 1
         if self._run < self.n:

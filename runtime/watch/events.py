@@ -35,6 +35,7 @@ import math
 import os
 import select
 import stat
+import sys
 import time
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Tuple, Union
@@ -44,7 +45,8 @@ from .decide import Transition
 
 
 class EventWriter:
-    """Appends events as JSON lines; ``path=None`` keeps them in memory only.
+    """Appends events as JSON lines (``path="-"``: stdout); ``path=None`` keeps them in memory
+    only.
 
     The JSON-lines sink of :mod:`dn2.runtime.watch.sinks`. The file is opened non-blocking, so
     a FIFO with no reader is an error at once (never a hang) and a full pipe never stalls the
@@ -63,7 +65,10 @@ class EventWriter:
         self.recent: Deque[Dict[str, Any]] = collections.deque(maxlen=keep)
         self._fd: Optional[int] = None
         self._regular = False
-        if self.path is not None:
+        if self.path is not None and str(path) == "-":  # stdout, as every "-" path
+            sys.stdout.flush()
+            self._fd = os.dup(sys.stdout.fileno())
+        elif self.path is not None:
             self._fd = _open_nonblocking(self.path, "events file")
             self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
 
@@ -192,7 +197,27 @@ class Snapshots:
             self.last_error = f"cannot write snapshot {path} ({why})"
             return None, self.last_error
         self._last = (t.alert_id, t.peak.frame, str(path))
+        self._annotated(t, path)
         return str(path), None
+
+    def _annotated(self, t: Transition, path: Path) -> None:
+        """Patch bundles: the peak frame with its heatmap, beside the raw snapshot
+        (``..._annotated.jpg``); a failure here is counted, the raw snapshot stands."""
+        import cv2
+
+        x = t.peak.extra
+        if not x or x.get("map") is None:
+            return
+        from ..heatmap import overlay
+
+        ann = path.with_name(path.stem + "_annotated.jpg")
+        try:
+            img = overlay(t.peak.image, x["map"], x["pixel_threshold"], x["peak"], x["box"])
+            if not cv2.imwrite(str(ann), img, [cv2.IMWRITE_JPEG_QUALITY, self.quality]):
+                raise OSError("disk full or folder not writable?")
+        except (OSError, cv2.error) as exc:
+            self.failed += 1
+            self.last_error = f"cannot write snapshot {ann} ({exc})"
 
     def problems(self) -> List[str]:
         return [f"snapshots: {self.failed} not written; last: {self.last_error}"] \
@@ -223,6 +248,11 @@ def event_record(t: Transition, threshold: float, snapshot: Optional[str], mode:
         "mode": mode,
         "source": source,
     }
+    x = t.peak.extra
+    if x:  # patch bundles: where the peak frame's map peaks, and its box over the pixel threshold
+        ev.update(peak=x.get("peak"), box=x.get("box"))
+        if snapshot and x.get("map") is not None:
+            ev["snapshot_annotated"] = snapshot[:-len(".jpg")] + "_annotated.jpg"
     if t.kind == "end":
         ev.update(reason=t.reason, last_above_frame=int(t.last_above_frame),
                   duration_s=round(float(t.timestamp) - float(t.first_timestamp), 6),

@@ -91,11 +91,18 @@ class Outputs:
         if self.live is not None:
             self.live.score(frame.index, frame.captured, score, state)
 
-    def frame(self, image, score: Optional[float], state: str, fps: float, label: str = ""):
+    def frame(self, image, score: Optional[float], state: str, fps: float, label: str = "",
+              heat=None):
+        """``heat``: patch bundles' {"map", "pixel_threshold", "peak", "box"} of the frame,
+        drawn under the score overlay."""
         if self.live is not None:
             self.live.frame(image, score, state, fps, label)
         if not self.draws:
             return
+        if heat is not None and heat.get("map") is not None:
+            from ..heatmap import overlay
+
+            image = overlay(image, heat["map"], heat["pixel_threshold"], heat["peak"], heat["box"])
         annotated = draw(image, score, self.threshold, state, fps, label)
         if self.video is not None:
             try:
