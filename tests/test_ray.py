@@ -204,3 +204,15 @@ def test_fit_ray_refuses_a_non_model_before_starting_actors(data, tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 2 and "dn2-fit: error:" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
+
+
+def test_fit_ray_refuses_videos_and_missing_paths(model, data, tmp_path, capsys):
+    """--ray embeds image files; a video (fitted locally) or a missing path is an error up
+    front, before a cluster starts, as in the local fit."""
+    for extra, want in ((str(data["video"]), "without --ray"),
+                        (str(tmp_path / "nope"), "no such path")):
+        rc = fit_cli.main([str(model), str(data["train"]), extra, "-o", str(tmp_path / "b"),
+                           "-q", "--ray"])
+        err = capsys.readouterr().err
+        assert rc == 2 and want in err and "Traceback" not in err, err
+        assert not (tmp_path / "b").exists()

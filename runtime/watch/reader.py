@@ -111,6 +111,7 @@ class ReaderStats:
         default_factory=lambda: collections.deque(maxlen=50))
     error: Optional[str] = None  # why the stream ended, when it was not a clean end
     lost_frames: int = 0  # frames of a damaged file that could not be read (never faked)
+    partial_frames: int = 0  # stream frames cut off mid-JPEG, never scored
 
 
 class Reader(threading.Thread):
@@ -217,6 +218,7 @@ class Reader(threading.Thread):
             self.log(self.stats.error)
         finally:
             self.stats.lost_frames = len(self.source.lost_frames)
+            self.stats.partial_frames = int(getattr(self.source, "partial_frames", 0))
             if self.stats.lost_frames:
                 lost = self.source.lost_frames
                 self.stats.recent_problems.append((

@@ -142,6 +142,8 @@ class CaptureSource(Source):
         self._t0: Optional[float] = None
         self._fps: Optional[float] = None
         self._frames = None  # FileFrames of a file: true frame numbers, lost frames
+        self._raw_jpeg = False  # an MJPEG stream read as JPEG packets
+        self.partial_frames = 0  # incomplete JPEGs of a stream, never scored
 
     @property
     def position(self) -> Optional[int]:
@@ -192,6 +194,10 @@ class CaptureSource(Source):
             from .filevideo import FileFrames
 
             self._frames = FileFrames(str(self.spec), cap)
+        # An MJPEG stream is read as its JPEGs (no decode by FFmpeg): a frame cut off when the
+        # camera drops mid-frame is seen as incomplete and never scored (partial_frames).
+        self._raw_jpeg = (self.kind == "url" and int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(
+            4, "little") in (b"MJPG", b"mjpg") and bool(cap.set(cv2.CAP_PROP_FORMAT, -1)))
         self._cap = cap
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self._fps = fps if 0.0 < fps < 1000.0 else None
@@ -220,6 +226,8 @@ class CaptureSource(Source):
                 if self.live and not self.realtime:
                     raise SourceFailure(f"{self.name}: read failed (stream interrupted)")
                 return None  # end of file
+            if self._raw_jpeg:
+                frame = self._jpeg(frame)
             self._pos += 1
         img = as_bgr(frame)
         if img is None:
@@ -227,6 +235,19 @@ class CaptureSource(Source):
                                 f"(shape {getattr(frame, 'shape', None)}, "
                                 f"dtype {getattr(frame, 'dtype', None)})")
         return img
+
+    def _jpeg(self, packet) -> np.ndarray:
+        """One MJPEG packet -> the decoded frame, through the guarded image reader; a JPEG
+        without its end (the connection died inside it) raises SourceFailure, unscored."""
+        from ..errors import ImageError
+        from ..images import read_image
+
+        data = np.asarray(packet).tobytes()
+        try:
+            return read_image(data, name=f"{self.name} frame {self._pos}")
+        except ImageError as exc:
+            self.partial_frames += 1
+            raise SourceFailure(f"{self.name}: frame not scored: {exc}") from None
 
     def skip(self) -> bool:
         if self._cap is None:
