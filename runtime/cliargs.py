@@ -360,11 +360,13 @@ def error_text(exc, parser: Optional[argparse.ArgumentParser] = None,
     if not param or parser is None:
         return msg
     names = option_names(parser)
-    flag = names.get((aliases or {}).get(param, param)) or names.get(param)
-    if not flag:
-        return msg
-    msg = re.sub(rf"(?<![\w-]){re.escape(param)}=", f"{flag} ", msg)
-    return re.sub(rf"(?<![\w.-]){re.escape(param)}(?![\w-])", flag, msg)
+    for param in getattr(exc, "params", None) or (param,):  # every parameter it names
+        flag = names.get((aliases or {}).get(param, param)) or names.get(param)
+        if not flag:
+            continue
+        msg = re.sub(rf"(?<![\w-]){re.escape(param)}=", f"{flag} ", msg)
+        msg = re.sub(rf"(?<![\w.-]){re.escape(param)}(?![\w-])", flag, msg)
+    return msg
 
 
 def report_error(name: str, exc: BaseException, parser=None, aliases=None) -> None:

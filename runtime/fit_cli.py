@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from .cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser, new_parser,
                       parse_args, report_error, setup_logging)
+from .config import FitConfig
 from .errors import Dn2Error
 from .ray_inputs import add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "kNN distance (paper 3.2 uses 0.5; default off)")
     p.add_argument("--kmeans", type=int, default=None, metavar="C",
                    help="compress the bank to C k-means centres (paper 5.1; dn2[kmeans])")
+    p.add_argument("--kmeans-folds", type=int, default=FitConfig.kmeans_folds, metavar="F",
+                   help="with --kmeans: folds of the held-out threshold calibration (centres "
+                        "fitted without the scored image's fold; default %(default)s)")
     p.add_argument("--index", choices=("auto", "exact", "hnsw"), default="auto",
                    help="bank backend (auto: exact below the benchmarked size cut)")
     p.add_argument("--fpr", type=float, default=0.01,
@@ -154,8 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging(a.quiet, a.verbose)
     from .fit import fit_bundle
 
-    fit, ray_kw = fit_bundle, dict(every=a.every, max_frames=a.max_frames, seconds=a.seconds,
-                                   connect_timeout=a.connect_timeout)
+    fit, ray_kw = fit_bundle, {}
     if a.ray is not None:  # the same fit, with the embedding on a Ray cluster
         from .ray_fit import fit_bundle_ray as fit
 
@@ -166,15 +169,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         if view_fit is not None:
             print(view_fit)
             return EXIT_OK
-        out = fit(a.model, a.output, a.normal, k=a.k, clean=a.clean,
-                  kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
-                  group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
-                  l2norm="auto" if a.l2norm_select else a.l2norm, batch=a.batch,
-                  threads=a.threads,
-                  providers=a.providers, val_normal=a.val_normal,
-                  val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
-                  seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft,
-                  color=a.color, **ray_kw)
+        cfg = FitConfig.from_namespace(a, PARAMS).replace(
+            l2norm="auto" if a.l2norm_select else a.l2norm)
+        data = dict(group_dirs=a.group_dirs, val_normal=a.val_normal,
+                    val_anomalous=a.val_anomalous, progress=not a.quiet)
+        if a.ray is None:
+            out = fit_bundle(a.model, a.output, a.normal, config=cfg, **data)
+        else:  # the Ray side takes its embedding options by name
+            eng = {f: getattr(cfg, f) for f in ("batch", "threads", "providers", "jpeg_draft",
+                                                "color")}
+            out = fit(a.model, a.output, a.normal, config=cfg, **eng, **data, **ray_kw)
     except Dn2Error as exc:
         report_error("fit", exc, parser, PARAMS)
         return EXIT_USAGE
