@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
@@ -27,7 +26,8 @@ from . import providers as prov
 from .errors import Dn2Error, ImageError, ModelError
 from .color import to_gray3
 from .images import draft_side_for, prepare, read_image
-from .modelmeta import INPUT_NAME, K_ORT_CONFIG, OUTPUT_NAME, PATCHES_NAME, ModelMeta, patch_spec
+from .modelmeta import (INPUT_NAME, K_ORT_CONFIG, OUTPUT_NAME, PATCHES_NAME, ModelMeta, patch_spec,
+                        session_props)
 from .paths import regular_file
 from .progress import Progress
 
@@ -205,7 +205,7 @@ class Embedder:
             try:
                 sess = self._session(names, meta, allow_fp16, last=k == len(tries) - 1)
                 if meta is None:
-                    meta = ModelMeta.from_props(sess.get_modelmeta().custom_metadata_map,
+                    meta = ModelMeta.from_props(session_props(sess, self.model_path),
                                                 source=self.model_path)
                 cfg = self._config_of(meta)
                 if cfg != self._ort_config:  # the model asks for session entries: reopen
