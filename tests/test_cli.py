@@ -378,3 +378,23 @@ def test_dash_is_stdout_for_watch_events(world, tmp_path):
     events = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith('{"type"')]
     assert [e["type"] for e in events] == ["alert_start", "alert_end"], p.stdout[-2000:]
     assert 10 <= events[0]["frame"] <= 16  # opens inside the defective run (3 consecutive)
+
+
+def test_eval_json_goes_to_stdout_and_json_out_to_a_file(world, tmp_path, capsys):
+    """`--json` is the machine-readable result on stdout (the table moves to stderr);
+    `--json-out FILE` writes it to a file. A labelled folder tree of real PNG files."""
+    pytest.importorskip("sklearn")
+    data = tmp_path / "data"
+    for split, n in (("train", 12), ("test", 6)):
+        write_images(data / split / "smooth", n, "normal", seed=3 if split == "train" else 4)
+        write_images(data / split / "blotchy", n, "anomalous", seed=5 if split == "train" else 6)
+    base = ["eval", "--dataset", str(data), "--model", str(world["model"]), "--protocol",
+            "one-class", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    assert dn2(base + ["--json"]) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["n_test"] == 12 and doc["mean_auroc"] > 0.9  # blotches vs gradients: separable
+    assert "|" in err  # the markdown table, on stderr
+    assert dn2(base + ["--json-out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["mean_auroc"] == doc["mean_auroc"]
+    assert "|" in capsys.readouterr().out
