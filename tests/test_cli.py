@@ -398,3 +398,31 @@ def test_eval_json_goes_to_stdout_and_json_out_to_a_file(world, tmp_path, capsys
     assert dn2(base + ["--json-out", str(tmp_path / "r.json")]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["mean_auroc"] == doc["mean_auroc"]
     assert "|" in capsys.readouterr().out
+
+
+def test_options_reach_the_library_by_name_with_nothing_in_between():
+    """A fit option whose dest is the parameter's (or config field's) name needs no CLI code:
+    library_kwargs builds the call, from a function signature or a dataclass."""
+    import dataclasses
+
+    from dn2.runtime import fit_cli
+    from dn2.runtime.cliargs import library_kwargs
+    from dn2.runtime.fit import fit_bundle
+
+    parser = fit_cli.build_parser()
+    a = parser.parse_args(["m.onnx", "n/", "-o", "b", "--fpr", "0.02", "--groups", "7",
+                           "--jpeg-draft"])
+    kw = library_kwargs(fit_bundle, a, fit_cli.PARAMS, progress=False)
+    assert kw["model_path"] == "m.onnx" and kw["images"] == ["n/"] and kw["output"] == "b"
+    assert kw["fpr"] == 0.02 and kw["n_groups"] == 7 and kw["jpeg_draft"] is True
+    assert kw["progress"] is False and "quiet" not in kw and "embeddings" not in kw
+
+    @dataclasses.dataclass(frozen=True)
+    class FitLike:
+        fpr: float = 0.01
+        n_groups: int = 1000
+        new_option: int = 3
+
+    parser.add_argument("--new-option", type=int, default=3)  # the one line a new option adds
+    a = parser.parse_args(["m.onnx", "n/", "-o", "b", "--new-option", "9"])
+    assert FitLike(**library_kwargs(FitLike, a, fit_cli.PARAMS)) == FitLike(0.01, 1000, 9)
