@@ -37,7 +37,8 @@ EXIT_CODES = (
         "usage error, bad bundle, model or config, or another error that stopped "
         "the command before any result; nothing written",
     ),
-    (EXIT_SOURCE_LOST, "the source was lost and could not be reopened (watch)"),
+    (EXIT_SOURCE_LOST, "the source was lost and could not be reopened, or frames of a damaged "
+                       "video file could not be read (watch; the summary counts them)"),
     (
         EXIT_UNWRITTEN,
         "the run went to its end, but some output could not be written (watch: "

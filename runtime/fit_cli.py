@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = new_parser("fit", "Fit a dn2 bundle from normal images (paper 3.1-3.3).",
                    engine_parser(batch=8))
     p.add_argument("model", help="dn2 ONNX model (from dn2-export)")
-    p.add_argument("normal", nargs="+", help="normal images: files, folders (recursive), globs")
+    p.add_argument("normal", nargs="+",
+                   help="normal inputs: image files, folders (recursive), globs, video files, "
+                        "camera indices, rtsp/http URLs, GStreamer pipelines (quoted)")
     p.add_argument("--output", "-o", required=True, help="bundle directory to write")
     p.add_argument("--k", type=int, default=2, help="nearest neighbours per score (default 2)")
     p.add_argument("--clean", type=float, default=0.0, metavar="F",
@@ -89,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): when the normal images are monochrome, score every "
                         "input converted to gray, so a camera's colour cast or colour noise "
                         "cannot decide; gray / color force it. Recorded in the bundle")
+    p.add_argument("--every", type=int, default=1, metavar="N",
+                   help="videos and streams: take every N-th frame (default 1)")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N",
+                   help="videos and streams: at most N frames from each (a live source needs "
+                        "this or --seconds)")
+    p.add_argument("--seconds", type=float, default=None, metavar="S",
+                   help="videos and streams: the first S seconds of each (source clock)")
+    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="S",
+                   help="a live source not up yet is retried with backoff for S seconds")
     p.add_argument("--seed", type=int, default=0, help="seed for k-means, groups, folds")
     add_ray_args(p)
     return p
@@ -143,7 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging(a.quiet, a.verbose)
     from .fit import fit_bundle
 
-    fit, ray_kw = fit_bundle, {}
+    fit, ray_kw = fit_bundle, {}  # --every, --max-frames, ... reach fit_bundle by name
     if a.ray is not None:  # the same fit, with the embedding on a Ray cluster
         from .ray_fit import fit_bundle_ray as fit
 

@@ -37,7 +37,7 @@ def test_mqtt_every_alert_once_in_order_across_a_broker_kill(scene, tmp_path):
     broker = Broker(tmp_path / "broker").start()
     sub = Subscriber(broker.port)
     try:
-        assert sub.wait(lambda s: s.client.is_connected(), 10)
+        assert sub.ready.wait(10)
         sinks = build_event_sinks(mqtt=f"mqtt://127.0.0.1:{broker.port}/plant",
                                   camera_id="cam1", spool_dir=str(tmp_path / "spool"))
         state = {"killed": False, "restarted": False}
@@ -191,7 +191,7 @@ def test_mqtt_credentials_from_config_or_environment(tmp_path, monkeypatch):
     url = f"mqtt://127.0.0.1:{broker.port}/plant"
     ev = {"type": "alert_start", "run_id": "r", "alert_id": 1}
     try:
-        assert sub.wait(lambda s: s.client.is_connected(), 10)
+        assert sub.ready.wait(10)
         cfg = tmp_path / "sinks.json"
         cfg.write_text(json.dumps({"mqtt": {"username": "dn2", "password": "pw-1"}}))
         from dn2.runtime.watch.sinks import load_sink_config
