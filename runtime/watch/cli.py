@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-video", metavar="FILE",
                    help="write the annotated stream (.mp4 / .avi)")
     p.add_argument("--force", action="store_true",
-                   help="overwrite an existing --output-video / --scores file")
+                   help="replace an existing --output-video / --scores file or "
+                        "--learn-bundle folder")
     p.add_argument("--scores", metavar="FILE",
                    help="write every score: CSV (.csv) or JSON lines; - for stdout")
     p.add_argument("--mqtt", metavar="URL",

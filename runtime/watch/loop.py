@@ -121,6 +121,10 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
               reconnect_max_delay=reconnect_max_delay, learn=learn)
     check_new_output(output_video, "--output-video", force)
     check_new_output(scores, "--scores", force)
+    if learn_bundle and not force and Path(learn_bundle).is_dir() and \
+            any(Path(learn_bundle).iterdir()):
+        raise Dn2Error(f"--learn-bundle {learn_bundle} exists and is not empty (an earlier "
+                       "run's bundle?); pass --force to replace it, or give a new folder")
     stop = stop or threading.Event()
     run_id = run_id or new_run_id()
     halt = threading.Event()  # stops the reader: set at the end, whatever the reason
