@@ -172,15 +172,6 @@ class _Config:
         return next(f.metadata["doc"] for f in dataclasses.fields(cls) if f.name == name)
 
     @classmethod
-    def from_namespace(cls, ns: Any, aliases: Optional[Mapping[str, str]] = None) -> "_Config":
-        """Build from parsed command-line arguments: every field whose option (its name, or
-        ``aliases[name]``, e.g. n_groups -> groups) the namespace holds."""
-        aliases = aliases or {}
-        data = {f: getattr(ns, aliases.get(f, f)) for f in cls.field_names()
-                if hasattr(ns, aliases.get(f, f))}
-        return cls(**data)
-
-    @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "") -> "_Config":
         """Build from a mapping of field names (e.g. a TOML/YAML table); an unknown key is a
         ConfigError naming it and listing the known ones."""

@@ -17,8 +17,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser, new_parser,
-                      parse_args, report_error, setup_logging)
+from .cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser,
+                      library_kwargs, new_parser, parse_args, report_error, setup_logging)
 from .config import FitConfig
 from .errors import Dn2Error
 from .ray_inputs import add_ray_args, ray_address
@@ -169,16 +169,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         if view_fit is not None:
             print(view_fit)
             return EXIT_OK
-        cfg = FitConfig.from_namespace(a, PARAMS).replace(
-            l2norm="auto" if a.l2norm_select else a.l2norm)
-        data = dict(group_dirs=a.group_dirs, val_normal=a.val_normal,
-                    val_anomalous=a.val_anomalous, progress=not a.quiet)
-        if a.ray is None:
-            out = fit_bundle(a.model, a.output, a.normal, config=cfg, **data)
-        else:  # the Ray side takes its embedding options by name
-            eng = {f: getattr(cfg, f) for f in ("batch", "threads", "providers", "jpeg_draft",
-                                                "color")}
-            out = fit(a.model, a.output, a.normal, config=cfg, **eng, **data, **ray_kw)
+        # every FitConfig field that is an option (PARAMS: the names that differ), and the
+        # data parameters of fit_bundle (model, output, images, validation sets, ...)
+        cfg = FitConfig(**library_kwargs(FitConfig, a, PARAMS,
+                                         l2norm="auto" if a.l2norm_select else a.l2norm))
+        kw = library_kwargs(fit_bundle, a, PARAMS, progress=not a.quiet)
+        if a.ray is not None:  # the Ray side takes its embedding options by name
+            ray_kw.update({f: getattr(cfg, f) for f in ("batch", "threads", "providers",
+                                                          "jpeg_draft", "color")})
+        out = fit(**kw, config=cfg, **ray_kw)
     except Dn2Error as exc:
         report_error("fit", exc, parser, PARAMS)
         return EXIT_USAGE

@@ -67,7 +67,9 @@ def test_library_and_cli_defaults_agree():
     from dn2.runtime.watch.loop import watch
 
     fit_args = fit_parser().parse_args(["m.onnx", "x", "--output", "b"])
-    got = FitConfig.from_namespace(fit_args, {"n_groups": "groups"})
+    from dn2.runtime.cliargs import library_kwargs
+
+    got = FitConfig(**library_kwargs(FitConfig, fit_args, {"n_groups": "groups"}))
     assert got == FitConfig(), "every dn2-fit default is the FitConfig default"
     wa = watch_parser().parse_args(["b", "--source", "0"])
     sig = inspect.signature(watch).parameters
