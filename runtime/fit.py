@@ -423,3 +423,6 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
     out = write_bundle(output, model_path, manifest, bank, gbank, report)
     _say(progress, f"bundle written: {out}")
     return out
+
+
+fit_bundle.config_type = FitConfig  # its keyword options are FitConfig's fields

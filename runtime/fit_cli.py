@@ -158,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging(a.quiet, a.verbose)
     from .fit import fit_bundle
 
-    fit, ray_kw = fit_bundle, {}
+    fit, ray_kw = fit_bundle, {}  # --every, --max-frames, ... reach fit_bundle by name
     if a.ray is not None:  # the same fit, with the embedding on a Ray cluster
         from .ray_fit import fit_bundle_ray as fit
 
@@ -169,15 +169,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if view_fit is not None:
             print(view_fit)
             return EXIT_OK
-        # every FitConfig field that is an option (PARAMS: the names that differ), and the
-        # data parameters of fit_bundle (model, output, images, validation sets, ...)
-        cfg = FitConfig(**library_kwargs(FitConfig, a, PARAMS,
-                                         l2norm="auto" if a.l2norm_select else a.l2norm))
-        kw = library_kwargs(fit_bundle, a, PARAMS, progress=not a.quiet)
-        if a.ray is not None:  # the Ray side takes its embedding options by name
-            ray_kw.update({f: getattr(cfg, f) for f in ("batch", "threads", "providers",
-                                                          "jpeg_draft", "color")})
-        out = fit(**kw, config=cfg, **ray_kw)
+        # every fit_bundle parameter and FitConfig field that is an option (PARAMS: the
+        # names that differ); fit_bundle validates them as a FitConfig
+        kw = library_kwargs(fit_bundle, a, PARAMS, progress=not a.quiet,
+                            l2norm="auto" if a.l2norm_select else a.l2norm)
+        out = fit(**kw, **ray_kw)
     except Dn2Error as exc:
         report_error("fit", exc, parser, PARAMS)
         return EXIT_USAGE
