@@ -29,7 +29,8 @@ from .errors import Dn2Error
 from .paths import regular_file
 from .scoring import clean as clean_embeddings
 from .scoring import DEFAULT_L2NORM, knn_score, l2normalize, loo_kmeans_scores
-from .threshold import calibrate, conformal_quantile, quantile_table, roc_auc
+from .threshold import (calibrate, capped_warning, conformal_quantile, quantile_table,
+                        roc_auc)
 
 Inputs = Union[str, Path, Sequence[Union[str, Path]]]
 
@@ -414,6 +415,9 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                           knn_score(bank, va, k) if va is not None and len(va) else None,
                           threshold_method, calibration=how)
     _say(progress, f"threshold ({threshold['method']}, fpr {fpr:g}): {threshold['value']:.6g}")
+    warn = capped_warning(threshold)
+    if warn:
+        log.warning(warn)  # shown even with --quiet
 
     group, gbank, greport = None, None, {}
     if group_size and temporal is not None:
