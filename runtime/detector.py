@@ -73,7 +73,7 @@ class GroupResult:
 
 
 class Detector:
-    """A loaded bundle plus (optionally) its embedder."""
+    """A loaded bundle plus (optionally) its embedder, on an onnxruntime or TensorRT backend."""
 
     def __init__(self, bundle: Bundle, embedder=None):
         self.bundle = bundle
@@ -96,21 +96,29 @@ class Detector:
     @classmethod
     def load(cls, bundle_dir, providers="auto", threads: Optional[int] = None,
              batch_size: int = 8, load_model: bool = True,
-             jpeg_draft: Optional[bool] = None, trusted_key=None) -> "Detector":
-        """Load and validate; ``load_model=False`` skips the onnxruntime session (scoring
-        embeddings only). ``jpeg_draft``: None decodes files the way the bundle was fitted
-        (manifest ``score.jpeg_draft``); True / False override it. ``trusted_key``: a public
-        key PEM path (default: $DN2_TRUSTED_KEY); when set, only a bundle signed by it loads."""
+             jpeg_draft: Optional[bool] = None, trusted_key=None,
+             backend=None) -> "Detector":
+        """Load and validate; ``load_model=False`` skips the model (scoring embeddings only).
+        ``jpeg_draft``: None decodes files the way the bundle was fitted (manifest
+        ``score.jpeg_draft``); True / False override it. ``trusted_key``: a public key PEM path
+        (default: $DN2_TRUSTED_KEY); when set, only a bundle signed by it loads. ``backend``: an
+        open backend (``dn2.runtime.backend``, e.g. a native ``TrtEngine`` built from the
+        bundle's model) instead of an onnxruntime session on ``model.onnx``;
+        ``providers``/``threads`` are then unused. Its metadata must agree with the bundle's."""
         bundle = load_bundle(bundle_dir, trusted_key=trusted_key)
         emb = None
-        if load_model:
+        if load_model or backend is not None:
             from .embedder import Embedder
 
             if jpeg_draft is None:
                 jpeg_draft = bool(bundle.manifest["score"].get("jpeg_draft", False))
-            emb = Embedder(str(bundle.model_path), providers=providers, threads=threads,
-                           batch_size=batch_size, jpeg_draft=jpeg_draft,
-                           gray=bundle.manifest["score"].get("color") == "gray")
+            gray = bundle.manifest["score"].get("color") == "gray"
+            if backend is None:
+                emb = Embedder(str(bundle.model_path), providers=providers, threads=threads,
+                               batch_size=batch_size, jpeg_draft=jpeg_draft, gray=gray)
+            else:
+                emb = Embedder(bundle.model_path, backend=backend, jpeg_draft=jpeg_draft,
+                               gray=gray)
             check_model_meta(bundle.manifest, emb.meta, str(bundle.path))
         return cls(bundle, emb)
 

@@ -175,14 +175,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(view_fit)
             return EXIT_OK
         out = fit(a.model, a.output, a.normal, k=a.k, clean=a.clean,
-                         kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
-                         group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
-                         l2norm="auto" if a.l2norm_select else a.l2norm, batch=a.batch,
-                         threads=a.threads,
-                         providers=a.providers, val_normal=a.val_normal,
-                         val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
-                         seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft,
-                         color=a.color, **ray_kw)
+                  kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
+                  group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
+                  l2norm="auto" if a.l2norm_select else a.l2norm, batch=a.batch,
+                  threads=a.threads,
+                  providers=a.providers, val_normal=a.val_normal,
+                  val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
+                  seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft,
+                  color=a.color, **ray_kw)
     except Dn2Error as exc:
         report_error("fit", exc, parser, PARAMS)
         return EXIT_USAGE
