@@ -157,7 +157,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for path, why in items:
             if why is not None:
                 _emit({"path": path, "score": None, "threshold": det.threshold,
-                       "anomalous": None, "error": why}, a.json)
+                       "anomalous": None, "error": why, "norm_score": None}, a.json)
                 continue
             r = next(results)
             failed += r.error is not None
