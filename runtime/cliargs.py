@@ -338,6 +338,31 @@ def parse_args(
     return parser.parse_args(argv)
 
 
+def library_kwargs(target, args: argparse.Namespace, aliases: Optional[Mapping[str, str]] = None,
+                   **overrides) -> Dict:
+    """The keyword arguments of ``target`` -- a library function or a config dataclass -- taken
+    from the parsed options: every parameter (or field) whose name, or its alias in
+    ``aliases`` (parameter -> option dest), is an option. ``overrides`` win. So an option whose
+    dest is the parameter's name reaches the library with no code in between."""
+    import dataclasses
+    import inspect
+
+    if dataclasses.is_dataclass(target):
+        names = [f.name for f in dataclasses.fields(target) if f.init]
+    else:
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        names = [p.name for p in inspect.signature(target).parameters.values()
+                 if p.kind in kinds]
+    given = vars(args)
+    out = {}
+    for name in names:
+        dest = (aliases or {}).get(name, name)
+        if dest in given:
+            out[name] = given[dest]
+    out.update(overrides)
+    return out
+
+
 def option_names(parser: argparse.ArgumentParser) -> Dict[str, str]:
     """dest -> the flag a user types (``val_normal`` -> ``--val-normal``; positionals upper)."""
     out = {}

@@ -17,8 +17,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser, new_parser,
-                      parse_args, report_error, setup_logging)
+from .cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser,
+                      library_kwargs, new_parser, parse_args, report_error, setup_logging)
 from .errors import Dn2Error
 from .ray_inputs import add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
@@ -161,9 +161,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging(a.quiet, a.verbose)
     from .fit import fit_bundle
 
-    fit, ray_kw = fit_bundle, dict(every=a.every, max_frames=a.max_frames, seconds=a.seconds,
-                                   connect_timeout=a.connect_timeout, augment=a.augment,
-                                   augment_copies=a.augment_copies)
+    fit, ray_kw = fit_bundle, {}  # --every, --max-frames, ... reach fit_bundle by name
     if a.ray is not None:  # the same fit, with the embedding on a Ray cluster
         from .ray_fit import fit_bundle_ray as fit
 
@@ -174,15 +172,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if view_fit is not None:
             print(view_fit)
             return EXIT_OK
-        out = fit(a.model, a.output, a.normal, k=a.k, clean=a.clean,
-                  kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
-                  group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
-                  l2norm="auto" if a.l2norm_select else a.l2norm, batch=a.batch,
-                  threads=a.threads,
-                  providers=a.providers, val_normal=a.val_normal,
-                  val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
-                  seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft,
-                  color=a.color, **ray_kw)
+        # every fit_bundle parameter that is an option (PARAMS: the names that differ)
+        kw = library_kwargs(fit_bundle, a, PARAMS, progress=not a.quiet,
+                            l2norm="auto" if a.l2norm_select else a.l2norm)
+        out = fit(**kw, **ray_kw)
     except Dn2Error as exc:
         report_error("fit", exc, parser, PARAMS)
         return EXIT_USAGE

@@ -378,3 +378,51 @@ def test_dash_is_stdout_for_watch_events(world, tmp_path):
     events = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith('{"type"')]
     assert [e["type"] for e in events] == ["alert_start", "alert_end"], p.stdout[-2000:]
     assert 10 <= events[0]["frame"] <= 16  # opens inside the defective run (3 consecutive)
+
+
+def test_eval_json_goes_to_stdout_and_json_out_to_a_file(world, tmp_path, capsys):
+    """`--json` is the machine-readable result on stdout (the table moves to stderr);
+    `--json-out FILE` writes it to a file. A labelled folder tree of real PNG files."""
+    pytest.importorskip("sklearn")
+    data = tmp_path / "data"
+    for split, n in (("train", 12), ("test", 6)):
+        write_images(data / split / "smooth", n, "normal", seed=3 if split == "train" else 4)
+        write_images(data / split / "blotchy", n, "anomalous", seed=5 if split == "train" else 6)
+    base = ["eval", "--dataset", str(data), "--model", str(world["model"]), "--protocol",
+            "one-class", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    assert dn2(base + ["--json"]) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["n_test"] == 12 and doc["mean_auroc"] > 0.9  # blotches vs gradients: separable
+    assert "|" in err  # the markdown table, on stderr
+    assert dn2(base + ["--json-out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["mean_auroc"] == doc["mean_auroc"]
+    assert "|" in capsys.readouterr().out
+
+
+def test_options_reach_the_library_by_name_with_nothing_in_between():
+    """A fit option whose dest is the parameter's (or config field's) name needs no CLI code:
+    library_kwargs builds the call, from a function signature or a dataclass."""
+    import dataclasses
+
+    from dn2.runtime import fit_cli
+    from dn2.runtime.cliargs import library_kwargs
+    from dn2.runtime.fit import fit_bundle
+
+    parser = fit_cli.build_parser()
+    a = parser.parse_args(["m.onnx", "n/", "-o", "b", "--fpr", "0.02", "--groups", "7",
+                           "--jpeg-draft"])
+    kw = library_kwargs(fit_bundle, a, fit_cli.PARAMS, progress=False)
+    assert kw["model_path"] == "m.onnx" and kw["images"] == ["n/"] and kw["output"] == "b"
+    assert kw["fpr"] == 0.02 and kw["n_groups"] == 7 and kw["jpeg_draft"] is True
+    assert kw["progress"] is False and "quiet" not in kw and "embeddings" not in kw
+
+    @dataclasses.dataclass(frozen=True)
+    class FitLike:
+        fpr: float = 0.01
+        n_groups: int = 1000
+        new_option: int = 3
+
+    parser.add_argument("--new-option", type=int, default=3)  # the one line a new option adds
+    a = parser.parse_args(["m.onnx", "n/", "-o", "b", "--new-option", "9"])
+    assert FitLike(**library_kwargs(FitLike, a, fit_cli.PARAMS)) == FitLike(0.01, 1000, 9)

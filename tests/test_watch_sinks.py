@@ -258,3 +258,20 @@ def test_sink_config_json_or_toml(tmp_path):
     (tmp_path / "bad.toml").write_text("[mqtt\n")
     with pytest.raises(Dn2Error, match="--sink-config .*not valid TOML"):
         load_sink_config(str(tmp_path / "bad.toml"))
+
+
+def test_sink_benchmark_runs_both_variants(scene, tmp_path):
+    """bench.watch --sinks on the small scene: both variants run, every event is delivered,
+    the numbers it prints are there (no speed is asserted)."""
+    from dn2.runtime.detector import Detector
+    from dn2.tools.bench.watch_sinks import sink_bench, table
+
+    bundle, clip = scene
+    r = sink_bench(Detector.load(str(bundle)), clip, tmp_path, batch=8, repeats=2,
+                   log=lambda m: None)
+    assert len(r["bare_fps"]) == len(r["sinks_fps"]) == 2 and r["ratio"] > 0
+    sinks_runs = [x for x in r["runs"] if x["kind"] == "sinks"]
+    assert all(x["alerts"] == len(STAINS) and not x["unwritten"] for x in sinks_runs)
+    assert all(all(v == 0 for v in x["backlog"].values()) for x in sinks_runs)
+    assert r["hot_path_us"] > 0 and r["cpu_ms_median"]["sinks"] > 0
+    assert "sinks / none" in table(r, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))

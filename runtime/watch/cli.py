@@ -13,7 +13,8 @@ import threading
 from typing import List, Optional
 
 from ..cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOURCE_LOST, EXIT_UNWRITTEN, EXIT_USAGE,
-                       engine_parser, new_parser, parse_args, prog, report_error, setup_logging)
+                       engine_parser, library_kwargs, new_parser, parse_args, prog, report_error,
+                       setup_logging)
 from ..errors import Dn2Error
 
 EPILOG = """\
@@ -169,19 +170,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     sinks, live = [], None
     try:
         sinks, live = _serving(args, log)
-        summary = watch(
-            args.bundle, args.source, batch=args.batch, stride=args.stride, group=args.group,
-            hop=args.hop, threshold=args.threshold, min_consecutive=args.min_consecutive,
-            cooldown=args.cooldown, events=args.events, snapshots=args.snapshots,
-            output_video=args.output_video, headless=args.headless,
-            stats_every=args.stats_every, learn=args.learn, learn_bundle=args.learn_bundle,
-            providers=args.providers, threads=args.threads, max_frames=args.max_frames,
-            queue_size=args.queue_size, realtime=args.realtime,
-            reconnect_attempts=args.reconnect_attempts,
-            reconnect_max_delay=args.reconnect_max_delay,
-            folder_fps=args.folder_fps, stop=stop, log=log, scores=args.scores,
-            force=args.force, sinks=sinks, live=live, trusted_key=args.trusted_key,
-            connect_timeout=args.connect_timeout)
+        # every watch() parameter that is an option, by name; the rest given here
+        summary = watch(**library_kwargs(watch, args, stop=stop, log=log, sinks=sinks,
+                                         live=live))
     except Dn2Error as exc:
         for s in sinks:
             s.close(0.0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,8 @@ DEFAULT_OUT = "dn2-demo-out"
 
 
 def _say(msg: str) -> None:
-    print(f"[dn2-demo] {msg}", file=sys.stderr, flush=True)
+    """The demo's narrative on stderr, through the ``dn2`` logger (``dn2 demo -q``: silent)."""
+    logging.getLogger("dn2.demo").info(f"[dn2-demo] {msg}")
 
 
 class Timer:
