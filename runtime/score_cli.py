@@ -191,7 +191,7 @@ def _score_on_ray(a) -> int:
                       address=ray_address(a.ray), workers=a.ray_workers, threads=a.threads,
                       gpus=a.ray_gpus, num_cpus=a.ray_cpus, batch=a.batch,
                       providers=a.providers, jpeg_draft=a.jpeg_draft,
-                      video_stride=a.video_stride)
+                      video_stride=a.video_stride, progress=not getattr(a, "quiet", False))
     except Dn2Error as exc:
         report_error("score", exc)
         return EXIT_ERROR
