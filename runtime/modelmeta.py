@@ -323,4 +323,15 @@ def read_model_meta(path: str) -> ModelMeta:
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own types; the message is what matters
         raise ModelMetaError(f"cannot load ONNX model {path}: {exc}") from exc
-    return ModelMeta.from_props(sess.get_modelmeta().custom_metadata_map, source=str(path))
+    return ModelMeta.from_props(session_props(sess, str(path)), source=str(path))
+
+
+def session_props(sess, source: str) -> Dict[str, str]:
+    """The model's metadata_props from an onnxruntime session (a damaged model's bytes that
+    are not UTF-8 are a ModelMetaError, not a UnicodeDecodeError)."""
+    try:
+        return dict(sess.get_modelmeta().custom_metadata_map)
+    except UnicodeDecodeError as exc:
+        raise ModelMetaError(f"{source}: expected dn2 metadata as UTF-8 text, found bytes that "
+                             f"are not ({exc.reason} at byte {exc.start}): a damaged model "
+                             f"file") from None

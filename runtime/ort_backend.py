@@ -20,7 +20,7 @@ import numpy as np
 from . import providers as prov
 from .contract import check_signature, ort_signature
 from .errors import ModelError
-from .modelmeta import EMBEDDING, INPUT_NAME, K_ORT_CONFIG, ModelMeta
+from .modelmeta import EMBEDDING, INPUT_NAME, K_ORT_CONFIG, ModelMeta, session_props
 from .paths import regular_file
 
 log = logging.getLogger("dn2")
@@ -128,7 +128,7 @@ class OrtBackend:
             try:
                 sess = self._session(names, meta, allow_fp16, last=k == len(tries) - 1)
                 if meta is None:
-                    meta = ModelMeta.from_props(sess.get_modelmeta().custom_metadata_map,
+                    meta = ModelMeta.from_props(session_props(sess, self.model_path),
                                                 source=self.model_path)
                 cfg = ort_config_of(meta)
                 if cfg != self._ort_config:  # the model asks for session entries: reopen

@@ -275,3 +275,34 @@ def test_sink_benchmark_runs_both_variants(scene, tmp_path):
     assert all(all(v == 0 for v in x["backlog"].values()) for x in sinks_runs)
     assert r["hot_path_us"] > 0 and r["cpu_ms_median"]["sinks"] > 0
     assert "sinks / none" in table(r, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+
+
+def test_sigterm_with_a_sink_down_ends_promptly_and_keeps_the_events(scene, tmp_path):
+    """SIGTERM mid-run while the webhook is unreachable: the run ends (the spool waits a
+    bounded time), the events file pairs every alert, the undelivered events stay spooled."""
+    import json
+    import signal
+
+    bundle, clip = scene
+    port = free_port()
+    ev = tmp_path / "ev.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "dn2.runtime.watch.cli", str(bundle),
+                          "--source", str(clip), "--headless", "--realtime", "--events",
+                          str(ev), "--min-consecutive", "2", "--webhook",
+                          f"http://127.0.0.1:{port}/h", "--spool", str(tmp_path / "spool"),
+                          "--stats-every", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (ev.exists() and ev.read_text()):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    t = time.monotonic()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0 and "Traceback" not in err
+    assert time.monotonic() - t < 20  # spool drain 5 s + worker join, not forever
+    events = [json.loads(x) for x in ev.read_text().splitlines()]
+    kinds = [e["type"] for e in events]
+    assert kinds.count("alert_start") == kinds.count("alert_end") >= 1
+    assert f"spool: {len(events)} events" in out
+    queued = (tmp_path / "spool").glob("webhook_*/queue.jsonl")
+    assert sum(len(q.read_text().splitlines()) for q in queued) == len(events)
