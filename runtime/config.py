@@ -248,6 +248,9 @@ class FitConfig(_Config):
                                    "video / stream inputs: at most this many seconds each")
     connect_timeout: float = opt(30.0, number(0.0, lo_open=True),
                                  "live sources: seconds to keep trying to connect")
+    augment: str = opt("none", choice(("none", "camera")),
+                       "camera: add camera-path variants of every normal image to the bank")
+    augment_copies: int = opt(1, integer(1), "variants per normal image with augment camera")
     seed: int = opt(0, integer(0), "seed of k-means, groups and folds")
     batch: int = opt(8, integer(1), "images per inference batch")
     threads: Optional[int] = opt(None, integer(1, optional=True),

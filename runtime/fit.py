@@ -30,7 +30,8 @@ from .errors import Dn2Error
 from .paths import regular_file
 from .scoring import clean as clean_embeddings
 from .scoring import DEFAULT_L2NORM, knn_score, l2normalize, loo_kmeans_scores
-from .threshold import calibrate, conformal_quantile, quantile_table, roc_auc
+from .threshold import (calibrate, capped_warning, conformal_quantile, quantile_table,
+                        roc_auc)
 
 Inputs = Union[str, Path, Sequence[Union[str, Path]]]
 
@@ -259,7 +260,10 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
     (``dn2.runtime.fit_video``: ``every`` N-th frame, up to ``max_frames`` / ``seconds`` per
     stream, live sources retried for ``connect_timeout`` s); their frames, and ``embeddings``
     given with ``temporal=True`` (consecutive frames, as ``watch --learn`` collects), are
-    calibrated by blocked hold-out, and ``group_size`` then pools sliding windows of them."""
+    calibrated by blocked hold-out, and ``group_size`` then pools sliding windows of them.
+    ``augment="camera"``: ``augment_copies`` camera-path variants of every normal image
+    (real MJPG / mp4v round trips, sensor noise, scale, light; ``dn2.runtime.augment``) join
+    the bank and the calibration, each in its original's duplicate group."""
     cfg = fit_config(config, **options)
     model_path = Path(model_path)
     regular_file(model_path, "a dn2 ONNX model file (from dn2-export)")
@@ -317,6 +321,25 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         segs = np.zeros(int(temporal.sum()), np.int64)
     if not temporal.any():
         temporal = None
+    from .augment import check_option
+
+    check_option(cfg.augment)
+    origin, aug_info = None, None
+    if cfg.augment == "camera" and images is not None:
+        from .augment import SETTINGS, embed_variants
+
+        real = [i for i in range(len(x)) if temporal is None or not temporal[i]]
+        xa, orig = embed_variants(emb.embedder, [names[i] for i in real], cfg.augment_copies,
+                                  seed)
+        origin = np.concatenate([np.full(len(x), -1), np.asarray(real)[orig]])
+        names = list(names) + [f"{names[real[o]]} (camera variant)" for o in orig]
+        x = np.vstack([x, xa])
+        if temporal is not None:
+            temporal = np.concatenate([temporal, np.zeros(len(xa), bool)])
+        aug_info = dict(SETTINGS, mode="camera", copies=int(cfg.augment_copies),
+                        seed=int(seed), variants=int(len(xa)))
+        _say(progress, f"augment camera: {len(xa)} variants (MJPG / mp4v round trips, noise, "
+                       f"scale, light) join the bank and the calibration")
     need = _needed(k, clean)
     if len(x) < need:
         raise Dn2Error(f"fit needs at least {need} good normal images (k={k} neighbours + 1 "
@@ -350,6 +373,9 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
             sub, dups = find_duplicates(x[~temporal], [n_ for n_, t in zip(names, temporal)
                                                        if not t], seed=seed)
             labels[np.flatnonzero(~temporal)] = np.flatnonzero(~temporal)[sub]
+    if origin is not None:  # a variant is calibrated without its original, and vice versa
+        var = origin >= 0
+        labels[var] = labels[origin[var]]
     if dups["images_in_groups"]:
         _say(progress, f"duplicates: {dups['images_in_groups']} images in {dups['groups']} "
                        f"groups of copies ({dups['exact_copies']} exact, {dups['near_copies']} "
@@ -383,6 +409,9 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                           knn_score(bank, va, k) if va is not None and len(va) else None,
                           threshold_method, calibration=how)
     _say(progress, f"threshold ({threshold['method']}, fpr {fpr:g}): {threshold['value']:.6g}")
+    warn = capped_warning(threshold)
+    if warn:
+        log.warning(warn)  # shown even with --quiet
 
     group, gbank, greport = None, None, {}
     if group_size and temporal is not None:
@@ -408,7 +437,7 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                 "source": source or _source_name(images, streams, n_frames, len(x)),
                 "l2norm_selection": selection, "color": colour, "duplicates": dups,
                 "streams": streams, "every": int(every),
-                "temporal_frames": n_frames},
+                "temporal_frames": n_frames, "augment": aug_info},
         "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm),
                   "jpeg_draft": bool(jpeg_draft), "color": colour["mode"]},
         "threshold": threshold,
