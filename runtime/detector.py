@@ -37,9 +37,18 @@ class ScoreResult:
     box: Optional[List[int]] = None  # [x, y, w, h] over the pixel threshold, or None
     map: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # float32 [H, W]
 
+    @property
+    def norm_score(self) -> Optional[float]:
+        """score / threshold: 1.0 is the decision boundary, on every bundle's scale."""
+        if self.score is None or not self.threshold or self.threshold <= 0:
+            return None
+        return float(self.score) / float(self.threshold)
+
     def to_dict(self) -> dict:
-        """The JSON fields; a bundle without views / patches keeps the five base fields."""
+        """The JSON fields (the five base fields and ``norm_score``, plus the view / patch
+        fields for such bundles)."""
         d = {k: v for k, v in self.__dict__.items() if k != "map"}
+        d["norm_score"] = self.norm_score
         if self.global_score is None and self.patch_score is None:
             for k in ("global_score", "patch_score", "peak", "box"):
                 d.pop(k)
@@ -145,6 +154,16 @@ class Detector:
             return [ScoreResult(f"image {i}", float(s), self.threshold, bool(s > self.threshold))
                     for i, s in enumerate(scores)]
         return self.view_scorer.score_images(list(images), maps)
+
+    def set_threshold(self, value: float) -> None:
+        """Decide with ``value`` instead of the bundle's threshold (score --threshold)."""
+        import math
+
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise Dn2Error(f"--threshold: expected a positive number, found {value!r}")
+        self.threshold = float(value)
+        if self.views:
+            self.view_scorer.threshold = float(value)
 
     # -- single images -----------------------------------------------------------------
     def _features(self, emb) -> np.ndarray:

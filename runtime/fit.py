@@ -29,7 +29,8 @@ from .errors import Dn2Error
 from .paths import regular_file
 from .scoring import clean as clean_embeddings
 from .scoring import DEFAULT_L2NORM, knn_score, l2normalize, loo_kmeans_scores
-from .threshold import calibrate, conformal_quantile, quantile_table, roc_auc
+from .threshold import (calibrate, capped_warning, conformal_quantile, quantile_table,
+                        roc_auc)
 
 Inputs = Union[str, Path, Sequence[Union[str, Path]]]
 
@@ -254,7 +255,8 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                jpeg_draft: bool = False, color: Union[str, Dict] = "auto",
                embed_failed: Optional[Sequence] = None, source: Optional[str] = None,
                temporal: bool = False, every: int = 1, max_frames: Optional[int] = None,
-               seconds: Optional[float] = None, connect_timeout: float = 30.0) -> Path:
+               seconds: Optional[float] = None, connect_timeout: float = 30.0,
+               augment: str = "none", augment_copies: int = 1) -> Path:
     """Fit a bundle at ``output`` from normal ``images`` (paths, folders, globs) or
     ``embeddings`` [N, D] (+ ``names``). Returns the bundle path.
 
@@ -272,7 +274,10 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
     (``dn2.runtime.fit_video``: ``every`` N-th frame, up to ``max_frames`` / ``seconds`` per
     stream, live sources retried for ``connect_timeout`` s); their frames, and ``embeddings``
     given with ``temporal=True`` (consecutive frames, as ``watch --learn`` collects), are
-    calibrated by blocked hold-out, and ``group_size`` then pools sliding windows of them."""
+    calibrated by blocked hold-out, and ``group_size`` then pools sliding windows of them.
+    ``augment="camera"``: ``augment_copies`` camera-path variants of every normal image
+    (real MJPG / mp4v round trips, sensor noise, scale, light; ``dn2.runtime.augment``) join
+    the bank and the calibration, each in its original's duplicate group."""
     model_path = Path(model_path)
     regular_file(model_path, "a dn2 ONNX model file (from dn2-export)")
     if (images is None) == (embeddings is None):
@@ -323,6 +328,24 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         segs = np.zeros(int(temporal.sum()), np.int64)
     if not temporal.any():
         temporal = None
+    from .augment import check_option
+
+    check_option(augment)
+    origin, aug_info = None, None
+    if augment == "camera" and images is not None:
+        from .augment import SETTINGS, embed_variants
+
+        real = [i for i in range(len(x)) if temporal is None or not temporal[i]]
+        xa, orig = embed_variants(emb.embedder, [names[i] for i in real], augment_copies, seed)
+        origin = np.concatenate([np.full(len(x), -1), np.asarray(real)[orig]])
+        names = list(names) + [f"{names[real[o]]} (camera variant)" for o in orig]
+        x = np.vstack([x, xa])
+        if temporal is not None:
+            temporal = np.concatenate([temporal, np.zeros(len(xa), bool)])
+        aug_info = dict(SETTINGS, mode="camera", copies=int(augment_copies), seed=int(seed),
+                        variants=int(len(xa)))
+        _say(progress, f"augment camera: {len(xa)} variants (MJPG / mp4v round trips, noise, "
+                       f"scale, light) join the bank and the calibration")
     need = _needed(k, clean)
     if len(x) < need:
         raise Dn2Error(f"fit needs at least {need} good normal images (k={k} neighbours + 1 "
@@ -356,6 +379,9 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
             sub, dups = find_duplicates(x[~temporal], [n_ for n_, t in zip(names, temporal)
                                                        if not t], seed=seed)
             labels[np.flatnonzero(~temporal)] = np.flatnonzero(~temporal)[sub]
+    if origin is not None:  # a variant is calibrated without its original, and vice versa
+        var = origin >= 0
+        labels[var] = labels[origin[var]]
     if dups["images_in_groups"]:
         _say(progress, f"duplicates: {dups['images_in_groups']} images in {dups['groups']} "
                        f"groups of copies ({dups['exact_copies']} exact, {dups['near_copies']} "
@@ -389,6 +415,9 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                           knn_score(bank, va, k) if va is not None and len(va) else None,
                           threshold_method, calibration=how)
     _say(progress, f"threshold ({threshold['method']}, fpr {fpr:g}): {threshold['value']:.6g}")
+    warn = capped_warning(threshold)
+    if warn:
+        log.warning(warn)  # shown even with --quiet
 
     group, gbank, greport = None, None, {}
     if group_size and temporal is not None:
@@ -413,7 +442,7 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                 "source": source or _source_name(images, streams, n_frames, len(x)),
                 "l2norm_selection": selection, "color": colour, "duplicates": dups,
                 "streams": streams, "every": int(every),
-                "temporal_frames": n_frames},
+                "temporal_frames": n_frames, "augment": aug_info},
         "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm),
                   "jpeg_draft": bool(jpeg_draft), "color": colour["mode"]},
         "threshold": threshold,

@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): when the normal images are monochrome, score every "
                         "input converted to gray, so a camera's colour cast or colour noise "
                         "cannot decide; gray / color force it. Recorded in the bundle")
+    p.add_argument("--augment", choices=("none", "camera"), default="none",
+                   help="camera: add variants of every normal image made the way a camera "
+                        "path changes it (real MJPG / mp4v round trips, per-channel sensor "
+                        "noise, a few %% of scale, brightness, contrast; seeded) to the bank "
+                        "and the calibration (default none; BENCHMARKS.md 'Camera path')")
+    p.add_argument("--augment-copies", type=int, default=1, metavar="N",
+                   help="variants per normal image with --augment camera (default 1)")
     p.add_argument("--every", type=int, default=1, metavar="N",
                    help="videos and streams: take every N-th frame (default 1)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N",

@@ -242,6 +242,9 @@ def event_record(t: Transition, threshold: float, snapshot: Optional[str], mode:
         "peak_score": _num(t.peak.score),
         "peak_frame": int(t.peak.frame),
         "threshold": float(threshold),
+        # score / threshold: 1.0 is the decision boundary, whatever the bundle's scale
+        "norm_score": _norm(t.score, threshold),
+        "peak_norm_score": _norm(t.peak.score, threshold),
         "snapshot": snapshot,
         "snapshot_error": snapshot_error,
         "first_frame": int(t.first_frame),
@@ -258,6 +261,11 @@ def event_record(t: Transition, threshold: float, snapshot: Optional[str], mode:
                   duration_s=round(float(t.timestamp) - float(t.first_timestamp), 6),
                   decisions=int(t.decisions))
     return ev
+
+
+def _norm(score, threshold):
+    s = _num(score)
+    return None if s is None or not threshold or threshold <= 0 else round(s / threshold, 6)
 
 
 def new_run_id() -> str:
