@@ -199,7 +199,8 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
                 kernels = "exact" if quant["ort_session_config"] else "default"
                 detail = (f"int8 QDQ ({quant['int8_convs']} convs int8, {quant['float_convs']} "
                           f"float, {kernels} onnxruntime kernels) vs fp32: min cosine photos "
-                          f"{quant['photos']['min_cosine']:.4f}, calib {quant['calib']['min_cosine']:.4f}, kNN Spearman "
+                          f"{quant['photos']['min_cosine']:.4f}, calib "
+                          f"{quant['calib']['min_cosine']:.4f}, kNN Spearman "
                           f"{quant['knn_spearman']:.3f}")
             write_metadata(tmp_final, replace(meta, precision=precision,
                                               extra={**meta.extra, **extra}))

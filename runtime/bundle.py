@@ -14,7 +14,8 @@ Manifest (``schema: "dn2-bundle"``, ``schema_version: 1``): ``dn2_version``, ``m
 {file, sha256, arch, weights, input, dim, precision}, ``bank`` {kind, file, sha256, n, dim,
 metric, M, ef_construction, ef, seed}, ``fit`` {images, failed, dropped, cleaned_fraction,
 kmeans, seed, ...}, ``score`` {k, reduction, l2norm, jpeg_draft (absent in older bundles:
-false), color ('gray': every input is scored converted to gray; absent: 'color')}, ``threshold`` {value, method, fpr, quantiles, candidates, calibration}, ``group`` (null
+false), color ('gray': every input is scored converted to gray; absent: 'color')},
+``threshold`` {value, method, fpr, quantiles, candidates, calibration}, ``group`` (null
 or {size, pooling, source, n_groups, k, bank {...}, threshold {...}, cov_trace_threshold {...}}),
 ``files`` {name: sha256} for every file but the manifest.
 

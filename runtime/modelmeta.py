@@ -161,7 +161,7 @@ class ResizeRule:
             d = json.loads(text)
             rule = cls(resize_to=int(d["resize_to"]), crop=int(d["crop"]), mode=str(d["mode"]))
         except (ValueError, KeyError, TypeError) as exc:
-            raise ModelMetaError(f"resize rule {text!r} is not valid JSON with mode/resize_to/crop: {exc}")
+            raise ModelMetaError(f"resize rule {text!r} is not valid JSON with mode/resize_to/crop: {exc}") from None
         if rule.mode != "shorter_side":
             raise ModelMetaError(f"resize mode {rule.mode!r} unknown; expected 'shorter_side'")
         if rule.crop <= 0 or rule.resize_to < rule.crop:
@@ -245,7 +245,7 @@ class ModelMeta:
             size, dim = int(props[K_INPUT_SIZE]), int(props[K_DIM])
             opset = int(props.get(K_OPSET, "0"))
         except ValueError as exc:
-            raise ModelMetaError(f"{source}: non-integer size/dim/opset in metadata: {exc}")
+            raise ModelMetaError(f"{source}: non-integer size/dim/opset in metadata: {exc}") from None
         resize = ResizeRule.from_json(props[K_RESIZE])
         if resize.crop != size:
             raise ModelMetaError(f"{source}: resize crop {resize.crop} != input size {size}")

@@ -3,8 +3,8 @@
 A backend (``dn2.runtime.backend``): ``run(uint8 [N, S, S, 3]) -> {"embedding": [N, D], ...}``
 (chunked by ``batch_size``), so ``Embedder(backend=TrtEngine(...))`` and a Detector can sit on
 it; also ``embed_batch(uint8 [N, S, S, 3]) -> float32 [N, D]`` and ``embed_images(list of BGR
-arrays)``. The engine's I/O tensors are checked by ``dn2.runtime.contract``. Only GPU boxes use it; without TensorRT or a GPU it
-raises a ``Dn2Error`` that says what is missing. Engines come from
+arrays)``. The engine's I/O tensors are checked by ``dn2.runtime.contract``. Only GPU boxes
+use it; without TensorRT or a GPU it raises a ``Dn2Error`` that says what is missing. Engines come from
 ``dn2.export.tensorrt.build_engine``; the JSON sidecar next to an engine (``<engine>.json``)
 carries the ONNX model's dn2 metadata (resize rule, arch, ...), since an engine file has none.
 """

@@ -294,6 +294,6 @@ def test_cpu_sessions_do_not_spin_unless_the_model_asks(tmp_path):
     src = build_tiny_model(tmp_path / "plain.onnx")
     opts = Embedder(str(src), providers="cpu").session.get_session_options()
     assert opts.get_session_config_entry(key) == "0"
-    spin = _with_prop(src, tmp_path / "spin.onnx", K_ORT_CONFIG, '{"%s": "1"}' % key)
+    spin = _with_prop(src, tmp_path / "spin.onnx", K_ORT_CONFIG, '{"' + key + '": "1"}')
     opts = Embedder(str(spin), providers="cpu").session.get_session_options()
     assert opts.get_session_config_entry(key) == "1"

@@ -164,7 +164,8 @@ def run_demo(out, frames: int = 400, seed: int = 0, threads: Optional[int] = Non
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer(log)
     paths = {k: out / v for k, v in dict(
-        model="model.onnx", model_report="model.onnx.json", bundle="bundle", video="line.avi", truth="ground_truth.json",
+        model="model.onnx", model_report="model.onnx.json", bundle="bundle", video="line.avi",
+        truth="ground_truth.json",
         events="events.jsonl", snapshots="snapshots", annotated="annotated.avi",
         scores="scores.csv", plot="scores.png", summary="summary.json").items()}
 
