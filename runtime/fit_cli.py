@@ -80,8 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "and recorded in the bundle")
     p.add_argument("--roi", default=None, metavar="x,y,w,h",
                    help="look only at this rectangle of each frame (pixels)")
+    p.add_argument("--combine", choices=("max", "sum"), default="max",
+                   help="mode both: the decision score is the max (default) or the sum of the "
+                        "two normalised scores (score / its threshold), calibrated again")
     p.add_argument("--patch-bank", type=int, default=None, metavar="N",
-                   help="patch bank rows after the greedy coreset (default 16384)")
+                   help="patch bank rows after the greedy coreset (default 4096)")
     p.add_argument("--patch-topk", type=int, default=None, metavar="T",
                    help="image patch score = mean of the T highest cell scores (default 10; "
                         "1 = the max)")
@@ -126,7 +129,7 @@ def _view_fit(a) -> Optional[str]:
                           providers=a.providers, seed=a.seed, progress=not a.quiet,
                           jpeg_draft=a.jpeg_draft,
                           bank_size=a.patch_bank or DEFAULTS["bank_size"],
-                          topk=a.patch_topk or DEFAULTS["topk"],
+                          topk=a.patch_topk or DEFAULTS["topk"], combine_rule=a.combine,
                           reduction="max" if a.patch_topk == 1 else DEFAULTS["reduction"])
     return str(out)
 
