@@ -103,7 +103,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             try:
                 from .tensorrt import build_engine
             except ImportError as exc:
-                raise Dn2Error(f"--tensorrt: dn2.export.tensorrt is not available ({exc})")
+                raise Dn2Error(f"--tensorrt: dn2.export.tensorrt is not available ({exc})") from None
             engine = build_engine(report["output"], args.precision, args.calib,
                                   args.workspace, _log)
             _log(f"wrote TensorRT engine {engine}")

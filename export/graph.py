@@ -1,4 +1,6 @@
-"""The exported graph: uint8 NHWC BGR images -> float32 [N, D] pooled embeddings.
+"""The exported graph: uint8 NHWC BGR images -> named outputs, ``embedding`` float32 [N, D]
+(pooled) always (and ``patches`` with dn2.export.patches); the outputs and their description
+are the model's ``dn2.outputs`` metadata.
 
 Cast, BGR->RGB, per-arch normalisation and global average pooling live inside the graph, so
 every runtime (onnxruntime, TensorRT, DeepStream) gets the same numbers from the same bytes.
@@ -7,13 +9,15 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
 from torch import nn
 
-from dn2.runtime.modelmeta import INPUT_NAME, OUTPUT_NAME, PATCHES_NAME, ModelMeta
+from dn2.runtime.modelmeta import (EMBEDDING, FORMAT, INPUT_NAME, K_PATCHES, PATCHES_NAME,
+                                   ModelMeta, embedding_output)
 
 from . import onnx_passes
 from .archs import DEFAULT_OPSET, ArchSpec
@@ -71,9 +75,23 @@ def build_graph(spec: ArchSpec, model: nn.Module) -> EmbeddingGraph:
     return EmbeddingGraph(spec, model).eval()
 
 
+def named_meta(meta: ModelMeta) -> ModelMeta:
+    """``meta`` in the current format: a dn2-model-1 description's outputs renamed
+    (``embeddings`` -> ``embedding``; ``patches`` keeps its description, in ``dn2.outputs``)."""
+    if meta.format == FORMAT:
+        return meta
+    extra = {k: v for k, v in meta.extra.items() if k != K_PATCHES}
+    return replace(meta, format=FORMAT, extra=extra,
+                   outputs=(embedding_output(meta.dim),) + tuple(meta.outputs[1:]))
+
+
 def export_onnx(graph: EmbeddingGraph, path: Path, input_size: int, opset: int = DEFAULT_OPSET,
                 meta: Optional[ModelMeta] = None) -> Dict[str, int]:
     """Write the ONNX graph (single file, dynamic batch), cleaned, with ``meta`` as metadata_props.
+
+    The graph's outputs are named after ``meta.outputs`` (in that order: the module's forward
+    returns one tensor per output); without ``meta``: ``embedding`` (and ``patches`` for a
+    patch graph).
 
     Uses the TorchScript-based exporter (``dynamo=False``). Measured with torch 2.14.1 on this
     2-core machine, both exporters run offline and give the same numbers (max rel. error ~1e-6),
@@ -82,7 +100,11 @@ def export_onnx(graph: EmbeddingGraph, path: Path, input_size: int, opset: int =
     """
     import onnx
 
-    outputs = [OUTPUT_NAME, PATCHES_NAME] if _has_patches(graph) else [OUTPUT_NAME]
+    if meta is not None:
+        meta = named_meta(meta)
+        outputs = [o.graph_name for o in meta.outputs]
+    else:
+        outputs = [EMBEDDING, PATCHES_NAME] if _has_patches(graph) else [EMBEDDING]
     dummy = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -111,7 +133,8 @@ def _has_patches(graph: nn.Module) -> bool:
 
 
 def set_metadata(model, meta: ModelMeta) -> None:
-    """Replace an onnx ModelProto's metadata_props with ``meta``."""
+    """Replace an onnx ModelProto's metadata_props with ``meta`` (in the current format)."""
+    meta = named_meta(meta)
     del model.metadata_props[:]
     for key, value in meta.to_props().items():
         entry = model.metadata_props.add()

@@ -17,7 +17,8 @@ from typing import Callable, Dict, Optional
 
 from dn2.runtime.bundle import sha256_file
 from dn2.runtime.errors import Dn2Error
-from dn2.runtime.modelmeta import K_ORT_CONFIG, K_PATCHES, ModelMeta, ResizeRule
+from dn2.runtime.modelmeta import (K_ORT_CONFIG, ModelMeta, ResizeRule, embedding_output,
+                                   patches_output)
 from dn2.runtime.version import __version__
 
 from .archs import DEFAULT_OPSET, MIN_INPUT_SIZE, get_arch
@@ -95,7 +96,7 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
     """Export, verify, optionally convert/quantize; write ``output`` and ``<output>.json``.
 
     ``patches``: add the second output ``patches [N, C, S/8, S/8]`` (``dn2.export.patches``),
-    described in the metadata (``dn2.patches``) and verified like the embedding.
+    described in the metadata (``dn2.outputs``) and verified like the embedding.
     Returns the report dict (also written as JSON). Raises ``Dn2Error`` (nothing written) on
     bad arguments, missing/unfit weights, or a failed verification.
     """
@@ -140,7 +141,7 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
 
             graph = build_patch_graph(spec, loaded.model)
             pinfo = graph.describe(size)
-            meta = replace(meta, extra={K_PATCHES: json.dumps(pinfo, sort_keys=True)})
+            meta = replace(meta, outputs=(embedding_output(spec.dim), patches_output(pinfo)))
         else:
             graph = build_graph(spec, loaded.model)
         counts = export_onnx(graph, tmp_fp32, size, opset, meta)
@@ -198,7 +199,8 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
                 kernels = "exact" if quant["ort_session_config"] else "default"
                 detail = (f"int8 QDQ ({quant['int8_convs']} convs int8, {quant['float_convs']} "
                           f"float, {kernels} onnxruntime kernels) vs fp32: min cosine photos "
-                          f"{quant['photos']['min_cosine']:.4f}, calib {quant['calib']['min_cosine']:.4f}, kNN Spearman "
+                          f"{quant['photos']['min_cosine']:.4f}, calib "
+                          f"{quant['calib']['min_cosine']:.4f}, kNN Spearman "
                           f"{quant['knn_spearman']:.3f}")
             write_metadata(tmp_final, replace(meta, precision=precision,
                                               extra={**meta.extra, **extra}))

@@ -43,7 +43,7 @@ def photo_bgr(name: str) -> np.ndarray:
     except ImportError:
         from dn2.runtime.errors import MissingExtraError
 
-        raise MissingExtraError("scikit-image", "export", "sample photos for verification")
+        raise MissingExtraError("scikit-image", "export", "sample photos for verification") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img = getattr(skimage.data, name)()

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from dn2.runtime.bundle import sha256_file
+from dn2.runtime.contract import embedding_tensor
 from dn2.runtime.cuda_rt import CudaRT
 from dn2.runtime.errors import Dn2Error, ImageError, ModelError
 from dn2.runtime.modelmeta import INPUT_NAME, ModelMeta, read_model_meta
@@ -215,7 +216,8 @@ def verify_engine(plan: bytes, onnx_path: Path, meta: ModelMeta, batch: np.ndarr
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    ref = np.concatenate([sess.run(None, {INPUT_NAME: batch[i:i + 8]})[0]
+    emb = embedding_tensor([o.name for o in sess.get_outputs()])
+    ref = np.concatenate([sess.run([emb], {INPUT_NAME: batch[i:i + 8]})[0]
                           for i in range(0, len(batch), 8)])
     with TrtEngine(plan, batch_size=8, meta=meta, device=device) as eng:
         test = eng.embed_batch(batch)

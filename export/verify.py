@@ -14,6 +14,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from dn2.runtime.contract import embedding_tensor
 from dn2.runtime.errors import Dn2Error
 
 from .samples import random_images, sample_photos
@@ -75,7 +76,8 @@ def ort_embed(path: str, images: np.ndarray, config: Optional[Dict[str, str]] = 
               batch: int = BATCH) -> np.ndarray:
     sess = ort_session(path, config)
     name = sess.get_inputs()[0].name
-    outs = [sess.run(None, {name: images[i:i + batch]})[0] for i in range(0, len(images), batch)]
+    emb = embedding_tensor([o.name for o in sess.get_outputs()])
+    outs = [sess.run([emb], {name: images[i:i + batch]})[0] for i in range(0, len(images), batch)]
     return np.concatenate(outs).astype(np.float32)
 
 

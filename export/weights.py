@@ -103,7 +103,7 @@ def _lite_file(spec: ArchSpec) -> Path:
     except ImportError:
         from dn2.runtime.errors import MissingExtraError
 
-        raise MissingExtraError(spec.lite_package, "export", f"ImageNet weights of {spec.name}")
+        raise MissingExtraError(spec.lite_package, "export", f"ImageNet weights of {spec.name}") from None
     cls = next(getattr(mod, n) for n in dir(mod) if n.endswith("ModelFile"))
     return Path(cls.get_model_file_path())
 

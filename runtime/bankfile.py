@@ -215,8 +215,9 @@ def check_npy_file(path, n: Optional[int], dim: Optional[int],
             reader = npf.read_array_header_1_0 if major == 1 else npf.read_array_header_2_0
             shape, fortran, dtype = reader(f, max_header_size=10_000)
             data_at = f.tell()
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
-        _fail(name, f"expected a numpy .npy array file, found unreadable data ({exc})")
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises tokenizer errors too
+        _fail(name, f"expected a numpy .npy array file, found an unreadable header "
+                    f"({type(exc).__name__}: {str(exc)[:80]})")
     if dtype != np.dtype("<f4") or fortran or len(shape) != 2:
         _fail(name, f"expected a float32 [N, D] C-order array, found {dtype} {shape}"
                     f"{' Fortran-order' if fortran else ''}")

@@ -14,7 +14,8 @@ Manifest (``schema: "dn2-bundle"``, ``schema_version: 1``): ``dn2_version``, ``m
 {file, sha256, arch, weights, input, dim, precision}, ``bank`` {kind, file, sha256, n, dim,
 metric, M, ef_construction, ef, seed}, ``fit`` {images, failed, dropped, cleaned_fraction,
 kmeans, seed, ...}, ``score`` {k, reduction, l2norm, jpeg_draft (absent in older bundles:
-false), color ('gray': every input is scored converted to gray; absent: 'color')}, ``threshold`` {value, method, fpr, quantiles, candidates, calibration}, ``group`` (null
+false), color ('gray': every input is scored converted to gray; absent: 'color')},
+``threshold`` {value, method, fpr, quantiles, candidates, calibration}, ``group`` (null
 or {size, pooling, source, n_groups, k, bank {...}, threshold {...}, cov_trace_threshold {...}}),
 ``files`` {name: sha256} for every file but the manifest.
 
@@ -32,7 +33,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import os
 import re
 import secrets
@@ -42,8 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
-from .bank import METRIC, Bank, BankError, load_bank
+from .bank import Bank, BankError, load_bank
 from .errors import BundleError
+from .manifest import validate_manifest
 from .paths import found, too_long
 from .version import __version__
 
@@ -52,6 +53,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "dn2.json"
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "fit_report.json"
+MAX_MANIFEST_BYTES = 64 << 20
 
 
 def sha256_file(path) -> str:
@@ -269,77 +271,31 @@ def read_manifest(path) -> Dict:
             f"bundle {p}: expected {MANIFEST}, found " +
             (f"only {found[:8]}: a half-written bundle (dn2-fit did not finish) or not a "
              f"bundle; fit again" if half else "an empty folder; run dn2-fit first"))
+    size = mpath.stat().st_size
+    _expect(size <= MAX_MANIFEST_BYTES, str(p),
+            f"expected {MANIFEST} of at most {MAX_MANIFEST_BYTES >> 20} MiB, found {size} bytes")
     try:
         m = json.loads(mpath.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"bundle {p}: expected {MANIFEST} to be JSON, found invalid "
                           f"text ({exc})") from None
+    except RecursionError:
+        raise BundleError(f"bundle {p}: expected {MANIFEST} to be a manifest, found JSON "
+                          f"nested too deep to read") from None
     _expect(isinstance(m, dict) and m.get("schema") == SCHEMA, str(p),
             f"expected schema {SCHEMA!r}, found {m.get('schema') if isinstance(m, dict) else m!r}")
     ver = m.get("schema_version")
-    _expect(ver == SCHEMA_VERSION, str(p),
+    _expect(type(ver) is int and ver == SCHEMA_VERSION, str(p),
             f"expected schema_version {SCHEMA_VERSION}, found {ver!r} (written by dn2 "
             f"{m.get('dn2_version')}, this is dn2 {__version__})")
-    for key in ("model", "bank", "score", "threshold", "files"):
-        _expect(isinstance(m.get(key), dict), str(p), f"expected a {key!r} section, found none")
-    files = m["files"]
-    for name, digest in sorted(files.items()):
-        _expect(name == os.path.basename(name) and name not in ("", ".", ".."), str(p),
-                f"expected plain file names, found {name!r}")
+    validate_manifest(m, str(p))  # types, ranges, cross-field rules: one schema (manifest.py)
+    for name, digest in sorted(m["files"].items()):
         fp = p / name
         _expect(fp.is_file(), str(p), f"expected file {name} (listed in {MANIFEST}), found it "
                                       f"missing: half-written or damaged bundle")
         got = sha256_file(fp)
         _expect(got == digest, str(p), f"{name}: expected sha256 {digest}, found {got} "
                                        f"(the file changed after dn2-fit wrote it)")
-    for sec, label in ((m["model"], "model"), (m["bank"], "bank")):
-        _expect(sec.get("file") in files, str(p),
-                f"{label}.file: expected one of {sorted(files)}, found {sec.get('file')!r}")
-        _expect(sec.get("sha256") == files[sec["file"]], str(p),
-                f"{label}.sha256: expected {files[sec['file']]}, found {sec.get('sha256')}")
-    b, mod, sc = m["bank"], m["model"], m["score"]
-    _expect(b.get("metric") == METRIC, str(p),
-            f"bank.metric: expected {METRIC!r}, found {b.get('metric')!r}")
-    _expect(b.get("dim") == mod.get("dim"), str(p),
-            f"bank.dim: expected the model's dim {mod.get('dim')}, found {b.get('dim')}")
-    k = sc.get("k")
-    _expect(isinstance(k, int) and 1 <= k <= int(b.get("n", 0)), str(p),
-            f"score.k: expected an integer in [1, bank.n={b.get('n')}], found {k!r}")
-    _expect(sc.get("reduction") == "mean", str(p),
-            f"score.reduction: expected 'mean', found {sc.get('reduction')!r}")
-    _expect(isinstance(sc.get("jpeg_draft", False), bool), str(p),
-            f"score.jpeg_draft: expected true or false, found {sc.get('jpeg_draft')!r}")
-    _expect(sc.get("color", "color") in ("gray", "color"), str(p),
-            f"score.color: expected 'gray' or 'color', found {sc.get('color')!r}")
-    t = m["threshold"].get("value")
-    _expect(isinstance(t, (int, float)) and math.isfinite(t), str(p),
-            f"threshold.value: expected a finite number, found {t!r}")
-    g = m.get("group")
-    if g is not None:
-        gb = g.get("bank", {})
-        _expect(gb.get("file") in files, str(p),
-                f"group.bank.file: expected one of {sorted(files)}, found {gb.get('file')!r}")
-        _expect(gb.get("dim") == mod.get("dim"), str(p),
-                f"group.bank.dim: expected {mod.get('dim')}, found {gb.get('dim')}")
-        _expect(gb.get("metric") == METRIC, str(p),
-                f"group.bank.metric: expected {METRIC!r}, found {gb.get('metric')!r}")
-        _expect(g.get("pooling") in ("mean", "max"), str(p),
-                f"group.pooling: expected 'mean' or 'max', found {g.get('pooling')!r}")
-    sig = m.get("signals")
-    if sig is not None:
-        _expect(isinstance(sig, dict), str(p), f"signals: expected an object, found {sig!r}")
-        ps = sig.get("patch")
-        if ps is not None:
-            pb = ps.get("bank", {}) if isinstance(ps, dict) else {}
-            _expect(pb.get("file") in files, str(p), f"signals.patch.bank.file: expected one "
-                                                     f"of {sorted(files)}, found {pb.get('file')!r}")
-            _expect(pb.get("sha256") == files.get(pb.get("file")), str(p),
-                    f"signals.patch.bank.sha256: expected {files.get(pb.get('file'))}, found "
-                    f"{pb.get('sha256')}")
-            for key in ("threshold", "pixel_threshold"):
-                v = (ps.get(key) or {}).get("value")
-                _expect(isinstance(v, (int, float)) and math.isfinite(v), str(p),
-                        f"signals.patch.{key}.value: expected a finite number, found {v!r}")
     return m
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -36,7 +37,8 @@ EXIT_CODES = (
         "usage error, bad bundle, model or config, or another error that stopped "
         "the command before any result; nothing written",
     ),
-    (EXIT_SOURCE_LOST, "the source was lost and could not be reopened (watch)"),
+    (EXIT_SOURCE_LOST, "the source was lost and could not be reopened, or frames of a damaged "
+                       "video file could not be read (watch; the summary counts them)"),
     (
         EXIT_UNWRITTEN,
         "the run went to its end, but some output could not be written (watch: "
@@ -336,6 +338,31 @@ def parse_args(
     return parser.parse_args(argv)
 
 
+def library_kwargs(target, args: argparse.Namespace, aliases: Optional[Mapping[str, str]] = None,
+                   **overrides) -> Dict:
+    """The keyword arguments of ``target`` -- a library function or a config dataclass -- taken
+    from the parsed options: every parameter (or field) whose name, or its alias in
+    ``aliases`` (parameter -> option dest), is an option. ``overrides`` win. So an option whose
+    dest is the parameter's name reaches the library with no code in between."""
+    import dataclasses
+    import inspect
+
+    if dataclasses.is_dataclass(target):
+        names = [f.name for f in dataclasses.fields(target) if f.init]
+    else:
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        names = [p.name for p in inspect.signature(target).parameters.values()
+                 if p.kind in kinds]
+    given = vars(args)
+    out = {}
+    for name in names:
+        dest = (aliases or {}).get(name, name)
+        if dest in given:
+            out[name] = given[dest]
+    out.update(overrides)
+    return out
+
+
 def option_names(parser: argparse.ArgumentParser) -> Dict[str, str]:
     """dest -> the flag a user types (``val_normal`` -> ``--val-normal``; positionals upper)."""
     out = {}
@@ -346,21 +373,23 @@ def option_names(parser: argparse.ArgumentParser) -> Dict[str, str]:
     return out
 
 
-def error_text(
-    exc: BaseException,
-    parser: Optional[argparse.ArgumentParser] = None,
-    aliases: Optional[Mapping[str, str]] = None,
-) -> str:
-    """An error in the caller's words: a library error that names a parameter (attribute
-    ``param``) is told with the command-line flag instead."""
+def error_text(exc, parser: Optional[argparse.ArgumentParser] = None,
+               aliases: Optional[Mapping[str, str]] = None) -> str:
+    """An error in the caller's words. A library error about one parameter carries its Python
+    name in ``exc.param`` (and says it in the message, e.g. "fpr expected in (0, 1), found 2");
+    on the command line that name becomes the flag the user typed ("--fpr expected ...").
+    ``aliases`` maps parameter names that differ from option names (``n_groups`` -> ``groups``).
+    """
     msg = str(exc)
     param = getattr(exc, "param", None)
-    if param and parser is not None:
-        names = option_names(parser)
-        flag = names.get((aliases or {}).get(param, param))
-        if flag:
-            msg = msg.replace(f"'{param}'", flag).replace(f"{param}=", f"{flag} ")
-    return msg
+    if not param or parser is None:
+        return msg
+    names = option_names(parser)
+    flag = names.get((aliases or {}).get(param, param)) or names.get(param)
+    if not flag:
+        return msg
+    msg = re.sub(rf"(?<![\w-]){re.escape(param)}=", f"{flag} ", msg)
+    return re.sub(rf"(?<![\w.-]){re.escape(param)}(?![\w-])", flag, msg)
 
 
 def report_error(name: str, exc: BaseException, parser=None, aliases=None) -> None:

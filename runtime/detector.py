@@ -37,9 +37,18 @@ class ScoreResult:
     box: Optional[List[int]] = None  # [x, y, w, h] over the pixel threshold, or None
     map: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # float32 [H, W]
 
+    @property
+    def norm_score(self) -> Optional[float]:
+        """score / threshold: 1.0 is the decision boundary, on every bundle's scale."""
+        if self.score is None or not self.threshold or self.threshold <= 0:
+            return None
+        return float(self.score) / float(self.threshold)
+
     def to_dict(self) -> dict:
-        """The JSON fields; a bundle without views / patches keeps the five base fields."""
+        """The JSON fields (the five base fields and ``norm_score``, plus the view / patch
+        fields for such bundles)."""
         d = {k: v for k, v in self.__dict__.items() if k != "map"}
+        d["norm_score"] = self.norm_score
         if self.global_score is None and self.patch_score is None:
             for k in ("global_score", "patch_score", "peak", "box"):
                 d.pop(k)
@@ -64,7 +73,7 @@ class GroupResult:
 
 
 class Detector:
-    """A loaded bundle plus (optionally) its embedder."""
+    """A loaded bundle plus (optionally) its embedder, on an onnxruntime or TensorRT backend."""
 
     def __init__(self, bundle: Bundle, embedder=None):
         self.bundle = bundle
@@ -87,21 +96,29 @@ class Detector:
     @classmethod
     def load(cls, bundle_dir, providers="auto", threads: Optional[int] = None,
              batch_size: int = 8, load_model: bool = True,
-             jpeg_draft: Optional[bool] = None, trusted_key=None) -> "Detector":
-        """Load and validate; ``load_model=False`` skips the onnxruntime session (scoring
-        embeddings only). ``jpeg_draft``: None decodes files the way the bundle was fitted
-        (manifest ``score.jpeg_draft``); True / False override it. ``trusted_key``: a public
-        key PEM path (default: $DN2_TRUSTED_KEY); when set, only a bundle signed by it loads."""
+             jpeg_draft: Optional[bool] = None, trusted_key=None,
+             backend=None) -> "Detector":
+        """Load and validate; ``load_model=False`` skips the model (scoring embeddings only).
+        ``jpeg_draft``: None decodes files the way the bundle was fitted (manifest
+        ``score.jpeg_draft``); True / False override it. ``trusted_key``: a public key PEM path
+        (default: $DN2_TRUSTED_KEY); when set, only a bundle signed by it loads. ``backend``: an
+        open backend (``dn2.runtime.backend``, e.g. a native ``TrtEngine`` built from the
+        bundle's model) instead of an onnxruntime session on ``model.onnx``;
+        ``providers``/``threads`` are then unused. Its metadata must agree with the bundle's."""
         bundle = load_bundle(bundle_dir, trusted_key=trusted_key)
         emb = None
-        if load_model:
+        if load_model or backend is not None:
             from .embedder import Embedder
 
             if jpeg_draft is None:
                 jpeg_draft = bool(bundle.manifest["score"].get("jpeg_draft", False))
-            emb = Embedder(str(bundle.model_path), providers=providers, threads=threads,
-                           batch_size=batch_size, jpeg_draft=jpeg_draft,
-                           gray=bundle.manifest["score"].get("color") == "gray")
+            gray = bundle.manifest["score"].get("color") == "gray"
+            if backend is None:
+                emb = Embedder(str(bundle.model_path), providers=providers, threads=threads,
+                               batch_size=batch_size, jpeg_draft=jpeg_draft, gray=gray)
+            else:
+                emb = Embedder(bundle.model_path, backend=backend, jpeg_draft=jpeg_draft,
+                               gray=gray)
             check_model_meta(bundle.manifest, emb.meta, str(bundle.path))
         return cls(bundle, emb)
 
@@ -137,6 +154,16 @@ class Detector:
             return [ScoreResult(f"image {i}", float(s), self.threshold, bool(s > self.threshold))
                     for i, s in enumerate(scores)]
         return self.view_scorer.score_images(list(images), maps)
+
+    def set_threshold(self, value: float) -> None:
+        """Decide with ``value`` instead of the bundle's threshold (score --threshold)."""
+        import math
+
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise Dn2Error(f"--threshold: expected a positive number, found {value!r}")
+        self.threshold = float(value)
+        if self.views:
+            self.view_scorer.threshold = float(value)
 
     # -- single images -----------------------------------------------------------------
     def _features(self, emb) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Fit a bundle from normal images or precomputed embeddings (the library side of dn2-fit).
 
-Steps (DESIGN.md, data flow 2): embed the good images (bad files are skipped, listed and
+Steps (docs/design.md, data flow 2): embed the good images (bad files are skipped, listed and
 counted) -> optional L2 normalisation -> optional cleaning (paper 3.2) -> optional k-means
 compression (paper 5.1) -> bank -> threshold from normal data only -> optional group bank
 (paper 3.3) -> bundle, written atomically.
@@ -29,7 +29,8 @@ from .errors import Dn2Error
 from .paths import regular_file
 from .scoring import clean as clean_embeddings
 from .scoring import DEFAULT_L2NORM, knn_score, l2normalize, loo_kmeans_scores
-from .threshold import calibrate, conformal_quantile, quantile_table, roc_auc
+from .threshold import (calibrate, capped_warning, conformal_quantile, quantile_table,
+                        roc_auc)
 
 Inputs = Union[str, Path, Sequence[Union[str, Path]]]
 
@@ -97,6 +98,14 @@ def color_mode(color: str, images: Optional[Inputs], progress: bool = False) -> 
                        f"{detected.get('gray_share', 0):.0%} monochrome -> scoring in {mode}"
                        + (" (every input converted to gray first)" if mode == "gray" else ""))
     return {"option": color, "detected": detected, "mode": mode}
+
+
+def _source_name(images, streams, n_frames: int, n: int) -> str:
+    if images is None:
+        return "embeddings"
+    if streams:
+        return "streams" if n_frames == n else "images+streams"
+    return "images"
 
 
 def _needed(k: int, clean: float) -> int:
@@ -244,7 +253,10 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                seed: int = 0, progress: bool = True, kmeans_folds: int = 5,
                kmeans_backend: str = "auto", hnsw: Optional[Dict] = None,
                jpeg_draft: bool = False, color: Union[str, Dict] = "auto",
-               embed_failed: Optional[Sequence] = None, source: Optional[str] = None) -> Path:
+               embed_failed: Optional[Sequence] = None, source: Optional[str] = None,
+               temporal: bool = False, every: int = 1, max_frames: Optional[int] = None,
+               seconds: Optional[float] = None, connect_timeout: float = 30.0,
+               augment: str = "none", augment_copies: int = 1) -> Path:
     """Fit a bundle at ``output`` from normal ``images`` (paths, folders, globs) or
     ``embeddings`` [N, D] (+ ``names``). Returns the bundle path.
 
@@ -256,7 +268,16 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
     manifest (``score.color``) so every scorer follows it. ``embed_failed`` / ``source`` /
     ``color`` as a :func:`color_mode` dict: with ``embeddings`` embedded elsewhere (e.g. on
     Ray), the files that failed there, (path, message), what the manifest names as the
-    source, and the colour mode detected on those images."""
+    source, and the colour mode detected on those images.
+
+    ``images`` may also name video files, camera indices, stream URLs and GStreamer pipelines
+    (``dn2.runtime.fit_video``: ``every`` N-th frame, up to ``max_frames`` / ``seconds`` per
+    stream, live sources retried for ``connect_timeout`` s); their frames, and ``embeddings``
+    given with ``temporal=True`` (consecutive frames, as ``watch --learn`` collects), are
+    calibrated by blocked hold-out, and ``group_size`` then pools sliding windows of them.
+    ``augment="camera"``: ``augment_copies`` camera-path variants of every normal image
+    (real MJPG / mp4v round trips, sensor noise, scale, light; ``dn2.runtime.augment``) join
+    the bank and the calibration, each in its original's duplicate group."""
     model_path = Path(model_path)
     regular_file(model_path, "a dn2 ONNX model file (from dn2-export)")
     if (images is None) == (embeddings is None):
@@ -267,13 +288,26 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                 val_normal, val_anomalous, l2norm)
     check_output(output)  # an unwritable target fails now, not after embedding everything
     emb = _Embed(model_path, providers, threads, batch, progress, bool(jpeg_draft))
-    colour = color if isinstance(color, dict) else color_mode(color, images, progress)
+    from . import fit_video as FV
+
+    inputs = None if images is None else FV.split_inputs(_as_list(images))
+    if inputs and inputs[1] and (kmeans is not None or clean or group_dirs or pooling != "mean"):
+        raise Dn2Error("video / stream inputs: expected no --kmeans, --clean, --group-dirs or "
+                       "--pooling max (frames are calibrated in time blocks), found them")
+    if inputs and inputs[1] and not inputs[0] and color == "auto":
+        colour = {"option": "auto", "detected": None, "mode": "auto"}  # the frames decide
+    else:
+        colour = color if isinstance(color, dict) else \
+            color_mode(color, inputs[0] if inputs else None, progress)
     emb.gray = colour["mode"] == "gray"
     failed: List[Tuple[str, str]] = []
+    in_order, temporal, segs, streams = bool(temporal), None, None, []
     if images is not None:
-        x, names, failed = emb.inputs(images)
+        x, names, failed, temporal, segs, streams = FV.embed_inputs(
+            emb, _as_list(images), colour, every=every, max_frames=max_frames,
+            seconds=seconds, batch=batch, say=lambda m: _say(progress, m),
+            connect_timeout=connect_timeout)
         meta = emb.embedder.meta
-        _say(progress, f"embedded {len(x)} images; {len(failed)} bad files skipped")
         for path, msg in failed:
             shown = msg if str(msg).startswith(str(path)) else f"{path}: {msg}"
             _say(progress, f"  skipped {shown}")
@@ -290,6 +324,28 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
             [f"embedding[{i}]" for i in range(len(x))]
         if len(names) != len(x):
             raise Dn2Error(f"names: expected {len(x)} (one per embedding), found {len(names)}")
+        temporal = np.full(len(x), in_order)
+        segs = np.zeros(int(temporal.sum()), np.int64)
+    if not temporal.any():
+        temporal = None
+    from .augment import check_option
+
+    check_option(augment)
+    origin, aug_info = None, None
+    if augment == "camera" and images is not None:
+        from .augment import SETTINGS, embed_variants
+
+        real = [i for i in range(len(x)) if temporal is None or not temporal[i]]
+        xa, orig = embed_variants(emb.embedder, [names[i] for i in real], augment_copies, seed)
+        origin = np.concatenate([np.full(len(x), -1), np.asarray(real)[orig]])
+        names = list(names) + [f"{names[real[o]]} (camera variant)" for o in orig]
+        x = np.vstack([x, xa])
+        if temporal is not None:
+            temporal = np.concatenate([temporal, np.zeros(len(xa), bool)])
+        aug_info = dict(SETTINGS, mode="camera", copies=int(augment_copies), seed=int(seed),
+                        variants=int(len(xa)))
+        _say(progress, f"augment camera: {len(xa)} variants (MJPG / mp4v round trips, noise, "
+                       f"scale, light) join the bank and the calibration")
     need = _needed(k, clean)
     if len(x) < need:
         raise Dn2Error(f"fit needs at least {need} good normal images (k={k} neighbours + 1 "
@@ -314,8 +370,18 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
     xk = x[keep]
     hnsw = dict(HNSW_DEFAULTS, **(hnsw or {}))
     bank = build_bank(xk, index, **hnsw) if kmeans is None else None
-    labels, dups = find_duplicates(x, names if images is not None else None, seed=seed,
-                                   bank=bank if keep.all() else None)
+    if temporal is None:
+        labels, dups = find_duplicates(x, names if images is not None else None, seed=seed,
+                                       bank=bank if keep.all() else None)
+    else:  # frames are calibrated in time blocks; copies matter among the images only
+        labels, dups = np.arange(len(x)), {"images_in_groups": 0, "frames": "time blocks"}
+        if (~temporal).sum() > 1:
+            sub, dups = find_duplicates(x[~temporal], [n_ for n_, t in zip(names, temporal)
+                                                       if not t], seed=seed)
+            labels[np.flatnonzero(~temporal)] = np.flatnonzero(~temporal)[sub]
+    if origin is not None:  # a variant is calibrated without its original, and vice versa
+        var = origin >= 0
+        labels[var] = labels[origin[var]]
     if dups["images_in_groups"]:
         _say(progress, f"duplicates: {dups['images_in_groups']} images in {dups['groups']} "
                        f"groups of copies ({dups['exact_copies']} exact, {dups['near_copies']} "
@@ -334,6 +400,8 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         how = (f"{kmeans_folds}-fold: centres fitted without the scored image's fold (copies "
                f"share a fold)")
         calib = np.concatenate([loo, knn_score(bank, x[~keep], k)]) if (~keep).any() else loo
+    elif temporal is not None:
+        calib, how = FV.temporal_calibration(bank, x, temporal, labels, labels[keep], k)
     else:
         calib = grouped_scores(bank, x, k, labels, labels[keep])
         how = ("leave-one-out against the bank without the image itself and its duplicates"
@@ -347,14 +415,23 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
                           knn_score(bank, va, k) if va is not None and len(va) else None,
                           threshold_method, calibration=how)
     _say(progress, f"threshold ({threshold['method']}, fpr {fpr:g}): {threshold['value']:.6g}")
+    warn = capped_warning(threshold)
+    if warn:
+        log.warning(warn)  # shown even with --quiet
 
     group, gbank, greport = None, None, {}
-    if group_size or group_dirs:
+    if group_size and temporal is not None:
+        group, gbank = FV.window_section(x[temporal], segs, group_size, k, fpr, index,
+                                         bool(l2norm), seed)
+        _say(progress, f"groups: {group['n_groups']} windows of {group_size} consecutive "
+                       f"frames, threshold {group['threshold']['value']:.6g}")
+    elif group_size or group_dirs:
         group, gbank, greport = _group_section(
             xk, emb, group_size=group_size,
             group_dirs=group_dirs, n_groups=n_groups, pooling=pooling, k=k, fpr=fpr,
             index=index, l2norm=l2norm, seed=seed, progress=progress)
 
+    n_frames = 0 if temporal is None else int(temporal.sum())
     manifest = {
         "model": {"arch": meta.arch, "weights": meta.weights, "input": meta.input_size,
                   "dim": meta.dim, "precision": meta.precision},
@@ -362,8 +439,10 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         "fit": {"images": int(len(x)), "kept": int(keep.sum()), "failed": len(failed),
                 "dropped": int((~keep).sum()), "cleaned_fraction": float(clean),
                 "kmeans": km_info, "seed": int(seed), "index": index,
-                "source": source or ("images" if images is not None else "embeddings"),
-                "l2norm_selection": selection, "color": colour, "duplicates": dups},
+                "source": source or _source_name(images, streams, n_frames, len(x)),
+                "l2norm_selection": selection, "color": colour, "duplicates": dups,
+                "streams": streams, "every": int(every),
+                "temporal_frames": n_frames, "augment": aug_info},
         "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm),
                   "jpeg_draft": bool(jpeg_draft), "color": colour["mode"]},
         "threshold": threshold,

@@ -17,8 +17,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser, new_parser,
-                      parse_args, report_error, setup_logging)
+from .cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser,
+                      library_kwargs, new_parser, parse_args, report_error, setup_logging)
 from .errors import Dn2Error
 from .ray_inputs import add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = new_parser("fit", "Fit a dn2 bundle from normal images (paper 3.1-3.3).",
                    engine_parser(batch=8))
     p.add_argument("model", help="dn2 ONNX model (from dn2-export)")
-    p.add_argument("normal", nargs="+", help="normal images: files, folders (recursive), globs")
+    p.add_argument("normal", nargs="+",
+                   help="normal inputs: image files, folders (recursive), globs, video files, "
+                        "camera indices, rtsp/http URLs, GStreamer pipelines (quoted)")
     p.add_argument("--output", "-o", required=True, help="bundle directory to write")
     p.add_argument("--k", type=int, default=2, help="nearest neighbours per score (default 2)")
     p.add_argument("--clean", type=float, default=0.0, metavar="F",
@@ -92,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): when the normal images are monochrome, score every "
                         "input converted to gray, so a camera's colour cast or colour noise "
                         "cannot decide; gray / color force it. Recorded in the bundle")
+    p.add_argument("--augment", choices=("none", "camera"), default="none",
+                   help="camera: add variants of every normal image made the way a camera "
+                        "path changes it (real MJPG / mp4v round trips, per-channel sensor "
+                        "noise, a few %% of scale, brightness, contrast; seeded) to the bank "
+                        "and the calibration (default none; BENCHMARKS.md 'Camera path')")
+    p.add_argument("--augment-copies", type=int, default=1, metavar="N",
+                   help="variants per normal image with --augment camera (default 1)")
+    p.add_argument("--every", type=int, default=1, metavar="N",
+                   help="videos and streams: take every N-th frame (default 1)")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N",
+                   help="videos and streams: at most N frames from each (a live source needs "
+                        "this or --seconds)")
+    p.add_argument("--seconds", type=float, default=None, metavar="S",
+                   help="videos and streams: the first S seconds of each (source clock)")
+    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="S",
+                   help="a live source not up yet is retried with backoff for S seconds")
     p.add_argument("--seed", type=int, default=0, help="seed for k-means, groups, folds")
     add_ray_args(p)
     return p
@@ -146,7 +164,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging(a.quiet, a.verbose)
     from .fit import fit_bundle
 
-    fit, ray_kw = fit_bundle, {}
+    fit, ray_kw = fit_bundle, {}  # --every, --max-frames, ... reach fit_bundle by name
     if a.ray is not None:  # the same fit, with the embedding on a Ray cluster
         from .ray_fit import fit_bundle_ray as fit
 
@@ -157,15 +175,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if view_fit is not None:
             print(view_fit)
             return EXIT_OK
-        out = fit(a.model, a.output, a.normal, k=a.k, clean=a.clean,
-                         kmeans=a.kmeans, index=a.index, fpr=a.fpr, group_size=a.group_size,
-                         group_dirs=a.group_dirs, n_groups=a.groups, pooling=a.pooling,
-                         l2norm="auto" if a.l2norm_select else a.l2norm, batch=a.batch,
-                         threads=a.threads,
-                         providers=a.providers, val_normal=a.val_normal,
-                         val_anomalous=a.val_anomalous, threshold_method=a.threshold_method,
-                         seed=a.seed, progress=not a.quiet, jpeg_draft=a.jpeg_draft,
-                         color=a.color, **ray_kw)
+        # every fit_bundle parameter that is an option (PARAMS: the names that differ)
+        kw = library_kwargs(fit_bundle, a, PARAMS, progress=not a.quiet,
+                            l2norm="auto" if a.l2norm_select else a.l2norm)
+        out = fit(**kw, **ray_kw)
     except Dn2Error as exc:
         report_error("fit", exc, parser, PARAMS)
         return EXIT_USAGE

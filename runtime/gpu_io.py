@@ -20,8 +20,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .contract import check_signature, ort_signature
 from .errors import ModelError
-from .modelmeta import INPUT_NAME, OUTPUT_NAME
+from .modelmeta import EMBEDDING, INPUT_NAME, ModelMeta
 
 TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -97,46 +98,56 @@ def session_device(sess: Any) -> Tuple[str, int]:
 
 
 class BoundRunner:
-    """``run(uint8 [N, S, S, 3]) -> float32 [N, D]`` through I/O binding with reused OrtValues."""
+    """``run(uint8 [N, S, S, 3]) -> float32 [N, D]`` through I/O binding with reused OrtValues;
+    ``run_all`` gives every named output (``{"embedding": ..., ...}``)."""
 
-    def __init__(self, sess: Any, device: Optional[str] = None, device_id: Optional[int] = None):
+    def __init__(self, sess: Any, device: Optional[str] = None, device_id: Optional[int] = None,
+                 meta: Optional[ModelMeta] = None):
         import onnxruntime as ort
 
         self._ort, self.sess = ort, sess
         dev, did = session_device(sess)
         self.device = device or dev
         self.device_id = did if device_id is None else int(device_id)
-        ins, outs = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
-        if ins != [INPUT_NAME] or outs != [OUTPUT_NAME]:
-            raise ModelError(f"expected a dn2 graph ({INPUT_NAME} -> {OUTPUT_NAME}), "
-                             f"found inputs {ins}, outputs {outs}")
-        shape = sess.get_outputs()[0].shape
-        if not isinstance(shape[1], int):
-            raise ModelError(f"expected a fixed embedding dim, found output shape {shape}")
-        self.dim = int(shape[1])
-        self._slots: Dict[Tuple[int, ...], Tuple[Any, Any, Any]] = {}
+        if meta is None:
+            meta = ModelMeta.from_props(sess.get_modelmeta().custom_metadata_map,
+                                        source="session")
+        check_signature(meta, *ort_signature(sess), "session")
+        self.meta = meta
+        self.dim = int(meta.dim)
+        self._outs = [(o.name, o.graph_name, tuple(int(d) for d in o.shape[1:]))
+                      for o in meta.outputs]
+        self._slots: Dict[Tuple[int, ...], Tuple[Any, Any, Dict[str, Any]]] = {}
 
-    def _slot(self, shape: Tuple[int, ...]) -> Tuple[Any, Any, Any]:
+    def _slot(self, shape: Tuple[int, ...]) -> Tuple[Any, Any, Dict[str, Any]]:
         slot = self._slots.get(shape)
         if slot is None:
             ov = self._ort.OrtValue.ortvalue_from_shape_and_type
             x = ov(list(shape), np.uint8, self.device, self.device_id)
-            y = ov([shape[0], self.dim], np.float32, self.device, self.device_id)
             io = self.sess.io_binding()
             io.bind_ortvalue_input(INPUT_NAME, x)
-            io.bind_ortvalue_output(OUTPUT_NAME, y)
-            slot = self._slots[shape] = (io, x, y)
+            ys = {}
+            for name, tensor, per in self._outs:
+                ys[name] = ov([shape[0], *per], np.float32, self.device, self.device_id)
+                io.bind_ortvalue_output(tensor, ys[name])
+            slot = self._slots[shape] = (io, x, ys)
             if len(self._slots) > 8:  # a stream of ragged batch sizes: keep the newest few
                 self._slots.pop(next(iter(self._slots)))
         return slot
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run_all(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
             raise ModelError(f"expected uint8 [N, S, S, 3], found {batch.dtype} {batch.shape}")
-        io, x, y = self._slot(tuple(batch.shape))
+        io, x, ys = self._slot(tuple(batch.shape))
         x.update_inplace(np.ascontiguousarray(batch))  # the one host->device copy
         io.synchronize_inputs()
         self.sess.run_with_iobinding(io)
         io.synchronize_outputs()
-        out = y.numpy()  # the one device->host copy (on "cpu" a view of the reused buffer)
-        return out.copy() if self.device == "cpu" else out
+        out = {}
+        for name, y in ys.items():
+            a = y.numpy()  # the one device->host copy (on "cpu" a view of the reused buffer)
+            out[name] = a.copy() if self.device == "cpu" else a
+        return out
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.run_all(batch)[EMBEDDING]

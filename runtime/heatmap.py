@@ -55,7 +55,7 @@ class MapWriter:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise Dn2Error(f"--maps {folder}: expected a writable folder, found {exc.strerror}")
+            raise Dn2Error(f"--maps {folder}: expected a writable folder, found {exc.strerror}") from None
         if not os.access(self.dir, os.W_OK):
             raise Dn2Error(f"--maps {folder}: expected a writable folder, found it read-only")
         self.pixel_threshold = float(pixel_threshold)

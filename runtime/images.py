@@ -287,7 +287,8 @@ def expand_inputs(inputs: List[str]) -> List[Tuple[str, Optional[str]]]:
         files: List[str] = []
         problems: List[Tuple[str, str]] = []
         _walk(folder, files, problems)
-        out.extend(sorted([(f, None) for f in files] + list(problems)))
+        found = sorted([(f, None) for f in files] + list(problems))
+        out.extend(found or [(folder, "expected image files in this folder, found none")])
 
     for item in inputs:
         item = os.fspath(item)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -35,7 +36,7 @@ SHARD_ROWS = 65536  # rows per .npy shard (Lite0: 320 MB); the driver holds one 
 def require_ray(purpose: str = "fit and score on a Ray cluster (--ray)"):
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as exc:
         raise MissingExtraError("ray[data]", "ray", purpose) from exc
     return ray
@@ -87,6 +88,7 @@ class EmbedActor:
                             jpeg_draft=jpeg_draft, decode_workers=decode_workers, gray=gray)
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        t0 = time.perf_counter()
         paths = [str(p) for p in batch["path"]]
         res = self.emb.embed_paths(paths)
         out = np.zeros((len(paths), self.emb.dim), np.float32)
@@ -97,9 +99,12 @@ class EmbedActor:
             if j < len(res.paths) and res.paths[j] == p:
                 out[i], ok[i] = res.embeddings[j], True
                 j += 1
+        busy = np.zeros(len(paths))  # seconds this actor spent on the batch, on its first row
+        busy[:1] = time.perf_counter() - t0
         return {"path": np.asarray(paths, dtype=object), "ok": ok, "embedding": out,
                 "error": np.asarray([err.get(p, "" if o else "not embedded")
-                                     for p, o in zip(paths, ok)], dtype=object)}
+                                     for p, o in zip(paths, ok)], dtype=object),
+                "actor": np.full(len(paths), os.getpid(), np.int64), "busy_s": busy}
 
 
 def pool_args(workers: Optional[int], threads: Optional[int], gpus: float
@@ -148,7 +153,9 @@ def embed_to_shards(model_path, paths: Sequence[str], out_dir, *, workers: Optio
                     decode_workers: int = 1,
                     shard_rows: int = SHARD_ROWS, progress: bool = True) -> Dict:
     """Embed ``paths`` on the connected cluster and write the shards + index to ``out_dir``.
-    Returns the index (also written as ``out_dir/index.json``) plus ``images_per_s``."""
+    Returns the index (also written as ``out_dir/index.json``) plus ``images_per_s`` (since
+    the start, actor start-up included), ``steady_images_per_s`` (after the first batch) and
+    ``per_actor_images_per_s`` (per actor pid: rows / seconds busy embedding them)."""
     if not paths:
         raise Dn2Error("--ray: expected image files to embed, found none")
     out = Path(out_dir)
@@ -179,12 +186,21 @@ def embed_to_shards(model_path, paths: Sequence[str], out_dir, *, workers: Optio
             shards.append({"file": name, "rows": int(len(block))})
             pending.clear()
 
+    start = time.perf_counter()
+    first = None  # (time, rows) when the first batch came back: actors are up from then on
+    busy: Dict[int, float] = {}  # per actor (pid): seconds inside __call__, rows done
+    rows: Dict[int, int] = {}
     with bar:
         try:
             for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+                if first is None:
+                    first = (time.perf_counter(), len(b["ok"]))
                 ok = np.asarray(b["ok"], bool)
                 emb = np.asarray(b["embedding"], np.float32)
                 dim = emb.shape[1] if emb.ndim == 2 else dim
+                for a_, t_ in zip(b["actor"], b["busy_s"]):
+                    busy[int(a_)] = busy.get(int(a_), 0.0) + float(t_)
+                    rows[int(a_)] = rows.get(int(a_), 0) + 1
                 for p, good, msg in zip(b["path"], ok, b["error"]):
                     if good:
                         names.append(str(p))
@@ -207,15 +223,25 @@ def embed_to_shards(model_path, paths: Sequence[str], out_dir, *, workers: Optio
     tmp = out / (INDEX + ".tmp")
     tmp.write_text(json.dumps(index))
     os.replace(tmp, out / INDEX)
-    index["images_per_s"] = bar.rate
+    index["images_per_s"] = len(paths) / max(time.perf_counter() - start, 1e-9)
+    dt = time.perf_counter() - first[0] if first else 0.0
+    index["steady_images_per_s"] = (len(paths) - first[1]) / dt if dt > 0 else None
+    index["per_actor_images_per_s"] = {str(a): round(rows[a] / busy[a], 3) for a in busy
+                                       if busy[a] > 0}
     return index
 
 
 def _first_line(exc: BaseException) -> str:
+    """The user-facing line of an error that came back through Ray (its text carries the
+    remote traceback): the last ``SomeError: message`` line, without the module path."""
+    import re
+
     text = str(exc).strip()
-    for line in text.splitlines():
-        if "Error" in line and ":" in line:
-            return line.strip()
+    found = re.findall(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$", text, re.M)
+    if found:
+        kind, msg = found[-1]
+        return msg.strip() if kind in ("Dn2Error", "ModelError", "ImageError", "BundleError",
+                                       "MissingExtraError") else f"{kind}: {msg.strip()}"
     return text.splitlines()[0] if text else type(exc).__name__
 
 

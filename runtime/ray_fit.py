@@ -41,12 +41,19 @@ def fit_bundle_ray(model_path, output, images, *, address: Optional[str] = None,
     ``output``, removed after the fit)."""
     from .bundle import check_output
     from .fit import color_mode, fit_bundle
+    from .fit_video import split_inputs
+    from .modelmeta import read_model_meta
     from .paths import regular_file
 
     model_path = Path(model_path)
     regular_file(model_path, "a dn2 ONNX model file (from dn2-export)")
     check_output(output)  # an unwritable target fails now, not after embedding everything
-    files, problems = find_images(expand_inputs(images))
+    read_model_meta(str(model_path))  # not a dn2 model: say so here, before any actor starts
+    image_in, streams = split_inputs(expand_inputs(images))  # a missing path: an error, as local
+    if streams:
+        raise Dn2Error(f"fit --ray: expected image files, folders or globs, found "
+                       f"{streams[0]!r} (videos, cameras and streams are fitted without --ray)")
+    files, problems = find_images(image_in)
     if not files:
         raise Dn2Error(f"fit --ray: expected normal images in {images}, found none"
                        + (f" ({len(problems)} problems, first: {problems[0][1]})"
@@ -75,6 +82,9 @@ def fit_bundle_ray(model_path, output, images, *, address: Optional[str] = None,
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+    if len(x) == 0:
+        raise Dn2Error(f"fit --ray: expected good normal images, found none of {len(files)} "
+                       f"readable ({len(failed)} bad files, first: {failed[0][1]})")
     for path, msg in failed:
         shown = msg if str(msg).startswith(str(path)) else f"{path}: {msg}"
         _say(progress, f"  skipped {shown}")

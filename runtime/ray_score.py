@@ -16,12 +16,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from .errors import Dn2Error
 from .progress import Progress
-from .ray_embed import _first_line, actor_pool, connect, path_dataset, pool_args, shutdown
+from .ray_embed import (
+    _first_line,
+    actor_pool,
+    connect,
+    path_dataset,
+    pool_args,
+    shutdown,
+)
 from .ray_inputs import expand_inputs, split_videos
 
 TYPES = {"path": "string", "frame": "int64", "score": "float64", "threshold": "float64",
@@ -190,6 +198,7 @@ def score_ray(bundle, inputs, out_dir, *, fmt: str = "parquet", address: Optiona
                                                            jpeg_draft=jpeg_draft,
                                                            stride=int(video_stride)),
                                 batch_format="numpy", **remote)
+            start = time.perf_counter()
             bar = Progress(None if videos else len(items),
                            f"score on ray ({n_actors} actors)", enabled=progress)
             with bar:
@@ -207,7 +216,7 @@ def score_ray(bundle, inputs, out_dir, *, fmt: str = "parquet", address: Optiona
                 except Exception as exc:  # an actor that cannot load the bundle, ray errors
                     raise Dn2Error(f"--ray: scoring on the cluster failed: "
                                    f"{_first_line(exc)}") from exc
-            rate = bar.rate
+            rate = (n_rows - len(problems)) / max(time.perf_counter() - start, 1e-9)
         finally:
             if started:
                 shutdown()

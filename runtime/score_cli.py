@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = new_parser("score", "Score images against a dn2 bundle.", engine_parser(batch=8))
     p.add_argument("bundle", help="bundle directory written by dn2-fit")
     p.add_argument("paths", nargs="+", help="images: files, folders (recursive), globs")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="decide with this threshold instead of the bundle's (as dn2-watch "
+                        "--threshold); dn2-threshold stores one in a bundle")
     p.add_argument("--json", action="store_true",
                    help="machine-readable output on stdout: one JSON object per input")
     p.add_argument("--group", action="store_true",
@@ -117,6 +120,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         det = Detector.load(a.bundle, providers=a.providers, threads=a.threads,
                             batch_size=a.batch, jpeg_draft=a.jpeg_draft,
                             trusted_key=a.trusted_key)
+        if a.threshold is not None:
+            det.set_threshold(a.threshold)
         items = expand_inputs(a.paths)
         files = [p for p, why in items if why is None]
         problems = [(p, why) for p, why in items if why is not None]
@@ -152,7 +157,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for path, why in items:
             if why is not None:
                 _emit({"path": path, "score": None, "threshold": det.threshold,
-                       "anomalous": None, "error": why}, a.json)
+                       "anomalous": None, "error": why, "norm_score": None}, a.json)
                 continue
             r = next(results)
             failed += r.error is not None
@@ -186,7 +191,7 @@ def _score_on_ray(a) -> int:
                       address=ray_address(a.ray), workers=a.ray_workers, threads=a.threads,
                       gpus=a.ray_gpus, num_cpus=a.ray_cpus, batch=a.batch,
                       providers=a.providers, jpeg_draft=a.jpeg_draft,
-                      video_stride=a.video_stride)
+                      video_stride=a.video_stride, progress=not getattr(a, "quiet", False))
     except Dn2Error as exc:
         report_error("score", exc)
         return EXIT_ERROR

@@ -45,7 +45,56 @@ def conformal_quantile(scores, fpr: float) -> Dict:
     rank = math.ceil((n + 1) * (1.0 - float(fpr)) - 1e-9)
     capped = rank > n
     rank = min(rank, n)
-    return {"value": float(a[rank - 1]), "rank": int(rank), "n": int(n), "capped": bool(capped)}
+    out = {"value": float(a[rank - 1]), "rank": int(rank), "n": int(n), "capped": bool(capped)}
+    if capped:
+        out["needed"] = needed_for(fpr)
+    return out
+
+
+def needed_for(fpr: float) -> int:
+    """The fewest calibration scores that resolve ``fpr`` (n + 1 >= 1 / fpr)."""
+    return int(math.ceil(1.0 / float(fpr) - 1.0 - 1e-9))
+
+
+def capped_warning(th: Dict, what: str = "normal images") -> Optional[str]:
+    """The warning for a capped conformal threshold, or None."""
+    c = th.get("candidates", {}).get("fpr", th)
+    if not c.get("capped"):
+        return None
+    return (f"WARNING: a target false-positive rate of {th.get('fpr', 0):g} cannot be resolved "
+            f"with {c['n']} calibration scores; the threshold is the largest of them, so the "
+            f"real rate on new {what} can be as high as 1/{c['n'] + 1} = "
+            f"{1.0 / (c['n'] + 1):.3g}. It takes at least {c.get('needed', '?')} {what} "
+            f"(or a larger --fpr)")
+
+
+TAIL = 10_000  # calibration scores kept in the manifest: the largest, for re-thresholding
+
+
+def calibration_tail(scores) -> Dict:
+    """{'n', 'tail'}: how many calibration scores there were and the largest ``TAIL`` of
+    them, sorted; enough to recompute the conformal threshold of any fpr >= TAIL / n."""
+    a = np.sort(_scores(scores, "calibration scores"))
+    return {"n": int(a.size), "tail": [float(v) for v in a[-TAIL:]]}
+
+
+def rethreshold(stored: Dict, fpr: float) -> Dict:
+    """:func:`conformal_quantile` at ``fpr`` from a :func:`calibration_tail`."""
+    if not 0.0 < float(fpr) < 1.0:
+        raise Dn2Error(f"--fpr: expected a rate in (0, 1), found {fpr}")
+    n, tail = int(stored["n"]), np.asarray(stored["tail"], np.float64)
+    rank = math.ceil((n + 1) * (1.0 - float(fpr)) - 1e-9)
+    capped = rank > n
+    rank = min(rank, n)
+    pos = rank - 1 - (n - tail.size)  # index into the stored top scores
+    if pos < 0:
+        raise Dn2Error(f"--fpr {fpr:g}: the bundle keeps the largest {tail.size} of {n} "
+                       f"calibration scores, enough for rates >= {tail.size / (n + 1):.3g}; "
+                       f"expected a larger --fpr (or refit)")
+    out = {"value": float(tail[pos]), "rank": int(rank), "n": n, "capped": bool(capped)}
+    if capped:
+        out["needed"] = needed_for(fpr)
+    return out
 
 
 def quantile_table(scores) -> Dict[str, float]:
@@ -116,7 +165,8 @@ def calibrate(loo, fpr: float = 0.01, val_normal=None, val_anomalous=None,
                        f"{len(val_anomalous) if has_a else 0} anomalous")
     out = {"value": cands[method]["value"], "method": method, "fpr": float(fpr),
            "quantiles": quantile_table(loo), "calibration": calibration,
-           "n_calibration": int(np.asarray(loo).size), "candidates": cands}
+           "n_calibration": int(np.asarray(loo).size), "candidates": cands,
+           "scores": calibration_tail(loo)}
     if has_n:
         out["val_normal_fpr"] = float(np.mean(np.asarray(val_normal) > out["value"]))
     if has_a:

@@ -1,9 +1,10 @@
 """Run a dn2 TensorRT engine natively (TensorRT 10 Python API + cuda-python), no onnxruntime.
 
-Same embedding interface as ``dn2.runtime.embedder.Embedder``:
-``embed_batch(uint8 [N, S, S, 3]) -> float32 [N, D]`` (chunked by ``batch_size``) and
-``embed_images(list of BGR arrays)``. Only GPU boxes use it; without TensorRT or a GPU it
-raises a ``Dn2Error`` that says what is missing. Engines come from
+A backend (``dn2.runtime.backend``): ``run(uint8 [N, S, S, 3]) -> {"embedding": [N, D], ...}``
+(chunked by ``batch_size``), so ``Embedder(backend=TrtEngine(...))`` and a Detector can sit on
+it; also ``embed_batch(uint8 [N, S, S, 3]) -> float32 [N, D]`` and ``embed_images(list of BGR
+arrays)``. The engine's I/O tensors are checked by ``dn2.runtime.contract``. Only GPU boxes
+use it; without TensorRT or a GPU it raises a ``Dn2Error`` that says what is missing. Engines come from
 ``dn2.export.tensorrt.build_engine``; the JSON sidecar next to an engine (``<engine>.json``)
 carries the ONNX model's dn2 metadata (resize rule, arch, ...), since an engine file has none.
 """
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .contract import TensorSig, check_signature, check_single_output
 from .cuda_rt import CUDA_HINT, CudaRT, stream_handle
 from .errors import Dn2Error, ImageError, MissingExtraError, ModelError
-from .modelmeta import INPUT_NAME, OUTPUT_NAME, ModelMeta
+from .modelmeta import EMBEDDING, INPUT_NAME, ModelMeta
 
 PROVIDER = "TensorRT (native engine)"
 TRT_HINT = ("the TensorRT Python API (x86_64: pip install 'tensorrt-cu12>=10,<11'; Jetson: it "
@@ -103,48 +105,59 @@ class TrtEngine:
                              f"they were built with (rebuild: dn2-export --tensorrt)")
         self._bind_io(trt, batch_size)
 
+    def _signature(self, trt: Any):
+        eng = self.engine
+        types = {trt.DataType.UINT8: "tensor(uint8)", trt.DataType.FLOAT: "tensor(float)"}
+        ins, outs = [], []
+        for i in range(eng.num_io_tensors):
+            n = eng.get_tensor_name(i)
+            dt = eng.get_tensor_dtype(n)
+            sig = TensorSig(n, types.get(dt, str(dt)), tuple(int(d) for d in eng.get_tensor_shape(n)))
+            (ins if eng.get_tensor_mode(n) == trt.TensorIOMode.INPUT else outs).append(sig)
+        return ins, outs
+
     def _bind_io(self, trt: Any, batch_size: int) -> None:
         eng = self.engine
-        names = [eng.get_tensor_name(i) for i in range(eng.num_io_tensors)]
-        ins = [n for n in names if eng.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outs = [n for n in names if eng.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if ins != [INPUT_NAME] or outs != [OUTPUT_NAME]:
-            raise ModelError(f"expected one input {INPUT_NAME!r} and one output {OUTPUT_NAME!r}, "
-                             f"found inputs {ins} and outputs {outs}: not a dn2 engine")
-        ishape, oshape = tuple(eng.get_tensor_shape(INPUT_NAME)), tuple(eng.get_tensor_shape(OUTPUT_NAME))
-        if (eng.get_tensor_dtype(INPUT_NAME) != trt.DataType.UINT8 or len(ishape) != 4
-                or ishape[3] != 3 or ishape[1] != ishape[2]):
-            raise ModelError(f"expected input uint8 [N, S, S, 3], found "
-                             f"{eng.get_tensor_dtype(INPUT_NAME)} {ishape}")
-        if eng.get_tensor_dtype(OUTPUT_NAME) != trt.DataType.FLOAT or len(oshape) != 2:
-            raise ModelError(f"expected output float32 [N, D], found "
-                             f"{eng.get_tensor_dtype(OUTPUT_NAME)} {oshape}")
-        self.input_size, self.dim = int(ishape[1]), int(oshape[1])
-        if self.meta is not None and (self.meta.input_size, self.meta.dim) != (self.input_size, self.dim):
-            raise ModelError(f"engine is {self.input_size} px -> {self.dim}-d but its metadata says "
-                             f"{self.meta.input_size} px -> {self.meta.dim}-d")
+        ins, outs = self._signature(trt)
+        where = f"{self.path or 'engine bytes'}"
+        if self.meta is not None:
+            check_signature(self.meta, ins, outs, where)
+        else:  # no metadata: a single-output engine, its output read as the embedding
+            size, dim = check_single_output(ins, outs, where + " (no metadata sidecar)")
+            self._anon = (size, dim, outs[0].name)
+        meta = self.meta
+        self.input_size = meta.input_size if meta else self._anon[0]
+        self.dim = meta.dim if meta else self._anon[1]
+        # logical name -> (graph tensor, per-image shape)
+        self._outs = ({o.name: (o.graph_name, tuple(int(d) for d in o.shape[1:]))
+                       for o in meta.outputs} if meta
+                      else {EMBEDDING: (self._anon[2], (self.dim,))})
         lo, _, hi = (tuple(s) for s in eng.get_tensor_profile_shape(INPUT_NAME, 0))
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
         self.batch_size = max(self.min_batch, min(int(batch_size), self.max_batch))
         self.context = eng.create_execution_context()
         self.stream = self.cuda.stream_create()
         s, b = self.input_size, self.batch_size
-        self._in_nbytes, self._out_nbytes = s * s * 3, self.dim * 4
+        self._in_nbytes = s * s * 3
         self._d_in = self._malloc(b * self._in_nbytes)
-        self._d_out = self._malloc(b * self._out_nbytes)
         self._h_in_ptr, self._h_in = self.cuda.host_alloc((b, s, s, 3), np.uint8)
         self._hosts.append(self._h_in_ptr)
-        self._h_out_ptr, self._h_out = self.cuda.host_alloc((b, self.dim), np.float32)
-        self._hosts.append(self._h_out_ptr)
         self.context.set_tensor_address(INPUT_NAME, self._d_in)
-        self.context.set_tensor_address(OUTPUT_NAME, self._d_out)
+        self._out_bufs: Dict[str, tuple] = {}  # logical name -> (device ptr, host ptr, host array, bytes/img)
+        for name, (tensor, shape) in self._outs.items():
+            nbytes = int(np.prod(shape)) * 4
+            d = self._malloc(b * nbytes)
+            hp, h = self.cuda.host_alloc((b,) + shape, np.float32)
+            self._hosts.append(hp)
+            self.context.set_tensor_address(tensor, d)
+            self._out_bufs[name] = (d, hp, h, nbytes)
 
     def _malloc(self, nbytes: int) -> int:
         ptr = self.cuda.malloc(nbytes)
         self._bufs.append(ptr)
         return ptr
 
-    def _run(self, chunk: np.ndarray) -> np.ndarray:
+    def _run(self, chunk: np.ndarray, names: Sequence[str]) -> Dict[str, np.ndarray]:
         n = chunk.shape[0]
         s = self.input_size
         if n < self.min_batch:  # pad up to the profile's minimum, drop the padding after
@@ -155,14 +168,27 @@ class TrtEngine:
         self.cuda.h2d(self._d_in, self._h_in_ptr, m * self._in_nbytes, self.stream)
         if not self.context.execute_async_v3(stream_handle(self.stream)):
             raise ModelError(f"TensorRT execution failed for a batch of {m} (see its log above)")
-        self.cuda.d2h(self._h_out_ptr, self._d_out, m * self._out_nbytes, self.stream)
+        for name in names:
+            d, hp, _, nbytes = self._out_bufs[name]
+            self.cuda.d2h(hp, d, m * nbytes, self.stream)
         self.cuda.synchronize(self.stream)
-        return self._h_out[:n].copy()
+        return {name: self._out_bufs[name][2][:n].copy() for name in names}
+
+    @property
+    def output_names(self) -> List[str]:
+        return list(self._outs)
+
+    def run(self, batch: np.ndarray, outputs: Optional[Sequence[str]] = None
+            ) -> Dict[str, np.ndarray]:
+        """uint8 [N, S, S, 3] -> {name: float32 [N, ...]} (every output, or ``outputs``)."""
+        x = check_batch(batch, self.input_size)
+        names = [n for n in self._outs if outputs is None or n in outputs]
+        parts = [self._run(x[i:i + self.batch_size], names)
+                 for i in range(0, len(x), self.batch_size)]
+        return {n: np.concatenate([p[n] for p in parts], axis=0) for n in names}
 
     def embed_batch(self, x: np.ndarray) -> np.ndarray:
-        x = check_batch(x, self.input_size)
-        parts = [self._run(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-        return np.concatenate(parts, axis=0)
+        return self.run(x, [EMBEDDING])[EMBEDDING]
 
     def embed_images(self, imgs: Sequence[np.ndarray]) -> np.ndarray:
         if self.meta is None:

@@ -86,7 +86,7 @@ class View:
             return cls(str(d["kind"]), int(d.get("rows", 1)), int(d.get("cols", 1)),
                        tuple(int(v) for v in roi) if roi else None)
         except (KeyError, TypeError, ValueError) as exc:
-            raise ViewError(f"view: expected {{kind, rows, cols, roi}}, found {d!r} ({exc})")
+            raise ViewError(f"view: expected {{kind, rows, cols, roi}}, found {d!r} ({exc})") from None
 
     def __str__(self) -> str:
         base = f"tiles={self.rows}x{self.cols}" if self.kind == "tiles" else self.kind

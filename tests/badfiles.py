@@ -17,6 +17,8 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
+from dn2.tools.faults.corpus import FAMILY_NAMES, build_families
+
 # A 64 x 48 test card: left half red, right half blue, a green 8 x 8 square at the top-left.
 W, H = 64, 48
 
@@ -42,6 +44,8 @@ CASE_NAMES = (
     "WebP lossless", "TIFF multi-page (first page)", "palette PNG", "EXIF-rotated JPEG",
     "image named .txt",
 )
+# every format damaged in every usual way, and non-images (dn2.tools.faults.corpus)
+CASE_NAMES = CASE_NAMES + FAMILY_NAMES
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Case:
     check: Optional[Callable[[np.ndarray], None]] = None
     note: str = ""
     skip: str = ""  # non-empty: why this case cannot be checked here (e.g. root reads 000)
+    either: bool = False  # damage whose outcome is the decoder's: refused clearly or decoded
 
     @property
     def refused(self) -> bool:
@@ -195,6 +200,13 @@ def build_corpus(folder) -> List[Case]:
     cases.append(Case("image named .txt", put("actually_png.txt",
                                                cv2.imencode(".png", bgr)[1].tobytes()),
                       check=like_card(0.0), note="explicit files are sniffed, not judged by name"))
+    for name, path, expect in build_families(root / "families"):
+        if expect == "refused":
+            cases.append(Case(name, path, ("found",)))
+        elif expect == "either":
+            cases.append(Case(name, path, either=True))
+        else:
+            cases.append(Case(name, path, check=lambda img: None))
     assert tuple(c.name for c in cases) == CASE_NAMES, "keep CASE_NAMES in step"
     return cases
 

@@ -85,7 +85,9 @@ class Subscriber:
         self.lock = threading.Lock()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}",
                         clean_session=False, protocol=mqtt.MQTTv311)
+        self.ready = threading.Event()  # SUBACK seen: from now on nothing published is missed
         c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe(topic, qos=1)
+        c.on_subscribe = lambda cl, u, mid, rcs, p=None: self.ready.set()
         c.on_message = self._on_message
         c.reconnect_delay_set(0.2, 1)
         if auth:

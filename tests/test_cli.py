@@ -324,3 +324,105 @@ def test_checks_never_imports_torch():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "TORCH False" in p.stdout
+
+
+# ---------------------------------------------------------------------------- caller's words
+
+
+def _param_error(msg: str, param: str):
+    from dn2.runtime.errors import Dn2Error
+
+    exc = Dn2Error(msg)
+    exc.param = param  # what a library error about one parameter carries
+    return exc
+
+
+@pytest.mark.parametrize(
+    "param,msg,told",
+    [
+        ("fpr", "fpr expected in (0, 1), found 2.0", "--fpr expected in (0, 1), found 2.0"),
+        ("n_groups", "n_groups=0: expected >= 2", "--groups 0: expected >= 2"),
+        ("val_normal", "threshold_method 'youden' needs val_normal", "needs --val-normal"),
+        ("images", "images: expected at least 5 good normal images", "NORMAL: expected"),
+    ],
+)
+def test_library_parameter_names_become_the_flags_on_the_command_line(param, msg, told):
+    from dn2.runtime import fit_cli
+    from dn2.runtime.cliargs import error_text
+
+    parser = fit_cli.build_parser()
+    text = error_text(_param_error(msg, param), parser, fit_cli.PARAMS)
+    assert told in text, text
+    assert error_text(_param_error(msg, param)) == msg  # a Python caller keeps the names
+    assert "fpr_x" in error_text(_param_error("fpr_x is fine", "fpr"), parser)  # whole words
+
+
+def test_dash_is_stdout_for_watch_events(world, tmp_path):
+    """`dn2 watch --events -`: the alert events as JSON lines on stdout, from a real MJPG clip
+    with a run of defective frames in the middle."""
+    import numpy as np
+
+    from textures import texture
+    from videos import write_video
+
+    bundle = tmp_path / "b"
+    assert _fit(world, bundle) == 0
+    rng = np.random.default_rng(5)
+    kinds = ["normal"] * 12 + ["anomalous"] * 8 + ["normal"] * 12
+    clip = write_video(tmp_path / "clip.avi", [texture(rng, k, size=64) for k in kinds], fps=10)
+    p = subprocess.run(
+        [sys.executable, "-m", "dn2.cli", "watch", str(bundle), "--source", str(clip),
+         "--headless", "--events", "-", "-q"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    events = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith('{"type"')]
+    assert [e["type"] for e in events] == ["alert_start", "alert_end"], p.stdout[-2000:]
+    assert 10 <= events[0]["frame"] <= 16  # opens inside the defective run (3 consecutive)
+
+
+def test_eval_json_goes_to_stdout_and_json_out_to_a_file(world, tmp_path, capsys):
+    """`--json` is the machine-readable result on stdout (the table moves to stderr);
+    `--json-out FILE` writes it to a file. A labelled folder tree of real PNG files."""
+    pytest.importorskip("sklearn")
+    data = tmp_path / "data"
+    for split, n in (("train", 12), ("test", 6)):
+        write_images(data / split / "smooth", n, "normal", seed=3 if split == "train" else 4)
+        write_images(data / split / "blotchy", n, "anomalous", seed=5 if split == "train" else 6)
+    base = ["eval", "--dataset", str(data), "--model", str(world["model"]), "--protocol",
+            "one-class", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    assert dn2(base + ["--json"]) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["n_test"] == 12 and doc["mean_auroc"] > 0.9  # blotches vs gradients: separable
+    assert "|" in err  # the markdown table, on stderr
+    assert dn2(base + ["--json-out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["mean_auroc"] == doc["mean_auroc"]
+    assert "|" in capsys.readouterr().out
+
+
+def test_options_reach_the_library_by_name_with_nothing_in_between():
+    """A fit option whose dest is the parameter's (or config field's) name needs no CLI code:
+    library_kwargs builds the call, from a function signature or a dataclass."""
+    import dataclasses
+
+    from dn2.runtime import fit_cli
+    from dn2.runtime.cliargs import library_kwargs
+    from dn2.runtime.fit import fit_bundle
+
+    parser = fit_cli.build_parser()
+    a = parser.parse_args(["m.onnx", "n/", "-o", "b", "--fpr", "0.02", "--groups", "7",
+                           "--jpeg-draft"])
+    kw = library_kwargs(fit_bundle, a, fit_cli.PARAMS, progress=False)
+    assert kw["model_path"] == "m.onnx" and kw["images"] == ["n/"] and kw["output"] == "b"
+    assert kw["fpr"] == 0.02 and kw["n_groups"] == 7 and kw["jpeg_draft"] is True
+    assert kw["progress"] is False and "quiet" not in kw and "embeddings" not in kw
+
+    @dataclasses.dataclass(frozen=True)
+    class FitLike:
+        fpr: float = 0.01
+        n_groups: int = 1000
+        new_option: int = 3
+
+    parser.add_argument("--new-option", type=int, default=3)  # the one line a new option adds
+    a = parser.parse_args(["m.onnx", "n/", "-o", "b", "--new-option", "9"])
+    assert FitLike(**library_kwargs(FitLike, a, fit_cli.PARAMS)) == FitLike(0.01, 1000, 9)

@@ -89,8 +89,8 @@ def test_embedder_reads_metadata_and_proves_its_provider(tiny):
     ({"input_name": "input"}, r"expected one input 'images' and one output 'embeddings', found "
                               r"inputs \['input'\]"),
     ({"fixed_batch": 1}, r"expected shape \[N, 32, 32, 3\] with dynamic N.*found \[1, 32, 32, 3\]"),
-    ({"metadata": False}, r"is not a dn2 model: metadata 'dn2.format' expected 'dn2-model-1', "
-                          r"found None"),
+    ({"metadata": False}, r"is not a dn2 model: metadata 'dn2.format' expected 'dn2-model-2' "
+                          r"\(or 'dn2-model-1' from older exports\), found None"),
 ])
 def test_contract_mismatches_are_model_errors(tmp_path, kw, says):
     path = build_tiny_model(tmp_path / "bad.onnx", **kw)
@@ -294,6 +294,6 @@ def test_cpu_sessions_do_not_spin_unless_the_model_asks(tmp_path):
     src = build_tiny_model(tmp_path / "plain.onnx")
     opts = Embedder(str(src), providers="cpu").session.get_session_options()
     assert opts.get_session_config_entry(key) == "0"
-    spin = _with_prop(src, tmp_path / "spin.onnx", K_ORT_CONFIG, '{"%s": "1"}' % key)
+    spin = _with_prop(src, tmp_path / "spin.onnx", K_ORT_CONFIG, '{"' + key + '": "1"}')
     opts = Embedder(str(spin), providers="cpu").session.get_session_options()
     assert opts.get_session_config_entry(key) == "1"

@@ -47,7 +47,7 @@ def test_random_weights_export_matches_torch(arch, tmp_path):
     (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
     assert (inp.name, inp.type, inp.shape[1:]) == ("images", "tensor(uint8)", [SIZE, SIZE, 3])
     assert isinstance(inp.shape[0], str), "batch axis must be dynamic"
-    assert (out.name, out.type, out.shape[1]) == ("embeddings", "tensor(float)", spec.dim)
+    assert (out.name, out.type, out.shape[1]) == ("embedding", "tensor(float)", spec.dim)
 
     rng = np.random.default_rng(1)
     for n in (1, 3):  # two batch sizes through the same session: the batch really is dynamic

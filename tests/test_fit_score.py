@@ -87,7 +87,8 @@ def test_score_json_lines_flag_anomalies_and_report_bad_files(world, capsys, tmp
     rc = score_cli.main([str(world["bundle"]), *paths, "--json"])
     lines = _json_lines(capsys.readouterr().out)
     assert rc == 1  # one input could not be scored
-    assert all(set(r) == {"path", "score", "threshold", "anomalous", "error"} for r in lines)
+    assert all(set(r) == {"path", "score", "threshold", "anomalous", "error",
+                            "norm_score"} for r in lines)
     by = {r["path"]: r for r in lines}
     assert by[str(bad)]["score"] is None and "empty" in by[str(bad)]["error"]
     anom = [by[str(p)] for p in world["test_a"]]

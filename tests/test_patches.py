@@ -104,7 +104,7 @@ def test_maps_land_on_pasted_defects(both_bundle, pasted):
     det = Detector.load(both_bundle, threads=2)
     res = det.analyze_paths([p for p, _ in pasted])
     hits = 0
-    for r, (p, mask) in zip(res, pasted):
+    for r, (_, mask) in zip(res, pasted):
         assert r.error is None and r.map.shape == mask.shape and r.map.dtype == np.float32
         # a peak within 4 px of the pasted region counts (the map is smoothed at stride 8)
         near = cv2.dilate(mask, np.ones((9, 9), np.uint8))

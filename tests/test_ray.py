@@ -12,12 +12,10 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-
 from videos import load_frames, read_video, write_video
 
 ray = pytest.importorskip("ray", reason="pip install 'dn2[ray]'")
@@ -119,7 +117,7 @@ def test_fit_ray_matches_local_fit(bundles, data):
 
 
 def test_score_ray_parquet_matches_local_scores(bundles, data, tmp_path):
-    local, remote, _ = bundles
+    _, remote, _ = bundles
     out = tmp_path / "scores"
     s = score_ray(remote, [f"@{data['list']}", data["broken"], str(data["video"]),
                            str(tmp_path / "missing.jpg")], out, fmt="parquet", workers=2,
@@ -197,3 +195,24 @@ def test_lean_fit_and_score_never_import_ray(model, data, tmp_path):
                        timeout=300, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "RAY-MODULES []" in p.stdout
+
+
+def test_fit_ray_refuses_a_non_model_before_starting_actors(data, tmp_path, capsys):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"this is not an onnx graph")
+    rc = fit_cli.main([str(bad), str(data["train"]), "-o", str(tmp_path / "b"), "-q", "--ray"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "dn2-fit: error:" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_fit_ray_refuses_videos_and_missing_paths(model, data, tmp_path, capsys):
+    """--ray embeds image files; a video (fitted locally) or a missing path is an error up
+    front, before a cluster starts, as in the local fit."""
+    for extra, want in ((str(data["video"]), "without --ray"),
+                        (str(tmp_path / "nope"), "no such path")):
+        rc = fit_cli.main([str(model), str(data["train"]), extra, "-o", str(tmp_path / "b"),
+                           "-q", "--ray"])
+        err = capsys.readouterr().err
+        assert rc == 2 and want in err and "Traceback" not in err, err
+        assert not (tmp_path / "b").exists()

@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from dn2.runtime.detector import Detector
 from dn2.runtime.errors import BundleError
 from dn2.runtime.fit import fit_bundle

@@ -212,7 +212,8 @@ def test_learn_in_group_mode_learns_the_streams_own_windows(lite0_model, group_s
     assert hi + n - 1 <= end["frame"] <= hi + M + n - 1
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_signal_leaves_valid_json_lines_with_every_alert_closed(sig, bundle, stained, work):
     frames, _ = stained
     # a long stain from frame 20 to the end, replayed in real time: the alert is open when the

@@ -244,3 +244,13 @@ def test_events_fifo_whose_reader_stopped_reading_never_stalls_the_run(scene, tm
     out = capsys.readouterr().out
     assert rc == 4 and f"{2 * len(STAINS)} of {2 * len(STAINS)} events not written" in out
     assert "the reader of the pipe is not reading" in out
+
+
+def test_learned_bundle_is_not_replaced_without_force(scene, tmp_path):
+    bundle, clip = scene
+    keep = tmp_path / "learned"
+    keep.mkdir()
+    (keep / "dn2.json").write_text("{}")
+    with pytest.raises(Dn2Error, match="--learn-bundle .* --force"):
+        watch(str(bundle), str(clip), learn="30f", learn_bundle=str(keep))
+    assert (keep / "dn2.json").read_text() == "{}"

@@ -52,7 +52,7 @@ def test_window_needs_a_gui_build_and_says_so():
 
 def test_stats_percentiles_and_bounded_memory():
     st = Stats(window=100)
-    for i in range(1000):
+    for _ in range(1000):
         st.record([0.0])
     assert len(st.latencies) == 100 and st.frames == 1000
     assert percentile_ms([0.010, 0.020, 0.030], 50) == pytest.approx(20.0)

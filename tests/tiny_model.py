@@ -28,8 +28,12 @@ def tiny_meta(
     precision: str = "fp32",
     features: str = "conv",
     seed: int = 0,
+    fmt: str = "",
 ):
-    from dn2.runtime.modelmeta import ModelMeta, ResizeRule
+    """Metadata of the tiny model; ``fmt`` "" -> dn2-model-1 (the single output
+    ``embeddings``, what models exported before named outputs carry: every test on these
+    models also proves that older models still load), or FORMAT for the current format."""
+    from dn2.runtime.modelmeta import FORMAT_V1, ModelMeta, ResizeRule
     from dn2.runtime.version import __version__
 
     arch, weights = ARCH[features]
@@ -43,6 +47,7 @@ def tiny_meta(
         opset=17,
         precision=precision,
         version=__version__,
+        format=fmt or FORMAT_V1,
     )
 
 

@@ -47,17 +47,21 @@ class MjpegCamera:
     OpenCV reads it through FFmpeg exactly like an IP camera URL. It serves ``frames`` in order
     at ``fps``; after frame ``drop_after`` (if set) it cuts the connection and refuses new ones
     for ``down_s`` seconds, then the next connection continues with the following frame, so
-    no frame of the camera's timeline is lost unless the client misses it.
+    no frame of the camera's timeline is lost unless the client misses it. ``partial=True``:
+    the cut falls in the middle of the next frame (its first half is sent, then the connection
+    dies, as a camera losing power does); that frame is sent whole after the reconnection.
     """
 
     def __init__(self, frames: Sequence[np.ndarray], fps: float = 25.0,
-                 drop_after: int = None, down_s: float = 1.0, quality: int = 95):
+                 drop_after: int = None, down_s: float = 1.0, quality: int = 95,
+                 partial: bool = False):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
                       for f in frames]
         self.fps, self.drop_after, self.down_s = fps, drop_after, down_s
+        self.partial = partial
         self.next = 0  # next frame to serve
         self.down_until = 0.0
         self.connections = 0
@@ -90,6 +94,12 @@ class MjpegCamera:
                         if cam.drop_after is not None and cam.next == cam.drop_after + 1:
                             cam.drop_after = None
                             cam.down_until = time.monotonic() + cam.down_s
+                            if cam.partial and cam.next < len(cam.jpegs):
+                                nxt = cam.jpegs[cam.next]
+                                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                                 b"Content-Length: %d\r\n\r\n" % len(nxt)
+                                                 + nxt[:len(nxt) // 2])
+                                self.wfile.flush()
                             self.close_connection = True
                             return
                         delay = t0 + sent / cam.fps - time.monotonic()
@@ -162,3 +172,26 @@ def camera_frames(pieces: Sequence[np.ndarray], path: Path, fourcc: str = "MJPG"
         vw.write(np.ascontiguousarray(f))
     vw.release()
     return read_video(path)
+
+
+def line_video(path: Path, nominal: Sequence[str], n_frames: int, fps: float = 30.0,
+               fourcc: str = "MJPG", sigma: float = 2.0, defects: Sequence[str] = (),
+               seed: int = 0, move_frames: int = 8, dwell_frames: int = 22):
+    """A production line of real pieces (the demo's renderer) through a real ``fourcc`` writer
+    with per-channel sensor noise. Returns (path, ground-truth defect ranges)."""
+    from dn2.tools.demo.video import Piece, PieceImages, ground_truth, plan_line, render_frame
+
+    plan = plan_line(list(nominal), [Piece(p, "global") for p in defects], n_frames,
+                     n_defects=len(defects), seed=seed, fps=fps, move_frames=move_frames,
+                     dwell_frames=dwell_frames)
+    images, rng = PieceImages(plan.height), np.random.default_rng(seed)
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps,
+                         (plan.width, plan.height))
+    assert vw.isOpened(), f"OpenCV cannot write {fourcc} to {path}"
+    for t in range(n_frames):
+        f = render_frame(plan, t, images)
+        if sigma:
+            f = np.clip(f + rng.normal(0.0, sigma, f.shape), 0, 255).astype(np.uint8)
+        vw.write(f)
+    vw.release()
+    return Path(path), ground_truth(plan)

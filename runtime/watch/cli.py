@@ -13,7 +13,8 @@ import threading
 from typing import List, Optional
 
 from ..cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOURCE_LOST, EXIT_UNWRITTEN, EXIT_USAGE,
-                       engine_parser, new_parser, parse_args, prog, report_error, setup_logging)
+                       engine_parser, library_kwargs, new_parser, parse_args, prog, report_error,
+                       setup_logging)
 from ..errors import Dn2Error
 
 EPILOG = """\
@@ -29,14 +30,16 @@ events: JSON lines, alert_start / alert_end per alert (see dn2.runtime.watch.eve
   DN2_MQTT_CERT, DN2_MQTT_KEY, DN2_HTTP_TOKEN), never from the command line.
 scores: --scores FILE writes one row per score (CSV for .csv, else JSON lines; - for stdout);
   `dn2 plot FILE --events EV -o scores.png` draws it.
-stop: Ctrl-C or SIGTERM stops cleanly: an open alert is closed (reason "stopped"), every
+stop: Ctrl-C, SIGTERM or SIGHUP stops cleanly: an open alert is closed (reason "stopped"), every
   event is flushed and the events file fsync'ed (exit 0). A second Ctrl-C aborts at once
   (exit 130).
 exit 0: the stream ended, --max-frames was reached or a stop was asked for; exit 2: a bad
   option, a bundle or model that is missing, damaged, malformed, unsigned or altered
   (with a trusted key), or a source that cannot open; exit 3: the source failed and could
-  not be reopened within --reconnect-attempts; exit 4: the run went to its end but some
-  output could not be written (events, snapshots, scores, video: the summary says which).
+  not be reopened within --reconnect-attempts, or frames of a damaged video file could not
+  be read (the summary counts them; the others keep their true frame numbers); exit 4: the
+  run went to its end but some output could not be written (events, snapshots, scores,
+  video: the summary says which).
 """
 
 
@@ -61,12 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "windows, so N > M keeps it from opening an alert on its own")
     p.add_argument("--cooldown", type=float, default=0.0, metavar="SECONDS",
                    help="quiet time after an alert before the next may open (default 0)")
-    p.add_argument("--events", metavar="FILE", help="append alert events here (JSON lines)")
+    p.add_argument("--events", metavar="FILE",
+                   help="append alert events here (JSON lines; -: stdout)")
     p.add_argument("--snapshots", metavar="DIR", help="save each alert's peak frame here")
     p.add_argument("--output-video", metavar="FILE",
                    help="write the annotated stream (.mp4 / .avi)")
     p.add_argument("--force", action="store_true",
-                   help="overwrite an existing --output-video / --scores file")
+                   help="replace an existing --output-video / --scores file or "
+                        "--learn-bundle folder")
     p.add_argument("--scores", metavar="FILE",
                    help="write every score: CSV (.csv) or JSON lines; - for stdout")
     p.add_argument("--mqtt", metavar="URL",
@@ -101,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconnect-max-delay", type=float, default=10.0, metavar="SECONDS",
                    help="longest wait between reconnect attempts (backoff doubles from "
                         "0.5 s up to this; default 10)")
+    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a live source (camera, URL, pipeline) not up at start is retried with "
+                        "the reconnect backoff for this long (default 30)")
     p.add_argument("--reconnect-attempts", type=int, metavar="N",
                    help="give up after N failed attempts in a row (default: never for live "
                         "sources, 3 for files and folders)")
@@ -115,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _install_signals(stop: threading.Event):
-    """SIGINT / SIGTERM ask for a clean stop; a second SIGINT aborts."""
+    """SIGINT / SIGTERM / SIGHUP (the terminal or the session went away) ask for a clean stop:
+    open alerts closed, events flushed; a second SIGINT aborts."""
     previous = {}
 
     def handler(signum, frame):
@@ -125,8 +134,9 @@ def _install_signals(stop: threading.Event):
         print(f"{prog('watch')}: {signal.Signals(signum).name} received, stopping "
               "(closing alerts, flushing events)", file=sys.stderr, flush=True)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            previous[sig] = signal.signal(sig, handler)
     return previous
 
 
@@ -160,18 +170,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     sinks, live = [], None
     try:
         sinks, live = _serving(args, log)
-        summary = watch(
-            args.bundle, args.source, batch=args.batch, stride=args.stride, group=args.group,
-            hop=args.hop, threshold=args.threshold, min_consecutive=args.min_consecutive,
-            cooldown=args.cooldown, events=args.events, snapshots=args.snapshots,
-            output_video=args.output_video, headless=args.headless,
-            stats_every=args.stats_every, learn=args.learn, learn_bundle=args.learn_bundle,
-            providers=args.providers, threads=args.threads, max_frames=args.max_frames,
-            queue_size=args.queue_size, realtime=args.realtime,
-            reconnect_attempts=args.reconnect_attempts,
-            reconnect_max_delay=args.reconnect_max_delay,
-            folder_fps=args.folder_fps, stop=stop, log=log, scores=args.scores,
-            force=args.force, sinks=sinks, live=live, trusted_key=args.trusted_key)
+        # every watch() parameter that is an option, by name; the rest given here
+        summary = watch(**library_kwargs(watch, args, stop=stop, log=log, sinks=sinks,
+                                         live=live))
     except Dn2Error as exc:
         for s in sinks:
             s.close(0.0)
@@ -189,7 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(summary.to_dict()))
     else:
         print(summary.text())
-    if summary.error and not summary.stopped:
+    if (summary.error and not summary.stopped) or summary.lost_frames:
         return EXIT_SOURCE_LOST
     return EXIT_UNWRITTEN if summary.unwritten else EXIT_OK
 

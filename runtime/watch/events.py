@@ -35,6 +35,7 @@ import math
 import os
 import select
 import stat
+import sys
 import time
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Tuple, Union
@@ -44,7 +45,8 @@ from .decide import Transition
 
 
 class EventWriter:
-    """Appends events as JSON lines; ``path=None`` keeps them in memory only.
+    """Appends events as JSON lines (``path="-"``: stdout); ``path=None`` keeps them in memory
+    only.
 
     The JSON-lines sink of :mod:`dn2.runtime.watch.sinks`. The file is opened non-blocking, so
     a FIFO with no reader is an error at once (never a hang) and a full pipe never stalls the
@@ -63,7 +65,10 @@ class EventWriter:
         self.recent: Deque[Dict[str, Any]] = collections.deque(maxlen=keep)
         self._fd: Optional[int] = None
         self._regular = False
-        if self.path is not None:
+        if self.path is not None and str(path) == "-":  # stdout, as every "-" path
+            sys.stdout.flush()
+            self._fd = os.dup(sys.stdout.fileno())
+        elif self.path is not None:
             self._fd = _open_nonblocking(self.path, "events file")
             self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
 
@@ -237,6 +242,9 @@ def event_record(t: Transition, threshold: float, snapshot: Optional[str], mode:
         "peak_score": _num(t.peak.score),
         "peak_frame": int(t.peak.frame),
         "threshold": float(threshold),
+        # score / threshold: 1.0 is the decision boundary, whatever the bundle's scale
+        "norm_score": _norm(t.score, threshold),
+        "peak_norm_score": _norm(t.peak.score, threshold),
         "snapshot": snapshot,
         "snapshot_error": snapshot_error,
         "first_frame": int(t.first_frame),
@@ -253,6 +261,11 @@ def event_record(t: Transition, threshold: float, snapshot: Optional[str], mode:
                   duration_s=round(float(t.timestamp) - float(t.first_timestamp), 6),
                   decisions=int(t.decisions))
     return ev
+
+
+def _norm(score, threshold):
+    s = _num(score)
+    return None if s is None or not threshold or threshold <= 0 else round(s / threshold, 6)
 
 
 def new_run_id() -> str:

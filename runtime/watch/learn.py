@@ -102,38 +102,22 @@ def blocked_scores(emb: np.ndarray, k: int, blocks: int = BLOCKS, group: Optiona
     return np.concatenate(out)
 
 
-class WindowGroups:
-    """The normal groups of a learned stream: its pooled consecutive windows (in memory).
-
-    For a video the normal group is a run of consecutive frames, not a random draw of frames
-    (what dn2-fit --group-size samples): a camera that always alternates between two views
-    has windows that always mix both, while a random draw is sometimes all one view.
-    Scores like ``Detector.score_group_embeddings`` (mean pooling, eq. 2, k nearest).
-    """
-
-    def __init__(self, emb: np.ndarray, size: int, k: int, l2norm: bool):
-        """``emb``: the learned frames' embeddings, already L2-normalised if ``l2norm``."""
-        from ..bank import build_bank
-
-        self.l2norm, self.k = l2norm, k
-        self.bank = build_bank(pool_windows(emb, size), index="auto")
-
-    def score_group_embeddings(self, emb: np.ndarray) -> float:
-        from ..scoring import knn_score, l2normalize
-
-        e = np.asarray(emb, np.float32)
-        e = l2normalize(e) if self.l2norm else e
-        return float(knn_score(self.bank, e.mean(axis=0)[None, :], self.k)[0])
-
-
-def _collect(queue, spec: Tuple[str, float], embed: Callable, batch: int, stop, log,
-             on_first: Optional[Callable] = None) -> Tuple[np.ndarray, list]:
+def collect_frames(queue, spec: Tuple[str, float], embed: Callable, batch: int, stop, log,
+                   on_first: Optional[Callable] = None, what: str = "--learn"
+                   ) -> Tuple[np.ndarray, list]:
     """Embeddings of the learning frames, and the frames of the last batch left over;
-    ``on_first(frames)`` sees the first batch before it is embedded."""
+    ``on_first(frames)`` sees the first full batch (or all frames, if fewer) before it is
+    embedded."""
     kind, amount = spec
     chunks, n, first_ts, last_note, rest = [], 0, None, time.monotonic(), []
+    first: list = []
+    while on_first is not None and len(first) < batch and not stop.is_set():
+        more = queue.get_batch(batch - len(first), timeout=0.1)
+        if more is None:
+            break
+        first += more
     while not stop.is_set():
-        frames = queue.get_batch(batch, timeout=0.1)
+        frames, first = (first, []) if first else (queue.get_batch(batch, timeout=0.1), [])
         if frames is None:
             break
         if not frames:
@@ -151,14 +135,14 @@ def _collect(queue, spec: Tuple[str, float], embed: Callable, batch: int, stop, 
             chunks.append(embed(np.stack([f.prepared for f in frames])))
             n += len(frames)
         if time.monotonic() - last_note > 5.0:
-            log(f"learning: {n} frames so far")
+            log(f"{'learning' if what == '--learn' else what}: {n} frames so far")
             last_note = time.monotonic()
         if rest or (kind == "frames" and n >= amount) or n >= MAX_LEARN_FRAMES:
             break
     if stop.is_set():
         raise Dn2Error("stopped while learning; no bundle was fitted")
     if n < MIN_LEARN_FRAMES:
-        raise Dn2Error(f"--learn: the source gave {n} frames before it ended; at least "
+        raise Dn2Error(f"{what}: the source gave {n} frames before it ended; at least "
                        f"{MIN_LEARN_FRAMES} are needed to fit a bundle")
     return np.vstack(chunks), rest
 
@@ -169,11 +153,11 @@ def learn_from_queue(bundle_or_model, queue, learn: str, *, output: Union[str, P
                      color: str = "auto"):
     """Embed the first frames from ``queue``, fit a bundle into ``output``, load it.
 
-    Returns (detector, threshold, leftover frames, groups): the threshold is for the mode
+    Returns (detector, threshold, leftover frames, None): the threshold is for the mode
     being watched (frame or group), calibrated on blocked hold-out scores of the learned
-    frames; the leftover frames came after the learning span in the last batch and are to be
-    watched first; ``groups`` (group mode only, else None) is a :class:`WindowGroups` to score
-    windows with. The group bank lives in memory: the bundle written holds the frame bank.
+    frames and stored as the bundle's threshold (group mode: the bundle's group bank holds the
+    stream's windows of ``group`` consecutive frames, ``dn2.runtime.fit_video``); the leftover
+    frames came after the learning span in the last batch and are to be watched first.
     ``color``: "auto" decides from the first batch of frames whether the scene is monochrome
     (then every frame is scored as gray, ``dn2.runtime.color``); "gray" / "color" force it.
     """
@@ -182,8 +166,6 @@ def learn_from_queue(bundle_or_model, queue, learn: str, *, output: Union[str, P
     from ..detector import Detector
     from ..embedder import Embedder
     from ..fit import fit_bundle
-    from ..scoring import l2normalize
-    from ..threshold import conformal_quantile
 
     spec = parse_learn(learn)
     model = model_path(bundle_or_model)
@@ -200,17 +182,17 @@ def learn_from_queue(bundle_or_model, queue, learn: str, *, output: Union[str, P
         if embedder.gray:
             log("learning: the frames are monochrome; every frame is scored as gray")
 
-    emb, rest = _collect(queue, spec, embedder.embed_batch, batch, stop, log, decide_color)
+    emb, rest = collect_frames(queue, spec, embedder.embed_batch, batch, stop, log,
+                               decide_color)
     if group and len(emb) < BLOCKS * (group + 1):
         raise Dn2Error(f"--learn with --group {group}: {len(emb)} frames are too few; learn "
                        f"at least {BLOCKS * (group + 1)} frames")
     names = [f"learned frame {i}" for i in range(len(emb))]
+    # the bundle's threshold (and group bank) are the blocked hold-out ones watched with
     out = fit_bundle(str(model), str(output), embeddings=emb, names=names, k=k, fpr=fpr,
-                     progress=False, color=mode["mode"])
+                     progress=False, color=mode["mode"], temporal=True, group_size=group)
     detector = Detector(load_bundle(str(out)), embedder)  # one onnxruntime session, not two
-    scored = l2normalize(emb) if detector.l2norm else emb
-    groups = WindowGroups(scored, group, detector.k, detector.l2norm) if group else None
-    thr = conformal_quantile(blocked_scores(scored, k=detector.k, group=group), fpr)["value"]
+    thr = detector.group_threshold if group else detector.threshold
     log(f"learned a bundle from {len(emb)} frames in {time.monotonic() - t0:.1f} s -> {out}; "
         f"{'group ' if group else ''}threshold {thr:.4g} (blocked hold-out, FPR {fpr:g})")
-    return detector, thr, rest, groups
+    return detector, thr, rest, None

@@ -24,7 +24,8 @@ from .events import new_run_id
 from .outputs import Outputs, check_new_output
 from .reader import Backoff, FrameQueue, Reader
 from .sinks.scores import ScoresWriter
-from .sources import Source, open_source
+from .connect import open_live
+from .sources import Source
 from .stats import Stats, Summary
 
 _log = logging.getLogger("dn2.watch")
@@ -83,7 +84,8 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
           on_score: Optional[Callable[[int, float, float], None]] = None,
           log: Optional[Callable[[str], None]] = None, scores: Optional[str] = None,
           force: bool = False, sinks: Sequence[Any] = (), live: Any = None,
-          run_id: Optional[str] = None, trusted_key: Optional[str] = None) -> Summary:
+          run_id: Optional[str] = None, trusted_key: Optional[str] = None,
+          connect_timeout: float = 30.0) -> Summary:
     """Watch ``source`` with the bundle at ``bundle`` until the stream ends or ``stop`` is set.
 
     ``bundle`` is a bundle folder or a loaded Detector; with ``learn`` ("30", "30s" seconds or
@@ -101,7 +103,9 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
     reopened after 0.5 s, 1 s, 2 s ... up to ``reconnect_max_delay``; ``reconnect_attempts``
     failures in a row end the stream (default: never for live sources, 3 for files;
     ``backoff`` overrides all three). Returns a :class:`Summary`; raises :class:`Dn2Error` on
-    bad options, a bundle that does not load or a source that cannot open. ``trusted_key``
+    bad options, a bundle that does not load or a source that cannot open (a live source
+    that is not up yet is retried with the same backoff for ``connect_timeout`` seconds,
+    :mod:`dn2.runtime.watch.connect`). ``trusted_key``
     (default $DN2_TRUSTED_KEY): a public key PEM; only a bundle signed by it is watched.
     """
     log = log or _log.info
@@ -117,12 +121,17 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
               reconnect_max_delay=reconnect_max_delay, learn=learn)
     check_new_output(output_video, "--output-video", force)
     check_new_output(scores, "--scores", force)
+    if learn_bundle and not force and Path(learn_bundle).is_dir() and \
+            any(Path(learn_bundle).iterdir()):
+        raise Dn2Error(f"--learn-bundle {learn_bundle} exists and is not empty (an earlier "
+                       "run's bundle?); pass --force to replace it, or give a new folder")
     stop = stop or threading.Event()
     run_id = run_id or new_run_id()
     halt = threading.Event()  # stops the reader: set at the end, whatever the reason
     mode = "group" if group else "frame"
     # the source first: a wrong --source fails at once, before seconds of model loading
-    src = open_source(source, realtime=realtime, folder_fps=folder_fps)
+    src = open_live(source, connect_timeout=connect_timeout, max_delay=reconnect_max_delay,
+                    realtime=realtime, folder_fps=folder_fps, log=log, stop=stop)
     reader = outputs = tmp = None
     sinks = list(sinks)
     try:
@@ -199,6 +208,7 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
     summary.stopped, summary.dropped, summary.error = stop.is_set(), queue.dropped, st.error
     summary.frames_read, summary.failures = st.frames, st.failures
     summary.reconnects, summary.skipped_items = st.reconnects, st.skipped_items
+    summary.lost_frames, summary.partial_frames = st.lost_frames, st.partial_frames
     summary.problems = [f"{what}: {why}" for what, why in st.recent_problems]
     summary.events = outputs.writer.count
     summary.unwritten = outputs.problems()

@@ -110,6 +110,8 @@ class ReaderStats:
     recent_problems: Deque[Tuple[str, str]] = field(
         default_factory=lambda: collections.deque(maxlen=50))
     error: Optional[str] = None  # why the stream ended, when it was not a clean end
+    lost_frames: int = 0  # frames of a damaged file that could not be read (never faked)
+    partial_frames: int = 0  # stream frames cut off mid-JPEG, never scored
 
 
 class Reader(threading.Thread):
@@ -180,6 +182,9 @@ class Reader(threading.Thread):
                         img = self.source.read()
                         if img is None:
                             break
+                        pos = self.source.position  # a damaged file: the frame's true number
+                        if pos is not None and pos > self.index:
+                            self.index = pos
                     elif not self.source.skip():
                         break
                 except ItemSkipped as exc:
@@ -212,6 +217,13 @@ class Reader(threading.Thread):
             self.stats.error = f"{self.source.name}: reader stopped: {type(exc).__name__}: {exc}"
             self.log(self.stats.error)
         finally:
+            self.stats.lost_frames = len(self.source.lost_frames)
+            self.stats.partial_frames = int(getattr(self.source, "partial_frames", 0))
+            if self.stats.lost_frames:
+                lost = self.source.lost_frames
+                self.stats.recent_problems.append((
+                    f"{self.source.name}", f"{len(lost)} frames could not be read (damaged "
+                    f"file; first {lost[0]}, last {lost[-1]}); the others kept their numbers"))
             try:
                 self.source.close()
             finally:

@@ -95,6 +95,16 @@ class Source:
         """Pass over the item that keeps failing, where the source can (folders); else None."""
         return None
 
+    @property
+    def position(self) -> Optional[int]:
+        """The source's own number of the frame last read, where it knows it (files)."""
+        return None
+
+    @property
+    def lost_frames(self) -> List[int]:
+        """Frame numbers the source could not read (a damaged file); counted, never faked."""
+        return []
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -131,6 +141,17 @@ class CaptureSource(Source):
         self._pos = 0  # frames delivered since the file start (for reopen + seek)
         self._t0: Optional[float] = None
         self._fps: Optional[float] = None
+        self._frames = None  # FileFrames of a file: true frame numbers, lost frames
+        self._raw_jpeg = False  # an MJPEG stream read as JPEG packets
+        self.partial_frames = 0  # incomplete JPEGs of a stream, never scored
+
+    @property
+    def position(self) -> Optional[int]:
+        return self._frames.position if self._frames is not None else None
+
+    @property
+    def lost_frames(self) -> List[int]:
+        return self._frames.lost if self._frames is not None else []
 
     def open(self) -> None:
         import cv2
@@ -169,6 +190,14 @@ class CaptureSource(Source):
         if self.kind == "file" and self._pos:
             # Reopened after a failure: continue where the stream broke, losing no frame.
             cap.set(cv2.CAP_PROP_POS_FRAMES, float(self._pos))
+        if self.kind == "file" and self._frames is None:  # frame count vs packets (damage)
+            from .filevideo import FileFrames
+
+            self._frames = FileFrames(str(self.spec), cap)
+        # An MJPEG stream is read as its JPEGs (no decode by FFmpeg): a frame cut off when the
+        # camera drops mid-frame is seen as incomplete and never scored (partial_frames).
+        self._raw_jpeg = (self.kind == "url" and int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(
+            4, "little") in (b"MJPG", b"mjpg") and bool(cap.set(cv2.CAP_PROP_FORMAT, -1)))
         self._cap = cap
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self._fps = fps if 0.0 < fps < 1000.0 else None
@@ -187,12 +216,19 @@ class CaptureSource(Source):
         if self._cap is None:
             raise SourceFailure(f"{self.name} is not open")
         self._pace()
-        ok, frame = self._cap.read()
-        if not ok:
-            if self.live and not self.realtime:
-                raise SourceFailure(f"{self.name}: read failed (stream interrupted)")
-            return None  # end of file
-        self._pos += 1
+        if self._frames is not None:  # a file: a read error is not the end (filevideo.py)
+            frame, self._pos = self._frames.read(self._cap, self._pos)
+            if frame is None:
+                return None
+        else:
+            ok, frame = self._cap.read()
+            if not ok:
+                if self.live and not self.realtime:
+                    raise SourceFailure(f"{self.name}: read failed (stream interrupted)")
+                return None  # end of file
+            if self._raw_jpeg:
+                frame = self._jpeg(frame)
+            self._pos += 1
         img = as_bgr(frame)
         if img is None:
             raise SourceFailure(f"{self.name}: frame {self._pos - 1} is not a picture "
@@ -200,10 +236,26 @@ class CaptureSource(Source):
                                 f"dtype {getattr(frame, 'dtype', None)})")
         return img
 
+    def _jpeg(self, packet) -> np.ndarray:
+        """One MJPEG packet -> the decoded frame, through the guarded image reader; a JPEG
+        without its end (the connection died inside it) raises SourceFailure, unscored."""
+        from ..errors import ImageError
+        from ..images import read_image
+
+        data = np.asarray(packet).tobytes()
+        try:
+            return read_image(data, name=f"{self.name} frame {self._pos}")
+        except ImageError as exc:
+            self.partial_frames += 1
+            raise SourceFailure(f"{self.name}: frame not scored: {exc}") from None
+
     def skip(self) -> bool:
         if self._cap is None:
             raise SourceFailure(f"{self.name} is not open")
         self._pace()
+        if self._frames is not None:
+            ok, self._pos = self._frames.skip(self._cap, self._pos)
+            return ok
         if not self._cap.grab():
             if self.live and not self.realtime:
                 raise SourceFailure(f"{self.name}: grab failed (stream interrupted)")

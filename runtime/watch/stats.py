@@ -28,6 +28,8 @@ class Summary:
     failures: int = 0  # failed reads / opens
     reconnects: int = 0
     skipped_items: int = 0  # folder images passed over after retries
+    lost_frames: int = 0  # frames of a damaged video file that could not be read
+    partial_frames: int = 0  # stream frames cut off mid-JPEG (camera dropped): not scored
     alerts: int = 0
     events: int = 0
     elapsed_s: float = 0.0
@@ -57,7 +59,11 @@ class Summary:
         return (f"dn2-watch summary ({how}): {self.frames_scored} frames scored{groups} "
                 f"of {self.frames_read} read in {self.elapsed_s:.1f} s ({self.fps:.1f} fps), "
                 f"{lat}{cpu}; dropped {self.dropped}, reconnects {self.reconnects}, "
-                f"skipped {self.skipped_items}; {self.alerts} alerts, {self.events} events"
+                f"skipped {self.skipped_items}"
+                + (f", LOST {self.lost_frames} unreadable frames" if self.lost_frames else "")
+                + (f", {self.partial_frames} partial stream frames not scored"
+                   if self.partial_frames else "")
+                + f"; {self.alerts} alerts, {self.events} events"
                 + (f" -> {self.events_path}" if self.events_path else "")
                 + (f"; run {self.run_id}" if self.run_id else "")
                 + "".join(f"\n  NOT WRITTEN: {u}" for u in self.unwritten)

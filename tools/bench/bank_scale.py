@@ -9,9 +9,10 @@ The bank rows never sit in anonymous memory: they are written chunk by chunk to 
 memory is the HNSW graph (which holds its own copy of the vectors) plus chunk-sized buffers.
 
 Data:
-* ``mixture``: the structured synthetic embeddings of ``dn2.tools.bench.bank.mixture`` (128-d latent
-  Gaussian mixture, 100 overlapping clusters, linear map to D dims + isotropic noise), drawn
-  in chunks from one fixed set of centres and map; queries are fresh draws (not bank rows).
+* ``mixture``: the structured synthetic embeddings of ``dn2.tools.bench.bank.mixture``
+  (128-d latent Gaussian mixture, 100 overlapping clusters, linear map to D dims + isotropic
+  noise), drawn in chunks from one fixed set of centres and map; queries are fresh draws (not
+  bank rows).
 * ``real``: real embeddings (``--real``, a float32 ``.npy`` [R, D], e.g. Lite0 embeddings of
   Fashion-MNIST) replicated to N rows, each copy plus Gaussian noise of ``--noise`` times the
   per-dimension std of the real set; queries are noisy copies of held-out real rows.
@@ -62,7 +63,8 @@ def say(msg: str) -> None:
 
 
 class MixtureStream:
-    """``dn2.tools.bench.bank.mixture`` drawn in chunks from one fixed set of centres and linear map."""
+    """``dn2.tools.bench.bank.mixture`` drawn in chunks from one fixed set of centres and
+    linear map."""
 
     def __init__(self, dim: int, clusters: int = 100, latent: int = 128, spread: float = 1.0,
                  noise: float = 0.3, seed: int = 0):
@@ -211,6 +213,10 @@ def main(argv=None) -> int:
     p.add_argument("--build-threads", type=int, default=2)
     p.add_argument("--kmeans-c", type=int, default=0, help="also k-means to C centres")
     p.add_argument("--kmeans-sample", type=int, default=100_000)
+    p.add_argument("--reuse", action="store_true",
+                   help="use the bank rows already in --workdir (same --data, --n, dim)")
+    p.add_argument("--skip-hnsw", action="store_true",
+                   help="no HNSW build and no exact ground truth (k-means only)")
     p.add_argument("--json", default=None, help="write all rows here too")
     a = p.parse_args(argv)
     os.makedirs(a.workdir, exist_ok=True)
@@ -226,19 +232,27 @@ def main(argv=None) -> int:
         stream = MixtureStream(a.dim)
         q = None
     t = time.perf_counter()
-    x = write_bank(os.path.join(a.workdir, f"bank_{a.data}_{a.n}.npy"), a.n, stream)
+    path = os.path.join(a.workdir, f"bank_{a.data}_{a.n}.npy")
+    if a.reuse and os.path.exists(path):
+        x = np.load(path, mmap_mode="r")
+        if x.shape != (a.n, stream.dim):
+            p.error(f"--reuse: {path} holds {x.shape}, expected {(a.n, stream.dim)}")
+    else:
+        x = write_bank(path, a.n, stream)
     if q is None:
         q = stream.draw(a.queries)
     q = np.ascontiguousarray(q, np.float32)
     say(f"data {a.data} {x.shape} written in {time.perf_counter() - t:.1f} s; {_mem()}")
+    rows = []
+    if a.skip_hnsw:
+        a.grid = []
     t = time.perf_counter()
-    ed, ei = exact_top(x, q)
+    ed, ei = exact_top(x, q) if a.grid else (None, None)
     exact_s = time.perf_counter() - t
     say(f"exact ground truth: {exact_s:.1f} s for {len(q)} queries "
         f"({exact_s / len(q) * 1e3:.1f} ms/query batched); {_mem()}")
     base = {"n": a.n, "dim": int(x.shape[1]), "data": a.data,
-            "exact_batched_ms_per_query": round(exact_s / len(q) * 1e3, 2)}
-    rows = []
+            "exact_batched_ms_per_query": round(exact_s / len(q) * 1e3, 2) if a.grid else None}
     for g in a.grid:
         m, efc = (int(v) for v in g.split(":"))
         index, build = build_hnsw(x, m, efc, a.build_threads)

@@ -224,7 +224,10 @@ def table(r: dict) -> str:
     ]
     head = ("pipeline", "frames/s", "x model", "x bare", "p50 ms", "p95 ms", "drops", "CPU")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(wd) for c, wd in zip(cells, widths)) + " |"
+
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).ljust(wd) for c, wd in zip(cells, widths)) + " |"
+
     out = [f"{r['model']} {r['input_size']} px, {r['frames']} frames {r['frame_size']}, batch "
            f"{r['batch']}, threads {r['threads']}, provider {r['provider']}, "
            f"{r['cpu_count']} CPUs, best of {r['repeats']}",

@@ -90,12 +90,14 @@ def sink_bench(det, video: Path, work: Path, batch: int, repeats: int = 5,
     if broker is not None:
         procs.append(broker)
     bare, full, runs = [], [], []
+    cpu = {"bare": [], "sinks": []}  # process CPU ms per scored frame (all threads)
     try:
         for r in range(repeats):
             for kind in (("bare", "sinks") if r % 2 == 0 else ("sinks", "bare")):
                 if kind == "bare":
                     s = watch(det, str(video), batch=batch)
                     bare.append(s.fps)
+                    cpu["bare"].append(_cpu_ms(s))
                     runs.append({"repeat": r, "kind": kind, "fps": s.fps})
                     continue
                 out = work / f"run{r}"
@@ -115,6 +117,7 @@ def sink_bench(det, video: Path, work: Path, batch: int, repeats: int = 5,
                     client.wait()
                     live.close()
                 full.append(s.fps)
+                cpu["sinks"].append(_cpu_ms(s))
                 runs.append({"repeat": r, "kind": kind, "fps": s.fps, "alerts": s.alerts,
                              "events": s.events, "backlog": s.sink_backlog,
                              "unwritten": s.unwritten})
@@ -130,8 +133,14 @@ def sink_bench(det, video: Path, work: Path, batch: int, repeats: int = 5,
     return {"repeats": repeats, "bare_fps": bare, "sinks_fps": full,
             "bare_median": mb, "sinks_median": mf, "ratio": mf / mb, "pair_ratios": pairs,
             "pair_ratio_median": statistics.median(pairs), "runs": runs,
-            "hot_path_us": hot, "hot_path_share": hot * 1e-6 * mb,
+            "hot_path_us": hot, "cpu_ms_per_frame": cpu,
+            "cpu_ms_median": {k: statistics.median(v) for k, v in cpu.items()}, "hot_path_share": hot * 1e-6 * mb,
             "mqtt": mport is not None, "loadavg_before": None}
+
+
+def _cpu_ms(s) -> float:
+    """Process CPU time (every thread: reader, onnxruntime, sinks, server) per scored frame."""
+    return s.cpu_percent / 100.0 * s.elapsed_s / max(1, s.frames_scored) * 1e3
 
 
 def hot_path_us(work: Path, video: Path, n: int = 3000) -> float:
@@ -177,6 +186,9 @@ def table(r: dict, load_before: Optional[tuple], load_after: Optional[tuple]) ->
         f"| all sinks | {f(r['sinks_fps'])} | {r['sinks_median']:.1f} |",
         f"sinks / none: ratio of the medians {r['ratio']:.3f}; per-repeat ratios "
         f"{f(r['pair_ratios'])} (median {r['pair_ratio_median']:.3f})",
+        f"process CPU per frame (ms, medians): no sinks {r['cpu_ms_median']['bare']:.2f}, "
+        f"all sinks {r['cpu_ms_median']['sinks']:.2f} (ratio "
+        f"{r['cpu_ms_median']['sinks'] / r['cpu_ms_median']['bare']:.3f})",
         f"scoring thread's own cost per frame in the outputs (scores CSV + status server): "
         f"{r['hot_path_us']:.1f} us median = {100 * r['hot_path_share']:.2f} % of a frame at "
         f"the median no-sinks rate",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,8 @@ DEFAULT_OUT = "dn2-demo-out"
 
 
 def _say(msg: str) -> None:
-    print(f"[dn2-demo] {msg}", file=sys.stderr, flush=True)
+    """The demo's narrative on stderr, through the ``dn2`` logger (``dn2 demo -q``: silent)."""
+    logging.getLogger("dn2.demo").info(f"[dn2-demo] {msg}")
 
 
 class Timer:
@@ -179,7 +181,8 @@ def run_demo(out, frames: int = 400, seed: int = 0, threads: Optional[int] = Non
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer(log)
     paths = {k: out / v for k, v in dict(
-        model="model.onnx", model_report="model.onnx.json", bundle="bundle", video="line.avi", truth="ground_truth.json",
+        model="model.onnx", model_report="model.onnx.json", bundle="bundle", video="line.avi",
+        truth="ground_truth.json",
         events="events.jsonl", snapshots="snapshots", annotated="annotated.avi",
         scores="scores.csv", plot="scores.png", summary="summary.json").items()}
 

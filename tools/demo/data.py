@@ -38,7 +38,7 @@ def textile_set() -> TextileSet:
     try:
         import conformal_clip_data as ccd
     except ImportError:
-        raise MissingExtraError("conformal-clip-data", "tools", "the demo's textile images")
+        raise MissingExtraError("conformal-clip-data", "tools", "the demo's textile images") from None
     ts = TextileSet(root=Path(ccd.textile_simulated_root()), nominal=_images(ccd.nominal_dir()),
                     global_defects=_images(ccd.global_dir()), local_defects=_images(ccd.local_dir()))
     if len(ts.nominal) < 50 or not ts.global_defects:

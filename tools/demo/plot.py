@@ -25,7 +25,7 @@ def plot_scores(frames: Sequence[int], scores: Sequence[float], threshold: float
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise MissingExtraError("matplotlib", "tools", "the demo's score plot")
+        raise MissingExtraError("matplotlib", "tools", "the demo's score plot") from None
 
     frames = np.asarray(frames, dtype=np.int64)
     scores = np.asarray(scores, dtype=np.float64)

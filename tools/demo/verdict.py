@@ -78,7 +78,7 @@ def read_events(path) -> List[dict]:
             out.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise Dn2Error(f"{path}:{no}: expected one JSON object per line, found {line[:80]!r} "
-                           f"({exc})")
+                           f"({exc})") from None
     return out
 
 

@@ -26,14 +26,14 @@ def _floats(text: str) -> List[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, found {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, found {text!r}") from None
 
 
 def _ints(text: str) -> List[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, found {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, found {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,7 +43,7 @@ def _textile_dirs():
     except ImportError:
         from dn2.runtime.errors import MissingExtraError
 
-        raise MissingExtraError("conformal-clip-data", "tools", "the textile images")
+        raise MissingExtraError("conformal-clip-data", "tools", "the textile images") from None
     return Path(ccd.nominal_dir()), Path(ccd.global_dir())
 
 

@@ -1,0 +1,119 @@
+"""dn2 threshold: re-threshold a bundle from the calibration scores stored at fit.
+
+    dn2 threshold BUNDLE (--fpr F | --value T) [--output NEW]
+
+No image is embedded again: ``--fpr`` recomputes the conformal quantile from the scores the fit
+stored (manifest ``threshold.scores``: their count and the largest of them), ``--value`` sets
+the threshold as given. The manifest is rewritten atomically (a temp file renamed over it), or
+with ``--output`` the bundle is copied to NEW with the new threshold. A signed bundle is never
+changed in place (its signature would no longer match): write it to ``--output`` and sign that.
+
+Exit codes: 0 written; 2 usage error, a bad bundle, or an fpr the stored scores cannot resolve.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import Dn2Error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dn2 threshold", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="exit codes: 0 written; 2 usage error or bad bundle")
+    p.add_argument("bundle", help="bundle directory written by dn2 fit")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--fpr", type=float, help="target false-positive rate on normal images")
+    how.add_argument("--value", type=float, help="the threshold itself")
+    p.add_argument("--output", "-o", help="write a copy here instead of changing BUNDLE")
+    p.add_argument("--quiet", "-q", action="store_true", help="only errors")
+    return p
+
+
+def rethreshold_bundle(bundle, fpr: Optional[float] = None, value: Optional[float] = None,
+                       output=None) -> dict:
+    """Set the threshold of ``bundle`` (written to ``output`` if given); returns the new
+    manifest ``threshold`` section."""
+    from .bundle import MANIFEST, read_manifest
+    from .threshold import rethreshold
+
+    src = Path(bundle)
+    m = read_manifest(src)  # checks every file's digest first
+    th = dict(m["threshold"])
+    if (fpr is None) == (value is None):
+        raise Dn2Error("dn2 threshold: expected exactly one of --fpr or --value")
+    if fpr is not None:
+        stored = th.get("scores")
+        if not stored:
+            raise Dn2Error(f"bundle {src}: expected calibration scores in the manifest "
+                           "(threshold.scores, stored by this dn2 version's fit), found none; "
+                           "refit, or give --value")
+        c = rethreshold(stored, fpr)
+        th.update(value=c["value"], method="fpr", fpr=float(fpr))
+        th.setdefault("candidates", {})["fpr"] = c
+    else:
+        if not math.isfinite(value) or value <= 0:
+            raise Dn2Error(f"--value: expected a positive number, found {value}")
+        th.update(value=float(value), method="value")
+    m["threshold"] = th
+    signed = (src / "dn2.sig").exists()
+    if output is None:
+        if signed:
+            raise Dn2Error(f"bundle {src} is signed: changing its threshold in place would "
+                           "break the signature; write a copy with --output NEW and sign it")
+        _write_manifest(src / MANIFEST, m)
+        return th
+    out = Path(output).absolute()
+    if out.exists():
+        raise Dn2Error(f"--output {out}: expected a new path, found it exists")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.copytree(src, tmp)
+    try:
+        (tmp / "dn2.sig").unlink(missing_ok=True)  # the copy is not what was signed
+        _write_manifest(tmp / MANIFEST, m)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return th
+
+
+def _write_manifest(path: Path, m: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(m, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        a = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        th = rethreshold_bundle(a.bundle, a.fpr, a.value, a.output)
+    except Dn2Error as exc:
+        print(f"dn2 threshold: error: {exc}", file=sys.stderr)
+        return 2
+    from .threshold import capped_warning
+
+    warn = capped_warning(th) if a.fpr is not None else None
+    if warn:
+        print(f"dn2 threshold: {warn}", file=sys.stderr)
+    if not a.quiet:
+        print(f"{a.output or a.bundle}: threshold {th['value']:.6g} ({th['method']}"
+              + (f", fpr {a.fpr:g}" if a.fpr is not None else "") + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
