@@ -353,6 +353,10 @@ def library_kwargs(target, args: argparse.Namespace, aliases: Optional[Mapping[s
         kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         names = [p.name for p in inspect.signature(target).parameters.values()
                  if p.kind in kinds]
+        config_type = getattr(target, "config_type", None)  # e.g. fit_bundle -> FitConfig
+        if config_type is not None:  # its fields are keyword options of the function too;
+            names = [n for n in names if n != "config"]  # --config is the options' file
+            names += [f.name for f in dataclasses.fields(config_type) if f.init]
     given = vars(args)
     out = {}
     for name in names:
@@ -385,11 +389,13 @@ def error_text(exc, parser: Optional[argparse.ArgumentParser] = None,
     if not param or parser is None:
         return msg
     names = option_names(parser)
-    flag = names.get((aliases or {}).get(param, param)) or names.get(param)
-    if not flag:
-        return msg
-    msg = re.sub(rf"(?<![\w-]){re.escape(param)}=", f"{flag} ", msg)
-    return re.sub(rf"(?<![\w.-]){re.escape(param)}(?![\w-])", flag, msg)
+    for param in getattr(exc, "params", None) or (param,):  # every parameter it names
+        flag = names.get((aliases or {}).get(param, param)) or names.get(param)
+        if not flag:
+            continue
+        msg = re.sub(rf"(?<![\w-]){re.escape(param)}=", f"{flag} ", msg)
+        msg = re.sub(rf"(?<![\w.-]){re.escape(param)}(?![\w-])", flag, msg)
+    return msg
 
 
 def report_error(name: str, exc: BaseException, parser=None, aliases=None) -> None:

@@ -1,11 +1,26 @@
 """Error types of dn2. Each carries a message that says what was expected and what was found.
 
 Command-line entry points catch ``Dn2Error`` and print ``str(exc)`` (no traceback), exiting non-zero.
+Library errors speak in the caller's words: a bad argument is named as the parameter (``fpr``,
+not ``--fpr``), and ``exc.param`` holds that name (None when no single parameter is at fault),
+so a command line can say which of its flags it was (``exc.params``: every parameter the
+message names, when it names several).
 """
+from typing import Optional, Sequence, Tuple
 
 
 class Dn2Error(Exception):
-    """Base class: a user-facing problem with a clear message."""
+    """Base class: a user-facing problem with a clear message; ``param``: the parameter (a
+    config field / keyword argument name) the problem is about, if one is."""
+
+    param: Optional[str] = None
+    params: Tuple[str, ...] = ()  # every parameter the message names, ``param`` first
+
+    def __init__(self, *args, param: Optional[str] = None, params: Sequence[str] = ()):
+        super().__init__(*args)
+        names = tuple(params) or ((param,) if param else ())
+        if names:
+            self.param, self.params = param or names[0], names
 
 
 class ImageError(Dn2Error):
@@ -18,6 +33,10 @@ class ModelError(Dn2Error):
 
 class BundleError(Dn2Error):
     """A bundle is missing, half-written, tampered with or inconsistent."""
+
+
+class ConfigError(Dn2Error):
+    """A setting has the wrong type or is out of range; ``param`` names it."""
 
 
 class MissingExtraError(Dn2Error):

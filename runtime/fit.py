@@ -25,6 +25,7 @@ from . import groups as G
 from .bank import HNSW_DEFAULTS, build_bank
 from .bundle import check_output, write_bundle
 from .dupes import find_duplicates, grouped_scores
+from .config import FitConfig
 from .errors import Dn2Error
 from .paths import regular_file
 from .scoring import clean as clean_embeddings
@@ -115,42 +116,30 @@ def _needed(k: int, clean: float) -> int:
     return n
 
 
-def _check_args(k, clean, kmeans, index, fpr, group_size, n_groups, pooling, threshold_method,
-                val_normal, val_anomalous, l2norm) -> None:
-    """Refuse bad settings before minutes of embedding, not after."""
-    from .bank import choose_kind
-    from .threshold import METHODS
+def _check_data(cfg: FitConfig, val_normal, val_anomalous) -> None:
+    """Settings that need data the config does not hold; before minutes of embedding."""
+    m = cfg.threshold_method
+    if m != "fpr" and val_normal is None:
+        raise Dn2Error(f"threshold_method {m}: expected val_normal images, found none",
+                       params=("val_normal", "threshold_method"))
+    if m in ("youden", "f1") and val_anomalous is None:
+        raise Dn2Error(f"threshold_method {m}: expected val_anomalous images, found none",
+                       params=("val_anomalous", "threshold_method"))
+    if cfg.l2norm == "auto" and (val_normal is None or val_anomalous is None):
+        raise Dn2Error("l2norm 'auto': expected val_normal and val_anomalous images to compare "
+                       "on, found " + ("neither" if val_normal is None and val_anomalous is None
+                                       else "only one of them"),
+                       params=("val_normal", "val_anomalous"))
 
-    if k < 1:
-        raise Dn2Error(f"--k: expected >= 1, found {k}")
-    if not 0.0 <= float(clean) < 1.0:
-        raise Dn2Error(f"--clean: expected a fraction in [0, 1), found {clean}")
-    if kmeans is not None and int(kmeans) < k:
-        raise Dn2Error(f"--kmeans {kmeans}: expected at least k={k} centres")
-    choose_kind(index, 1, 1)
-    if not 0.0 < float(fpr) < 1.0:
-        raise Dn2Error(f"--fpr: expected a rate in (0, 1), found {fpr}")
-    if group_size is not None and int(group_size) < 1:
-        raise Dn2Error(f"--group-size: expected >= 1, found {group_size}")
-    if int(n_groups) < 1:
-        raise Dn2Error(f"--groups: expected >= 1, found {n_groups}")
-    if pooling not in ("mean", "max"):
-        raise Dn2Error(f"--pooling: expected mean or max, found {pooling!r}")
-    if threshold_method not in METHODS:
-        raise Dn2Error(f"--threshold-method: expected one of {METHODS}, "
-                       f"found {threshold_method!r}")
-    if threshold_method != "fpr" and val_normal is None:
-        raise Dn2Error(f"--threshold-method {threshold_method}: expected --val-normal images, "
-                       f"found none")
-    if threshold_method in ("youden", "f1") and val_anomalous is None:
-        raise Dn2Error(f"--threshold-method {threshold_method}: expected --val-anomalous "
-                       f"images, found none")
-    if l2norm not in (True, False, "auto"):
-        raise Dn2Error(f"l2norm: expected True, False or 'auto', found {l2norm!r}")
-    if l2norm == "auto" and (val_normal is None or val_anomalous is None):
-        raise Dn2Error("--l2norm-select: expected --val-normal and --val-anomalous images to "
-                       "compare on, found " + ("neither" if val_normal is None and
-                                               val_anomalous is None else "only one of them"))
+
+def fit_config(config: Optional[FitConfig] = None, **options) -> FitConfig:
+    """``config`` (default ``FitConfig()``) with the keyword ``options`` replacing its fields
+    (validated; an unknown name is a ConfigError naming it)."""
+    cfg = FitConfig() if config is None else config
+    if not isinstance(cfg, FitConfig):
+        raise Dn2Error(f"config: expected a FitConfig, found {type(cfg).__name__}",
+                       param="config")
+    return cfg.replace(**options) if options else cfg
 
 
 def _validation(emb: _Embed, val, what: str, progress: bool):
@@ -243,22 +232,19 @@ def _group_section(x: np.ndarray, emb: _Embed, *, group_size, group_dirs,
 
 
 def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=None,
-               names: Optional[Sequence[str]] = None, k: int = 2, clean: float = 0.0,
-               kmeans: Optional[int] = None, index: str = "auto", fpr: float = 0.01,
-               group_size: Optional[int] = None, group_dirs: Optional[Inputs] = None,
-               n_groups: int = G.DEFAULT_GROUPS, pooling: str = "mean",
-               l2norm: Union[bool, str] = DEFAULT_L2NORM, batch: int = 8,
-               threads: Optional[int] = None, providers="auto",
-               val_normal=None, val_anomalous=None, threshold_method: str = "fpr",
-               seed: int = 0, progress: bool = True, kmeans_folds: int = 5,
-               kmeans_backend: str = "auto", hnsw: Optional[Dict] = None,
-               jpeg_draft: bool = False, color: Union[str, Dict] = "auto",
-               embed_failed: Optional[Sequence] = None, source: Optional[str] = None,
-               temporal: bool = False, every: int = 1, max_frames: Optional[int] = None,
-               seconds: Optional[float] = None, connect_timeout: float = 30.0,
-               augment: str = "none", augment_copies: int = 1) -> Path:
+               names: Optional[Sequence[str]] = None, config: Optional[FitConfig] = None, *,
+               group_dirs: Optional[Inputs] = None, val_normal=None, val_anomalous=None,
+               progress: bool = True, embed_failed: Optional[Sequence] = None,
+               source: Optional[str] = None, temporal: bool = False, **options) -> Path:
     """Fit a bundle at ``output`` from normal ``images`` (paths, folders, globs) or
     ``embeddings`` [N, D] (+ ``names``). Returns the bundle path.
+
+    ``config``: a :class:`dn2.runtime.config.FitConfig` (k, clean, kmeans, index, fpr,
+    threshold_method, group_size, n_groups, pooling, l2norm, jpeg_draft, color, every, seed,
+    batch, threads, providers, ...: defaults and rules there); keyword ``options`` named like
+    its fields override it, so ``fit_bundle(m, out, images=..., k=3, fpr=0.05)`` works as
+    well. ``val_normal`` / ``val_anomalous``: labelled validation images (or embeddings) for
+    the threshold methods and ``l2norm="auto"``; ``group_dirs``: folders of group folders.
 
     ``l2norm``: True (default) / False, or ``"auto"``: whichever separates ``val_normal`` from
     ``val_anomalous`` better (:func:`select_l2norm`). ``jpeg_draft``: decode large JPEGs at
@@ -278,14 +264,21 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
     ``augment="camera"``: ``augment_copies`` camera-path variants of every normal image
     (real MJPG / mp4v round trips, sensor noise, scale, light; ``dn2.runtime.augment``) join
     the bank and the calibration, each in its original's duplicate group."""
+    cfg = fit_config(config, **options)
     model_path = Path(model_path)
     regular_file(model_path, "a dn2 ONNX model file (from dn2-export)")
     if (images is None) == (embeddings is None):
         raise Dn2Error("fit: expected exactly one of images or embeddings, found "
-                       + ("both" if images is not None else "neither"))
-    k = int(k)
-    _check_args(k, clean, kmeans, index, fpr, group_size, n_groups, pooling, threshold_method,
-                val_normal, val_anomalous, l2norm)
+                       + ("both" if images is not None else "neither"), param="images")
+    _check_data(cfg, val_normal, val_anomalous)
+    k, clean, kmeans, index, fpr, l2norm = cfg.k, cfg.clean, cfg.kmeans, cfg.index, cfg.fpr, \
+        cfg.l2norm
+    group_size, n_groups, pooling, seed = cfg.group_size, cfg.n_groups, cfg.pooling, cfg.seed
+    batch, threads, providers, color = cfg.batch, cfg.threads, cfg.providers, cfg.color
+    kmeans_backend, hnsw, jpeg_draft = cfg.kmeans_backend, cfg.hnsw, cfg.jpeg_draft
+    threshold_method = cfg.threshold_method
+    every, max_frames, seconds, connect_timeout = cfg.every, cfg.max_frames, cfg.seconds, \
+        cfg.connect_timeout
     check_output(output)  # an unwritable target fails now, not after embedding everything
     emb = _Embed(model_path, providers, threads, batch, progress, bool(jpeg_draft))
     from . import fit_video as FV
@@ -330,20 +323,21 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         temporal = None
     from .augment import check_option
 
-    check_option(augment)
+    check_option(cfg.augment)
     origin, aug_info = None, None
-    if augment == "camera" and images is not None:
+    if cfg.augment == "camera" and images is not None:
         from .augment import SETTINGS, embed_variants
 
         real = [i for i in range(len(x)) if temporal is None or not temporal[i]]
-        xa, orig = embed_variants(emb.embedder, [names[i] for i in real], augment_copies, seed)
+        xa, orig = embed_variants(emb.embedder, [names[i] for i in real], cfg.augment_copies,
+                                  seed)
         origin = np.concatenate([np.full(len(x), -1), np.asarray(real)[orig]])
         names = list(names) + [f"{names[real[o]]} (camera variant)" for o in orig]
         x = np.vstack([x, xa])
         if temporal is not None:
             temporal = np.concatenate([temporal, np.zeros(len(xa), bool)])
-        aug_info = dict(SETTINGS, mode="camera", copies=int(augment_copies), seed=int(seed),
-                        variants=int(len(xa)))
+        aug_info = dict(SETTINGS, mode="camera", copies=int(cfg.augment_copies),
+                        seed=int(seed), variants=int(len(xa)))
         _say(progress, f"augment camera: {len(xa)} variants (MJPG / mp4v round trips, noise, "
                        f"scale, light) join the bank and the calibration")
     need = _needed(k, clean)
@@ -351,8 +345,8 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         raise Dn2Error(f"fit needs at least {need} good normal images (k={k} neighbours + 1 "
                        f"for leave-one-out{f', after cleaning {clean:g}' if clean else ''}), "
                        f"found {len(x)} ({len(failed)} bad files skipped)")
-    vn, vn_failed = _validation(emb, val_normal, "--val-normal", progress)
-    va, va_failed = _validation(emb, val_anomalous, "--val-anomalous", progress)
+    vn, vn_failed = _validation(emb, val_normal, "val_normal", progress)
+    va, va_failed = _validation(emb, val_anomalous, "val_anomalous", progress)
     selection = None
     if l2norm == "auto":
         selection = select_l2norm(x, vn, va, k, progress)
@@ -391,14 +385,14 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         from .kmeans import kmeans as run_kmeans
 
         res = run_kmeans(xk, int(kmeans), seed=seed, backend=kmeans_backend)
-        km_info = dict(res.info(), folds=int(kmeans_folds), seed=seed)
+        km_info = dict(res.info(), folds=int(cfg.kmeans_folds), seed=seed)
         _say(progress, f"k-means: {len(xk)} -> {res.centres.shape[0]} centres "
                        f"({res.backend}, {res.seconds:.1f} s)")
         bank = build_bank(res.centres, index, **hnsw)
-        loo = loo_kmeans_scores(xk, int(kmeans), k, kmeans_folds, seed, kmeans_backend,
+        loo = loo_kmeans_scores(xk, int(kmeans), k, cfg.kmeans_folds, seed, kmeans_backend,
                                 groups=labels[keep])
-        how = (f"{kmeans_folds}-fold: centres fitted without the scored image's fold (copies "
-               f"share a fold)")
+        how = (f"{cfg.kmeans_folds}-fold: centres fitted without the scored image's fold "
+               f"(copies share a fold)")
         calib = np.concatenate([loo, knn_score(bank, x[~keep], k)]) if (~keep).any() else loo
     elif temporal is not None:
         calib, how = FV.temporal_calibration(bank, x, temporal, labels, labels[keep], k)
@@ -436,7 +430,8 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
         "model": {"arch": meta.arch, "weights": meta.weights, "input": meta.input_size,
                   "dim": meta.dim, "precision": meta.precision},
         "bank": {"contents": "kmeans-centres" if kmeans is not None else "embeddings"},
-        "fit": {"images": int(len(x)), "kept": int(keep.sum()), "failed": len(failed),
+        "fit": {"config": cfg.to_dict(),
+                "images": int(len(x)), "kept": int(keep.sum()), "failed": len(failed),
                 "dropped": int((~keep).sum()), "cleaned_fraction": float(clean),
                 "kmeans": km_info, "seed": int(seed), "index": index,
                 "source": source or _source_name(images, streams, n_frames, len(x)),
@@ -457,3 +452,6 @@ def fit_bundle(model_path, output, images: Optional[Inputs] = None, embeddings=N
     out = write_bundle(output, model_path, manifest, bank, gbank, report)
     _say(progress, f"bundle written: {out}")
     return out
+
+
+fit_bundle.config_type = FitConfig  # its keyword options are FitConfig's fields

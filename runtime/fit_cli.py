@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from .cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser,
                       library_kwargs, new_parser, parse_args, report_error, setup_logging)
+from .config import FitConfig
 from .errors import Dn2Error
 from .ray_inputs import add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "kNN distance (paper 3.2 uses 0.5; default off)")
     p.add_argument("--kmeans", type=int, default=None, metavar="C",
                    help="compress the bank to C k-means centres (paper 5.1; dn2[kmeans])")
+    p.add_argument("--kmeans-folds", type=int, default=FitConfig.kmeans_folds, metavar="F",
+                   help="with --kmeans: folds of the held-out threshold calibration (centres "
+                        "fitted without the scored image's fold; default %(default)s)")
     p.add_argument("--index", choices=("auto", "exact", "hnsw"), default="auto",
                    help="bank backend (auto: exact below the benchmarked size cut)")
     p.add_argument("--fpr", type=float, default=0.01,
@@ -134,7 +138,8 @@ def _view_fit(a) -> Optional[str]:
     extra = [n for n, v in (("--clean", a.clean), ("--kmeans", a.kmeans),
                             ("--group-size", a.group_size), ("--group-dirs", a.group_dirs),
                             ("--val-normal", a.val_normal), ("--l2norm-select", a.l2norm_select),
-                            ("--ray", getattr(a, "ray", None)))
+                            ("--ray", getattr(a, "ray", None)),
+                            ("--augment", getattr(a, "augment", "none") not in (None, "none")))
              if v]
     if extra or a.threshold_method != "fpr":
         raise Dn2Error(f"{', '.join(extra) or '--threshold-method'}: not available with "
@@ -175,7 +180,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if view_fit is not None:
             print(view_fit)
             return EXIT_OK
-        # every fit_bundle parameter that is an option (PARAMS: the names that differ)
+        # every fit_bundle parameter and FitConfig field that is an option (PARAMS: the
+        # names that differ); fit_bundle validates them as a FitConfig
         kw = library_kwargs(fit_bundle, a, PARAMS, progress=not a.quiet,
                             l2norm="auto" if a.l2norm_select else a.l2norm)
         out = fit(**kw, **ray_kw)

@@ -21,19 +21,19 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from .cliargs import EXIT_OK, EXIT_USAGE, new_parser, parse_args, report_error, setup_logging
 from .errors import Dn2Error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dn2 threshold", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="exit codes: 0 written; 2 usage error or bad bundle")
+    p = new_parser("threshold", __doc__.splitlines()[0].split(": ", 1)[1],
+                   extra_epilog="exit 2 here: usage error, a bad bundle, or an fpr the stored "
+                                "scores cannot resolve")
     p.add_argument("bundle", help="bundle directory written by dn2 fit")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--fpr", type=float, help="target false-positive rate on normal images")
     how.add_argument("--value", type=float, help="the threshold itself")
     p.add_argument("--output", "-o", help="write a copy here instead of changing BUNDLE")
-    p.add_argument("--quiet", "-q", action="store_true", help="only errors")
     return p
 
 
@@ -95,15 +95,20 @@ def _write_manifest(path: Path, m: dict) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
     try:
-        a = build_parser().parse_args(argv)
+        a = parse_args(parser, argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    except Dn2Error as exc:  # --config
+        report_error("threshold", exc)
+        return EXIT_USAGE
+    setup_logging(a.quiet, a.verbose)
     try:
         th = rethreshold_bundle(a.bundle, a.fpr, a.value, a.output)
     except Dn2Error as exc:
-        print(f"dn2 threshold: error: {exc}", file=sys.stderr)
-        return 2
+        report_error("threshold", exc, parser)
+        return EXIT_USAGE
     from .threshold import capped_warning
 
     warn = capped_warning(th) if a.fpr is not None else None
@@ -112,7 +117,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not a.quiet:
         print(f"{a.output or a.bundle}: threshold {th['value']:.6g} ({th['method']}"
               + (f", fpr {a.fpr:g}" if a.fpr is not None else "") + ")")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -208,6 +208,6 @@ def test_l2norm_select_picks_by_validation_auroc(model, tmp_path, signal, chosen
 
 def test_l2norm_select_needs_both_validation_sets(model, data, tmp_path):
     x, q = data
-    with pytest.raises(Dn2Error, match="--val-normal and --val-anomalous"):
+    with pytest.raises(Dn2Error, match="l2norm 'auto': expected val_normal and val_anomalous"):
         fit(model, tmp_path / "x", x, l2norm="auto", val_normal=q)
     assert not (tmp_path / "x").exists()

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 
+from ..config import WatchConfig
 from ..errors import BundleError, Dn2Error
 from .decide import Decider
 from .events import new_run_id
@@ -72,8 +73,8 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
           hop: Optional[int] = None, threshold: Optional[float] = None,
           min_consecutive: int = 3, cooldown: float = 0.0,
           events: Optional[str] = None, snapshots: Optional[str] = None,
-          output_video: Optional[str] = None, headless: bool = True,
-          stats_every: float = 0.0, learn: Optional[str] = None,
+          output_video: Optional[str] = None, headless: bool = WatchConfig.headless,
+          stats_every: float = WatchConfig.stats_every, learn: Optional[str] = None,
           learn_bundle: Optional[str] = None, providers: str = "auto",
           threads: Optional[int] = None, max_frames: Optional[int] = None,
           queue_size: Optional[int] = None, realtime: bool = False,
