@@ -46,6 +46,7 @@ from .bank import Bank, BankError, load_bank
 from .errors import BundleError
 from .manifest import validate_manifest
 from .paths import found, too_long
+from .paths import found as describe
 from .version import __version__
 
 SCHEMA = "dn2-bundle"
@@ -291,8 +292,9 @@ def read_manifest(path) -> Dict:
     validate_manifest(m, str(p))  # types, ranges, cross-field rules: one schema (manifest.py)
     for name, digest in sorted(m["files"].items()):
         fp = p / name
-        _expect(fp.is_file(), str(p), f"expected file {name} (listed in {MANIFEST}), found it "
-                                      f"missing: half-written or damaged bundle")
+        what = "it missing" if not os.path.lexists(fp) else describe(fp)  # a FIFO: never read
+        _expect(fp.is_file(), str(p), f"expected file {name} (listed in {MANIFEST}), found "
+                                      f"{what}: half-written or damaged bundle")
         got = sha256_file(fp)
         _expect(got == digest, str(p), f"{name}: expected sha256 {digest}, found {got} "
                                        f"(the file changed after dn2-fit wrote it)")

