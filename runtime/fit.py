@@ -162,9 +162,10 @@ def select_l2norm(x, vn, va, k: int, progress: bool = False) -> Dict:
     """Pick L2 normalisation on or off by validation ROC-AUC (normal vs anomalous, each scored
     against a bank of all of ``x``); a tie keeps the default. Returns the choice and both AUCs."""
     if vn is None or va is None or not len(vn) or not len(va):
-        raise Dn2Error("--l2norm-select: expected readable --val-normal and --val-anomalous "
+        raise Dn2Error("l2norm 'auto': expected readable val_normal and val_anomalous "
                        f"images, found {0 if vn is None else len(vn)} normal and "
-                       f"{0 if va is None else len(va)} anomalous")
+                       f"{0 if va is None else len(va)} anomalous",
+                       params=("val_normal", "val_anomalous"))
     aucs = {}
     for on in (False, True):
         bank = build_bank(_norm(x, on), "auto")
@@ -188,8 +189,8 @@ def _group_section(x: np.ndarray, emb: _Embed, *, group_size, group_dirs,
             subs = sorted(p for p in Path(top).iterdir() if p.is_dir()) if Path(top).is_dir() \
                 else []
             if not subs:
-                raise Dn2Error(f"--group-dirs {top}: expected a folder of group folders, "
-                               f"found no sub-folders")
+                raise Dn2Error(f"group_dirs {top}: expected a folder of group folders, "
+                               f"found no sub-folders", param="group_dirs")
             for sub in subs:
                 gx, _, bad = emb.inputs([str(sub)])
                 failed += bad
@@ -200,8 +201,8 @@ def _group_section(x: np.ndarray, emb: _Embed, *, group_size, group_dirs,
                 feats.extend(l2normalize(gx) if l2norm else gx)
                 gnames.append(str(sub))
         if len(members) < 2:
-            raise Dn2Error(f"--group-dirs: expected at least 2 usable group folders, found "
-                           f"{len(members)}")
+            raise Dn2Error(f"group_dirs: expected at least 2 usable group folders, found "
+                           f"{len(members)}", param="group_dirs")
         gx_all = np.asarray(feats, np.float32)
         source, size = "dirs", None
     else:

@@ -31,12 +31,12 @@ def sample_groups(n_images: int, size: int, n_groups: int = DEFAULT_GROUPS,
     """``n_groups`` seeded index sets of ``size`` distinct images out of ``n_images``."""
     size, n_groups = int(size), int(n_groups)
     if size < 1:
-        raise Dn2Error(f"--group-size: expected >= 1, found {size}")
+        raise Dn2Error(f"group_size: expected >= 1, found {size}", param="group_size")
     if size > n_images:
-        raise Dn2Error(f"--group-size {size}: expected at most the number of normal images, "
-                       f"found {n_images} images")
+        raise Dn2Error(f"group_size {size}: expected at most the number of normal images, "
+                       f"found {n_images} images", param="group_size")
     if n_groups < 1:
-        raise Dn2Error(f"--groups: expected >= 1 normal groups, found {n_groups}")
+        raise Dn2Error(f"n_groups: expected >= 1 normal groups, found {n_groups}", param="n_groups")
     rng = np.random.default_rng(seed)
     return [np.sort(rng.choice(n_images, size, replace=False)) for _ in range(n_groups)]
 

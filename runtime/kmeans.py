@@ -133,10 +133,10 @@ def kmeans(x, n_centres: int, seed: int = 0, backend: str = "auto",
         raise Dn2Error(f"k-means input: expected [N, D], found shape {x.shape}")
     c = int(n_centres)
     if c < 1:
-        raise Dn2Error(f"--kmeans: expected at least 1 centre, found {c}")
+        raise Dn2Error(f"kmeans: expected at least 1 centre, found {c}", param="kmeans")
     if c > len(x):
-        raise Dn2Error(f"--kmeans {c}: expected at most as many centres as embeddings, "
-                       f"found {len(x)} embeddings")
+        raise Dn2Error(f"kmeans {c}: expected at most as many centres as embeddings, "
+                       f"found {len(x)} embeddings", param="kmeans")
     which = available_backend(backend)
     t0 = time.perf_counter()
     centres = (_faiss if which == "faiss" else _sklearn)(x, c, seed, n_iter)

@@ -109,7 +109,7 @@ def clean(x, fraction: float, k: int = 2, index: str = "auto") -> Tuple[np.ndarr
     x = np.asarray(x, dtype=np.float32)
     fraction = float(fraction)
     if not 0.0 <= fraction < 1.0:
-        raise Dn2Error(f"--clean: expected a fraction in [0, 1), found {fraction}")
+        raise Dn2Error(f"clean: expected a fraction in [0, 1), found {fraction}", param="clean")
     dist = loo_scores(build_bank(x, index), x, k)
     n_drop = int(np.floor(fraction * len(x)))
     keep = np.ones(len(x), bool)

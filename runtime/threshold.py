@@ -39,7 +39,7 @@ def _scores(s, what: str) -> np.ndarray:
 def conformal_quantile(scores, fpr: float) -> Dict:
     """{'value', 'rank', 'n', 'capped'}: the ceil((n+1)(1-fpr))-th smallest score."""
     if not 0.0 < float(fpr) < 1.0:
-        raise Dn2Error(f"--fpr: expected a rate in (0, 1), found {fpr}")
+        raise Dn2Error(f"fpr: expected a rate in (0, 1), found {fpr}", param="fpr")
     a = np.sort(_scores(scores, "calibration scores"))
     n = a.size
     rank = math.ceil((n + 1) * (1.0 - float(fpr)) - 1e-9)
@@ -81,16 +81,16 @@ def calibration_tail(scores) -> Dict:
 def rethreshold(stored: Dict, fpr: float) -> Dict:
     """:func:`conformal_quantile` at ``fpr`` from a :func:`calibration_tail`."""
     if not 0.0 < float(fpr) < 1.0:
-        raise Dn2Error(f"--fpr: expected a rate in (0, 1), found {fpr}")
+        raise Dn2Error(f"fpr: expected a rate in (0, 1), found {fpr}", param="fpr")
     n, tail = int(stored["n"]), np.asarray(stored["tail"], np.float64)
     rank = math.ceil((n + 1) * (1.0 - float(fpr)) - 1e-9)
     capped = rank > n
     rank = min(rank, n)
     pos = rank - 1 - (n - tail.size)  # index into the stored top scores
     if pos < 0:
-        raise Dn2Error(f"--fpr {fpr:g}: the bundle keeps the largest {tail.size} of {n} "
+        raise Dn2Error(f"fpr {fpr:g}: the bundle keeps the largest {tail.size} of {n} "
                        f"calibration scores, enough for rates >= {tail.size / (n + 1):.3g}; "
-                       f"expected a larger --fpr (or refit)")
+                       f"expected a larger fpr (or refit)", param="fpr")
     out = {"value": float(tail[pos]), "rank": int(rank), "n": n, "capped": bool(capped)}
     if capped:
         out["needed"] = needed_for(fpr)
@@ -128,7 +128,7 @@ def roc_auc(normal, anomalous) -> float:
 
 
 def youden_threshold(normal, anomalous) -> Dict:
-    n, a = _scores(normal, "--val-normal scores"), _scores(anomalous, "--val-anomalous scores")
+    n, a = _scores(normal, "val_normal scores"), _scores(anomalous, "val_anomalous scores")
     t, tp, fp, _, _ = _sweep(n, a)
     j = tp / a.size - fp / n.size
     i = int(np.argmax(j))
@@ -137,7 +137,7 @@ def youden_threshold(normal, anomalous) -> Dict:
 
 
 def f1_threshold(normal, anomalous) -> Dict:
-    n, a = _scores(normal, "--val-normal scores"), _scores(anomalous, "--val-anomalous scores")
+    n, a = _scores(normal, "val_normal scores"), _scores(anomalous, "val_anomalous scores")
     t, tp, fp, fn, _ = _sweep(n, a)
     f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
     i = int(np.argmax(f1))
@@ -149,7 +149,8 @@ def calibrate(loo, fpr: float = 0.01, val_normal=None, val_anomalous=None,
               method: str = "fpr", calibration: str = "") -> Dict:
     """The manifest's ``threshold`` section: value, method, fpr, quantiles, candidates."""
     if method not in METHODS:
-        raise Dn2Error(f"--threshold-method: expected one of {METHODS}, found {method!r}")
+        raise Dn2Error(f"threshold_method: expected one of {METHODS}, found {method!r}",
+                       param="threshold_method")
     cands: Dict[str, Dict] = {"fpr": conformal_quantile(loo, fpr)}
     has_n = val_normal is not None and len(val_normal) > 0
     has_a = val_anomalous is not None and len(val_anomalous) > 0
@@ -159,10 +160,11 @@ def calibrate(loo, fpr: float = 0.01, val_normal=None, val_anomalous=None,
         cands["youden"] = youden_threshold(val_normal, val_anomalous)
         cands["f1"] = f1_threshold(val_normal, val_anomalous)
     if method not in cands:
-        need = "--val-normal" if method == "val-fpr" else "--val-normal and --val-anomalous"
-        raise Dn2Error(f"--threshold-method {method} needs scored {need} images, found "
-                       f"{len(val_normal) if has_n else 0} normal and "
-                       f"{len(val_anomalous) if has_a else 0} anomalous")
+        need = ("val_normal",) if method == "val-fpr" else ("val_normal", "val_anomalous")
+        raise Dn2Error(f"threshold_method {method} needs scored {' and '.join(need)} images, "
+                       f"found {len(val_normal) if has_n else 0} normal and "
+                       f"{len(val_anomalous) if has_a else 0} anomalous",
+                       params=need + ("threshold_method",))
     out = {"value": cands[method]["value"], "method": method, "fpr": float(fpr),
            "quantiles": quantile_table(loo), "calibration": calibration,
            "n_calibration": int(np.asarray(loo).size), "candidates": cands,

@@ -159,7 +159,7 @@ def test_youden_f1_and_calibrate_record_all_candidates():
     out = calibrate(np.arange(100.0), 0.05, normal, anom, method="youden", calibration="x")
     assert out["value"] == 3.0 and set(out["candidates"]) == {"fpr", "val-fpr", "youden", "f1"}
     assert out["val_normal_fpr"] == 0.25 and out["quantiles"]["0.5"] == pytest.approx(49.5)
-    with pytest.raises(Dn2Error, match="needs scored --val-normal and --val-anomalous"):
+    with pytest.raises(Dn2Error, match="needs scored val_normal and val_anomalous"):
         calibrate(np.arange(10.0), 0.1, method="f1")
 
 
