@@ -86,8 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "and recorded in the bundle")
     p.add_argument("--roi", default=None, metavar="x,y,w,h",
                    help="look only at this rectangle of each frame (pixels)")
+    p.add_argument("--combine", choices=("max", "sum"), default="max",
+                   help="mode both: the decision score is the max (default) or the sum of the "
+                        "two normalised scores (score / its threshold), calibrated again")
     p.add_argument("--patch-bank", type=int, default=None, metavar="N",
-                   help="patch bank rows after the greedy coreset (default 16384)")
+                   help="patch bank rows after the greedy coreset (default 4096)")
     p.add_argument("--patch-topk", type=int, default=None, metavar="T",
                    help="image patch score = mean of the T highest cell scores (default 10; "
                         "1 = the max)")
@@ -135,7 +138,8 @@ def _view_fit(a) -> Optional[str]:
     extra = [n for n, v in (("--clean", a.clean), ("--kmeans", a.kmeans),
                             ("--group-size", a.group_size), ("--group-dirs", a.group_dirs),
                             ("--val-normal", a.val_normal), ("--l2norm-select", a.l2norm_select),
-                            ("--ray", getattr(a, "ray", None)))
+                            ("--ray", getattr(a, "ray", None)),
+                            ("--augment", getattr(a, "augment", "none") not in (None, "none")))
              if v]
     if extra or a.threshold_method != "fpr":
         raise Dn2Error(f"{', '.join(extra) or '--threshold-method'}: not available with "
@@ -148,7 +152,7 @@ def _view_fit(a) -> Optional[str]:
                           providers=a.providers, seed=a.seed, progress=not a.quiet,
                           jpeg_draft=a.jpeg_draft,
                           bank_size=a.patch_bank or DEFAULTS["bank_size"],
-                          topk=a.patch_topk or DEFAULTS["topk"],
+                          topk=a.patch_topk or DEFAULTS["topk"], combine_rule=a.combine,
                           reduction="max" if a.patch_topk == 1 else DEFAULTS["reduction"])
     return str(out)
 

@@ -22,6 +22,7 @@ class ViewScorer:
         m = bundle.manifest
         self.bundle, self.embedder = bundle, embedder
         self.mode = m["score"].get("mode", "global")
+        self.combine = m["score"].get("combine", "max")
         self.view = View.from_dict(m.get("view"))
         sig = m.get("signals") or {}
         g = sig.get("global", {})
@@ -60,7 +61,8 @@ class ViewScorer:
             peak, box = peak_and_box(fmap, self.pixel_threshold)
         s = float(combine(np.float32(g), self.global_threshold or 1.0,
                           None if p is None else np.float32(p),
-                          self.patch_threshold if p is not None else None, self.mode))
+                          self.patch_threshold if p is not None else None, self.mode,
+                          self.combine))
         return ScoreResult(item.name, s, self.threshold, bool(s > self.threshold), None,
                            global_score=g, patch_score=p, peak=peak, box=box,
                            map=fmap if maps else None)

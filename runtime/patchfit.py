@@ -44,7 +44,7 @@ from .viewembed import ViewEmbedder
 from .views import View
 
 MODES = ("global", "patch", "both")
-DEFAULTS = {"bank_size": 16384, "per_image": 512, "folds": 5, "patch_k": 1,
+DEFAULTS = {"bank_size": 4096, "per_image": 512, "folds": 5, "patch_k": 1,
             "reduction": "topk", "topk": 10, "calib_images": 200}
 
 
@@ -73,7 +73,8 @@ def fit_view_bundle(model_path, output, images, *, mode: str = "both", view: Vie
                     reduction: str = DEFAULTS["reduction"], topk: int = DEFAULTS["topk"],
                     calib_images: int = DEFAULTS["calib_images"], index: str = "auto",
                     batch: int = 8, threads: Optional[int] = None, providers="auto",
-                    seed: int = 0, progress: bool = True, jpeg_draft: bool = False) -> Path:
+                    seed: int = 0, progress: bool = True, jpeg_draft: bool = False,
+                    combine_rule: str = "max") -> Path:
     """Fit a view-aware bundle (global, patch or both signals); returns its path."""
     from .embedder import Embedder
     from .fit import _as_list
@@ -83,6 +84,8 @@ def fit_view_bundle(model_path, output, images, *, mode: str = "both", view: Vie
         raise Dn2Error(f"--mode: expected one of {', '.join(MODES)}, found {mode!r}")
     if not 0.0 < float(fpr) < 1.0:
         raise Dn2Error(f"--fpr: expected a rate in (0, 1), found {fpr}")
+    if combine_rule not in COMBINES:
+        raise Dn2Error(f"--combine: expected one of {', '.join(COMBINES)}, found {combine_rule!r}")
     model_path = Path(model_path)
     emb = Embedder(str(model_path), providers=providers, threads=threads, batch_size=batch,
                    jpeg_draft=jpeg_draft)
@@ -192,10 +195,10 @@ def fit_view_bundle(model_path, output, images, *, mode: str = "both", view: Vie
                            f"(greedy coreset of {n} images, {t_bank:.1f} s); threshold "
                            f"{pthr['value']:.4g}, pixel threshold {pix['value']:.4g}")
         if mode == "both":
-            both = calibrated_both(gscores, gthr["value"], pscores, pthr["value"])
+            both = calibrated_both(gscores, gthr["value"], pscores, pthr["value"], combine_rule)
             thr = dict(conformal_quantile(both[~np.isnan(both)], fpr), method="fpr", fpr=fpr,
                        quantiles=quantile_table(both[~np.isnan(both)]),
-                       calibration="max of the two normalised held-out scores")
+                       calibration=f"{combine_rule} of the two normalised held-out scores")
         elif mode == "patch":
             thr = dict(sections["patch"]["threshold"], method="fpr",
                        calibration=sections["patch"]["calibration"])
@@ -212,7 +215,7 @@ def fit_view_bundle(model_path, output, images, *, mode: str = "both", view: Vie
                 "source": "images", "embed_seconds": round(t_embed, 2),
                 **({"patch": pinfo} if pinfo else {})},
         "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm),
-                  "jpeg_draft": bool(jpeg_draft), "mode": mode},
+                  "jpeg_draft": bool(jpeg_draft), "mode": mode, "combine": combine_rule},
         "view": view.to_dict(),
         "signals": sections,
         "threshold": thr,
@@ -226,20 +229,28 @@ def fit_view_bundle(model_path, output, images, *, mode: str = "both", view: Vie
     return out
 
 
-def calibrated_both(g: np.ndarray, tg: float, p: np.ndarray, tp: float) -> np.ndarray:
-    """max(global / its threshold, patch / its threshold); NaN where a patch score is missing."""
-    return np.maximum(np.asarray(g, np.float64) / max(tg, 1e-30),
-                      np.asarray(p, np.float64) / max(tp, 1e-30)).astype(np.float32)
+COMBINES = ("max", "sum")
+
+
+def calibrated_both(g: np.ndarray, tg: float, p: np.ndarray, tp: float,
+                    rule: str = "max") -> np.ndarray:
+    """max (or sum) of global / its threshold and patch / its threshold; NaN where a patch
+    score is missing."""
+    a = np.asarray(g, np.float64) / max(tg, 1e-30)
+    b = np.asarray(p, np.float64) / max(tp, 1e-30)
+    if rule not in COMBINES:
+        raise Dn2Error(f"combine: expected one of {COMBINES}, found {rule!r}")
+    return (np.maximum(a, b) if rule == "max" else a + b).astype(np.float32)
 
 
 def combine(g: np.ndarray, tg: float, p: Optional[np.ndarray], tp: Optional[float],
-            mode: str) -> np.ndarray:
+            mode: str, rule: str = "max") -> np.ndarray:
     """The decision score of ``mode`` from raw global / patch image scores."""
     if mode == "global":
         return np.asarray(g, np.float32)
     if mode == "patch":
         return np.asarray(p, np.float32)
-    return calibrated_both(g, tg, p, tp)
+    return calibrated_both(g, tg, p, tp, rule)
 
 
 __all__ = ["fit_view_bundle", "combine", "loo_by_image", "MODES", "DEFAULTS"]

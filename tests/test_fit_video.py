@@ -128,3 +128,18 @@ def test_learn_bundle_keeps_the_threshold_it_watched_with(lite0_model, videos):
     saved = Detector.load(root / "learned", load_model=False)
     assert s.threshold == pytest.approx(saved.threshold, rel=1e-9)
     assert saved.manifest["threshold"]["calibration"].startswith("video frames: blocked")
+
+
+def test_capture_collects_frames_that_fit_takes(lite0_model, videos, tmp_path, capsys):
+    from dn2.runtime import capture_cli
+
+    _, train, _ = videos
+    folder = tmp_path / "frames"
+    assert capture_cli.main([str(train), str(folder), "--every", "10", "--max-frames",
+                             "40"]) == 0
+    files = sorted(folder.glob("*.png"))
+    assert len(files) == 40 and files[1].name == "frame_000010.png"
+    decoded = read_video(train)
+    assert np.array_equal(cv2.imread(str(files[3])), decoded[30])  # lossless, frame 30
+    assert capture_cli.main(["http://127.0.0.1:9/cam", str(tmp_path / "x")]) == 1
+    assert "expected --max-frames N or --seconds S" in capsys.readouterr().err

@@ -268,6 +268,12 @@ class _Scorer:
         self.log, self.on_score = log, on_score
         self.last_score: Optional[float] = None
         self.last = None  # the last frame scored
+        q = ((getattr(detector, "manifest", None) or {}).get("threshold") or {}).get(
+            "quantiles") or {}
+        from .drift import DriftCheck
+
+        self.drift = None if group else DriftCheck(decider.threshold, q.get("0.5"),
+                                                   out.source_name)
 
     def _views(self, frames):
         """View / patch bundles: scores and, with patches, each frame's heat."""
@@ -303,6 +309,10 @@ class _Scorer:
             else:
                 s = float(scores[i])
             self.last_score = s
+            d = self.drift.add(s, f.index) if self.drift is not None else None
+            if d is not None:
+                self.log(d["message"])
+                self.out.notice(d)
             if self.on_score is not None:
                 self.on_score(f.index, f.timestamp, s)
             t = self.decider.update(s, f.index, f.timestamp, f.image, heats[i])
@@ -358,4 +368,6 @@ def _score_loop(detector, queue: FrameQueue, reader: Reader, out: Outputs, summa
         raise
     scorer.finish(reason)
     stats.fill(summary)
+    if scorer.drift is not None and scorer.drift.said is not None:
+        summary.drift = scorer.drift.said["message"]
     summary.alerts = decider.alerts

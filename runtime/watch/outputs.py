@@ -82,6 +82,18 @@ class Outputs:
             self.on_event(ev)
         return ev
 
+    def notice(self, ev: Dict[str, Any]) -> None:
+        """A record that is not an alert (e.g. the drift warning) to every event sink."""
+        ev = {"type": ev.get("type", "notice"), "run_id": self.run_id,
+              "source": self.source_name, **ev}
+        for sink in self.sinks:
+            try:
+                sink.write(ev)
+            except Exception as exc:  # noqa: BLE001 - one sink's bug must not stop the others
+                self.log(f"{sink.name} sink: {type(exc).__name__}: {exc}")
+        if self.on_event is not None:
+            self.on_event(ev)
+
     def score(self, frame, score: float, state: str, alert_id: Optional[int],
               map_peak: Optional[float] = None) -> None:
         """One score (frame or group): the scores file and the live view's history.

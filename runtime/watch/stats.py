@@ -44,6 +44,7 @@ class Summary:
     problems: List[str] = field(default_factory=list)  # recent skipped items, bounded
     run_id: Optional[str] = None  # in every event, scores row and snapshot name of this run
     unwritten: List[str] = field(default_factory=list)  # outputs that failed, one line each
+    drift: Optional[str] = None  # the drift warning, when the frames did not look normal
     sink_backlog: Dict[str, int] = field(default_factory=dict)  # events spooled, not sent
 
     def to_dict(self) -> dict:
@@ -67,6 +68,7 @@ class Summary:
                 + (f" -> {self.events_path}" if self.events_path else "")
                 + (f"; run {self.run_id}" if self.run_id else "")
                 + "".join(f"\n  NOT WRITTEN: {u}" for u in self.unwritten)
+                + (f"\n  {self.drift}" if self.drift else "")
                 + "".join(f"\n  waiting in the {k} spool: {n} events (sent on the next run)"
                           for k, n in self.sink_backlog.items() if n))
 

@@ -94,6 +94,7 @@ def evaluate_folder(root, model: Optional[str] = None, bundle: Optional[str] = N
     det = Detector.load(use_bundle, threads=threads)
     maps_ok = det.has_maps
     scores: Dict[str, List[float]] = {}
+    per_signal: Dict[str, Dict[str, List[float]]] = {}
     rows = []
     t1 = time.perf_counter()
     for kind, files in s["test"].items():
@@ -102,7 +103,11 @@ def evaluate_folder(root, model: Optional[str] = None, bundle: Optional[str] = N
                 log(f"skipped {r.path}: {r.error}")
                 continue
             scores.setdefault(kind, []).append(r.score)
+            for sig, v in (("global", r.global_score), ("patch", r.patch_score)):
+                if v is not None:
+                    per_signal.setdefault(sig, {}).setdefault(kind, []).append(v)
             rows.append({"path": r.path, "type": kind, "score": r.score,
+                         "global_score": r.global_score, "patch_score": r.patch_score,
                          "anomalous": r.anomalous, "peak": r.peak, "box": r.box, "map": r.map})
     n_scored = len(rows)
     t_score = time.perf_counter() - t1
@@ -118,6 +123,10 @@ def evaluate_folder(root, model: Optional[str] = None, bundle: Optional[str] = N
         res["image_auroc"][k] = roc_auc(good, scores[k])
         res["tpr_at_threshold"][k] = float(np.mean([x > det.threshold for x in scores[k]]))
     res["image_auroc"]["all"] = roc_auc(good, [x for k in defects for x in scores[k]])
+    # each signal on its own (the decision combines them in mode both)
+    res["image_auroc_by_signal"] = {
+        sig: {k: roc_auc(v["good"], v[k]) for k in defects if k in v}
+        for sig, v in per_signal.items() if "good" in v}
     with_mask = [r for r in rows if r["type"] == "good" or s["masks"].get(r["path"])]
     if maps_ok and any(s["masks"].get(r["path"]) for r in rows):
         mp = [r["map"] for r in with_mask]
