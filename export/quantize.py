@@ -39,6 +39,9 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
+from dn2.runtime.scoring import loo_knn_scores
+
+from .gate import spearman  # noqa: F401  (the gate's rank correlation; used below)
 from .verify import (FP16_MAX_ABS_REL, FP16_MIN_COSINE, INT8_MIN_COSINE, INT8_MIN_SPEARMAN,
                      VerificationError, check, compare, ort_embed)
 
@@ -86,32 +89,8 @@ def default_int8_kernels_saturate(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def knn_scores(emb: np.ndarray, k: int = KNN_K) -> np.ndarray:
-    """Leave-one-out kNN score of each row against the others (paper eq. 2)."""
-    e = emb.astype(np.float64)
-    sq = (e * e).sum(1)
-    d = np.maximum(sq[:, None] + sq[None, :] - 2.0 * e @ e.T, 0.0)
-    np.fill_diagonal(d, np.inf)
-    k = min(k, len(e) - 1)
-    return np.sort(d, axis=1)[:, :k].mean(1)
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    def ranks(x):
-        order = np.argsort(x, kind="mergesort")
-        r = np.empty(len(x), np.float64)
-        r[order] = np.arange(len(x), dtype=np.float64)
-        for v in np.unique(x):  # average tied ranks
-            m = x == v
-            if m.sum() > 1:
-                r[m] = r[m].mean()
-        return r
-
-    ra, rb = ranks(np.asarray(a)), ranks(np.asarray(b))
-    ra -= ra.mean()
-    rb -= rb.mean()
-    den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / den) if den > 0 else 0.0
+    """Leave-one-out kNN score of each row against the others (paper eq. 2): the runtime's."""
+    return loo_knn_scores(emb, k)
 
 
 def _float_only_nodes(model) -> List[str]:

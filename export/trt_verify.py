@@ -13,32 +13,21 @@ Pure numpy; the GPU part (running the engine) lives in ``dn2.export.tensorrt``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 
 from dn2.runtime.errors import ModelError
+from dn2.runtime.scoring import loo_knn_scores as runtime_loo
+
+from .gate import MIN_RANK_IMAGES, TOLERANCES, Tolerance, spearman  # noqa: F401 (re-exported)
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    min_cosine: float  # smallest per-image cosine allowed
-    min_rank: float  # smallest Spearman rho of leave-one-out kNN scores allowed
-
-
-# Why these numbers: fp32 engines may use TF32 tactics (10-bit mantissa products) on Ampere and
-# later, which moves pooled ResNet features by ~1e-4 relative -> cosine >= 0.9995. fp16 halves the
-# mantissa again (~1e-3 relative after 100 layers) -> cosine >= 0.999. INT8 with entropy
-# calibration loses more (per-tensor scales) -> cosine >= 0.98. Rank agreement is looser than the
-# cosine suggests because near-tied scores swap places under any perturbation.
-TOLERANCES: Dict[str, Tolerance] = {
-    "fp32": Tolerance(min_cosine=0.9995, min_rank=0.99),
-    "fp16": Tolerance(min_cosine=0.999, min_rank=0.98),
-    "int8": Tolerance(min_cosine=0.98, min_rank=0.90),
-}
-MIN_VERIFY_IMAGES = 6  # fewer cannot give a meaningful rank correlation
+# One table for every gate (dn2.export.gate); a TensorRT fp32 engine may use TF32 tactics.
+ENGINE_TOLERANCE = {"fp32": "tf32", "fp16": "fp16", "int8": "int8"}
+MIN_VERIFY_IMAGES = MIN_RANK_IMAGES  # fewer cannot give a meaningful rank correlation
 
 
 def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -51,33 +40,12 @@ def row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def loo_knn_scores(emb: np.ndarray, k: int = 2) -> np.ndarray:
-    """Each row's mean squared L2 distance to its k nearest other rows (paper eq. 2)."""
-    e = np.asarray(emb, np.float64)
+    """Each row's mean squared L2 distance to its k nearest other rows (paper eq. 2): the
+    runtime's own leave-one-out scores (``dn2.runtime.scoring.loo_knn_scores``)."""
+    e = np.asarray(emb)
     if len(e) <= k:
         raise ModelError(f"leave-one-out kNN with k={k} needs more than {k} embeddings, found {len(e)}")
-    sq = (e * e).sum(1)
-    d = np.maximum(sq[:, None] + sq[None, :] - 2.0 * e @ e.T, 0.0)
-    np.fill_diagonal(d, np.inf)
-    return np.sort(d, axis=1)[:, :k].mean(1)
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank)."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), np.float64)
-    ranks[order] = np.arange(len(x), dtype=np.float64)
-    for v in np.unique(x):
-        tied = x == v
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = _ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return 1.0 if denom == 0 else float((ra * rb).sum() / denom)
+    return runtime_loo(e, k)
 
 
 def compare_embeddings(ref: np.ndarray, test: np.ndarray, precision: str,
@@ -92,7 +60,7 @@ def compare_embeddings(ref: np.ndarray, test: np.ndarray, precision: str,
         bad = int((~np.isfinite(test)).any(1).sum())
         return {"precision": precision, "n": len(ref), "passed": False,
                 "problem": f"{bad} of {len(ref)} engine embeddings contain NaN/inf"}
-    tol = tolerance or TOLERANCES[precision]
+    tol = tolerance or TOLERANCES[ENGINE_TOLERANCE.get(precision, precision)]
     cos = row_cosine(ref, test)
     rho = spearman(loo_knn_scores(ref, k), loo_knn_scores(test, k))
     rel = np.abs(ref - test).max() / max(float(np.abs(ref).max()), 1e-30)

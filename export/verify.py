@@ -17,24 +17,16 @@ import numpy as np
 from dn2.runtime.contract import embedding_tensor
 from dn2.runtime.errors import Dn2Error
 
+from .gate import TOLERANCES
 from .samples import random_images, sample_photos
 
-# fp32 vs torch. Both sides compute in float32 and differ only in summation order and kernels
-# (oneDNN vs MLAS); measured 1e-6 relative for every arch. 1e-3 leaves a 1000x margin, while
-# the bugs the gate exists for (RGB/BGR swap, wrong mean/std, wrong padding, dropped layer)
-# give relative errors > 1e-1 and cosines < 0.99.
-FP32_MAX_ABS_REL = 1e-3
-FP32_MIN_COSINE = 0.9999
-# fp16 vs fp32: 11-bit mantissa, ~5e-4 relative rounding per layer accumulating over 50-100
-# layers; measured max-abs rel ~4e-3 and cosine > 0.9999 on Lite0. 2e-2 / 0.999 tolerate the
-# accumulation on deeper trunks; overflow (inf/nan) or a broken cast fails them by far.
-FP16_MAX_ABS_REL = 2e-2
-FP16_MIN_COSINE = 0.999
-# int8 vs fp32: the requirement (cosine >= 0.99 on real photos). kNN rank agreement
-# (Spearman of leave-one-out kNN scores) >= 0.9: on 16 photos a rank correlation below 0.9 means
-# several images swap places in the anomaly ranking, which changes detections.
-INT8_MIN_COSINE = 0.99
-INT8_MIN_SPEARMAN = 0.9
+# The tolerances are the gate's one table (dn2.export.gate.TOLERANCES, reasons there).
+FP32_MAX_ABS_REL = TOLERANCES["fp32"].max_abs_rel
+FP32_MIN_COSINE = TOLERANCES["fp32"].min_cosine
+FP16_MAX_ABS_REL = TOLERANCES["fp16"].max_abs_rel
+FP16_MIN_COSINE = TOLERANCES["fp16"].min_cosine
+INT8_MIN_COSINE = TOLERANCES["int8"].min_cosine
+INT8_MIN_SPEARMAN = TOLERANCES["int8"].min_rank
 N_RANDOM = 4
 BATCH = 8
 

@@ -67,6 +67,17 @@ def loo_scores(bank: Bank, x, k: int = 2, ids=None) -> np.ndarray:
     return _drop_self(d, nn, ids, k).mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
+def loo_knn_scores(x, k: int = 2) -> np.ndarray:
+    """Leave-one-out eq. 2 score of every row of ``x`` against the other rows, on an exact
+    bank (k capped at N - 1; a single row scores 0). The one leave-one-out kNN of dn2: fit's
+    calibration, the evaluation protocols and the export verification gate all use it."""
+    x = np.asarray(x, dtype=np.float32)
+    k = int(min(k, len(x) - 1))
+    if k < 1:
+        return np.zeros(len(x), np.float32)
+    return loo_scores(build_bank(x, "exact"), x, k)
+
+
 def loo_kmeans_scores(x, n_centres: int, k: int = 2, folds: int = 5, seed: int = 0,
                       backend: str = "auto", groups=None) -> np.ndarray:
     """Held-out scores of every row of ``x`` against centres fitted without its fold.

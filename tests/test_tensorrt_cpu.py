@@ -219,7 +219,9 @@ def test_spearman_and_loo_knn_match_references():
     e = rng.normal(size=(12, 5))
     brute = [np.mean(sorted(((e[i] - e[j]) ** 2).sum() for j in range(12) if j != i)[:2])
              for i in range(12)]
-    np.testing.assert_allclose(loo_knn_scores(e, k=2), brute, rtol=1e-9)
+    # the gate scores with the runtime's own leave-one-out (a float32 exact bank), not a
+    # float64 copy of it: float32 rounding, ~1e-7 relative, hence 1e-5
+    np.testing.assert_allclose(loo_knn_scores(e, k=2), brute, rtol=1e-5)
 
 
 @pytest.fixture()

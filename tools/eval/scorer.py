@@ -14,7 +14,7 @@ from dn2.runtime.groups import pool_groups
 from dn2.runtime.kmeans import kmeans
 from dn2.runtime.scoring import clean as _clean
 from dn2.runtime.scoring import knn_score, l2normalize
-from dn2.runtime.scoring import loo_scores as _loo
+from dn2.runtime.scoring import loo_knn_scores
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -31,10 +31,7 @@ def knn_scores(bank: np.ndarray, queries: np.ndarray, k: int = 2) -> np.ndarray:
 
 def loo_scores(bank: np.ndarray, k: int = 2) -> np.ndarray:
     """Leave-one-out kNN score of every bank row against the other rows."""
-    k = int(min(k, len(bank) - 1))
-    if k < 1:
-        return np.zeros(len(bank), np.float32)
-    return _loo(build_bank(bank, "exact"), bank, k)
+    return loo_knn_scores(bank, k)
 
 
 def clean(bank: np.ndarray, fraction: float, k: int = 2) -> np.ndarray:
