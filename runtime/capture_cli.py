@@ -5,7 +5,8 @@
 SOURCE is what ``dn2 watch --source`` takes (camera index, video file, URL, GStreamer
 pipeline). Every N-th frame is written losslessly as ``DIR/frame_NNNNNN.png`` (the source frame
 number), so the folder is what the camera delivers, ready for ``dn2 fit MODEL DIR``. A live
-source needs ``--max-frames`` or ``--seconds``. Exit 0 written; 1 the source failed; 2 usage.
+source needs ``--max-frames`` or ``--seconds``. Exit 0 written; 2 usage, or a source that cannot
+open (the table of every dn2 command).
 """
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from .cliargs import EXIT_OK, EXIT_USAGE, new_parser, parse_args, report_error, setup_logging
 from .errors import Dn2Error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dn2 capture", description=__doc__.splitlines()[0])
+    p = new_parser("capture", __doc__.splitlines()[0].split(": ", 1)[1])
     p.add_argument("source", help="camera index, video file, stream URL or GStreamer pipeline")
     p.add_argument("folder", help="folder to write the frames into (created)")
     p.add_argument("--every", type=int, default=1, metavar="N", help="every N-th frame")
@@ -67,17 +69,22 @@ def capture(source, folder, every: int = 1, max_frames: Optional[int] = None,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
     try:
-        a = build_parser().parse_args(argv)
+        a = parse_args(parser, argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    except Dn2Error as exc:  # --config
+        report_error("capture", exc)
+        return EXIT_USAGE
+    setup_logging(a.quiet, a.verbose)
     try:
         n = capture(a.source, a.folder, a.every, a.max_frames, a.seconds, a.connect_timeout)
     except Dn2Error as exc:
-        print(f"dn2 capture: error: {exc}", file=sys.stderr)
-        return 1
+        report_error("capture", exc, parser)
+        return EXIT_USAGE
     print(f"{a.folder}: {n} frames written")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -381,11 +381,11 @@ def error_text(exc, parser: Optional[argparse.ArgumentParser] = None,
     ``aliases`` maps parameter names that differ from option names (``n_groups`` -> ``groups``).
     """
     msg = str(exc)
-    param = getattr(exc, "param", None)
-    if not param or parser is None:
+    first = getattr(exc, "param", None)
+    if not first or parser is None:
         return msg
     names = option_names(parser)
-    for param in getattr(exc, "params", None) or (param,):  # every parameter it names
+    for param in getattr(exc, "params", None) or (first,):  # every parameter it names
         flag = names.get((aliases or {}).get(param, param)) or names.get(param)
         if not flag:
             continue

@@ -141,5 +141,5 @@ def test_capture_collects_frames_that_fit_takes(lite0_model, videos, tmp_path, c
     assert len(files) == 40 and files[1].name == "frame_000010.png"
     decoded = read_video(train)
     assert np.array_equal(cv2.imread(str(files[3])), decoded[30])  # lossless, frame 30
-    assert capture_cli.main(["http://127.0.0.1:9/cam", str(tmp_path / "x")]) == 1
+    assert capture_cli.main(["http://127.0.0.1:9/cam", str(tmp_path / "x")]) == 2
     assert "expected --max-frames N or --seconds S" in capsys.readouterr().err
