@@ -25,8 +25,9 @@ COMMANDS = {
     "fit": Command("dn2.runtime.fit_cli:main", None, "fit a bundle from normal images"),
     "score": Command("dn2.runtime.score_cli:main", None, "score images against a bundle"),
     "watch": Command("dn2.runtime.watch.cli:main", None, "watch a camera, stream or video live"),
-    "capture": Command("dn2.runtime.capture_cli:main", None,
-                       "collect normal frames from the camera into a folder"),
+    "capture": Command(
+        "dn2.runtime.capture_cli:main", None, "collect normal frames from the camera into a folder"
+    ),
     "threshold": Command("dn2.runtime.threshold_cli:main", None, "re-threshold, no re-embedding"),
     "plot": Command("dn2.tools.plot:main", "tools", "a watch run's score over time, as a PNG"),
     "sign": Command("dn2.runtime.sign_cli:main", "sign", "sign a bundle, make keys, verify"),

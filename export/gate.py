@@ -13,6 +13,7 @@ Two measures, on real images prepared the runtime's way, with one tolerance tabl
 Degenerate rank case, one rule everywhere: when the reference's scores are all tied the order
 carries no information and rho is 1.0 if the tested scores are tied too, else 0.0.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,12 @@ import numpy as np
 @dataclass(frozen=True)
 class Tolerance:
     min_cosine: float  # smallest per-image cosine allowed
-    min_rank: Optional[float]  # smallest Spearman rho of leave-one-out kNN scores (None: not checked)
-    max_abs_rel: Optional[float] = None  # largest max-abs error / max |reference| (None: not checked)
+    min_rank: Optional[
+        float
+    ]  # smallest Spearman rho of leave-one-out kNN scores (None: not checked)
+    max_abs_rel: Optional[float] = (
+        None  # largest max-abs error / max |reference| (None: not checked)
+    )
 
 
 # Why these numbers:

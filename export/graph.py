@@ -5,6 +5,7 @@ are the model's ``dn2.outputs`` metadata.
 Cast, BGR->RGB, per-arch normalisation and global average pooling live inside the graph, so
 every runtime (onnxruntime, TensorRT, DeepStream) gets the same numbers from the same bytes.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,12 +17,18 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from dn2.runtime.modelmeta import (EMBEDDING, FORMAT, INPUT_NAME, K_PATCHES, PATCHES_NAME,
-                                   ModelMeta, embedding_output)
+from dn2.runtime.modelmeta import (
+    EMBEDDING,
+    FORMAT,
+    INPUT_NAME,
+    K_PATCHES,
+    PATCHES_NAME,
+    ModelMeta,
+    embedding_output,
+)
 
 from . import onnx_passes
 from .archs import DEFAULT_OPSET, ArchSpec
-
 
 
 class Trunk(nn.Module):
@@ -31,8 +38,9 @@ class Trunk(nn.Module):
         super().__init__()
         if spec.is_resnet:
             m = model
-            self.body = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool,
-                                      m.layer1, m.layer2, m.layer3, m.layer4)
+            self.body = nn.Sequential(
+                m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4
+            )
         else:
             self.body = _LiteFeatures(model)
 
@@ -81,12 +89,21 @@ def named_meta(meta: ModelMeta) -> ModelMeta:
     if meta.format == FORMAT:
         return meta
     extra = {k: v for k, v in meta.extra.items() if k != K_PATCHES}
-    return replace(meta, format=FORMAT, extra=extra,
-                   outputs=(embedding_output(meta.dim),) + tuple(meta.outputs[1:]))
+    return replace(
+        meta,
+        format=FORMAT,
+        extra=extra,
+        outputs=(embedding_output(meta.dim),) + tuple(meta.outputs[1:]),
+    )
 
 
-def export_onnx(graph: EmbeddingGraph, path: Path, input_size: int, opset: int = DEFAULT_OPSET,
-                meta: Optional[ModelMeta] = None) -> Dict[str, int]:
+def export_onnx(
+    graph: EmbeddingGraph,
+    path: Path,
+    input_size: int,
+    opset: int = DEFAULT_OPSET,
+    meta: Optional[ModelMeta] = None,
+) -> Dict[str, int]:
     """Write the ONNX graph (single file, dynamic batch), cleaned, with ``meta`` as metadata_props.
 
     The graph's outputs are named after ``meta.outputs`` (in that order: the module's forward
@@ -109,10 +126,16 @@ def export_onnx(graph: EmbeddingGraph, path: Path, input_size: int, opset: int =
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            graph, (dummy,), str(path), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=outputs,
+            graph,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=outputs,
             dynamic_axes={INPUT_NAME: {0: "N"}, **{name: {0: "N"} for name in outputs}},
-            do_constant_folding=True)
+            do_constant_folding=True,
+        )
     model = onnx.load(str(path))
     counts = onnx_passes.clean(model, (1, input_size, input_size, 3))
     if len(outputs) > 1:  # torch leaves the concatenated channel axis symbolic: pin it

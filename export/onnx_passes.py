@@ -8,6 +8,7 @@ Identity aliases of shared initializers. Both confuse quantization and TensorRT 
   attribute (ONNX Conv allows begin != end), which is exactly TensorFlow "SAME" padding;
 * ``remove_identities``, ``constants_to_initializers`` and ``remove_dead_nodes``.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List
@@ -32,7 +33,9 @@ def _eval_tensors(model, names: List[str], input_shape) -> Dict[str, np.ndarray]
     probe.CopyFrom(model)
     del probe.graph.output[:]
     for name in names:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None))
+        probe.graph.output.append(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None)
+        )
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -71,7 +74,9 @@ def fold_pads_into_convs(model, input_shape) -> int:
             continue
         old = list(attrs["pads"].ints) if "pads" in attrs else [0] * (2 * (rank - 2))
         k = rank - 2
-        new = [old[i] + begin[2 + i] for i in range(k)] + [old[k + i] + end[2 + i] for i in range(k)]
+        new = [old[i] + begin[2 + i] for i in range(k)] + [
+            old[k + i] + end[2 + i] for i in range(k)
+        ]
         if "pads" in attrs:
             conv.attribute.remove(attrs["pads"])
         conv.attribute.append(onnx.helper.make_attribute("pads", new))
@@ -128,7 +133,11 @@ def constants_to_initializers(model) -> int:
     graph = model.graph
     moved = []
     for node in graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+        if (
+            node.op_type == "Constant"
+            and len(node.attribute) == 1
+            and node.attribute[0].name == "value"
+        ):
             tensor = node.attribute[0].t
             tensor.name = node.output[0]
             graph.initializer.append(tensor)

@@ -8,6 +8,7 @@ channels. All of it is inside the graph (AveragePool, Resize, Concat: operators 
 natively), so every runtime gets the same map from the same bytes. The pooled embedding output
 is computed from the same trunk pass and stays the first output.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,10 @@ class TappedTrunk(nn.Module):
         if spec.is_resnet:
             c8 = _out_channels(model.layer2)
             c16 = _out_channels(model.layer3)
-            self.layers = [{"name": "layer2", "stride": 8, "channels": c8},
-                           {"name": "layer3", "stride": 16, "channels": c16}]
+            self.layers = [
+                {"name": "layer2", "stride": 8, "channels": c8},
+                {"name": "layer3", "stride": 16, "channels": c16},
+            ]
         else:
             taps = _lite_taps(model)
             self.tap_ids = [t[0] for t in taps]
@@ -68,7 +71,7 @@ class TappedTrunk(nn.Module):
 
 def _out_channels(layer: nn.Module) -> int:
     last = list(layer.children())[-1]
-    bn = getattr(last, "bn3", None) or getattr(last, "bn2")
+    bn = getattr(last, "bn3", None) or last.bn2
     return int(bn.num_features)
 
 
@@ -83,17 +86,23 @@ class PatchGraph(EmbeddingGraph):
     def forward(self, images: torch.Tensor):
         final, (f8, f16) = self.tapped(self.preprocess(images))
         p8, p16 = self.pool(f8), self.pool(f16)
-        p16 = F.interpolate(p16, size=(int(p8.shape[-2]), int(p8.shape[-1])), mode="bilinear",
-                            align_corners=False)
+        p16 = F.interpolate(
+            p16, size=(int(p8.shape[-2]), int(p8.shape[-1])), mode="bilinear", align_corners=False
+        )
         return final.mean(dim=(2, 3)), torch.cat([p8, p16], dim=1)
 
     def describe(self, input_size: int) -> Dict[str, object]:
         """The metadata entry (``dn2.patches``) of this output at ``input_size``."""
         with torch.no_grad():
             _, p = self(torch.zeros(1, input_size, input_size, 3, dtype=torch.uint8))
-        return {"layers": self.tapped.layers, "stride": 8, "channels": int(p.shape[1]),
-                "grid": [int(p.shape[2]), int(p.shape[3])], "pool": POOL,
-                "upsample": "bilinear"}
+        return {
+            "layers": self.tapped.layers,
+            "stride": 8,
+            "channels": int(p.shape[1]),
+            "grid": [int(p.shape[2]), int(p.shape[3])],
+            "pool": POOL,
+            "upsample": "bilinear",
+        }
 
 
 def build_patch_graph(spec: ArchSpec, model: nn.Module) -> PatchGraph:

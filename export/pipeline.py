@@ -4,6 +4,7 @@ Stages, each timed on the log (stderr in the CLI): weights, export, verify, quan
 is written under a temporary name beside the output and renamed only after verification
 passed, so a failed export leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,13 @@ from typing import Callable, Dict, Optional
 
 from dn2.runtime.bundle import sha256_file
 from dn2.runtime.errors import Dn2Error
-from dn2.runtime.modelmeta import (K_ORT_CONFIG, ModelMeta, ResizeRule, embedding_output,
-                                   patches_output)
+from dn2.runtime.modelmeta import (
+    K_ORT_CONFIG,
+    ModelMeta,
+    ResizeRule,
+    embedding_output,
+    patches_output,
+)
 from dn2.runtime.version import __version__
 
 from .archs import DEFAULT_OPSET, MIN_INPUT_SIZE, get_arch
@@ -42,8 +48,9 @@ def _stderr(msg: str) -> None:
 def _check_output(output: Path) -> None:
     parent = output.parent
     if output.is_dir():
-        raise Dn2Error(f"--output {output} is a folder; expected a file name such as "
-                       f"{output / 'model.onnx'}")
+        raise Dn2Error(
+            f"--output {output} is a folder; expected a file name such as {output / 'model.onnx'}"
+        )
     if parent.exists() and not parent.is_dir():
         raise Dn2Error(f"cannot write {output}: {parent} is a file, not a folder")
     if not parent.is_dir():
@@ -56,8 +63,10 @@ def _check_args(precision: str, input_size: int, opset: int) -> None:
     if precision not in PRECISIONS:
         raise Dn2Error(f"precision {precision!r} unknown; valid: {', '.join(PRECISIONS)}")
     if not MIN_INPUT_SIZE <= int(input_size) <= MAX_INPUT_SIZE:
-        raise Dn2Error(f"input size {input_size} out of range; expected "
-                       f"{MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels")
+        raise Dn2Error(
+            f"input size {input_size} out of range; expected "
+            f"{MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels"
+        )
     if not 13 <= int(opset) <= 21:
         raise Dn2Error(f"opset {opset} unsupported; expected 13..21 (default 18)")
 
@@ -67,8 +76,10 @@ def _calibration(calib: Optional[str], size: int, log: Callable[[str], None]):
 
     if calib:
         return folder_images(calib, size)
-    log("warning: no --calib DIR given; calibrating int8 on scikit-image's sample photos. "
-        "Calibrate on images like the ones the camera will see for the best int8 accuracy.")
+    log(
+        "warning: no --calib DIR given; calibrating int8 on scikit-image's sample photos. "
+        "Calibrate on images like the ones the camera will see for the best int8 accuracy."
+    )
     return sample_photos(size)
 
 
@@ -88,11 +99,18 @@ def _atomic_json(path: Path, data: Dict) -> None:
     os.replace(tmp, path)
 
 
-def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = None,
-                 input_size: int = 224, precision: str = "fp32", calib: Optional[str] = None,
-                 opset: Optional[int] = None, offline: Optional[bool] = None,
-                 log: Optional[Callable[[str], None]] = None,
-                 patches: bool = False) -> Dict[str, object]:
+def export_model(
+    arch: str,
+    weights: str = "imagenet",
+    output: Optional[str] = None,
+    input_size: int = 224,
+    precision: str = "fp32",
+    calib: Optional[str] = None,
+    opset: Optional[int] = None,
+    offline: Optional[bool] = None,
+    log: Optional[Callable[[str], None]] = None,
+    patches: bool = False,
+) -> Dict[str, object]:
     """Export, verify, optionally convert/quantize; write ``output`` and ``<output>.json``.
 
     ``patches``: add the second output ``patches [N, C, S/8, S/8]`` (``dn2.export.patches``),
@@ -120,17 +138,30 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
     from .weights import load_weights
 
     loaded = load_weights(spec, weights, offline=offline, log=log)
-    stage("weights", t, f"{arch}: {loaded.tag}"
-          + (f" sha256 {loaded.sha256[:12]}" if loaded.sha256 else " (random, seed 0)"))
+    stage(
+        "weights",
+        t,
+        f"{arch}: {loaded.tag}"
+        + (f" sha256 {loaded.sha256[:12]}" if loaded.sha256 else " (random, seed 0)"),
+    )
 
-    meta = ModelMeta(arch=arch, weights=loaded.tag, weights_sha256=loaded.sha256,
-                     input_size=size, resize=ResizeRule.for_input_size(size), dim=spec.dim,
-                     opset=opset, precision="fp32", version=__version__)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".fp32.tmp",
-                                    dir=str(output_path.parent))
+    meta = ModelMeta(
+        arch=arch,
+        weights=loaded.tag,
+        weights_sha256=loaded.sha256,
+        input_size=size,
+        resize=ResizeRule.for_input_size(size),
+        dim=spec.dim,
+        opset=opset,
+        precision="fp32",
+        version=__version__,
+    )
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{output_path.name}.", suffix=".fp32.tmp", dir=str(output_path.parent)
+    )
     os.close(fd)
     tmp_fp32 = Path(tmp_name)
-    tmp_final = Path(str(tmp_fp32)[:-len(".fp32.tmp")] + f".{precision}.tmp")
+    tmp_final = Path(str(tmp_fp32)[: -len(".fp32.tmp")] + f".{precision}.tmp")
     try:
         t = time.perf_counter()
         from .graph import build_graph, export_onnx
@@ -145,21 +176,31 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
         else:
             graph = build_graph(spec, loaded.model)
         counts = export_onnx(graph, tmp_fp32, size, opset, meta)
-        extra_out = (f" + patches [N,{pinfo['channels']},{pinfo['grid'][0]},{pinfo['grid'][1]}]"
-                     if pinfo else "")
-        stage("export", t, f"ONNX opset {opset}, input uint8 [N,{size},{size},3] BGR -> "
-                           f"float32 [N,{spec.dim}]{extra_out} ({counts['pads_folded']} pads "
-                           f"folded)")
+        extra_out = (
+            f" + patches [N,{pinfo['channels']},{pinfo['grid'][0]},{pinfo['grid'][1]}]"
+            if pinfo
+            else ""
+        )
+        stage(
+            "export",
+            t,
+            f"ONNX opset {opset}, input uint8 [N,{size},{size},3] BGR -> "
+            f"float32 [N,{spec.dim}]{extra_out} ({counts['pads_folded']} pads "
+            f"folded)",
+        )
 
         t = time.perf_counter()
         from .verify import verify_fp32, verify_fp32_patches
 
         verified = (verify_fp32_patches if patches else verify_fp32)(graph, str(tmp_fp32), size)
-        stage("verify", t, f"torch vs onnxruntime on {verified['n']} images: max-abs "
-                           f"{verified['max_abs']:.2e} ({verified['max_abs_rel']:.1e} rel), "
-                           f"min cosine {verified['min_cosine']:.6f}"
-              + (f"; patches min cosine {verified['patches']['min_cosine']:.6f}" if patches
-                 else ""))
+        stage(
+            "verify",
+            t,
+            f"torch vs onnxruntime on {verified['n']} images: max-abs "
+            f"{verified['max_abs']:.2e} ({verified['max_abs_rel']:.1e} rel), "
+            f"min cosine {verified['min_cosine']:.6f}"
+            + (f"; patches min cosine {verified['patches']['min_cosine']:.6f}" if patches else ""),
+        )
 
         quant = None
         if precision == "fp32":
@@ -168,60 +209,102 @@ def export_model(arch: str, weights: str = "imagenet", output: Optional[str] = N
             t = time.perf_counter()
             from . import quantize
             from .graph import write_metadata
-            from .verify import (FP16_MAX_ABS_REL, FP16_MIN_COSINE, INT8_MIN_COSINE,
-                                 verification_inputs, verify_patches_against)
+            from .verify import (
+                FP16_MAX_ABS_REL,
+                FP16_MIN_COSINE,
+                INT8_MIN_COSINE,
+                verification_inputs,
+                verify_patches_against,
+            )
 
             extra = {}
             if precision == "fp16":
                 quantize.to_fp16(str(tmp_fp32), str(tmp_final))
                 names, images = verification_inputs(size)
                 quant = quantize.verify_fp16(str(tmp_fp32), str(tmp_final), names, images)
-                detail = (f"fp16 vs fp32 on {quant['n']} images: max-abs rel "
-                          f"{quant['max_abs_rel']:.1e}, min cosine {quant['min_cosine']:.5f}")
+                detail = (
+                    f"fp16 vs fp32 on {quant['n']} images: max-abs rel "
+                    f"{quant['max_abs_rel']:.1e}, min cosine {quant['min_cosine']:.5f}"
+                )
                 if patches:
                     quant["patches"] = verify_patches_against(
-                        str(tmp_fp32), str(tmp_final), images, names, "fp16 vs fp32",
-                        FP16_MAX_ABS_REL, FP16_MIN_COSINE)
+                        str(tmp_fp32),
+                        str(tmp_final),
+                        images,
+                        names,
+                        "fp16 vs fp32",
+                        FP16_MAX_ABS_REL,
+                        FP16_MIN_COSINE,
+                    )
                     detail += f"; patches {quant['patches']['min_cosine']:.5f}"
             else:
                 from .samples import sample_photos
 
                 calib_names, calib_images = _calibration(calib, size, log)
                 photo_names, photos = sample_photos(size)
-                quant = quantize.quantize_int8(str(tmp_fp32), str(tmp_final), calib_images,
-                                               calib_names, photos, photo_names, log=log)
+                quant = quantize.quantize_int8(
+                    str(tmp_fp32),
+                    str(tmp_final),
+                    calib_images,
+                    calib_names,
+                    photos,
+                    photo_names,
+                    log=log,
+                )
                 if quant["ort_session_config"]:
                     extra[K_ORT_CONFIG] = json.dumps(quant["ort_session_config"], sort_keys=True)
                 if patches:
                     quant["patches"] = verify_patches_against(
-                        str(tmp_fp32), str(tmp_final), photos, photo_names, "int8 vs fp32",
-                        None, INT8_MIN_COSINE, quant["ort_session_config"])
+                        str(tmp_fp32),
+                        str(tmp_final),
+                        photos,
+                        photo_names,
+                        "int8 vs fp32",
+                        None,
+                        INT8_MIN_COSINE,
+                        quant["ort_session_config"],
+                    )
                 kernels = "exact" if quant["ort_session_config"] else "default"
-                detail = (f"int8 QDQ ({quant['int8_convs']} convs int8, {quant['float_convs']} "
-                          f"float, {kernels} onnxruntime kernels) vs fp32: min cosine photos "
-                          f"{quant['photos']['min_cosine']:.4f}, calib "
-                          f"{quant['calib']['min_cosine']:.4f}, kNN Spearman "
-                          f"{quant['knn_spearman']:.3f}")
-            write_metadata(tmp_final, replace(meta, precision=precision,
-                                              extra={**meta.extra, **extra}))
+                detail = (
+                    f"int8 QDQ ({quant['int8_convs']} convs int8, {quant['float_convs']} "
+                    f"float, {kernels} onnxruntime kernels) vs fp32: min cosine photos "
+                    f"{quant['photos']['min_cosine']:.4f}, calib "
+                    f"{quant['calib']['min_cosine']:.4f}, kNN Spearman "
+                    f"{quant['knn_spearman']:.3f}"
+                )
+            write_metadata(
+                tmp_final, replace(meta, precision=precision, extra={**meta.extra, **extra})
+            )
             stage("quantize", t, detail)
 
         digest = sha256_file(tmp_final)
         report = {
-            "dn2_version": __version__, "arch": arch, "weights": loaded.tag,
-            "weights_sha256": loaded.sha256, "weights_path": loaded.path,
-            "input_size": size, "resize": json.loads(meta.resize.to_json()),
-            "embedding_dim": spec.dim, "patches": pinfo, "opset": opset, "precision": precision,
-            "output": str(output_path.resolve()), "output_sha256": digest,
-            "output_bytes": tmp_final.stat().st_size, "verify": verified,
-            "quantize": quant, "timings_s": timings,
+            "dn2_version": __version__,
+            "arch": arch,
+            "weights": loaded.tag,
+            "weights_sha256": loaded.sha256,
+            "weights_path": loaded.path,
+            "input_size": size,
+            "resize": json.loads(meta.resize.to_json()),
+            "embedding_dim": spec.dim,
+            "patches": pinfo,
+            "opset": opset,
+            "precision": precision,
+            "output": str(output_path.resolve()),
+            "output_sha256": digest,
+            "output_bytes": tmp_final.stat().st_size,
+            "verify": verified,
+            "quantize": quant,
+            "timings_s": timings,
         }
         _public(tmp_final)
         os.replace(tmp_final, output_path)
         timings["total"] = round(time.perf_counter() - t_all, 2)
         _atomic_json(report_path(output_path), report)
-        log(f"wrote {output_path} ({report['output_bytes'] / 1e6:.1f} MB, sha256 {digest[:12]}) "
-            f"and {report_path(output_path).name} in {timings['total']:.1f} s")
+        log(
+            f"wrote {output_path} ({report['output_bytes'] / 1e6:.1f} MB, sha256 {digest[:12]}) "
+            f"and {report_path(output_path).name} in {timings['total']:.1f} s"
+        )
         return report
     finally:
         for p in (tmp_fp32, tmp_final):

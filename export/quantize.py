@@ -29,6 +29,7 @@ passes. A prefix, not a hand-picked set: keeping single depthwise convs in the m
 measured *worse* with onnxruntime's optimised kernels (0.87) than its exact QDQ semantics
 promise (0.995), while a float prefix (one float->int8 boundary) runs as the QDQ semantics say.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,8 +43,16 @@ import numpy as np
 from dn2.runtime.scoring import loo_knn_scores
 
 from .gate import spearman  # noqa: F401  (the gate's rank correlation; used below)
-from .verify import (FP16_MAX_ABS_REL, FP16_MIN_COSINE, INT8_MIN_COSINE, INT8_MIN_SPEARMAN,
-                     VerificationError, check, compare, ort_embed)
+from .verify import (
+    FP16_MAX_ABS_REL,
+    FP16_MIN_COSINE,
+    INT8_MIN_COSINE,
+    INT8_MIN_SPEARMAN,
+    VerificationError,
+    check,
+    compare,
+    ort_embed,
+)
 
 ORT_INT8_CONFIG = {"session.x64quantprecision": "1"}
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "avx_vnni_int8", "amx_int8")
@@ -107,7 +116,7 @@ class _Reader:
     """onnxruntime CalibrationDataReader over a uint8 image array."""
 
     def __init__(self, images: np.ndarray, batch: int = 4):
-        self.batches = [images[i:i + batch] for i in range(0, len(images), batch)]
+        self.batches = [images[i : i + batch] for i in range(0, len(images), batch)]
         self.i = 0
 
     def get_next(self):
@@ -121,8 +130,13 @@ class _Reader:
 
 
 def _quantize(src: str, dst: str, images: np.ndarray, exclude: List[str], cache: Path) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(images)
     root = logging.getLogger()
@@ -131,24 +145,39 @@ def _quantize(src: str, dst: str, images: np.ndarray, exclude: List[str], cache:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
-                            per_channel=True, reduce_range=False,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
-                            calibration_cache_path=str(cache))
+            quantize_static(
+                str(src),
+                str(dst),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=False,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=exclude,
+                calibrate_method=CalibrationMethod.MinMax,
+                calibration_cache_path=str(cache),
+            )
     finally:
         root.setLevel(level)
 
 
-def quantize_int8(fp32_path: str, dst: str, calib: np.ndarray, calib_names: Sequence[str],
-                  photos: np.ndarray, photo_names: Sequence[str],
-                  log: Callable[[str], None] = lambda m: None) -> Dict[str, object]:
+def quantize_int8(
+    fp32_path: str,
+    dst: str,
+    calib: np.ndarray,
+    calib_names: Sequence[str],
+    photos: np.ndarray,
+    photo_names: Sequence[str],
+    log: Callable[[str], None] = lambda m: None,
+) -> Dict[str, object]:
     """Quantize ``fp32_path`` into ``dst``, verified; returns the report or raises."""
     import onnx
 
     if len(calib) < MIN_CALIB:
-        raise VerificationError(f"int8 calibration needs at least {MIN_CALIB} images, found "
-                                f"{len(calib)}")
+        raise VerificationError(
+            f"int8 calibration needs at least {MIN_CALIB} images, found {len(calib)}"
+        )
     model = onnx.load(str(fp32_path), load_external_data=False)
     pre = _float_only_nodes(model)
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
@@ -166,36 +195,55 @@ def quantize_int8(fp32_path: str, dst: str, calib: np.ndarray, calib_names: Sequ
                 on_photos = compare(ref_photos, out_photos, photo_names)
                 on_calib = compare(ref_calib, out_calib, calib_names)
                 rho = spearman(knn_ref, knn_scores(out_calib))
-                attempt = {"float_convs": n_float, "int8_convs": len(convs) - n_float,
-                           "ort_session_config": config, "photos": on_photos,
-                           "calib": on_calib, "knn_spearman": rho}
+                attempt = {
+                    "float_convs": n_float,
+                    "int8_convs": len(convs) - n_float,
+                    "ort_session_config": config,
+                    "photos": on_photos,
+                    "calib": on_calib,
+                    "knn_spearman": rho,
+                }
                 tried.append(attempt)
                 min_cos = min(on_photos["min_cosine"], on_calib["min_cosine"])
-                log(f"int8 with first {n_float}/{len(convs)} convs in float, "
+                log(
+                    f"int8 with first {n_float}/{len(convs)} convs in float, "
                     f"{'exact' if config else 'default'} kernels: min cosine {min_cos:.4f} "
                     f"(photos {on_photos['min_cosine']:.4f}, calib "
-                    f"{on_calib['min_cosine']:.4f}), kNN Spearman {rho:.3f}")
+                    f"{on_calib['min_cosine']:.4f}), kNN Spearman {rho:.3f}"
+                )
                 if min_cos >= INT8_MIN_COSINE and rho >= INT8_MIN_SPEARMAN:
                     break
             else:
                 continue
-            default = (on_photos if not config
-                       else compare(ref_photos, ort_embed(dst, photos), photo_names))
-            return {"method": "onnxruntime quantize_static QDQ, per-channel s8 weights, "
-                              "u8 activations, MinMax",
-                    "calib_images": len(calib), "float_convs": n_float,
-                    "int8_convs": len(convs) - n_float, "photos": on_photos,
-                    "calib": on_calib, "knn_spearman": rho,
-                    "ort_session_config": dict(config),
-                    "default_kernels_saturate": not configs[0],
-                    "photos_default_session": default,
-                    "tolerance": {"min_cosine": INT8_MIN_COSINE,
-                                  "min_knn_spearman": INT8_MIN_SPEARMAN},
-                    "attempts": [{k: v for k, v in a.items() if k in
-                                  ("float_convs", "knn_spearman", "ort_session_config")} |
-                                 {"min_cosine": min(a["photos"]["min_cosine"],
-                                                    a["calib"]["min_cosine"])} for a in tried],
-                    "passed": True}
+            default = (
+                on_photos
+                if not config
+                else compare(ref_photos, ort_embed(dst, photos), photo_names)
+            )
+            return {
+                "method": "onnxruntime quantize_static QDQ, per-channel s8 weights, "
+                "u8 activations, MinMax",
+                "calib_images": len(calib),
+                "float_convs": n_float,
+                "int8_convs": len(convs) - n_float,
+                "photos": on_photos,
+                "calib": on_calib,
+                "knn_spearman": rho,
+                "ort_session_config": dict(config),
+                "default_kernels_saturate": not configs[0],
+                "photos_default_session": default,
+                "tolerance": {"min_cosine": INT8_MIN_COSINE, "min_knn_spearman": INT8_MIN_SPEARMAN},
+                "attempts": [
+                    {
+                        k: v
+                        for k, v in a.items()
+                        if k in ("float_convs", "knn_spearman", "ort_session_config")
+                    }
+                    | {"min_cosine": min(a["photos"]["min_cosine"], a["calib"]["min_cosine"])}
+                    for a in tried
+                ],
+                "passed": True,
+            }
     Path(dst).unlink(missing_ok=True)
     best = max(tried, key=lambda a: min(a["photos"]["min_cosine"], a["calib"]["min_cosine"]))
     raise VerificationError(
@@ -203,4 +251,5 @@ def quantize_int8(fp32_path: str, dst: str, calib: np.ndarray, calib_names: Sequ
         f"float) reached min cosine {min(best['photos']['min_cosine'], best['calib']['min_cosine']):.4f} "
         f"and kNN Spearman {best['knn_spearman']:.3f}; tolerance cosine >= {INT8_MIN_COSINE}, "
         f"Spearman >= {INT8_MIN_SPEARMAN}. Calibrate on more images like yours (--calib DIR) "
-        f"or use --precision fp32. No model was written.")
+        f"or use --precision fp32. No model was written."
+    )

@@ -3,6 +3,7 @@
 They ship inside the scikit-image wheel (no download). Each is prepared exactly like the runtime
 prepares camera frames (shorter side to S/0.875, centre crop S), as BGR uint8.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -15,8 +16,16 @@ from dn2.runtime.errors import Dn2Error
 from dn2.runtime.modelmeta import ResizeRule
 
 # Colour photos first (the gate uses the first few), then greyscale ones stacked to 3 channels.
-COLOUR = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
-          "immunohistochemistry", "retina", "colorwheel")
+COLOUR = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+)
 GREY = ("camera", "coins", "moon", "grass", "gravel", "brick", "clock", "text")
 
 
@@ -29,10 +38,11 @@ def _prepare(bgr: np.ndarray, size: int) -> np.ndarray:
 
         h, w = bgr.shape[:2]
         r = rule.resize_to / min(h, w)
-        im = cv2.resize(bgr, (max(size, round(w * r)), max(size, round(h * r))),
-                        interpolation=cv2.INTER_AREA)
+        im = cv2.resize(
+            bgr, (max(size, round(w * r)), max(size, round(h * r))), interpolation=cv2.INTER_AREA
+        )
         y, x = (im.shape[0] - size) // 2, (im.shape[1] - size) // 2
-        return np.ascontiguousarray(im[y:y + size, x:x + size])
+        return np.ascontiguousarray(im[y : y + size, x : x + size])
     return prepare(bgr, rule)
 
 
@@ -43,7 +53,9 @@ def photo_bgr(name: str) -> np.ndarray:
     except ImportError:
         from dn2.runtime.errors import MissingExtraError
 
-        raise MissingExtraError("scikit-image", "export", "sample photos for verification") from None
+        raise MissingExtraError(
+            "scikit-image", "export", "sample photos for verification"
+        ) from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img = getattr(skimage.data, name)()
@@ -72,8 +84,10 @@ def folder_images(folder: str, size: int, limit: int = 256) -> Tuple[List[str], 
 
     root = Path(folder)
     if not root.is_dir():
-        raise Dn2Error(f"--calib {folder}: expected a folder of images, found "
-                       f"{'a file' if root.exists() else 'nothing'}")
+        raise Dn2Error(
+            f"--calib {folder}: expected a folder of images, found "
+            f"{'a file' if root.exists() else 'nothing'}"
+        )
     paths, _ = find_images([str(root)])
     names, arrays = [], []
     for p in paths[:limit]:

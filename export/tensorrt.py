@@ -17,6 +17,7 @@
    (``dn2.export.trt_verify``); only an engine that passes is moved into the cache (atomic rename),
    with a JSON sidecar holding the model's dn2 metadata, the key components and the report.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,10 +38,19 @@ from dn2.runtime.errors import Dn2Error, ImageError, ModelError
 from dn2.runtime.modelmeta import INPUT_NAME, ModelMeta, read_model_meta
 from dn2.runtime.trt_engine import TrtEngine, import_tensorrt
 
-from .trt_calib import (calibration_batches, calibration_digest, load_calibration_images,
-                        make_calibrator)
-from .trt_verify import (MIN_VERIFY_IMAGES, Tolerance, compare_embeddings, default_verify_images,
-                         describe)
+from .trt_calib import (
+    calibration_batches,
+    calibration_digest,
+    load_calibration_images,
+    make_calibrator,
+)
+from .trt_verify import (
+    MIN_VERIFY_IMAGES,
+    Tolerance,
+    compare_embeddings,
+    default_verify_images,
+    describe,
+)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MAX_BATCH, OPT_BATCH, CALIB_BATCH = 64, 8, 8
@@ -48,11 +58,17 @@ HEARTBEAT_S = 30.0
 Log = Callable[[str], Any]
 
 
-def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, precision: str,
-                     extra: Optional[dict] = None) -> str:
+def engine_cache_key(
+    onnx_sha256: str, trt_version: str, gpu_name: str, precision: str, extra: Optional[dict] = None
+) -> str:
     """Hex sha256 over the components (canonical JSON: key order never matters)."""
-    parts = {"onnx_sha256": onnx_sha256, "tensorrt": str(trt_version), "gpu": gpu_name,
-             "precision": precision, "extra": extra or {}}
+    parts = {
+        "onnx_sha256": onnx_sha256,
+        "tensorrt": str(trt_version),
+        "gpu": gpu_name,
+        "precision": precision,
+        "extra": extra or {},
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -61,20 +77,25 @@ def default_cache_dir() -> Path:
     return Path(base) / "dn2" / "engines"
 
 
-def _check_args(onnx_path: Path, precision: str, calib: Any, workspace_gb: float,
-                max_batch: int, opt_batch: int) -> None:
+def _check_args(
+    onnx_path: Path, precision: str, calib: Any, workspace_gb: float, max_batch: int, opt_batch: int
+) -> None:
     if precision not in PRECISIONS:
         raise Dn2Error(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
     if not onnx_path.is_file():
         raise ModelError(f"{onnx_path}: expected a dn2 ONNX model file, found no such file")
     if precision == "int8" and calib is None:
-        raise Dn2Error("precision int8 needs calibration images (--calib DIR): expected a folder "
-                       "of normal images like the ones the detector will see, found none")
+        raise Dn2Error(
+            "precision int8 needs calibration images (--calib DIR): expected a folder "
+            "of normal images like the ones the detector will see, found none"
+        )
     if not workspace_gb > 0:
         raise Dn2Error(f"workspace: expected a positive number of GiB, found {workspace_gb}")
     if not 1 <= opt_batch <= max_batch:
-        raise Dn2Error(f"batch profile: expected 1 <= opt_batch <= max_batch, found "
-                       f"opt {opt_batch}, max {max_batch}")
+        raise Dn2Error(
+            f"batch profile: expected 1 <= opt_batch <= max_batch, found "
+            f"opt {opt_batch}, max {max_batch}"
+        )
 
 
 def _trt_logger(trt: Any, log: Log) -> Any:
@@ -101,8 +122,10 @@ def _progress_monitor(trt: Any, log: Log) -> Optional[Any]:
         def phase_start(self, phase_name: str, parent_phase: Optional[str], num_steps: int) -> None:
             self.depth += 1
             if self.depth <= 2:
-                log(f"[dn2] TensorRT build {time.monotonic() - self.t0:6.1f}s: "
-                    f"{'  ' * (self.depth - 1)}{phase_name} ({num_steps} steps)")
+                log(
+                    f"[dn2] TensorRT build {time.monotonic() - self.t0:6.1f}s: "
+                    f"{'  ' * (self.depth - 1)}{phase_name} ({num_steps} steps)"
+                )
 
         def step_complete(self, phase_name: str, step: int) -> bool:
             now = time.monotonic()
@@ -129,7 +152,7 @@ class _Heartbeat:
         while not self.stop.wait(self.period):
             self.log(f"[dn2] TensorRT build still running ({time.monotonic() - t0:.0f}s)")
 
-    def __enter__(self) -> "_Heartbeat":
+    def __enter__(self) -> _Heartbeat:
         self.thread.start()
         return self
 
@@ -138,9 +161,19 @@ class _Heartbeat:
         self.thread.join()
 
 
-def _build_plan(trt: Any, cuda: CudaRT, onnx_path: Path, meta: ModelMeta, precision: str,
-                calib: Optional[np.ndarray], calib_cache: Path, workspace_gb: float,
-                max_batch: int, opt_batch: int, log: Log) -> bytes:
+def _build_plan(
+    trt: Any,
+    cuda: CudaRT,
+    onnx_path: Path,
+    meta: ModelMeta,
+    precision: str,
+    calib: Optional[np.ndarray],
+    calib_cache: Path,
+    workspace_gb: float,
+    max_batch: int,
+    opt_batch: int,
+    log: Log,
+) -> bytes:
     logger = _trt_logger(trt, log)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TRT 10: explicit batch always; no flag needed
@@ -151,8 +184,10 @@ def _build_plan(trt: Any, cuda: CudaRT, onnx_path: Path, meta: ModelMeta, precis
     s = meta.input_size
     shape = tuple(network.get_input(0).shape)
     if network.num_inputs != 1 or network.get_input(0).name != INPUT_NAME or shape[1:] != (s, s, 3):
-        raise ModelError(f"{onnx_path}: expected one input {INPUT_NAME!r} [N, {s}, {s}, 3], "
-                         f"found {network.get_input(0).name!r} {shape}")
+        raise ModelError(
+            f"{onnx_path}: expected one input {INPUT_NAME!r} [N, {s}, {s}, 3], "
+            f"found {network.get_input(0).name!r} {shape}"
+        )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     profile = builder.create_optimization_profile()
@@ -173,8 +208,10 @@ def _build_plan(trt: Any, cuda: CudaRT, onnx_path: Path, meta: ModelMeta, precis
     monitor = _progress_monitor(trt, log)
     if monitor is not None:
         config.progress_monitor = monitor
-    log(f"[dn2] building {precision} TensorRT {trt.__version__} engine for {meta.arch} "
-        f"({s} px, batch 1..{max_batch}, workspace {workspace_gb:g} GiB); this takes minutes")
+    log(
+        f"[dn2] building {precision} TensorRT {trt.__version__} engine for {meta.arch} "
+        f"({s} px, batch 1..{max_batch}, workspace {workspace_gb:g} GiB); this takes minutes"
+    )
     t0 = time.monotonic()
     try:
         if monitor is None:
@@ -186,14 +223,17 @@ def _build_plan(trt: Any, cuda: CudaRT, onnx_path: Path, meta: ModelMeta, precis
         if calibrator is not None:
             calibrator.release()
     if plan is None:
-        raise ModelError(f"TensorRT could not build a {precision} engine from {onnx_path} "
-                         f"(see the [TensorRT] messages above)")
+        raise ModelError(
+            f"TensorRT could not build a {precision} engine from {onnx_path} "
+            f"(see the [TensorRT] messages above)"
+        )
     log(f"[dn2] engine built in {time.monotonic() - t0:.0f}s ({plan.nbytes / 1e6:.1f} MB)")
     return bytes(plan)
 
 
-def _verify_batch(meta: ModelMeta, verify: Optional[Sequence[Any]], calib_arr: Optional[np.ndarray],
-                  log: Log) -> np.ndarray:
+def _verify_batch(
+    meta: ModelMeta, verify: Optional[Sequence[Any]], calib_arr: Optional[np.ndarray], log: Log
+) -> np.ndarray:
     """uint8 [N, S, S, 3] of real images for the verification gate."""
     if verify is None:
         verify = default_verify_images()
@@ -202,30 +242,44 @@ def _verify_batch(meta: ModelMeta, verify: Optional[Sequence[Any]], calib_arr: O
     arr = np.zeros((0,), np.uint8)
     if len(verify):
         src = verify if isinstance(verify, np.ndarray) else list(verify)
-        arr, _ = load_calibration_images(src, meta.resize, max_images=32, log=log,
-                                         what="verification")
+        arr, _ = load_calibration_images(
+            src, meta.resize, max_images=32, log=log, what="verification"
+        )
     if len(arr) < MIN_VERIFY_IMAGES:
-        raise ImageError(f"verification: expected at least {MIN_VERIFY_IMAGES} real images "
-                         f"(pip install scikit-image ships some, or pass verify=[paths]), found {len(arr)}")
+        raise ImageError(
+            f"verification: expected at least {MIN_VERIFY_IMAGES} real images "
+            f"(pip install scikit-image ships some, or pass verify=[paths]), found {len(arr)}"
+        )
     return arr
 
 
-def verify_engine(plan: bytes, onnx_path: Path, meta: ModelMeta, batch: np.ndarray, precision: str,
-                  tolerance: Optional[Tolerance], device: int, log: Log) -> dict:
+def verify_engine(
+    plan: bytes,
+    onnx_path: Path,
+    meta: ModelMeta,
+    batch: np.ndarray,
+    precision: str,
+    tolerance: Optional[Tolerance],
+    device: int,
+    log: Log,
+) -> dict:
     """Engine vs fp32 ONNX on onnxruntime CPU; raises ModelError (with the numbers) on failure."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     emb = embedding_tensor([o.name for o in sess.get_outputs()])
-    ref = np.concatenate([sess.run([emb], {INPUT_NAME: batch[i:i + 8]})[0]
-                          for i in range(0, len(batch), 8)])
+    ref = np.concatenate(
+        [sess.run([emb], {INPUT_NAME: batch[i : i + 8]})[0] for i in range(0, len(batch), 8)]
+    )
     with TrtEngine(plan, batch_size=8, meta=meta, device=device) as eng:
         test = eng.embed_batch(batch)
     report = compare_embeddings(ref, test, precision, tolerance)
     log(f"[dn2] verification: {describe(report)} -> {'PASS' if report['passed'] else 'FAIL'}")
     if not report["passed"]:
-        raise ModelError(f"the {precision} engine disagrees with the fp32 ONNX reference and was "
-                         f"not kept: {describe(report)}")
+        raise ModelError(
+            f"the {precision} engine disagrees with the fp32 ONNX reference and was "
+            f"not kept: {describe(report)}"
+        )
     return report
 
 
@@ -239,11 +293,22 @@ def _atomic_write(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
-def build_engine(onnx_path: Any, precision: str = "fp16", calib: Any = None,
-                 workspace_gb: float = 4, log: Log = print, cache_dir: Any = None, *,
-                 max_batch: int = MAX_BATCH, opt_batch: int = OPT_BATCH,
-                 verify: Optional[Sequence[Any]] = None, tolerance: Optional[Tolerance] = None,
-                 output: Any = None, device: int = 0, rebuild: bool = False) -> Path:
+def build_engine(
+    onnx_path: Any,
+    precision: str = "fp16",
+    calib: Any = None,
+    workspace_gb: float = 4,
+    log: Log = print,
+    cache_dir: Any = None,
+    *,
+    max_batch: int = MAX_BATCH,
+    opt_batch: int = OPT_BATCH,
+    verify: Optional[Sequence[Any]] = None,
+    tolerance: Optional[Tolerance] = None,
+    output: Any = None,
+    device: int = 0,
+    rebuild: bool = False,
+) -> Path:
     """Build (or fetch from the cache) a verified TensorRT engine; returns its path.
 
     ``output``: also copy the engine (and its ``.json`` sidecar) there and return that path.
@@ -258,9 +323,11 @@ def build_engine(onnx_path: Any, precision: str = "fp16", calib: Any = None,
     cuda.set_device(device)  # the builder and the calibrator work on the current device
     flag = {"fp16": "FP16", "int8": "INT8"}.get(precision)
     if flag and not hasattr(trt.BuilderFlag, flag):
-        raise ModelError(f"TensorRT {trt.__version__} has no BuilderFlag.{flag} (TensorRT 11 "
-                         f"removed weakly-typed precision flags): build {precision} with "
-                         f"TensorRT 10.x (JetPack 6 ships 10.3), or use precision fp32")
+        raise ModelError(
+            f"TensorRT {trt.__version__} has no BuilderFlag.{flag} (TensorRT 11 "
+            f"removed weakly-typed precision flags): build {precision} with "
+            f"TensorRT 10.x (JetPack 6 ships 10.3), or use precision fp32"
+        )
     calib_arr = None
     extra = {"max_batch": max_batch, "opt_batch": opt_batch, "input_size": meta.input_size}
     if precision == "int8":
@@ -274,17 +341,41 @@ def build_engine(onnx_path: Any, precision: str = "fp16", calib: Any = None,
     if final.is_file() and side.is_file() and not rebuild:
         log(f"[dn2] engine cache hit: {final}")
     else:
-        log(f"[dn2] engine cache miss: key {key[:16]} (TensorRT {trt.__version__}, {gpu}, {precision})")
+        log(
+            f"[dn2] engine cache miss: key {key[:16]} (TensorRT {trt.__version__}, {gpu}, {precision})"
+        )
         cache.mkdir(parents=True, exist_ok=True)
         batch = _verify_batch(meta, verify, calib_arr, log)
-        plan = _build_plan(trt, cuda, onnx_path, meta, precision, calib_arr,
-                           cache / f"{key[:16]}.calib", workspace_gb, max_batch, opt_batch, log)
+        plan = _build_plan(
+            trt,
+            cuda,
+            onnx_path,
+            meta,
+            precision,
+            calib_arr,
+            cache / f"{key[:16]}.calib",
+            workspace_gb,
+            max_batch,
+            opt_batch,
+            log,
+        )
         report = verify_engine(plan, onnx_path, meta, batch, precision, tolerance, device, log)
-        sidecar = {"props": meta.to_props(), "cache_key": key,
-                   "components": {"onnx_sha256": sha, "tensorrt": trt.__version__, "gpu": gpu,
-                                  "precision": precision, "extra": extra},
-                   "verification": report, "onnx": str(onnx_path.resolve())}
-        _atomic_write(final, plan)  # engine first: a cache entry counts only once its sidecar exists
+        sidecar = {
+            "props": meta.to_props(),
+            "cache_key": key,
+            "components": {
+                "onnx_sha256": sha,
+                "tensorrt": trt.__version__,
+                "gpu": gpu,
+                "precision": precision,
+                "extra": extra,
+            },
+            "verification": report,
+            "onnx": str(onnx_path.resolve()),
+        }
+        _atomic_write(
+            final, plan
+        )  # engine first: a cache entry counts only once its sidecar exists
         _atomic_write(side, json.dumps(sidecar, indent=2).encode())
         log(f"[dn2] engine kept: {final}")
     if output is None:

@@ -6,6 +6,7 @@ runs anywhere: calibration images go through exactly the runtime's preparation
 the bytes the graph sees at run time: uint8, NHWC, BGR, [N, S, S, 3]. ``make_calibrator`` wraps
 the batches in a ``tensorrt.IInt8EntropyCalibrator2`` (only on a GPU box, TensorRT 10).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,9 @@ import numpy as np
 from dn2.runtime.errors import Dn2Error, ImageError
 from dn2.runtime.modelmeta import ResizeRule
 
-CalibSource = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], np.ndarray,
-                    Sequence[np.ndarray]]
+CalibSource = Union[
+    str, os.PathLike, Sequence[Union[str, os.PathLike]], np.ndarray, Sequence[np.ndarray]
+]
 MAX_CALIB_IMAGES = 512  # entropy calibration saturates well before this; keeps the build short
 
 
@@ -31,10 +33,13 @@ def _evenly(items: list, n: int) -> list:
     return [items[i] for i in idx]
 
 
-def load_calibration_images(calib: CalibSource, rule: ResizeRule,
-                            max_images: int = MAX_CALIB_IMAGES,
-                            log: Callable[[str], Any] = print,
-                            what: str = "INT8 calibration") -> Tuple[np.ndarray, List[Tuple[str, str]]]:
+def load_calibration_images(
+    calib: CalibSource,
+    rule: ResizeRule,
+    max_images: int = MAX_CALIB_IMAGES,
+    log: Callable[[str], Any] = print,
+    what: str = "INT8 calibration",
+) -> Tuple[np.ndarray, List[Tuple[str, str]]]:
     """Calibration images -> (uint8 [N, S, S, 3] NHWC BGR, [(path, problem)] skipped).
 
     ``calib`` may be a folder, a file, a glob or a list of them (folders are searched
@@ -45,15 +50,27 @@ def load_calibration_images(calib: CalibSource, rule: ResizeRule,
 
     s = rule.crop
     if isinstance(calib, np.ndarray):
-        if calib.dtype != np.uint8 or calib.ndim != 4 or calib.shape[1:] != (s, s, 3) or not len(calib):
-            raise ImageError(f"{what} batch: expected uint8 [N, {s}, {s}, 3] (NHWC BGR), "
-                             f"found {calib.dtype} {tuple(calib.shape)}")
+        if (
+            calib.dtype != np.uint8
+            or calib.ndim != 4
+            or calib.shape[1:] != (s, s, 3)
+            or not len(calib)
+        ):
+            raise ImageError(
+                f"{what} batch: expected uint8 [N, {s}, {s}, 3] (NHWC BGR), "
+                f"found {calib.dtype} {tuple(calib.shape)}"
+            )
         return np.ascontiguousarray(_evenly(list(calib), max_images)), []
     if isinstance(calib, (list, tuple)) and calib and all(isinstance(c, np.ndarray) for c in calib):
         imgs = _evenly(list(calib), max_images)
-        return np.stack([prepare(im, rule, name=f"{what} image {i}")
-                         for i, im in enumerate(imgs)]), []
-    inputs = [os.fspath(calib)] if isinstance(calib, (str, os.PathLike)) else [os.fspath(c) for c in calib]
+        return np.stack(
+            [prepare(im, rule, name=f"{what} image {i}") for i, im in enumerate(imgs)]
+        ), []
+    inputs = (
+        [os.fspath(calib)]
+        if isinstance(calib, (str, os.PathLike))
+        else [os.fspath(c) for c in calib]
+    )
     files, problems = find_images(inputs)
     out: List[np.ndarray] = []
     for path in _evenly(files, max_images):
@@ -64,10 +81,14 @@ def load_calibration_images(calib: CalibSource, rule: ResizeRule,
     for path, why in problems:
         log(f"[dn2] {what}: skipped {path}: {why}")
     if not out:
-        raise Dn2Error(f"{what}: expected readable images in {inputs}, found none "
-                       f"({len(files)} candidate files, {len(problems)} problems)")
-    log(f"[dn2] {what}: {len(out)} images prepared as uint8 NHWC BGR {s}x{s}"
-        + (f" (evenly sampled from {len(files)})" if len(files) > max_images else ""))
+        raise Dn2Error(
+            f"{what}: expected readable images in {inputs}, found none "
+            f"({len(files)} candidate files, {len(problems)} problems)"
+        )
+    log(
+        f"[dn2] {what}: {len(out)} images prepared as uint8 NHWC BGR {s}x{s}"
+        + (f" (evenly sampled from {len(files)})" if len(files) > max_images else "")
+    )
     return np.stack(out), problems
 
 
@@ -81,7 +102,7 @@ def calibration_batches(images: np.ndarray, batch_size: int) -> List[np.ndarray]
     if n == 0:
         raise Dn2Error("INT8 calibration: expected at least one image, found none")
     b = max(1, min(int(batch_size), n))
-    return [np.ascontiguousarray(images[i:i + b]) for i in range(0, n - b + 1, b)]
+    return [np.ascontiguousarray(images[i : i + b]) for i in range(0, n - b + 1, b)]
 
 
 def calibration_digest(images: np.ndarray) -> str:
@@ -91,12 +112,19 @@ def calibration_digest(images: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def make_calibrator(trt: Any, cuda: Any, batches: List[np.ndarray], cache_file: Path,
-                    log: Callable[[str], Any] = print) -> Any:
+def make_calibrator(
+    trt: Any,
+    cuda: Any,
+    batches: List[np.ndarray],
+    cache_file: Path,
+    log: Callable[[str], Any] = print,
+) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``batches`` (device copies via ``cuda``: CudaRT)."""
     if not hasattr(trt, "IInt8EntropyCalibrator2"):
-        raise Dn2Error(f"TensorRT {trt.__version__} has no IInt8EntropyCalibrator2 (TensorRT 11 "
-                       f"removed implicit INT8 calibration); build int8 with TensorRT 10.x")
+        raise Dn2Error(
+            f"TensorRT {trt.__version__} has no IInt8EntropyCalibrator2 (TensorRT 11 "
+            f"removed implicit INT8 calibration); build int8 with TensorRT 10.x"
+        )
     nbytes = batches[0].nbytes
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):

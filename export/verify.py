@@ -8,6 +8,7 @@ uniform noise that exercises the whole uint8 range. Errors are measured per imag
 max-abs error relative to the largest |embedding| of the reference (scale-free: random-weight
 trunks produce much larger embeddings than trained ones) and cosine similarity.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -48,7 +49,9 @@ def torch_embed(graph, images: np.ndarray, batch: int = BATCH) -> np.ndarray:
     outs = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            outs.append(graph(torch.from_numpy(np.ascontiguousarray(images[i:i + batch]))).numpy())
+            outs.append(
+                graph(torch.from_numpy(np.ascontiguousarray(images[i : i + batch]))).numpy()
+            )
     return np.concatenate(outs).astype(np.float32)
 
 
@@ -64,12 +67,13 @@ def ort_session(path: str, config: Optional[Dict[str, str]] = None, threads: Opt
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def ort_embed(path: str, images: np.ndarray, config: Optional[Dict[str, str]] = None,
-              batch: int = BATCH) -> np.ndarray:
+def ort_embed(
+    path: str, images: np.ndarray, config: Optional[Dict[str, str]] = None, batch: int = BATCH
+) -> np.ndarray:
     sess = ort_session(path, config)
     name = sess.get_inputs()[0].name
     emb = embedding_tensor([o.name for o in sess.get_outputs()])
-    outs = [sess.run([emb], {name: images[i:i + batch]})[0] for i in range(0, len(images), batch)]
+    outs = [sess.run([emb], {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
     return np.concatenate(outs).astype(np.float32)
 
 
@@ -82,37 +86,58 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def compare(ref: np.ndarray, out: np.ndarray, names: Sequence[str]) -> Dict[str, object]:
     """Agreement statistics of ``out`` against ``ref`` (both [N, D])."""
     if ref.shape != out.shape:
-        return {"shape_ref": list(ref.shape), "shape_out": list(out.shape), "finite": False,
-                "max_abs": float("inf"), "max_abs_rel": float("inf"), "min_cosine": -1.0,
-                "mean_cosine": -1.0, "worst": None}
+        return {
+            "shape_ref": list(ref.shape),
+            "shape_out": list(out.shape),
+            "finite": False,
+            "max_abs": float("inf"),
+            "max_abs_rel": float("inf"),
+            "min_cosine": -1.0,
+            "mean_cosine": -1.0,
+            "worst": None,
+        }
     finite = bool(np.isfinite(out).all())
     err = np.abs(out.astype(np.float64) - ref)
-    cos = cosines(ref.astype(np.float64), out.astype(np.float64)) if finite else np.full(len(ref), -1.0)
+    cos = (
+        cosines(ref.astype(np.float64), out.astype(np.float64))
+        if finite
+        else np.full(len(ref), -1.0)
+    )
     scale = float(np.abs(ref).max()) or 1.0
     worst = int(np.argmin(cos))
-    return {"n": int(len(ref)), "finite": finite,
-            "max_abs": float(err.max()) if finite else float("inf"),
-            "max_abs_rel": float(err.max() / scale) if finite else float("inf"),
-            "ref_max_abs": scale, "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
-            "worst": names[worst]}
+    return {
+        "n": int(len(ref)),
+        "finite": finite,
+        "max_abs": float(err.max()) if finite else float("inf"),
+        "max_abs_rel": float(err.max() / scale) if finite else float("inf"),
+        "ref_max_abs": scale,
+        "min_cosine": float(cos.min()),
+        "mean_cosine": float(cos.mean()),
+        "worst": names[worst],
+    }
 
 
-def check(stats: Dict[str, object], what: str, max_abs_rel: Optional[float],
-          min_cosine: float) -> Dict[str, object]:
+def check(
+    stats: Dict[str, object], what: str, max_abs_rel: Optional[float], min_cosine: float
+) -> Dict[str, object]:
     """Raise VerificationError when ``stats`` break the tolerances; else return them annotated."""
     stats = dict(stats, tolerance={"max_abs_rel": max_abs_rel, "min_cosine": min_cosine})
     problems = []
     if not stats["finite"]:
         problems.append("non-finite outputs (inf/nan)")
     if max_abs_rel is not None and stats["max_abs_rel"] > max_abs_rel:
-        problems.append(f"max-abs error {stats['max_abs']:.3g} = {stats['max_abs_rel']:.3g} of "
-                        f"the largest |embedding| (tolerance {max_abs_rel:g})")
+        problems.append(
+            f"max-abs error {stats['max_abs']:.3g} = {stats['max_abs_rel']:.3g} of "
+            f"the largest |embedding| (tolerance {max_abs_rel:g})"
+        )
     if stats["min_cosine"] < min_cosine:
-        problems.append(f"minimum cosine {stats['min_cosine']:.5f} on {stats['worst']} "
-                        f"(tolerance {min_cosine})")
+        problems.append(
+            f"minimum cosine {stats['min_cosine']:.5f} on {stats['worst']} (tolerance {min_cosine})"
+        )
     if problems:
-        raise VerificationError(f"verification failed, {what}: " + "; ".join(problems)
-                                + ". No model was written.")
+        raise VerificationError(
+            f"verification failed, {what}: " + "; ".join(problems) + ". No model was written."
+        )
     stats["passed"] = True
     return stats
 
@@ -122,8 +147,9 @@ def verify_fp32(graph, onnx_path: str, size: int) -> Dict[str, object]:
     names, images = verification_inputs(size)
     ref = torch_embed(graph, images)
     out = ort_embed(onnx_path, images)
-    return check(compare(ref, out, names), "onnxruntime fp32 vs torch",
-                 FP32_MAX_ABS_REL, FP32_MIN_COSINE)
+    return check(
+        compare(ref, out, names), "onnxruntime fp32 vs torch", FP32_MAX_ABS_REL, FP32_MIN_COSINE
+    )
 
 
 # -- the ``patches`` output (dn2-export --patches) ----------------------------------------------
@@ -136,20 +162,23 @@ def torch_outputs(graph, images: np.ndarray, batch: int = BATCH) -> Dict[str, np
     embs, pats = [], []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            e, p = graph(torch.from_numpy(np.ascontiguousarray(images[i:i + batch])))
+            e, p = graph(torch.from_numpy(np.ascontiguousarray(images[i : i + batch])))
             embs.append(e.numpy())
             pats.append(p.numpy())
-    return {OUTPUT_NAME: np.concatenate(embs).astype(np.float32),
-            PATCHES_NAME: np.concatenate(pats).astype(np.float32)}
+    return {
+        OUTPUT_NAME: np.concatenate(embs).astype(np.float32),
+        PATCHES_NAME: np.concatenate(pats).astype(np.float32),
+    }
 
 
-def ort_outputs(path: str, images: np.ndarray, config: Optional[Dict[str, str]] = None,
-                batch: int = BATCH) -> Dict[str, np.ndarray]:
+def ort_outputs(
+    path: str, images: np.ndarray, config: Optional[Dict[str, str]] = None, batch: int = BATCH
+) -> Dict[str, np.ndarray]:
     """Every output of the ONNX file at ``path``, by name."""
     sess = ort_session(path, config)
     name = sess.get_inputs()[0].name
     names = [o.name for o in sess.get_outputs()]
-    runs = [sess.run(None, {name: images[i:i + batch]}) for i in range(0, len(images), batch)]
+    runs = [sess.run(None, {name: images[i : i + batch]}) for i in range(0, len(images), batch)]
     return {n: np.concatenate([r[j] for r in runs]).astype(np.float32) for j, n in enumerate(names)}
 
 
@@ -173,21 +202,36 @@ def verify_fp32_patches(graph, onnx_path: str, size: int) -> Dict[str, object]:
 
     names, images = verification_inputs(size)
     ref, out = torch_outputs(graph, images), ort_outputs(onnx_path, images)
-    stats = check(compare(ref[OUTPUT_NAME], out[OUTPUT_NAME], names),
-                  "onnxruntime fp32 vs torch", FP32_MAX_ABS_REL, FP32_MIN_COSINE)
-    stats["patches"] = check(compare_patches(ref[PATCHES_NAME], out[PATCHES_NAME], names),
-                             "patches output, onnxruntime fp32 vs torch", FP32_MAX_ABS_REL,
-                             FP32_MIN_COSINE)
+    stats = check(
+        compare(ref[OUTPUT_NAME], out[OUTPUT_NAME], names),
+        "onnxruntime fp32 vs torch",
+        FP32_MAX_ABS_REL,
+        FP32_MIN_COSINE,
+    )
+    stats["patches"] = check(
+        compare_patches(ref[PATCHES_NAME], out[PATCHES_NAME], names),
+        "patches output, onnxruntime fp32 vs torch",
+        FP32_MAX_ABS_REL,
+        FP32_MIN_COSINE,
+    )
     return stats
 
 
-def verify_patches_against(fp32_path: str, other_path: str, images: np.ndarray,
-                           names: Sequence[str], what: str, max_abs_rel: Optional[float],
-                           min_cosine: float, config: Optional[Dict[str, str]] = None) -> Dict:
+def verify_patches_against(
+    fp32_path: str,
+    other_path: str,
+    images: np.ndarray,
+    names: Sequence[str],
+    what: str,
+    max_abs_rel: Optional[float],
+    min_cosine: float,
+    config: Optional[Dict[str, str]] = None,
+) -> Dict:
     """The ``patches`` output of a converted model (fp16 / int8) vs the verified fp32 one."""
     from dn2.runtime.modelmeta import PATCHES_NAME
 
     ref = ort_outputs(fp32_path, images)[PATCHES_NAME]
     out = ort_outputs(other_path, images, config)[PATCHES_NAME]
-    return check(compare_patches(ref, out, names), f"patches output, {what}", max_abs_rel,
-                 min_cosine)
+    return check(
+        compare_patches(ref, out, names), f"patches output, {what}", max_abs_rel, min_cosine
+    )

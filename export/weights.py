@@ -10,6 +10,7 @@
 Returns the full classifier network (head included) so tests can classify with it; the export
 only uses the trunk, so a PATH may carry any classifier head (or none).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -66,8 +67,10 @@ def _imagenet_enum(spec: ArchSpec, choice: Optional[str]):
     name = choice or spec.imagenet_default
     valid = [w.name for w in enum]
     if name not in valid:
-        raise WeightsError(f"--weights imagenet:{name} is not a torchvision weight set for "
-                           f"{spec.name}; valid: {', '.join('imagenet:' + v for v in valid)}")
+        raise WeightsError(
+            f"--weights imagenet:{name} is not a torchvision weight set for "
+            f"{spec.name}; valid: {', '.join('imagenet:' + v for v in valid)}"
+        )
     return enum[name]
 
 
@@ -94,7 +97,8 @@ def _cached_or_download(url: str, offline: Optional[bool], log: Callable[[str], 
         f"ImageNet weights {target.name} are not in the torch hub cache ({cache_dir}) and cannot "
         f"be downloaded ({reason}). To proceed offline: pass --weights PATH to a state-dict .pth "
         f"(or copy {target.name} into {cache_dir}), or use --arch efficientnet_lite0, whose "
-        f"ImageNet weights ship with pip.")
+        f"ImageNet weights ship with pip."
+    )
 
 
 def _lite_file(spec: ArchSpec) -> Path:
@@ -103,7 +107,9 @@ def _lite_file(spec: ArchSpec) -> Path:
     except ImportError:
         from dn2.runtime.errors import MissingExtraError
 
-        raise MissingExtraError(spec.lite_package, "export", f"ImageNet weights of {spec.name}") from None
+        raise MissingExtraError(
+            spec.lite_package, "export", f"ImageNet weights of {spec.name}"
+        ) from None
     cls = next(getattr(mod, n) for n in dir(mod) if n.endswith("ModelFile"))
     return Path(cls.get_model_file_path())
 
@@ -112,24 +118,33 @@ def read_state_dict(path: Path) -> Dict[str, object]:
     import torch
 
     if not path.is_file():
-        raise WeightsError(f"weights file {path} not found (expected imagenet, imagenet:<SET>, "
-                           f"none, or the path of a .pth state dict)")
+        raise WeightsError(
+            f"weights file {path} not found (expected imagenet, imagenet:<SET>, "
+            f"none, or the path of a .pth state dict)"
+        )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), OSError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"cannot read {path} as a torch state dict "
-                           f"(torch.load weights_only=True): {first}") from None
+        raise WeightsError(
+            f"cannot read {path} as a torch state dict (torch.load weights_only=True): {first}"
+        ) from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path} holds a {type(obj).__name__}, expected a state dict "
-                           f"(name -> tensor), raw or under 'state_dict'")
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(v, torch.Tensor) for v in obj.values())
+    ):
+        raise WeightsError(
+            f"{path} holds a {type(obj).__name__}, expected a state dict "
+            f"(name -> tensor), raw or under 'state_dict'"
+        )
     if all(k.startswith("module.") for k in obj):  # saved from DataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
@@ -149,9 +164,11 @@ def load_into(model, state: Dict[str, object], spec: ArchSpec, source: str) -> N
 
     missing = [k for k in expected if k not in state and not optional(k)]
     unexpected = [k for k in state if k not in expected and not k.startswith(HEAD_PREFIXES)]
-    shapes = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(state[k].shape)}"
-              for k in expected if k in state and not optional(k)
-              and tuple(state[k].shape) != tuple(expected[k].shape)]
+    shapes = [
+        f"{k}: expected {tuple(expected[k].shape)}, found {tuple(state[k].shape)}"
+        for k in expected
+        if k in state and not optional(k) and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
     if missing or unexpected or shapes:
         parts = [f"weights in {source} do not fit {spec.name}"]
         if missing:
@@ -161,8 +178,11 @@ def load_into(model, state: Dict[str, object], spec: ArchSpec, source: str) -> N
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches: {_few(shapes, 3)}")
         raise WeightsError("; ".join(parts))
-    usable = {k: v for k, v in state.items() if k in expected
-              and tuple(v.shape) == tuple(expected[k].shape)}
+    usable = {
+        k: v
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) == tuple(expected[k].shape)
+    }
     model.load_state_dict(usable, strict=False)
 
 
@@ -181,7 +201,9 @@ def random_model(spec: ArchSpec):
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the pass
-    noise = torch.rand(8, 3, BN_CALIB_SIZE, BN_CALIB_SIZE, generator=torch.Generator().manual_seed(1))
+    noise = torch.rand(
+        8, 3, BN_CALIB_SIZE, BN_CALIB_SIZE, generator=torch.Generator().manual_seed(1)
+    )
     model.train()
     with torch.no_grad():
         model((noise - 0.5) / 0.25)  # about what the in-graph normalisation makes of photos
@@ -190,9 +212,12 @@ def random_model(spec: ArchSpec):
     return model.eval()
 
 
-def load_weights(spec: ArchSpec, weights: str = "imagenet", offline: Optional[bool] = None,
-                 log: Callable[[str], None] = lambda m: None) -> LoadedWeights:
-    import torch
+def load_weights(
+    spec: ArchSpec,
+    weights: str = "imagenet",
+    offline: Optional[bool] = None,
+    log: Callable[[str], None] = lambda m: None,
+) -> LoadedWeights:
 
     weights = (weights or "imagenet").strip()
     kind, _, choice = weights.partition(":")
@@ -206,13 +231,17 @@ def load_weights(spec: ArchSpec, weights: str = "imagenet", offline: Optional[bo
             digest = sha256_file(path)
             prefix = path.stem.rsplit("-", 1)[-1]  # torchvision names files <arch>-<sha256[:8]>.pth
             if not digest.startswith(prefix):
-                raise WeightsError(f"cached weights {path} are corrupt (sha256 {digest[:8]}..., "
-                                   f"file name says {prefix}); delete the file and retry")
+                raise WeightsError(
+                    f"cached weights {path} are corrupt (sha256 {digest[:8]}..., "
+                    f"file name says {prefix}); delete the file and retry"
+                )
         else:
             path = _lite_file(spec)
             if choice and choice != path.name:
-                raise WeightsError(f"--weights {weights}: {spec.name} has one ImageNet set, "
-                                   f"'imagenet' ({path.name})")
+                raise WeightsError(
+                    f"--weights {weights}: {spec.name} has one ImageNet set, "
+                    f"'imagenet' ({path.name})"
+                )
             tag, digest = f"imagenet:{path.name}", sha256_file(path)
     else:
         path = Path(weights).expanduser()

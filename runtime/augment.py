@@ -10,6 +10,7 @@ real video path makes. The variants' embeddings join the bank; each variant is c
 the duplicate group of its original (``dn2.runtime.dupes``), so an image and its variant never
 vouch for each other. Seeded; the settings are recorded in the manifest (``fit.augment``).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,15 @@ from .errors import Dn2Error
 
 AUGMENTS = ("none", "camera")
 CODECS = (("MJPG", ".avi"), ("mp4v", ".mp4"))
-SETTINGS = {"scale": 0.03, "brightness": 8.0, "contrast": 0.06, "gauss_sigma": (1.0, 4.0),
-            "poisson_peak": 400.0, "codecs": [c for c, _ in CODECS], "fps": 10.0}
+SETTINGS = {
+    "scale": 0.03,
+    "brightness": 8.0,
+    "contrast": 0.06,
+    "gauss_sigma": (1.0, 4.0),
+    "poisson_peak": 400.0,
+    "codecs": [c for c, _ in CODECS],
+    "fps": 10.0,
+}
 
 
 def check_option(augment: str) -> str:
@@ -42,8 +50,7 @@ def _jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     x = out.astype(np.float32)
     c = 1.0 + rng.uniform(-SETTINGS["contrast"], SETTINGS["contrast"])
-    x = (x - x.mean()) * c + x.mean() + rng.uniform(-SETTINGS["brightness"],
-                                                     SETTINGS["brightness"])
+    x = (x - x.mean()) * c + x.mean() + rng.uniform(-SETTINGS["brightness"], SETTINGS["brightness"])
     peak = SETTINGS["poisson_peak"]  # photons at full scale: shot noise grows with the signal
     x = rng.poisson(np.clip(x, 0, 255) / 255.0 * peak).astype(np.float32) * (255.0 / peak)
     x += rng.normal(0.0, rng.uniform(*SETTINGS["gauss_sigma"]), x.shape).astype(np.float32)
@@ -60,8 +67,10 @@ def _round_trip(frames: List[np.ndarray], fourcc: str, ext: str) -> List[np.ndar
     try:
         vw = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), SETTINGS["fps"], (w, h))
         if not vw.isOpened():
-            raise Dn2Error(f"--augment camera: OpenCV cannot write {fourcc} video; expected an "
-                           "OpenCV build with FFMPEG video I/O (opencv-python-headless has it)")
+            raise Dn2Error(
+                f"--augment camera: OpenCV cannot write {fourcc} video; expected an "
+                "OpenCV build with FFMPEG video I/O (opencv-python-headless has it)"
+            )
         for f in frames:
             vw.write(f)
         vw.release()
@@ -76,13 +85,16 @@ def _round_trip(frames: List[np.ndarray], fourcc: str, ext: str) -> List[np.ndar
     finally:
         os.unlink(path)
     if len(out) != len(frames):
-        raise Dn2Error(f"--augment camera: the {fourcc} round trip gave {len(out)} of "
-                       f"{len(frames)} frames back")
+        raise Dn2Error(
+            f"--augment camera: the {fourcc} round trip gave {len(out)} of "
+            f"{len(frames)} frames back"
+        )
     return out
 
 
-def camera_variants(images: Sequence[np.ndarray], copies: int = 1, seed: int = 0
-                    ) -> Tuple[List[np.ndarray], List[int]]:
+def camera_variants(
+    images: Sequence[np.ndarray], copies: int = 1, seed: int = 0
+) -> Tuple[List[np.ndarray], List[int]]:
     """(variants, index of each variant's original): ``copies`` per image, seeded."""
     rng = np.random.default_rng(seed)
     jobs: Dict[Tuple[int, int, int], List[Tuple[int, np.ndarray]]] = {}
@@ -119,13 +131,14 @@ def augment_files(paths: Sequence[str], copies: int = 1, seed: int = 0):
     return variants, [idx[o] for o in origin]
 
 
-def embed_variants(embedder, paths: Sequence[str], copies: int = 1, seed: int = 0,
-                   chunk: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+def embed_variants(
+    embedder, paths: Sequence[str], copies: int = 1, seed: int = 0, chunk: int = 256
+) -> Tuple[np.ndarray, np.ndarray]:
     """Embeddings of the camera variants of ``paths`` ([M, D]) and each one's original
     (index into ``paths``), ``chunk`` files at a time (memory: one chunk of decoded images)."""
     parts, origin = [], []
     for c0 in range(0, len(paths), chunk):
-        variants, orig = augment_files(paths[c0:c0 + chunk], copies, seed + c0)
+        variants, orig = augment_files(paths[c0 : c0 + chunk], copies, seed + c0)
         if variants:
             parts.append(embedder.embed_images(variants))
             origin += [c0 + o for o in orig]

@@ -43,6 +43,7 @@ queries up to 100k (0.9975; worst score raised 0.1 %), where hnswlib's own ef=10
 and can raise a normal image's score 2.2x. For anomaly-like out-of-distribution queries recall
 is lower (0.76 at 100k) but a miss only raises an anomaly's score (<= 5 % measured).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -110,8 +111,9 @@ class Bank:
         if k < 1:
             raise BankError(f"k: expected >= 1, found {k}")
         if k > self.n:
-            raise BankError(f"k={k} nearest neighbours requested but the bank holds only "
-                            f"{self.n} entries")
+            raise BankError(
+                f"k={k} nearest neighbours requested but the bank holds only {self.n} entries"
+            )
         return k
 
 
@@ -181,33 +183,36 @@ class ExactBank(Bank):
     def _search_blocks(self, q, qn, k, qc, bc, out_d, out_i) -> None:
         nb = self.n
         for q0 in range(0, q.shape[0], qc):
-            qs = q[q0:q0 + qc]
+            qs = q[q0 : q0 + qc]
             best_d = np.full((qs.shape[0], 0), np.inf, np.float32)
             best_i = np.zeros((qs.shape[0], 0), np.int64)
             for b0 in range(0, nb, bc):
-                blk = self._x[b0:b0 + bc]
+                blk = self._x[b0 : b0 + bc]
                 d = qs @ blk.T  # sgemm
                 d *= -2.0
-                d += qn[q0:q0 + qc, None]
-                d += self._norms[None, b0:b0 + bc]
+                d += qn[q0 : q0 + qc, None]
+                d += self._norms[None, b0 : b0 + bc]
                 np.maximum(d, 0.0, out=d)
                 kk = min(k, d.shape[1])
-                part = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < d.shape[1] else \
-                    np.broadcast_to(np.arange(d.shape[1]), d.shape).copy()
+                part = (
+                    np.argpartition(d, kk - 1, axis=1)[:, :kk]
+                    if kk < d.shape[1]
+                    else np.broadcast_to(np.arange(d.shape[1]), d.shape).copy()
+                )
                 cand_d = np.concatenate([best_d, np.take_along_axis(d, part, 1)], axis=1)
                 cand_i = np.concatenate([best_i, part + b0], axis=1)
                 # stable order: distance, then id (ties resolve the same way every run)
                 order = np.lexsort((cand_i, cand_d), axis=1)[:, :k]
                 best_d = np.take_along_axis(cand_d, order, 1)
                 best_i = np.take_along_axis(cand_i, order, 1)
-            out_d[q0:q0 + qc], out_i[q0:q0 + qc] = best_d, best_i
+            out_d[q0 : q0 + qc], out_i[q0 : q0 + qc] = best_d, best_i
 
     def save(self, path) -> None:
         with open(path, "wb") as f:
             np.save(f, self._x, allow_pickle=False)
 
     @classmethod
-    def load(cls, path, params: Optional[Dict] = None) -> "ExactBank":
+    def load(cls, path, params: Optional[Dict] = None) -> ExactBank:
         p = params or {}
         try:  # header, dtype, shape and length first: never allocate what the file claims
             check_npy_file(path, _int_or_none(p.get("n")), _int_or_none(p.get("dim")))
@@ -215,11 +220,11 @@ class ExactBank(Bank):
         except BankFileError as exc:
             raise BankError(str(exc)) from None
         except (ValueError, OSError, EOFError) as exc:
-            raise BankError(f"{path}: expected a numpy float32 [N, D] array file, "
-                            f"found unreadable data ({exc})") from None
+            raise BankError(
+                f"{path}: expected a numpy float32 [N, D] array file, found unreadable data ({exc})"
+            ) from None
         if x.ndim != 2 or x.dtype != np.float32:
-            raise BankError(f"{path}: expected a float32 [N, D] array, "
-                            f"found {x.dtype} {x.shape}")
+            raise BankError(f"{path}: expected a float32 [N, D] array, found {x.dtype} {x.shape}")
         bank = cls(x.shape[1])
         bank.add(x)
         return bank
@@ -229,9 +234,15 @@ class HnswBank(Bank):
     kind = "hnsw"
     suffix = ".bin"
 
-    def __init__(self, dim: int, M: int = HNSW_DEFAULTS["M"],
-                 ef_construction: int = HNSW_DEFAULTS["ef_construction"],
-                 ef: int = HNSW_DEFAULTS["ef"], seed: int = 100, threads: int = 1):
+    def __init__(
+        self,
+        dim: int,
+        M: int = HNSW_DEFAULTS["M"],
+        ef_construction: int = HNSW_DEFAULTS["ef_construction"],
+        ef: int = HNSW_DEFAULTS["ef"],
+        seed: int = 100,
+        threads: int = 1,
+    ):
         super().__init__(dim)
         import hnswlib  # base dependency; imported here so ExactBank users never pay for it
 
@@ -248,8 +259,12 @@ class HnswBank(Bank):
 
     def _new_index(self, capacity: int):
         idx = self._hnswlib.Index(space="l2", dim=self.dim)
-        idx.init_index(max_elements=capacity, ef_construction=self.ef_construction, M=self.M,
-                       random_seed=self.seed)
+        idx.init_index(
+            max_elements=capacity,
+            ef_construction=self.ef_construction,
+            M=self.M,
+            random_seed=self.seed,
+        )
         idx.set_ef(self.ef)
         return idx
 
@@ -272,8 +287,10 @@ class HnswBank(Bank):
         finally:
             self._index.set_ef(self.ef)
         order = np.lexsort((labels, dists), axis=1)  # same tie order as ExactBank
-        return (np.maximum(np.take_along_axis(dists, order, 1), 0).astype(np.float32),
-                np.take_along_axis(labels, order, 1).astype(np.int64))
+        return (
+            np.maximum(np.take_along_axis(dists, order, 1), 0).astype(np.float32),
+            np.take_along_axis(labels, order, 1).astype(np.int64),
+        )
 
     def vectors(self) -> np.ndarray:
         """The stored vectors in id order (for rebuilding / inspection)."""
@@ -288,21 +305,32 @@ class HnswBank(Bank):
         return p
 
     @classmethod
-    def load(cls, path, params: Dict) -> "HnswBank":
-        bank = cls(int(params["dim"]), M=int(params["M"]),
-                   ef_construction=int(params["ef_construction"]), ef=int(params["ef"]),
-                   seed=int(params.get("seed", 100)))
+    def load(cls, path, params: Dict) -> HnswBank:
+        bank = cls(
+            int(params["dim"]),
+            M=int(params["M"]),
+            ef_construction=int(params["ef_construction"]),
+            ef=int(params["ef"]),
+            seed=int(params.get("seed", 100)),
+        )
         try:  # the whole file, structure and sizes, before hnswlib parses it (bankfile.py)
-            head = check_hnsw_file(path, bank.dim, n=_int_or_none(params.get("n")), M=bank.M,
-                                   ef_construction=bank.ef_construction)
+            head = check_hnsw_file(
+                path,
+                bank.dim,
+                n=_int_or_none(params.get("n")),
+                M=bank.M,
+                ef_construction=bank.ef_construction,
+            )
         except BankFileError as exc:
             raise BankError(str(exc)) from None
         idx = bank._hnswlib.Index(space="l2", dim=bank.dim)
         try:  # capacity = the checked count: hnswlib never allocates what the header claims
             idx.load_index(str(path), max_elements=int(head["n"]))
         except (RuntimeError, OSError, ValueError) as exc:
-            raise BankError(f"{path}: expected an hnswlib index of dim {bank.dim}, "
-                            f"found unreadable data ({exc})") from None
+            raise BankError(
+                f"{path}: expected an hnswlib index of dim {bank.dim}, "
+                f"found unreadable data ({exc})"
+            ) from None
         idx.set_ef(bank.ef)  # ef is not stored in the hnswlib file: re-apply the recorded one
         bank._index, bank._n = idx, int(idx.get_current_count())
         return bank
@@ -343,6 +371,8 @@ def load_bank(path, params: Dict) -> Bank:
     for key in ("n", "dim"):
         found = bank.n if key == "n" else bank.dim
         if key in params and int(params[key]) != found:
-            raise BankError(f"{os.path.basename(str(path))}: manifest says {key}={params[key]}, "
-                            f"found {key}={found} in the bank file")
+            raise BankError(
+                f"{os.path.basename(str(path))}: manifest says {key}={params[key]}, "
+                f"found {key}={found} in the bank file"
+            )
     return bank

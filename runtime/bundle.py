@@ -28,6 +28,7 @@ directory, which the next write to that target removes once its writer process i
 Loading checks the schema, every file's sha256, dims, metric and counts; each problem is a
 ``BundleError`` saying what was expected and what was found.
 """
+
 from __future__ import annotations
 
 import errno
@@ -80,11 +81,14 @@ def _fsync_dir(path: Path) -> None:
 
 def _check_target(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise BundleError(f"--output {out}: expected a bundle directory to create, found "
-                          f"{found(out)}")
+        raise BundleError(
+            f"--output {out}: expected a bundle directory to create, found {found(out)}"
+        )
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise BundleError(f"--output {out}: expected a new path, an empty folder or an existing "
-                          f"bundle to replace, found a folder with other files (not replaced)")
+        raise BundleError(
+            f"--output {out}: expected a new path, an empty folder or an existing "
+            f"bundle to replace, found a folder with other files (not replaced)"
+        )
 
 
 def check_output(output) -> Path:
@@ -99,14 +103,17 @@ def check_output(output) -> Path:
     while not base.exists() and base != base.parent:
         base = base.parent
     if not base.is_dir():
-        raise BundleError(f"--output {out}: expected a folder to write into, found {base} is "
-                          f"{found(base)}")
+        raise BundleError(
+            f"--output {out}: expected a folder to write into, found {base} is {found(base)}"
+        )
     try:
         probe = Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=base))
         probe.rmdir()
     except OSError as exc:
-        raise BundleError(f"--output {out}: expected a writable folder, found {base} not "
-                          f"writable ({exc.strerror or exc})") from None
+        raise BundleError(
+            f"--output {out}: expected a writable folder, found {base} not "
+            f"writable ({exc.strerror or exc})"
+        ) from None
     clean_stale(out)
     return out
 
@@ -131,8 +138,13 @@ def clean_stale(out: Path) -> list:
         return removed
     for p in entries:
         m = _TEMP.match(p.name)
-        if m and m.group(1) == out.name and p.is_dir() and not p.is_symlink() \
-                and not _pid_alive(int(m.group(2))):
+        if (
+            m
+            and m.group(1) == out.name
+            and p.is_dir()
+            and not p.is_symlink()
+            and not _pid_alive(int(m.group(2)))
+        ):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(str(p))
     return removed
@@ -153,8 +165,7 @@ def exchange(a: Path, b: Path) -> bool:
         fn = libc.renameat2
     except (OSError, AttributeError):
         return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                   ctypes.c_uint]
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
     if rc == 0:
         return True
@@ -180,9 +191,15 @@ def _install(tmp: Path, out: Path) -> None:
         os.rename(tmp, out)
 
 
-def write_bundle(output, model_path, manifest: Dict, bank: Bank,
-                 group_bank: Optional[Bank] = None, report: Optional[Dict] = None,
-                 patch_bank: Optional[Bank] = None) -> Path:
+def write_bundle(
+    output,
+    model_path,
+    manifest: Dict,
+    bank: Bank,
+    group_bank: Optional[Bank] = None,
+    report: Optional[Dict] = None,
+    patch_bank: Optional[Bank] = None,
+) -> Path:
     """Write the bundle atomically; fills in files, checksums and bank parameters."""
     out = check_output(output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -210,8 +227,7 @@ def write_bundle(output, model_path, manifest: Dict, bank: Bank,
         for key, _, _ in sections[1:]:
             sec = _bank_section(m, key)
             sec["sha256"] = files[sec["file"]]
-        m.update(schema=SCHEMA, schema_version=SCHEMA_VERSION, dn2_version=__version__,
-                 files=files)
+        m.update(schema=SCHEMA, schema_version=SCHEMA_VERSION, dn2_version=__version__, files=files)
         with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
             json.dump(m, f, indent=1, sort_keys=True)
         for p in tmp.iterdir():
@@ -261,43 +277,68 @@ def read_manifest(path) -> Dict:
     """Parse and check dn2.json and every file's checksum (no bank loaded)."""
     p = Path(path)
     if not p.exists():
-        raise BundleError(f"bundle {p}: expected a bundle directory written by dn2-fit, "
-                          f"found no such path")
+        raise BundleError(
+            f"bundle {p}: expected a bundle directory written by dn2-fit, found no such path"
+        )
     _expect(p.is_dir(), str(p), "expected a bundle directory, found a file")
     mpath = p / MANIFEST
     if not mpath.is_file():
         found = sorted(x.name for x in p.iterdir())
         half = ".tmp-" in p.name or bool(found)
         raise BundleError(
-            f"bundle {p}: expected {MANIFEST}, found " +
-            (f"only {found[:8]}: a half-written bundle (dn2-fit did not finish) or not a "
-             f"bundle; fit again" if half else "an empty folder; run dn2-fit first"))
+            f"bundle {p}: expected {MANIFEST}, found "
+            + (
+                f"only {found[:8]}: a half-written bundle (dn2-fit did not finish) or not a "
+                f"bundle; fit again"
+                if half
+                else "an empty folder; run dn2-fit first"
+            )
+        )
     size = mpath.stat().st_size
-    _expect(size <= MAX_MANIFEST_BYTES, str(p),
-            f"expected {MANIFEST} of at most {MAX_MANIFEST_BYTES >> 20} MiB, found {size} bytes")
+    _expect(
+        size <= MAX_MANIFEST_BYTES,
+        str(p),
+        f"expected {MANIFEST} of at most {MAX_MANIFEST_BYTES >> 20} MiB, found {size} bytes",
+    )
     try:
         m = json.loads(mpath.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BundleError(f"bundle {p}: expected {MANIFEST} to be JSON, found invalid "
-                          f"text ({exc})") from None
+        raise BundleError(
+            f"bundle {p}: expected {MANIFEST} to be JSON, found invalid text ({exc})"
+        ) from None
     except RecursionError:
-        raise BundleError(f"bundle {p}: expected {MANIFEST} to be a manifest, found JSON "
-                          f"nested too deep to read") from None
-    _expect(isinstance(m, dict) and m.get("schema") == SCHEMA, str(p),
-            f"expected schema {SCHEMA!r}, found {m.get('schema') if isinstance(m, dict) else m!r}")
+        raise BundleError(
+            f"bundle {p}: expected {MANIFEST} to be a manifest, found JSON nested too deep to read"
+        ) from None
+    _expect(
+        isinstance(m, dict) and m.get("schema") == SCHEMA,
+        str(p),
+        f"expected schema {SCHEMA!r}, found {m.get('schema') if isinstance(m, dict) else m!r}",
+    )
     ver = m.get("schema_version")
-    _expect(type(ver) is int and ver == SCHEMA_VERSION, str(p),
-            f"expected schema_version {SCHEMA_VERSION}, found {ver!r} (written by dn2 "
-            f"{m.get('dn2_version')}, this is dn2 {__version__})")
+    _expect(
+        type(ver) is int and ver == SCHEMA_VERSION,
+        str(p),
+        f"expected schema_version {SCHEMA_VERSION}, found {ver!r} (written by dn2 "
+        f"{m.get('dn2_version')}, this is dn2 {__version__})",
+    )
     validate_manifest(m, str(p))  # types, ranges, cross-field rules: one schema (manifest.py)
     for name, digest in sorted(m["files"].items()):
         fp = p / name
         what = "it missing" if not os.path.lexists(fp) else describe(fp)  # a FIFO: never read
-        _expect(fp.is_file(), str(p), f"expected file {name} (listed in {MANIFEST}), found "
-                                      f"{what}: half-written or damaged bundle")
+        _expect(
+            fp.is_file(),
+            str(p),
+            f"expected file {name} (listed in {MANIFEST}), found "
+            f"{what}: half-written or damaged bundle",
+        )
         got = sha256_file(fp)
-        _expect(got == digest, str(p), f"{name}: expected sha256 {digest}, found {got} "
-                                       f"(the file changed after dn2-fit wrote it)")
+        _expect(
+            got == digest,
+            str(p),
+            f"{name}: expected sha256 {digest}, found {got} "
+            f"(the file changed after dn2-fit wrote it)",
+        )
     return m
 
 
@@ -352,9 +393,18 @@ def _load_bundle(p: Path) -> Bundle:
 def check_model_meta(m: Dict, meta, where: str) -> None:
     """The model's own metadata must agree with the manifest's model section."""
     mod = m["model"]
-    _expect(meta.dim == mod.get("dim"), where,
-            f"model dim: manifest expects {mod.get('dim')}, model.onnx says {meta.dim}")
-    _expect(meta.input_size == mod.get("input"), where,
-            f"model input: manifest expects {mod.get('input')}, model.onnx says {meta.input_size}")
-    _expect(meta.arch == mod.get("arch"), where,
-            f"model arch: manifest expects {mod.get('arch')!r}, model.onnx says {meta.arch!r}")
+    _expect(
+        meta.dim == mod.get("dim"),
+        where,
+        f"model dim: manifest expects {mod.get('dim')}, model.onnx says {meta.dim}",
+    )
+    _expect(
+        meta.input_size == mod.get("input"),
+        where,
+        f"model input: manifest expects {mod.get('input')}, model.onnx says {meta.input_size}",
+    )
+    _expect(
+        meta.arch == mod.get("arch"),
+        where,
+        f"model arch: manifest expects {mod.get('arch')!r}, model.onnx says {meta.arch!r}",
+    )

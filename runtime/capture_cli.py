@@ -8,6 +8,7 @@ number), so the folder is what the camera delivers, ready for ``dn2 fit MODEL DI
 source needs ``--max-frames`` or ``--seconds``. Exit 0 written; 2 usage, or a source that cannot
 open (the table of every dn2 command).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,13 +28,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=1, metavar="N", help="every N-th frame")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames written")
     p.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
-    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="S",
-                   help="a stream URL not up yet is retried for S seconds (default 30)")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="a stream URL not up yet is retried for S seconds (default 30)",
+    )
     return p
 
 
-def capture(source, folder, every: int = 1, max_frames: Optional[int] = None,
-            seconds: Optional[float] = None, connect_timeout: float = 30.0) -> int:
+def capture(
+    source,
+    folder,
+    every: int = 1,
+    max_frames: Optional[int] = None,
+    seconds: Optional[float] = None,
+    connect_timeout: float = 30.0,
+) -> int:
     """Write the frames; returns how many were written."""
     import cv2
 

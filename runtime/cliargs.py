@@ -37,8 +37,11 @@ EXIT_CODES = (
         "usage error, bad bundle, model or config, or another error that stopped "
         "the command before any result; nothing written",
     ),
-    (EXIT_SOURCE_LOST, "the source was lost and could not be reopened, or frames of a damaged "
-                       "video file could not be read (watch; the summary counts them)"),
+    (
+        EXIT_SOURCE_LOST,
+        "the source was lost and could not be reopened, or frames of a damaged "
+        "video file could not be read (watch; the summary counts them)",
+    ),
     (
         EXIT_UNWRITTEN,
         "the run went to its end, but some output could not be written (watch: "
@@ -334,8 +337,9 @@ def parse_args(
     return parser.parse_args(argv)
 
 
-def library_kwargs(target, args: argparse.Namespace, aliases: Optional[Mapping[str, str]] = None,
-                   **overrides) -> Dict:
+def library_kwargs(
+    target, args: argparse.Namespace, aliases: Optional[Mapping[str, str]] = None, **overrides
+) -> Dict:
     """The keyword arguments of ``target`` -- a library function or a config dataclass -- taken
     from the parsed options: every parameter (or field) whose name, or its alias in
     ``aliases`` (parameter -> option dest), is an option. ``overrides`` win. So an option whose
@@ -347,8 +351,7 @@ def library_kwargs(target, args: argparse.Namespace, aliases: Optional[Mapping[s
         names = [f.name for f in dataclasses.fields(target) if f.init]
     else:
         kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        names = [p.name for p in inspect.signature(target).parameters.values()
-                 if p.kind in kinds]
+        names = [p.name for p in inspect.signature(target).parameters.values() if p.kind in kinds]
         config_type = getattr(target, "config_type", None)  # e.g. fit_bundle -> FitConfig
         if config_type is not None:  # its fields are keyword options of the function too;
             names = [n for n in names if n != "config"]  # --config is the options' file
@@ -373,8 +376,11 @@ def option_names(parser: argparse.ArgumentParser) -> Dict[str, str]:
     return out
 
 
-def error_text(exc, parser: Optional[argparse.ArgumentParser] = None,
-               aliases: Optional[Mapping[str, str]] = None) -> str:
+def error_text(
+    exc,
+    parser: Optional[argparse.ArgumentParser] = None,
+    aliases: Optional[Mapping[str, str]] = None,
+) -> str:
     """An error in the caller's words. A library error about one parameter carries its Python
     name in ``exc.param`` (and says it in the message, e.g. "fpr expected in (0, 1), found 2");
     on the command line that name becomes the flag the user typed ("--fpr expected ...").

@@ -17,6 +17,7 @@ OpenCV's MJPG / mp4v writers with sigma-3 per-channel noise at most 1.1 / 1.7; c
 (skimage astronaut, coffee, chelsea, rocket, retina) 19-70. A set is gray when at least
 :data:`GRAY_SHARE` of the sampled images have chroma below :data:`GRAY_CHROMA`.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Sequence
@@ -54,9 +55,14 @@ def detect(images: Iterable[np.ndarray]) -> Dict:
     if c.size == 0:
         return {"mode": "color", "sampled": 0, "why": "no image to look at"}
     share = float(np.mean(c < GRAY_CHROMA))
-    return {"mode": "gray" if share >= GRAY_SHARE else "color", "sampled": int(c.size),
-            "gray_share": round(share, 4), "chroma_p50": round(float(np.median(c)), 3),
-            "chroma_max": round(float(c.max()), 3), "gray_below": GRAY_CHROMA}
+    return {
+        "mode": "gray" if share >= GRAY_SHARE else "color",
+        "sampled": int(c.size),
+        "gray_share": round(share, 4),
+        "chroma_p50": round(float(np.median(c)), 3),
+        "chroma_max": round(float(c.max()), 3),
+        "gray_below": GRAY_CHROMA,
+    }
 
 
 def sample(items: Sequence, n: int = SAMPLE) -> List:

@@ -18,6 +18,7 @@ is not an integer, a string is not a list; an int is accepted where a float is a
 A new option is one field here (default + rule), its flag in the CLI, and the code that uses
 ``cfg.<field>``; nothing in between passes it along.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,13 @@ def _is_int(v: Any) -> bool:
 
 
 def integer(lo: Optional[int] = None, hi: Optional[int] = None, optional: bool = False) -> Rule:
-    rng = (f">= {lo}" if lo is not None and hi is None else
-           f"in [{lo}, {hi}]" if lo is not None and hi is not None else "")
+    rng = (
+        f">= {lo}"
+        if lo is not None and hi is None
+        else f"in [{lo}, {hi}]"
+        if lo is not None and hi is not None
+        else ""
+    )
     tail = " (or None)" if optional else ""
 
     def rule(name: str, v: Any) -> Any:
@@ -63,22 +69,40 @@ def integer(lo: Optional[int] = None, hi: Optional[int] = None, optional: bool =
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             raise _bad(name, rng, v)
         return int(v)
+
     return rule
 
 
-def number(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
-           hi_open: bool = False, optional: bool = False, noun: str = "a number") -> Rule:
+def number(
+    lo: Optional[float] = None,
+    hi: Optional[float] = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    optional: bool = False,
+    noun: str = "a number",
+) -> Rule:
     lb = "(" if lo_open else "["
     rb = ")" if hi_open else "]"
-    what = (noun + (f" in {lb}{lo:g}, {hi:g}{rb}" if lo is not None and hi is not None
-                    else f" {'>' if lo_open else '>='} {lo:g}" if lo is not None else "")
-            + (" (or None)" if optional else ""))
+    what = (
+        noun
+        + (
+            f" in {lb}{lo:g}, {hi:g}{rb}"
+            if lo is not None and hi is not None
+            else f" {'>' if lo_open else '>='} {lo:g}"
+            if lo is not None
+            else ""
+        )
+        + (" (or None)" if optional else "")
+    )
 
     def rule(name: str, v: Any) -> Any:
         if v is None and optional:
             return None
-        if (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)
-                or not math.isfinite(v)):
+        if (
+            isinstance(v, (bool, np.bool_))
+            or not isinstance(v, numbers.Real)
+            or not math.isfinite(v)
+        ):
             raise _bad(name, what, v)
         x = float(v)
         if lo is not None and (x < lo or (lo_open and x == lo)):
@@ -86,6 +110,7 @@ def number(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool
         if hi is not None and (x > hi or (hi_open and x == hi)):
             raise _bad(name, what, v)
         return x
+
     return rule
 
 
@@ -99,6 +124,7 @@ def choice(values: Sequence[Any], optional: bool = False) -> Rule:
         if not any(v == c and type(v) is type(c) for c in values):
             raise _bad(name, what, v)
         return v
+
     return rule
 
 
@@ -115,11 +141,12 @@ def text(optional: bool = False) -> Rule:
         if not isinstance(v, str) or not v:
             raise _bad(name, "a non-empty string" + (" or None" if optional else ""), v)
         return v
+
     return rule
 
 
 def providers_rule(name: str, v: Any) -> Any:
-    """"auto", a comma-separated string, or a list of provider names (kept as a tuple)."""
+    """ "auto", a comma-separated string, or a list of provider names (kept as a tuple)."""
     if isinstance(v, str) and v.strip():
         return v
     if isinstance(v, (list, tuple)) and v and all(isinstance(p, str) and p for p in v):
@@ -130,14 +157,17 @@ def providers_rule(name: str, v: Any) -> Any:
 def hnsw_rule(name: str, v: Any) -> Any:
     if v is None:
         return None
-    if not isinstance(v, Mapping) or any(k not in HNSW_KEYS for k in v) or not all(
-            _is_int(x) and x >= 1 for x in v.values()):
+    if (
+        not isinstance(v, Mapping)
+        or any(k not in HNSW_KEYS for k in v)
+        or not all(_is_int(x) and x >= 1 for x in v.values())
+    ):
         raise _bad(name, f"None or a mapping of {', '.join(HNSW_KEYS)} to integers >= 1", v)
     return dict(v)
 
 
 def color_rule(name: str, v: Any) -> Any:
-    """"auto", "gray" or "color"; or the colour decision already taken elsewhere (a mapping
+    """ "auto", "gray" or "color"; or the colour decision already taken elsewhere (a mapping
     with "mode", as ``dn2.runtime.fit.color_mode`` returns it, e.g. from a Ray fit)."""
     if isinstance(v, Mapping) and v.get("mode") in ("auto", "gray", "color"):
         return dict(v)
@@ -147,8 +177,9 @@ def color_rule(name: str, v: Any) -> Any:
 def opt(default: Any, rule: Rule, doc: str = "") -> Any:
     """A config field: its default, its rule and a one-line description."""
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default),
-                     metadata={"rule": rule, "doc": doc})
+        return field(
+            default_factory=lambda: type(default)(default), metadata={"rule": rule, "doc": doc}
+        )
     return field(default=default, metadata={"rule": rule, "doc": doc})
 
 
@@ -172,34 +203,42 @@ class _Config:
         return next(f.metadata["doc"] for f in dataclasses.fields(cls) if f.name == name)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], where: str = "") -> "_Config":
+    def from_mapping(cls, data: Mapping[str, Any], where: str = "") -> _Config:
         """Build from a mapping of field names (e.g. a TOML/YAML table); an unknown key is a
         ConfigError naming it and listing the known ones."""
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{where or cls.__name__}: expected a mapping of option names to "
-                              f"values, found {type(data).__name__}")
+            raise ConfigError(
+                f"{where or cls.__name__}: expected a mapping of option names to "
+                f"values, found {type(data).__name__}"
+            )
         names = cls.field_names()
         for key in data:
             if key not in names:
-                raise ConfigError(f"{(where + ': ') if where else ''}unknown option {key!r} "
-                                  f"for {cls.__name__}; expected one of {', '.join(names)}",
-                                  param=str(key))
+                raise ConfigError(
+                    f"{(where + ': ') if where else ''}unknown option {key!r} "
+                    f"for {cls.__name__}; expected one of {', '.join(names)}",
+                    param=str(key),
+                )
         return cls(**dict(data))
 
-    def replace(self, **changes: Any) -> "_Config":
+    def replace(self, **changes: Any) -> _Config:
         names = self.field_names()
         for key in changes:
             if key not in names:
-                raise ConfigError(f"unknown option {key!r} for {type(self).__name__}; expected "
-                                  f"one of {', '.join(names)}", param=key)
+                raise ConfigError(
+                    f"unknown option {key!r} for {type(self).__name__}; expected "
+                    f"one of {', '.join(names)}",
+                    param=key,
+                )
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> Dict[str, Any]:
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, dict)
-                                                                else v)
+            out[f.name] = (
+                list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, dict) else v)
+            )
         return out
 
 
@@ -218,55 +257,86 @@ class FitConfig(_Config):
     """How ``fit_bundle`` builds a bundle from normal images."""
 
     k: int = opt(2, integer(1), "nearest neighbours per score (paper: 2)")
-    clean: float = opt(0.0, number(0.0, 1.0, hi_open=True, noun="a fraction"),
-                       "fraction of training images with the largest leave-one-out distance "
-                       "to drop (paper 3.2 uses 0.5)")
-    kmeans: Optional[int] = opt(None, integer(1, optional=True),
-                                "compress the bank to this many k-means centres (paper 5.1)")
+    clean: float = opt(
+        0.0,
+        number(0.0, 1.0, hi_open=True, noun="a fraction"),
+        "fraction of training images with the largest leave-one-out distance "
+        "to drop (paper 3.2 uses 0.5)",
+    )
+    kmeans: Optional[int] = opt(
+        None,
+        integer(1, optional=True),
+        "compress the bank to this many k-means centres (paper 5.1)",
+    )
     kmeans_folds: int = opt(5, integer(2), "folds of the held-out calibration of a k-means bank")
     kmeans_backend: str = opt("auto", choice(KMEANS_BACKENDS), "k-means implementation")
     index: str = opt("auto", choice(INDEXES), "bank backend (auto: exact below the size cut)")
-    hnsw: Optional[Dict[str, int]] = opt(None, hnsw_rule, "HNSW parameters (M, ef_construction, "
-                                                          "ef) over the defaults")
-    fpr: float = opt(0.01, number(0.0, 1.0, lo_open=True, hi_open=True, noun="a rate"),
-                     "target false-positive rate on normal images")
-    threshold_method: str = opt("fpr", choice(THRESHOLD_METHODS),
-                                "fpr: leave-one-out quantile of the training images; val-fpr / "
-                                "youden / f1 need validation images")
-    group_size: Optional[int] = opt(None, integer(1, optional=True),
-                                    "also fit group scoring from sampled sets of this many images")
+    hnsw: Optional[Dict[str, int]] = opt(
+        None, hnsw_rule, "HNSW parameters (M, ef_construction, ef) over the defaults"
+    )
+    fpr: float = opt(
+        0.01,
+        number(0.0, 1.0, lo_open=True, hi_open=True, noun="a rate"),
+        "target false-positive rate on normal images",
+    )
+    threshold_method: str = opt(
+        "fpr",
+        choice(THRESHOLD_METHODS),
+        "fpr: leave-one-out quantile of the training images; val-fpr / "
+        "youden / f1 need validation images",
+    )
+    group_size: Optional[int] = opt(
+        None,
+        integer(1, optional=True),
+        "also fit group scoring from sampled sets of this many images",
+    )
     n_groups: int = opt(1000, integer(1), "number of sampled normal groups")
     pooling: str = opt("mean", choice(POOLINGS), "group pooling (paper 3.3: mean)")
-    l2norm: Union[bool, str] = opt(True, choice((True, False, "auto")),
-                                   "L2-normalise embeddings; 'auto' picks by validation ROC-AUC")
+    l2norm: Union[bool, str] = opt(
+        True,
+        choice((True, False, "auto")),
+        "L2-normalise embeddings; 'auto' picks by validation ROC-AUC",
+    )
     jpeg_draft: bool = opt(False, boolean, "decode large JPEGs at 1/2-1/8 scale in libjpeg")
     color: Any = opt("auto", color_rule, "auto (detect a monochrome normal set), gray or color")
     every: int = opt(1, integer(1), "video / stream inputs: embed every N-th frame")
-    max_frames: Optional[int] = opt(None, integer(1, optional=True),
-                                    "video / stream inputs: at most this many frames each")
-    seconds: Optional[float] = opt(None, number(0.0, lo_open=True, optional=True),
-                                   "video / stream inputs: at most this many seconds each")
-    connect_timeout: float = opt(30.0, number(0.0, lo_open=True),
-                                 "live sources: seconds to keep trying to connect")
-    augment: str = opt("none", choice(("none", "camera")),
-                       "camera: add camera-path variants of every normal image to the bank")
+    max_frames: Optional[int] = opt(
+        None, integer(1, optional=True), "video / stream inputs: at most this many frames each"
+    )
+    seconds: Optional[float] = opt(
+        None,
+        number(0.0, lo_open=True, optional=True),
+        "video / stream inputs: at most this many seconds each",
+    )
+    connect_timeout: float = opt(
+        30.0, number(0.0, lo_open=True), "live sources: seconds to keep trying to connect"
+    )
+    augment: str = opt(
+        "none",
+        choice(("none", "camera")),
+        "camera: add camera-path variants of every normal image to the bank",
+    )
     augment_copies: int = opt(1, integer(1), "variants per normal image with augment camera")
     seed: int = opt(0, integer(0), "seed of k-means, groups and folds")
     batch: int = opt(8, integer(1), "images per inference batch")
-    threads: Optional[int] = opt(None, integer(1, optional=True),
-                                 "onnxruntime intra-op threads (None: all cores)")
-    providers: Union[str, Tuple[str, ...]] = opt("auto", providers_rule,
-                                                 "onnxruntime providers (auto, cpu, cuda, ...)")
+    threads: Optional[int] = opt(
+        None, integer(1, optional=True), "onnxruntime intra-op threads (None: all cores)"
+    )
+    providers: Union[str, Tuple[str, ...]] = opt(
+        "auto", providers_rule, "onnxruntime providers (auto, cpu, cuda, ...)"
+    )
 
     def _check(self) -> None:
         if self.kmeans is not None and self.kmeans < self.k:
-            raise ConfigError(f"kmeans {self.kmeans}: expected at least k={self.k} centres",
-                              param="kmeans")
+            raise ConfigError(
+                f"kmeans {self.kmeans}: expected at least k={self.k} centres", param="kmeans"
+            )
 
     def score_config(self, l2norm: Optional[bool] = None) -> ScoreConfig:
         """What the fitted bundle will score with (``l2norm``: the resolved 'auto')."""
-        return ScoreConfig(k=self.k, l2norm=self.l2norm if l2norm is None else l2norm,
-                           jpeg_draft=self.jpeg_draft)
+        return ScoreConfig(
+            k=self.k, l2norm=self.l2norm if l2norm is None else l2norm, jpeg_draft=self.jpeg_draft
+        )
 
 
 @dataclass(frozen=True)
@@ -275,35 +345,41 @@ class WatchConfig(_Config):
 
     batch: int = opt(8, integer(1), "most frames embedded in one call")
     stride: int = opt(1, integer(1), "score every N-th frame")
-    group: Optional[int] = opt(None, integer(2, optional=True),
-                               "group mode: score the pooled last M frames (M >= 2)")
+    group: Optional[int] = opt(
+        None, integer(2, optional=True), "group mode: score the pooled last M frames (M >= 2)"
+    )
     hop: Optional[int] = opt(None, integer(1, optional=True), "group mode: frames between groups")
     threshold: Optional[float] = opt(None, number(optional=True), "override the threshold")
-    min_consecutive: int = opt(3, integer(1), "scores above (below) the threshold that open "
-                                              "(close) an alert")
+    min_consecutive: int = opt(
+        3, integer(1), "scores above (below) the threshold that open (close) an alert"
+    )
     cooldown: float = opt(0.0, number(0.0), "quiet seconds after an alert")
     events: Optional[str] = opt(None, text(optional=True), "alert events file (JSON lines)")
     snapshots: Optional[str] = opt(None, text(optional=True), "folder for peak frames")
     output_video: Optional[str] = opt(None, text(optional=True), "annotated video file")
-    headless: bool = opt(False, boolean, "no window (one falls back to headless without a "
-                                         "display)")
-    stats_every: float = opt(10.0, number(0.0), "seconds between stats lines on the log "
-                                                "(0: never)")
-    learn: Optional[str] = opt(None, text(optional=True), "fit from the first frames: 30, 30s, "
-                                                          "300f")
+    headless: bool = opt(False, boolean, "no window (one falls back to headless without a display)")
+    stats_every: float = opt(10.0, number(0.0), "seconds between stats lines on the log (0: never)")
+    learn: Optional[str] = opt(
+        None, text(optional=True), "fit from the first frames: 30, 30s, 300f"
+    )
     learn_bundle: Optional[str] = opt(None, text(optional=True), "keep the learned bundle here")
     providers: Union[str, Tuple[str, ...]] = opt("auto", providers_rule, "onnxruntime providers")
     threads: Optional[int] = opt(None, integer(1, optional=True), "onnxruntime threads")
     max_frames: Optional[int] = opt(None, integer(1, optional=True), "stop after this many")
     queue_size: Optional[int] = opt(None, integer(1, optional=True), "frames buffered")
     realtime: bool = opt(False, boolean, "replay a video file at its frame rate")
-    reconnect_attempts: Optional[int] = opt(None, integer(0, optional=True),
-                                            "failed reconnects in a row before giving up")
-    reconnect_max_delay: float = opt(10.0, number(0.05),
-                                     "longest wait between reconnects (seconds)")
+    reconnect_attempts: Optional[int] = opt(
+        None, integer(0, optional=True), "failed reconnects in a row before giving up"
+    )
+    reconnect_max_delay: float = opt(
+        10.0, number(0.05), "longest wait between reconnects (seconds)"
+    )
     folder_fps: float = opt(10.0, number(0.0, lo_open=True), "clock of a folder source")
 
     def _check(self) -> None:
         if self.hop is not None and self.group is None:
-            raise ConfigError("hop: expected only together with group M (it is the step "
-                              "between scored groups), found hop without group", param="hop")
+            raise ConfigError(
+                "hop: expected only together with group M (it is the step "
+                "between scored groups), found hop without group",
+                param="hop",
+            )

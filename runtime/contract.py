@@ -10,6 +10,7 @@ whatever else the model lists), so a dn2-model-1 graph's ``embeddings`` tensor a
 Types are written the onnxruntime way (``tensor(uint8)``, ``tensor(float)``); a dimension is
 static when it is a positive int, anything else (``"N"``, None, -1) is dynamic.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ def static(d: Any) -> Optional[int]:
 
 def ort_signature(sess: Any) -> Tuple[List[TensorSig], List[TensorSig]]:
     """(inputs, outputs) of an onnxruntime InferenceSession."""
+
     def sig(a):
         return TensorSig(a.name, a.type, tuple(a.shape))
 
@@ -51,22 +53,34 @@ def _check_input(i: TensorSig, size: Optional[int], source: str) -> None:
         raise ModelError(f"{source}: input {INPUT_NAME!r} expected {UINT8}, found {i.type}")
     shape = list(i.shape)
     dims = [static(x) for x in shape[1:]]
-    ok = len(shape) == 4 and not static(shape[0]) and dims[2:] == [3] and (
-        dims[:2] == [size, size] if size is not None else dims[0] is not None and dims[0] == dims[1])
+    ok = (
+        len(shape) == 4
+        and not static(shape[0])
+        and dims[2:] == [3]
+        and (
+            dims[:2] == [size, size]
+            if size is not None
+            else dims[0] is not None and dims[0] == dims[1]
+        )
+    )
     if not ok:
-        raise ModelError(f"{source}: input {INPUT_NAME!r} expected shape [N, {s}, {s}, 3] with "
-                         f"dynamic N" + (f" (metadata input size {size})" if size else "")
-                         + f", found {shape}")
+        raise ModelError(
+            f"{source}: input {INPUT_NAME!r} expected shape [N, {s}, {s}, 3] with "
+            f"dynamic N" + (f" (metadata input size {size})" if size else "") + f", found {shape}"
+        )
 
 
 def _names_error(want: Sequence[str], ins, outs, source: str) -> ModelError:
     what = f"one output {want[0]!r}" if len(want) == 1 else f"outputs {list(want)}"
-    return ModelError(f"{source}: expected one input {INPUT_NAME!r} and {what}, found inputs "
-                      f"{[i.name for i in ins]} and outputs {[o.name for o in outs]}")
+    return ModelError(
+        f"{source}: expected one input {INPUT_NAME!r} and {what}, found inputs "
+        f"{[i.name for i in ins]} and outputs {[o.name for o in outs]}"
+    )
 
 
-def check_signature(meta: ModelMeta, ins: Sequence[TensorSig], outs: Sequence[TensorSig],
-                    source: str) -> None:
+def check_signature(
+    meta: ModelMeta, ins: Sequence[TensorSig], outs: Sequence[TensorSig], source: str
+) -> None:
     """The graph must be the dn2 contract with the metadata's names, types and sizes."""
     want = [o.graph_name for o in meta.outputs]
     if [i.name for i in ins] != [INPUT_NAME] or sorted(o.name for o in outs) != sorted(want):
@@ -80,14 +94,20 @@ def check_signature(meta: ModelMeta, ins: Sequence[TensorSig], outs: Sequence[Te
         shape = list(o.shape)
         want_dims = list(spec.shape[1:])
         if len(shape) != len(spec.shape) or [static(x) for x in shape[1:]] != want_dims:
-            why = (f"metadata embedding dim {meta.dim}" if spec.name == EMBEDDING
-                   else f"metadata {K_OUTPUTS}")
-            raise ModelError(f"{source}: output {o.name!r} expected shape "
-                             f"[N, {', '.join(map(str, want_dims))}] ({why}), found {shape}")
+            why = (
+                f"metadata embedding dim {meta.dim}"
+                if spec.name == EMBEDDING
+                else f"metadata {K_OUTPUTS}"
+            )
+            raise ModelError(
+                f"{source}: output {o.name!r} expected shape "
+                f"[N, {', '.join(map(str, want_dims))}] ({why}), found {shape}"
+            )
 
 
-def check_single_output(ins: Sequence[TensorSig], outs: Sequence[TensorSig],
-                        source: str) -> Tuple[int, int]:
+def check_single_output(
+    ins: Sequence[TensorSig], outs: Sequence[TensorSig], source: str
+) -> Tuple[int, int]:
     """A graph known only by its signature (an engine without its metadata sidecar): one
     uint8 [N, S, S, 3] input and one float [N, D] output, read as ``embedding``. -> (S, D)."""
     if [i.name for i in ins] != [INPUT_NAME] or len(outs) != 1:
@@ -95,8 +115,9 @@ def check_single_output(ins: Sequence[TensorSig], outs: Sequence[TensorSig],
     _check_input(ins[0], None, source)
     o = outs[0]
     if o.type != FLOAT or len(o.shape) != 2 or static(o.shape[1]) is None:
-        raise ModelError(f"{source}: output {o.name!r} expected {FLOAT} [N, D], found "
-                         f"{o.type} {list(o.shape)}")
+        raise ModelError(
+            f"{source}: output {o.name!r} expected {FLOAT} [N, D], found {o.type} {list(o.shape)}"
+        )
     return int(ins[0].shape[1]), int(o.shape[1])
 
 

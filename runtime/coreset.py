@@ -12,6 +12,7 @@ those go into a pool that is shrunk by a greedy coreset to ``capacity // 2`` whe
 exceeds ``capacity``. ``result(n)`` returns a final coreset of ``n`` rows from the pool.
 Peak memory: one chunk's patches plus ``capacity`` rows.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional
@@ -61,8 +62,10 @@ class StreamingCoreset:
 
     def __init__(self, dim: int, per_image: int, capacity: int, seed: int = 0):
         if per_image < 1 or capacity < 2 * per_image:
-            raise Dn2Error(f"patch pool: expected per_image >= 1 and capacity >= 2 x per_image, "
-                           f"found {per_image} and {capacity}")
+            raise Dn2Error(
+                f"patch pool: expected per_image >= 1 and capacity >= 2 x per_image, "
+                f"found {per_image} and {capacity}"
+            )
         self.dim, self.per_image, self.capacity, self.seed = dim, per_image, capacity, seed
         self._parts: List[np.ndarray] = []
         self._n = 0

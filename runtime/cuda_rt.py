@@ -5,6 +5,7 @@ cuda-python is on PyPI for x86_64 and aarch64 (Jetson included); its major versi
 the CUDA major of the driver (JetPack 6 = CUDA 12: ``pip install 'cuda-python>=12.6,<13'``).
 Every call is checked: a CUDA error becomes a ``Dn2Error`` naming the call and the CUDA error.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -14,8 +15,10 @@ import numpy as np
 
 from .errors import Dn2Error, MissingExtraError
 
-CUDA_HINT = ("an NVIDIA GPU with its driver (on Jetson: JetPack 6) and cuda-python matching the "
-             "driver's CUDA major (JetPack 6 / CUDA 12: pip install 'cuda-python>=12.6,<13')")
+CUDA_HINT = (
+    "an NVIDIA GPU with its driver (on Jetson: JetPack 6) and cuda-python matching the "
+    "driver's CUDA major (JetPack 6 / CUDA 12: pip install 'cuda-python>=12.6,<13')"
+)
 
 
 class CudaError(Dn2Error):
@@ -30,9 +33,11 @@ def load_cudart() -> Any:
         try:
             from cuda import cudart  # cuda-python < 12.6
         except ImportError:
-            raise MissingExtraError("cuda-python", "tensorrt",
-                                    "the native TensorRT path copies buffers with the CUDA "
-                                    "runtime; needs " + CUDA_HINT) from None
+            raise MissingExtraError(
+                "cuda-python",
+                "tensorrt",
+                "the native TensorRT path copies buffers with the CUDA runtime; needs " + CUDA_HINT,
+            ) from None
     return cudart
 
 
@@ -50,8 +55,10 @@ class CudaRT:
             text = self.rt.cudaGetErrorString(err)[1]
             name = name.decode() if isinstance(name, bytes) else str(name)
             text = text.decode() if isinstance(text, bytes) else str(text)
-            raise CudaError(f"CUDA call {what} failed: expected cudaSuccess, found {name} "
-                            f"({text}); dn2's GPU path needs {CUDA_HINT}")
+            raise CudaError(
+                f"CUDA call {what} failed: expected cudaSuccess, found {name} "
+                f"({text}); dn2's GPU path needs {CUDA_HINT}"
+            )
         if not values:
             return None
         return values[0] if len(values) == 1 else values
@@ -110,11 +117,15 @@ class CudaRT:
 
     def h2d(self, dst: int, src_ptr: int, nbytes: int, stream: Any) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self.check(self.rt.cudaMemcpyAsync(dst, src_ptr, nbytes, kind, stream), "cudaMemcpyAsync H2D")
+        self.check(
+            self.rt.cudaMemcpyAsync(dst, src_ptr, nbytes, kind, stream), "cudaMemcpyAsync H2D"
+        )
 
     def d2h(self, dst_ptr: int, src: int, nbytes: int, stream: Any) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self.check(self.rt.cudaMemcpyAsync(dst_ptr, src, nbytes, kind, stream), "cudaMemcpyAsync D2H")
+        self.check(
+            self.rt.cudaMemcpyAsync(dst_ptr, src, nbytes, kind, stream), "cudaMemcpyAsync D2H"
+        )
 
 
 def stream_handle(stream: Any) -> int:

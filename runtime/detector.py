@@ -1,15 +1,16 @@
 """The Python API over a bundle: score and predict images, batches and groups.
 
-    det = Detector.load("bundle/")            # checks checksums, schema, dims, model metadata
-    det.score_paths(["a.jpg", "b.png"])       # [ScoreResult(path, score, threshold,
-                                              #              anomalous, error)]
-    det.score_images([bgr_uint8, ...])        # float32 [N]
-    det.score_embeddings(emb)                 # float32 [N]  (L2-normalised first if fitted so)
-    det.score_group_paths(paths)              # GroupResult, pooled set vs the normal groups
-    det.predict(emb_or_images)                # bool [N]: score > threshold
-    det.analyze_paths(paths) / det.analyze_images(imgs)   # ScoreResult with map, peak, box
-                                              # (bundles fitted with --mode patch|both/--view)
+det = Detector.load("bundle/")            # checks checksums, schema, dims, model metadata
+det.score_paths(["a.jpg", "b.png"])       # [ScoreResult(path, score, threshold,
+                                          #              anomalous, error)]
+det.score_images([bgr_uint8, ...])        # float32 [N]
+det.score_embeddings(emb)                 # float32 [N]  (L2-normalised first if fitted so)
+det.score_group_paths(paths)              # GroupResult, pooled set vs the normal groups
+det.predict(emb_or_images)                # bool [N]: score > threshold
+det.analyze_paths(paths) / det.analyze_images(imgs)   # ScoreResult with map, peak, box
+                                          # (bundles fitted with --mode patch|both/--view)
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -94,10 +95,17 @@ class Detector:
         self._vs = None
 
     @classmethod
-    def load(cls, bundle_dir, providers="auto", threads: Optional[int] = None,
-             batch_size: int = 8, load_model: bool = True,
-             jpeg_draft: Optional[bool] = None, trusted_key=None,
-             backend=None) -> "Detector":
+    def load(
+        cls,
+        bundle_dir,
+        providers="auto",
+        threads: Optional[int] = None,
+        batch_size: int = 8,
+        load_model: bool = True,
+        jpeg_draft: Optional[bool] = None,
+        trusted_key=None,
+        backend=None,
+    ) -> Detector:
         """Load and validate; ``load_model=False`` skips the model (scoring embeddings only).
         ``jpeg_draft``: None decodes files the way the bundle was fitted (manifest
         ``score.jpeg_draft``); True / False override it. ``trusted_key``: a public key PEM path
@@ -114,19 +122,26 @@ class Detector:
                 jpeg_draft = bool(bundle.manifest["score"].get("jpeg_draft", False))
             gray = bundle.manifest["score"].get("color") == "gray"
             if backend is None:
-                emb = Embedder(str(bundle.model_path), providers=providers, threads=threads,
-                               batch_size=batch_size, jpeg_draft=jpeg_draft, gray=gray)
+                emb = Embedder(
+                    str(bundle.model_path),
+                    providers=providers,
+                    threads=threads,
+                    batch_size=batch_size,
+                    jpeg_draft=jpeg_draft,
+                    gray=gray,
+                )
             else:
-                emb = Embedder(bundle.model_path, backend=backend, jpeg_draft=jpeg_draft,
-                               gray=gray)
+                emb = Embedder(bundle.model_path, backend=backend, jpeg_draft=jpeg_draft, gray=gray)
             check_model_meta(bundle.manifest, emb.meta, str(bundle.path))
         return cls(bundle, emb)
 
     @property
     def embedder(self):
         if self._embedder is None:
-            raise Dn2Error("this Detector was loaded with load_model=False: expected an "
-                           "embedder for images, found none")
+            raise Dn2Error(
+                "this Detector was loaded with load_model=False: expected an "
+                "embedder for images, found none"
+            )
         return self._embedder
 
     @property
@@ -151,8 +166,10 @@ class Detector:
     def analyze_images(self, images: Sequence[np.ndarray], maps: bool = True) -> List[ScoreResult]:
         if not self.views:
             scores = self.score_images(images)
-            return [ScoreResult(f"image {i}", float(s), self.threshold, bool(s > self.threshold))
-                    for i, s in enumerate(scores)]
+            return [
+                ScoreResult(f"image {i}", float(s), self.threshold, bool(s > self.threshold))
+                for i, s in enumerate(scores)
+            ]
         return self.view_scorer.score_images(list(images), maps)
 
     def set_threshold(self, value: float) -> None:
@@ -184,8 +201,9 @@ class Detector:
         if len(images) == 0:
             return np.zeros(0, np.float32)
         if self.views:
-            return np.asarray([r.score for r in self.analyze_images(images, maps=False)],
-                              np.float32)
+            return np.asarray(
+                [r.score for r in self.analyze_images(images, maps=False)], np.float32
+            )
         return self.score_embeddings(self.embedder.embed_images(list(images)))
 
     def score_paths(self, paths: Sequence, progress: bool = False) -> List[ScoreResult]:
@@ -204,8 +222,15 @@ class Detector:
                 out.append(ScoreResult(p, s, self.threshold, bool(s > self.threshold)))
                 j += 1
             else:
-                out.append(ScoreResult(p, None, self.threshold, None,
-                                       errors.get(p, "not scored (no embedding returned)")))
+                out.append(
+                    ScoreResult(
+                        p,
+                        None,
+                        self.threshold,
+                        None,
+                        errors.get(p, "not scored (no embedding returned)"),
+                    )
+                )
         return out
 
     def predict(self, x) -> np.ndarray:
@@ -219,11 +244,12 @@ class Detector:
     # -- groups --------------------------------------------------------------------------
     def _need_group(self, statistic: str) -> None:
         if statistic not in GROUP_STATS:
-            raise Dn2Error(f"group statistic: expected one of {GROUP_STATS}, "
-                           f"found {statistic!r}")
+            raise Dn2Error(f"group statistic: expected one of {GROUP_STATS}, found {statistic!r}")
         if self.bundle.group_bank is None:
-            raise Dn2Error(f"bundle {self.bundle.path}: expected a group bank for group "
-                           f"scoring, found none (fit with --group-size M or --group-dirs)")
+            raise Dn2Error(
+                f"bundle {self.bundle.path}: expected a group bank for group "
+                f"scoring, found none (fit with --group-size M or --group-dirs)"
+            )
 
     def score_group_embeddings(self, emb, statistic: str = "knn") -> float:
         """Pooled set [M, D] vs the normal groups (knn), or the covariance trace (paper 4.5)."""
@@ -231,8 +257,9 @@ class Detector:
         e = self._features(emb)
         if statistic == "cov_trace":
             return cov_trace(e)
-        return float(knn_score(self.bundle.group_bank, pool(e, self.pooling)[None, :],
-                               self.group_k)[0])
+        return float(
+            knn_score(self.bundle.group_bank, pool(e, self.pooling)[None, :], self.group_k)[0]
+        )
 
     def group_threshold_for(self, statistic: str = "knn") -> float:
         self._need_group(statistic)
@@ -245,8 +272,9 @@ class Detector:
         res = self.embedder.embed_paths(paths)
         errors = [(str(p), str(m)) for p, m in res.errors]
         if len(res.paths) == 0:
-            return GroupResult(paths, 0, None, th, None, statistic, errors,
-                               "no image of the group could be scored")
+            return GroupResult(
+                paths, 0, None, th, None, statistic, errors, "no image of the group could be scored"
+            )
         s = self.score_group_embeddings(res.embeddings, statistic)
         return GroupResult(paths, len(res.paths), s, th, bool(s > th), statistic, errors)
 

@@ -18,6 +18,7 @@ So duplicates are grouped, and an image is scored against the bank without its w
 
 Groups are the connected components of those pairs (a chain of near copies is one group).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -77,8 +78,9 @@ def median_pair_distance(x: np.ndarray, seed: int = 0) -> float:
     return float(np.median(d)) if d.size else 0.0
 
 
-def find_duplicates(x: np.ndarray, paths: Optional[Sequence[str]] = None,
-                    bank: Optional[Bank] = None, seed: int = 0) -> Tuple[np.ndarray, Dict]:
+def find_duplicates(
+    x: np.ndarray, paths: Optional[Sequence[str]] = None, bank: Optional[Bank] = None, seed: int = 0
+) -> Tuple[np.ndarray, Dict]:
     """(labels [N], report): the duplicate group of each embedding (see the module doc)."""
     x = np.asarray(x, np.float32)
     n = len(x)
@@ -96,16 +98,22 @@ def find_duplicates(x: np.ndarray, paths: Optional[Sequence[str]] = None,
     sizes = np.bincount(labels, minlength=n)
     grouped = sizes[labels] > 1
     n_exact = int((np.bincount(exact, minlength=n)[exact] > 1).sum())
-    report = {"images_in_groups": int(grouped.sum()),
-              "groups": int((sizes > 1).sum()), "largest": int(sizes.max()) if n else 0,
-              "exact_copies": n_exact, "near_copies": int(grouped.sum()) - n_exact,
-              "near_below": round(eps, 8), "near_ratio": NEAR_RATIO,
-              "median_pair_distance": round(scale, 8)}
+    report = {
+        "images_in_groups": int(grouped.sum()),
+        "groups": int((sizes > 1).sum()),
+        "largest": int(sizes.max()) if n else 0,
+        "exact_copies": n_exact,
+        "near_copies": int(grouped.sum()) - n_exact,
+        "near_below": round(eps, 8),
+        "near_ratio": NEAR_RATIO,
+        "median_pair_distance": round(scale, 8),
+    }
     return labels, report
 
 
-def grouped_scores(bank: Bank, q: np.ndarray, k: int, q_labels: np.ndarray,
-                   bank_labels: np.ndarray) -> np.ndarray:
+def grouped_scores(
+    bank: Bank, q: np.ndarray, k: int, q_labels: np.ndarray, bank_labels: np.ndarray
+) -> np.ndarray:
     """Eq. 2 scores of queries ``q`` against ``bank`` without the bank entries of their own
     duplicate group (``bank_labels[j]`` is the group of bank row j). For a bank member that
     is its own group, this is plain leave-one-out."""
@@ -118,9 +126,11 @@ def grouped_scores(bank: Bank, q: np.ndarray, k: int, q_labels: np.ndarray,
     own = np.array([counts.get(lab, 0) for lab in q_labels], np.int64)
     if (bank.n - own < k).any():
         worst = int(own.max())
-        raise Dn2Error(f"calibration: a group of {worst} duplicate images leaves fewer than "
-                       f"k={k} other images in a bank of {bank.n}; expected at least {k} "
-                       f"images that are not copies of each other")
+        raise Dn2Error(
+            f"calibration: a group of {worst} duplicate images leaves fewer than "
+            f"k={k} other images in a bank of {bank.n}; expected at least {k} "
+            f"images that are not copies of each other"
+        )
     for c in np.unique(own):
         rows = np.flatnonzero(own == c)
         want = int(c) + k

@@ -13,6 +13,7 @@ The model's own metadata (``dn2.*`` metadata_props) gives the resize rule and th
 size; the graph's input/output names, dtypes and shapes are checked against the dn2 contract
 (``dn2.runtime.contract``) and a mismatch is a ``ModelError`` naming expected and found.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,9 +25,9 @@ from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequenc
 import numpy as np
 
 from .backend import Backend
+from .color import to_gray3
 from .contract import check_signature, ort_signature
 from .errors import Dn2Error, ImageError, ModelError
-from .color import to_gray3
 from .images import draft_side_for, prepare, read_image
 from .modelmeta import EMBEDDING, PATCHES_NAME, ModelMeta, patch_spec
 from .ort_backend import CPU_SESSION_DEFAULTS, OrtBackend  # noqa: F401  (re-exported)
@@ -68,24 +69,45 @@ class Embedder:
     gray images, manifest ``score.color``; ``dn2.runtime.color``).
     """
 
-    def __init__(self, model_path=None, providers="auto", threads: Optional[int] = None,
-                 batch_size: int = 8, decode_workers: Optional[int] = None,
-                 allow_fp16: bool = True, jpeg_draft: bool = False, gray: bool = False,
-                 backend=None):
+    def __init__(
+        self,
+        model_path=None,
+        providers="auto",
+        threads: Optional[int] = None,
+        batch_size: int = 8,
+        decode_workers: Optional[int] = None,
+        allow_fp16: bool = True,
+        jpeg_draft: bool = False,
+        gray: bool = False,
+        backend=None,
+    ):
         if backend is None:
             if model_path is None:
                 raise ModelError("Embedder: expected a model path or a backend, found neither")
-            backend = OrtBackend(model_path, providers=providers, threads=threads,
-                                 batch_size=batch_size, allow_fp16=allow_fp16)
+            backend = OrtBackend(
+                model_path,
+                providers=providers,
+                threads=threads,
+                batch_size=batch_size,
+                allow_fp16=allow_fp16,
+            )
         elif not isinstance(backend, Backend) or not isinstance(backend.meta, ModelMeta):
-            raise ModelError(f"Embedder backend: expected a dn2 backend (run, meta, provider, "
-                             f"batch_size) with the model's metadata, found "
-                             f"{type(backend).__name__}" + (" without metadata (keep the "
-                             f"engine's .json sidecar or pass meta=)" if isinstance(
-                                 backend, Backend) else ""))
+            raise ModelError(
+                f"Embedder backend: expected a dn2 backend (run, meta, provider, "
+                f"batch_size) with the model's metadata, found "
+                f"{type(backend).__name__}"
+                + (
+                    " without metadata (keep the engine's .json sidecar or pass meta=)"
+                    if isinstance(backend, Backend)
+                    else ""
+                )
+            )
         self.backend = backend
-        self.model_path = str(model_path if model_path is not None
-                              else getattr(backend, "model_path", None) or getattr(backend, "path", ""))
+        self.model_path = str(
+            model_path
+            if model_path is not None
+            else getattr(backend, "model_path", None) or getattr(backend, "path", "")
+        )
         self.batch_size = int(backend.batch_size)
         self.threads = threads
         self.decode_workers = 2 if decode_workers is None else max(0, int(decode_workers))
@@ -122,37 +144,50 @@ class Embedder:
     def embed_batch(self, x: np.ndarray) -> np.ndarray:
         """uint8 [N, S, S, 3] BGR -> float32 [N, D], run in chunks of ``batch_size``."""
         s = self.input_size
-        if (not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4
-                or x.shape[1:] != (s, s, 3)):
-            found = (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, np.ndarray)
-                     else type(x).__name__)
+        if (
+            not isinstance(x, np.ndarray)
+            or x.dtype != np.uint8
+            or x.ndim != 4
+            or x.shape[1:] != (s, s, 3)
+        ):
+            found = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
             raise ImageError(f"embed_batch: expected uint8 [N, {s}, {s}, 3] BGR, found {found}")
         if self.gray:  # a bank of gray images scores every input as gray
             x = to_gray3(x)
         return self.run_batch(x, [EMBEDDING])[EMBEDDING]
 
-    def run_batch(self, x: np.ndarray, outputs: Optional[Sequence[str]] = None
-                  ) -> Dict[str, np.ndarray]:
+    def run_batch(
+        self, x: np.ndarray, outputs: Optional[Sequence[str]] = None
+    ) -> Dict[str, np.ndarray]:
         """uint8 [N, S, S, 3] BGR -> every named output of the model (or those in
         ``outputs``), e.g. ``{"embedding": float32 [N, D]}``."""
         if x.shape[0] == 0:
-            return {o.name: np.zeros((0,) + tuple(int(d) for d in o.shape[1:]), np.float32)
-                    for o in self.meta.outputs if outputs is None or o.name in outputs}
+            return {
+                o.name: np.zeros((0,) + tuple(int(d) for d in o.shape[1:]), np.float32)
+                for o in self.meta.outputs
+                if outputs is None or o.name in outputs
+            }
         return self.backend.run(x, outputs)
 
     def embed_patches_batch(self, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """uint8 [N, S, S, 3] BGR -> (float32 [N, D] embeddings, float32 [N, C, h, w] patches);
         only for a model exported with ``--patches``."""
         if self.patch_spec is None:
-            raise ModelError(f"{self.model_path}: expected a model with a {PATCHES_NAME!r} output "
-                             f"(dn2-export --patches), found one with {EMBEDDING!r} only")
+            raise ModelError(
+                f"{self.model_path}: expected a model with a {PATCHES_NAME!r} output "
+                f"(dn2-export --patches), found one with {EMBEDDING!r} only"
+            )
         s = self.input_size
-        if (not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4
-                or x.shape[1:] != (s, s, 3)):
-            found = (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, np.ndarray)
-                     else type(x).__name__)
-            raise ImageError(f"embed_patches_batch: expected uint8 [N, {s}, {s}, 3] BGR, "
-                             f"found {found}")
+        if (
+            not isinstance(x, np.ndarray)
+            or x.dtype != np.uint8
+            or x.ndim != 4
+            or x.shape[1:] != (s, s, 3)
+        ):
+            found = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, np.ndarray) else type(x).__name__
+            raise ImageError(
+                f"embed_patches_batch: expected uint8 [N, {s}, {s}, 3] BGR, found {found}"
+            )
         if self.gray:
             x = to_gray3(x)
         out = self.run_batch(x, [EMBEDDING, PATCHES_NAME])
@@ -186,8 +221,10 @@ class Embedder:
             return
         it = iter(paths)
         with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="dn2-decode") as ex:
-            window = deque(ex.submit(self._load, p)
-                           for p in islice(it, 2 * self.batch_size + self.decode_workers))
+            window = deque(
+                ex.submit(self._load, p)
+                for p in islice(it, 2 * self.batch_size + self.decode_workers)
+            )
             while window:
                 res = window.popleft().result()
                 nxt = next(it, None)
@@ -225,5 +262,7 @@ class Embedder:
         return EmbedResult(emb, ok, errors)
 
     def __repr__(self) -> str:
-        return (f"Embedder({self.model_path!r}, arch={self.meta.arch}, dim={self.dim}, "
-                f"input={self.input_size}, provider={self.provider}, batch={self.batch_size})")
+        return (
+            f"Embedder({self.model_path!r}, arch={self.meta.arch}, dim={self.dim}, "
+            f"input={self.input_size}, provider={self.provider}, batch={self.batch_size})"
+        )

@@ -6,6 +6,7 @@ not ``--fpr``), and ``exc.param`` holds that name (None when no single parameter
 so a command line can say which of its flags it was (``exc.params``: every parameter the
 message names, when it names several).
 """
+
 from typing import Optional, Sequence, Tuple
 
 

@@ -11,14 +11,24 @@ Exit codes: 0 bundle written (skipped bad files, if any, are listed on stderr); 
 written (usage error, unusable model, too few good images, or another dn2 error); 130
 interrupted. The same table as every dn2 command (dn2.runtime.cliargs.EXIT_CODES).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import List, Optional
 
-from .cliargs import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, engine_parser,
-                      library_kwargs, new_parser, parse_args, report_error, setup_logging)
+from .cliargs import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    engine_parser,
+    library_kwargs,
+    new_parser,
+    parse_args,
+    report_error,
+    setup_logging,
+)
 from .config import FitConfig
 from .errors import Dn2Error
 from .ray_inputs import add_ray_args, ray_address
@@ -27,93 +37,218 @@ from .threshold import METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = new_parser("fit", "Fit a dn2 bundle from normal images (paper 3.1-3.3).",
-                   engine_parser(batch=8))
+    p = new_parser(
+        "fit", "Fit a dn2 bundle from normal images (paper 3.1-3.3).", engine_parser(batch=8)
+    )
     p.add_argument("model", help="dn2 ONNX model (from dn2-export)")
-    p.add_argument("normal", nargs="+",
-                   help="normal inputs: image files, folders (recursive), globs, video files, "
-                        "camera indices, rtsp/http URLs, GStreamer pipelines (quoted)")
+    p.add_argument(
+        "normal",
+        nargs="+",
+        help="normal inputs: image files, folders (recursive), globs, video files, "
+        "camera indices, rtsp/http URLs, GStreamer pipelines (quoted)",
+    )
     p.add_argument("--output", "-o", required=True, help="bundle directory to write")
     p.add_argument("--k", type=int, default=2, help="nearest neighbours per score (default 2)")
-    p.add_argument("--clean", type=float, default=0.0, metavar="F",
-                   help="drop this fraction of training images with the largest leave-one-out "
-                        "kNN distance (paper 3.2 uses 0.5; default off)")
-    p.add_argument("--kmeans", type=int, default=None, metavar="C",
-                   help="compress the bank to C k-means centres (paper 5.1; dn2[kmeans])")
-    p.add_argument("--kmeans-folds", type=int, default=FitConfig.kmeans_folds, metavar="F",
-                   help="with --kmeans: folds of the held-out threshold calibration (centres "
-                        "fitted without the scored image's fold; default %(default)s)")
-    p.add_argument("--index", choices=("auto", "exact", "hnsw"), default="auto",
-                   help="bank backend (auto: exact below the benchmarked size cut)")
-    p.add_argument("--fpr", type=float, default=0.01,
-                   help="target false-positive rate on normal images (default 0.01)")
-    p.add_argument("--threshold-method", choices=METHODS, default="fpr",
-                   help="fpr: leave-one-out quantile on the training images (default); "
-                        "val-fpr / youden / f1 need --val-normal (and --val-anomalous)")
-    p.add_argument("--val-normal", nargs="+", default=None, metavar="PATH",
-                   help="labelled normal validation images")
-    p.add_argument("--val-anomalous", nargs="+", default=None, metavar="PATH",
-                   help="labelled anomalous validation images")
-    p.add_argument("--group-size", type=int, default=None, metavar="M",
-                   help="also fit group scoring from sampled sets of M normal images")
-    p.add_argument("--groups", type=int, default=1000, metavar="G",
-                   help="number of sampled normal groups (default 1000)")
-    p.add_argument("--group-dirs", nargs="+", default=None, metavar="DIR",
-                   help="folder(s) of group folders (each sub-folder is one normal group)")
-    p.add_argument("--pooling", choices=("mean", "max"), default="mean",
-                   help="group pooling (paper 3.3: mean)")
-    p.add_argument("--l2norm", action=argparse.BooleanOptionalAction, default=DEFAULT_L2NORM,
-                   help="L2-normalise embeddings before the bank and the score (default on: "
-                        "+1.0 pt mean ROC-AUC on Fashion-MNIST, BENCHMARKS.md); --no-l2norm "
-                        "scores plain euclidean distances as in the paper")
-    p.add_argument("--l2norm-select", action="store_true",
-                   help="choose L2 normalisation on or off by ROC-AUC on --val-normal vs "
-                        "--val-anomalous (both needed); the choice and both AUCs go into the "
-                        "bundle manifest")
-    p.add_argument("--jpeg-draft", action="store_true",
-                   help="decode large JPEGs at 1/2-1/8 scale in libjpeg (720p: decode + resize "
-                        "6.2 -> 3.5 ms, 1080p: 12.0 -> 6.6 ms; embedding cosine to the "
-                        "torchvision pipeline >= 0.9975 on real photos, 0.99998 without); "
-                        "recorded in the bundle, so dn2-score decodes the same way")
-    p.add_argument("--mode", choices=("auto", "global", "patch", "both"), default="auto",
-                   help="signals: global (pooled embedding kNN, paper 3.1), patch (patch kNN "
-                        "with anomaly maps; needs a model from dn2-export --patches), both "
-                        "(anomalous when either normalised score is over its threshold). "
-                        "auto (default): both for a model with the patches output, else global")
-    p.add_argument("--view", default="crop", metavar="crop|full|tiles=RxC",
-                   help="how a frame becomes model inputs: centre crop (default, paper 4.6), "
-                        "the full frame, or R x C tiles batched through the model; fixed here "
-                        "and recorded in the bundle")
-    p.add_argument("--roi", default=None, metavar="x,y,w,h",
-                   help="look only at this rectangle of each frame (pixels)")
-    p.add_argument("--combine", choices=("max", "sum"), default="max",
-                   help="mode both: the decision score is the max (default) or the sum of the "
-                        "two normalised scores (score / its threshold), calibrated again")
-    p.add_argument("--patch-bank", type=int, default=None, metavar="N",
-                   help="patch bank rows after the greedy coreset (default 4096)")
-    p.add_argument("--patch-topk", type=int, default=None, metavar="T",
-                   help="image patch score = mean of the T highest cell scores (default 10; "
-                        "1 = the max)")
-    p.add_argument("--color", choices=("auto", "gray", "color"), default="auto",
-                   help="auto (default): when the normal images are monochrome, score every "
-                        "input converted to gray, so a camera's colour cast or colour noise "
-                        "cannot decide; gray / color force it. Recorded in the bundle")
-    p.add_argument("--augment", choices=("none", "camera"), default="none",
-                   help="camera: add variants of every normal image made the way a camera "
-                        "path changes it (real MJPG / mp4v round trips, per-channel sensor "
-                        "noise, a few %% of scale, brightness, contrast; seeded) to the bank "
-                        "and the calibration (default none; BENCHMARKS.md 'Camera path')")
-    p.add_argument("--augment-copies", type=int, default=1, metavar="N",
-                   help="variants per normal image with --augment camera (default 1)")
-    p.add_argument("--every", type=int, default=1, metavar="N",
-                   help="videos and streams: take every N-th frame (default 1)")
-    p.add_argument("--max-frames", type=int, default=None, metavar="N",
-                   help="videos and streams: at most N frames from each (a live source needs "
-                        "this or --seconds)")
-    p.add_argument("--seconds", type=float, default=None, metavar="S",
-                   help="videos and streams: the first S seconds of each (source clock)")
-    p.add_argument("--connect-timeout", type=float, default=30.0, metavar="S",
-                   help="a live source not up yet is retried with backoff for S seconds")
+    p.add_argument(
+        "--clean",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="drop this fraction of training images with the largest leave-one-out "
+        "kNN distance (paper 3.2 uses 0.5; default off)",
+    )
+    p.add_argument(
+        "--kmeans",
+        type=int,
+        default=None,
+        metavar="C",
+        help="compress the bank to C k-means centres (paper 5.1; dn2[kmeans])",
+    )
+    p.add_argument(
+        "--kmeans-folds",
+        type=int,
+        default=FitConfig.kmeans_folds,
+        metavar="F",
+        help="with --kmeans: folds of the held-out threshold calibration (centres "
+        "fitted without the scored image's fold; default %(default)s)",
+    )
+    p.add_argument(
+        "--index",
+        choices=("auto", "exact", "hnsw"),
+        default="auto",
+        help="bank backend (auto: exact below the benchmarked size cut)",
+    )
+    p.add_argument(
+        "--fpr",
+        type=float,
+        default=0.01,
+        help="target false-positive rate on normal images (default 0.01)",
+    )
+    p.add_argument(
+        "--threshold-method",
+        choices=METHODS,
+        default="fpr",
+        help="fpr: leave-one-out quantile on the training images (default); "
+        "val-fpr / youden / f1 need --val-normal (and --val-anomalous)",
+    )
+    p.add_argument(
+        "--val-normal",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="labelled normal validation images",
+    )
+    p.add_argument(
+        "--val-anomalous",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="labelled anomalous validation images",
+    )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=None,
+        metavar="M",
+        help="also fit group scoring from sampled sets of M normal images",
+    )
+    p.add_argument(
+        "--groups",
+        type=int,
+        default=1000,
+        metavar="G",
+        help="number of sampled normal groups (default 1000)",
+    )
+    p.add_argument(
+        "--group-dirs",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="folder(s) of group folders (each sub-folder is one normal group)",
+    )
+    p.add_argument(
+        "--pooling", choices=("mean", "max"), default="mean", help="group pooling (paper 3.3: mean)"
+    )
+    p.add_argument(
+        "--l2norm",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_L2NORM,
+        help="L2-normalise embeddings before the bank and the score (default on: "
+        "+1.0 pt mean ROC-AUC on Fashion-MNIST, BENCHMARKS.md); --no-l2norm "
+        "scores plain euclidean distances as in the paper",
+    )
+    p.add_argument(
+        "--l2norm-select",
+        action="store_true",
+        help="choose L2 normalisation on or off by ROC-AUC on --val-normal vs "
+        "--val-anomalous (both needed); the choice and both AUCs go into the "
+        "bundle manifest",
+    )
+    p.add_argument(
+        "--jpeg-draft",
+        action="store_true",
+        help="decode large JPEGs at 1/2-1/8 scale in libjpeg (720p: decode + resize "
+        "6.2 -> 3.5 ms, 1080p: 12.0 -> 6.6 ms; embedding cosine to the "
+        "torchvision pipeline >= 0.9975 on real photos, 0.99998 without); "
+        "recorded in the bundle, so dn2-score decodes the same way",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("auto", "global", "patch", "both"),
+        default="auto",
+        help="signals: global (pooled embedding kNN, paper 3.1), patch (patch kNN "
+        "with anomaly maps; needs a model from dn2-export --patches), both "
+        "(anomalous when either normalised score is over its threshold). "
+        "auto (default): both for a model with the patches output, else global",
+    )
+    p.add_argument(
+        "--view",
+        default="crop",
+        metavar="crop|full|tiles=RxC",
+        help="how a frame becomes model inputs: centre crop (default, paper 4.6), "
+        "the full frame, or R x C tiles batched through the model; fixed here "
+        "and recorded in the bundle",
+    )
+    p.add_argument(
+        "--roi",
+        default=None,
+        metavar="x,y,w,h",
+        help="look only at this rectangle of each frame (pixels)",
+    )
+    p.add_argument(
+        "--combine",
+        choices=("max", "sum"),
+        default="max",
+        help="mode both: the decision score is the max (default) or the sum of the "
+        "two normalised scores (score / its threshold), calibrated again",
+    )
+    p.add_argument(
+        "--patch-bank",
+        type=int,
+        default=None,
+        metavar="N",
+        help="patch bank rows after the greedy coreset (default 4096)",
+    )
+    p.add_argument(
+        "--patch-topk",
+        type=int,
+        default=None,
+        metavar="T",
+        help="image patch score = mean of the T highest cell scores (default 10; 1 = the max)",
+    )
+    p.add_argument(
+        "--color",
+        choices=("auto", "gray", "color"),
+        default="auto",
+        help="auto (default): when the normal images are monochrome, score every "
+        "input converted to gray, so a camera's colour cast or colour noise "
+        "cannot decide; gray / color force it. Recorded in the bundle",
+    )
+    p.add_argument(
+        "--augment",
+        choices=("none", "camera"),
+        default="none",
+        help="camera: add variants of every normal image made the way a camera "
+        "path changes it (real MJPG / mp4v round trips, per-channel sensor "
+        "noise, a few %% of scale, brightness, contrast; seeded) to the bank "
+        "and the calibration (default none; BENCHMARKS.md 'Camera path')",
+    )
+    p.add_argument(
+        "--augment-copies",
+        type=int,
+        default=1,
+        metavar="N",
+        help="variants per normal image with --augment camera (default 1)",
+    )
+    p.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="videos and streams: take every N-th frame (default 1)",
+    )
+    p.add_argument(
+        "--max-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="videos and streams: at most N frames from each (a live source needs "
+        "this or --seconds)",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="videos and streams: the first S seconds of each (source clock)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="a live source not up yet is retried with backoff for S seconds",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for k-means, groups, folds")
     add_ray_args(p)
     return p
@@ -135,25 +270,49 @@ def _view_fit(a) -> Optional[str]:
         mode = "both" if has else "global"
     if mode == "global" and view == View():
         return None
-    extra = [n for n, v in (("--clean", a.clean), ("--kmeans", a.kmeans),
-                            ("--group-size", a.group_size), ("--group-dirs", a.group_dirs),
-                            ("--val-normal", a.val_normal), ("--l2norm-select", a.l2norm_select),
-                            ("--ray", getattr(a, "ray", None)),
-                            ("--augment", getattr(a, "augment", "none") not in (None, "none")))
-             if v]
+    extra = [
+        n
+        for n, v in (
+            ("--clean", a.clean),
+            ("--kmeans", a.kmeans),
+            ("--group-size", a.group_size),
+            ("--group-dirs", a.group_dirs),
+            ("--val-normal", a.val_normal),
+            ("--l2norm-select", a.l2norm_select),
+            ("--ray", getattr(a, "ray", None)),
+            ("--augment", getattr(a, "augment", "none") not in (None, "none")),
+        )
+        if v
+    ]
     if extra or a.threshold_method != "fpr":
-        raise Dn2Error(f"{', '.join(extra) or '--threshold-method'}: not available with "
-                       f"--mode {mode} / --view {view}; expected the global mode with the crop "
-                       f"view (dn2-fit --mode global)")
+        raise Dn2Error(
+            f"{', '.join(extra) or '--threshold-method'}: not available with "
+            f"--mode {mode} / --view {view}; expected the global mode with the crop "
+            f"view (dn2-fit --mode global)"
+        )
     from .patchfit import DEFAULTS, fit_view_bundle
 
-    out = fit_view_bundle(a.model, a.output, a.normal, mode=mode, view=view, k=a.k, fpr=a.fpr,
-                          l2norm=a.l2norm, index=a.index, batch=a.batch, threads=a.threads,
-                          providers=a.providers, seed=a.seed, progress=not a.quiet,
-                          jpeg_draft=a.jpeg_draft,
-                          bank_size=a.patch_bank or DEFAULTS["bank_size"],
-                          topk=a.patch_topk or DEFAULTS["topk"], combine_rule=a.combine,
-                          reduction="max" if a.patch_topk == 1 else DEFAULTS["reduction"])
+    out = fit_view_bundle(
+        a.model,
+        a.output,
+        a.normal,
+        mode=mode,
+        view=view,
+        k=a.k,
+        fpr=a.fpr,
+        l2norm=a.l2norm,
+        index=a.index,
+        batch=a.batch,
+        threads=a.threads,
+        providers=a.providers,
+        seed=a.seed,
+        progress=not a.quiet,
+        jpeg_draft=a.jpeg_draft,
+        bank_size=a.patch_bank or DEFAULTS["bank_size"],
+        topk=a.patch_topk or DEFAULTS["topk"],
+        combine_rule=a.combine,
+        reduction="max" if a.patch_topk == 1 else DEFAULTS["reduction"],
+    )
     return str(out)
 
 
@@ -173,8 +332,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if a.ray is not None:  # the same fit, with the embedding on a Ray cluster
         from .ray_fit import fit_bundle_ray as fit
 
-        ray_kw = dict(address=ray_address(a.ray), workers=a.ray_workers, gpus=a.ray_gpus,
-                      num_cpus=a.ray_cpus, shards_dir=a.ray_shards)
+        ray_kw = dict(
+            address=ray_address(a.ray),
+            workers=a.ray_workers,
+            gpus=a.ray_gpus,
+            num_cpus=a.ray_cpus,
+            shards_dir=a.ray_shards,
+        )
     try:
         view_fit = _view_fit(a)
         if view_fit is not None:
@@ -182,8 +346,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             return EXIT_OK
         # every fit_bundle parameter and FitConfig field that is an option (PARAMS: the
         # names that differ); fit_bundle validates them as a FitConfig
-        kw = library_kwargs(fit_bundle, a, PARAMS, progress=not a.quiet,
-                            l2norm="auto" if a.l2norm_select else a.l2norm)
+        kw = library_kwargs(
+            fit_bundle,
+            a,
+            PARAMS,
+            progress=not a.quiet,
+            l2norm="auto" if a.l2norm_select else a.l2norm,
+        )
         out = fit(**kw, **ray_kw)
     except Dn2Error as exc:
         report_error("fit", exc, parser, PARAMS)

@@ -11,6 +11,7 @@ blocks, each scored against a bank of the other blocks (``learn.blocked_scores``
 leave-one-out; with ``--group-size M`` the normal groups are the sliding windows of M
 consecutive frames, as ``watch --group M`` scores them (``learn.pool_windows``).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,25 @@ import numpy as np
 
 from .errors import Dn2Error
 
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".webm", ".mjpg", ".mjpeg", ".mpg",
-                  ".mpeg", ".ts", ".wmv", ".flv", ".h264", ".h265", ".264", ".265")
+VIDEO_SUFFIXES = (
+    ".avi",
+    ".mp4",
+    ".mkv",
+    ".mov",
+    ".m4v",
+    ".webm",
+    ".mjpg",
+    ".mjpeg",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".wmv",
+    ".flv",
+    ".h264",
+    ".h265",
+    ".264",
+    ".265",
+)
 COLOR_FRAMES = 16  # frames looked at to decide gray vs colour for a stream-only fit
 
 
@@ -49,15 +67,18 @@ def split_inputs(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
             streams.append(s)
             continue
         if not os.path.lexists(s) and not glob.has_magic(s):
-            raise Dn2Error(f"normal input {s}: expected an image file, a folder, a glob, a "
-                           "video file, a camera index, a stream URL or a GStreamer pipeline, "
-                           "found no such path")
+            raise Dn2Error(
+                f"normal input {s}: expected an image file, a folder, a glob, a "
+                "video file, a camera index, a stream URL or a GStreamer pipeline, "
+                "found no such path"
+            )
         images.append(s)
     return images, streams
 
 
-def check_stream_args(streams: Sequence[str], every: int, max_frames: Optional[int],
-                      seconds: Optional[float]) -> None:
+def check_stream_args(
+    streams: Sequence[str], every: int, max_frames: Optional[int], seconds: Optional[float]
+) -> None:
     from .watch.sources import classify
 
     if int(every) < 1:
@@ -68,14 +89,24 @@ def check_stream_args(streams: Sequence[str], every: int, max_frames: Optional[i
         raise Dn2Error(f"--seconds: expected > 0, found {seconds}")
     live = [s for s in streams if classify(s) in ("camera", "url", "gstreamer")]
     if live and max_frames is None and seconds is None:
-        raise Dn2Error(f"live source {live[0]}: expected --max-frames N or --seconds S to say "
-                       "when to stop collecting normal frames, found neither")
+        raise Dn2Error(
+            f"live source {live[0]}: expected --max-frames N or --seconds S to say "
+            "when to stop collecting normal frames, found neither"
+        )
 
 
-def collect_stream(spec: str, embedder, *, every: int = 1, max_frames: Optional[int] = None,
-                   seconds: Optional[float] = None, batch: int = 8,
-                   on_first: Optional[Callable] = None, log: Callable[[str], None] = print,
-                   connect_timeout: float = 30.0) -> np.ndarray:
+def collect_stream(
+    spec: str,
+    embedder,
+    *,
+    every: int = 1,
+    max_frames: Optional[int] = None,
+    seconds: Optional[float] = None,
+    batch: int = 8,
+    on_first: Optional[Callable] = None,
+    log: Callable[[str], None] = print,
+    connect_timeout: float = 30.0,
+) -> np.ndarray:
     """Embeddings [T, D] of the frames of one stream, in time order."""
     from .images import prepare
     from .watch.connect import open_live
@@ -86,15 +117,33 @@ def collect_stream(spec: str, embedder, *, every: int = 1, max_frames: Optional[
     queue = FrameQueue(max(4, 2 * batch))
     halt, stop = threading.Event(), threading.Event()
     rule = embedder.rule
-    reader = Reader(src, queue, halt, stride=int(every), max_frames=max_frames,
-                    prepare=lambda img: prepare(img, rule),
-                    backoff=Backoff(max_attempts=5 if src.live else 3), log=log)
+    reader = Reader(
+        src,
+        queue,
+        halt,
+        stride=int(every),
+        max_frames=max_frames,
+        prepare=lambda img: prepare(img, rule),
+        backoff=Backoff(max_attempts=5 if src.live else 3),
+        log=log,
+    )
     reader.start()
-    amount = ("seconds", float(seconds)) if seconds is not None else \
-        ("frames", int(max_frames or MAX_LEARN_FRAMES))
+    amount = (
+        ("seconds", float(seconds))
+        if seconds is not None
+        else ("frames", int(max_frames or MAX_LEARN_FRAMES))
+    )
     try:
-        emb, _ = collect_frames(queue, amount, embedder.embed_batch, batch, stop, log, on_first,
-                                what=f"normal frames from {src.name}")
+        emb, _ = collect_frames(
+            queue,
+            amount,
+            embedder.embed_batch,
+            batch,
+            stop,
+            log,
+            on_first,
+            what=f"normal frames from {src.name}",
+        )
     finally:
         halt.set()
         reader.join(timeout=5.0)
@@ -103,9 +152,18 @@ def collect_stream(spec: str, embedder, *, every: int = 1, max_frames: Optional[
     return emb
 
 
-def collect_streams(streams: Sequence[str], emb, colour: Dict, *, every: int,
-                    max_frames: Optional[int], seconds: Optional[float], batch: int,
-                    say: Callable[[str], None], connect_timeout: float = 30.0):
+def collect_streams(
+    streams: Sequence[str],
+    emb,
+    colour: Dict,
+    *,
+    every: int,
+    max_frames: Optional[int],
+    seconds: Optional[float],
+    batch: int,
+    say: Callable[[str], None],
+    connect_timeout: float = 30.0,
+):
     """(embeddings [T, D], names, segments [T] source index, info) over every stream.
 
     ``emb`` is fit's lazy embedder wrapper; when ``colour`` is still to be decided (mode
@@ -116,16 +174,26 @@ def collect_streams(streams: Sequence[str], emb, colour: Dict, *, every: int,
         if colour["mode"] == "auto":
             colour["detected"] = C.detect([f.image for f in frames[:COLOR_FRAMES]])
             colour["mode"] = colour["detected"]["mode"]
-            say(f"colour: the first {colour['detected']['sampled']} frames are "
-                f"{'monochrome: scoring in gray' if colour['mode'] == 'gray' else 'colour'}")
+            say(
+                f"colour: the first {colour['detected']['sampled']} frames are "
+                f"{'monochrome: scoring in gray' if colour['mode'] == 'gray' else 'colour'}"
+            )
         emb.gray = colour["mode"] == "gray"
         emb.embedder.gray = emb.gray
 
     parts, names, segs, info = [], [], [], []
     for i, spec in enumerate(streams):
-        x = collect_stream(spec, emb.embedder, every=every, max_frames=max_frames,
-                           seconds=seconds, batch=batch, on_first=decide, log=say,
-                           connect_timeout=connect_timeout)
+        x = collect_stream(
+            spec,
+            emb.embedder,
+            every=every,
+            max_frames=max_frames,
+            seconds=seconds,
+            batch=batch,
+            on_first=decide,
+            log=say,
+            connect_timeout=connect_timeout,
+        )
         say(f"{spec}: {len(x)} frames embedded (every {every})")
         parts.append(x)
         names += [f"{spec} frame {j * every}" for j in range(len(x))]
@@ -142,10 +210,18 @@ def window_groups(x: np.ndarray, segments: np.ndarray, size: int) -> np.ndarray:
     return np.vstack(out) if out else np.zeros((0, x.shape[1]), np.float32)
 
 
-def embed_inputs(emb, images, colour: Dict, *, every: int = 1,
-                 max_frames: Optional[int] = None, seconds: Optional[float] = None,
-                 batch: int = 8, say: Callable[[str], None] = lambda m: None,
-                 connect_timeout: float = 30.0):
+def embed_inputs(
+    emb,
+    images,
+    colour: Dict,
+    *,
+    every: int = 1,
+    max_frames: Optional[int] = None,
+    seconds: Optional[float] = None,
+    batch: int = 8,
+    say: Callable[[str], None] = lambda m: None,
+    connect_timeout: float = 30.0,
+):
     """Embed fit's normal inputs: (x, names, failed, temporal [N] bool, segments, streams).
 
     Image files and folders go through ``emb.inputs``; streams through :func:`collect_streams`
@@ -154,39 +230,59 @@ def embed_inputs(emb, images, colour: Dict, *, every: int = 1,
     image_in, streams = split_inputs(images)
     if streams:
         check_stream_args(streams, every, max_frames, seconds)
-    x, names, failed = emb.inputs(image_in) if image_in else \
-        (np.zeros((0, emb.embedder.dim), np.float32), [], [])
+    x, names, failed = (
+        emb.inputs(image_in) if image_in else (np.zeros((0, emb.embedder.dim), np.float32), [], [])
+    )
     if image_in:
         say(f"embedded {len(x)} images; {len(failed)} bad files skipped")
     temporal = np.zeros(len(x), bool)
     segs, info = np.zeros(0, np.int64), []
     if streams:
         xv, vnames, segs, info = collect_streams(
-            streams, emb, colour, every=every, max_frames=max_frames, seconds=seconds,
-            batch=batch, say=say, connect_timeout=connect_timeout)
+            streams,
+            emb,
+            colour,
+            every=every,
+            max_frames=max_frames,
+            seconds=seconds,
+            batch=batch,
+            say=say,
+            connect_timeout=connect_timeout,
+        )
         x = np.vstack([x, xv]) if len(x) else xv
         names = list(names) + vnames
         temporal = np.concatenate([temporal, np.ones(len(xv), bool)])
     return x, names, failed, temporal, segs, info
 
 
-def temporal_calibration(bank, x: np.ndarray, temporal: np.ndarray, labels: np.ndarray,
-                         bank_labels: np.ndarray, k: int) -> Tuple[np.ndarray, str]:
+def temporal_calibration(
+    bank, x: np.ndarray, temporal: np.ndarray, labels: np.ndarray, bank_labels: np.ndarray, k: int
+) -> Tuple[np.ndarray, str]:
     """Calibration scores: frames by blocked hold-out, images by grouped leave-one-out."""
     from .dupes import grouped_scores
     from .watch.learn import BLOCKS, blocked_scores
 
     parts = [blocked_scores(x[temporal], k=k)]
-    how = (f"video frames: blocked hold-out ({BLOCKS} contiguous time blocks, each scored "
-           "against the frames of the others)")
+    how = (
+        f"video frames: blocked hold-out ({BLOCKS} contiguous time blocks, each scored "
+        "against the frames of the others)"
+    )
     if (~temporal).any():
         parts.append(grouped_scores(bank, x[~temporal], k, labels[~temporal], bank_labels))
         how += "; images: leave-one-out without the image and its duplicates"
     return np.concatenate(parts), how
 
 
-def window_section(xt: np.ndarray, segments: np.ndarray, size: int, k: int, fpr: float,
-                   index: str, l2norm: bool, seed: int):
+def window_section(
+    xt: np.ndarray,
+    segments: np.ndarray,
+    size: int,
+    k: int,
+    fpr: float,
+    index: str,
+    l2norm: bool,
+    seed: int,
+):
     """(group manifest section, group bank) from sliding windows of consecutive frames."""
     from . import groups as G
     from .bank import build_bank
@@ -195,23 +291,38 @@ def window_section(xt: np.ndarray, segments: np.ndarray, size: int, k: int, fpr:
 
     windows = window_groups(xt, segments, int(size))
     if len(windows) < BLOCKS * 2:
-        raise Dn2Error(f"--group-size {size}: {len(xt)} frames give {len(windows)} windows; "
-                       f"expected at least {BLOCKS * 2} (collect more frames)")
+        raise Dn2Error(
+            f"--group-size {size}: {len(xt)} frames give {len(windows)} windows; "
+            f"expected at least {BLOCKS * 2} (collect more frames)"
+        )
     gk = min(k, len(windows) - 1)
     calib = blocked_scores(xt, k=gk, group=int(size))
     th = conformal_quantile(calib, fpr)
     members = [np.arange(i, i + int(size)) for i in range(0, len(xt) - int(size) + 1)]
     traces = G.cov_traces(xt, members)
     section = {
-        "size": int(size), "pooling": "mean", "source": "windows", "n_groups": len(windows),
-        "k": gk, "seed": int(seed), "l2norm_per_image": bool(l2norm),
+        "size": int(size),
+        "pooling": "mean",
+        "source": "windows",
+        "n_groups": len(windows),
+        "k": gk,
+        "seed": int(seed),
+        "l2norm_per_image": bool(l2norm),
         "sizes": [int(size), int(size)],
-        "threshold": {"value": th["value"], "method": "fpr", "fpr": fpr,
-                      "quantiles": quantile_table(calib), "conformal": th,
-                      "calibration": f"blocked hold-out of windows ({BLOCKS} time blocks)",
-                      "n_calibration": int(calib.size)},
-        "cov_trace_threshold": {"value": conformal_quantile(traces, fpr)["value"],
-                                "method": "fpr", "fpr": fpr,
-                                "quantiles": quantile_table(traces)},
+        "threshold": {
+            "value": th["value"],
+            "method": "fpr",
+            "fpr": fpr,
+            "quantiles": quantile_table(calib),
+            "conformal": th,
+            "calibration": f"blocked hold-out of windows ({BLOCKS} time blocks)",
+            "n_calibration": int(calib.size),
+        },
+        "cov_trace_threshold": {
+            "value": conformal_quantile(traces, fpr)["value"],
+            "method": "fpr",
+            "fpr": fpr,
+            "quantiles": quantile_table(traces),
+        },
     }
     return section, build_bank(windows, index)

@@ -13,6 +13,7 @@
 onnxruntime-gpu and the CPU ``onnxruntime`` package both install the module ``onnxruntime``:
 ``pip uninstall -y onnxruntime && pip install 'dn2[gpu]'`` (see docs/jetson.md).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,12 +25,23 @@ from .contract import check_signature, ort_signature
 from .errors import ModelError
 from .modelmeta import EMBEDDING, INPUT_NAME, ModelMeta
 
-TRT_EP, CUDA_EP, CPU_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+TRT_EP, CUDA_EP, CPU_EP = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CPUExecutionProvider",
+)
 
 
-def tensorrt_ep_options(cache_dir: str, input_size: int, fp16: bool = True,
-                        int8_table: Optional[str] = None, workspace_gb: float = 4,
-                        max_batch: int = 64, opt_batch: int = 8, device_id: int = 0) -> Dict[str, Any]:
+def tensorrt_ep_options(
+    cache_dir: str,
+    input_size: int,
+    fp16: bool = True,
+    int8_table: Optional[str] = None,
+    workspace_gb: float = 4,
+    max_batch: int = 64,
+    opt_batch: int = 8,
+    device_id: int = 0,
+) -> Dict[str, Any]:
     """TensorRT EP options for a dn2 graph (input ``images`` uint8 [N, S, S, 3]).
 
     ``int8_table``: a TensorRT-native calibration table (the ``.calib`` file
@@ -51,9 +63,13 @@ def tensorrt_ep_options(cache_dir: str, input_size: int, fp16: bool = True,
         "trt_profile_max_shapes": shape(max_batch),
     }
     if int8_table is not None:
-        opts.update({"trt_int8_enable": True,
-                     "trt_int8_calibration_table_name": os.path.basename(int8_table),
-                     "trt_int8_use_native_calibration_table": True})
+        opts.update(
+            {
+                "trt_int8_enable": True,
+                "trt_int8_calibration_table_name": os.path.basename(int8_table),
+                "trt_int8_use_native_calibration_table": True,
+            }
+        )
     return opts
 
 
@@ -63,8 +79,13 @@ def cuda_ep_options(device_id: int = 0) -> Dict[str, Any]:
     return {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE"}
 
 
-def gpu_providers(kind: str, input_size: int, cache_dir: Optional[str] = None,
-                  fp16: bool = True, device_id: int = 0) -> List[Tuple[str, Dict[str, Any]]]:
+def gpu_providers(
+    kind: str,
+    input_size: int,
+    cache_dir: Optional[str] = None,
+    fp16: bool = True,
+    device_id: int = 0,
+) -> List[Tuple[str, Dict[str, Any]]]:
     """Provider list for ``kind`` "tensorrt" (TRT EP -> CUDA -> CPU) or "cuda" (CUDA -> CPU)."""
     import onnxruntime as ort
 
@@ -73,10 +94,12 @@ def gpu_providers(kind: str, input_size: int, cache_dir: Optional[str] = None,
     if want is None:
         raise ModelError(f"GPU provider kind: expected 'tensorrt' or 'cuda', found {kind!r}")
     if want[0] not in avail:
-        raise ModelError(f"{want[0]} is not available in this onnxruntime ({ort.__version__}, "
-                         f"providers {avail}): pip uninstall -y onnxruntime && "
-                         f"pip install 'dn2[gpu]' (Jetson: the Jetson AI Lab onnxruntime-gpu wheel, "
-                         f"see docs/jetson.md)")
+        raise ModelError(
+            f"{want[0]} is not available in this onnxruntime ({ort.__version__}, "
+            f"providers {avail}): pip uninstall -y onnxruntime && "
+            f"pip install 'dn2[gpu]' (Jetson: the Jetson AI Lab onnxruntime-gpu wheel, "
+            f"see docs/jetson.md)"
+        )
     out: List[Tuple[str, Dict[str, Any]]] = []
     if kind == "tensorrt":
         cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "dn2", "ort-trt")
@@ -101,8 +124,13 @@ class BoundRunner:
     """``run(uint8 [N, S, S, 3]) -> float32 [N, D]`` through I/O binding with reused OrtValues;
     ``run_all`` gives every named output (``{"embedding": ..., ...}``)."""
 
-    def __init__(self, sess: Any, device: Optional[str] = None, device_id: Optional[int] = None,
-                 meta: Optional[ModelMeta] = None):
+    def __init__(
+        self,
+        sess: Any,
+        device: Optional[str] = None,
+        device_id: Optional[int] = None,
+        meta: Optional[ModelMeta] = None,
+    ):
         import onnxruntime as ort
 
         self._ort, self.sess = ort, sess
@@ -110,13 +138,13 @@ class BoundRunner:
         self.device = device or dev
         self.device_id = did if device_id is None else int(device_id)
         if meta is None:
-            meta = ModelMeta.from_props(sess.get_modelmeta().custom_metadata_map,
-                                        source="session")
+            meta = ModelMeta.from_props(sess.get_modelmeta().custom_metadata_map, source="session")
         check_signature(meta, *ort_signature(sess), "session")
         self.meta = meta
         self.dim = int(meta.dim)
-        self._outs = [(o.name, o.graph_name, tuple(int(d) for d in o.shape[1:]))
-                      for o in meta.outputs]
+        self._outs = [
+            (o.name, o.graph_name, tuple(int(d) for d in o.shape[1:])) for o in meta.outputs
+        ]
         self._slots: Dict[Tuple[int, ...], Tuple[Any, Any, Dict[str, Any]]] = {}
 
     def _slot(self, shape: Tuple[int, ...]) -> Tuple[Any, Any, Dict[str, Any]]:

@@ -13,6 +13,7 @@ images, and a group that shares members with its neighbour sits artificially clo
 (exact distances, computed in row blocks so memory stays bounded); groups without k disjoint
 neighbours are left out of the calibration and counted.
 """
+
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
@@ -26,15 +27,19 @@ DEFAULT_GROUPS = 1000
 MIN_CALIBRATION_GROUPS = 10
 
 
-def sample_groups(n_images: int, size: int, n_groups: int = DEFAULT_GROUPS,
-                  seed: int = 0) -> List[np.ndarray]:
+def sample_groups(
+    n_images: int, size: int, n_groups: int = DEFAULT_GROUPS, seed: int = 0
+) -> List[np.ndarray]:
     """``n_groups`` seeded index sets of ``size`` distinct images out of ``n_images``."""
     size, n_groups = int(size), int(n_groups)
     if size < 1:
         raise Dn2Error(f"group_size: expected >= 1, found {size}", param="group_size")
     if size > n_images:
-        raise Dn2Error(f"group_size {size}: expected at most the number of normal images, "
-                       f"found {n_images} images", param="group_size")
+        raise Dn2Error(
+            f"group_size {size}: expected at most the number of normal images, "
+            f"found {n_images} images",
+            param="group_size",
+        )
     if n_groups < 1:
         raise Dn2Error(f"n_groups: expected >= 1 normal groups, found {n_groups}", param="n_groups")
     rng = np.random.default_rng(seed)
@@ -49,8 +54,9 @@ def cov_traces(x: np.ndarray, members: Sequence[np.ndarray]) -> np.ndarray:
     return np.array([cov_trace(x[m]) for m in members], np.float64)
 
 
-def group_loo_scores(pooled: np.ndarray, members: Sequence[np.ndarray], k: int,
-                     block: int = 256) -> Tuple[np.ndarray, int]:
+def group_loo_scores(
+    pooled: np.ndarray, members: Sequence[np.ndarray], k: int, block: int = 256
+) -> Tuple[np.ndarray, int]:
     """(scores [G] float, NaN where fewer than k disjoint groups exist; count of those NaNs).
 
     Each group's score is the mean squared L2 distance to its k nearest groups that share no
@@ -66,18 +72,19 @@ def group_loo_scores(pooled: np.ndarray, members: Sequence[np.ndarray], k: int,
     norms = np.einsum("ij,ij->i", p, p)
     out = np.full(g, np.nan, np.float64)
     for b0 in range(0, g, block):
-        rows = p[b0:b0 + block]
-        d = norms[b0:b0 + block, None] - 2.0 * (rows @ p.T) + norms[None, :]
+        rows = p[b0 : b0 + block]
+        d = norms[b0 : b0 + block, None] - 2.0 * (rows @ p.T) + norms[None, :]
         np.maximum(d, 0.0, out=d)
         for r in range(len(rows)):
             gi = b0 + r
-            shared = np.concatenate([owners[i] for i in np.asarray(members[gi]).tolist()]
-                                    + [np.array([gi])])
+            shared = np.concatenate(
+                [owners[i] for i in np.asarray(members[gi]).tolist()] + [np.array([gi])]
+            )
             d[r, shared] = np.inf
         kk = min(k, g)
         part = np.partition(d, kk - 1, axis=1)[:, :kk] if kk < g else d
         ok = np.isfinite(part).all(axis=1)
-        out[b0:b0 + block][ok] = part[ok].mean(axis=1)
+        out[b0 : b0 + block][ok] = part[ok].mean(axis=1)
     return out, int(np.isnan(out).sum())
 
 
@@ -87,5 +94,6 @@ def check_calibration(scores: np.ndarray, k: int) -> np.ndarray:
         raise Dn2Error(
             f"group threshold: expected at least {MIN_CALIBRATION_GROUPS} normal groups with "
             f"{k} disjoint neighbours, found {good.size} of {scores.size}; use more normal "
-            f"images, more groups or a smaller --group-size")
+            f"images, more groups or a smaller --group-size"
+        )
     return good

@@ -10,6 +10,7 @@ EXIF orientation (OpenCV's ``IMREAD_UNCHANGED`` ignores it) and to notice a trun
 Pure Python on bytes; every read is bounds-checked, a malformed header gives ``None`` fields,
 never an exception.
 """
+
 from __future__ import annotations
 
 import struct
@@ -99,8 +100,8 @@ def _jpeg(b: bytes) -> Header:
             break
         if m in _SOF and i + 9 <= n:
             h, w = _u16(b, i + 5, False), _u16(b, i + 7, False)
-        elif m == 0xE1 and b[i + 4:i + 10] == b"Exif\x00\x00" and orientation == 1:
-            orientation = exif_orientation(b[i + 10:i + 2 + seg_len])
+        elif m == 0xE1 and b[i + 4 : i + 10] == b"Exif\x00\x00" and orientation == 1:
+            orientation = exif_orientation(b[i + 10 : i + 2 + seg_len])
         i += 2 + seg_len
     # The scan data may hold RSTn markers and stuffed FF00, never FFD9, so the real end marker
     # is the last FFD9 after the first scan (bytes after it are tolerated, as libjpeg does).
@@ -114,9 +115,9 @@ def _png(b: bytes) -> Header:
     w, h = _u32(b, 16, False), _u32(b, 20, False)
     orientation, i = 1, 8
     while i + 8 <= len(b):  # chunk walk: jumps by length, reads no pixel data
-        length, ctype = _u32(b, i, False), b[i + 4:i + 8]
+        length, ctype = _u32(b, i, False), b[i + 4 : i + 8]
         if ctype == b"eXIf":
-            orientation = exif_orientation(b[i + 8:i + 8 + length])
+            orientation = exif_orientation(b[i + 8 : i + 8 + length])
             break
         if ctype == b"IEND":
             break
@@ -128,9 +129,9 @@ def _webp(b: bytes) -> Header:
     w = h = None
     orientation, i = 1, 12
     while i + 8 <= len(b):
-        fourcc, size = b[i:i + 4], _u32(b, i + 4, True)
+        fourcc, size = b[i : i + 4], _u32(b, i + 4, True)
         d = i + 8
-        if fourcc == b"VP8 " and d + 10 <= len(b) and b[d + 3:d + 6] == b"\x9d\x01\x2a":
+        if fourcc == b"VP8 " and d + 10 <= len(b) and b[d + 3 : d + 6] == b"\x9d\x01\x2a":
             w, h = _u16(b, d + 6, True) & 0x3FFF, _u16(b, d + 8, True) & 0x3FFF
         elif fourcc == b"VP8L" and d + 5 <= len(b) and b[d] == 0x2F:
             bits = _u32(b, d + 1, True)
@@ -139,7 +140,7 @@ def _webp(b: bytes) -> Header:
             w = (b[d + 4] | b[d + 5] << 8 | b[d + 6] << 16) + 1
             h = (b[d + 7] | b[d + 8] << 8 | b[d + 9] << 16) + 1
         elif fourcc == b"EXIF":
-            orientation = exif_orientation(b[d:d + size])
+            orientation = exif_orientation(b[d : d + size])
         i = d + size + (size & 1)
     return Header("WebP", w, h, orientation)
 
@@ -163,7 +164,7 @@ def _bmp(b: bytes) -> Header:
 def _pnm(b: bytes) -> Header:
     tokens, i, n = [], 2, min(len(b), 4096)
     while len(tokens) < 2 and i < n:
-        c = b[i:i + 1]
+        c = b[i : i + 1]
         if c == b"#":
             j = b.find(b"\n", i, n)
             i = n if j < 0 else j + 1
@@ -171,7 +172,7 @@ def _pnm(b: bytes) -> Header:
             i += 1
         else:
             j = i
-            while j < n and not b[j:j + 1].isspace() and b[j:j + 1] != b"#":
+            while j < n and not b[j : j + 1].isspace() and b[j : j + 1] != b"#":
                 j += 1
             tokens.append(b[i:j])
             i = j
@@ -208,9 +209,14 @@ def describe_unknown(b: bytes) -> str:
     """A short human description of data that is not a known image (for error messages)."""
     if not b:
         return "an empty file (0 bytes)"
-    for magic, what in ((b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"),
-                        (b"\x1f\x8b", "gzip data"), (b"\x7fELF", "an ELF executable"),
-                        (b"<?xml", "XML text"), (b"<svg", "an SVG drawing (vector, not decoded)")):
+    for magic, what in (
+        (b"%PDF", "a PDF document"),
+        (b"PK\x03\x04", "a ZIP archive"),
+        (b"\x1f\x8b", "gzip data"),
+        (b"\x7fELF", "an ELF executable"),
+        (b"<?xml", "XML text"),
+        (b"<svg", "an SVG drawing (vector, not decoded)"),
+    ):
         if b.startswith(magic):
             return what
     head = b[:64]

@@ -14,6 +14,7 @@
   crop ``rule.crop``), computed like torchvision's ``Resize`` + ``CenterCrop``.
 * ``find_images(inputs)``: files, folders (recursive) and globs -> image paths + problems.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,8 @@ MIN_SIDE = 8  # shorter side below this carries no usable texture; refused, not 
 MAX_FILE_BYTES = 1 << 30
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .dib .gif .webp .tif .tiff .pbm .pgm .ppm .pnm .pxm "
-    ".jp2 .avif .hdr .pic .ras .sr .pfm".split())
+    ".jp2 .avif .hdr .pic .ras .sr .pfm".split()
+)
 _FORMATS = "JPEG, PNG, GIF, BMP, WebP, TIFF, PNM"
 # A draft-decoded JPEG keeps a shorter side >= DRAFT_MARGIN x resize_to, so the resize after it
 # still shrinks (and antialiases). `python -m dn2.tools.studies.resize` (efficientnet_lite0, 45
@@ -45,15 +47,23 @@ _FORMATS = "JPEG, PNG, GIF, BMP, WebP, TIFF, PNM"
 # 6.15 -> 3.46, 1920x1080 12.02 -> 6.55 (libjpeg's Huffman decoding is not scaled, only the IDCT
 # and colour conversion).
 DRAFT_MARGIN = 1.25
-_DRAFT_FLAGS = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                2: cv2.IMREAD_REDUCED_COLOR_2}  # scale denominator -> flag, largest first
+_DRAFT_FLAGS = {
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+}  # scale denominator -> flag, largest first
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
 
 def _special(mode: int) -> str:
-    return ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
-            "a socket" if stat.S_ISSOCK(mode) else "a device or special file")
+    return (
+        "a FIFO (named pipe)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device or special file"
+    )
 
 
 def _read_file(path: str) -> bytes:
@@ -66,8 +76,10 @@ def _read_file(path: str) -> bytes:
         st = os.stat(path)  # follows symlinks
     except FileNotFoundError:
         if os.path.islink(path):
-            raise ImageError(f"{path}: expected a readable image file, found a dangling symlink "
-                             f"to {os.readlink(path)!r}") from None
+            raise ImageError(
+                f"{path}: expected a readable image file, found a dangling symlink "
+                f"to {os.readlink(path)!r}"
+            ) from None
         raise ImageError(f"{path}: expected an image file, found no such file") from None
     except OSError as exc:
         raise ImageError(f"{path}: expected a readable image file, found {exc.strerror}") from None
@@ -78,20 +90,26 @@ def _read_file(path: str) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except PermissionError:
-        raise ImageError(f"{path}: expected a readable image file, found permission denied "
-                         f"(mode {stat.filemode(st.st_mode)})") from None
+        raise ImageError(
+            f"{path}: expected a readable image file, found permission denied "
+            f"(mode {stat.filemode(st.st_mode)})"
+        ) from None
     except OSError as exc:
         raise ImageError(f"{path}: expected a readable image file, found {exc.strerror}") from None
     try:
         st = os.fstat(fd)  # what was opened, not what was there a moment ago
         if not stat.S_ISREG(st.st_mode):
-            raise ImageError(f"{path}: expected a regular image file, found "
-                             f"{_special(st.st_mode)} (swapped in after the first check)")
+            raise ImageError(
+                f"{path}: expected a regular image file, found "
+                f"{_special(st.st_mode)} (swapped in after the first check)"
+            )
         if st.st_size == 0:
             raise ImageError(f"{path}: expected an image file, found an empty file (0 bytes)")
         if st.st_size > MAX_FILE_BYTES:
-            raise ImageError(f"{path}: expected an image file of at most "
-                             f"{MAX_FILE_BYTES >> 20} MiB, found {st.st_size >> 20} MiB")
+            raise ImageError(
+                f"{path}: expected an image file of at most "
+                f"{MAX_FILE_BYTES >> 20} MiB, found {st.st_size >> 20} MiB"
+            )
         chunks, left = [], st.st_size + 1  # read to EOF, but never more than the size cap
         while left > 0:
             b = os.read(fd, min(left, 1 << 24))
@@ -162,10 +180,12 @@ def _check_size(name: str, w: int, h: int, max_pixels: int, min_side: int, what:
         raise ImageError(
             f"{name}: expected at most {max_pixels / 1e6:g} megapixels, found {what} {w}x{h} "
             f"({w * h / 1e6:,.1f} megapixels); refused {when}as a possible decompression bomb "
-            f"(raise max_pixels to allow it)")
+            f"(raise max_pixels to allow it)"
+        )
     if min(w, h) < min_side:
-        raise ImageError(f"{name}: expected at least {min_side} px on the shorter side, "
-                         f"found {what} {w}x{h}")
+        raise ImageError(
+            f"{name}: expected at least {min_side} px on the shorter side, found {what} {w}x{h}"
+        )
 
 
 def draft_side_for(rule: ResizeRule) -> int:
@@ -179,8 +199,14 @@ def draft_scale(width: int, height: int, draft_side: int) -> int:
     return next((s for s in _DRAFT_FLAGS if min(width, height) / s >= draft_side), 1)
 
 
-def read_image(src: Source, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE,
-               name: Optional[str] = None, draft_side: Optional[int] = None) -> np.ndarray:
+def read_image(
+    src: Source,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+    name: Optional[str] = None,
+    draft_side: Optional[int] = None,
+) -> np.ndarray:
     """Decode an image file or encoded bytes to BGR uint8 HxWx3, upright per EXIF orientation.
 
     ``max_pixels`` is checked against the header before decoding (formats whose header dn2
@@ -199,11 +225,14 @@ def read_image(src: Source, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN
         data = _read_file(os.fspath(src))
     head = sniff(data)
     if head is not None and head.pixels is not None:
-        _check_size(name, head.width, head.height, max_pixels, min_side,
-                    f"a {head.format} header declaring")
+        _check_size(
+            name, head.width, head.height, max_pixels, min_side, f"a {head.format} header declaring"
+        )
     if head is not None and head.format == "JPEG" and not head.complete:
-        raise ImageError(f"{name}: expected a complete JPEG (an end-of-image marker after the "
-                         f"scan data), found a truncated or corrupt file of {len(data)} bytes")
+        raise ImageError(
+            f"{name}: expected a complete JPEG (an end-of-image marker after the "
+            f"scan data), found a truncated or corrupt file of {len(data)} bytes"
+        )
     buf = np.frombuffer(data, dtype=np.uint8)
     # UNCHANGED keeps alpha and 16-bit samples; it also skips EXIF orientation (applied below)
     flag = cv2.IMREAD_UNCHANGED
@@ -215,15 +244,19 @@ def read_image(src: Source, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN
         img = cv2.imdecode(buf, flag)
     except cv2.error as exc:
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
-        raise ImageError(f"{name}: expected a decodable image, found data OpenCV refused: "
-                         f"{msg}") from None
+        raise ImageError(
+            f"{name}: expected a decodable image, found data OpenCV refused: {msg}"
+        ) from None
     if img is None:
         if head is None:
-            raise ImageError(f"{name}: expected an image file ({_FORMATS}, ...), "
-                             f"found {describe_unknown(data)}")
-        raise ImageError(f"{name}: expected a decodable {head.format} image, found a corrupt or "
-                         f"unsupported file of {len(data)} bytes (OpenCV {cv2.__version__} "
-                         f"could not decode it)")
+            raise ImageError(
+                f"{name}: expected an image file ({_FORMATS}, ...), found {describe_unknown(data)}"
+            )
+        raise ImageError(
+            f"{name}: expected a decodable {head.format} image, found a corrupt or "
+            f"unsupported file of {len(data)} bytes (OpenCV {cv2.__version__} "
+            f"could not decode it)"
+        )
     if head is None or head.pixels is None:
         _check_size(name, img.shape[1], img.shape[0], max_pixels, min_side, "a decoded image of")
     img = to_bgr8(img, name)
@@ -232,8 +265,9 @@ def read_image(src: Source, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN
     return img
 
 
-def prepare(img_bgr: np.ndarray, rule: ResizeRule, *, min_side: int = MIN_SIDE,
-            name: str = "image") -> np.ndarray:
+def prepare(
+    img_bgr: np.ndarray, rule: ResizeRule, *, min_side: int = MIN_SIDE, name: str = "image"
+) -> np.ndarray:
     """Resize the shorter side to ``rule.resize_to`` and centre-crop ``rule.crop`` square.
 
     Returns a C-contiguous ``crop x crop x 3`` BGR uint8 array. Only the source region that
@@ -242,8 +276,9 @@ def prepare(img_bgr: np.ndarray, rule: ResizeRule, *, min_side: int = MIN_SIDE,
     img = to_bgr8(img_bgr, name)
     h, w = img.shape[:2]
     if min(h, w) < min_side:
-        raise ImageError(f"{name}: expected at least {min_side} px on the shorter side, "
-                         f"found {w}x{h}")
+        raise ImageError(
+            f"{name}: expected at least {min_side} px on the shorter side, found {w}x{h}"
+        )
     return center_crop_resize(img, rule.resize_to, rule.crop)
 
 
@@ -253,8 +288,9 @@ def _is_image_name(p: str) -> bool:
 
 def _walk(folder: str, files: List[str], problems: List[Tuple[str, str]]) -> None:
     def onerror(exc: OSError) -> None:
-        problems.append((exc.filename or folder, f"expected a readable folder, found "
-                                                 f"{exc.strerror}"))
+        problems.append(
+            (exc.filename or folder, f"expected a readable folder, found {exc.strerror}")
+        )
 
     for root, dirs, names in os.walk(folder, onerror=onerror, followlinks=False):
         dirs.sort()
@@ -266,8 +302,13 @@ def _walk(folder: str, files: List[str], problems: List[Tuple[str, str]]) -> Non
                 files.append(p)
             else:
                 ext = os.path.splitext(n)[1] or "no extension"
-                problems.append((p, f"expected an image file ({_FORMATS}, ...), found "
-                                    f"a file with {ext}; skipped"))
+                problems.append(
+                    (
+                        p,
+                        f"expected an image file ({_FORMATS}, ...), found "
+                        f"a file with {ext}; skipped",
+                    )
+                )
 
 
 def expand_inputs(inputs: List[str]) -> List[Tuple[str, Optional[str]]]:
@@ -306,8 +347,13 @@ def expand_inputs(inputs: List[str]) -> List[Tuple[str, Optional[str]]]:
                 elif _is_image_name(m):
                     out.append((m, None))
                 else:
-                    out.append((m, f"expected an image file ({_FORMATS}, ...), found a file "
-                                   f"with {os.path.splitext(m)[1] or 'no extension'}; skipped"))
+                    out.append(
+                        (
+                            m,
+                            f"expected an image file ({_FORMATS}, ...), found a file "
+                            f"with {os.path.splitext(m)[1] or 'no extension'}; skipped",
+                        )
+                    )
         elif too_long(item):
             out.append((item, f"expected a file, folder or glob, found {too_long(item)}"))
         else:
@@ -323,5 +369,13 @@ def find_images(inputs: List[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
     return files, [(p, why) for p, why in items if why is not None]
 
 
-__all__ = ["read_image", "prepare", "find_images", "expand_inputs", "to_bgr8", "MAX_PIXELS", "MIN_SIDE",
-           "IMAGE_EXTENSIONS"]
+__all__ = [
+    "read_image",
+    "prepare",
+    "find_images",
+    "expand_inputs",
+    "to_bgr8",
+    "MAX_PIXELS",
+    "MIN_SIDE",
+    "IMAGE_EXTENSIONS",
+]

@@ -27,6 +27,7 @@ centres is used instead. With neither: ``MissingExtraError`` naming ``dn2[kmeans
 Determinism: same data, C and seed -> same centres (k-means++ draws come from
 ``numpy.random.default_rng(seed)``; faiss's Lloyd steps are deterministic for a fixed init).
 """
+
 from __future__ import annotations
 
 import time
@@ -50,16 +51,21 @@ class KMeansResult:
     inertia: float  # sum of squared distances of the points to their nearest centre
 
     def info(self) -> dict:
-        return {"C": int(self.centres.shape[0]), "backend": self.backend,
-                "seconds": round(self.seconds, 3), "inertia": self.inertia}
+        return {
+            "C": int(self.centres.shape[0]),
+            "backend": self.backend,
+            "seconds": round(self.seconds, 3),
+            "inertia": self.inertia,
+        }
 
 
 def _kmeanspp(x: np.ndarray, c: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeding (Arthur & Vassilvitskii 2007) on a random subsample of x; for
     c > KMEANSPP_MAX_C, c distinct random points (what faiss does by default)."""
     if c > KMEANSPP_MAX_C:
-        return np.ascontiguousarray(x[np.sort(rng.choice(len(x), c, replace=False))],
-                                    dtype=np.float32)
+        return np.ascontiguousarray(
+            x[np.sort(rng.choice(len(x), c, replace=False))], dtype=np.float32
+        )
     m = min(len(x), max(c, SUBSAMPLE_PER_CENTRE * c))
     s = x[np.sort(rng.choice(len(x), m, replace=False))]
     sn = np.einsum("ij,ij->i", s, s).astype(np.float64)
@@ -86,9 +92,15 @@ def _faiss(x, c, seed, n_iter):
     import faiss  # optional extra dn2[kmeans]
 
     init = _kmeanspp(x, c, np.random.default_rng(seed))
-    km = faiss.Kmeans(x.shape[1], c, niter=n_iter, seed=int(seed) & 0x7FFFFFFF,
-                      max_points_per_centroid=max(256, -(-len(x) // c)),
-                      min_points_per_centroid=1, verbose=False)  # no stderr warning
+    km = faiss.Kmeans(
+        x.shape[1],
+        c,
+        niter=n_iter,
+        seed=int(seed) & 0x7FFFFFFF,
+        max_points_per_centroid=max(256, -(-len(x) // c)),
+        min_points_per_centroid=1,
+        verbose=False,
+    )  # no stderr warning
     km.train(x, init_centroids=init)
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
@@ -97,9 +109,15 @@ def _sklearn(x, c, seed, n_iter):
     from sklearn.cluster import MiniBatchKMeans
 
     init = _kmeanspp(x, c, np.random.default_rng(seed))  # same seeding as the faiss path
-    km = MiniBatchKMeans(n_clusters=c, init=init, n_init=1, max_iter=n_iter,
-                         batch_size=4096, reassignment_ratio=0.0,  # keep seeded centres
-                         random_state=int(seed) & 0x7FFFFFFF)
+    km = MiniBatchKMeans(
+        n_clusters=c,
+        init=init,
+        n_init=1,
+        max_iter=n_iter,
+        batch_size=4096,
+        reassignment_ratio=0.0,  # keep seeded centres
+        random_state=int(seed) & 0x7FFFFFFF,
+    )
     km.fit(x)
     return np.ascontiguousarray(km.cluster_centers_, dtype=np.float32)
 
@@ -111,22 +129,28 @@ def available_backend(backend: str = "auto") -> str:
     if backend in ("auto", "faiss"):
         try:
             import faiss  # noqa: F401
+
             return "faiss"
         except ImportError:
             pass
     if backend in ("auto", "sklearn"):
         try:
             import sklearn.cluster  # noqa: F401
+
             return "sklearn"
         except ImportError:
             pass
     missing = "scikit-learn" if backend == "sklearn" else "faiss"
-    raise MissingExtraError(missing, "tools" if backend == "sklearn" else "kmeans",
-                            "k-means compression of the bank (--kmeans)")
+    raise MissingExtraError(
+        missing,
+        "tools" if backend == "sklearn" else "kmeans",
+        "k-means compression of the bank (--kmeans)",
+    )
 
 
-def kmeans(x, n_centres: int, seed: int = 0, backend: str = "auto",
-           n_iter: int = N_ITER) -> KMeansResult:
+def kmeans(
+    x, n_centres: int, seed: int = 0, backend: str = "auto", n_iter: int = N_ITER
+) -> KMeansResult:
     """C = ``n_centres`` k-means centres of the rows of ``x`` (float32 [C, D])."""
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if x.ndim != 2:
@@ -135,8 +159,11 @@ def kmeans(x, n_centres: int, seed: int = 0, backend: str = "auto",
     if c < 1:
         raise Dn2Error(f"kmeans: expected at least 1 centre, found {c}", param="kmeans")
     if c > len(x):
-        raise Dn2Error(f"kmeans {c}: expected at most as many centres as embeddings, "
-                       f"found {len(x)} embeddings", param="kmeans")
+        raise Dn2Error(
+            f"kmeans {c}: expected at most as many centres as embeddings, "
+            f"found {len(x)} embeddings",
+            param="kmeans",
+        )
     which = available_backend(backend)
     t0 = time.perf_counter()
     centres = (_faiss if which == "faiss" else _sklearn)(x, c, seed, n_iter)
@@ -152,8 +179,9 @@ def fold_ids(n: int, folds: int, seed: int) -> np.ndarray:
     return out
 
 
-def centres_without(x, n_centres: int, held_out: np.ndarray, seed: int,
-                    backend: str = "auto") -> np.ndarray:
+def centres_without(
+    x, n_centres: int, held_out: np.ndarray, seed: int, backend: str = "auto"
+) -> np.ndarray:
     """Centres fitted on the rows of x not in ``held_out`` (bool mask), at most one per row."""
     rest = np.asarray(x)[~held_out]
     return kmeans(rest, min(int(n_centres), len(rest)), seed=seed, backend=backend).centres

@@ -8,6 +8,7 @@ a count of 10^12 rows. Fields it does not know are kept (records such as ``fit``
 form). Cross-field rules: ``bank.dim == model.dim``, ``1 <= score.k <= bank.n``, every named
 file listed in ``files`` with the same sha256.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,15 +43,25 @@ class _Check:
         v = parent.get(key, _MISSING)
         if v is _MISSING or v is None:
             if required:
-                raise BundleError(f"bundle {self.where}: expected a {field!r} section, found "
-                                  f"{'none' if v is _MISSING else 'null'}")
+                raise BundleError(
+                    f"bundle {self.where}: expected a {field!r} section, found "
+                    f"{'none' if v is _MISSING else 'null'}"
+                )
             return None
         if not isinstance(v, dict):
             self.fail(field, "an object", v)
         return v
 
-    def integer(self, sec: Dict, key: str, field: str, lo: int, hi: int, required: bool = True,
-            what: str = "") -> Optional[int]:
+    def integer(
+        self,
+        sec: Dict,
+        key: str,
+        field: str,
+        lo: int,
+        hi: int,
+        required: bool = True,
+        what: str = "",
+    ) -> Optional[int]:
         v = sec.get(key, _MISSING)
         if v is _MISSING and not required:
             return None
@@ -60,17 +71,21 @@ class _Check:
 
     def num(self, sec: Dict, key: str, field: str, low: Optional[float] = None) -> float:
         v = sec.get(key, _MISSING)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or (low is not None and v < low):
-            self.fail(field, "a finite number" + (f" >= {low:g}" if low is not None else ""),
-                      v)
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not math.isfinite(v)
+            or (low is not None and v < low)
+        ):
+            self.fail(field, "a finite number" + (f" >= {low:g}" if low is not None else ""), v)
         return float(v)
 
     def choice(self, sec: Dict, key: str, field: str, options, default=_MISSING) -> Any:
         v = sec.get(key, default)
         if not any(type(v) is type(o) and v == o for o in options):  # true is not 1
-            exp = " or ".join(repr(o) if not isinstance(o, bool) else str(o).lower()
-                              for o in options)
+            exp = " or ".join(
+                repr(o) if not isinstance(o, bool) else str(o).lower() for o in options
+            )
             self.fail(field, exp, v)
         return v
 
@@ -84,8 +99,7 @@ class _Check:
 
 
 def _show(v: Any) -> str:
-    text = repr(v) if not isinstance(v, (dict, list)) else \
-        f"{type(v).__name__} of {len(v)}"
+    text = repr(v) if not isinstance(v, (dict, list)) else f"{type(v).__name__} of {len(v)}"
     if isinstance(v, bool) or v is None:
         text = str(v).lower() if v is not None else "null"
     return text if len(text) <= 60 else text[:57] + "..."
@@ -94,8 +108,7 @@ def _show(v: Any) -> str:
 def _files(c: _Check, m: Dict) -> Dict[str, str]:
     files = c.section(m, "files", "files")
     for name, digest in files.items():
-        if not isinstance(name, str) or name != os.path.basename(name) or \
-                name in ("", ".", ".."):
+        if not isinstance(name, str) or name != os.path.basename(name) or name in ("", ".", ".."):
             c.fail("files", "plain file names", name)
         if not isinstance(digest, str) or not _SHA.match(digest):
             c.fail(f"files.{name}", "a sha256 (64 hex digits)", digest)
@@ -160,6 +173,5 @@ def validate_manifest(m: Any, where: str) -> Dict:
         pb = c.section(ps, "bank", "signals.patch.bank")
         _named_file(c, pb, "signals.patch.bank", files)
         for key in ("threshold", "pixel_threshold"):
-            c.num(c.section(ps, key, f"signals.patch.{key}"), "value",
-                  f"signals.patch.{key}.value")
+            c.num(c.section(ps, key, f"signals.patch.{key}"), "value", f"signals.patch.{key}.value")
     return m

@@ -4,6 +4,7 @@
 the decision score of the bundle's mode, each signal's raw score, and (with the patch signal)
 the anomaly map of the frame, its peak and the box over the pixel threshold.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, List, Optional
@@ -32,13 +33,17 @@ class ViewScorer:
         p = sig.get("patch")
         self.patch = None
         if p is not None:
-            self.patch = PatchScorer(bundle.patch_bank, int(p["k"]), p["reduction"],
-                                     int(p["topk"]), float(p["sigma"]))
+            self.patch = PatchScorer(
+                bundle.patch_bank, int(p["k"]), p["reduction"], int(p["topk"]), float(p["sigma"])
+            )
             self.patch_threshold = float(p["threshold"]["value"])
             self.pixel_threshold = float(p["pixel_threshold"]["value"])
         self.threshold = float(m["threshold"]["value"])
-        self.viewer = (ViewEmbedder(embedder, self.view, patches=self.patch is not None)
-                       if embedder is not None else None)
+        self.viewer = (
+            ViewEmbedder(embedder, self.view, patches=self.patch is not None)
+            if embedder is not None
+            else None
+        )
 
     @property
     def has_maps(self) -> bool:
@@ -56,16 +61,32 @@ class ViewScorer:
             cells = self.patch.cells(item.patches)
             p = float(reduce_cells(cells[None], self.patch.reduction, self.patch.topk)[0])
             h, w = item.shape
-            fmap = frame_map(list(cells), item.rects, h, w, self.embedder.input_size,
-                             self.patch.sigma)
+            fmap = frame_map(
+                list(cells), item.rects, h, w, self.embedder.input_size, self.patch.sigma
+            )
             peak, box = peak_and_box(fmap, self.pixel_threshold)
-        s = float(combine(np.float32(g), self.global_threshold or 1.0,
-                          None if p is None else np.float32(p),
-                          self.patch_threshold if p is not None else None, self.mode,
-                          self.combine))
-        return ScoreResult(item.name, s, self.threshold, bool(s > self.threshold), None,
-                           global_score=g, patch_score=p, peak=peak, box=box,
-                           map=fmap if maps else None)
+        s = float(
+            combine(
+                np.float32(g),
+                self.global_threshold or 1.0,
+                None if p is None else np.float32(p),
+                self.patch_threshold if p is not None else None,
+                self.mode,
+                self.combine,
+            )
+        )
+        return ScoreResult(
+            item.name,
+            s,
+            self.threshold,
+            bool(s > self.threshold),
+            None,
+            global_score=g,
+            patch_score=p,
+            peak=peak,
+            box=box,
+            map=fmap if maps else None,
+        )
 
     def score(self, items: Iterable[ViewItem], maps: bool = False) -> List:
         return [self._one(it, maps) for it in items]

@@ -16,6 +16,7 @@ Formats: ``dn2-model-2`` lists its outputs in ``dn2.outputs`` (JSON, see ``Outpu
 ``dn2-model-1`` (models exported before) has the single output ``embeddings`` [N, D], read as
 the ``embedding`` output.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,19 +89,27 @@ class OutputSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "model") -> "OutputSpec":
+    def from_dict(cls, d: Any, source: str = "model") -> OutputSpec:
         where = f"{source}: metadata {K_OUTPUTS}"
         if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not d["name"]:
             raise ModelMetaError(f"{where}: expected objects with a 'name', found {d!r}")
         shape = d.get("shape")
-        if (not isinstance(shape, list) or not shape or shape[0] != BATCH
-                or not all(type(x) is int and x > 0 for x in shape[1:])):
-            raise ModelMetaError(f"{where}: output {d['name']!r} expected shape "
-                                 f"['N', positive ints...], found {shape!r}")
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or shape[0] != BATCH
+            or not all(type(x) is int and x > 0 for x in shape[1:])
+        ):
+            raise ModelMetaError(
+                f"{where}: output {d['name']!r} expected shape "
+                f"['N', positive ints...], found {shape!r}"
+            )
         dtype, tensor, attrs = d.get("dtype", "float32"), d.get("tensor", ""), d.get("attrs", {})
         if dtype != "float32" or not isinstance(tensor, str) or not isinstance(attrs, dict):
-            raise ModelMetaError(f"{where}: output {d['name']!r} expected dtype 'float32', a "
-                                 f"string tensor and an attrs object, found {d!r}")
+            raise ModelMetaError(
+                f"{where}: output {d['name']!r} expected dtype 'float32', a "
+                f"string tensor and an attrs object, found {d!r}"
+            )
         unknown = sorted(set(d) - {"name", "shape", "dtype", "tensor", "attrs"})
         if unknown:
             raise ModelMetaError(f"{where}: output {d['name']!r} has unknown keys {unknown}")
@@ -122,20 +131,23 @@ def outputs_from_json(text: str, dim: int, source: str = "model") -> Tuple[Outpu
     except ValueError as exc:
         raise ModelMetaError(f"{source}: metadata {K_OUTPUTS} is not valid JSON: {exc}") from None
     if not isinstance(raw, list) or not raw:
-        raise ModelMetaError(f"{source}: metadata {K_OUTPUTS}: expected a non-empty list of "
-                             f"outputs, found {raw!r}")
+        raise ModelMetaError(
+            f"{source}: metadata {K_OUTPUTS}: expected a non-empty list of outputs, found {raw!r}"
+        )
     outs = tuple(OutputSpec.from_dict(d, source) for d in raw)
     names = [o.name for o in outs]
     tensors = [o.graph_name for o in outs]
     if len(set(names)) != len(names) or len(set(tensors)) != len(tensors):
-        raise ModelMetaError(f"{source}: metadata {K_OUTPUTS}: expected unique output names, "
-                             f"found {names}")
+        raise ModelMetaError(
+            f"{source}: metadata {K_OUTPUTS}: expected unique output names, found {names}"
+        )
     emb = [o for o in outs if o.name == EMBEDDING]
     if not emb or emb[0].shape != (BATCH, dim):
         raise ModelMetaError(
             f"{source}: metadata {K_OUTPUTS}: expected an output {EMBEDDING!r} of shape "
             f"['N', {dim}] (metadata embedding dim {dim}), found "
-            + (f"shape {list(emb[0].shape)}" if emb else f"outputs {names}"))
+            + (f"shape {list(emb[0].shape)}" if emb else f"outputs {names}")
+        )
     return outs
 
 
@@ -148,20 +160,23 @@ class ResizeRule:
     mode: str = "shorter_side"
 
     @classmethod
-    def for_input_size(cls, size: int) -> "ResizeRule":
+    def for_input_size(cls, size: int) -> ResizeRule:
         return cls(resize_to=int(round(size / CROP_RATIO)), crop=int(size))
 
     def to_json(self) -> str:
-        return json.dumps({"mode": self.mode, "resize_to": self.resize_to, "crop": self.crop},
-                          sort_keys=True)
+        return json.dumps(
+            {"mode": self.mode, "resize_to": self.resize_to, "crop": self.crop}, sort_keys=True
+        )
 
     @classmethod
-    def from_json(cls, text: str) -> "ResizeRule":
+    def from_json(cls, text: str) -> ResizeRule:
         try:
             d = json.loads(text)
             rule = cls(resize_to=int(d["resize_to"]), crop=int(d["crop"]), mode=str(d["mode"]))
         except (ValueError, KeyError, TypeError) as exc:
-            raise ModelMetaError(f"resize rule {text!r} is not valid JSON with mode/resize_to/crop: {exc}") from None
+            raise ModelMetaError(
+                f"resize rule {text!r} is not valid JSON with mode/resize_to/crop: {exc}"
+            ) from None
         if rule.mode != "shorter_side":
             raise ModelMetaError(f"resize mode {rule.mode!r} unknown; expected 'shorter_side'")
         if rule.crop <= 0 or rule.resize_to < rule.crop:
@@ -193,12 +208,16 @@ class ModelMeta:
             raise ModelMetaError(f"model format: expected one of {FORMATS}, found {fmt!r}")
         v1_out = (embedding_output(self.dim, V1_OUTPUT_NAME),)
         if not self.outputs:
-            object.__setattr__(self, "outputs", v1_out if fmt == FORMAT_V1
-                               else (embedding_output(self.dim),))
-        elif fmt == FORMAT_V1 and (self.outputs[0] != v1_out[0] or any(
-                o.name != PATCHES_NAME for o in self.outputs[1:])):
-            raise ModelMetaError(f"{FORMAT_V1} has the output {V1_OUTPUT_NAME!r} (and optionally "
-                                 f"{PATCHES_NAME!r}); other named outputs need {FORMAT}")
+            object.__setattr__(
+                self, "outputs", v1_out if fmt == FORMAT_V1 else (embedding_output(self.dim),)
+            )
+        elif fmt == FORMAT_V1 and (
+            self.outputs[0] != v1_out[0] or any(o.name != PATCHES_NAME for o in self.outputs[1:])
+        ):
+            raise ModelMetaError(
+                f"{FORMAT_V1} has the output {V1_OUTPUT_NAME!r} (and optionally "
+                f"{PATCHES_NAME!r}); other named outputs need {FORMAT}"
+            )
         object.__setattr__(self, "outputs", tuple(self.outputs))
 
     def output(self, name: str) -> Optional[OutputSpec]:
@@ -229,23 +248,30 @@ class ModelMeta:
         return props
 
     @classmethod
-    def from_props(cls, props: Mapping[str, str], source: str = "model") -> "ModelMeta":
+    def from_props(cls, props: Mapping[str, str], source: str = "model") -> ModelMeta:
         fmt = props.get(K_FORMAT)
         if fmt not in FORMATS:
             raise ModelMetaError(
                 f"{source} is not a dn2 model: metadata {K_FORMAT!r} expected {FORMAT!r} (or "
-                f"{FORMAT_V1!r} from older exports), found {fmt!r} (export it with dn2-export)")
-        missing = [k for k in (K_ARCH, K_INPUT_SIZE, K_RESIZE, K_DIM, K_PRECISION) if k not in props]
+                f"{FORMAT_V1!r} from older exports), found {fmt!r} (export it with dn2-export)"
+            )
+        missing = [
+            k for k in (K_ARCH, K_INPUT_SIZE, K_RESIZE, K_DIM, K_PRECISION) if k not in props
+        ]
         if missing:
             raise ModelMetaError(f"{source}: dn2 metadata lacks {missing}")
         if props.get(K_INPUT_FORMAT, INPUT_FORMAT) != INPUT_FORMAT:
-            raise ModelMetaError(f"{source}: input format expected {INPUT_FORMAT!r}, "
-                                 f"found {props.get(K_INPUT_FORMAT)!r}")
+            raise ModelMetaError(
+                f"{source}: input format expected {INPUT_FORMAT!r}, "
+                f"found {props.get(K_INPUT_FORMAT)!r}"
+            )
         try:
             size, dim = int(props[K_INPUT_SIZE]), int(props[K_DIM])
             opset = int(props.get(K_OPSET, "0"))
         except ValueError as exc:
-            raise ModelMetaError(f"{source}: non-integer size/dim/opset in metadata: {exc}") from None
+            raise ModelMetaError(
+                f"{source}: non-integer size/dim/opset in metadata: {exc}"
+            ) from None
         resize = ResizeRule.from_json(props[K_RESIZE])
         if resize.crop != size:
             raise ModelMetaError(f"{source}: resize crop {resize.crop} != input size {size}")
@@ -254,18 +280,39 @@ class ModelMeta:
             if props.get(K_PATCHES):
                 outputs += (_v1_patches(props[K_PATCHES], source),)
         elif K_OUTPUTS not in props:
-            raise ModelMetaError(f"{source}: dn2 metadata lacks [{K_OUTPUTS!r}] ({fmt} lists "
-                                 f"its outputs)")
+            raise ModelMetaError(
+                f"{source}: dn2 metadata lacks [{K_OUTPUTS!r}] ({fmt} lists its outputs)"
+            )
         else:
             outputs = outputs_from_json(props[K_OUTPUTS], dim, source)
-        known = {K_FORMAT, K_ARCH, K_WEIGHTS, K_WEIGHTS_SHA256, K_INPUT_SIZE, K_INPUT_FORMAT,
-                 K_RESIZE, K_DIM, K_OPSET, K_PRECISION, K_VERSION, K_OUTPUTS}
-        return cls(arch=props[K_ARCH], weights=props.get(K_WEIGHTS, ""),
-                   weights_sha256=props.get(K_WEIGHTS_SHA256, ""), input_size=size,
-                   resize=resize, dim=dim, opset=opset, precision=props[K_PRECISION],
-                   version=props.get(K_VERSION, ""),
-                   extra={k: v for k, v in props.items() if k not in known},
-                   outputs=outputs, format=fmt)
+        known = {
+            K_FORMAT,
+            K_ARCH,
+            K_WEIGHTS,
+            K_WEIGHTS_SHA256,
+            K_INPUT_SIZE,
+            K_INPUT_FORMAT,
+            K_RESIZE,
+            K_DIM,
+            K_OPSET,
+            K_PRECISION,
+            K_VERSION,
+            K_OUTPUTS,
+        }
+        return cls(
+            arch=props[K_ARCH],
+            weights=props.get(K_WEIGHTS, ""),
+            weights_sha256=props.get(K_WEIGHTS_SHA256, ""),
+            input_size=size,
+            resize=resize,
+            dim=dim,
+            opset=opset,
+            precision=props[K_PRECISION],
+            version=props.get(K_VERSION, ""),
+            extra={k: v for k, v in props.items() if k not in known},
+            outputs=outputs,
+            format=fmt,
+        )
 
 
 ModelSpec = ModelMeta  # what a user's model is, read from its ONNX metadata
@@ -275,25 +322,34 @@ def parse_patch_attrs(d: Any, source: str = "model") -> Dict[str, Any]:
     """Check and normalise the ``patches`` output's description (layers, stride, channels,
     grid, pool, upsample)."""
     try:
-        spec = {"layers": [dict(name=str(x["name"]), stride=int(x["stride"]),
-                                channels=int(x["channels"])) for x in d["layers"]],
-                "stride": int(d["stride"]), "channels": int(d["channels"]),
-                "grid": [int(d["grid"][0]), int(d["grid"][1])], "pool": int(d.get("pool", 3)),
-                "upsample": str(d.get("upsample", "bilinear"))}
+        spec = {
+            "layers": [
+                dict(name=str(x["name"]), stride=int(x["stride"]), channels=int(x["channels"]))
+                for x in d["layers"]
+            ],
+            "stride": int(d["stride"]),
+            "channels": int(d["channels"]),
+            "grid": [int(d["grid"][0]), int(d["grid"][1])],
+            "pool": int(d.get("pool", 3)),
+            "upsample": str(d.get("upsample", "bilinear")),
+        }
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        raise ModelMetaError(f"{source}: metadata {K_PATCHES} expected JSON with layers, stride, "
-                             f"channels and grid, found {d!r} ({exc})") from None
+        raise ModelMetaError(
+            f"{source}: metadata {K_PATCHES} expected JSON with layers, stride, "
+            f"channels and grid, found {d!r} ({exc})"
+        ) from None
     if sum(x["channels"] for x in spec["layers"]) != spec["channels"] or min(spec["grid"]) < 1:
-        raise ModelMetaError(f"{source}: metadata {K_PATCHES}: layer channels must add up to "
-                             f"{spec['channels']} and the grid be positive, found {d!r}")
+        raise ModelMetaError(
+            f"{source}: metadata {K_PATCHES}: layer channels must add up to "
+            f"{spec['channels']} and the grid be positive, found {d!r}"
+        )
     return spec
 
 
 def patches_output(attrs: Mapping[str, Any], source: str = "model") -> OutputSpec:
     """The ``patches`` output [N, C, h, w] described by ``attrs`` (see parse_patch_attrs)."""
     spec = parse_patch_attrs(attrs, source)
-    return OutputSpec(name=PATCHES_NAME, shape=(BATCH, spec["channels"], *spec["grid"]),
-                      attrs=spec)
+    return OutputSpec(name=PATCHES_NAME, shape=(BATCH, spec["channels"], *spec["grid"]), attrs=spec)
 
 
 def _v1_patches(text: str, source: str) -> OutputSpec:
@@ -332,6 +388,8 @@ def session_props(sess, source: str) -> Dict[str, str]:
     try:
         return dict(sess.get_modelmeta().custom_metadata_map)
     except UnicodeDecodeError as exc:
-        raise ModelMetaError(f"{source}: expected dn2 metadata as UTF-8 text, found bytes that "
-                             f"are not ({exc.reason} at byte {exc.start}): a damaged model "
-                             f"file") from None
+        raise ModelMetaError(
+            f"{source}: expected dn2 metadata as UTF-8 text, found bytes that "
+            f"are not ({exc.reason} at byte {exc.start}): a damaged model "
+            f"file"
+        ) from None

@@ -9,6 +9,7 @@
 ``dn2.runtime.providers``); each is proven by a warm-up inference and the next one is tried
 when it fails. The graph's signature is checked by ``dn2.runtime.contract``.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ log = logging.getLogger("dn2")
 # of the bare pipeline's rate without spinning vs 0.84-0.94 with it, and a 10 fps camera used
 # 24 % of a core instead of 81-85 %, for ~7 ms more latency (BENCHMARKS.md "Camera loop").
 # A model's own dn2.ort_session_config entries override these.
-CPU_SESSION_DEFAULTS = {"session.intra_op.allow_spinning": "0",
-                        "session.inter_op.allow_spinning": "0"}
+CPU_SESSION_DEFAULTS = {
+    "session.intra_op.allow_spinning": "0",
+    "session.inter_op.allow_spinning": "0",
+}
 
 
 class _Fallback(Exception):
@@ -51,15 +54,22 @@ def ort_config_of(meta: ModelMeta) -> Dict[str, str]:
         cfg = json.loads(text)
         return {str(k): str(v) for k, v in dict(cfg).items()}
     except (ValueError, TypeError) as exc:
-        raise ModelError(f"metadata {K_ORT_CONFIG}: expected a JSON object of strings, "
-                         f"found {text!r} ({exc})") from exc
+        raise ModelError(
+            f"metadata {K_ORT_CONFIG}: expected a JSON object of strings, found {text!r} ({exc})"
+        ) from exc
 
 
 class OrtBackend:
     """onnxruntime over a dn2 model; see the module doc."""
 
-    def __init__(self, model_path, providers="auto", threads: Optional[int] = None,
-                 batch_size: int = 8, allow_fp16: bool = True):
+    def __init__(
+        self,
+        model_path,
+        providers="auto",
+        threads: Optional[int] = None,
+        batch_size: int = 8,
+        allow_fp16: bool = True,
+    ):
         self.model_path = str(model_path)
         regular_file(self.model_path, "an ONNX model file", ModelError)
         if int(batch_size) < 1:
@@ -93,14 +103,19 @@ class OrtBackend:
     def _session(self, names: List[str], meta: Optional[ModelMeta], allow_fp16: bool, last: bool):
         import onnxruntime as ort
 
-        plist = (prov.with_options(names, meta.input_size, meta.precision, allow_fp16,
-                                   self.batch_size) if meta is not None else list(names))
+        plist = (
+            prov.with_options(names, meta.input_size, meta.precision, allow_fp16, self.batch_size)
+            if meta is not None
+            else list(names)
+        )
         try:
             return ort.InferenceSession(self.model_path, self._options(names), providers=plist)
         except Exception as exc:  # onnxruntime's own exception types; the text is what matters
             if last:
-                raise ModelError(f"{self.model_path}: expected an ONNX model onnxruntime can "
-                                 f"load, found: {str(exc).strip()}") from exc
+                raise ModelError(
+                    f"{self.model_path}: expected an ONNX model onnxruntime can "
+                    f"load, found: {str(exc).strip()}"
+                ) from exc
             raise _Fallback(f"session creation failed: {str(exc).strip()}") from exc
 
     def _warm_up(self, sess, meta: ModelMeta) -> None:
@@ -112,8 +127,10 @@ class OrtBackend:
         except Exception as exc:
             raise _Fallback(f"warm-up inference failed: {str(exc).strip()}") from exc
         if y.shape != (1, meta.dim) or not np.all(np.isfinite(y)):
-            raise _Fallback(f"warm-up inference gave shape {y.shape} (expected (1, {meta.dim})) "
-                            f"or non-finite values")
+            raise _Fallback(
+                f"warm-up inference gave shape {y.shape} (expected (1, {meta.dim})) "
+                f"or non-finite values"
+            )
 
     def _open(self, order: List[str], allow_fp16: bool):
         meta: Optional[ModelMeta] = None
@@ -128,8 +145,9 @@ class OrtBackend:
             try:
                 sess = self._session(names, meta, allow_fp16, last=k == len(tries) - 1)
                 if meta is None:
-                    meta = ModelMeta.from_props(session_props(sess, self.model_path),
-                                                source=self.model_path)
+                    meta = ModelMeta.from_props(
+                        session_props(sess, self.model_path), source=self.model_path
+                    )
                 cfg = ort_config_of(meta)
                 if cfg != self._ort_config:  # the model asks for session entries: reopen
                     self._ort_config = cfg
@@ -145,35 +163,48 @@ class OrtBackend:
                 self.fallbacks.append((want, str(exc)))
                 nxt = names[1] if len(names) > 1 else None
                 if nxt:
-                    log.warning("%s: %s not used (%s); falling back to %s",
-                                self.model_path, want, exc, nxt)
-        raise ModelError(f"{self.model_path}: expected a provider that runs the model, found "
-                         f"none: " + "; ".join(reasons))
+                    log.warning(
+                        "%s: %s not used (%s); falling back to %s", self.model_path, want, exc, nxt
+                    )
+        raise ModelError(
+            f"{self.model_path}: expected a provider that runs the model, found "
+            f"none: " + "; ".join(reasons)
+        )
 
-    def run(self, batch: np.ndarray, outputs: Optional[Sequence[str]] = None
-            ) -> Dict[str, np.ndarray]:
+    def run(
+        self, batch: np.ndarray, outputs: Optional[Sequence[str]] = None
+    ) -> Dict[str, np.ndarray]:
         """uint8 [N, S, S, 3] -> {name: array [N, ...]} for every output (or the ``outputs``
         named), in chunks of ``batch_size``."""
         specs = [o for o in self.meta.outputs if outputs is None or o.name in outputs]
         tensors = [o.graph_name for o in specs]
         parts: Dict[str, List[np.ndarray]] = {t: [] for t in tensors}
         for i in range(0, batch.shape[0], self.batch_size):
-            chunk = np.ascontiguousarray(batch[i:i + self.batch_size])
+            chunk = np.ascontiguousarray(batch[i : i + self.batch_size])
             try:
                 got = self.session.run(tensors, {INPUT_NAME: chunk})
             except Exception as exc:
-                raise ModelError(f"{self.model_path}: inference on {self.provider} failed for "
-                                 f"a batch of {len(chunk)}: {str(exc).strip()}") from exc
+                raise ModelError(
+                    f"{self.model_path}: inference on {self.provider} failed for "
+                    f"a batch of {len(chunk)}: {str(exc).strip()}"
+                ) from exc
             for t, y in zip(tensors, got):
                 parts[t].append(y)
-        joined = {t: (np.concatenate(v) if v else
-                      np.zeros((0,) + tuple(int(d) for d in s.shape[1:]), np.float32))
-                  for (t, v), s in zip(parts.items(), specs)}
+        joined = {
+            t: (
+                np.concatenate(v)
+                if v
+                else np.zeros((0,) + tuple(int(d) for d in s.shape[1:]), np.float32)
+            )
+            for (t, v), s in zip(parts.items(), specs)
+        }
         return {o.name: joined[o.graph_name] for o in specs}
 
     def close(self) -> None:
         self.session = None
 
     def __repr__(self) -> str:
-        return (f"OrtBackend({self.model_path!r}, provider={self.provider}, "
-                f"outputs={list(self.meta.output_names)}, batch={self.batch_size})")
+        return (
+            f"OrtBackend({self.model_path!r}, provider={self.provider}, "
+            f"outputs={list(self.meta.output_names)}, batch={self.batch_size})"
+        )

@@ -23,6 +23,7 @@ Calibration, from normal data only, by image:
   the larger of the two, and its threshold the conformal quantile of the held-out combined
   scores at ``fpr`` (so the union of the two signals still holds the target rate).
 """
+
 from __future__ import annotations
 
 import sys
@@ -44,8 +45,15 @@ from .viewembed import ViewEmbedder
 from .views import View
 
 MODES = ("global", "patch", "both")
-DEFAULTS = {"bank_size": 4096, "per_image": 512, "folds": 5, "patch_k": 1,
-            "reduction": "topk", "topk": 10, "calib_images": 200}
+DEFAULTS = {
+    "bank_size": 4096,
+    "per_image": 512,
+    "folds": 5,
+    "patch_k": 1,
+    "reduction": "topk",
+    "topk": 10,
+    "calib_images": 200,
+}
 
 
 def _say(progress: bool, msg: str) -> None:
@@ -66,15 +74,32 @@ def loo_by_image(x: np.ndarray, image_of: np.ndarray, k: int) -> np.ndarray:
     return np.sort(d, axis=1)[:, :k].mean(axis=1).astype(np.float32)
 
 
-def fit_view_bundle(model_path, output, images, *, mode: str = "both", view: View = View(),
-                    k: int = 2, fpr: float = 0.01, l2norm: bool = True,
-                    bank_size: int = DEFAULTS["bank_size"], per_image: int = DEFAULTS["per_image"],
-                    folds: int = DEFAULTS["folds"], patch_k: int = DEFAULTS["patch_k"],
-                    reduction: str = DEFAULTS["reduction"], topk: int = DEFAULTS["topk"],
-                    calib_images: int = DEFAULTS["calib_images"], index: str = "auto",
-                    batch: int = 8, threads: Optional[int] = None, providers="auto",
-                    seed: int = 0, progress: bool = True, jpeg_draft: bool = False,
-                    combine_rule: str = "max") -> Path:
+def fit_view_bundle(
+    model_path,
+    output,
+    images,
+    *,
+    mode: str = "both",
+    view: View = View(),
+    k: int = 2,
+    fpr: float = 0.01,
+    l2norm: bool = True,
+    bank_size: int = DEFAULTS["bank_size"],
+    per_image: int = DEFAULTS["per_image"],
+    folds: int = DEFAULTS["folds"],
+    patch_k: int = DEFAULTS["patch_k"],
+    reduction: str = DEFAULTS["reduction"],
+    topk: int = DEFAULTS["topk"],
+    calib_images: int = DEFAULTS["calib_images"],
+    index: str = "auto",
+    batch: int = 8,
+    threads: Optional[int] = None,
+    providers="auto",
+    seed: int = 0,
+    progress: bool = True,
+    jpeg_draft: bool = False,
+    combine_rule: str = "max",
+) -> Path:
     """Fit a view-aware bundle (global, patch or both signals); returns its path."""
     from .embedder import Embedder
     from .fit import _as_list
@@ -87,8 +112,13 @@ def fit_view_bundle(model_path, output, images, *, mode: str = "both", view: Vie
     if combine_rule not in COMBINES:
         raise Dn2Error(f"--combine: expected one of {', '.join(COMBINES)}, found {combine_rule!r}")
     model_path = Path(model_path)
-    emb = Embedder(str(model_path), providers=providers, threads=threads, batch_size=batch,
-                   jpeg_draft=jpeg_draft)
+    emb = Embedder(
+        str(model_path),
+        providers=providers,
+        threads=threads,
+        batch_size=batch,
+        jpeg_draft=jpeg_draft,
+    )
     use_patch = mode in ("patch", "both")
     files, failed = find_images(_as_list(images))
     n_files = len(files)
@@ -120,26 +150,37 @@ def fit_view_bundle(model_path, output, images, *, mode: str = "both", view: Vie
                 rows = patch_rows(item.patches).reshape(-1, item.patches.shape[1])
                 if not pools:
                     cap = max(2 * per_image, 4 * bank_size // folds)
-                    pools = [StreamingCoreset(rows.shape[1], min(per_image, len(rows)), cap,
-                                              seed + 31 * f) for f in range(folds)]
+                    pools = [
+                        StreamingCoreset(
+                            rows.shape[1], min(per_image, len(rows)), cap, seed + 31 * f
+                        )
+                        for f in range(folds)
+                    ]
                 pools[fold_of[-1]].add_image(rows)
                 if i in calib_set:
                     if spill is None:
                         shape = (len(calib_set),) + item.patches.shape
-                        spill = np.lib.format.open_memmap(str(Path(tmp) / "calib.npy"), "w+",
-                                                          np.float16, shape)
+                        spill = np.lib.format.open_memmap(
+                            str(Path(tmp) / "calib.npy"), "w+", np.float16, shape
+                        )
                     spill_rows[len(names) - 1] = len(spill_rows)
                     spill[spill_rows[len(names) - 1]] = item.patches.astype(np.float16)
             if progress and len(names) % 50 == 0:
-                _say(progress, f"  {len(names)}/{n_files} images "
-                               f"({time.perf_counter() - t0:.0f} s)")
+                _say(
+                    progress, f"  {len(names)}/{n_files} images ({time.perf_counter() - t0:.0f} s)"
+                )
         n = len(names)
         if n < max(k + 1, folds):
-            raise Dn2Error(f"fit needs at least {max(k + 1, folds)} good normal images, found "
-                           f"{n} ({len(failed)} bad files skipped)")
+            raise Dn2Error(
+                f"fit needs at least {max(k + 1, folds)} good normal images, found "
+                f"{n} ({len(failed)} bad files skipped)"
+            )
         t_embed = time.perf_counter() - t0
-        _say(progress, f"embedded {n} images through view {view} ({t_embed:.1f} s); "
-                       f"{len(failed)} bad files skipped")
+        _say(
+            progress,
+            f"embedded {n} images through view {view} ({t_embed:.1f} s); "
+            f"{len(failed)} bad files skipped",
+        )
         fold_arr = np.asarray(fold_of)
         t_in = len(embs[0])
         x = np.concatenate(embs)
@@ -149,9 +190,14 @@ def fit_view_bundle(model_path, output, images, *, mode: str = "both", view: Vie
         gscores = reduce_cells(loo_by_image(x, image_of, k).reshape(n, t_in), "max")
         gthr = conformal_quantile(gscores, fpr)
         gbank = build_bank(x, index)
-        sections: Dict = {"global": {"k": k, "l2norm": bool(l2norm), "inputs_per_image": t_in,
-                                     "threshold": dict(gthr, fpr=fpr,
-                                                       quantiles=quantile_table(gscores))}}
+        sections: Dict = {
+            "global": {
+                "k": k,
+                "l2norm": bool(l2norm),
+                "inputs_per_image": t_in,
+                "threshold": dict(gthr, fpr=fpr, quantiles=quantile_table(gscores)),
+            }
+        }
         patch_bank, pinfo = None, None
         if use_patch:
             t1 = time.perf_counter()
@@ -167,8 +213,7 @@ def fit_view_bundle(model_path, output, images, *, mode: str = "both", view: Vie
                 others = np.concatenate([b for g, b in enumerate(fold_banks) if g != f])
                 fb = build_bank(others, "exact")
                 for j in held:
-                    cells = cell_scores(fb, np.asarray(spill[spill_rows[j]], np.float32),
-                                        patch_k)
+                    cells = cell_scores(fb, np.asarray(spill[spill_rows[j]], np.float32), patch_k)
                     pscores[j] = reduce_cells(cells[None], reduction, topk)[0]
                     h, w = frame_shapes[j]
                     pmax[j] = frame_map(list(cells), rects_of[j], h, w, emb.input_size).max()
@@ -178,62 +223,111 @@ def fit_view_bundle(model_path, output, images, *, mode: str = "both", view: Vie
             bank_rows = np.concatenate(fold_banks)
             patch_bank = build_bank(bank_rows, index)
             t_fit = time.perf_counter() - t1
-            pinfo = {"calibrated_images": int(calibrated.sum()), "folds": folds,
-                     "pool_shrinks": int(sum(p.shrinks for p in pools)),
-                     "bank_seconds": round(t_bank, 2), "fit_seconds": round(t_fit, 2)}
+            pinfo = {
+                "calibrated_images": int(calibrated.sum()),
+                "folds": folds,
+                "pool_shrinks": int(sum(p.shrinks for p in pools)),
+                "bank_seconds": round(t_bank, 2),
+                "fit_seconds": round(t_fit, 2),
+            }
             sections["patch"] = {
                 **PatchScorer(patch_bank, patch_k, reduction, topk, SIGMA).params(),
-                "compression": "greedy-coreset", "per_image": per_image,
-                "bank_size": int(len(bank_rows)), "layers": emb.patch_spec["layers"],
-                "channels": emb.patch_spec["channels"], "grid": emb.patch_spec["grid"],
+                "compression": "greedy-coreset",
+                "per_image": per_image,
+                "bank_size": int(len(bank_rows)),
+                "layers": emb.patch_spec["layers"],
+                "channels": emb.patch_spec["channels"],
+                "grid": emb.patch_spec["grid"],
                 "threshold": dict(pthr, fpr=fpr, quantiles=quantile_table(pscores[calibrated])),
-                "pixel_threshold": dict(pix, fpr=fpr, what="map maximum of held-out normal "
-                                                           "images"),
+                "pixel_threshold": dict(pix, fpr=fpr, what="map maximum of held-out normal images"),
                 "calibration": f"{folds}-fold by image: scored against the other folds' "
-                               f"patch pools"}
-            _say(progress, f"patch bank: {len(bank_rows)} rows x {bank_rows.shape[1]} "
-                           f"(greedy coreset of {n} images, {t_bank:.1f} s); threshold "
-                           f"{pthr['value']:.4g}, pixel threshold {pix['value']:.4g}")
+                f"patch pools",
+            }
+            _say(
+                progress,
+                f"patch bank: {len(bank_rows)} rows x {bank_rows.shape[1]} "
+                f"(greedy coreset of {n} images, {t_bank:.1f} s); threshold "
+                f"{pthr['value']:.4g}, pixel threshold {pix['value']:.4g}",
+            )
         if mode == "both":
             both = calibrated_both(gscores, gthr["value"], pscores, pthr["value"], combine_rule)
-            thr = dict(conformal_quantile(both[~np.isnan(both)], fpr), method="fpr", fpr=fpr,
-                       quantiles=quantile_table(both[~np.isnan(both)]),
-                       calibration=f"{combine_rule} of the two normalised held-out scores")
+            thr = dict(
+                conformal_quantile(both[~np.isnan(both)], fpr),
+                method="fpr",
+                fpr=fpr,
+                quantiles=quantile_table(both[~np.isnan(both)]),
+                calibration=f"{combine_rule} of the two normalised held-out scores",
+            )
         elif mode == "patch":
-            thr = dict(sections["patch"]["threshold"], method="fpr",
-                       calibration=sections["patch"]["calibration"])
+            thr = dict(
+                sections["patch"]["threshold"],
+                method="fpr",
+                calibration=sections["patch"]["calibration"],
+            )
         else:
-            thr = dict(gthr, method="fpr", fpr=fpr, quantiles=quantile_table(gscores),
-                       calibration="leave-one-out by image")
+            thr = dict(
+                gthr,
+                method="fpr",
+                fpr=fpr,
+                quantiles=quantile_table(gscores),
+                calibration="leave-one-out by image",
+            )
     meta = emb.meta
     manifest = {
-        "model": {"arch": meta.arch, "weights": meta.weights, "input": meta.input_size,
-                  "dim": meta.dim, "precision": meta.precision},
+        "model": {
+            "arch": meta.arch,
+            "weights": meta.weights,
+            "input": meta.input_size,
+            "dim": meta.dim,
+            "precision": meta.precision,
+        },
         "bank": {"contents": "embeddings" if t_in == 1 else "view-input-embeddings"},
-        "fit": {"images": n, "kept": n, "failed": len(failed), "dropped": 0,
-                "cleaned_fraction": 0.0, "kmeans": None, "seed": int(seed), "index": index,
-                "source": "images", "embed_seconds": round(t_embed, 2),
-                **({"patch": pinfo} if pinfo else {})},
-        "score": {"k": k, "reduction": "mean", "l2norm": bool(l2norm),
-                  "jpeg_draft": bool(jpeg_draft), "mode": mode, "combine": combine_rule},
+        "fit": {
+            "images": n,
+            "kept": n,
+            "failed": len(failed),
+            "dropped": 0,
+            "cleaned_fraction": 0.0,
+            "kmeans": None,
+            "seed": int(seed),
+            "index": index,
+            "source": "images",
+            "embed_seconds": round(t_embed, 2),
+            **({"patch": pinfo} if pinfo else {}),
+        },
+        "score": {
+            "k": k,
+            "reduction": "mean",
+            "l2norm": bool(l2norm),
+            "jpeg_draft": bool(jpeg_draft),
+            "mode": mode,
+            "combine": combine_rule,
+        },
         "view": view.to_dict(),
         "signals": sections,
         "threshold": thr,
         "group": None,
     }
-    report = {"kept": names, "dropped": [], "failed": [list(f) for f in failed],
-              "val_failed": [], "bank_rows": "view inputs of the kept images, in order"}
+    report = {
+        "kept": names,
+        "dropped": [],
+        "failed": [list(f) for f in failed],
+        "val_failed": [],
+        "bank_rows": "view inputs of the kept images, in order",
+    }
     out = write_bundle(output, model_path, manifest, gbank, None, report, patch_bank=patch_bank)
-    _say(progress, f"bundle written: {out} (mode {mode}, view {view}, threshold "
-                   f"{thr['value']:.6g})")
+    _say(
+        progress, f"bundle written: {out} (mode {mode}, view {view}, threshold {thr['value']:.6g})"
+    )
     return out
 
 
 COMBINES = ("max", "sum")
 
 
-def calibrated_both(g: np.ndarray, tg: float, p: np.ndarray, tp: float,
-                    rule: str = "max") -> np.ndarray:
+def calibrated_both(
+    g: np.ndarray, tg: float, p: np.ndarray, tp: float, rule: str = "max"
+) -> np.ndarray:
     """max (or sum) of global / its threshold and patch / its threshold; NaN where a patch
     score is missing."""
     a = np.asarray(g, np.float64) / max(tg, 1e-30)
@@ -243,8 +337,14 @@ def calibrated_both(g: np.ndarray, tg: float, p: np.ndarray, tp: float,
     return (np.maximum(a, b) if rule == "max" else a + b).astype(np.float32)
 
 
-def combine(g: np.ndarray, tg: float, p: Optional[np.ndarray], tp: Optional[float],
-            mode: str, rule: str = "max") -> np.ndarray:
+def combine(
+    g: np.ndarray,
+    tg: float,
+    p: Optional[np.ndarray],
+    tp: Optional[float],
+    mode: str,
+    rule: str = "max",
+) -> np.ndarray:
     """The decision score of ``mode`` from raw global / patch image scores."""
     if mode == "global":
         return np.asarray(g, np.float32)

@@ -8,6 +8,7 @@ scores a reduction of its cells: ``max``, or ``topk`` = the mean of the ``topk``
 anomaly map is the cell grid of every model input put back on its source rectangle of the
 frame (``dn2.runtime.views.stitch``), smoothed by a Gaussian of ``SIGMA`` model-input pixels.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -50,11 +51,11 @@ def nearest_sq(bank: ExactBank, q: np.ndarray, block: int = 1 << 22) -> np.ndarr
     out = np.empty(len(q), np.float32)
     step = max(1, block // max(1, len(x)))
     for i in range(0, len(q), step):
-        qs = q[i:i + step]
+        qs = q[i : i + step]
         d = qs @ x.T
         d *= -2.0
         d += bn[None, :]
-        out[i:i + step] = d.min(axis=1) + np.einsum("ij,ij->i", qs, qs)
+        out[i : i + step] = d.min(axis=1) + np.einsum("ij,ij->i", qs, qs)
     return np.maximum(out, 0.0, out=out)
 
 
@@ -69,8 +70,14 @@ def cell_scores(bank: Bank, patches: np.ndarray, k: int = 1) -> np.ndarray:
     return np.sqrt(d).reshape(n, h, w).astype(np.float32)
 
 
-def frame_map(cells: Sequence[np.ndarray], rects: Sequence[Rect], h: int, w: int,
-              input_size: int, sigma: float = SIGMA) -> np.ndarray:
+def frame_map(
+    cells: Sequence[np.ndarray],
+    rects: Sequence[Rect],
+    h: int,
+    w: int,
+    input_size: int,
+    sigma: float = SIGMA,
+) -> np.ndarray:
     """Cell grids of one frame's model inputs -> smoothed float32 [h, w] map of the frame."""
     m = stitch(cells, rects, h, w)
     scale = float(np.mean([(r[2] - r[0]) / input_size for r in rects]))  # frame px per input px
@@ -80,8 +87,9 @@ def frame_map(cells: Sequence[np.ndarray], rects: Sequence[Rect], h: int, w: int
     return m
 
 
-def peak_and_box(m: np.ndarray, pixel_threshold: Optional[float]
-                 ) -> Tuple[List[int], Optional[List[int]]]:
+def peak_and_box(
+    m: np.ndarray, pixel_threshold: Optional[float]
+) -> Tuple[List[int], Optional[List[int]]]:
     """([x, y] of the map's maximum, [x, y, w, h] of the connected region over
     ``pixel_threshold`` that holds the peak, or None when the peak is not over it)."""
     iy, ix = np.unravel_index(int(np.argmax(m)), m.shape)
@@ -97,8 +105,9 @@ def peak_and_box(m: np.ndarray, pixel_threshold: Optional[float]
 class PatchScorer:
     """The patch bank and how to read it; ``params`` go to / come from the manifest."""
 
-    def __init__(self, bank: Bank, k: int = 1, reduction: str = "topk", topk: int = 10,
-                 sigma: float = SIGMA):
+    def __init__(
+        self, bank: Bank, k: int = 1, reduction: str = "topk", topk: int = 10, sigma: float = SIGMA
+    ):
         if reduction not in REDUCTIONS:
             raise Dn2Error(f"patch reduction: expected one of {REDUCTIONS}, found {reduction!r}")
         self.bank, self.k, self.reduction, self.topk = bank, int(k), reduction, int(topk)

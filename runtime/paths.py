@@ -5,6 +5,7 @@
 ``regular_file(path, expected)`` returns the path when it is a regular file and raises
 ``Dn2Error("<path>: expected <expected>, found <what>")`` otherwise.
 """
+
 from __future__ import annotations
 
 import os

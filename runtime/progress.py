@@ -9,6 +9,7 @@ On a terminal the line is redrawn in place (at most every ``interval`` s); when 
 not a terminal (CI logs, pipes) a plain line is printed every ``log_interval`` s instead, so
 logs stay readable. ``enabled=False`` makes every call a no-op.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,13 +19,23 @@ from typing import Optional, TextIO
 
 def _clock(seconds: float) -> str:
     s = int(max(seconds, 0) + 0.5)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    return (
+        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    )
 
 
 class Progress:
-    def __init__(self, total: Optional[int], desc: str = "", unit: str = "img",
-                 stream: Optional[TextIO] = None, enabled: bool = True, interval: float = 0.2,
-                 log_interval: float = 10.0, width: int = 20):
+    def __init__(
+        self,
+        total: Optional[int],
+        desc: str = "",
+        unit: str = "img",
+        stream: Optional[TextIO] = None,
+        enabled: bool = True,
+        interval: float = 0.2,
+        log_interval: float = 10.0,
+        width: int = 20,
+    ):
         self.total, self.desc, self.unit, self.width = total, desc, unit, width
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
@@ -47,8 +58,11 @@ class Progress:
         if self.total:
             frac = min(self.n / self.total, 1.0)
             fill = int(round(frac * self.width))
-            parts += [f"{self.n}/{self.total}", "[" + "#" * fill + "." * (self.width - fill) + "]",
-                      f"{100 * frac:3.0f}%"]
+            parts += [
+                f"{self.n}/{self.total}",
+                "[" + "#" * fill + "." * (self.width - fill) + "]",
+                f"{100 * frac:3.0f}%",
+            ]
         else:
             parts.append(f"{self.n}")
         parts.append(f"{rate:.1f} {self.unit}/s")
@@ -80,7 +94,7 @@ class Progress:
         self._closed = True
         self._draw(final=True)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         if self.enabled and self.tty:
             self._draw()
         return self

@@ -6,6 +6,7 @@ or full onnxruntime names; a string may be comma-separated, as the CLIs pass it)
 only means the build has the provider compiled in: the Embedder proves the choice with a real
 warm-up inference and falls back down the list (logging the reason) when it fails.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,8 +54,10 @@ def resolve(providers: Providers = "auto", avail: Optional[Sequence[str]] = None
     if names == ["auto"]:
         out = [p for p in AUTO_ORDER if p in avail]
         if not out:
-            raise ModelError(f"providers auto: expected one of {list(AUTO_ORDER)} in this "
-                             f"onnxruntime, found only {avail}")
+            raise ModelError(
+                f"providers auto: expected one of {list(AUTO_ORDER)} in this "
+                f"onnxruntime, found only {avail}"
+            )
         return out
     out: List[str] = []
     for n in names:
@@ -64,11 +67,15 @@ def resolve(providers: Providers = "auto", avail: Optional[Sequence[str]] = None
         if full not in avail:
             hint = ""
             if full in (TRT, CUDA):
-                hint = (" (GPU providers need onnxruntime-gpu: pip uninstall -y onnxruntime && "
-                        "pip install 'dn2[gpu]')")
-            raise ModelError(f"provider {n!r}: expected one of {avail} (or auto, "
-                             f"{', '.join(sorted(ALIASES))}), found {full!r} not in this "
-                             f"onnxruntime{hint}")
+                hint = (
+                    " (GPU providers need onnxruntime-gpu: pip uninstall -y onnxruntime && "
+                    "pip install 'dn2[gpu]')"
+                )
+            raise ModelError(
+                f"provider {n!r}: expected one of {avail} (or auto, "
+                f"{', '.join(sorted(ALIASES))}), found {full!r} not in this "
+                f"onnxruntime{hint}"
+            )
         if full not in out:
             out.append(full)
     return out
@@ -77,12 +84,18 @@ def resolve(providers: Providers = "auto", avail: Optional[Sequence[str]] = None
 def trt_cache_dir() -> str:
     """Where the TensorRT EP keeps built engines: $DN2_TRT_CACHE or ~/.cache/dn2/trt."""
     return os.environ.get("DN2_TRT_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "dn2", "trt")
+        os.path.expanduser("~"), ".cache", "dn2", "trt"
+    )
 
 
-def provider_options(name: str, input_size: int, precision: str = "fp32",
-                     allow_fp16: bool = True, batch_size: int = 8,
-                     device_id: int = 0) -> Dict[str, Any]:
+def provider_options(
+    name: str,
+    input_size: int,
+    precision: str = "fp32",
+    allow_fp16: bool = True,
+    batch_size: int = 8,
+    device_id: int = 0,
+) -> Dict[str, Any]:
     """Options for one provider. TensorRT: engine + timing cache on disk (the first run of a
     model builds the engine, minutes on a Jetson; later runs load it), FP16 kernels when the
     model is FP32 and ``allow_fp16``, a batch profile 1..max(64, batch_size). CUDA: defaults
@@ -93,9 +106,14 @@ def provider_options(name: str, input_size: int, precision: str = "fp32",
         cache = trt_cache_dir()
         os.makedirs(cache, exist_ok=True)
         fp16 = bool(allow_fp16) and precision == "fp32"
-        return tensorrt_ep_options(cache, input_size, fp16=fp16, device_id=device_id,
-                                   opt_batch=max(1, batch_size),
-                                   max_batch=max(64, batch_size))
+        return tensorrt_ep_options(
+            cache,
+            input_size,
+            fp16=fp16,
+            device_id=device_id,
+            opt_batch=max(1, batch_size),
+            max_batch=max(64, batch_size),
+        )
     if name == CUDA:
         return {"device_id": device_id}
     return {}
@@ -110,7 +128,7 @@ def attempts(order: Sequence[str]) -> List[List[str]]:
     return [list(order[i:]) for i in range(len(order))]
 
 
-def with_options(names: Sequence[str], input_size: int, precision: str, allow_fp16: bool,
-                 batch_size: int) -> List[Tuple[str, Dict[str, Any]]]:
-    return [(n, provider_options(n, input_size, precision, allow_fp16, batch_size))
-            for n in names]
+def with_options(
+    names: Sequence[str], input_size: int, precision: str, allow_fp16: bool, batch_size: int
+) -> List[Tuple[str, Dict[str, Any]]]:
+    return [(n, provider_options(n, input_size, precision, allow_fp16, batch_size)) for n in names]

@@ -15,6 +15,7 @@ files with their errors). Bad files are rows with an error, never a failed task.
 Ray is an optional extra (``pip install 'dn2[ray]'``) and is imported only inside the
 functions here; nothing else in the runtime imports this module.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,12 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bo
     ray = require_ray()
     if ray.is_initialized():
         return False
-    kw = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-              configure_logging=True)
+    kw = dict(
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        configure_logging=True,
+    )
     try:
         if address in (None, "", "local"):
             ray.init(num_cpus=num_cpus, **kw)
@@ -58,8 +63,10 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bo
             ray.init(address=address, **kw)
     except Exception as exc:  # ConnectionError, RuntimeError, ... : ray's own types vary
         where = "a local cluster" if address in (None, "", "local") else f"address {address!r}"
-        raise Dn2Error(f"--ray: expected a Ray cluster at {where}, found none: "
-                       f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from exc
+        raise Dn2Error(
+            f"--ray: expected a Ray cluster at {where}, found none: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
+        ) from exc
     for name in ("ray", "ray.data"):  # its INFO lines (execution plans, log paths) are noise
         logging.getLogger(name).setLevel(logging.WARNING)
     return True
@@ -80,12 +87,27 @@ def cluster_cpus() -> int:
 class EmbedActor:
     """One onnxruntime session per actor; ``__call__`` embeds a batch of paths."""
 
-    def __init__(self, model_path: str, providers, threads: Optional[int], batch: int,
-                 jpeg_draft: bool, decode_workers: int, gray: bool = False):
+    def __init__(
+        self,
+        model_path: str,
+        providers,
+        threads: Optional[int],
+        batch: int,
+        jpeg_draft: bool,
+        decode_workers: int,
+        gray: bool = False,
+    ):
         from .embedder import Embedder
 
-        self.emb = Embedder(model_path, providers=providers, threads=threads, batch_size=batch,
-                            jpeg_draft=jpeg_draft, decode_workers=decode_workers, gray=gray)
+        self.emb = Embedder(
+            model_path,
+            providers=providers,
+            threads=threads,
+            batch_size=batch,
+            jpeg_draft=jpeg_draft,
+            decode_workers=decode_workers,
+            gray=gray,
+        )
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         t0 = time.perf_counter()
@@ -101,14 +123,19 @@ class EmbedActor:
                 j += 1
         busy = np.zeros(len(paths))  # seconds this actor spent on the batch, on its first row
         busy[:1] = time.perf_counter() - t0
-        return {"path": np.asarray(paths, dtype=object), "ok": ok, "embedding": out,
-                "error": np.asarray([err.get(p, "" if o else "not embedded")
-                                     for p, o in zip(paths, ok)], dtype=object),
-                "actor": np.full(len(paths), os.getpid(), np.int64), "busy_s": busy}
+        return {
+            "path": np.asarray(paths, dtype=object),
+            "ok": ok,
+            "embedding": out,
+            "error": np.asarray(
+                [err.get(p, "" if o else "not embedded") for p, o in zip(paths, ok)], dtype=object
+            ),
+            "actor": np.full(len(paths), os.getpid(), np.int64),
+            "busy_s": busy,
+        }
 
 
-def pool_args(workers: Optional[int], threads: Optional[int], gpus: float
-              ) -> Tuple[int, Dict, int]:
+def pool_args(workers: Optional[int], threads: Optional[int], gpus: float) -> Tuple[int, Dict, int]:
     """(actors, ray remote args, threads per actor) for the pool: ``threads`` CPUs per actor
     (onnxruntime intra-op threads; None: 1), ``gpus`` GPUs per actor (0: CPU actors)."""
     t = 1 if threads is None else int(threads)
@@ -142,16 +169,34 @@ def path_dataset(columns: Dict[str, Sequence[str]], rows_per_block: int):
     ctx.enable_progress_bars = False  # dn2's own line shows images/s across the cluster
     n = len(next(iter(columns.values())))
     step = max(1, rows_per_block)
-    tables = [pa.table({k: pa.array([str(v) for v in vals[i:i + step]], pa.string())
-                        for k, vals in columns.items()}) for i in range(0, max(n, 1), step)]
+    tables = [
+        pa.table(
+            {
+                k: pa.array([str(v) for v in vals[i : i + step]], pa.string())
+                for k, vals in columns.items()
+            }
+        )
+        for i in range(0, max(n, 1), step)
+    ]
     return ray.data.from_arrow(tables)  # one block per table: no shuffle task needed
 
 
-def embed_to_shards(model_path, paths: Sequence[str], out_dir, *, workers: Optional[int] = None,
-                    threads: Optional[int] = 1, gpus: float = 0.0, batch: int = 8,
-                    providers="auto", jpeg_draft: bool = False, gray: bool = False,
-                    decode_workers: int = 1,
-                    shard_rows: int = SHARD_ROWS, progress: bool = True) -> Dict:
+def embed_to_shards(
+    model_path,
+    paths: Sequence[str],
+    out_dir,
+    *,
+    workers: Optional[int] = None,
+    threads: Optional[int] = 1,
+    gpus: float = 0.0,
+    batch: int = 8,
+    providers="auto",
+    jpeg_draft: bool = False,
+    gray: bool = False,
+    decode_workers: int = 1,
+    shard_rows: int = SHARD_ROWS,
+    progress: bool = True,
+) -> Dict:
     """Embed ``paths`` on the connected cluster and write the shards + index to ``out_dir``.
     Returns the index (also written as ``out_dir/index.json``) plus ``images_per_s`` (since
     the start, actor start-up included), ``steady_images_per_s`` (after the first batch) and
@@ -164,13 +209,22 @@ def embed_to_shards(model_path, paths: Sequence[str], out_dir, *, workers: Optio
         old.unlink()
     n_actors, remote, threads = pool_args(workers, threads, gpus)
     ds = path_dataset({"path": paths}, rows_per_block=4 * batch)
-    ds = ds.map_batches(EmbedActor, batch_size=4 * batch, compute=actor_pool(n_actors),
-                        fn_constructor_kwargs=dict(model_path=str(model_path),
-                                                   providers=providers, threads=threads,
-                                                   batch=batch, jpeg_draft=bool(jpeg_draft),
-                                                   decode_workers=decode_workers,
-                                                   gray=bool(gray)),
-                        batch_format="numpy", **remote)
+    ds = ds.map_batches(
+        EmbedActor,
+        batch_size=4 * batch,
+        compute=actor_pool(n_actors),
+        fn_constructor_kwargs=dict(
+            model_path=str(model_path),
+            providers=providers,
+            threads=threads,
+            batch=batch,
+            jpeg_draft=bool(jpeg_draft),
+            decode_workers=decode_workers,
+            gray=bool(gray),
+        ),
+        batch_format="numpy",
+        **remote,
+    )
     names: List[str] = []
     failed: List[List[str]] = []
     shards: List[Dict] = []
@@ -214,20 +268,29 @@ def embed_to_shards(model_path, paths: Sequence[str], out_dir, *, workers: Optio
         except Dn2Error:
             raise
         except Exception as exc:  # an actor that cannot start (bad model, no GPU), ray errors
-            raise Dn2Error(f"--ray: embedding on the cluster failed: "
-                           f"{_first_line(exc)}") from exc
+            raise Dn2Error(f"--ray: embedding on the cluster failed: {_first_line(exc)}") from exc
         flush()
-    index = {"format": "dn2-embedding-shards", "version": 1, "dim": dim,
-             "model": str(model_path), "actors": n_actors, "threads_per_actor": threads,
-             "gpus_per_actor": gpus, "shards": shards, "paths": names, "failed": failed}
+    index = {
+        "format": "dn2-embedding-shards",
+        "version": 1,
+        "dim": dim,
+        "model": str(model_path),
+        "actors": n_actors,
+        "threads_per_actor": threads,
+        "gpus_per_actor": gpus,
+        "shards": shards,
+        "paths": names,
+        "failed": failed,
+    }
     tmp = out / (INDEX + ".tmp")
     tmp.write_text(json.dumps(index))
     os.replace(tmp, out / INDEX)
     index["images_per_s"] = len(paths) / max(time.perf_counter() - start, 1e-9)
     dt = time.perf_counter() - first[0] if first else 0.0
     index["steady_images_per_s"] = (len(paths) - first[1]) / dt if dt > 0 else None
-    index["per_actor_images_per_s"] = {str(a): round(rows[a] / busy[a], 3) for a in busy
-                                       if busy[a] > 0}
+    index["per_actor_images_per_s"] = {
+        str(a): round(rows[a] / busy[a], 3) for a in busy if busy[a] > 0
+    }
     return index
 
 
@@ -240,8 +303,11 @@ def _first_line(exc: BaseException) -> str:
     found = re.findall(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$", text, re.M)
     if found:
         kind, msg = found[-1]
-        return msg.strip() if kind in ("Dn2Error", "ModelError", "ImageError", "BundleError",
-                                       "MissingExtraError") else f"{kind}: {msg.strip()}"
+        return (
+            msg.strip()
+            if kind in ("Dn2Error", "ModelError", "ImageError", "BundleError", "MissingExtraError")
+            else f"{kind}: {msg.strip()}"
+        )
     return text.splitlines()[0] if text else type(exc).__name__
 
 
@@ -253,8 +319,9 @@ def load_shards(out_dir) -> Tuple[np.ndarray, List[str], List[Tuple[str, str]]]:
     except (OSError, ValueError) as exc:
         raise Dn2Error(f"{out}: expected embedding shards with {INDEX}, found: {exc}") from exc
     if index.get("format") != "dn2-embedding-shards":
-        raise Dn2Error(f"{out / INDEX}: expected format dn2-embedding-shards, found "
-                       f"{index.get('format')!r}")
+        raise Dn2Error(
+            f"{out / INDEX}: expected format dn2-embedding-shards, found {index.get('format')!r}"
+        )
     n = sum(int(s["rows"]) for s in index["shards"])
     if n != len(index["paths"]):
         raise Dn2Error(f"{out}: expected {len(index['paths'])} rows (one per path), found {n}")
@@ -263,8 +330,9 @@ def load_shards(out_dir) -> Tuple[np.ndarray, List[str], List[Tuple[str, str]]]:
     for s in index["shards"]:
         a = np.load(out / s["file"], mmap_mode="r", allow_pickle=False)
         if a.shape != (int(s["rows"]), x.shape[1]):
-            raise Dn2Error(f"{out / s['file']}: expected shape ({s['rows']}, {x.shape[1]}), "
-                           f"found {a.shape}")
-        x[i:i + len(a)] = a
+            raise Dn2Error(
+                f"{out / s['file']}: expected shape ({s['rows']}, {x.shape[1]}), found {a.shape}"
+            )
+        x[i : i + len(a)] = a
         i += len(a)
     return x, list(index["paths"]), [tuple(f) for f in index["failed"]]

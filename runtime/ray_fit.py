@@ -9,6 +9,7 @@ calibration and the bundle are then exactly ``fit.fit_bundle`` on those embeddin
 bundle has the same format (manifest ``fit.source`` says ``ray``) and, on the same images, the
 same scores as a local fit (tests/test_ray.py states the tolerance).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -28,11 +29,24 @@ def _say(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def fit_bundle_ray(model_path, output, images, *, address: Optional[str] = None,
-                   workers: Optional[int] = None, gpus: float = 0.0,
-                   shards_dir=None, num_cpus: Optional[int] = None, batch: int = 8,
-                   threads: Optional[int] = 1, providers="auto", jpeg_draft: bool = False,
-                   color="auto", progress: bool = True, **fit_kwargs) -> Path:
+def fit_bundle_ray(
+    model_path,
+    output,
+    images,
+    *,
+    address: Optional[str] = None,
+    workers: Optional[int] = None,
+    gpus: float = 0.0,
+    shards_dir=None,
+    num_cpus: Optional[int] = None,
+    batch: int = 8,
+    threads: Optional[int] = 1,
+    providers="auto",
+    jpeg_draft: bool = False,
+    color="auto",
+    progress: bool = True,
+    **fit_kwargs,
+) -> Path:
     """Fit like ``fit_bundle(model_path, output, images=images, **fit_kwargs)`` with the
     embedding done on Ray. ``address``: None starts a local cluster (``num_cpus`` CPUs),
     "auto" joins the running one, "host:port" / "ray://..." a given one. ``workers``: actors
@@ -51,13 +65,16 @@ def fit_bundle_ray(model_path, output, images, *, address: Optional[str] = None,
     read_model_meta(str(model_path))  # not a dn2 model: say so here, before any actor starts
     image_in, streams = split_inputs(expand_inputs(images))  # a missing path: an error, as local
     if streams:
-        raise Dn2Error(f"fit --ray: expected image files, folders or globs, found "
-                       f"{streams[0]!r} (videos, cameras and streams are fitted without --ray)")
+        raise Dn2Error(
+            f"fit --ray: expected image files, folders or globs, found "
+            f"{streams[0]!r} (videos, cameras and streams are fitted without --ray)"
+        )
     files, problems = find_images(image_in)
     if not files:
-        raise Dn2Error(f"fit --ray: expected normal images in {images}, found none"
-                       + (f" ({len(problems)} problems, first: {problems[0][1]})"
-                          if problems else ""))
+        raise Dn2Error(
+            f"fit --ray: expected normal images in {images}, found none"
+            + (f" ({len(problems)} problems, first: {problems[0][1]})" if problems else "")
+        )
     colour = color_mode(color, files, progress)  # detected on the driver, as a local fit does
     tmp = None
     if shards_dir is None:
@@ -68,27 +85,52 @@ def fit_bundle_ray(model_path, output, images, *, address: Optional[str] = None,
     try:
         started = connect(address, num_cpus=num_cpus)
         try:
-            info = embed_to_shards(model_path, files, shards_dir, workers=workers,
-                                   threads=threads, gpus=gpus, batch=batch,
-                                   providers=providers, jpeg_draft=jpeg_draft,
-                                   gray=colour["mode"] == "gray", progress=progress)
+            info = embed_to_shards(
+                model_path,
+                files,
+                shards_dir,
+                workers=workers,
+                threads=threads,
+                gpus=gpus,
+                batch=batch,
+                providers=providers,
+                jpeg_draft=jpeg_draft,
+                gray=colour["mode"] == "gray",
+                progress=progress,
+            )
         finally:
             if started:
                 shutdown()
-        _say(progress, f"ray: embedded {len(info['paths'])} images with {info['actors']} "
-                       f"actors at {info['images_per_s']:.1f} img/s across the cluster; "
-                       f"{len(info['failed'])} bad files")
+        _say(
+            progress,
+            f"ray: embedded {len(info['paths'])} images with {info['actors']} "
+            f"actors at {info['images_per_s']:.1f} img/s across the cluster; "
+            f"{len(info['failed'])} bad files",
+        )
         x, names, failed = load_shards(shards_dir)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     if len(x) == 0:
-        raise Dn2Error(f"fit --ray: expected good normal images, found none of {len(files)} "
-                       f"readable ({len(failed)} bad files, first: {failed[0][1]})")
+        raise Dn2Error(
+            f"fit --ray: expected good normal images, found none of {len(files)} "
+            f"readable ({len(failed)} bad files, first: {failed[0][1]})"
+        )
     for path, msg in failed:
         shown = msg if str(msg).startswith(str(path)) else f"{path}: {msg}"
         _say(progress, f"  skipped {shown}")
-    return fit_bundle(model_path, output, embeddings=x, names=names,
-                      embed_failed=list(problems) + list(failed), source="ray", batch=batch,
-                      threads=threads, providers=providers, jpeg_draft=jpeg_draft,
-                      color=colour, progress=progress, **fit_kwargs)
+    return fit_bundle(
+        model_path,
+        output,
+        embeddings=x,
+        names=names,
+        embed_failed=list(problems) + list(failed),
+        source="ray",
+        batch=batch,
+        threads=threads,
+        providers=providers,
+        jpeg_draft=jpeg_draft,
+        color=colour,
+        progress=progress,
+        **fit_kwargs,
+    )

@@ -4,6 +4,7 @@
   ``#`` comments skipped), relative paths taken from the list's own folder.
 * video files (``VIDEO_EXTENSIONS``) are scored frame by frame by ``dn2 score --ray``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,9 @@ from typing import List, Sequence, Tuple
 
 from .errors import Dn2Error
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg",
-                              ".mpeg", ".wmv"})
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+)
 
 
 def expand_inputs(inputs) -> List[str]:
@@ -31,8 +33,9 @@ def expand_inputs(inputs) -> List[str]:
             with open(path, encoding="utf-8") as f:
                 lines = f.read().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise Dn2Error(f"{item}: expected a readable list file (one path per line), "
-                           f"found: {exc}") from exc
+            raise Dn2Error(
+                f"{item}: expected a readable list file (one path per line), found: {exc}"
+            ) from exc
         base = os.path.dirname(os.path.abspath(path))
         for line in lines:
             line = line.strip()
@@ -53,31 +56,67 @@ def split_videos(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
 def add_ray_args(p: argparse.ArgumentParser, score: bool = False) -> None:
     """``--ray [ADDRESS]`` and the pool options, for dn2 fit and dn2 score."""
     g = p.add_argument_group("Ray (pip install 'dn2[ray]')")
-    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="run the embedding on a Ray cluster: no ADDRESS starts a local one, "
-                        "'auto' joins the running cluster (ray start), host:port or "
-                        "ray://host:10001 a given one; files must be readable by the workers "
-                        "at the same paths. Put it after the inputs or write --ray=ADDRESS")
-    g.add_argument("--ray-workers", type=int, default=None, metavar="N",
-                   help="actors, one onnxruntime session each (default: cluster CPUs / "
-                        "--threads)")
-    g.add_argument("--ray-gpus", type=float, default=0.0, metavar="G",
-                   help="GPUs per actor (e.g. 1, or 0.5 to share one; default 0: CPU actors; "
-                        "use with --providers cuda,cpu)")
-    g.add_argument("--ray-cpus", type=int, default=None, metavar="N",
-                   help="CPUs of the local cluster that --ray without ADDRESS starts "
-                        "(default: all)")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run the embedding on a Ray cluster: no ADDRESS starts a local one, "
+        "'auto' joins the running cluster (ray start), host:port or "
+        "ray://host:10001 a given one; files must be readable by the workers "
+        "at the same paths. Put it after the inputs or write --ray=ADDRESS",
+    )
+    g.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="actors, one onnxruntime session each (default: cluster CPUs / --threads)",
+    )
+    g.add_argument(
+        "--ray-gpus",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs per actor (e.g. 1, or 0.5 to share one; default 0: CPU actors; "
+        "use with --providers cuda,cpu)",
+    )
+    g.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPUs of the local cluster that --ray without ADDRESS starts (default: all)",
+    )
     if score:
-        g.add_argument("--ray-output", default=None, metavar="DIR",
-                       help="folder for the result shards (required with --ray)")
-        g.add_argument("--ray-format", choices=("parquet", "jsonl"), default="parquet",
-                       help="shard format: Parquet (default) or JSON lines")
-        g.add_argument("--video-stride", type=int, default=1, metavar="N",
-                       help="videos: score every N-th frame (default 1)")
+        g.add_argument(
+            "--ray-output",
+            default=None,
+            metavar="DIR",
+            help="folder for the result shards (required with --ray)",
+        )
+        g.add_argument(
+            "--ray-format",
+            choices=("parquet", "jsonl"),
+            default="parquet",
+            help="shard format: Parquet (default) or JSON lines",
+        )
+        g.add_argument(
+            "--video-stride",
+            type=int,
+            default=1,
+            metavar="N",
+            help="videos: score every N-th frame (default 1)",
+        )
     else:
-        g.add_argument("--ray-shards", default=None, metavar="DIR",
-                       help="keep the embedding shards (.npy + index.json) in DIR "
-                            "(default: a temporary folder, removed after the fit)")
+        g.add_argument(
+            "--ray-shards",
+            default=None,
+            metavar="DIR",
+            help="keep the embedding shards (.npy + index.json) in DIR "
+            "(default: a temporary folder, removed after the fit)",
+        )
 
 
 def ray_address(value):

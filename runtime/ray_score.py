@@ -12,6 +12,7 @@ driver streams the rows back in input order and writes them as shards
 field ``ScoreResult.to_dict`` adds) plus ``frame`` (the frame index in a video; null for an
 image). A bad file or video is a row with ``error`` set, never a failed job.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,14 @@ from .ray_embed import (
 )
 from .ray_inputs import expand_inputs, split_videos
 
-TYPES = {"path": "string", "frame": "int64", "score": "float64", "threshold": "float64",
-         "anomalous": "bool_", "error": "string"}
+TYPES = {
+    "path": "string",
+    "frame": "int64",
+    "score": "float64",
+    "threshold": "float64",
+    "anomalous": "bool_",
+    "error": "string",
+}
 SHARD_ROWS = 100_000
 
 
@@ -56,18 +63,32 @@ def _table(rows: List[Dict]):
 class ScoreActor:
     """One loaded bundle (and onnxruntime session) per actor."""
 
-    def __init__(self, bundle: str, providers, threads: Optional[int], batch: int,
-                 jpeg_draft: Optional[bool], stride: int):
+    def __init__(
+        self,
+        bundle: str,
+        providers,
+        threads: Optional[int],
+        batch: int,
+        jpeg_draft: Optional[bool],
+        stride: int,
+    ):
         from .detector import Detector
 
-        self.det = Detector.load(bundle, providers=providers, threads=threads,
-                                 batch_size=batch, jpeg_draft=jpeg_draft)
+        self.det = Detector.load(
+            bundle, providers=providers, threads=threads, batch_size=batch, jpeg_draft=jpeg_draft
+        )
         self.batch, self.stride = batch, stride
 
     def _row(self, path, score, error=None, frame=None) -> Dict:
         th = self.det.threshold
-        return {"path": path, "frame": frame, "score": score, "threshold": th,
-                "anomalous": None if score is None else bool(score > th), "error": error}
+        return {
+            "path": path,
+            "frame": frame,
+            "score": score,
+            "threshold": th,
+            "anomalous": None if score is None else bool(score > th),
+            "error": error,
+        }
 
     def _video(self, path: str) -> List[Dict]:
         import cv2
@@ -75,8 +96,11 @@ class ScoreActor:
         cap = cv2.VideoCapture(path)
         rows: List[Dict] = []
         if not cap.isOpened():
-            return [self._row(path, None, f"{path}: expected a video OpenCV can open, found "
-                                          f"one it cannot")]
+            return [
+                self._row(
+                    path, None, f"{path}: expected a video OpenCV can open, found one it cannot"
+                )
+            ]
         frames, idx = [], []
 
         def flush():
@@ -102,8 +126,9 @@ class ScoreActor:
         except Dn2Error as exc:
             rows.append(self._row(path, None, str(exc), frame=i))
         except Exception as exc:  # a frame OpenCV decoded into something unusable
-            rows.append(self._row(path, None, f"{path}: frame {i}: {type(exc).__name__}: "
-                                              f"{exc}", frame=i))
+            rows.append(
+                self._row(path, None, f"{path}: frame {i}: {type(exc).__name__}: {exc}", frame=i)
+            )
         finally:
             cap.release()
         if not rows:
@@ -150,11 +175,24 @@ def _writer(out: Path, fmt: str):
     return write
 
 
-def score_ray(bundle, inputs, out_dir, *, fmt: str = "parquet", address: Optional[str] = None,
-              workers: Optional[int] = None, threads: Optional[int] = 1, gpus: float = 0.0,
-              num_cpus: Optional[int] = None, batch: int = 8, providers="auto",
-              jpeg_draft: Optional[bool] = None, video_stride: int = 1,
-              shard_rows: int = SHARD_ROWS, progress: bool = True) -> Dict:
+def score_ray(
+    bundle,
+    inputs,
+    out_dir,
+    *,
+    fmt: str = "parquet",
+    address: Optional[str] = None,
+    workers: Optional[int] = None,
+    threads: Optional[int] = 1,
+    gpus: float = 0.0,
+    num_cpus: Optional[int] = None,
+    batch: int = 8,
+    providers="auto",
+    jpeg_draft: Optional[bool] = None,
+    video_stride: int = 1,
+    shard_rows: int = SHARD_ROWS,
+    progress: bool = True,
+) -> Dict:
     """Score ``inputs`` (files, folders, globs, ``@LIST`` files, videos) on the cluster and write
     the shards. Returns {rows, scored, failed, shards, images_per_s, actors}."""
     from .bundle import load_bundle
@@ -180,9 +218,21 @@ def score_ray(bundle, inputs, out_dir, *, fmt: str = "parquet", address: Optiona
     n_rows = n_failed = 0
     pending: List = []
     if problems:
-        pending.append(_table([{"path": p, "frame": None, "score": None,
-                                "threshold": threshold, "anomalous": None, "error": m}
-                               for p, m in problems]))
+        pending.append(
+            _table(
+                [
+                    {
+                        "path": p,
+                        "frame": None,
+                        "score": None,
+                        "threshold": threshold,
+                        "anomalous": None,
+                        "error": m,
+                    }
+                    for p, m in problems
+                ]
+            )
+        )
         n_rows += len(problems)
         n_failed += len(problems)
     rate, n_actors = 0.0, 0
@@ -190,17 +240,30 @@ def score_ray(bundle, inputs, out_dir, *, fmt: str = "parquet", address: Optiona
         started = connect(address, num_cpus=num_cpus)
         try:
             n_actors, remote, threads = pool_args(workers, threads, gpus)
-            ds = path_dataset({"path": [p for p, _ in items],
-                               "kind": [k for _, k in items]}, 4 * batch)
-            ds = ds.map_batches(ScoreActor, batch_size=4 * batch, compute=actor_pool(n_actors),
-                                fn_constructor_kwargs=dict(bundle=bundle, providers=providers,
-                                                           threads=threads, batch=batch,
-                                                           jpeg_draft=jpeg_draft,
-                                                           stride=int(video_stride)),
-                                batch_format="numpy", **remote)
+            ds = path_dataset(
+                {"path": [p for p, _ in items], "kind": [k for _, k in items]}, 4 * batch
+            )
+            ds = ds.map_batches(
+                ScoreActor,
+                batch_size=4 * batch,
+                compute=actor_pool(n_actors),
+                fn_constructor_kwargs=dict(
+                    bundle=bundle,
+                    providers=providers,
+                    threads=threads,
+                    batch=batch,
+                    jpeg_draft=jpeg_draft,
+                    stride=int(video_stride),
+                ),
+                batch_format="numpy",
+                **remote,
+            )
             start = time.perf_counter()
-            bar = Progress(None if videos else len(items),
-                           f"score on ray ({n_actors} actors)", enabled=progress)
+            bar = Progress(
+                None if videos else len(items),
+                f"score on ray ({n_actors} actors)",
+                enabled=progress,
+            )
             with bar:
                 try:
                     for t in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -214,13 +277,21 @@ def score_ray(bundle, inputs, out_dir, *, fmt: str = "parquet", address: Optiona
                 except Dn2Error:
                     raise
                 except Exception as exc:  # an actor that cannot load the bundle, ray errors
-                    raise Dn2Error(f"--ray: scoring on the cluster failed: "
-                                   f"{_first_line(exc)}") from exc
+                    raise Dn2Error(
+                        f"--ray: scoring on the cluster failed: {_first_line(exc)}"
+                    ) from exc
             rate = (n_rows - len(problems)) / max(time.perf_counter() - start, 1e-9)
         finally:
             if started:
                 shutdown()
     if pending:
         shards.append(write(pending))
-    return {"rows": n_rows, "scored": n_rows - n_failed, "failed": n_failed,
-            "shards": shards, "out": str(out), "images_per_s": rate, "actors": n_actors}
+    return {
+        "rows": n_rows,
+        "scored": n_rows - n_failed,
+        "failed": n_failed,
+        "shards": shards,
+        "out": str(out),
+        "images_per_s": rate,
+        "actors": n_actors,
+    }

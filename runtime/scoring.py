@@ -16,6 +16,7 @@
 * ``pool`` (mean, paper 3.3; max selectable) and ``cov_trace`` (paper 4.5, the trace of the
   covariance of the per-image features in a set) for groups.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -61,8 +62,9 @@ def loo_scores(bank: Bank, x, k: int = 2, ids=None) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     ids = np.arange(len(x)) if ids is None else np.asarray(ids, dtype=np.int64)
     if bank.n < k + 1:
-        raise BankError(f"leave-one-out with k={k} needs at least {k + 1} embeddings, "
-                        f"found {bank.n}")
+        raise BankError(
+            f"leave-one-out with k={k} needs at least {k + 1} embeddings, found {bank.n}"
+        )
     d, nn = bank.search(x, k + 1)
     return _drop_self(d, nn, ids, k).mean(axis=1, dtype=np.float64).astype(np.float32)
 
@@ -78,8 +80,9 @@ def loo_knn_scores(x, k: int = 2) -> np.ndarray:
     return loo_scores(build_bank(x, "exact"), x, k)
 
 
-def loo_kmeans_scores(x, n_centres: int, k: int = 2, folds: int = 5, seed: int = 0,
-                      backend: str = "auto", groups=None) -> np.ndarray:
+def loo_kmeans_scores(
+    x, n_centres: int, k: int = 2, folds: int = 5, seed: int = 0, backend: str = "auto", groups=None
+) -> np.ndarray:
     """Held-out scores of every row of ``x`` against centres fitted without its fold.
     ``groups`` [N] (duplicate groups, ``dn2.runtime.dupes``): rows of a group share a fold."""
     from .kmeans import centres_without, fold_ids

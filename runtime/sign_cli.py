@@ -12,6 +12,7 @@ Exit codes:
   2  usage error, a bundle that does not load or whose signature does not hold, a bad key,
      or cryptography missing (pip install 'dn2[sign]')
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,16 +24,22 @@ from .errors import Dn2Error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = new_parser("sign", "Sign dn2 bundles (Ed25519) and make keys.",
-                   extra_epilog="exit 2 here: usage error, bad bundle, bad key or invalid "
-                                "signature")
+    p = new_parser(
+        "sign",
+        "Sign dn2 bundles (Ed25519) and make keys.",
+        extra_epilog="exit 2 here: usage error, bad bundle, bad key or invalid signature",
+    )
     p.add_argument("bundle", nargs="?", help="bundle directory written by dn2-fit")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--key", metavar="PRIVATE", help="sign BUNDLE with this private key (PEM)")
-    g.add_argument("--keygen", metavar="PRIVATE",
-                   help="write a new key pair: PRIVATE (mode 0600) and PRIVATE.pub")
-    g.add_argument("--verify", metavar="PUBLIC",
-                   help="check BUNDLE's signature against this public key (PEM)")
+    g.add_argument(
+        "--keygen",
+        metavar="PRIVATE",
+        help="write a new key pair: PRIVATE (mode 0600) and PRIVATE.pub",
+    )
+    g.add_argument(
+        "--verify", metavar="PUBLIC", help="check BUNDLE's signature against this public key (PEM)"
+    )
     return p
 
 
@@ -53,9 +60,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             if a.bundle:
                 raise Dn2Error("--keygen takes no BUNDLE")
             priv, pub = signing.generate_keypair(a.keygen)
-            print(f"private key: {priv} (keep it off the boxes)\npublic key: {pub} "
-                  f"(key id {signing.key_id(signing.load_public_key(pub))}; give it to the "
-                  f"boxes as --trusted-key or DN2_TRUSTED_KEY)")
+            print(
+                f"private key: {priv} (keep it off the boxes)\npublic key: {pub} "
+                f"(key id {signing.key_id(signing.load_public_key(pub))}; give it to the "
+                f"boxes as --trusted-key or DN2_TRUSTED_KEY)"
+            )
             return EXIT_OK
         if not a.bundle:
             raise Dn2Error("expected a BUNDLE to sign or verify, found none")
@@ -63,8 +72,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(signing.sign_bundle(a.bundle, a.key))
         else:
             sig = signing.verify_bundle(a.bundle, a.verify)
-            print(f"{a.bundle}: signature valid (key {sig['key_id']}, "
-                  f"{len(sig['files'])} files and the manifest)")
+            print(
+                f"{a.bundle}: signature valid (key {sig['key_id']}, "
+                f"{len(sig['files'])} files and the manifest)"
+            )
     except Dn2Error as exc:
         report_error("sign", exc, parser)
         return EXIT_USAGE

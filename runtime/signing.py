@@ -20,6 +20,7 @@ Where none is configured, unsigned bundles load as before. Keys are PEM files: t
 PKCS#8 (mode 0600), the public one SubjectPublicKeyInfo; ``generate_keypair`` writes both.
 Needs ``cryptography`` (``pip install 'dn2[sign]'``), imported only here.
 """
+
 from __future__ import annotations
 
 import base64
@@ -62,8 +63,9 @@ def _dump(obj) -> str:
 
 
 def _canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
 
 
 def _raw_public(pub) -> bytes:
@@ -75,8 +77,9 @@ def key_id(pub) -> str:
     return hashlib.sha256(_raw_public(pub)).hexdigest()[:16]
 
 
-def generate_keypair(private_path: PathLike, public_path: Optional[PathLike] = None
-                     ) -> Tuple[Path, Path]:
+def generate_keypair(
+    private_path: PathLike, public_path: Optional[PathLike] = None
+) -> Tuple[Path, Path]:
     """Write a new Ed25519 key pair (private PEM 0600, public PEM); refuses to overwrite."""
     serialization, ed25519, _ = _crypto()
     priv_p = Path(private_path)
@@ -85,13 +88,17 @@ def generate_keypair(private_path: PathLike, public_path: Optional[PathLike] = N
         if os.path.lexists(p):
             raise Dn2Error(f"{p}: expected a new key file, found one already (not replaced)")
     key = ed25519.Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(priv_p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    pub_p.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub_p.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return priv_p, pub_p
 
 
@@ -109,8 +116,10 @@ def load_private_key(path: PathLike):
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise Dn2Error(f"{path}: expected an unencrypted Ed25519 private key (PEM), found "
-                       f"{str(exc).splitlines()[0] if str(exc) else 'unreadable data'}") from None
+        raise Dn2Error(
+            f"{path}: expected an unencrypted Ed25519 private key (PEM), found "
+            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable data'}"
+        ) from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise Dn2Error(f"{path}: expected an Ed25519 private key, found {type(key).__name__}")
     return key
@@ -122,8 +131,10 @@ def load_public_key(path: PathLike):
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
-        raise Dn2Error(f"{path}: expected an Ed25519 public key (PEM), found "
-                       f"{str(exc).splitlines()[0] if str(exc) else 'unreadable data'}") from None
+        raise Dn2Error(
+            f"{path}: expected an Ed25519 public key (PEM), found "
+            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable data'}"
+        ) from None
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise Dn2Error(f"{path}: expected an Ed25519 public key, found {type(key).__name__}")
     return key
@@ -143,8 +154,10 @@ def _bundle_files(bundle: Path) -> Dict[str, str]:
         if p.name == SIGNATURE:
             continue
         if p.is_symlink() or not p.is_file():
-            raise BundleError(f"bundle {bundle}: expected only regular files, found {p.name} "
-                              f"({'a symlink' if p.is_symlink() else 'not a regular file'})")
+            raise BundleError(
+                f"bundle {bundle}: expected only regular files, found {p.name} "
+                f"({'a symlink' if p.is_symlink() else 'not a regular file'})"
+            )
         out[p.name] = _sha256(p)
     return out
 
@@ -157,9 +170,15 @@ def sign_bundle(bundle: PathLike, private_key: PathLike) -> Path:
     read_manifest(b)  # digests, schema, types: never sign a broken bundle
     key = load_private_key(private_key)
     raw = (b / MANIFEST).read_bytes()
-    body = {"schema": SIG_SCHEMA, "version": 1, "algorithm": "ed25519",
-            "key_id": key_id(key.public_key()), "manifest_sha256": hashlib.sha256(raw).hexdigest(),
-            "manifest": json.loads(raw), "files": _bundle_files(b)}
+    body = {
+        "schema": SIG_SCHEMA,
+        "version": 1,
+        "algorithm": "ed25519",
+        "key_id": key_id(key.public_key()),
+        "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+        "manifest": json.loads(raw),
+        "files": _bundle_files(b),
+    }
     body["signature"] = base64.b64encode(key.sign(_canonical(body))).decode("ascii")
     tmp = b / f".{SIGNATURE}.tmp-{os.getpid()}"
     tmp.write_text(_dump(body), encoding="utf-8")
@@ -197,9 +216,11 @@ def verify_bundle(bundle: PathLike, trusted: PathLike) -> Dict:
     pub = load_public_key(trusted)
     sig_p = b / SIGNATURE
     if not sig_p.is_file() or sig_p.is_symlink():
-        raise BundleError(f"{where}: expected a signature ({SIGNATURE}) by the trusted key "
-                          f"{key_id(pub)} ({trusted}), found an unsigned bundle; sign it with "
-                          f"dn2-sign BUNDLE --key PRIVATE_KEY")
+        raise BundleError(
+            f"{where}: expected a signature ({SIGNATURE}) by the trusted key "
+            f"{key_id(pub)} ({trusted}), found an unsigned bundle; sign it with "
+            f"dn2-sign BUNDLE --key PRIVATE_KEY"
+        )
     try:
         text = sig_p.read_bytes()[: 1 << 26].decode("utf-8")
         sig = json.loads(text)
@@ -212,16 +233,21 @@ def verify_bundle(bundle: PathLike, trusted: PathLike) -> Dict:
         if not isinstance(body["files"], dict) or not isinstance(body["manifest"], dict):
             raise ValueError("files and manifest must be objects")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
-        raise BundleError(f"{where}: {SIGNATURE}: expected a dn2 signature file, found "
-                          f"unreadable content ({exc})") from None
+        raise BundleError(
+            f"{where}: {SIGNATURE}: expected a dn2 signature file, found unreadable content ({exc})"
+        ) from None
     if body["algorithm"] != "ed25519" or body["key_id"] != key_id(pub):
-        raise BundleError(f"{where}: {SIGNATURE}: expected a signature by the trusted key "
-                          f"{key_id(pub)}, found one by key {body['key_id']!r}")
+        raise BundleError(
+            f"{where}: {SIGNATURE}: expected a signature by the trusted key "
+            f"{key_id(pub)}, found one by key {body['key_id']!r}"
+        )
     try:
         pub.verify(blob, _canonical(body))
     except (InvalidSignature, ValueError):
-        raise BundleError(f"{where}: {SIGNATURE}: the signature does not verify with the "
-                          f"trusted key {key_id(pub)}: the signature file was altered") from None
+        raise BundleError(
+            f"{where}: {SIGNATURE}: the signature does not verify with the "
+            f"trusted key {key_id(pub)}: the signature file was altered"
+        ) from None
     mpath = b / MANIFEST
     raw = mpath.read_bytes() if mpath.is_file() else b""
     if hashlib.sha256(raw).hexdigest() != body["manifest_sha256"]:
@@ -230,22 +256,30 @@ def verify_bundle(bundle: PathLike, trusted: PathLike) -> Dict:
             fields = _changed_fields(body["manifest"], now) or ["formatting only"]
         except (ValueError, UnicodeDecodeError, RecursionError):
             fields = ["it is no longer valid JSON" if raw else "it is missing"]
-        raise BundleError(f"{where}: {MANIFEST} changed after signing: " + "; ".join(fields[:5])
-                          + (f" (+{len(fields) - 5} more)" if len(fields) > 5 else ""))
+        raise BundleError(
+            f"{where}: {MANIFEST} changed after signing: "
+            + "; ".join(fields[:5])
+            + (f" (+{len(fields) - 5} more)" if len(fields) > 5 else "")
+        )
     signed = body["files"]
     present = {p.name for p in b.iterdir() if p.name != SIGNATURE}
     for name in sorted(present - set(signed)):
-        raise BundleError(f"{where}: {name}: expected only signed files, found one added "
-                          f"after signing")
+        raise BundleError(
+            f"{where}: {name}: expected only signed files, found one added after signing"
+        )
     for name, digest in sorted(signed.items()):
         if name not in present:
             raise BundleError(f"{where}: {name}: signed, found it missing")
         p = b / name
         if p.is_symlink() or not p.is_file():
-            raise BundleError(f"{where}: {name}: expected the signed regular file, found a "
-                              f"{'symlink' if p.is_symlink() else 'special file'}")
+            raise BundleError(
+                f"{where}: {name}: expected the signed regular file, found a "
+                f"{'symlink' if p.is_symlink() else 'special file'}"
+            )
         got = _sha256(p)
         if got != digest:
-            raise BundleError(f"{where}: {name} changed after signing (sha256 signed "
-                              f"{digest[:16]}..., found {got[:16]}...)")
+            raise BundleError(
+                f"{where}: {name} changed after signing (sha256 signed "
+                f"{digest[:16]}..., found {got[:16]}...)"
+            )
     return sig

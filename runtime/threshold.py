@@ -14,6 +14,7 @@ Methods (``--threshold-method``):
 
 Every method that the given data allow is computed and recorded; the chosen one is applied.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,11 +62,13 @@ def capped_warning(th: Dict, what: str = "normal images") -> Optional[str]:
     c = th.get("candidates", {}).get("fpr", th)
     if not c.get("capped"):
         return None
-    return (f"WARNING: a target false-positive rate of {th.get('fpr', 0):g} cannot be resolved "
-            f"with {c['n']} calibration scores; the threshold is the largest of them, so the "
-            f"real rate on new {what} can be as high as 1/{c['n'] + 1} = "
-            f"{1.0 / (c['n'] + 1):.3g}. It takes at least {c.get('needed', '?')} {what} "
-            f"(or a larger --fpr)")
+    return (
+        f"WARNING: a target false-positive rate of {th.get('fpr', 0):g} cannot be resolved "
+        f"with {c['n']} calibration scores; the threshold is the largest of them, so the "
+        f"real rate on new {what} can be as high as 1/{c['n'] + 1} = "
+        f"{1.0 / (c['n'] + 1):.3g}. It takes at least {c.get('needed', '?')} {what} "
+        f"(or a larger --fpr)"
+    )
 
 
 TAIL = 10_000  # calibration scores kept in the manifest: the largest, for re-thresholding
@@ -88,9 +91,12 @@ def rethreshold(stored: Dict, fpr: float) -> Dict:
     rank = min(rank, n)
     pos = rank - 1 - (n - tail.size)  # index into the stored top scores
     if pos < 0:
-        raise Dn2Error(f"fpr {fpr:g}: the bundle keeps the largest {tail.size} of {n} "
-                       f"calibration scores, enough for rates >= {tail.size / (n + 1):.3g}; "
-                       f"expected a larger fpr (or refit)", param="fpr")
+        raise Dn2Error(
+            f"fpr {fpr:g}: the bundle keeps the largest {tail.size} of {n} "
+            f"calibration scores, enough for rates >= {tail.size / (n + 1):.3g}; "
+            f"expected a larger fpr (or refit)",
+            param="fpr",
+        )
     out = {"value": float(tail[pos]), "rank": int(rank), "n": n, "capped": bool(capped)}
     if capped:
         out["needed"] = needed_for(fpr)
@@ -123,7 +129,7 @@ def roc_auc(normal, anomalous) -> float:
     _, inv, counts = np.unique(both, return_inverse=True, return_counts=True)
     if (counts > 1).any():  # average the ranks of tied scores
         ranks = (np.bincount(inv, ranks) / counts)[inv]
-    u = ranks[len(n):].sum() - len(a) * (len(a) + 1) / 2.0
+    u = ranks[len(n) :].sum() - len(a) * (len(a) + 1) / 2.0
     return float(u / (len(n) * len(a)))
 
 
@@ -132,8 +138,12 @@ def youden_threshold(normal, anomalous) -> Dict:
     t, tp, fp, _, _ = _sweep(n, a)
     j = tp / a.size - fp / n.size
     i = int(np.argmax(j))
-    return {"value": float(t[i]), "j": float(j[i]), "tpr": float(tp[i] / a.size),
-            "fpr": float(fp[i] / n.size)}
+    return {
+        "value": float(t[i]),
+        "j": float(j[i]),
+        "tpr": float(tp[i] / a.size),
+        "fpr": float(fp[i] / n.size),
+    }
 
 
 def f1_threshold(normal, anomalous) -> Dict:
@@ -141,16 +151,28 @@ def f1_threshold(normal, anomalous) -> Dict:
     t, tp, fp, fn, _ = _sweep(n, a)
     f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
     i = int(np.argmax(f1))
-    return {"value": float(t[i]), "f1": float(f1[i]),
-            "precision": float(tp[i] / max(tp[i] + fp[i], 1)), "recall": float(tp[i] / a.size)}
+    return {
+        "value": float(t[i]),
+        "f1": float(f1[i]),
+        "precision": float(tp[i] / max(tp[i] + fp[i], 1)),
+        "recall": float(tp[i] / a.size),
+    }
 
 
-def calibrate(loo, fpr: float = 0.01, val_normal=None, val_anomalous=None,
-              method: str = "fpr", calibration: str = "") -> Dict:
+def calibrate(
+    loo,
+    fpr: float = 0.01,
+    val_normal=None,
+    val_anomalous=None,
+    method: str = "fpr",
+    calibration: str = "",
+) -> Dict:
     """The manifest's ``threshold`` section: value, method, fpr, quantiles, candidates."""
     if method not in METHODS:
-        raise Dn2Error(f"threshold_method: expected one of {METHODS}, found {method!r}",
-                       param="threshold_method")
+        raise Dn2Error(
+            f"threshold_method: expected one of {METHODS}, found {method!r}",
+            param="threshold_method",
+        )
     cands: Dict[str, Dict] = {"fpr": conformal_quantile(loo, fpr)}
     has_n = val_normal is not None and len(val_normal) > 0
     has_a = val_anomalous is not None and len(val_anomalous) > 0
@@ -161,14 +183,22 @@ def calibrate(loo, fpr: float = 0.01, val_normal=None, val_anomalous=None,
         cands["f1"] = f1_threshold(val_normal, val_anomalous)
     if method not in cands:
         need = ("val_normal",) if method == "val-fpr" else ("val_normal", "val_anomalous")
-        raise Dn2Error(f"threshold_method {method} needs scored {' and '.join(need)} images, "
-                       f"found {len(val_normal) if has_n else 0} normal and "
-                       f"{len(val_anomalous) if has_a else 0} anomalous",
-                       params=need + ("threshold_method",))
-    out = {"value": cands[method]["value"], "method": method, "fpr": float(fpr),
-           "quantiles": quantile_table(loo), "calibration": calibration,
-           "n_calibration": int(np.asarray(loo).size), "candidates": cands,
-           "scores": calibration_tail(loo)}
+        raise Dn2Error(
+            f"threshold_method {method} needs scored {' and '.join(need)} images, "
+            f"found {len(val_normal) if has_n else 0} normal and "
+            f"{len(val_anomalous) if has_a else 0} anomalous",
+            params=need + ("threshold_method",),
+        )
+    out = {
+        "value": cands[method]["value"],
+        "method": method,
+        "fpr": float(fpr),
+        "quantiles": quantile_table(loo),
+        "calibration": calibration,
+        "n_calibration": int(np.asarray(loo).size),
+        "candidates": cands,
+        "scores": calibration_tail(loo),
+    }
     if has_n:
         out["val_normal_fpr"] = float(np.mean(np.asarray(val_normal) > out["value"]))
     if has_a:

@@ -10,6 +10,7 @@ changed in place (its signature would no longer match): write it to ``--output``
 
 Exit codes: 0 written; 2 usage error, a bad bundle, or an fpr the stored scores cannot resolve.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,12 @@ from .errors import Dn2Error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = new_parser("threshold", __doc__.splitlines()[0].split(": ", 1)[1],
-                   extra_epilog="exit 2 here: usage error, a bad bundle, or an fpr the stored "
-                                "scores cannot resolve")
+    p = new_parser(
+        "threshold",
+        __doc__.splitlines()[0].split(": ", 1)[1],
+        extra_epilog="exit 2 here: usage error, a bad bundle, or an fpr the stored "
+        "scores cannot resolve",
+    )
     p.add_argument("bundle", help="bundle directory written by dn2 fit")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--fpr", type=float, help="target false-positive rate on normal images")
@@ -37,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def rethreshold_bundle(bundle, fpr: Optional[float] = None, value: Optional[float] = None,
-                       output=None) -> dict:
+def rethreshold_bundle(
+    bundle, fpr: Optional[float] = None, value: Optional[float] = None, output=None
+) -> dict:
     """Set the threshold of ``bundle`` (written to ``output`` if given); returns the new
     manifest ``threshold`` section."""
     from .bundle import MANIFEST, read_manifest
@@ -52,9 +57,11 @@ def rethreshold_bundle(bundle, fpr: Optional[float] = None, value: Optional[floa
     if fpr is not None:
         stored = th.get("scores")
         if not stored:
-            raise Dn2Error(f"bundle {src}: expected calibration scores in the manifest "
-                           "(threshold.scores, stored by this dn2 version's fit), found none; "
-                           "refit, or give --value")
+            raise Dn2Error(
+                f"bundle {src}: expected calibration scores in the manifest "
+                "(threshold.scores, stored by this dn2 version's fit), found none; "
+                "refit, or give --value"
+            )
         c = rethreshold(stored, fpr)
         th.update(value=c["value"], method="fpr", fpr=float(fpr))
         th.setdefault("candidates", {})["fpr"] = c
@@ -66,8 +73,10 @@ def rethreshold_bundle(bundle, fpr: Optional[float] = None, value: Optional[floa
     signed = (src / "dn2.sig").exists()
     if output is None:
         if signed:
-            raise Dn2Error(f"bundle {src} is signed: changing its threshold in place would "
-                           "break the signature; write a copy with --output NEW and sign it")
+            raise Dn2Error(
+                f"bundle {src} is signed: changing its threshold in place would "
+                "break the signature; write a copy with --output NEW and sign it"
+            )
         _write_manifest(src / MANIFEST, m)
         return th
     out = Path(output).absolute()
@@ -115,8 +124,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if warn:
         print(f"dn2 threshold: {warn}", file=sys.stderr)
     if not a.quiet:
-        print(f"{a.output or a.bundle}: threshold {th['value']:.6g} ({th['method']}"
-              + (f", fpr {a.fpr:g}" if a.fpr is not None else "") + ")")
+        print(
+            f"{a.output or a.bundle}: threshold {th['value']:.6g} ({th['method']}"
+            + (f", fpr {a.fpr:g}" if a.fpr is not None else "")
+            + ")"
+        )
     return EXIT_OK
 
 

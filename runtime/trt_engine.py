@@ -8,6 +8,7 @@ use it; without TensorRT or a GPU it raises a ``Dn2Error`` that says what is mis
 ``dn2.export.tensorrt.build_engine``; the JSON sidecar next to an engine (``<engine>.json``)
 carries the ONNX model's dn2 metadata (resize rule, arch, ...), since an engine file has none.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,16 +23,21 @@ from .errors import Dn2Error, ImageError, MissingExtraError, ModelError
 from .modelmeta import EMBEDDING, INPUT_NAME, ModelMeta
 
 PROVIDER = "TensorRT (native engine)"
-TRT_HINT = ("the TensorRT Python API (x86_64: pip install 'tensorrt-cu12>=10,<11'; Jetson: it "
-            "comes with JetPack 6, apt install python3-libnvinfer) and " + CUDA_HINT)
+TRT_HINT = (
+    "the TensorRT Python API (x86_64: pip install 'tensorrt-cu12>=10,<11'; Jetson: it "
+    "comes with JetPack 6, apt install python3-libnvinfer) and " + CUDA_HINT
+)
 
 
 class TensorRTMissing(MissingExtraError):
     """TensorRT is not importable; the message says what to install and that a GPU is needed."""
 
     def __init__(self, purpose: str):
-        Dn2Error.__init__(self, f"tensorrt is not installed ({purpose}): needs {TRT_HINT}; "
-                                f"or pip install 'dn2[tensorrt]' on an x86_64 CUDA 12 machine")
+        Dn2Error.__init__(
+            self,
+            f"tensorrt is not installed ({purpose}): needs {TRT_HINT}; "
+            f"or pip install 'dn2[tensorrt]' on an x86_64 CUDA 12 machine",
+        )
         self.module, self.extra = "tensorrt", "tensorrt"
 
 
@@ -43,22 +49,28 @@ def import_tensorrt(purpose: str) -> Any:
         raise TensorRTMissing(purpose) from None
     major = int(str(trt.__version__).split(".")[0])
     if major < 10:
-        raise ModelError(f"TensorRT {trt.__version__} found; dn2 needs the TensorRT 10 API "
-                         f"(JetPack 6.1+ ships 10.3; x86_64: pip install 'tensorrt-cu12>=10,<11')")
+        raise ModelError(
+            f"TensorRT {trt.__version__} found; dn2 needs the TensorRT 10 API "
+            f"(JetPack 6.1+ ships 10.3; x86_64: pip install 'tensorrt-cu12>=10,<11')"
+        )
     return trt
 
 
 def check_batch(x: Any, size: int) -> np.ndarray:
     """The graph's input contract: uint8 [N, size, size, 3] (NHWC, BGR), N >= 1; C-contiguous."""
     if not isinstance(x, np.ndarray):
-        raise ImageError(f"expected a numpy uint8 array [N, {size}, {size}, 3], "
-                         f"found {type(x).__name__}")
+        raise ImageError(
+            f"expected a numpy uint8 array [N, {size}, {size}, 3], found {type(x).__name__}"
+        )
     if x.dtype != np.uint8:
-        raise ImageError(f"expected uint8 pixels [N, {size}, {size}, 3] (BGR, 0..255), found "
-                         f"dtype {x.dtype}; the engine casts and normalises inside the graph")
+        raise ImageError(
+            f"expected uint8 pixels [N, {size}, {size}, 3] (BGR, 0..255), found "
+            f"dtype {x.dtype}; the engine casts and normalises inside the graph"
+        )
     if x.ndim != 4 or x.shape[1:] != (size, size, 3) or x.shape[0] < 1:
-        raise ImageError(f"expected a batch of shape [N, {size}, {size}, 3] with N >= 1, "
-                         f"found {tuple(x.shape)}")
+        raise ImageError(
+            f"expected a batch of shape [N, {size}, {size}, 3] with N >= 1, found {tuple(x.shape)}"
+        )
     return np.ascontiguousarray(x)
 
 
@@ -69,8 +81,9 @@ def read_sidecar(engine_path: Path) -> Optional[dict]:
     try:
         return json.loads(side.read_text())
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{side}: expected the engine's JSON sidecar, found unreadable "
-                         f"content: {exc}") from None
+        raise ModelError(
+            f"{side}: expected the engine's JSON sidecar, found unreadable content: {exc}"
+        ) from None
 
 
 class TrtEngine:
@@ -78,8 +91,9 @@ class TrtEngine:
 
     provider = PROVIDER
 
-    def __init__(self, engine: Any, batch_size: int = 8, meta: Optional[ModelMeta] = None,
-                 device: int = 0):
+    def __init__(
+        self, engine: Any, batch_size: int = 8, meta: Optional[ModelMeta] = None, device: int = 0
+    ):
         self._bufs: List[int] = []
         self._hosts: List[int] = []
         self.stream = None
@@ -91,18 +105,28 @@ class TrtEngine:
         else:
             self.path = Path(engine)
             if not self.path.is_file():
-                raise ModelError(f"{self.path}: expected a TensorRT engine file, found no such file")
+                raise ModelError(
+                    f"{self.path}: expected a TensorRT engine file, found no such file"
+                )
             data, side = self.path.read_bytes(), read_sidecar(self.path)
-        self.meta = meta if meta is not None else (
-            ModelMeta.from_props(side["props"], source=str(self.path))
-            if side and "props" in side else None)
+        self.meta = (
+            meta
+            if meta is not None
+            else (
+                ModelMeta.from_props(side["props"], source=str(self.path))
+                if side and "props" in side
+                else None
+            )
+        )
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(data)
         if self.engine is None:
-            raise ModelError(f"{self.path or 'engine bytes'}: TensorRT {trt.__version__} could not "
-                             f"deserialize it; engines only run on the TensorRT version and GPU "
-                             f"they were built with (rebuild: dn2-export --tensorrt)")
+            raise ModelError(
+                f"{self.path or 'engine bytes'}: TensorRT {trt.__version__} could not "
+                f"deserialize it; engines only run on the TensorRT version and GPU "
+                f"they were built with (rebuild: dn2-export --tensorrt)"
+            )
         self._bind_io(trt, batch_size)
 
     def _signature(self, trt: Any):
@@ -112,7 +136,9 @@ class TrtEngine:
         for i in range(eng.num_io_tensors):
             n = eng.get_tensor_name(i)
             dt = eng.get_tensor_dtype(n)
-            sig = TensorSig(n, types.get(dt, str(dt)), tuple(int(d) for d in eng.get_tensor_shape(n)))
+            sig = TensorSig(
+                n, types.get(dt, str(dt)), tuple(int(d) for d in eng.get_tensor_shape(n))
+            )
             (ins if eng.get_tensor_mode(n) == trt.TensorIOMode.INPUT else outs).append(sig)
         return ins, outs
 
@@ -129,9 +155,11 @@ class TrtEngine:
         self.input_size = meta.input_size if meta else self._anon[0]
         self.dim = meta.dim if meta else self._anon[1]
         # logical name -> (graph tensor, per-image shape)
-        self._outs = ({o.name: (o.graph_name, tuple(int(d) for d in o.shape[1:]))
-                       for o in meta.outputs} if meta
-                      else {EMBEDDING: (self._anon[2], (self.dim,))})
+        self._outs = (
+            {o.name: (o.graph_name, tuple(int(d) for d in o.shape[1:])) for o in meta.outputs}
+            if meta
+            else {EMBEDDING: (self._anon[2], (self.dim,))}
+        )
         lo, _, hi = (tuple(s) for s in eng.get_tensor_profile_shape(INPUT_NAME, 0))
         self.min_batch, self.max_batch = int(lo[0]), int(hi[0])
         self.batch_size = max(self.min_batch, min(int(batch_size), self.max_batch))
@@ -143,7 +171,9 @@ class TrtEngine:
         self._h_in_ptr, self._h_in = self.cuda.host_alloc((b, s, s, 3), np.uint8)
         self._hosts.append(self._h_in_ptr)
         self.context.set_tensor_address(INPUT_NAME, self._d_in)
-        self._out_bufs: Dict[str, tuple] = {}  # logical name -> (device ptr, host ptr, host array, bytes/img)
+        self._out_bufs: Dict[
+            str, tuple
+        ] = {}  # logical name -> (device ptr, host ptr, host array, bytes/img)
         for name, (tensor, shape) in self._outs.items():
             nbytes = int(np.prod(shape)) * 4
             d = self._malloc(b * nbytes)
@@ -178,13 +208,15 @@ class TrtEngine:
     def output_names(self) -> List[str]:
         return list(self._outs)
 
-    def run(self, batch: np.ndarray, outputs: Optional[Sequence[str]] = None
-            ) -> Dict[str, np.ndarray]:
+    def run(
+        self, batch: np.ndarray, outputs: Optional[Sequence[str]] = None
+    ) -> Dict[str, np.ndarray]:
         """uint8 [N, S, S, 3] -> {name: float32 [N, ...]} (every output, or ``outputs``)."""
         x = check_batch(batch, self.input_size)
         names = [n for n in self._outs if outputs is None or n in outputs]
-        parts = [self._run(x[i:i + self.batch_size], names)
-                 for i in range(0, len(x), self.batch_size)]
+        parts = [
+            self._run(x[i : i + self.batch_size], names) for i in range(0, len(x), self.batch_size)
+        ]
         return {n: np.concatenate([p[n] for p in parts], axis=0) for n in names}
 
     def embed_batch(self, x: np.ndarray) -> np.ndarray:
@@ -192,14 +224,17 @@ class TrtEngine:
 
     def embed_images(self, imgs: Sequence[np.ndarray]) -> np.ndarray:
         if self.meta is None:
-            raise ModelError("embed_images needs the model's resize rule: keep the engine's "
-                             "<engine>.json sidecar next to it, or pass meta=read_model_meta(onnx)")
+            raise ModelError(
+                "embed_images needs the model's resize rule: keep the engine's "
+                "<engine>.json sidecar next to it, or pass meta=read_model_meta(onnx)"
+            )
         from .images import prepare
 
         if not len(imgs):
             return np.zeros((0, self.dim), np.float32)
-        batch = np.stack([prepare(im, self.meta.resize, name=f"image {i}")
-                          for i, im in enumerate(imgs)])
+        batch = np.stack(
+            [prepare(im, self.meta.resize, name=f"image {i}") for i, im in enumerate(imgs)]
+        )
         return self.embed_batch(batch)
 
     def close(self) -> None:
@@ -215,7 +250,7 @@ class TrtEngine:
             cuda.stream_destroy(self.stream)
             self.stream = None
 
-    def __enter__(self) -> "TrtEngine":
+    def __enter__(self) -> TrtEngine:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -5,6 +5,7 @@ error entry, not a stop), cuts each frame into the view's model inputs, batches 
 several frames through the model (tiles of one frame and frames of a batch share one run), and
 yields ``ViewItem``s in input order.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
@@ -30,8 +31,10 @@ class ViewEmbedder:
         self.embedder, self.view = embedder, view
         self.patches = bool(patches)
         if self.patches and embedder.patch_spec is None:
-            raise Dn2Error(f"{embedder.model_path}: patch scoring needs a model exported with "
-                           f"--patches (dn2-export --patches), found one without that output")
+            raise Dn2Error(
+                f"{embedder.model_path}: patch scoring needs a model exported with "
+                f"--patches (dn2-export --patches), found one without that output"
+            )
         self._warned = set()
 
     def _prepare(self, img: np.ndarray, name: str):
@@ -43,8 +46,9 @@ class ViewEmbedder:
         x, rects = view_inputs(img, self.view, self.embedder.rule)
         return x, rects, (h, w)
 
-    def _run(self, batch: List[Tuple[str, np.ndarray, List[Rect], Tuple[int, int]]]
-             ) -> List[ViewItem]:
+    def _run(
+        self, batch: List[Tuple[str, np.ndarray, List[Rect], Tuple[int, int]]]
+    ) -> List[ViewItem]:
         x = np.concatenate([b[1] for b in batch])
         if self.patches:
             emb, pat = self.embedder.embed_patches_batch(x)
@@ -53,8 +57,16 @@ class ViewEmbedder:
         out, i = [], 0
         for name, xi, rects, shape in batch:
             t = len(xi)
-            out.append(ViewItem(name, shape, rects, emb[i:i + t],
-                                None if pat is None else pat[i:i + t], None))
+            out.append(
+                ViewItem(
+                    name,
+                    shape,
+                    rects,
+                    emb[i : i + t],
+                    None if pat is None else pat[i : i + t],
+                    None,
+                )
+            )
             i += t
         return out
 
@@ -65,8 +77,11 @@ class ViewEmbedder:
         n_inputs = 0
         for name, src in sources:
             try:
-                img = (read_image(src, draft_side=self.embedder.draft_side)
-                       if not isinstance(src, np.ndarray) else src)
+                img = (
+                    read_image(src, draft_side=self.embedder.draft_side)
+                    if not isinstance(src, np.ndarray)
+                    else src
+                )
                 x, rects, shape = self._prepare(img, name)
             except Dn2Error as exc:
                 if batch:
@@ -78,9 +93,14 @@ class ViewEmbedder:
                 if batch:
                     yield from self._run(batch)
                     batch, n_inputs = [], 0
-                yield ViewItem(name, (0, 0), [], None, None,
-                               f"{name}: expected a decodable image, found "
-                               f"{type(exc).__name__}: {exc}")
+                yield ViewItem(
+                    name,
+                    (0, 0),
+                    [],
+                    None,
+                    None,
+                    f"{name}: expected a decodable image, found {type(exc).__name__}: {exc}",
+                )
                 continue
             batch.append((name, x, rects, shape))
             n_inputs += len(x)

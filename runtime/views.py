@@ -10,6 +10,7 @@ Every input is a fractional source rectangle resampled with PIL's antialiased bi
 (the same filter as the crop path), so fit and score see the same pixels whatever the view.
 A view is fixed at fit time and recorded in the bundle (``view`` section of the manifest).
 """
+
 from __future__ import annotations
 
 import re
@@ -44,14 +45,16 @@ class View:
         if self.kind not in KINDS:
             raise ViewError(f"view: expected one of crop, full, tiles=RxC, found {self.kind!r}")
         if not (1 <= self.rows and 1 <= self.cols and self.rows * self.cols <= MAX_TILES):
-            raise ViewError(f"view tiles: expected 1..{MAX_TILES} tiles, found "
-                            f"{self.rows}x{self.cols}")
-        if self.roi is not None and (len(self.roi) != 4 or min(self.roi[2:]) < 1
-                                     or min(self.roi[:2]) < 0):
+            raise ViewError(
+                f"view tiles: expected 1..{MAX_TILES} tiles, found {self.rows}x{self.cols}"
+            )
+        if self.roi is not None and (
+            len(self.roi) != 4 or min(self.roi[2:]) < 1 or min(self.roi[:2]) < 0
+        ):
             raise ViewError(f"roi: expected x,y,w,h with x,y >= 0 and w,h >= 1, found {self.roi}")
 
     @classmethod
-    def parse(cls, text: str = "crop", roi: Optional[str] = None) -> "View":
+    def parse(cls, text: str = "crop", roi: Optional[str] = None) -> View:
         """``crop`` | ``full`` | ``tiles=RxC``, and ``roi`` as ``x,y,w,h`` (pixels)."""
         text = (text or "crop").strip().lower()
         rows = cols = 1
@@ -61,8 +64,9 @@ class View:
         elif text in ("crop", "full"):
             kind = text
         else:
-            raise ViewError(f"--view: expected crop, full or tiles=RxC (e.g. tiles=2x3), "
-                            f"found {text!r}")
+            raise ViewError(
+                f"--view: expected crop, full or tiles=RxC (e.g. tiles=2x3), found {text!r}"
+            )
         box = None
         if roi:
             try:
@@ -74,19 +78,29 @@ class View:
         return cls(kind, rows, cols, box)
 
     def to_dict(self) -> Dict:
-        return {"kind": self.kind, "rows": self.rows, "cols": self.cols,
-                "roi": list(self.roi) if self.roi else None}
+        return {
+            "kind": self.kind,
+            "rows": self.rows,
+            "cols": self.cols,
+            "roi": list(self.roi) if self.roi else None,
+        }
 
     @classmethod
-    def from_dict(cls, d: Optional[Dict]) -> "View":
+    def from_dict(cls, d: Optional[Dict]) -> View:
         if not d:
             return cls()
         try:
             roi = d.get("roi")
-            return cls(str(d["kind"]), int(d.get("rows", 1)), int(d.get("cols", 1)),
-                       tuple(int(v) for v in roi) if roi else None)
+            return cls(
+                str(d["kind"]),
+                int(d.get("rows", 1)),
+                int(d.get("cols", 1)),
+                tuple(int(v) for v in roi) if roi else None,
+            )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ViewError(f"view: expected {{kind, rows, cols, roi}}, found {d!r} ({exc})") from None
+            raise ViewError(
+                f"view: expected {{kind, rows, cols, roi}}, found {d!r} ({exc})"
+            ) from None
 
     def __str__(self) -> str:
         base = f"tiles={self.rows}x{self.cols}" if self.kind == "tiles" else self.kind
@@ -102,8 +116,10 @@ class View:
             return (0.0, 0.0, float(w), float(h))
         x, y, rw, rh = self.roi
         if x + rw > w or y + rh > h:
-            raise ViewError(f"roi {x},{y},{rw},{rh}: expected it inside the {w}x{h} frame, "
-                            f"found it reaching to {x + rw}x{y + rh}")
+            raise ViewError(
+                f"roi {x},{y},{rw},{rh}: expected it inside the {w}x{h} frame, "
+                f"found it reaching to {x + rw}x{y + rh}"
+            )
         return (float(x), float(y), float(x + rw), float(y + rh))
 
     def rects(self, h: int, w: int, rule: ResizeRule) -> List[Rect]:
@@ -116,8 +132,11 @@ class View:
         if self.kind == "full":
             return [(x0, y0, x1, y1)]
         tw, th = (x1 - x0) / self.cols, (y1 - y0) / self.rows
-        return [(x0 + c * tw, y0 + r * th, x0 + (c + 1) * tw, y0 + (r + 1) * th)
-                for r in range(self.rows) for c in range(self.cols)]
+        return [
+            (x0 + c * tw, y0 + r * th, x0 + (c + 1) * tw, y0 + (r + 1) * th)
+            for r in range(self.rows)
+            for c in range(self.cols)
+        ]
 
     def coverage(self, h: int, w: int, rule: ResizeRule) -> float:
         """Fraction of the frame's area that some model input sees."""
@@ -129,8 +148,11 @@ def warn_coverage(view: View, h: int, w: int, rule: ResizeRule, what: str = "fra
     """Warn (``warnings.warn``, shown once per place) when the view drops > half the frame."""
     cov = view.coverage(h, w, rule)
     if cov < 0.5:
-        warnings.warn(f"view {view} looks at {cov:.0%} of a {w}x{h} {what}; {1 - cov:.0%} is "
-                      f"never scored (try --view full or --view tiles=RxC)", stacklevel=2)
+        warnings.warn(
+            f"view {view} looks at {cov:.0%} of a {w}x{h} {what}; {1 - cov:.0%} is "
+            f"never scored (try --view full or --view tiles=RxC)",
+            stacklevel=2,
+        )
     return cov
 
 
@@ -139,7 +161,7 @@ def resample(img: np.ndarray, rect: Rect, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     x0, y0, x1, y1 = rect
     wx, wy = pil_weights(w, size, float(x0), float(x1)), pil_weights(h, size, float(y0), float(y1))
-    region = img[wy[0]:wy[1], wx[0]:wx[1]]
+    region = img[wy[0] : wy[1], wx[0] : wx[1]]
     t = _rows_pass(cv2.transpose(region), wx[2], wx[3], size)
     _round_half_up(t)
     out = _round_half_up(np.ascontiguousarray(_rows_pass(cv2.transpose(t), wy[2], wy[3], size)))
@@ -153,8 +175,9 @@ def view_inputs(img: np.ndarray, view: View, rule: ResizeRule) -> Tuple[np.ndarr
     return np.stack([resample(img, r, rule.crop) for r in rects]), rects
 
 
-def stitch(maps: Sequence[np.ndarray], rects: Sequence[Rect], h: int, w: int,
-           fill: float = 0.0) -> np.ndarray:
+def stitch(
+    maps: Sequence[np.ndarray], rects: Sequence[Rect], h: int, w: int, fill: float = 0.0
+) -> np.ndarray:
     """Per-input maps (any grid) -> one float32 [h, w] frame map; each map is bilinearly
     resized onto its rectangle; pixels no input sees get ``fill``."""
     out = np.full((h, w), fill, np.float32)
@@ -169,6 +192,11 @@ def stitch(maps: Sequence[np.ndarray], rects: Sequence[Rect], h: int, w: int,
         xs = ((np.arange(ix0, ix1) + 0.5 - x0) / (x1 - x0) * gw - 0.5).astype(np.float32)
         ys = ((np.arange(iy0, iy1) + 0.5 - y0) / (y1 - y0) * gh - 0.5).astype(np.float32)
         mx, my = np.meshgrid(xs, ys)
-        out[iy0:iy1, ix0:ix1] = cv2.remap(np.ascontiguousarray(m, np.float32), mx, my,
-                                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out[iy0:iy1, ix0:ix1] = cv2.remap(
+            np.ascontiguousarray(m, np.float32),
+            mx,
+            my,
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
     return out

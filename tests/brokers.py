@@ -1,5 +1,6 @@
 """Real local services for the sink tests: a mosquitto broker on a free 127.0.0.1 port (with
 persistence, so it can be killed and restarted) and an HTTP receiver that fails on purpose."""
+
 from __future__ import annotations
 
 import json
@@ -47,20 +48,32 @@ class Broker:
             pw = self.folder / "passwd"
             pw.write_text("")
             for user, password in users.items():
-                subprocess.run([shutil.which("mosquitto_passwd") or "mosquitto_passwd", "-b",
-                                str(pw), user, password], check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        shutil.which("mosquitto_passwd") or "mosquitto_passwd",
+                        "-b",
+                        str(pw),
+                        user,
+                        password,
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
             auth = f"allow_anonymous false\npassword_file {pw}\n"
         # as root mosquitto drops to user "mosquitto", who cannot read pytest's 0700 folders
         user = "user root\n" if os.geteuid() == 0 else ""
         if tls:  # (ca, cert, key) files: a TLS-only listener
             auth += f"cafile {tls[0]}\ncertfile {tls[1]}\nkeyfile {tls[2]}\n"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\n{user}{auth}"
-                             f"persistence true\npersistence_location {self.folder}/\n"
-                             "autosave_interval 1\n")
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n{user}{auth}"
+            f"persistence true\npersistence_location {self.folder}/\n"
+            "autosave_interval 1\n"
+        )
 
-    def start(self) -> "Broker":
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start(self) -> Broker:
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_port(self.port)
         return self
 
@@ -83,8 +96,12 @@ class Subscriber:
 
         self.messages: List[tuple] = []
         self.lock = threading.Lock()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{port}",
-                        clean_session=False, protocol=mqtt.MQTTv311)
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"test-sub-{port}",
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
         self.ready = threading.Event()  # SUBACK seen: from now on nothing published is missed
         c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe(topic, qos=1)
         c.on_subscribe = lambda cl, u, mid, rcs, p=None: self.ready.set()
@@ -135,8 +152,9 @@ class Receiver:
                     self.send_response(503)
                     self.end_headers()
                     return
-                outer.bodies.append({**json.loads(data),
-                                     "_key": self.headers.get("Idempotency-Key")})
+                outer.bodies.append(
+                    {**json.loads(data), "_key": self.headers.get("Idempotency-Key")}
+                )
                 self.send_response(200)
                 self.end_headers()
 
@@ -161,12 +179,53 @@ def make_tls(folder: Path):
     ext = folder / "ext.cnf"
     ext.write_text("subjectAltName=IP:127.0.0.1\n")
     run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-        "/CN=dn2 test CA", "-keyout", str(cak), "-out", str(ca))
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", str(key), "-out", str(csr))
-    run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(cak),
-        "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", str(crt))
+    run(
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=dn2 test CA",
+        "-keyout",
+        str(cak),
+        "-out",
+        str(ca),
+    )
+    run(
+        "openssl",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+    )
+    run(
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(cak),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(crt),
+    )
     return ca, crt, key
 
 

@@ -3,6 +3,7 @@
 `lite0_model` exports the offline default (efficientnet_lite0, real ImageNet weights) once per
 test session; tests that need a real dn2 model take it instead of exporting their own.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,9 @@ def lite0_at(tmp_path_factory):
             from dn2.export.pipeline import export_model
 
             out = tmp_path_factory.mktemp("models") / f"lite0_{size}.onnx"
-            export_model("efficientnet_lite0", "imagenet", str(out), input_size=size,
-                         precision="fp32")
+            export_model(
+                "efficientnet_lite0", "imagenet", str(out), input_size=size, precision="fp32"
+            )
             made[size] = out
         return made[size]
 
@@ -44,8 +46,11 @@ def lite0_model(lite0_at) -> Path:
 def textile_dirs():
     """The simulated textile set shipped by PyPI conformal-clip-data: nominal / global / local."""
     ccd = pytest.importorskip("conformal_clip_data", reason="pip install 'dn2[test]'")
-    return {"nominal": Path(ccd.nominal_dir()), "global": Path(ccd.global_dir()),
-            "local": Path(ccd.local_dir())}
+    return {
+        "nominal": Path(ccd.nominal_dir()),
+        "global": Path(ccd.global_dir()),
+        "local": Path(ccd.local_dir()),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +61,7 @@ def lite0_patches(tmp_path_factory):
     from dn2.export.pipeline import export_model
 
     out = tmp_path_factory.mktemp("models") / "lite0_224_patches.onnx"
-    report = export_model("efficientnet_lite0", "imagenet", str(out), input_size=224,
-                          precision="fp32", patches=True)
+    report = export_model(
+        "efficientnet_lite0", "imagenet", str(out), input_size=224, precision="fp32", patches=True
+    )
     return out, report

@@ -1,6 +1,7 @@
 """A small real scene for the sink / server tests: a tiny real ONNX model (tests/tiny_model.py),
 a bundle fitted on real textile photos passed through the MJPG codec at 16:9, and a stained
 clip with sensor noise whose alerts are known (frame ranges in STAINS)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,7 @@ def frames(folder: Path, n: int, start: int, seed: int):
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".png"))
     rng = np.random.default_rng(seed)
     out = []
-    for p in files[start:start + n]:
+    for p in files[start : start + n]:
         img = cv2.resize(cv2.imread(str(p)), (W, H), interpolation=cv2.INTER_AREA)
         noisy = img.astype(np.float32) + rng.normal(0, 3.0, img.shape)  # sensor noise
         out.append(np.clip(noisy, 0, 255).astype(np.uint8))
@@ -35,8 +36,13 @@ def make_scene(root: Path, nominal: Path):
     root.mkdir(parents=True, exist_ok=True)
     model = make_tiny_model(root / "tiny.onnx")
     train = read_video(write_video(root / "train.avi", frames(nominal, 120, 0, seed=1)))
-    bundle = fit_bundle(model, root / "bundle", embeddings=None,
-                        images=[str(_dump(root / "train", train))], progress=False)
+    bundle = fit_bundle(
+        model,
+        root / "bundle",
+        embeddings=None,
+        images=[str(_dump(root / "train", train))],
+        progress=False,
+    )
     clip = frames(nominal, N, 120, seed=2)
     for a, b in STAINS:
         for i in range(a, b):

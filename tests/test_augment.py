@@ -1,4 +1,5 @@
 """--augment camera on real textile stills: real MJPG / mp4v round trips join the bank."""
+
 from __future__ import annotations
 
 import cv2
@@ -32,14 +33,33 @@ def test_variants_carry_the_codec_cast_and_noise(textile):
 
 def test_fit_with_augment_records_it_and_groups_variants(lite0_model, textile, tmp_path):
     plain, aug = tmp_path / "plain", tmp_path / "aug"
-    assert fit_cli.main([str(lite0_model), *textile[:40], "-o", str(plain), "-q",
-                         "--fpr", "0.1"]) == 0
-    assert fit_cli.main([str(lite0_model), *textile[:40], "-o", str(aug), "-q",
-                         "--fpr", "0.1", "--augment", "camera"]) == 0
+    assert (
+        fit_cli.main([str(lite0_model), *textile[:40], "-o", str(plain), "-q", "--fpr", "0.1"]) == 0
+    )
+    assert (
+        fit_cli.main(
+            [
+                str(lite0_model),
+                *textile[:40],
+                "-o",
+                str(aug),
+                "-q",
+                "--fpr",
+                "0.1",
+                "--augment",
+                "camera",
+            ]
+        )
+        == 0
+    )
     m = load_bundle(aug).manifest
     assert m["fit"]["augment"]["variants"] == 40 and m["fit"]["augment"]["codecs"] == [
-        "MJPG", "mp4v"]
+        "MJPG",
+        "mp4v",
+    ]
     assert m["bank"]["n"] == 80 and m["threshold"]["n_calibration"] == 80
     # each variant is scored without its original: the threshold does not collapse
-    assert Detector.load(aug, load_model=False).threshold > \
-        0.8 * Detector.load(plain, load_model=False).threshold
+    assert (
+        Detector.load(aug, load_model=False).threshold
+        > 0.8 * Detector.load(plain, load_model=False).threshold
+    )

@@ -1,5 +1,6 @@
 """The bad-input corpus (tests/badfiles.py): every file is refused with a clear message or decoded
 correctly, and in a batch the good files are still embedded."""
+
 from __future__ import annotations
 
 import os
@@ -105,15 +106,30 @@ def test_the_corpus_through_fit_score_and_the_watch_folder_source(corpus, tmp_pa
     model = build_tiny_model(tmp_path / "tiny.onnx", input_size=32, dim=8)
     exe = os.path.dirname(sys.executable)
     # fit: bad files skipped and counted, the good ones make the bundle
-    r = subprocess.run([os.path.join(exe, "dn2-fit"), str(model), str(folder), "--output",
-                        str(tmp_path / "b"), "-q"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            os.path.join(exe, "dn2-fit"),
+            str(model),
+            str(folder),
+            "--output",
+            str(tmp_path / "b"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-800:]
     m = json.loads((tmp_path / "b" / "dn2.json").read_text())
     assert m["fit"]["images"] >= sum(not c.refused and not c.either for c in runnable)
     # score: one line per input, in order, each bad one with its reason
     paths = [c.path for c in runnable]
-    r = subprocess.run([os.path.join(exe, "dn2-score"), str(tmp_path / "b"), *paths, "--json"],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [os.path.join(exe, "dn2-score"), str(tmp_path / "b"), *paths, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     rows = [json.loads(x) for x in r.stdout.splitlines()]
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert [x["path"] for x in rows] == paths
@@ -129,8 +145,12 @@ def test_the_corpus_through_fit_score_and_the_watch_folder_source(corpus, tmp_pa
     for i, c in enumerate(named):
         os.symlink(c.path, flat / f"{i:04d}{os.path.splitext(c.path)[1]}")
     q, stop = FrameQueue(10_000), threading.Event()
-    rd = Reader(open_source(str(flat)), q, stop, backoff=Backoff(initial=0.01, max_delay=0.02,
-                                                                 max_attempts=1))
+    rd = Reader(
+        open_source(str(flat)),
+        q,
+        stop,
+        backoff=Backoff(initial=0.01, max_delay=0.02, max_attempts=1),
+    )
     rd.start()
     frames = []
     while (batch := q.get_batch(64, timeout=0.5)) is not None:

@@ -1,4 +1,5 @@
 """kNN banks: exact (numpy, chunked norm trick) and HNSW (hnswlib), save/load, auto cut."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,8 +7,16 @@ import hashlib
 import numpy as np
 import pytest
 
-from dn2.runtime.bank import (EXACT_MAX_ELEMENTS, HNSW_DEFAULTS, BankError, ExactBank, HnswBank,
-                              build_bank, choose_kind, load_bank)
+from dn2.runtime.bank import (
+    EXACT_MAX_ELEMENTS,
+    HNSW_DEFAULTS,
+    BankError,
+    ExactBank,
+    HnswBank,
+    build_bank,
+    choose_kind,
+    load_bank,
+)
 from dn2.tools.bench.bank import gaussian_mixture, recall_at
 
 
@@ -62,7 +71,9 @@ def test_exact_save_load_roundtrip_and_no_pickles(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(BankError, match=r"expected a float32 \[N, D\] C-order array, found object"):
         load_bank(tmp_path / "obj.npy", {"kind": "exact"})
-    with pytest.raises(BankError, match=r"manifest says \[201, 16\], the file declares \[200, 16\]"):
+    with pytest.raises(
+        BankError, match=r"manifest says \[201, 16\], the file declares \[200, 16\]"
+    ):
         load_bank(p, dict(bank.params(), n=201))
 
 
@@ -111,7 +122,7 @@ def test_auto_uses_the_benchmarked_size_cut():
     assert choose_kind("auto", 16384, 2048) == "exact"
     assert choose_kind("auto", 16385, 2048) == "hnsw"
     assert choose_kind("auto", EXACT_MAX_ELEMENTS // 512, 512) == "exact"
-    assert choose_kind("exact", 10 ** 7, 2048) == "exact"
+    assert choose_kind("exact", 10**7, 2048) == "exact"
     with pytest.raises(BankError, match="expected auto, exact or hnsw, found 'faiss'"):
         choose_kind("faiss", 10, 10)
 
@@ -134,15 +145,23 @@ def test_hnsw_file_must_agree_with_the_manifest_before_hnswlib_parses_it(tmp_pat
 def test_bench_bank_tool_runs_small(capsys):
     from dn2.tools.bench import bank as bench_bank
 
-    assert bench_bank.main(["--sizes", "300", "--dim", "16", "--grid", "8:40:20",
-                            "--queries", "20", "--json"]) == 0
+    assert (
+        bench_bank.main(
+            ["--sizes", "300", "--dim", "16", "--grid", "8:40:20", "--queries", "20", "--json"]
+        )
+        == 0
+    )
     import json
 
     rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert [r["kind"] for r in rows] == ["exact", "hnsw M=8 efc=40 ef=20"]
     assert rows[1]["recall@2"] >= 0.9 and rows[0]["n"] == 300
-    assert bench_bank.main(["--kmeans", "--kmeans-n", "400", "--kmeans-c", "8", "--dim", "8",
-                            "--json"]) == 0
+    assert (
+        bench_bank.main(
+            ["--kmeans", "--kmeans-n", "400", "--kmeans-c", "8", "--dim", "8", "--json"]
+        )
+        == 0
+    )
     km = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert any("seconds" in r for r in km)
 
@@ -154,8 +173,11 @@ def test_small_queries_run_on_one_blas_thread_and_large_ones_keep_all():
     from dn2.runtime.bank import SINGLE_THREAD_QUERIES, blas_threads
 
     def blas_threads_now():  # numpy's own BLAS: the one ExactBank's matmul runs on
-        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
-                if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+        return [
+            i["num_threads"]
+            for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas" and "numpy" in i["filepath"]
+        ]
 
     before = blas_threads_now()
     if not before:
@@ -186,14 +208,19 @@ def test_exact_search_same_result_on_one_or_many_blas_threads():
 def test_bench_blas_spin_tool_runs_every_variant_and_restores_the_cut(tmp_path, capsys):
     from dn2.runtime import bank as bank_mod
     from dn2.tools.bench import blas_spin as bench_blas_spin
+
     from textures import write_images
     from tiny_model import make_tiny_model
 
     model = make_tiny_model(tmp_path / "tiny.onnx")
     imgs = write_images(tmp_path / "imgs", 3, "normal", seed=0)
     cut = bank_mod.SINGLE_THREAD_QUERIES
-    assert bench_blas_spin.main([str(model), *map(str, imgs), "--threads", "1", "--bank", "50",
-                                 "--reps", "1"]) == 0
+    assert (
+        bench_blas_spin.main(
+            [str(model), *map(str, imgs), "--threads", "1", "--bank", "50", "--reps", "1"]
+        )
+        == 0
+    )
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows[1:]] == list(bench_blas_spin.VARIANTS)
     assert bank_mod.SINGLE_THREAD_QUERIES == cut

@@ -1,4 +1,5 @@
 """Bank files are checked before a native loader sees them: no crafted byte crashes hnswlib."""
+
 from __future__ import annotations
 
 import struct
@@ -30,17 +31,20 @@ def patched(src, dst, off, fmt, value):
     return dst
 
 
-@pytest.mark.parametrize("off,fmt,value,says", [
-    (96, "<I", 0xFFFF, "level-0 links, at most 8"),  # element 0's neighbour count
-    (72, "<Q", 0, "expected M in [2, 10000], found M=0"),
-    (64, "<Q", 4, "maxM0"),
-    (16, "<Q", 10 ** 9, "manifest says n=300"),
-    (24, "<Q", 1 << 40, "bytes per element"),
-    (48, "<i", 30, "top level"),
-    (52, "<I", 299, "entry point"),
-    (100, "<I", 10 ** 6, "links to 1000000 on level 0"),
-    (80, "<d", 0.0, "level multiplier"),
-])
+@pytest.mark.parametrize(
+    "off,fmt,value,says",
+    [
+        (96, "<I", 0xFFFF, "level-0 links, at most 8"),  # element 0's neighbour count
+        (72, "<Q", 0, "expected M in [2, 10000], found M=0"),
+        (64, "<Q", 4, "maxM0"),
+        (16, "<Q", 10**9, "manifest says n=300"),
+        (24, "<Q", 1 << 40, "bytes per element"),
+        (48, "<i", 30, "top level"),
+        (52, "<I", 299, "entry point"),
+        (100, "<I", 10**6, "links to 1000000 on level 0"),
+        (80, "<d", 0.0, "level multiplier"),
+    ],
+)
 def test_crafted_header_and_links_are_refused(hnsw_file, tmp_path, off, fmt, value, says):
     p, params = hnsw_file
     bad = patched(p, tmp_path / "bad.bin", off, fmt, value)
@@ -94,7 +98,9 @@ def test_every_single_byte_flip_is_refused_or_safe(hnsw_file, tmp_path):
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     last = r.stderr.strip().splitlines()[-1:] if r.stderr.strip() else []
-    assert r.returncode == 0, f"child died (rc {r.returncode}) after offset {last}: {r.stderr[-500:]}"
+    assert r.returncode == 0, (
+        f"child died (rc {r.returncode}) after offset {last}: {r.stderr[-500:]}"
+    )
     refused, passed = map(int, r.stdout.split())
     assert refused + passed == len(p.read_bytes())
     # every header byte and every level-0 count byte is structural: those flips are refused
@@ -107,9 +113,9 @@ def test_npy_header_checked_before_allocation(tmp_path):
     np.save(p, x)
     check_npy_file(p, 10, 8)
     # a header declaring (1e9, 1280) must not make numpy allocate 5 TB
-    raw = p.read_bytes().replace(b"(10, 8)", b"(1000000000, 1280)".ljust(7)[:len(b"(10, 8)")])
+    raw = p.read_bytes().replace(b"(10, 8)", b"(1000000000, 1280)".ljust(7)[: len(b"(10, 8)")])
     hdr = np.lib.format.header_data_from_array_1_0(x)
-    hdr["shape"] = (10 ** 9, 1280)
+    hdr["shape"] = (10**9, 1280)
     import io
 
     buf = io.BytesIO()

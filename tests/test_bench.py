@@ -4,6 +4,7 @@ Checks the JSON schema the README promises, that every stage took time, that end
 the stages, that the FLOP count matches torch's own Conv shapes, and that the three pipelines
 compute the same embedding function. No speed is asserted: speed lives in BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,16 @@ from dn2.tools.bench import cli  # noqa: E402
 from dn2.tools.bench.pipelines import STAGES, make_batches  # noqa: E402
 from dn2.tools.bench.run import run_bench  # noqa: E402
 
-TINY = dict(input_size=64, threads=1, n_images=5, passes=1, batch_sizes=(1, 2),
-            frame_size=(320, 240), bank_size=40, quick=True)
+TINY = dict(
+    input_size=64,
+    threads=1,
+    n_images=5,
+    passes=1,
+    batch_sizes=(1, 2),
+    frame_size=(320, 240),
+    bank_size=40,
+    quick=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +57,11 @@ def test_report_schema(report):
         assert p["x_torch_eager"] > 0
         assert p["model_gflops_per_s"] > 0 and p["model_pct_of_sgemm_peak"] > 0
     assert {g["goal"] for g in report["goals"]} == {
-        "fp32_vs_torch", "int8_vs_torch", "e2e_vs_model", "fp32_model_peak"}
+        "fp32_vs_torch",
+        "int8_vs_torch",
+        "e2e_vs_model",
+        "fp32_model_peak",
+    }
     assert report["sgemm"]["gflops"] > 0
     assert report["machine"]["cores"] >= 1
 
@@ -90,8 +103,11 @@ def test_flops_match_torch_conv_shapes(report):
         elif isinstance(mod, torch.nn.Linear):
             macs.append(out.numel() * mod.in_features)
 
-    hs = [m.register_forward_hook(hook) for m in trunk.modules()
-          if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hs = [
+        m.register_forward_hook(hook)
+        for m in trunk.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     with torch.inference_mode():
         trunk(torch.zeros(1, 3, 64, 64))
     for h in hs:
@@ -111,31 +127,86 @@ def test_pipelines_compute_the_same_embeddings(report):
 
 def test_cli_writes_json_and_reuses_models(work, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = cli.main(["--arch", "resnet18", "--weights", "none", "--input-size", "64",
-                   "--threads", "1", "--n-images", "2", "--passes", "1", "--batch", "1",
-                   "--frame-size", "320x240", "--bank-size", "40", "--quick",
-                   "--work-dir", str(work), "--json", str(out)])
+    rc = cli.main(
+        [
+            "--arch",
+            "resnet18",
+            "--weights",
+            "none",
+            "--input-size",
+            "64",
+            "--threads",
+            "1",
+            "--n-images",
+            "2",
+            "--passes",
+            "1",
+            "--batch",
+            "1",
+            "--frame-size",
+            "320x240",
+            "--bank-size",
+            "40",
+            "--quick",
+            "--work-dir",
+            str(work),
+            "--json",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "reusing" in captured.err  # the fixture's exports were reused, not redone
     assert "| torch-eager b1 |" in captured.out and "| dn2-int8 b1 |" in captured.out
     data = json.loads(out.read_text())
-    assert [p["name"] for p in data["pipelines"]] == ["torch-eager b1", "dn2-fp32 b1", "dn2-int8 b1"]
+    assert [p["name"] for p in data["pipelines"]] == [
+        "torch-eager b1",
+        "dn2-fp32 b1",
+        "dn2-int8 b1",
+    ]
     assert all(p["img_per_s"] > 0 for p in data["pipelines"])
 
 
 def test_cli_jpeg_draft_rows_share_the_model_and_agree(work, tmp_path, capsys):
     out = tmp_path / "draft.json"
     # 320x240 frames, input 64 (resize to 73): the draft decode keeps 160x120 (>= 1.25 x 73)
-    rc = cli.main(["--arch", "resnet18", "--weights", "none", "--input-size", "64",
-                   "--threads", "1", "--n-images", "5", "--passes", "1", "--batch", "1",
-                   "--frame-size", "320x240", "--bank-size", "40", "--quick", "--jpeg-draft",
-                   "--work-dir", str(work), "--json", str(out)])
+    rc = cli.main(
+        [
+            "--arch",
+            "resnet18",
+            "--weights",
+            "none",
+            "--input-size",
+            "64",
+            "--threads",
+            "1",
+            "--n-images",
+            "5",
+            "--passes",
+            "1",
+            "--batch",
+            "1",
+            "--frame-size",
+            "320x240",
+            "--bank-size",
+            "40",
+            "--quick",
+            "--jpeg-draft",
+            "--work-dir",
+            str(work),
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     data = json.loads(out.read_text())
     assert [p["name"] for p in data["pipelines"]] == [
-        "torch-eager b1", "dn2-fp32 b1", "dn2-int8 b1", "dn2-fp32-jpeg-draft b1",
-        "dn2-int8-jpeg-draft b1"]
+        "torch-eager b1",
+        "dn2-fp32 b1",
+        "dn2-int8 b1",
+        "dn2-fp32-jpeg-draft b1",
+        "dn2-int8-jpeg-draft b1",
+    ]
     assert data["config"]["jpeg_draft_rows"] is True
     agree = data["agreement"]
     # the same model on a 2x DCT-domain decode: close (real photos, Lite0: >= 0.997) but not
@@ -147,14 +218,19 @@ def test_cli_jpeg_draft_rows_share_the_model_and_agree(work, tmp_path, capsys):
     assert peak_rows == ["dn2 fp32 model stage / measured sgemm peak (dn2-fp32 b1)"]
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--frame-size", "720p"], "WIDTHxHEIGHT"),
-    (["--threads", "0"], ">= 1"),
-    (["--bank-size", "1"], "at least 2"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--frame-size", "720p"], "WIDTHxHEIGHT"),
+        (["--threads", "0"], ">= 1"),
+        (["--bank-size", "1"], "at least 2"),
+    ],
+)
 def test_cli_bad_arguments_fail_with_a_message(argv, needle, capsys, tmp_path):
-    rc = cli.main(["--arch", "resnet18", "--input-size", "64", "--n-images", "1",
-                   "--work-dir", str(tmp_path)] + argv)
+    rc = cli.main(
+        ["--arch", "resnet18", "--input-size", "64", "--n-images", "1", "--work-dir", str(tmp_path)]
+        + argv
+    )
     err = capsys.readouterr().err
     assert rc != 0
     assert needle in err and "Traceback" not in err

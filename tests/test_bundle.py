@@ -1,4 +1,5 @@
 """The bundle: atomic write, manifest contents, and every kind of damage refused clearly."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from dn2.runtime.detector import Detector
 from dn2.runtime.errors import BundleError, Dn2Error
 from dn2.runtime.fit import fit_bundle
 from dn2.tools.bench.bank import gaussian_mixture
+
 from tiny_model import make_tiny_model
 
 DIM = 64
@@ -33,8 +35,16 @@ def fit(model, out, x, **kw):
 
 def test_manifest_records_everything(model, data, tmp_path):
     x, _ = data
-    out = fit(model, tmp_path / "b", x, k=3, l2norm=True, fpr=0.05, index="hnsw",
-              names=[f"img{i}" for i in range(len(x))])
+    out = fit(
+        model,
+        tmp_path / "b",
+        x,
+        k=3,
+        l2norm=True,
+        fpr=0.05,
+        index="hnsw",
+        names=[f"img{i}" for i in range(len(x))],
+    )
     m = json.loads((out / MANIFEST).read_text())
     assert m["schema"] == "dn2-bundle" and m["schema_version"] == 1 and m["dn2_version"]
     assert m["model"]["file"] == "model.onnx" and m["model"]["dim"] == DIM
@@ -43,8 +53,13 @@ def test_manifest_records_everything(model, data, tmp_path):
     assert b["kind"] == "hnsw" and b["file"] == "bank.bin" and b["n"] == 300
     assert b["metric"] == "sqeuclidean" and b["M"] == 32 and b["ef"] == 128
     assert b["ef_construction"] == 200 and len(b["sha256"]) == 64
-    assert m["score"] == {"k": 3, "reduction": "mean", "l2norm": True, "jpeg_draft": False,
-                          "color": "color"}
+    assert m["score"] == {
+        "k": 3,
+        "reduction": "mean",
+        "l2norm": True,
+        "jpeg_draft": False,
+        "color": "color",
+    }
     t = m["threshold"]
     assert t["method"] == "fpr" and t["fpr"] == 0.05 and "0.99" in t["quantiles"]
     assert set(m["files"]) == {"model.onnx", "bank.bin", "fit_report.json"}
@@ -120,19 +135,25 @@ def test_tampered_model_is_refused(bundle):
         Detector.load(bundle)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(schema_version=2), "expected schema_version 1, found 2"),
-    (lambda m: m.update(schema="other"), "expected schema 'dn2-bundle', found 'other'"),
-    (lambda m: m["bank"].update(dim=65), "bank.dim: expected the model's dim 64, found 65"),
-    (lambda m: m["bank"].update(metric="cosine"), "expected 'sqeuclidean', found 'cosine'"),
-    (lambda m: m["score"].update(k=301), r"score.k: expected an integer in \[1, bank.n=300\]"),
-    (lambda m: m["score"].update(jpeg_draft="yes"), "score.jpeg_draft: expected true or false"),
-    (lambda m: m["bank"].update(n=299), r"manifest says \[299, 64\], the file declares \[300, 64\]"),
-    (lambda m: m["threshold"].update(value=None), "threshold.value: expected a finite number"),
-    (lambda m: m["group"].update(pooling="median"), "group.pooling: expected 'mean' or 'max'"),
-    (lambda m: m["files"].update({"../x": "0" * 64}), "expected plain file names"),
-    (lambda m: m.pop("threshold"), "expected a 'threshold' section"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(schema_version=2), "expected schema_version 1, found 2"),
+        (lambda m: m.update(schema="other"), "expected schema 'dn2-bundle', found 'other'"),
+        (lambda m: m["bank"].update(dim=65), "bank.dim: expected the model's dim 64, found 65"),
+        (lambda m: m["bank"].update(metric="cosine"), "expected 'sqeuclidean', found 'cosine'"),
+        (lambda m: m["score"].update(k=301), r"score.k: expected an integer in \[1, bank.n=300\]"),
+        (lambda m: m["score"].update(jpeg_draft="yes"), "score.jpeg_draft: expected true or false"),
+        (
+            lambda m: m["bank"].update(n=299),
+            r"manifest says \[299, 64\], the file declares \[300, 64\]",
+        ),
+        (lambda m: m["threshold"].update(value=None), "threshold.value: expected a finite number"),
+        (lambda m: m["group"].update(pooling="median"), "group.pooling: expected 'mean' or 'max'"),
+        (lambda m: m["files"].update({"../x": "0" * 64}), "expected plain file names"),
+        (lambda m: m.pop("threshold"), "expected a 'threshold' section"),
+    ],
+)
 def test_inconsistent_manifest_is_refused(bundle, edit, message):
     _edit_manifest(bundle, edit)
     with pytest.raises(BundleError, match=message):
@@ -180,12 +201,14 @@ def _norm_or_direction_world(signal: str, dim: int = 16, seed: int = 0):
     u, v = np.eye(dim)[0], np.eye(dim)[1]
 
     def normal(n):
-        return (rng.uniform(1, 4, (n, 1)) * (u + 0.05 * rng.standard_normal((n, dim))))
+        return rng.uniform(1, 4, (n, 1)) * (u + 0.05 * rng.standard_normal((n, dim)))
 
     def anomalous(n):
         if signal == "length":
             return 8 * normal(n)
-        return rng.uniform(1, 4, (n, 1)) * (0.8 * u + 0.6 * v + 0.05 * rng.standard_normal((n, dim)))
+        return rng.uniform(1, 4, (n, 1)) * (
+            0.8 * u + 0.6 * v + 0.05 * rng.standard_normal((n, dim))
+        )
 
     return [x.astype(np.float32) for x in (normal(200), normal(40), anomalous(40))]
 
@@ -201,8 +224,11 @@ def test_l2norm_select_picks_by_validation_auroc(model, tmp_path, signal, chosen
     sel = m["fit"]["l2norm_selection"]
     assert m["score"]["l2norm"] is chosen and sel["chosen"] is chosen
     # the chosen variant separates the validation sets better than the other one
-    better, worse = ((sel["val_auroc_l2norm"], sel["val_auroc_plain"]) if chosen
-                     else (sel["val_auroc_plain"], sel["val_auroc_l2norm"]))
+    better, worse = (
+        (sel["val_auroc_l2norm"], sel["val_auroc_plain"])
+        if chosen
+        else (sel["val_auroc_plain"], sel["val_auroc_l2norm"])
+    )
     assert better > worse and better > 0.9
 
 

@@ -3,6 +3,7 @@ manifest field wrong-typed, missing or extreme, every file flipped, truncated, s
 replaced by another format, with the digests kept or rewritten as an attacker would. Each case
 runs in a child process: none may crash natively or hang; each exits 0 (harmless) or 2 with a
 one-line reason, and no damage to a field the runtime reads is accepted."""
+
 from __future__ import annotations
 
 import cv2
@@ -11,6 +12,7 @@ import pytest
 
 from dn2.runtime.fit import fit_bundle
 from dn2.tools.faults.fuzz import SCHEMA_FIELDS, fuzz_bundle
+
 from tiny_model import make_tiny_model
 
 HARMLESS_VALUES = {"true", "zero", "huge", "float-huge", "int64-overflow"}  # valid values
@@ -23,9 +25,17 @@ def work(tmp_path_factory):
     x = np.random.default_rng(0).normal(size=(120, 16)).astype(np.float32)
     img = d / "a.png"
     cv2.imwrite(str(img), (np.random.default_rng(1).random((48, 64, 3)) * 255).astype(np.uint8))
-    bundles = {kind: fit_bundle(model, d / kind, embeddings=x, index=kind, progress=False,
-                                hnsw={"M": 8, "ef_construction": 40, "ef": 16})
-               for kind in ("exact", "hnsw")}
+    bundles = {
+        kind: fit_bundle(
+            model,
+            d / kind,
+            embeddings=x,
+            index=kind,
+            progress=False,
+            hnsw={"M": 8, "ef_construction": 40, "ef": 16},
+        )
+        for kind in ("exact", "hnsw")
+    }
     return bundles, img
 
 
@@ -38,8 +48,11 @@ def _accepted_is_harmless(case: str) -> bool:
         return rewrote and (target == "fit_report.json" or mutation.startswith("flip-"))
     sec, _, field = target.partition(".")
     if field in SCHEMA_FIELDS.get(sec, ()):
-        return (mutation in HARMLESS_VALUES and (field in ("l2norm", "jpeg_draft", "value"))
-                or (field == "jpeg_draft" and mutation == "missing"))
+        return (
+            mutation in HARMLESS_VALUES
+            and (field in ("l2norm", "jpeg_draft", "value"))
+            or (field == "jpeg_draft" and mutation == "missing")
+        )
     return sec in ("fit", "group") and mutation in ("missing", "list", "string")
 
 

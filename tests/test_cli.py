@@ -371,9 +371,24 @@ def test_dash_is_stdout_for_watch_events(world, tmp_path):
     kinds = ["normal"] * 12 + ["anomalous"] * 8 + ["normal"] * 12
     clip = write_video(tmp_path / "clip.avi", [texture(rng, k, size=64) for k in kinds], fps=10)
     p = subprocess.run(
-        [sys.executable, "-m", "dn2.cli", "watch", str(bundle), "--source", str(clip),
-         "--headless", "--events", "-", "-q"],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        [
+            sys.executable,
+            "-m",
+            "dn2.cli",
+            "watch",
+            str(bundle),
+            "--source",
+            str(clip),
+            "--headless",
+            "--events",
+            "-",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     events = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith('{"type"')]
     assert [e["type"] for e in events] == ["alert_start", "alert_end"], p.stdout[-2000:]
@@ -388,8 +403,18 @@ def test_eval_json_goes_to_stdout_and_json_out_to_a_file(world, tmp_path, capsys
     for split, n in (("train", 12), ("test", 6)):
         write_images(data / split / "smooth", n, "normal", seed=3 if split == "train" else 4)
         write_images(data / split / "blotchy", n, "anomalous", seed=5 if split == "train" else 6)
-    base = ["eval", "--dataset", str(data), "--model", str(world["model"]), "--protocol",
-            "one-class", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    base = [
+        "eval",
+        "--dataset",
+        str(data),
+        "--model",
+        str(world["model"]),
+        "--protocol",
+        "one-class",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "-q",
+    ]
     assert dn2(base + ["--json"]) == 0
     out, err = capsys.readouterr()
     doc = json.loads(out)
@@ -410,8 +435,9 @@ def test_options_reach_the_library_by_name_with_nothing_in_between():
     from dn2.runtime.fit import fit_bundle
 
     parser = fit_cli.build_parser()
-    a = parser.parse_args(["m.onnx", "n/", "-o", "b", "--fpr", "0.02", "--groups", "7",
-                           "--jpeg-draft"])
+    a = parser.parse_args(
+        ["m.onnx", "n/", "-o", "b", "--fpr", "0.02", "--groups", "7", "--jpeg-draft"]
+    )
     kw = library_kwargs(fit_bundle, a, fit_cli.PARAMS, progress=False)
     assert kw["model_path"] == "m.onnx" and kw["images"] == ["n/"] and kw["output"] == "b"
     assert kw["fpr"] == 0.02 and kw["n_groups"] == 7 and kw["jpeg_draft"] is True

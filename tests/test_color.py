@@ -3,6 +3,7 @@
 Real textile stills (gray: B = G = R) and real colour photographs, real OpenCV video writers
 (MJPG, mp4v) with per-channel sensor noise, the real Lite0 model.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from dn2.runtime.bundle import load_bundle
 from dn2.runtime.color import chroma, detect, to_gray3
 from dn2.runtime.detector import Detector
 from dn2.runtime.fit import fit_bundle
+
 from videos import camera_frames, texture_crops
 
 
@@ -28,8 +30,9 @@ def textile(textile_dirs):
 def gray_bundles(lite0_model, textile, tmp_path_factory):
     root = tmp_path_factory.mktemp("color")
     auto = fit_bundle(lite0_model, root / "auto", images=textile[:80], progress=False)
-    forced = fit_bundle(lite0_model, root / "color", images=textile[:80], color="color",
-                        progress=False)
+    forced = fit_bundle(
+        lite0_model, root / "color", images=textile[:80], color="color", progress=False
+    )
     return root, Detector.load(auto), Detector.load(forced)
 
 
@@ -43,8 +46,9 @@ def test_gray_stills_are_detected_and_recorded(gray_bundles):
 
 
 @pytest.mark.parametrize("fourcc,ext", [("MJPG", ".avi"), ("mp4v", ".mp4")])
-def test_codec_cast_and_colour_noise_do_not_decide_for_a_gray_bank(gray_bundles, textile,
-                                                                   fourcc, ext):
+def test_codec_cast_and_colour_noise_do_not_decide_for_a_gray_bank(
+    gray_bundles, textile, fourcc, ext
+):
     root, auto, forced = gray_bundles
     pieces = [cv2.imread(p) for p in textile[300:330]]
     frames = camera_frames(pieces, root / f"other{ext}", fourcc, sigma=3.0)
@@ -66,8 +70,7 @@ def test_every_scoring_path_converts_for_a_gray_bank(gray_bundles, textile, tmp_
     direct = auto.score_images(frames)
     # the API converts: gray input scores the same, up to where the rounding to uint8 gray
     # happens (before the resize here, after it inside the embedder): < 1 % measured
-    np.testing.assert_allclose(auto.score_images([to_gray3(f) for f in frames]), direct,
-                               rtol=0.02)
+    np.testing.assert_allclose(auto.score_images([to_gray3(f) for f in frames]), direct, rtol=0.02)
     files = []
     for i, f in enumerate(frames):
         files.append(str(tmp_path / f"f{i}.png"))
@@ -78,8 +81,10 @@ def test_every_scoring_path_converts_for_a_gray_bank(gray_bundles, textile, tmp_
 
 def test_colour_photos_stay_colour_and_the_option_is_honoured(lite0_model, tmp_path, capsys):
     data = pytest.importorskip("skimage.data")
-    photos = [cv2.cvtColor(getattr(data, n)(), cv2.COLOR_RGB2BGR)
-              for n in ("astronaut", "coffee", "chelsea")]
+    photos = [
+        cv2.cvtColor(getattr(data, n)(), cv2.COLOR_RGB2BGR)
+        for n in ("astronaut", "coffee", "chelsea")
+    ]
     crops = [c for im in photos for c in texture_crops(im, 8, size=160, crop=200, seed=3)]
     assert detect(crops)["mode"] == "color"
     folder = tmp_path / "colour"
@@ -88,13 +93,19 @@ def test_colour_photos_stay_colour_and_the_option_is_honoured(lite0_model, tmp_p
         cv2.imwrite(str(folder / f"{i:02d}.png"), c)
     assert fit_cli.main([str(lite0_model), str(folder), "-o", str(tmp_path / "a"), "-q"]) == 0
     assert load_bundle(tmp_path / "a").manifest["score"]["color"] == "color"
-    assert fit_cli.main([str(lite0_model), str(folder), "-o", str(tmp_path / "g"), "-q",
-                         "--color", "gray"]) == 0
+    assert (
+        fit_cli.main(
+            [str(lite0_model), str(folder), "-o", str(tmp_path / "g"), "-q", "--color", "gray"]
+        )
+        == 0
+    )
     m = load_bundle(tmp_path / "g").manifest
     assert m["score"]["color"] == "gray" and m["fit"]["color"]["detected"] is None
     assert Detector.load(tmp_path / "g").embedder.gray
-    assert fit_cli.main([str(lite0_model), str(folder), "-o", str(tmp_path / "x"),
-                         "--color", "sepia"]) == 2
+    assert (
+        fit_cli.main([str(lite0_model), str(folder), "-o", str(tmp_path / "x"), "--color", "sepia"])
+        == 2
+    )
     assert "invalid choice: 'sepia'" in capsys.readouterr().err
 
 
@@ -118,7 +129,11 @@ def test_learn_detects_a_monochrome_camera(lite0_model, textile, tmp_path):
 
     pieces = [cv2.imread(p) for p in textile[500:540]]
     frames = camera_frames(pieces, tmp_path / "cam.avi", "MJPG", sigma=2.0)
-    s = watch(str(lite0_model), str(tmp_path / "cam.avi"), learn="30f",
-              learn_bundle=str(tmp_path / "learned"))
+    s = watch(
+        str(lite0_model),
+        str(tmp_path / "cam.avi"),
+        learn="30f",
+        learn_bundle=str(tmp_path / "learned"),
+    )
     assert s.frames_read == len(frames) and s.error is None
     assert load_bundle(tmp_path / "learned").manifest["score"]["color"] == "gray"

@@ -1,4 +1,5 @@
 """Typed configuration: defaults and validation in one place, strict types, the field named."""
+
 from __future__ import annotations
 
 import inspect
@@ -10,21 +11,24 @@ from dn2.runtime.config import FitConfig, ScoreConfig, WatchConfig
 from dn2.runtime.errors import ConfigError, Dn2Error
 
 
-@pytest.mark.parametrize("kw,param,says", [
-    ({"k": True}, "k", r"k: expected an integer >= 1, found True"),  # a bool is not a number
-    ({"k": 2.0}, "k", r"k: expected an integer >= 1, found 2.0"),
-    ({"k": 0}, "k", r"k: expected >= 1, found 0"),
-    ({"fpr": 1}, "fpr", r"fpr: expected a rate in \(0, 1\), found 1"),
-    ({"fpr": float("nan")}, "fpr", r"found nan"),
-    ({"fpr": "0.01"}, "fpr", r"found '0.01'"),
-    ({"clean": 1.0}, "clean", r"clean: expected a fraction in \[0, 1\), found 1.0"),
-    ({"l2norm": 1}, "l2norm", r"l2norm: expected one of True, False, 'auto', found 1"),
-    ({"index": "faiss"}, "index", r"index: expected one of 'auto', 'exact', 'hnsw'"),
-    ({"jpeg_draft": "yes"}, "jpeg_draft", r"jpeg_draft: expected true or false"),
-    ({"providers": ""}, "providers", r"providers: expected 'auto'"),
-    ({"hnsw": {"M": 0}}, "hnsw", r"hnsw: expected None or a mapping"),
-    ({"kmeans": 1, "k": 2}, "kmeans", r"kmeans 1: expected at least k=2 centres"),
-])
+@pytest.mark.parametrize(
+    "kw,param,says",
+    [
+        ({"k": True}, "k", r"k: expected an integer >= 1, found True"),  # a bool is not a number
+        ({"k": 2.0}, "k", r"k: expected an integer >= 1, found 2.0"),
+        ({"k": 0}, "k", r"k: expected >= 1, found 0"),
+        ({"fpr": 1}, "fpr", r"fpr: expected a rate in \(0, 1\), found 1"),
+        ({"fpr": float("nan")}, "fpr", r"found nan"),
+        ({"fpr": "0.01"}, "fpr", r"found '0.01'"),
+        ({"clean": 1.0}, "clean", r"clean: expected a fraction in \[0, 1\), found 1.0"),
+        ({"l2norm": 1}, "l2norm", r"l2norm: expected one of True, False, 'auto', found 1"),
+        ({"index": "faiss"}, "index", r"index: expected one of 'auto', 'exact', 'hnsw'"),
+        ({"jpeg_draft": "yes"}, "jpeg_draft", r"jpeg_draft: expected true or false"),
+        ({"providers": ""}, "providers", r"providers: expected 'auto'"),
+        ({"hnsw": {"M": 0}}, "hnsw", r"hnsw: expected None or a mapping"),
+        ({"kmeans": 1, "k": 2}, "kmeans", r"kmeans 1: expected at least k=2 centres"),
+    ],
+)
 def test_bad_values_name_the_field(kw, param, says):
     with pytest.raises(ConfigError, match=says) as err:
         FitConfig(**kw)
@@ -37,8 +41,11 @@ def test_from_mapping_replace_and_round_trip():
     assert (cfg.k, cfg.index, cfg.fpr) == (3, "hnsw", 0.05)
     assert FitConfig.from_mapping(cfg.to_dict()) == cfg
     assert cfg.replace(k=4).k == 4 and cfg.k == 3  # frozen: a new object
-    with pytest.raises(ConfigError, match=r"unknown option 'kk' for FitConfig; expected one of "
-                                          r"k, clean") as err:
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown option 'kk' for FitConfig; expected one of "
+        r"k, clean",
+    ) as err:
         FitConfig.from_mapping({"kk": 1})
     assert err.value.param == "kk"
     with pytest.raises(ConfigError, match=r"fpr: expected") as err:
@@ -55,10 +62,15 @@ def test_watch_and_score_configs():
     assert WatchConfig(group=4, hop=2).hop == 2
     with pytest.raises(ConfigError, match=r"group: expected >= 2, found 1"):
         WatchConfig(group=1)
-    assert ScoreConfig().to_dict() == {"k": 2, "l2norm": True, "jpeg_draft": False,
-                                       "reduction": "mean"}
-    assert FitConfig(k=5, l2norm="auto").score_config(l2norm=False) == ScoreConfig(k=5,
-                                                                                  l2norm=False)
+    assert ScoreConfig().to_dict() == {
+        "k": 2,
+        "l2norm": True,
+        "jpeg_draft": False,
+        "reduction": "mean",
+    }
+    assert FitConfig(k=5, l2norm="auto").score_config(l2norm=False) == ScoreConfig(
+        k=5, l2norm=False
+    )
 
 
 def test_library_and_cli_defaults_agree():
@@ -82,16 +94,22 @@ def test_library_and_cli_defaults_agree():
 
 
 def test_fit_bundle_takes_a_config_or_the_old_keywords(tmp_path):
-    from textures import write_images
-    from tiny_model import make_tiny_model
-
     from dn2.runtime.bundle import load_bundle
     from dn2.runtime.fit import fit_bundle
 
+    from textures import write_images
+    from tiny_model import make_tiny_model
+
     model = make_tiny_model(tmp_path / "m.onnx")
     imgs = write_images(tmp_path / "n", 10, "normal", seed=1)
-    a = fit_bundle(model, tmp_path / "a", images=imgs, config=FitConfig(k=3, fpr=0.1),
-                   progress=False, threads=1)
+    a = fit_bundle(
+        model,
+        tmp_path / "a",
+        images=imgs,
+        config=FitConfig(k=3, fpr=0.1),
+        progress=False,
+        threads=1,
+    )
     b = fit_bundle(model, tmp_path / "b", images=imgs, k=3, fpr=0.1, progress=False, threads=1)
     ma, mb = load_bundle(a).manifest, load_bundle(b).manifest
     assert ma["threshold"]["value"] == mb["threshold"]["value"]

@@ -5,6 +5,7 @@ real textile images through a real OpenCV video file: every frame the ground tru
 defect frame must really show the defect image (found by its exact pixel columns, which the
 lossless video keeps), and no other frame may show it.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,11 @@ import numpy as np
 import pytest
 
 from dn2.runtime.errors import Dn2Error, MissingExtraError
-from dn2.tools.demo import data as demo_data, video as demo_video
+from dn2.tools.demo import data as demo_data
+from dn2.tools.demo import video as demo_video
 from dn2.tools.demo.verdict import Alert, alerts_from_events, judge, read_events
 from dn2.tools.demo.video import CLEAT, DEFECT_GAP, LEAD, Piece
+
 from videos import read_video
 
 
@@ -31,7 +34,7 @@ def _share_in_centre(frame: np.ndarray, keys: set) -> float:
     """Fraction of the centre square's columns that are columns of the fingerprinted image."""
     h, w = frame.shape[:2]
     x0 = (w - h) // 2
-    body = np.ascontiguousarray(frame[CLEAT:-CLEAT, x0:x0 + h].transpose(1, 0, 2))
+    body = np.ascontiguousarray(frame[CLEAT:-CLEAT, x0 : x0 + h].transpose(1, 0, 2))
     return sum(col.tobytes() in keys for col in body) / h
 
 
@@ -61,16 +64,16 @@ def test_ground_truth_frames_show_the_defect_and_others_do_not(line):
         share = np.array([_share_in_centre(f, keys) for f in frames])
         # start..end: the defect fills at least half of what the detector sees (+1 column of
         # rounding: edges are placed at whole pixels)
-        assert (share[r.start:r.end + 1] >= 0.5 - 1.0 / plan.height).all(), r
+        assert (share[r.start : r.end + 1] >= 0.5 - 1.0 / plan.height).all(), r
         # the dwell frames in the middle show nothing but the defect
         assert share[(r.start + r.end) // 2] == 1.0
         assert r.end - r.start + 1 >= plan.dwell_frames
         # outside the visible range the defect is nowhere in the centre square
         outside = np.ones(len(frames), bool)
-        outside[r.visible_start:r.visible_end + 1] = False
+        outside[r.visible_start : r.visible_end + 1] = False
         assert (share[outside] == 0).all(), r
         assert share[r.visible_start] > 0 and share[r.visible_end] > 0
-        assert (share[r.visible_start:r.start] < 0.5).all()
+        assert (share[r.visible_start : r.start] < 0.5).all()
 
 
 def test_normal_stretches_show_only_normal_pieces(line):
@@ -78,7 +81,7 @@ def test_normal_stretches_show_only_normal_pieces(line):
     defect_keys = set().union(*(_column_keys(cv2.imread(r.source)) for r in truth))
     busy = np.zeros(len(frames), bool)
     for r in truth:
-        busy[r.visible_start:r.visible_end + 1] = True
+        busy[r.visible_start : r.visible_end + 1] = True
     for t in np.flatnonzero(~busy)[::5]:
         assert _share_in_centre(frames[t], defect_keys) == 0.0, t
 
@@ -124,9 +127,11 @@ def test_ground_truth_json(line, tmp_path):
 
 
 # -- verdict ---------------------------------------------------------------------------------
-DEFECTS = [dict(start=40, end=60, visible_start=39, visible_end=61),
-           dict(start=120, end=140, visible_start=119, visible_end=141),
-           dict(start=200, end=220, visible_start=199, visible_end=221)]
+DEFECTS = [
+    dict(start=40, end=60, visible_start=39, visible_end=61),
+    dict(start=120, end=140, visible_start=119, visible_end=141),
+    dict(start=200, end=220, visible_start=199, visible_end=221),
+]
 
 
 def _events(*spans):
@@ -134,8 +139,9 @@ def _events(*spans):
     for i, (a, b) in enumerate(spans, 1):
         out.append({"type": "alert_start", "alert_id": i, "frame": a, "score": 2.0})
         if b is not None:
-            out.append({"type": "alert_end", "alert_id": i, "frame": b, "score": 0.5,
-                        "peak_score": 3.0})
+            out.append(
+                {"type": "alert_end", "alert_id": i, "frame": b, "score": 0.5, "peak_score": 3.0}
+            )
     return out
 
 
@@ -193,8 +199,16 @@ def test_plot_writes_a_png(tmp_path):
     scores = np.full(250, 4.0)
     scores[40:61] = 15.0
     scores[[20, 21, 100, 101]] = 90.0  # joins: spikes two frames long
-    out = plot_scores(range(250), scores, 10.0, DEFECTS[:1], [Alert(42, 64)], tmp_path / "s.png",
-                      fps=10, found_by=[0])
+    out = plot_scores(
+        range(250),
+        scores,
+        10.0,
+        DEFECTS[:1],
+        [Alert(42, 64)],
+        tmp_path / "s.png",
+        fps=10,
+        found_by=[0],
+    )
     img = cv2.imread(str(out))
     assert img is not None and img.shape[0] > 300 and img.shape[1] > 800
 
@@ -228,11 +242,11 @@ def test_missing_textile_package_names_the_extra(monkeypatch):
 
 def test_model_reuse_needs_matching_stamp_and_metadata(tmp_path):
     onnx = pytest.importorskip("onnx")
-    from tiny_model import build_tiny_model
-
     from dn2.runtime.bundle import sha256_file
     from dn2.runtime.modelmeta import K_ARCH, K_WEIGHTS
     from dn2.tools.demo.cli import reusable_model, stamp_path
+
+    from tiny_model import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model.onnx", input_size=224, dim=8)
     stamp = stamp_path(model)

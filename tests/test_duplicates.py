@@ -1,4 +1,5 @@
 """Duplicates cannot calibrate against themselves: real textile files copied and re-saved."""
+
 from __future__ import annotations
 
 import shutil
@@ -31,15 +32,24 @@ def fitted(lite0_model, textile, tmp_path_factory):
             shutil.copy(p, root / sub / p.name)
     (root / "c").mkdir()
     for p in textile[:50]:
-        cv2.imwrite(str(root / "c" / p.name), cv2.imread(str(p)),
-                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+        cv2.imwrite(str(root / "c" / p.name), cv2.imread(str(p)), [cv2.IMWRITE_JPEG_QUALITY, 90])
     return root
 
 
 def test_a_folder_with_copies_keeps_the_fpr(lite0_model, textile, fitted, capsys):
     bundle = fitted / "bundle"
-    rc = fit_cli.main([str(lite0_model), str(fitted / "a"), str(fitted / "b"),
-                       str(fitted / "c"), "-o", str(bundle), "--fpr", str(FPR)])
+    rc = fit_cli.main(
+        [
+            str(lite0_model),
+            str(fitted / "a"),
+            str(fitted / "b"),
+            str(fitted / "c"),
+            "-o",
+            str(bundle),
+            "--fpr",
+            str(FPR),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     det = Detector.load(bundle)
@@ -55,8 +65,9 @@ def test_a_folder_with_copies_keeps_the_fpr(lite0_model, textile, fitted, capsys
     assert FPR / 2 <= fpr <= 2 * FPR, fpr
     # what plain leave-one-out would have given: each copy vouching for its twin
     x = det.bundle.bank.data
-    plain = conformal_quantile(grouped_scores(build_bank(x, "exact"), x, 2, np.arange(len(x)),
-                                              np.arange(len(x))), FPR)["value"]
+    plain = conformal_quantile(
+        grouped_scores(build_bank(x, "exact"), x, 2, np.arange(len(x)), np.arange(len(x))), FPR
+    )["value"]
     assert plain < 0.5 * det.threshold
     assert np.mean(scores > plain) > 4 * FPR
 
@@ -69,8 +80,12 @@ def test_distinct_pieces_are_not_grouped(lite0_model, textile):
     x = l2normalize(emb.embed_paths([str(p) for p in textile[200:320]]).embeddings)
     labels, rep = find_duplicates(x, [str(p) for p in textile[200:320]])
     assert rep["images_in_groups"] == 0 and len(set(labels)) == 120
-    noisy = [np.clip(cv2.imread(str(p)) + np.random.default_rng(i).normal(0, 3, (250, 250, 3)),
-                     0, 255).astype(np.uint8) for i, p in enumerate(textile[200:220])]
+    noisy = [
+        np.clip(
+            cv2.imread(str(p)) + np.random.default_rng(i).normal(0, 3, (250, 250, 3)), 0, 255
+        ).astype(np.uint8)
+        for i, p in enumerate(textile[200:220])
+    ]
     y = l2normalize(emb.embed_images(noisy))
     labels, rep = find_duplicates(np.vstack([x, y]))
     # a sensor-noise copy sits at ~0.015 x the median pair distance: linked to its original

@@ -1,4 +1,5 @@
 """The onnxruntime Embedder and provider resolution, on real sessions over real ONNX files."""
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,18 @@ def photos(tmp_path_factory):
     d = os.path.join(os.path.dirname(skimage.__file__), "data")
     out = tmp_path_factory.mktemp("photos")
     paths = []
-    for i, name in enumerate(["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg",
-                              "camera.png", "ihc.png", "motorcycle_left.png", "hubble_deep_field.jpg"]):
+    for i, name in enumerate(
+        [
+            "astronaut.png",
+            "chelsea.png",
+            "coffee.png",
+            "rocket.jpg",
+            "camera.png",
+            "ihc.png",
+            "motorcycle_left.png",
+            "hubble_deep_field.jpg",
+        ]
+    ):
         img = cv2.imread(os.path.join(d, name), cv2.IMREAD_UNCHANGED)
         ext = [".jpg", ".png", ".webp"][i % 3]
         p = out / f"{i}_{name.split('.')[0]}{ext}"
@@ -55,9 +66,12 @@ def test_resolve_named_aliases_lists_and_errors():
     allp = [prov.CPU, prov.CUDA, prov.TRT]
     assert prov.resolve("cuda,cpu", allp) == [prov.CUDA, prov.CPU]
     assert prov.resolve(["TRT", prov.CPU, "cpu"], allp) == [prov.TRT, prov.CPU]
-    with pytest.raises(ModelError, match=r"provider 'cuda': expected one of \['CPUExecution"
-                                         r"Provider'\].*found 'CUDAExecutionProvider' not in "
-                                         r"this onnxruntime.*dn2\[gpu\]"):
+    with pytest.raises(
+        ModelError,
+        match=r"provider 'cuda': expected one of \['CPUExecution"
+        r"Provider'\].*found 'CUDAExecutionProvider' not in "
+        r"this onnxruntime.*dn2\[gpu\]",
+    ):
         prov.resolve("cuda", [prov.CPU])
     with pytest.raises(ModelError, match="found 'npu' not in this onnxruntime"):
         prov.resolve("npu", allp)
@@ -67,7 +81,10 @@ def test_resolve_named_aliases_lists_and_errors():
 
 def test_fallback_attempts_drop_the_head_each_time():
     assert prov.attempts([prov.TRT, prov.CUDA, prov.CPU]) == [
-        [prov.TRT, prov.CUDA, prov.CPU], [prov.CUDA, prov.CPU], [prov.CPU]]
+        [prov.TRT, prov.CUDA, prov.CPU],
+        [prov.CUDA, prov.CPU],
+        [prov.CPU],
+    ]
     opts = prov.provider_options(prov.CUDA, 224)
     assert opts == {"device_id": 0}
 
@@ -81,17 +98,38 @@ def test_embedder_reads_metadata_and_proves_its_provider(tiny):
     assert e.fallbacks == []
 
 
-@pytest.mark.parametrize("kw,says", [
-    ({"meta_dim": 9}, r"output 'embeddings' expected shape \[N, 9\] \(metadata embedding dim 9\)"
-                      r", found \['N', 8\]"),
-    ({"meta_size": 40}, r"input 'images' expected shape \[N, 40, 40, 3\].*found \['N', 32, 32, 3\]"),
-    ({"input_dtype": "float32"}, r"input 'images' expected tensor\(uint8\), found tensor\(float\)"),
-    ({"input_name": "input"}, r"expected one input 'images' and one output 'embeddings', found "
-                              r"inputs \['input'\]"),
-    ({"fixed_batch": 1}, r"expected shape \[N, 32, 32, 3\] with dynamic N.*found \[1, 32, 32, 3\]"),
-    ({"metadata": False}, r"is not a dn2 model: metadata 'dn2.format' expected 'dn2-model-2' "
-                          r"\(or 'dn2-model-1' from older exports\), found None"),
-])
+@pytest.mark.parametrize(
+    "kw,says",
+    [
+        (
+            {"meta_dim": 9},
+            r"output 'embeddings' expected shape \[N, 9\] \(metadata embedding dim 9\)"
+            r", found \['N', 8\]",
+        ),
+        (
+            {"meta_size": 40},
+            r"input 'images' expected shape \[N, 40, 40, 3\].*found \['N', 32, 32, 3\]",
+        ),
+        (
+            {"input_dtype": "float32"},
+            r"input 'images' expected tensor\(uint8\), found tensor\(float\)",
+        ),
+        (
+            {"input_name": "input"},
+            r"expected one input 'images' and one output 'embeddings', found "
+            r"inputs \['input'\]",
+        ),
+        (
+            {"fixed_batch": 1},
+            r"expected shape \[N, 32, 32, 3\] with dynamic N.*found \[1, 32, 32, 3\]",
+        ),
+        (
+            {"metadata": False},
+            r"is not a dn2 model: metadata 'dn2.format' expected 'dn2-model-2' "
+            r"\(or 'dn2-model-1' from older exports\), found None",
+        ),
+    ],
+)
 def test_contract_mismatches_are_model_errors(tmp_path, kw, says):
     path = build_tiny_model(tmp_path / "bad.onnx", **kw)
     with pytest.raises(ModelError, match=says):
@@ -109,8 +147,11 @@ def test_missing_or_broken_model_file(tmp_path):
 
 def test_warm_up_failure_is_reported_with_the_reason(tmp_path):
     path = build_tiny_model(tmp_path / "fails.onnx", fail_at_run=True)
-    with pytest.raises(ModelError, match=r"expected a provider that runs the model, found none: "
-                                         r"CPUExecutionProvider: warm-up inference failed.*Gather"):
+    with pytest.raises(
+        ModelError,
+        match=r"expected a provider that runs the model, found none: "
+        r"CPUExecutionProvider: warm-up inference failed.*Gather",
+    ):
         Embedder(path)
 
 
@@ -126,9 +167,14 @@ def test_embed_batch_chunks_give_the_same_numbers(tiny):
     assert Embedder(tiny).embed_batch(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0, 8)
 
 
-@pytest.mark.parametrize("x,found", [(np.zeros((2, 32, 32, 3), np.float32), "found float32"),
-                                     (np.zeros((2, 3, 32, 32), np.uint8), "(2, 3, 32, 32)"),
-                                     (np.zeros((32, 32, 3), np.uint8), "(32, 32, 3)")])
+@pytest.mark.parametrize(
+    "x,found",
+    [
+        (np.zeros((2, 32, 32, 3), np.float32), "found float32"),
+        (np.zeros((2, 3, 32, 32), np.uint8), "(2, 3, 32, 32)"),
+        (np.zeros((32, 32, 3), np.uint8), "(32, 32, 3)"),
+    ],
+)
 def test_embed_batch_refuses_wrong_input(tiny, x, found):
     with pytest.raises(ImageError, match=r"expected uint8 \[N, 32, 32, 3\] BGR, found") as e:
         Embedder(tiny).embed_batch(x)
@@ -137,8 +183,9 @@ def test_embed_batch_refuses_wrong_input(tiny, x, found):
 
 def test_embed_images_prepares_any_size(tiny, photos):
     e = Embedder(tiny)
-    imgs = [read_image(p) for p in photos[:4]] + [cv2.cvtColor(read_image(photos[4]),
-                                                               cv2.COLOR_BGR2GRAY)]
+    imgs = [read_image(p) for p in photos[:4]] + [
+        cv2.cvtColor(read_image(photos[4]), cv2.COLOR_BGR2GRAY)
+    ]
     got = e.embed_images(imgs)
     want = e.embed_batch(np.stack([prepare(i, e.rule) for i in imgs]))
     np.testing.assert_array_equal(got, want)
@@ -214,8 +261,9 @@ def test_real_photos_match_the_torchvision_reference(lite0_model, photos):
     graph = load_graph(e.meta.arch)
     r = e.rule
     ref = embed(graph, [reference_crop(p, r.resize_to, r.crop) for p in photos])
-    cos = (res.embeddings * ref).sum(1) / (np.linalg.norm(res.embeddings, axis=1)
-                                           * np.linalg.norm(ref, axis=1))
+    cos = (res.embeddings * ref).sum(1) / (
+        np.linalg.norm(res.embeddings, axis=1) * np.linalg.norm(ref, axis=1)
+    )
     assert cos.min() >= 0.999, dict(zip(photos, cos.round(5)))
 
 
@@ -231,8 +279,9 @@ def test_jpeg_draft_embeddings_stay_close_to_the_torchvision_reference(lite0_mod
     full = Embedder(lite0_model, threads=2).embed_paths(frames).embeddings
     draft = Embedder(lite0_model, threads=2, jpeg_draft=True).embed_paths(frames).embeddings
     r = Embedder(lite0_model, threads=1).rule
-    ref = embed(load_graph("efficientnet_lite0"),
-                [reference_crop(p, r.resize_to, r.crop) for p in frames])
+    ref = embed(
+        load_graph("efficientnet_lite0"), [reference_crop(p, r.resize_to, r.crop) for p in frames]
+    )
 
     def cos(a, b):
         return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -271,8 +320,9 @@ def test_session_config_from_model_metadata_is_applied(tmp_path):
     from dn2.runtime.modelmeta import K_ORT_CONFIG
 
     src = build_tiny_model(tmp_path / "plain.onnx")
-    path = _with_prop(src, tmp_path / "cfg.onnx", K_ORT_CONFIG,
-                      '{"session.x64quantprecision": "1"}')
+    path = _with_prop(
+        src, tmp_path / "cfg.onnx", K_ORT_CONFIG, '{"session.x64quantprecision": "1"}'
+    )
     emb = Embedder(str(path), providers="cpu")
     assert emb._ort_config == {"session.x64quantprecision": "1"}
     assert emb.embed_batch(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 8)

@@ -1,5 +1,6 @@
 """dn2-eval: protocols on synthetic embeddings, datasets, the embedding cache, and a small real
 Fashion-MNIST run with efficientnet_lite0 (real ImageNet weights)."""
+
 from __future__ import annotations
 
 import gzip
@@ -12,8 +13,13 @@ import pytest
 
 from dn2.runtime.errors import Dn2Error
 from dn2.tools.eval import protocols as P
-from dn2.tools.eval.datasets import (DatasetError, gray_to_bgr, load_fashion_mnist, load_folder,
-                                     select_per_class)
+from dn2.tools.eval.datasets import (
+    DatasetError,
+    gray_to_bgr,
+    load_fashion_mnist,
+    load_folder,
+    select_per_class,
+)
 from dn2.tools.eval.scorer import clean, knn_scores, l2_normalize, loo_scores, pool_sets
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -29,7 +35,8 @@ def blobs(n_classes=6, dim=32, n_train=100, n_test=50, spread=0.5, seed=0, modes
         lab = np.repeat(np.arange(n_classes), n)
         sub = rng.integers(0, modes, len(lab))
         return (centres[lab, sub] + spread * rng.normal(size=(len(lab), dim))).astype(
-            np.float32), lab
+            np.float32
+        ), lab
 
     tr, trl = make(n_train)
     te, tel = make(n_test)
@@ -38,8 +45,10 @@ def blobs(n_classes=6, dim=32, n_train=100, n_test=50, spread=0.5, seed=0, modes
 
 def test_knn_matches_brute_force():
     rng = np.random.default_rng(1)
-    bank, q = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(7, 8)).astype(
-        np.float32)
+    bank, q = (
+        rng.normal(size=(50, 8)).astype(np.float32),
+        rng.normal(size=(7, 8)).astype(np.float32),
+    )
     d = ((q[:, None, :] - bank[None]) ** 2).sum(-1)
     want = np.sort(d, axis=1)[:, :3].mean(1)
     # float32 Gram-trick distances vs float64 brute force of O(10) values: 1e-4 relative
@@ -48,8 +57,7 @@ def test_knn_matches_brute_force():
     d_self = ((bank[:, None] - bank[None]) ** 2).sum(-1)
     np.fill_diagonal(d_self, np.inf)
     # float32 norm-trick distances of O(10): 1e-4 relative
-    np.testing.assert_allclose(loo_scores(bank, 2), np.sort(d_self, 1)[:, :2].mean(1),
-                               rtol=1e-4)
+    np.testing.assert_allclose(loo_scores(bank, 2), np.sort(d_self, 1)[:, :2].mean(1), rtol=1e-4)
     # cleaning drops the far outlier first
     bank[3] += 100.0
     keep = clean(bank, 0.1, 2)
@@ -60,16 +68,26 @@ def test_one_class_separated_vs_random_labels():
     e = blobs()
     res = P.one_class(e)
     assert res["mean_auroc"] > 0.99 and len(res["per_class"]) == 6
-    shuffled = P.Embeds(e.train, np.random.default_rng(0).permutation(e.train_labels), e.test,
-                        e.test_labels, e.classes)
+    shuffled = P.Embeds(
+        e.train,
+        np.random.default_rng(0).permutation(e.train_labels),
+        e.test,
+        e.test_labels,
+        e.classes,
+    )
     # labels unrelated to the embeddings: chance level; 0.1 is ~5 sigma for 300 test items
     assert abs(P.one_class(shuffled)["mean_auroc"] - 0.5) < 0.1
 
 
 def test_l2norm_removes_scale():
     e = blobs(spread=0.8)
-    scaled = P.Embeds(e.train * np.random.default_rng(2).uniform(0.5, 3, (len(e.train), 1)).
-                      astype(np.float32), e.train_labels, e.test, e.test_labels, e.classes)
+    scaled = P.Embeds(
+        e.train * np.random.default_rng(2).uniform(0.5, 3, (len(e.train), 1)).astype(np.float32),
+        e.train_labels,
+        e.test,
+        e.test_labels,
+        e.classes,
+    )
     assert P.one_class(scaled.normalized())["mean_auroc"] > P.one_class(scaled)["mean_auroc"]
     assert np.allclose(np.linalg.norm(l2_normalize(e.train), axis=1), 1, atol=1e-5)
 
@@ -158,8 +176,13 @@ def test_int8_delta_zero_for_identical_embeddings():
     e = blobs(spread=1.0)
     res = P.int8_delta(e, e)
     assert res["delta"] == 0.0 and all(r["delta"] == 0.0 for r in res["per_class"])
-    noisy = P.Embeds(e.train + 0.5 * np.random.default_rng(3).normal(size=e.train.shape).astype(
-        np.float32), e.train_labels, e.test, e.test_labels, e.classes)
+    noisy = P.Embeds(
+        e.train + 0.5 * np.random.default_rng(3).normal(size=e.train.shape).astype(np.float32),
+        e.train_labels,
+        e.test,
+        e.test_labels,
+        e.classes,
+    )
     assert P.int8_delta(e, noisy)["delta"] < 0
 
 
@@ -177,8 +200,11 @@ def _write_idx(path: Path, arr: np.ndarray, gz=True):
 def test_fashion_mnist_idx_reader(tmp_path):
     rng = np.random.default_rng(0)
     for split, n in (("train", 20), ("t10k", 10)):
-        _write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)),
-                   gz=(split == "train"))  # one gz, one raw: both are read
+        _write_idx(
+            tmp_path / f"{split}-images-idx3-ubyte",
+            rng.integers(0, 255, (n, 28, 28)),
+            gz=(split == "train"),
+        )  # one gz, one raw: both are read
         _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
     ds = load_fashion_mnist(str(tmp_path))
     assert len(ds.train) == 20 and len(ds.test) == 10 and ds.classes[9] == "Ankle boot"
@@ -240,8 +266,9 @@ def test_gray_to_bgr():
 
 
 # ----------------------------------------------------------------------------- real model runs
-needs_fmnist = pytest.mark.skipif(not FMNIST.is_dir(),
-                                  reason="apt-get install dataset-fashion-mnist")
+needs_fmnist = pytest.mark.skipif(
+    not FMNIST.is_dir(), reason="apt-get install dataset-fashion-mnist"
+)
 SUBSAMPLE = dict(classes=[0, 1, 2], train_per_class=100, test_per_class=100)
 # Floor for the subsample run below (T-shirt/top, Trouser, Pullover; 100 train + 100 test per
 # class; seed 0; efficientnet_lite0 with its real ImageNet weights at 96 px): measured 0.958
@@ -269,8 +296,15 @@ def test_fashion_mnist_subsample_floor_and_cache(lite0_96, shared_cache, tmp_pat
     from dn2.tools.eval.cache import EmbeddingCache
     from dn2.tools.eval.run import EvalConfig, evaluate
 
-    cfg = EvalConfig("fashion-mnist", str(lite0_96), "one-class", cache_dir=shared_cache,
-                     threads=2, progress=False, **SUBSAMPLE)
+    cfg = EvalConfig(
+        "fashion-mnist",
+        str(lite0_96),
+        "one-class",
+        cache_dir=shared_cache,
+        threads=2,
+        progress=False,
+        **SUBSAMPLE,
+    )
     out = evaluate(cfg, json_out=str(tmp_path / "r.json"), plots_dir=str(tmp_path / "plots"))
     assert out.n_embedded == 600  # 3 classes x (100 train + 100 test), each embedded once
     assert out.doc["mean_auroc"] >= SUBSAMPLE_FLOOR, out.markdown
@@ -291,9 +325,19 @@ def test_fashion_mnist_subsample_floor_and_cache(lite0_96, shared_cache, tmp_pat
     assert ok.all() and emb.shape == (300, 1280) and c.n_embedded == 0
     assert c._embedder is None  # nothing missing -> no onnxruntime session built
     # a larger subsample nests the smaller one: only the 3 x (10 + 10) new items are embedded
-    more = evaluate(EvalConfig("fashion-mnist", str(lite0_96), "k-sweep", classes=[0, 1, 2],
-                               train_per_class=110, test_per_class=110, cache_dir=shared_cache,
-                               progress=False, sweep=[1, 2, 5]))
+    more = evaluate(
+        EvalConfig(
+            "fashion-mnist",
+            str(lite0_96),
+            "k-sweep",
+            classes=[0, 1, 2],
+            train_per_class=110,
+            test_per_class=110,
+            cache_dir=shared_cache,
+            progress=False,
+            sweep=[1, 2, 5],
+        )
+    )
     assert more.n_embedded == 60
     assert list(more.doc["by_k"]) == ["1", "2", "5"]
 
@@ -302,24 +346,54 @@ def test_fashion_mnist_subsample_floor_and_cache(lite0_96, shared_cache, tmp_pat
 def test_cli_on_cached_embeddings(lite0_96, shared_cache, tmp_path, capsys):
     from dn2.tools.eval.cli import main
 
-    base = ["--dataset", "fashion-mnist", "--model", str(lite0_96), "--classes", "0,1,2",
-            "--train-per-class", "40", "--test-per-class", "40", "--cache-dir", shared_cache,
-            "--no-progress", "--threads", "2"]
-    rc = main(base + ["--protocol", "few-shot", "--sweep", "1,10,40", "--json",
-                      str(tmp_path / "fs.json"), "--plots", str(tmp_path / "fs")])
+    base = [
+        "--dataset",
+        "fashion-mnist",
+        "--model",
+        str(lite0_96),
+        "--classes",
+        "0,1,2",
+        "--train-per-class",
+        "40",
+        "--test-per-class",
+        "40",
+        "--cache-dir",
+        shared_cache,
+        "--no-progress",
+        "--threads",
+        "2",
+    ]
+    rc = main(
+        base
+        + [
+            "--protocol",
+            "few-shot",
+            "--sweep",
+            "1,10,40",
+            "--json",
+            str(tmp_path / "fs.json"),
+            "--plots",
+            str(tmp_path / "fs"),
+        ]
+    )
     assert rc == 0
     doc = json.loads((tmp_path / "fs.json").read_text())
     assert list(doc["by_n"]) == ["1", "10", "40"] and doc["by_n"]["40"] > doc["by_n"]["1"]
     assert (tmp_path / "fs" / "curves.png").exists()
     assert "| train images per class |" in capsys.readouterr().out
-    rc = main(base + ["--protocol", "group", "--sweep", "2,3", "--json",
-                      str(tmp_path / "g.json")])
-    assert rc == 0 and [r["M"] for r in json.loads((tmp_path / "g.json").read_text())["per_M"]] \
-        == [2, 3]
+    rc = main(base + ["--protocol", "group", "--sweep", "2,3", "--json", str(tmp_path / "g.json")])
+    assert rc == 0 and [r["M"] for r in json.loads((tmp_path / "g.json").read_text())["per_M"]] == [
+        2,
+        3,
+    ]
     # errors are messages, not tracebacks
     capsys.readouterr()
-    assert main(base[:2] + ["--model", str(tmp_path / "nope.onnx"), "--json",
-                            str(tmp_path / "x.json")]) == 2
+    assert (
+        main(
+            base[:2] + ["--model", str(tmp_path / "nope.onnx"), "--json", str(tmp_path / "x.json")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "nope.onnx" in err and "Traceback" not in err
     assert main(base + ["--protocol", "int8", "--json", str(tmp_path / "x.json")]) == 2
@@ -340,8 +414,12 @@ def test_folder_dataset_skips_a_corrupt_image(lite0_96, tmp_path):
                 cv2.imwrite(str(root / split / c / f"{i}.png"), img)
     (root / "test" / "dark" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     logs = []
-    out = evaluate(EvalConfig(str(root), str(lite0_96), "one-class",
-                              cache_dir=str(tmp_path / "cache"), progress=False), log=logs.append)
+    out = evaluate(
+        EvalConfig(
+            str(root), str(lite0_96), "one-class", cache_dir=str(tmp_path / "cache"), progress=False
+        ),
+        log=logs.append,
+    )
     assert out.doc["n_test"] == 8 and out.n_embedded == 20  # 21 files, the broken one skipped
     assert any("broken.png" in m for m in logs)
     assert out.doc["mean_auroc"] > 0.9  # dark vs bright noise: trivially separable

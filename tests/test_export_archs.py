@@ -1,4 +1,5 @@
 """Every arch exports with random weights and the ONNX graph matches torch."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,16 @@ REL_TOL = 1e-3
 
 
 def test_arch_table_is_what_the_readme_lists():
-    assert ARCH_NAMES == ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                          "wide_resnet50_2", "efficientnet_lite0", "efficientnet_lite2")
+    assert ARCH_NAMES == (
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "wide_resnet50_2",
+        "efficientnet_lite0",
+        "efficientnet_lite2",
+    )
     assert ARCHS["resnet101"].dim == 2048 and ARCHS["efficientnet_lite0"].dim == 1280
     assert ARCHS["resnet18"].dim == 512
     # ResNet: torchvision's ImageNet mean/std in 0..255 units; Lite: (x - 127) / 128

@@ -1,4 +1,5 @@
 """dn2-export's command line: fast failures, messages instead of tracebacks, the JSON report."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ print("rc", rc, "torch" in sys.modules)
 
 def _probe(*args):
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120
+    )
     return proc, time.perf_counter() - t0
 
 
@@ -41,8 +43,10 @@ def test_unknown_arch_fails_at_once_naming_the_choices_without_loading_torch():
 def test_unwritable_output_fails_without_loading_torch():
     proc, _ = _probe("--weights", "none", "--output", "/nonexistent-dn2/m.onnx")
     assert proc.stdout.split() == ["rc", "2", "False"]
-    assert proc.stderr.strip() == ("dn2-export: error: cannot write /nonexistent-dn2/m.onnx: "
-                                   "folder /nonexistent-dn2 does not exist")
+    assert proc.stderr.strip() == (
+        "dn2-export: error: cannot write /nonexistent-dn2/m.onnx: "
+        "folder /nonexistent-dn2 does not exist"
+    )
 
 
 def test_tensorrt_without_tensorrt_fails_before_exporting(tmp_path, capsys):
@@ -65,25 +69,33 @@ def test_help_lists_every_arch_and_weights_option(capsys):
         assert word in out
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--precision", "int4"], "invalid choice: 'int4'"),
-    (["--input-size", "abc"], "invalid int value"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--precision", "int4"], "invalid choice: 'int4'"),
+        (["--input-size", "abc"], "invalid int value"),
+    ],
+)
 def test_bad_argument_values_are_usage_errors(args, expected, capsys):
     with pytest.raises(SystemExit) as exc:
         main(args)
     assert exc.value.code == 2 and expected in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--output", "/nonexistent-dn2/dir/m.onnx"], "folder /nonexistent-dn2/dir does not exist"),
-    (["--input-size", "8"], "input size 8 out of range"),
-    (["--opset", "7"], "opset 7 unsupported"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--output", "/nonexistent-dn2/dir/m.onnx"], "folder /nonexistent-dn2/dir does not exist"),
+        (["--input-size", "8"], "input size 8 out of range"),
+        (["--opset", "7"], "opset 7 unsupported"),
+    ],
+)
 def test_bad_values_fail_before_any_work_with_one_line(args, expected, tmp_path, capsys):
     t0 = time.perf_counter()
-    rc = main(["--arch", "resnet18", "--weights", "none", *args] +
-              ([] if "--output" in args else ["--output", str(tmp_path / "m.onnx")]))
+    rc = main(
+        ["--arch", "resnet18", "--weights", "none", *args]
+        + ([] if "--output" in args else ["--output", str(tmp_path / "m.onnx")])
+    )
     err = capsys.readouterr().err
     assert rc == 2 and expected in err and "Traceback" not in err
     assert err.count("\n") == 1

@@ -1,4 +1,5 @@
 """The graph contract: uint8 BGR in, normalisation inside, pooled embedding out; metadata."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,7 +53,9 @@ def test_uint8_bgr_graph_equals_torch_on_rgb_normalised_input(arch, weights, pho
     ref = _reference(arch, model, photos)
     assert np.abs(got - ref).max() / np.abs(ref).max() < REL_TOL
     # the test can tell a channel-order mistake: the same pixels read as RGB differ clearly
-    swapped = ort_session(str(path)).run(None, {"images": np.ascontiguousarray(photos[..., ::-1])})[0]
+    swapped = ort_session(str(path)).run(None, {"images": np.ascontiguousarray(photos[..., ::-1])})[
+        0
+    ]
     assert np.abs(swapped - ref).max() / np.abs(ref).max() > 100 * REL_TOL
 
 
@@ -67,16 +70,30 @@ def test_lite_graph_is_clean_tf_same_padding_folded_into_convs(tmp_path):
     assert counts["pads_folded"] == 17  # stem + 16 depthwise convs with kernel > 1
     assert "Pad" not in ops and "Identity" not in ops and "Constant" not in ops
     assert set(ops) <= {"Cast", "Transpose", "Slice", "Mul", "Add", "Conv", "Clip", "ReduceMean"}
-    pads = [list(a.ints) for n in model.graph.node if n.op_type == "Conv"
-            for a in n.attribute if a.name == "pads"]
+    pads = [
+        list(a.ints)
+        for n in model.graph.node
+        if n.op_type == "Conv"
+        for a in n.attribute
+        if a.name == "pads"
+    ]
     assert [0, 0, 1, 1] in pads  # TF "SAME", stride 2 on an even size: all padding at the end
 
 
 def test_metadata_round_trips_through_the_runtime_reader(tmp_path):
     spec = get_arch("resnet18")
-    meta = ModelMeta(arch="resnet18", weights="none", weights_sha256="", input_size=SIZE,
-                     resize=ResizeRule.for_input_size(SIZE), dim=spec.dim, opset=18,
-                     precision="fp32", version="0.1.0", extra={"dn2.note": "x"})
+    meta = ModelMeta(
+        arch="resnet18",
+        weights="none",
+        weights_sha256="",
+        input_size=SIZE,
+        resize=ResizeRule.for_input_size(SIZE),
+        dim=spec.dim,
+        opset=18,
+        precision="fp32",
+        version="0.1.0",
+        extra={"dn2.note": "x"},
+    )
     path = tmp_path / "r18.onnx"
     export_onnx(build_graph(spec, load_weights(spec, "none").model), path, SIZE, meta=meta)
     back = read_model_meta(str(path))

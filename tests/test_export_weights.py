@@ -1,4 +1,5 @@
 """--weights imagenet|none|PATH: offline behaviour, state-dict files, key mismatches."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,9 @@ def _files(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_offline_imagenet_resnet_fails_with_directions_and_writes_nothing(empty_hub, tmp_path, capsys):
+def test_offline_imagenet_resnet_fails_with_directions_and_writes_nothing(
+    empty_hub, tmp_path, capsys
+):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     rc = main(["--arch", "resnet101", "--output", str(out_dir / "r101.onnx")])
@@ -66,8 +69,21 @@ def test_state_dict_file_is_used_and_recorded(tmp_path):
     path = tmp_path / "mine.pth"
     torch.save({"state_dict": src.state_dict()}, path)
     out = tmp_path / "r18.onnx"
-    assert main(["--arch", "resnet18", "--weights", str(path), "--input-size", "64",
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--arch",
+                "resnet18",
+                "--weights",
+                str(path),
+                "--input-size",
+                "64",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     meta = read_model_meta(str(out))
     assert meta.weights == "file:mine.pth"
     assert meta.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -108,11 +124,24 @@ def test_weights_that_do_not_fit_name_the_keys(tmp_path, capsys):
 def test_unreadable_weights_give_a_message(tmp_path, capsys, content):
     path = tmp_path / "junk.pth"
     path.write_bytes(content)
-    assert main(["--arch", "resnet18", "--weights", str(path), "--output",
-                 str(tmp_path / "x.onnx")]) == 2
+    assert (
+        main(["--arch", "resnet18", "--weights", str(path), "--output", str(tmp_path / "x.onnx")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"cannot read {path}" in err and "Traceback" not in err
-    assert main(["--arch", "resnet18", "--weights", str(tmp_path / "missing.pth"),
-                 "--output", str(tmp_path / "x.onnx")]) == 2
+    assert (
+        main(
+            [
+                "--arch",
+                "resnet18",
+                "--weights",
+                str(tmp_path / "missing.pth"),
+                "--output",
+                str(tmp_path / "x.onnx"),
+            ]
+        )
+        == 2
+    )
     assert "not found" in capsys.readouterr().err
     assert _files(tmp_path) == ["junk.pth"]

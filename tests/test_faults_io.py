@@ -1,6 +1,7 @@
 """Faults at the edges of the commands: outputs that cannot be written, inputs that are not
 what they seem (FIFOs, devices, names that are not UTF-8, paths over PATH_MAX), duplicate and
 ordered inputs, and a bundle replaced while it is read. Real files, real subprocesses."""
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
+
 from dn2.runtime.bundle import (
     MANIFEST,
     check_output,
@@ -24,6 +26,7 @@ from dn2.runtime.errors import BundleError, ImageError
 from dn2.runtime.fit import fit_bundle
 from dn2.runtime.images import read_image
 from dn2.runtime.watch.sources import SourceError, open_source
+
 from tiny_model import make_tiny_model
 
 BIN = os.path.dirname(sys.executable)
@@ -31,8 +34,9 @@ BIN = os.path.dirname(sys.executable)
 
 def cli(*args, env=None, timeout=120):
     e = dict(os.environ, **(env or {}))
-    return subprocess.run([os.path.join(BIN, args[0]), *args[1:]], capture_output=True,
-                          timeout=timeout, env=e)
+    return subprocess.run(
+        [os.path.join(BIN, args[0]), *args[1:]], capture_output=True, timeout=timeout, env=e
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,28 +62,31 @@ def test_fit_checks_its_output_before_embedding(work, tmp_path):
     assert "embed" not in err  # refused before any image was embedded
     r = cli("dn2-fit", str(model), str(imgs), "--output", "/proc/dn2-cannot-write-here")
     assert r.returncode == 2 and "expected a writable folder" in r.stderr.decode()
-    with pytest.raises(BundleError, match="expected a bundle directory to create, found a "
-                                          "regular file"):
+    with pytest.raises(
+        BundleError, match="expected a bundle directory to create, found a regular file"
+    ):
         check_output(tmp_path / "afile")
 
 
 def test_model_and_source_that_are_fifos_or_devices_say_so(work, tmp_path):
     d, model, imgs, bundle = work
     os.mkfifo(tmp_path / "pipe")
-    r = cli("dn2-fit", str(tmp_path / "pipe"), str(imgs), "--output", str(tmp_path / "x"),
-            timeout=30)
+    r = cli(
+        "dn2-fit", str(tmp_path / "pipe"), str(imgs), "--output", str(tmp_path / "x"), timeout=30
+    )
     assert r.returncode == 2 and "found a FIFO (named pipe)" in r.stderr.decode()
     r = cli("dn2-fit", "/dev/zero", str(imgs), "--output", str(tmp_path / "x"), timeout=30)
     assert r.returncode == 2 and "found a character device" in r.stderr.decode()
-    for spec, says in [(str(tmp_path / "pipe"), "found a FIFO"),
-                       ("/dev/zero", "found a character device"),
-                       ("99999999999999999999", "expected a camera index in [0, 9999]"),
-                       ("/x/" + "a" * 5000, "longer than PATH_MAX")]:
+    for spec, says in [
+        (str(tmp_path / "pipe"), "found a FIFO"),
+        ("/dev/zero", "found a character device"),
+        ("99999999999999999999", "expected a camera index in [0, 9999]"),
+        ("/x/" + "a" * 5000, "longer than PATH_MAX"),
+    ]:
         with pytest.raises(SourceError) as e:
             open_source(spec)
         assert says in str(e.value), str(e.value)
-    r = cli("dn2-watch", str(bundle), "--source", "99999999999999999999", "--headless",
-            timeout=60)
+    r = cli("dn2-watch", str(bundle), "--source", "99999999999999999999", "--headless", timeout=60)
     assert r.returncode == 2 and b"Traceback" not in r.stderr and b"[0, 9999]" in r.stderr
 
 
@@ -102,9 +109,12 @@ def test_score_text_output_survives_names_that_are_not_utf8(work, tmp_path):
     with open(raw, "wb") as f:
         f.write((imgs / "02.png").read_bytes())
     good = str(imgs / "02.png")
-    r = subprocess.run([os.path.join(BIN, "dn2-score"), str(bundle), good, raw, good],
-                       capture_output=True, timeout=120,
-                       env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
+    r = subprocess.run(
+        [os.path.join(BIN, "dn2-score"), str(bundle), good, raw, good],
+        capture_output=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"),
+    )
     lines = r.stdout.splitlines()
     assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
     assert len(lines) == 3 and lines[1].startswith(raw + b"\t")  # the name's own bytes
@@ -191,8 +201,9 @@ def test_bundle_replacement_leaves_a_whole_bundle_at_every_instant(work, tmp_pat
 def test_stale_temp_folders_of_dead_writers_are_removed(work, tmp_path):
     d, model, imgs, _ = work
     out = tmp_path / "b"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = tmp_path / f".b.tmp-{dead}-0123abcd"
     stale.mkdir()
     (stale / "model.onnx").write_bytes(b"x" * 1000)

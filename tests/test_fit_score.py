@@ -1,4 +1,5 @@
 """dn2-fit / dn2-score end to end on real files and a real (tiny) onnxruntime model."""
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from dn2.runtime import fit_cli, score_cli
 from dn2.runtime.bundle import load_bundle
 from dn2.runtime.detector import Detector
 from dn2.runtime.fit import fit_bundle
+
 from textures import write_images
 from tiny_model import make_tiny_model
 
@@ -27,11 +29,23 @@ def world(tmp_path_factory):
     test_n = write_images(root / "test_normal", 10, "normal", seed=2)
     test_a = write_images(root / "test_anom", 10, "anomalous", seed=3)
     bundle = root / "bundle"
-    rc = fit_cli.main([str(model), str(normal), "--output", str(bundle), "--group-size", "5",
-                       "--groups", "200", "--fpr", "0.05", "--quiet"])
+    rc = fit_cli.main(
+        [
+            str(model),
+            str(normal),
+            "--output",
+            str(bundle),
+            "--group-size",
+            "5",
+            "--groups",
+            "200",
+            "--fpr",
+            "0.05",
+            "--quiet",
+        ]
+    )
     assert rc == 0
-    return dict(root=root, model=model, normal=normal, bundle=bundle, test_n=test_n,
-                test_a=test_a)
+    return dict(root=root, model=model, normal=normal, bundle=bundle, test_n=test_n, test_a=test_a)
 
 
 def _json_lines(out: str):
@@ -50,32 +64,52 @@ def test_fit_skips_and_records_bad_files(world):
 
 def test_no_l2norm_flag_scores_plain_euclidean(world, tmp_path):
     out = tmp_path / "plain"
-    rc = fit_cli.main([str(world["model"]), str(world["normal"]), "--output", str(out),
-                       "--no-l2norm", "--quiet"])
+    rc = fit_cli.main(
+        [str(world["model"]), str(world["normal"]), "--output", str(out), "--no-l2norm", "--quiet"]
+    )
     assert rc == 0
     plain = Detector.load(out, load_model=False)
     normed = Detector.load(world["bundle"], load_model=False)
     assert plain.manifest["score"]["l2norm"] is False and normed.l2norm
     q = np.random.default_rng(0).standard_normal((4, plain.dim)).astype(np.float32)
     # L2-normalised scoring ignores a query's scale; the plain distance does not
-    np.testing.assert_allclose(normed.score_embeddings(10 * q), normed.score_embeddings(q),
-                               rtol=1e-5)  # float32 rounding of the normalisation
+    np.testing.assert_allclose(
+        normed.score_embeddings(10 * q), normed.score_embeddings(q), rtol=1e-5
+    )  # float32 rounding of the normalisation
     assert (plain.score_embeddings(10 * q) > 2 * plain.score_embeddings(q)).all()
 
 
 def test_l2norm_select_flag_records_the_choice(world, tmp_path, capsys):
     out = tmp_path / "sel"
-    rc = fit_cli.main([str(world["model"]), str(world["normal"]), "--output", str(out),
-                       "--l2norm-select", "--val-normal", *map(str, world["test_n"]),
-                       "--val-anomalous", *map(str, world["test_a"])])
+    rc = fit_cli.main(
+        [
+            str(world["model"]),
+            str(world["normal"]),
+            "--output",
+            str(out),
+            "--l2norm-select",
+            "--val-normal",
+            *map(str, world["test_n"]),
+            "--val-anomalous",
+            *map(str, world["test_a"]),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     sel = load_bundle(out).manifest["fit"]["l2norm_selection"]
     assert sel["val_normal"] == 10 and sel["val_anomalous"] == 10
     assert load_bundle(out).manifest["score"]["l2norm"] is sel["chosen"]
     assert "--l2norm-select: validation ROC-AUC" in err
-    rc = fit_cli.main([str(world["model"]), str(world["normal"]), "--output",
-                       str(tmp_path / "no"), "--l2norm-select", "-q"])
+    rc = fit_cli.main(
+        [
+            str(world["model"]),
+            str(world["normal"]),
+            "--output",
+            str(tmp_path / "no"),
+            "--l2norm-select",
+            "-q",
+        ]
+    )
     assert rc == 2 and "expected --val-normal and --val-anomalous" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
 
@@ -87,8 +121,9 @@ def test_score_json_lines_flag_anomalies_and_report_bad_files(world, capsys, tmp
     rc = score_cli.main([str(world["bundle"]), *paths, "--json"])
     lines = _json_lines(capsys.readouterr().out)
     assert rc == 1  # one input could not be scored
-    assert all(set(r) == {"path", "score", "threshold", "anomalous", "error",
-                            "norm_score"} for r in lines)
+    assert all(
+        set(r) == {"path", "score", "threshold", "anomalous", "error", "norm_score"} for r in lines
+    )
     by = {r["path"]: r for r in lines}
     assert by[str(bad)]["score"] is None and "empty" in by[str(bad)]["error"]
     anom = [by[str(p)] for p in world["test_a"]]
@@ -121,8 +156,7 @@ def test_group_scoring_separates_mixed_sets(world, capsys):
     ct_n = det.score_group_paths(world["test_n"][:5], statistic="cov_trace")
     ct_a = det.score_group_paths(world["test_n"][:3] + world["test_a"][:2], statistic="cov_trace")
     assert ct_a.score > ct_n.score  # a mixed set spreads more (paper 4.5)
-    rc = score_cli.main([str(world["bundle"]), *map(str, world["test_a"][:5]), "--group",
-                         "--json"])
+    rc = score_cli.main([str(world["bundle"]), *map(str, world["test_a"][:5]), "--group", "--json"])
     (line,) = _json_lines(capsys.readouterr().out)
     assert rc == 0 and line["anomalous"] is True and len(line["paths"]) == 5
 
@@ -133,17 +167,25 @@ def test_group_dirs_clean_kmeans_and_validation(world, tmp_path, capsys):
     for g in range(12):
         d = groups / f"g{g:02d}"
         d.mkdir(parents=True)
-        for p in imgs[g * 4:(g + 1) * 4]:
+        for p in imgs[g * 4 : (g + 1) * 4]:
             shutil.copy(p, d / p.name)
     train = tmp_path / "train"
     shutil.copytree(world["normal"], train)
     for p in world["test_a"][5:8]:  # 3 anomalies hidden in the training set
         shutil.copy(p, train / p.name)
-    out = fit_bundle(world["model"], tmp_path / "b", images=[str(train)], clean=0.1,
-                     kmeans=20, group_dirs=[str(groups)], k=2,
-                     val_normal=[str(p) for p in world["test_n"]],
-                     val_anomalous=[str(p) for p in world["test_a"][:5]],
-                     threshold_method="youden", progress=True)
+    out = fit_bundle(
+        world["model"],
+        tmp_path / "b",
+        images=[str(train)],
+        clean=0.1,
+        kmeans=20,
+        group_dirs=[str(groups)],
+        k=2,
+        val_normal=[str(p) for p in world["test_n"]],
+        val_anomalous=[str(p) for p in world["test_a"][:5]],
+        threshold_method="youden",
+        progress=True,
+    )
     err = capsys.readouterr().err
     b = load_bundle(out)
     m, rep = b.manifest, b.report()
@@ -169,8 +211,9 @@ def test_fit_refuses_too_few_images_saying_how_many(world, tmp_path, capsys):
     assert rc == 2 and "Traceback" not in err
     assert "needs at least 3 good normal images" in err and "found 2 (1 bad files" in err
     assert not (tmp_path / "b").exists()
-    rc = fit_cli.main([str(world["model"]), str(few), "--output", str(tmp_path / "b"),
-                       "--clean", "0.5", "-q"])
+    rc = fit_cli.main(
+        [str(world["model"]), str(few), "--output", str(tmp_path / "b"), "--clean", "0.5", "-q"]
+    )
     assert rc == 2 and "at least 5 good normal images" in capsys.readouterr().err
     assert fit_cli.main([str(world["model"]), "--output", "x"]) == 2  # usage
 
@@ -189,16 +232,27 @@ def test_score_images_and_embeddings_agree(world):
     assert det.predict(imgs).all()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--fpr", "1.5"], r"--fpr: expected a rate in \(0, 1\), found 1.5"),
-    (["--clean", "1"], r"--clean: expected a fraction in \[0, 1\), found 1.0"),
-    (["--kmeans", "1", "--k", "2"], "--kmeans 1: expected at least k=2 centres"),
-    (["--threshold-method", "youden"], "expected --val-normal images, found none"),
-    (["--group-size", "0"], "--group-size: expected >= 1, found 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fpr", "1.5"], r"--fpr: expected a rate in \(0, 1\), found 1.5"),
+        (["--clean", "1"], r"--clean: expected a fraction in \[0, 1\), found 1.0"),
+        (["--kmeans", "1", "--k", "2"], "--kmeans 1: expected at least k=2 centres"),
+        (["--threshold-method", "youden"], "expected --val-normal images, found none"),
+        (["--group-size", "0"], "--group-size: expected >= 1, found 0"),
+    ],
+)
 def test_bad_settings_are_refused_before_embedding(world, tmp_path, capsys, args, message):
-    rc = fit_cli.main([str(world["model"]), str(world["root"] / "no-such-folder"), "--output",
-                       str(tmp_path / "b"), "-q", *args])
+    rc = fit_cli.main(
+        [
+            str(world["model"]),
+            str(world["root"] / "no-such-folder"),
+            "--output",
+            str(tmp_path / "b"),
+            "-q",
+            *args,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and re.search(message, err), err
 
@@ -207,6 +261,7 @@ def test_jpeg_draft_is_recorded_at_fit_and_followed_at_score(world, tmp_path, ca
     import cv2
 
     from dn2.runtime.images import draft_side_for, read_image
+
     from textures import texture
 
     # tiny model: input 32, resize to 37, draft side 47 -> 192 px JPEGs decode at 1/4 (48 px)
@@ -217,8 +272,10 @@ def test_jpeg_draft_is_recorded_at_fit_and_followed_at_score(world, tmp_path, ca
         img = cv2.resize(texture(rng, "normal"), (192, 192), interpolation=cv2.INTER_CUBIC)
         cv2.imwrite(str(big / f"n{i:02d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
     out = tmp_path / "draft"
-    assert fit_cli.main([str(world["model"]), str(big), "--output", str(out), "--jpeg-draft",
-                         "-q"]) == 0
+    assert (
+        fit_cli.main([str(world["model"]), str(big), "--output", str(out), "--jpeg-draft", "-q"])
+        == 0
+    )
     assert load_bundle(out).manifest["score"]["jpeg_draft"] is True
     assert load_bundle(world["bundle"]).manifest["score"]["jpeg_draft"] is False
     det = Detector.load(out)

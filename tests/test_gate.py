@@ -1,4 +1,5 @@
 """The one verification gate: one tolerance table, scipy's Spearman, the runtime's LOO scores."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,10 @@ def test_one_table_behind_every_gate():
     assert verify.INT8_MIN_COSINE == t["int8"].min_cosine == 0.99
     assert quantize.INT8_MIN_SPEARMAN == verify.INT8_MIN_SPEARMAN == t["int8"].min_rank
     assert trt_verify.TOLERANCES is t
-    assert (verify.FP32_MIN_COSINE, verify.FP16_MIN_COSINE) == (t["fp32"].min_cosine,
-                                                                t["fp16"].min_cosine)
+    assert (verify.FP32_MIN_COSINE, verify.FP16_MIN_COSINE) == (
+        t["fp32"].min_cosine,
+        t["fp16"].min_cosine,
+    )
 
 
 def test_spearman_is_scipys_with_one_degenerate_rule():
@@ -36,8 +39,10 @@ def test_every_leave_one_out_is_the_runtimes():
 
     e = np.random.default_rng(1).normal(size=(12, 5)).astype(np.float32)
     ref = loo_knn_scores(e, 2)
-    brute = [np.mean(sorted(((e[i] - e[j]) ** 2).sum() for j in range(12) if j != i)[:2])
-             for i in range(12)]
+    brute = [
+        np.mean(sorted(((e[i] - e[j]) ** 2).sum() for j in range(12) if j != i)[:2])
+        for i in range(12)
+    ]
     np.testing.assert_allclose(ref, brute, rtol=1e-5)  # float32 bank vs float64 brute force
     for other in (quantize.knn_scores(e, 2), trt_verify.loo_knn_scores(e, 2), loo_scores(e, 2)):
         np.testing.assert_array_equal(other, ref)

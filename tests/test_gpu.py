@@ -9,6 +9,7 @@ TensorRT or onnxruntime-gpu (CI has none). On a GPU box:
 The model is ResNet101 with random (seeded, BatchNorm-calibrated) weights at 224 px; the images
 are real: scikit-image's sample photos and the textile set of conformal-clip-data.
 """
+
 from __future__ import annotations
 
 import time
@@ -35,19 +36,26 @@ def _cuda_device() -> str:
 
 
 def _need_tensorrt():
-    trt = pytest.importorskip("tensorrt", reason="TensorRT Python API not installed "
-                              "(x86_64: pip install 'dn2[tensorrt]'; Jetson: JetPack 6)")
+    trt = pytest.importorskip(
+        "tensorrt",
+        reason="TensorRT Python API not installed "
+        "(x86_64: pip install 'dn2[tensorrt]'; Jetson: JetPack 6)",
+    )
     _cuda_device()
     if not hasattr(trt.BuilderFlag, "FP16"):
-        pytest.skip(f"TensorRT {trt.__version__}: weakly-typed fp16/int8 flags were removed in 11.x")
+        pytest.skip(
+            f"TensorRT {trt.__version__}: weakly-typed fp16/int8 flags were removed in 11.x"
+        )
     return trt
 
 
 def _need_provider(name: str) -> None:
     if name not in ort.get_available_providers():
-        pytest.skip(f"{name} not in onnxruntime {ort.__version__} "
-                    f"({ort.get_available_providers()}): pip uninstall -y onnxruntime && "
-                    f"pip install 'dn2[gpu]'")
+        pytest.skip(
+            f"{name} not in onnxruntime {ort.__version__} "
+            f"({ort.get_available_providers()}): pip uninstall -y onnxruntime && "
+            f"pip install 'dn2[gpu]'"
+        )
     _cuda_device()
 
 
@@ -76,48 +84,67 @@ def images():
     paths = default_verify_images()
     if len(paths) < 8:
         pytest.skip("scikit-image's sample photos are needed: pip install 'dn2[test]'")
-    arr, _ = load_calibration_images(paths, ResizeRule.for_input_size(SIZE), max_images=24,
-                                     log=lambda m: None)
+    arr, _ = load_calibration_images(
+        paths, ResizeRule.for_input_size(SIZE), max_images=24, log=lambda m: None
+    )
     return arr
 
 
 @pytest.fixture(scope="module")
 def reference(resnet101, images):
     sess = ort.InferenceSession(str(resnet101), providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {"images": images[i:i + 8]})[0]
-                           for i in range(0, len(images), 8)])
+    return np.concatenate(
+        [sess.run(None, {"images": images[i : i + 8]})[0] for i in range(0, len(images), 8)]
+    )
 
 
 @pytest.fixture(scope="module")
 def calib(textile_dirs):
     from dn2.export.trt_calib import load_calibration_images
 
-    arr, _ = load_calibration_images(textile_dirs["nominal"], ResizeRule.for_input_size(SIZE),
-                                     max_images=64, log=lambda m: None)
+    arr, _ = load_calibration_images(
+        textile_dirs["nominal"], ResizeRule.for_input_size(SIZE), max_images=64, log=lambda m: None
+    )
     return arr
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_engine_build_verify_cache_and_run(resnet101, images, reference, calib, tmp_path, precision):
+def test_engine_build_verify_cache_and_run(
+    resnet101, images, reference, calib, tmp_path, precision
+):
     _need_tensorrt()
-    from dn2.export.trt_verify import TOLERANCES, row_cosine
     from dn2.export.tensorrt import build_engine
+    from dn2.export.trt_verify import TOLERANCES, row_cosine
     from dn2.runtime.trt_engine import TrtEngine, read_sidecar
 
     lines = []
     cache = tmp_path / "engines"
-    path = build_engine(resnet101, precision, calib=calib if precision == "int8" else None,
-                        cache_dir=cache, log=lines.append, max_batch=64)
+    path = build_engine(
+        resnet101,
+        precision,
+        calib=calib if precision == "int8" else None,
+        cache_dir=cache,
+        log=lines.append,
+        max_batch=64,
+    )
     assert path.is_file() and path.parent == cache
     side = read_sidecar(path)
     assert side["verification"]["passed"] and side["components"]["precision"] == precision
     assert any("verification" in ln and "PASS" in ln for ln in lines)
-    assert any("TensorRT build" in ln or "still running" in ln for ln in lines), "no progress logged"
+    assert any("TensorRT build" in ln or "still running" in ln for ln in lines), (
+        "no progress logged"
+    )
     # the cache: same inputs -> same file, no rebuild
     lines.clear()
     t0 = time.monotonic()
-    again = build_engine(resnet101, precision, calib=calib if precision == "int8" else None,
-                         cache_dir=cache, log=lines.append, max_batch=64)
+    again = build_engine(
+        resnet101,
+        precision,
+        calib=calib if precision == "int8" else None,
+        cache_dir=cache,
+        log=lines.append,
+        max_batch=64,
+    )
     assert again == path and any("cache hit" in ln for ln in lines)
     assert time.monotonic() - t0 < 60
     # the native runner against the fp32 reference, across batch sizes (chunking at 8)
@@ -131,26 +158,32 @@ def test_engine_build_verify_cache_and_run(resnet101, images, reference, calib, 
     assert row_cosine(got[:1], one).min() >= tol.min_cosine
 
 
-@pytest.mark.parametrize("provider,min_cos", [
-    # CUDA EP fp32: cuDNN may use TF32 tensor cores on Ampere+ (onnxruntime's default), ~1e-4
-    ("CUDAExecutionProvider", 0.9995),
-    # TensorRT EP with fp16 enabled: fp16 accumulations through 101 layers, ~1e-3
-    ("TensorrtExecutionProvider", 0.999),
-])
+@pytest.mark.parametrize(
+    "provider,min_cos",
+    [
+        # CUDA EP fp32: cuDNN may use TF32 tensor cores on Ampere+ (onnxruntime's default), ~1e-4
+        ("CUDAExecutionProvider", 0.9995),
+        # TensorRT EP with fp16 enabled: fp16 accumulations through 101 layers, ~1e-3
+        ("TensorrtExecutionProvider", 0.999),
+    ],
+)
 def test_onnxruntime_gpu_provider_parity(resnet101, images, reference, tmp_path, provider, min_cos):
     _need_provider(provider)
     from dn2.export.trt_verify import row_cosine
     from dn2.runtime.gpu_io import BoundRunner, gpu_providers
 
     kind = "tensorrt" if provider.startswith("Tensorrt") else "cuda"
-    sess = ort.InferenceSession(str(resnet101), providers=gpu_providers(
-        kind, SIZE, cache_dir=str(tmp_path / "ort-trt"), fp16=True))
+    sess = ort.InferenceSession(
+        str(resnet101),
+        providers=gpu_providers(kind, SIZE, cache_dir=str(tmp_path / "ort-trt"), fp16=True),
+    )
     assert sess.get_providers()[0] == provider, sess.get_providers()  # proven, not assumed
-    plain = np.concatenate([sess.run(None, {"images": images[i:i + 8]})[0]
-                            for i in range(0, len(images), 8)])
+    plain = np.concatenate(
+        [sess.run(None, {"images": images[i : i + 8]})[0] for i in range(0, len(images), 8)]
+    )
     assert row_cosine(reference, plain).min() >= min_cos
     run = BoundRunner(sess)
     assert run.device == "cuda"
-    bound = np.concatenate([run.run(images[i:i + 8]) for i in range(0, len(images), 8)])
+    bound = np.concatenate([run.run(images[i : i + 8]) for i in range(0, len(images), 8)])
     # same session, same kernels, same shapes: I/O binding changes only where buffers live
     np.testing.assert_allclose(bound, plain, rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
 """Image decoding, normalisation, the resize rule and file discovery (dn2.runtime.images)."""
+
 from __future__ import annotations
 
 import io
@@ -9,8 +10,15 @@ import pytest
 
 from dn2.runtime.errors import ImageError
 from dn2.runtime.imageheader import exif_orientation, sniff
-from dn2.runtime.images import (DRAFT_MARGIN, draft_scale, draft_side_for, find_images, prepare,
-                               read_image, to_bgr8)
+from dn2.runtime.images import (
+    DRAFT_MARGIN,
+    draft_scale,
+    draft_side_for,
+    find_images,
+    prepare,
+    read_image,
+    to_bgr8,
+)
 from dn2.runtime.modelmeta import ResizeRule
 from dn2.runtime.resize import center_box, center_crop_resize
 
@@ -26,9 +34,19 @@ def _pil_bytes(img, fmt, **kw) -> bytes:
 
 
 # -- headers ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("JPEG", {}), ("GIF", {}), ("BMP", {}),
-                                    ("WEBP", {}), ("WEBP", {"lossless": True}), ("TIFF", {}),
-                                    ("PPM", {})])
+@pytest.mark.parametrize(
+    "fmt,kw",
+    [
+        ("PNG", {}),
+        ("JPEG", {}),
+        ("GIF", {}),
+        ("BMP", {}),
+        ("WEBP", {}),
+        ("WEBP", {"lossless": True}),
+        ("TIFF", {}),
+        ("PPM", {}),
+    ],
+)
 def test_header_dims_match_the_decoded_image(fmt, kw):
     img = Image.fromarray(np.zeros((37, 91, 3), np.uint8))
     data = _pil_bytes(img, fmt, **kw)
@@ -84,10 +102,15 @@ def test_to_bgr8_converts_every_layout():
     assert out.flags["C_CONTIGUOUS"] and (out == card_bgr()[:, ::-1]).all()
 
 
-@pytest.mark.parametrize("arr,says", [(np.zeros((8, 8), np.int32), "found int32"),
-                                      (np.zeros((8, 8, 5), np.uint8), "found shape (8, 8, 5)"),
-                                      (np.zeros(8, np.uint8), "found shape (8,)"),
-                                      ([[1, 2]], "found list")])
+@pytest.mark.parametrize(
+    "arr,says",
+    [
+        (np.zeros((8, 8), np.int32), "found int32"),
+        (np.zeros((8, 8, 5), np.uint8), "found shape (8, 8, 5)"),
+        (np.zeros(8, np.uint8), "found shape (8,)"),
+        ([[1, 2]], "found list"),
+    ],
+)
 def test_to_bgr8_refuses_what_it_cannot_read(arr, says):
     with pytest.raises(ImageError, match="expected") as e:
         to_bgr8(arr, "probe")
@@ -99,8 +122,9 @@ def test_max_pixels_is_checked_on_the_header_and_configurable(tmp_path):
     p = tmp_path / "card.png"
     p.write_bytes(cv2.imencode(".png", card_bgr())[1].tobytes())
     assert read_image(p).shape == (48, 64, 3)
-    with pytest.raises(ImageError, match="at most 0.003 megapixels, found a PNG header "
-                                         "declaring 64x48"):
+    with pytest.raises(
+        ImageError, match="at most 0.003 megapixels, found a PNG header declaring 64x48"
+    ):
         read_image(p, max_pixels=3000)
     # A 20000x20000 header with a garbage body: a decoder would allocate 1.2 GB, then fail on
     # the data. The message shows the refusal came from the header, before any decoding.
@@ -130,8 +154,11 @@ def test_min_side_is_configurable():
 def test_bytes_input_is_named_in_errors():
     with pytest.raises(ImageError, match=r"^<bytes>: expected an image file .*found text"):
         read_image(b"hello, not an image")
-    with pytest.raises(ImageError, match=r"^upload.jpg: expected encoded image bytes, found an "
-                                         r"empty buffer"):
+    with pytest.raises(
+        ImageError,
+        match=r"^upload.jpg: expected encoded image bytes, found an "
+        r"empty buffer",
+    ):
         read_image(b"", name="upload.jpg")
 
 
@@ -194,18 +221,38 @@ def test_draft_decode_applies_exif_orientation_and_ignores_other_formats():
 # -- prepare: the resize rule ----------------------------------------------------------------
 def _torchvision_crop(bgr: np.ndarray, rule: ResizeRule) -> np.ndarray:
     T = pytest.importorskip("torchvision.transforms", reason="reference needs torchvision")
-    t = T.Compose([T.Resize(rule.resize_to, interpolation=T.InterpolationMode.BILINEAR,
-                            antialias=True), T.CenterCrop(rule.crop)])
+    t = T.Compose(
+        [
+            T.Resize(rule.resize_to, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+            T.CenterCrop(rule.crop),
+        ]
+    )
     return np.asarray(t(Image.fromarray(bgr[:, :, ::-1].copy())))[:, :, ::-1]
 
 
-@pytest.mark.parametrize("h,w", [(8, 8), (9, 300), (250, 250), (255, 257), (256, 256),
-                                 (333, 500), (512, 512), (720, 1280), (1001, 999), (300, 4000)])
+@pytest.mark.parametrize(
+    "h,w",
+    [
+        (8, 8),
+        (9, 300),
+        (250, 250),
+        (255, 257),
+        (256, 256),
+        (333, 500),
+        (512, 512),
+        (720, 1280),
+        (1001, 999),
+        (300, 4000),
+    ],
+)
 def test_prepare_matches_torchvision_resize_and_center_crop(h, w):
     rng = np.random.default_rng(h * 10007 + w)
     # smooth random content with texture at every scale (noise alone would hide offsets)
-    img = cv2.resize(rng.integers(0, 256, (max(h // 4, 2), max(w // 4, 2), 3), dtype=np.uint8),
-                     (w, h), interpolation=cv2.INTER_CUBIC)
+    img = cv2.resize(
+        rng.integers(0, 256, (max(h // 4, 2), max(w // 4, 2), 3), dtype=np.uint8),
+        (w, h),
+        interpolation=cv2.INTER_CUBIC,
+    )
     img = cv2.add(img, rng.integers(0, 24, (h, w, 3), dtype=np.uint8))
     rule = ResizeRule.for_input_size(224)
     ours, ref = prepare(img, rule), _torchvision_crop(img, rule)
@@ -232,8 +279,10 @@ def test_prepare_accepts_gray_and_views_and_refuses_tiny():
     out = prepare(g, rule)
     assert out.shape == (32, 32, 3) and (out[:, :, 0] == out[:, :, 2]).all()
     big = np.dstack([g, g, g])
-    assert (prepare(big[:, ::-1], rule) == center_crop_resize(
-        np.ascontiguousarray(big[:, ::-1]), rule.resize_to, rule.crop)).all()
+    assert (
+        prepare(big[:, ::-1], rule)
+        == center_crop_resize(np.ascontiguousarray(big[:, ::-1]), rule.resize_to, rule.crop)
+    ).all()
     with pytest.raises(ImageError, match="frame 7: expected at least 8 px .*found 100x3"):
         prepare(np.zeros((3, 100, 3), np.uint8), rule, name="frame 7")
 
@@ -253,11 +302,18 @@ def test_find_images_globs_files_and_missing_paths(tmp_path):
     images, _ = mixed_folder(tmp_path / "set")
     odd = tmp_path / "frame.raw"
     odd.write_bytes(b"x")
-    files, problems = find_images([str(tmp_path / "set" / "**" / "*.jpg"), str(odd),
-                                   str(tmp_path / "nope"), str(tmp_path / "*.none"),
-                                   str(tmp_path / "set" / "a.png")])
-    assert files == sorted([str(tmp_path / "set" / "sub" / "b.jpg"), str(odd),
-                            str(tmp_path / "set" / "a.png")])  # explicit files are kept
+    files, problems = find_images(
+        [
+            str(tmp_path / "set" / "**" / "*.jpg"),
+            str(odd),
+            str(tmp_path / "nope"),
+            str(tmp_path / "*.none"),
+            str(tmp_path / "set" / "a.png"),
+        ]
+    )
+    assert files == sorted(
+        [str(tmp_path / "set" / "sub" / "b.jpg"), str(odd), str(tmp_path / "set" / "a.png")]
+    )  # explicit files are kept
     msgs = dict(problems)
     assert "found no such path" in msgs[str(tmp_path / "nope")]
     assert "found none" in msgs[str(tmp_path / "*.none")]

@@ -1,5 +1,6 @@
 """Bundle lifecycle on real textile images: re-thresholding from stored calibration scores,
 score --threshold, the normalised score, and the warning for an unresolvable target FPR."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ def textile(textile_dirs):
 @pytest.fixture(scope="module")
 def bundle(lite0_model, textile, tmp_path_factory):
     out = tmp_path_factory.mktemp("life") / "b"
-    assert fit_cli.main([str(lite0_model), *textile[:120], "-o", str(out), "--fpr", "0.05",
-                         "-q"]) == 0
+    assert (
+        fit_cli.main([str(lite0_model), *textile[:120], "-o", str(out), "--fpr", "0.05", "-q"]) == 0
+    )
     return out
 
 
@@ -62,11 +64,11 @@ def test_score_threshold_and_normalised_score(bundle, textile, textile_dirs, cap
     assert sum(r["anomalous"] for r in over) == sum(r["score"] > t for r in rows) == 3
 
 
-def test_too_few_images_for_the_target_fpr_is_said_loudly(lite0_model, textile, tmp_path,
-                                                          capsys):
+def test_too_few_images_for_the_target_fpr_is_said_loudly(lite0_model, textile, tmp_path, capsys):
     out = tmp_path / "few"
-    assert fit_cli.main([str(lite0_model), *textile[:30], "-o", str(out), "--fpr", "0.01",
-                         "-q"]) == 0
+    assert (
+        fit_cli.main([str(lite0_model), *textile[:30], "-o", str(out), "--fpr", "0.01", "-q"]) == 0
+    )
     err = capsys.readouterr().err
     assert "WARNING: a target false-positive rate of 0.01 cannot be resolved with 30" in err
     assert "It takes at least 99 normal images" in err

@@ -1,5 +1,6 @@
 """The distribution maps the repo's top-level folders to dn2.cli / dn2.export / dn2.runtime /
 dn2.tools."""
+
 from __future__ import annotations
 
 import sys

@@ -4,6 +4,7 @@ Real textile images (conformal-clip-data) with real defect crops (scikit-image p
 textures) pasted at seeded places and sizes, saved through JPEG like a camera would, so the
 masks are known. efficientnet_lite0 with its real ImageNet weights, 224 px, exported once.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,31 @@ from dn2.runtime.embedder import Embedder
 from dn2.runtime.modelmeta import patch_spec, read_model_meta
 
 N_TRAIN, N_HELD = 40, 40
-ALLOWED_OPS = {"Cast", "Transpose", "Mul", "Add", "Conv", "Clip", "Relu", "AveragePool",
-               "Resize", "Concat", "ReduceMean", "Shape", "Slice", "MaxPool",
-               "GlobalAveragePool", "Flatten", "Reshape"}
+ALLOWED_OPS = {
+    "Cast",
+    "Transpose",
+    "Mul",
+    "Add",
+    "Conv",
+    "Clip",
+    "Relu",
+    "AveragePool",
+    "Resize",
+    "Concat",
+    "ReduceMean",
+    "Shape",
+    "Slice",
+    "MaxPool",
+    "GlobalAveragePool",
+    "Flatten",
+    "Reshape",
+}
 
 
 @pytest.fixture(scope="module")
 def textile(textile_dirs):
     noms = sorted(textile_dirs["nominal"].glob("*.jpg"))
-    return {"train": noms[:N_TRAIN], "held": noms[500:500 + N_HELD], "spare": noms[900:]}
+    return {"train": noms[:N_TRAIN], "held": noms[500 : 500 + N_HELD], "spare": noms[900:]}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +57,9 @@ def pasted(textile, tmp_path_factory):
     out = []
     for i, p in enumerate(textile["spare"][:8]):
         base = cv2.imread(str(p))
-        img, mask = paste_into(base, "object" if i % 2 == 0 else "texture", seed=100 + i,
-                               min_size=0.12, max_size=0.2)
+        img, mask = paste_into(
+            base, "object" if i % 2 == 0 else "texture", seed=100 + i, min_size=0.12, max_size=0.2
+        )
         path = root / f"defect_{i}.jpg"
         cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         out.append((path, mask))
@@ -54,8 +72,18 @@ def both_bundle(lite0_patches, textile, tmp_path_factory):
     from dn2.runtime.views import View
 
     out = tmp_path_factory.mktemp("b") / "both"
-    fit_view_bundle(lite0_patches[0], out, textile["train"], mode="both", view=View("full"),
-                    fpr=0.1, threads=2, bank_size=2048, per_image=256, progress=False)
+    fit_view_bundle(
+        lite0_patches[0],
+        out,
+        textile["train"],
+        mode="both",
+        view=View("full"),
+        fpr=0.1,
+        threads=2,
+        bank_size=2048,
+        per_image=256,
+        progress=False,
+    )
     return out
 
 
@@ -79,9 +107,10 @@ def test_export_patches_output_matches_torch_and_is_described(lite0_patches, tex
     emb = Embedder(str(path), threads=2)
     x = np.stack([emb.prepare(cv2.imread(str(p))) for p in textile["held"][:2]])
     e, p = emb.embed_patches_batch(x)
-    graph = build_patch_graph(get_arch("efficientnet_lite0"),
-                              load_weights(get_arch("efficientnet_lite0"), "imagenet",
-                                           log=lambda m: None).model)
+    graph = build_patch_graph(
+        get_arch("efficientnet_lite0"),
+        load_weights(get_arch("efficientnet_lite0"), "imagenet", log=lambda m: None).model,
+    )
     with torch.no_grad():
         te, tp = graph(torch.from_numpy(x))
     # float32 on both sides, different kernels: 1e-4 relative is 100x what was measured
@@ -93,8 +122,15 @@ def test_export_patches_fp16_is_gated(tmp_path):
     pytest.importorskip("torch")
     from dn2.export.pipeline import export_model
 
-    rep = export_model("efficientnet_lite0", "imagenet", str(tmp_path / "m16.onnx"),
-                       input_size=128, precision="fp16", patches=True, log=lambda m: None)
+    rep = export_model(
+        "efficientnet_lite0",
+        "imagenet",
+        str(tmp_path / "m16.onnx"),
+        input_size=128,
+        precision="fp16",
+        patches=True,
+        log=lambda m: None,
+    )
     assert rep["quantize"]["patches"]["passed"]
     assert rep["quantize"]["patches"]["min_cosine"] >= 0.999  # the gate's fp16 tolerance
     assert patch_spec(read_model_meta(str(tmp_path / "m16.onnx")))["grid"] == [16, 16]
@@ -113,17 +149,25 @@ def test_maps_land_on_pasted_defects(both_bundle, pasted):
     assert sum(r.anomalous for r in res) >= 6  # pasted real objects / textures are flagged
 
 
-def test_calibration_holds_target_fpr_in_every_mode(lite0_patches, textile, both_bundle,
-                                                    tmp_path):
+def test_calibration_holds_target_fpr_in_every_mode(lite0_patches, textile, both_bundle, tmp_path):
     from dn2.runtime.patchfit import fit_view_bundle
     from dn2.runtime.views import View
 
     bundles = {"both": both_bundle}
     for mode in ("global", "patch"):
         bundles[mode] = tmp_path / mode
-        fit_view_bundle(lite0_patches[0], bundles[mode], textile["train"], mode=mode,
-                        view=View("full"), fpr=0.1, threads=2, bank_size=2048, per_image=256,
-                        progress=False)
+        fit_view_bundle(
+            lite0_patches[0],
+            bundles[mode],
+            textile["train"],
+            mode=mode,
+            view=View("full"),
+            fpr=0.1,
+            threads=2,
+            bank_size=2048,
+            per_image=256,
+            progress=False,
+        )
     for mode, b in bundles.items():
         det = Detector.load(b, threads=2)
         assert det.mode == mode
@@ -151,8 +195,14 @@ def test_score_cli_writes_maps_peak_and_box(both_bundle, pasted, tmp_path, capsy
 
 
 def test_score_cli_maps_needs_patch_bundle(world_bundle_global, tmp_path, capsys):
-    rc = score_cli.main([str(world_bundle_global), str(world_bundle_global / "model.onnx"),
-                         "--maps", str(tmp_path / "m")])
+    rc = score_cli.main(
+        [
+            str(world_bundle_global),
+            str(world_bundle_global / "model.onnx"),
+            "--maps",
+            str(tmp_path / "m"),
+        ]
+    )
     assert rc == 2 and "patch signal" in capsys.readouterr().err
 
 
@@ -161,8 +211,13 @@ def world_bundle_global(lite0_patches, textile, tmp_path_factory):
     from dn2.runtime.fit import fit_bundle
 
     out = tmp_path_factory.mktemp("g") / "global"
-    fit_bundle(lite0_patches[0], out, images=[str(p) for p in textile["train"][:6]],
-               threads=2, progress=False)
+    fit_bundle(
+        lite0_patches[0],
+        out,
+        images=[str(p) for p in textile["train"][:6]],
+        threads=2,
+        progress=False,
+    )
     return out
 
 
@@ -191,11 +246,11 @@ def test_streaming_coreset_bounds_memory_and_keeps_rare_patches(lite0_patches, t
 
 
 def test_views_geometry_and_warning():
+    import skimage.data
+
     from dn2.runtime.images import prepare
     from dn2.runtime.modelmeta import ResizeRule
     from dn2.runtime.views import View, stitch, view_inputs, warn_coverage
-
-    import skimage.data
 
     img = np.ascontiguousarray(skimage.data.astronaut()[:, :, ::-1])
     frame = cv2.resize(img, (1280, 720))
@@ -237,8 +292,9 @@ def _camera(frames, path, seed):
     return read_video(path)
 
 
-def test_watch_patch_bundle_draws_heatmap_and_reports_peak_and_box(lite0_patches, textile,
-                                                                   tmp_path):
+def test_watch_patch_bundle_draws_heatmap_and_reports_peak_and_box(
+    lite0_patches, textile, tmp_path
+):
     """Fitted on camera frames (noise + mp4v) of normal pieces, watching a camera video of
     normal pieces then pieces with a real object pasted at a seeded place: the alert's event
     says where, the annotated snapshot and video are written."""
@@ -246,6 +302,7 @@ def test_watch_patch_bundle_draws_heatmap_and_reports_peak_and_box(lite0_patches
     from dn2.runtime.views import View
     from dn2.runtime.watch.loop import watch
     from dn2.tools.eval.locset import paste_into
+
     from videos import read_video
 
     train = _camera([cv2.imread(str(p)) for p in textile["train"]], tmp_path / "fit.mp4", 1)
@@ -253,9 +310,18 @@ def test_watch_patch_bundle_draws_heatmap_and_reports_peak_and_box(lite0_patches
     for i, f in enumerate(train):
         cv2.imwrite(str(tmp_path / "fit" / f"{i:03d}.png"), f)
     bundle = tmp_path / "video_bundle"
-    fit_view_bundle(lite0_patches[0], bundle, [str(tmp_path / "fit")], mode="both",
-                    view=View("full"), fpr=0.05, threads=2, bank_size=2048, per_image=256,
-                    progress=False)
+    fit_view_bundle(
+        lite0_patches[0],
+        bundle,
+        [str(tmp_path / "fit")],
+        mode="both",
+        view=View("full"),
+        fpr=0.05,
+        threads=2,
+        bank_size=2048,
+        per_image=256,
+        progress=False,
+    )
     normal = [cv2.imread(str(p)) for p in textile["held"][:6]]
     bad, masks = [], []
     for p in textile["spare"][10:16]:
@@ -265,8 +331,15 @@ def test_watch_patch_bundle_draws_heatmap_and_reports_peak_and_box(lite0_patches
     video = tmp_path / "line.mp4"
     frames = _camera(normal + bad, video, 2)
     ev, snaps, out = tmp_path / "ev.jsonl", tmp_path / "snaps", tmp_path / "ann.avi"
-    s = watch(str(bundle), str(video), events=str(ev), snapshots=str(snaps),
-              output_video=str(out), min_consecutive=2, threads=2)
+    s = watch(
+        str(bundle),
+        str(video),
+        events=str(ev),
+        snapshots=str(snaps),
+        output_video=str(out),
+        min_consecutive=2,
+        threads=2,
+    )
     assert s.frames_scored == len(frames)
     events = [json.loads(x) for x in ev.read_text().splitlines()]
     start = [e for e in events if e["type"] == "alert_start"]

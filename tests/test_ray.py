@@ -4,6 +4,7 @@ a real Lite0 model, and compared with the local fit and score.
 One cluster per module (starting Ray costs ~10-30 s on 2 cores); the commands reuse the
 connection the process already has and leave it running; the fixture shuts it down.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ import textwrap
 import cv2
 import numpy as np
 import pytest
+
 from videos import load_frames, read_video, write_video
 
 ray = pytest.importorskip("ray", reason="pip install 'dn2[ray]'")
@@ -37,8 +39,9 @@ RTOL = 1e-4
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False)
+    ray.init(
+        num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
+    )
     yield ray
     ray.shutdown()
     assert not ray.is_initialized()
@@ -60,7 +63,7 @@ def data(tmp_path_factory, textile_dirs):
     for p in nominal[:N_FIT]:
         (train / p.name).symlink_to(p)
     (train / "broken.jpg").write_bytes(nominal[0].read_bytes()[:300])  # truncated JPEG
-    held = [str(p) for p in nominal[N_FIT:N_FIT + 20]]
+    held = [str(p) for p in nominal[N_FIT : N_FIT + 20]]
     defects = [str(p) for p in sorted(textile_dirs["global"].glob("*.jpg"))[:20]]
     rng = np.random.default_rng(0)
     frames = []
@@ -71,19 +74,37 @@ def data(tmp_path_factory, textile_dirs):
     video = write_video(d / "line.avi", frames)
     listing = d / "score.lst"
     listing.write_text("# held-out normal and defects\n" + "\n".join(held + defects) + "\n")
-    return {"train": train, "held": held, "defects": defects, "video": video,
-            "list": listing, "broken": str(train / "broken.jpg")}
+    return {
+        "train": train,
+        "held": held,
+        "defects": defects,
+        "video": video,
+        "list": listing,
+        "broken": str(train / "broken.jpg"),
+    }
 
 
 @pytest.fixture(scope="module")
 def bundles(cluster, model, data, tmp_path_factory):
     """The same images fitted locally and with --ray (2 actors, 1 thread each)."""
     d = tmp_path_factory.mktemp("raybundles")
-    local = fit_bundle(model, d / "local", images=[str(data["train"])], kmeans=None,
-                       progress=False)
-    rc = fit_cli.main([str(model), str(data["train"]), "--output", str(d / "ray"), "--threads",
-                       "1", "--ray-workers", "2", "--ray-shards", str(d / "shards"), "-q",
-                       "--ray"])
+    local = fit_bundle(model, d / "local", images=[str(data["train"])], kmeans=None, progress=False)
+    rc = fit_cli.main(
+        [
+            str(model),
+            str(data["train"]),
+            "--output",
+            str(d / "ray"),
+            "--threads",
+            "1",
+            "--ray-workers",
+            "2",
+            "--ray-shards",
+            str(d / "shards"),
+            "-q",
+            "--ray",
+        ]
+    )
     assert rc == 0
     return local, d / "ray", d / "shards"
 
@@ -94,8 +115,9 @@ def test_fit_ray_matches_local_fit(bundles, data):
     mr = json.loads((remote / "dn2.json").read_text())
     assert mr["fit"]["source"] == "ray" and ml["fit"]["source"] == "images"
     for key in ("model", "score", "bank"):  # the same bundle format and settings
-        assert {k: v for k, v in mr[key].items() if k not in ("sha256",)} == \
-            {k: v for k, v in ml[key].items() if k not in ("sha256",)}, key
+        assert {k: v for k, v in mr[key].items() if k not in ("sha256",)} == {
+            k: v for k, v in ml[key].items() if k not in ("sha256",)
+        }, key
     assert mr["fit"]["images"] == ml["fit"]["images"] == N_FIT
     assert mr["fit"]["failed"] == ml["fit"]["failed"] == 1
     rl = json.loads((local / "fit_report.json").read_text())
@@ -119,14 +141,20 @@ def test_fit_ray_matches_local_fit(bundles, data):
 def test_score_ray_parquet_matches_local_scores(bundles, data, tmp_path):
     _, remote, _ = bundles
     out = tmp_path / "scores"
-    s = score_ray(remote, [f"@{data['list']}", data["broken"], str(data["video"]),
-                           str(tmp_path / "missing.jpg")], out, fmt="parquet", workers=2,
-                  progress=False)
+    s = score_ray(
+        remote,
+        [f"@{data['list']}", data["broken"], str(data["video"]), str(tmp_path / "missing.jpg")],
+        out,
+        fmt="parquet",
+        workers=2,
+        progress=False,
+    )
     assert s["actors"] == 2 and s["failed"] == 2  # the truncated JPEG and the missing path
     rows = pq.read_table(out).to_pylist()
     assert len(rows) == s["rows"] == 40 + 2 + 10
-    assert all({"path", "score", "threshold", "anomalous", "error", "frame"} <= set(r)
-               for r in rows)
+    assert all(
+        {"path", "score", "threshold", "anomalous", "error", "frame"} <= set(r) for r in rows
+    )
     by_path = {r["path"]: r for r in rows if r["frame"] is None}
     det = Detector.load(remote)
     for ref in det.score_paths(data["held"] + data["defects"] + [data["broken"]]):
@@ -146,12 +174,27 @@ def test_score_ray_parquet_matches_local_scores(bundles, data, tmp_path):
 def test_score_cli_ray_jsonl(bundles, data, tmp_path, capsys):
     _, remote, _ = bundles
     out = tmp_path / "jsonl"
-    rc = score_cli.main([str(remote), str(data["video"]), "--ray-output", str(out),
-                         "--ray-format", "jsonl", "--video-stride", "3", "--ray-workers", "1",
-                         "--ray"])
+    rc = score_cli.main(
+        [
+            str(remote),
+            str(data["video"]),
+            "--ray-output",
+            str(out),
+            "--ray-format",
+            "jsonl",
+            "--video-stride",
+            "3",
+            "--ray-workers",
+            "1",
+            "--ray",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
-    lines = [json.loads(ln) for f in sorted(out.glob("part-*.jsonl"))
-             for ln in f.read_text().splitlines()]
+    lines = [
+        json.loads(ln)
+        for f in sorted(out.glob("part-*.jsonl"))
+        for ln in f.read_text().splitlines()
+    ]
     assert [r["frame"] for r in lines] == [0, 3, 6, 9]
     assert all(r["error"] is None and r["score"] > 0 for r in lines)
     assert "4 rows (4 scored, 0 failed)" in capsys.readouterr().err
@@ -169,8 +212,8 @@ def test_missing_ray_names_the_extra(model, data, tmp_path):
                     raise ImportError("no ray here")
         sys.meta_path.insert(0, NoRay())
         from dn2.runtime import fit_cli
-        sys.exit(fit_cli.main([{str(model)!r}, {str(data['train'])!r}, "-o",
-                               {str(tmp_path / 'b')!r}, "-q", "--ray"]))
+        sys.exit(fit_cli.main([{str(model)!r}, {str(data["train"])!r}, "-o",
+                               {str(tmp_path / "b")!r}, "-q", "--ray"]))
     """)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
@@ -184,15 +227,16 @@ def test_lean_fit_and_score_never_import_ray(model, data, tmp_path):
     code = textwrap.dedent(f"""
         import sys
         from dn2.runtime import fit_cli, score_cli
-        assert fit_cli.main([{str(model)!r}, {data['held'][0]!r}, {data['held'][1]!r},
-                             {data['held'][2]!r}, {data['held'][3]!r}, "-o",
+        assert fit_cli.main([{str(model)!r}, {data["held"][0]!r}, {data["held"][1]!r},
+                             {data["held"][2]!r}, {data["held"][3]!r}, "-o",
                              {str(bundle)!r}, "-q"]) == 0
-        assert score_cli.main([{str(bundle)!r}, {data['defects'][0]!r}, "--json"]) == 0
+        assert score_cli.main([{str(bundle)!r}, {data["defects"][0]!r}, "--json"]) == 0
         print("RAY-MODULES", sorted(m for m in sys.modules if m.split(".")[0] == "ray"))
     """)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=300, env=env)
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "RAY-MODULES []" in p.stdout
 
@@ -209,10 +253,13 @@ def test_fit_ray_refuses_a_non_model_before_starting_actors(data, tmp_path, caps
 def test_fit_ray_refuses_videos_and_missing_paths(model, data, tmp_path, capsys):
     """--ray embeds image files; a video (fitted locally) or a missing path is an error up
     front, before a cluster starts, as in the local fit."""
-    for extra, want in ((str(data["video"]), "without --ray"),
-                        (str(tmp_path / "nope"), "no such path")):
-        rc = fit_cli.main([str(model), str(data["train"]), extra, "-o", str(tmp_path / "b"),
-                           "-q", "--ray"])
+    for extra, want in (
+        (str(data["video"]), "without --ray"),
+        (str(tmp_path / "nope"), "no such path"),
+    ):
+        rc = fit_cli.main(
+            [str(model), str(data["train"]), extra, "-o", str(tmp_path / "b"), "-q", "--ray"]
+        )
         err = capsys.readouterr().err
         assert rc == 2 and want in err and "Traceback" not in err, err
         assert not (tmp_path / "b").exists()

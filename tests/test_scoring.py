@@ -1,4 +1,5 @@
 """Scores (eq. 2), leave-one-out, cleaning, k-means, groups, thresholds — on synthetic data."""
+
 from __future__ import annotations
 
 import sys
@@ -10,10 +11,22 @@ from dn2.runtime import groups as G
 from dn2.runtime.bank import build_bank
 from dn2.runtime.errors import Dn2Error, MissingExtraError
 from dn2.runtime.kmeans import available_backend, kmeans
-from dn2.runtime.scoring import (clean, cov_trace, knn_score, l2normalize, loo_kmeans_scores,
-                                 loo_scores, pool)
-from dn2.runtime.threshold import (calibrate, conformal_quantile, f1_threshold, roc_auc,
-                                   youden_threshold)
+from dn2.runtime.scoring import (
+    clean,
+    cov_trace,
+    knn_score,
+    l2normalize,
+    loo_kmeans_scores,
+    loo_scores,
+    pool,
+)
+from dn2.runtime.threshold import (
+    calibrate,
+    conformal_quantile,
+    f1_threshold,
+    roc_auc,
+    youden_threshold,
+)
 from dn2.tools.bench.bank import gaussian_mixture
 
 
@@ -27,8 +40,9 @@ def brute_knn(x, q, k, exclude_self=False):
 def test_knn_score_is_mean_squared_l2_of_k_nearest():
     x, q = gaussian_mixture(300, 24, clusters=6, latent=6, n_queries=40)
     for k in (1, 2, 5):
-        np.testing.assert_allclose(knn_score(build_bank(x, "exact"), q, k), brute_knn(x, q, k),
-                                   rtol=1e-4)  # float32 norm trick vs float64 reference
+        np.testing.assert_allclose(
+            knn_score(build_bank(x, "exact"), q, k), brute_knn(x, q, k), rtol=1e-4
+        )  # float32 norm trick vs float64 reference
 
 
 def test_loo_never_uses_the_point_itself_even_with_duplicates():
@@ -38,8 +52,9 @@ def test_loo_never_uses_the_point_itself_even_with_duplicates():
         s = loo_scores(build_bank(x, kind), x, 1)
         assert s[0] == pytest.approx(0, abs=1e-3) and s[200] == pytest.approx(0, abs=1e-3)
         ref = brute_knn(x, x, 2, exclude_self=True)
-        np.testing.assert_allclose(s[1:200], brute_knn(x, x, 1, exclude_self=True)[1:200],
-                                   rtol=1e-3)
+        np.testing.assert_allclose(
+            s[1:200], brute_knn(x, x, 1, exclude_self=True)[1:200], rtol=1e-3
+        )
     s2 = loo_scores(build_bank(x, "exact"), x, 2)
     np.testing.assert_allclose(s2, ref, rtol=1e-3, atol=1e-3)
 
@@ -60,8 +75,10 @@ BACKENDS = [pytest.param("faiss", id="faiss"), pytest.param("sklearn", id="sklea
 
 
 def _need(backend):
-    pytest.importorskip("faiss" if backend == "faiss" else "sklearn.cluster",
-                        reason=f"k-means backend {backend} not installed")
+    pytest.importorskip(
+        "faiss" if backend == "faiss" else "sklearn.cluster",
+        reason=f"k-means backend {backend} not installed",
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -115,8 +132,13 @@ def test_pooling_and_cov_trace():
 def test_group_loo_excludes_groups_sharing_an_image():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 8)).astype(np.float32)
-    members = [np.array([0, 1, 2]), np.array([0, 1, 3]), np.array([10, 11, 12]),
-               np.array([20, 21, 22]), np.array([30, 31, 32])]
+    members = [
+        np.array([0, 1, 2]),
+        np.array([0, 1, 3]),
+        np.array([10, 11, 12]),
+        np.array([20, 21, 22]),
+        np.array([30, 31, 32]),
+    ]
     pooled = G.pool_groups(x, members)
     s, n_nan = G.group_loo_scores(pooled, members, k=1)
     # group 1 shares two images with group 0 (its nearest pooled neighbour): excluded

@@ -1,5 +1,6 @@
 """Signed bundles: a bundle altered in any byte after signing is refused, an unsigned one is
 refused when a key is trusted, and nothing changes where no key is configured."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,12 @@ import sys
 
 import numpy as np
 import pytest
+
 from dn2.runtime.detector import Detector
 from dn2.runtime.errors import BundleError
 from dn2.runtime.fit import fit_bundle
 from dn2.runtime.signing import SIGNATURE, generate_keypair, sign_bundle, verify_bundle
+
 from tiny_model import make_tiny_model
 
 pytest.importorskip("cryptography", reason="pip install 'dn2[sign]'")
@@ -21,9 +24,13 @@ BIN = os.path.dirname(sys.executable)
 
 
 def run(*args, env=None):
-    return subprocess.run([os.path.join(BIN, args[0]), *map(str, args[1:])],
-                          capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, **(env or {})))
+    return subprocess.run(
+        [os.path.join(BIN, args[0]), *map(str, args[1:])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +75,15 @@ def test_every_byte_of_every_file_is_covered(signed, tmp_path):
         p = work / name
         raw = p.read_bytes()
         n = len(raw)
-        offsets = range(n) if name.endswith((".json", ".sig")) or n <= 912 else sorted(
-            set(range(256)) | set(range(n - 256, n)) | set(np.linspace(0, n - 1, 400, dtype=int)))
+        offsets = (
+            range(n)
+            if name.endswith((".json", ".sig")) or n <= 912
+            else sorted(
+                set(range(256))
+                | set(range(n - 256, n))
+                | set(np.linspace(0, n - 1, 400, dtype=int))
+            )
+        )
         for i in offsets:
             b = bytearray(raw)
             b[i] ^= 0x01
@@ -82,18 +96,27 @@ def test_every_byte_of_every_file_is_covered(signed, tmp_path):
     assert tried > 3000
 
 
-@pytest.mark.parametrize("edit, says", [
-    (lambda b: (b / SIGNATURE).unlink(), "found an unsigned bundle"),
-    (lambda b: (b / "extra.txt").write_text("x"), "extra.txt: expected only signed files"),
-    (lambda b: (b / "fit_report.json").unlink(), "fit_report.json: signed, found it missing"),
-    (lambda b: (b / SIGNATURE).write_text("{"), "expected a dn2 signature file"),
-    (lambda b: _edit(b, lambda m: m["threshold"].update(value=9.0)),
-     "dn2.json changed after signing: threshold.value: signed"),
-    (lambda b: _edit(b, lambda m: m["score"].update(k=1)), "score.k: signed 2, found 1"),
-    (lambda b: _edit(b, lambda m: m.pop("fit")), "fit (removed)"),
-    (lambda b: (b / "bank.npy").write_bytes((b / "bank.npy").read_bytes()[:-4] + b"\0\0\0\0"),
-     "bank.npy changed after signing"),
-])
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (lambda b: (b / SIGNATURE).unlink(), "found an unsigned bundle"),
+        (lambda b: (b / "extra.txt").write_text("x"), "extra.txt: expected only signed files"),
+        (lambda b: (b / "fit_report.json").unlink(), "fit_report.json: signed, found it missing"),
+        (lambda b: (b / SIGNATURE).write_text("{"), "expected a dn2 signature file"),
+        (
+            lambda b: _edit(b, lambda m: m["threshold"].update(value=9.0)),
+            "dn2.json changed after signing: threshold.value: signed",
+        ),
+        (lambda b: _edit(b, lambda m: m["score"].update(k=1)), "score.k: signed 2, found 1"),
+        (lambda b: _edit(b, lambda m: m.pop("fit")), "fit (removed)"),
+        (
+            lambda b: (b / "bank.npy").write_bytes(
+                (b / "bank.npy").read_bytes()[:-4] + b"\0\0\0\0"
+            ),
+            "bank.npy changed after signing",
+        ),
+    ],
+)
 def test_alterations_name_what_changed(signed, tmp_path, edit, says):
     d, bundle, pub = signed
     work = tmp_path / "b"
@@ -123,11 +146,21 @@ def test_another_key_and_unsigned_bundles_are_refused_with_exit_2(signed, tmp_pa
     (unsigned / SIGNATURE).unlink()
     # no key configured: an unsigned bundle works as before
     assert Detector.load(unsigned, load_model=False).k == 2
-    r = run("dn2-watch", unsigned, "--source", tmp_path, "--headless",
-            env={"DN2_TRUSTED_KEY": str(pub)})
+    r = run(
+        "dn2-watch", unsigned, "--source", tmp_path, "--headless", env={"DN2_TRUSTED_KEY": str(pub)}
+    )
     assert r.returncode == 2 and "found an unsigned bundle" in r.stderr, r.stderr
-    r = run("dn2-watch", d / "tiny.onnx", "--source", tmp_path, "--learn", "20f",
-            "--headless", "--trusted-key", pub)
+    r = run(
+        "dn2-watch",
+        d / "tiny.onnx",
+        "--source",
+        tmp_path,
+        "--learn",
+        "20f",
+        "--headless",
+        "--trusted-key",
+        pub,
+    )
     assert r.returncode == 2 and "--learn fits an unsigned bundle" in r.stderr
     # a fresh fit over a signed bundle replaces it with an unsigned one: refused until re-signed
     x = np.random.default_rng(1).normal(size=(30, 8)).astype(np.float32)

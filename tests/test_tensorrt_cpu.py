@@ -7,6 +7,7 @@
 * onnxruntime I/O binding (BoundRunner) against plain session.run on the CPU provider;
 * the native engine runner's input contract and its missing-TensorRT error.
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,10 +25,15 @@ onnx = pytest.importorskip("onnx", reason="building the test model needs pip ins
 ort = pytest.importorskip("onnxruntime")
 
 from dn2.export import tensorrt as trtx  # noqa: E402
-from dn2.export.trt_calib import (calibration_batches, calibration_digest,  # noqa: E402
-                                  load_calibration_images)
-from dn2.export.trt_verify import (TOLERANCES, compare_embeddings,  # noqa: E402
-                                   default_verify_images, loo_knn_scores, spearman)
+from dn2.export.trt_calib import calibration_batches, calibration_digest, load_calibration_images  # noqa: E402
+from dn2.export.trt_verify import (  # noqa: E402
+    TOLERANCES,
+    compare_embeddings,
+    default_verify_images,
+    loo_knn_scores,
+    spearman,
+)
+
 from tiny_model import build_tiny_model  # noqa: E402
 
 SIZE = 32
@@ -50,8 +56,10 @@ def _files_under(p: Path):
 
 # ---------------------------------------------------------------- build_engine without TensorRT
 
+
 def test_build_engine_without_tensorrt_says_what_to_install_and_writes_nothing(
-        tiny_model, tmp_path, monkeypatch, no_tensorrt):
+    tiny_model, tmp_path, monkeypatch, no_tensorrt
+):
     cache = tmp_path / "engines"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     out = tmp_path / "out" / "model.engine"
@@ -91,24 +99,39 @@ def test_build_engine_checks_arguments_before_tensorrt(tiny_model, tmp_path, no_
 
 # ---------------------------------------------------------------- cache key
 
-BASE = dict(onnx_sha256="0" * 64, trt_version="10.3.0", gpu_name="Orin (sm_87)", precision="fp16",
-            extra={"max_batch": 64, "opt_batch": 8, "input_size": 224})
+BASE = dict(
+    onnx_sha256="0" * 64,
+    trt_version="10.3.0",
+    gpu_name="Orin (sm_87)",
+    precision="fp16",
+    extra={"max_batch": 64, "opt_batch": 8, "input_size": 224},
+)
 
 
 def test_cache_key_is_stable():
     # A golden value: the key must not change between processes, Python versions or dn2 releases
     # unless the scheme is changed on purpose (that would orphan every cached engine).
-    assert trtx.engine_cache_key(**BASE) == \
-        "d61151ffe53b1ebb28a7aadb8656cb76aff6503c8d3bab47ec4afa1d7a9ac5dc"
+    assert (
+        trtx.engine_cache_key(**BASE)
+        == "d61151ffe53b1ebb28a7aadb8656cb76aff6503c8d3bab47ec4afa1d7a9ac5dc"
+    )
     reordered = dict(BASE, extra={"input_size": 224, "opt_batch": 8, "max_batch": 64})
     assert trtx.engine_cache_key(**reordered) == trtx.engine_cache_key(**BASE)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("onnx_sha256", "1" + "0" * 63), ("trt_version", "10.3.1"), ("gpu_name", "Orin (sm_72)"),
-    ("gpu_name", "NVIDIA H100 80GB HBM3 (sm_90)"), ("precision", "int8"), ("precision", "fp32"),
-    ("extra", {"max_batch": 32, "opt_batch": 8, "input_size": 224}),
-    ("extra", {"max_batch": 64, "opt_batch": 8, "input_size": 224, "calib_sha256": "ab"})])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("onnx_sha256", "1" + "0" * 63),
+        ("trt_version", "10.3.1"),
+        ("gpu_name", "Orin (sm_72)"),
+        ("gpu_name", "NVIDIA H100 80GB HBM3 (sm_90)"),
+        ("precision", "int8"),
+        ("precision", "fp32"),
+        ("extra", {"max_batch": 32, "opt_batch": 8, "input_size": 224}),
+        ("extra", {"max_batch": 64, "opt_batch": 8, "input_size": 224, "calib_sha256": "ab"}),
+    ],
+)
 def test_cache_key_changes_with_each_component(field, value):
     assert trtx.engine_cache_key(**dict(BASE, **{field: value})) != trtx.engine_cache_key(**BASE)
 
@@ -130,6 +153,7 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------- calibration batches
+
 
 @pytest.fixture()
 def calib_dir(tmp_path):
@@ -154,8 +178,9 @@ def test_calibration_images_are_the_graphs_uint8_nhwc_bgr(calib_dir):
     rule = ResizeRule.for_input_size(SIZE)
     logged = []
     arr, problems = load_calibration_images(calib_dir, rule, log=logged.append)
-    good = sorted(p for p in calib_dir.rglob("*") if p.suffix in (".png", ".jpg")
-                  and p.name != "broken.jpg")
+    good = sorted(
+        p for p in calib_dir.rglob("*") if p.suffix in (".png", ".jpg") and p.name != "broken.jpg"
+    )
     assert arr.dtype == np.uint8 and arr.flags.c_contiguous
     assert arr.shape == (len(good), SIZE, SIZE, 3)  # NHWC, channels last
     # exactly the runtime's preparation, file by file (sorted path order)
@@ -209,6 +234,7 @@ def test_calibration_batches_and_digest():
 
 # ---------------------------------------------------------------- verification numbers
 
+
 def test_spearman_and_loo_knn_match_references():
     stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(1)
@@ -217,8 +243,10 @@ def test_spearman_and_loo_knn_match_references():
     a[3] = a[4]  # a tie
     assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
     e = rng.normal(size=(12, 5))
-    brute = [np.mean(sorted(((e[i] - e[j]) ** 2).sum() for j in range(12) if j != i)[:2])
-             for i in range(12)]
+    brute = [
+        np.mean(sorted(((e[i] - e[j]) ** 2).sum() for j in range(12) if j != i)[:2])
+        for i in range(12)
+    ]
     # the gate scores with the runtime's own leave-one-out (a float32 exact bank), not a
     # float64 copy of it: float32 rounding, ~1e-7 relative, hence 1e-5
     np.testing.assert_allclose(loo_knn_scores(e, k=2), brute, rtol=1e-5)
@@ -257,12 +285,14 @@ def test_default_verification_images_are_real_and_offline():
     if not paths:
         pytest.skip("scikit-image not installed")
     assert len(paths) >= 8
-    arr, problems = load_calibration_images(paths, ResizeRule.for_input_size(SIZE),
-                                            log=lambda m: None, what="verification")
+    arr, problems = load_calibration_images(
+        paths, ResizeRule.for_input_size(SIZE), log=lambda m: None, what="verification"
+    )
     assert len(arr) >= 8 and not problems
 
 
 # ---------------------------------------------------------------- onnxruntime I/O binding
+
 
 def test_bound_runner_matches_session_run_on_cpu(tiny_model):
     from dn2.runtime.gpu_io import BoundRunner
@@ -275,7 +305,9 @@ def test_bound_runner_matches_session_run_on_cpu(tiny_model):
     for n in (4, 1, 4, 7):  # same-size batches reuse their buffers; sizes can change
         x = rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
         got = run.run(x)
-        np.testing.assert_array_equal(got, sess.run(None, {"images": x})[0])  # same kernels, same bits
+        np.testing.assert_array_equal(
+            got, sess.run(None, {"images": x})[0]
+        )  # same kernels, same bits
         if first is None:
             first, kept = got, got.copy()
     np.testing.assert_array_equal(first, kept)  # a later run must not overwrite earlier results
@@ -297,6 +329,7 @@ def test_tensorrt_ep_options_carry_the_dn2_profile(tmp_path):
 
 # ---------------------------------------------------------------- native runner, CPU side
 
+
 def test_native_runner_without_tensorrt_is_a_clear_error(tmp_path, no_tensorrt):
     from dn2.runtime.trt_engine import TrtEngine
 
@@ -311,7 +344,9 @@ def test_native_runner_input_contract():
     assert check_batch(ok, SIZE) is not None
     with pytest.raises(ImageError, match=r"expected uint8 pixels .* found dtype float32"):
         check_batch(ok.astype(np.float32), SIZE)
-    with pytest.raises(ImageError, match=r"expected a batch of shape \[N, 32, 32, 3\].*\(2, 3, 32, 32\)"):
+    with pytest.raises(
+        ImageError, match=r"expected a batch of shape \[N, 32, 32, 3\].*\(2, 3, 32, 32\)"
+    ):
         check_batch(np.zeros((2, 3, SIZE, SIZE), np.uint8), SIZE)  # NCHW is refused
     with pytest.raises(ImageError, match=r"found list"):
         check_batch([1, 2], SIZE)
@@ -333,7 +368,9 @@ def test_gpu_providers_without_onnxruntime_gpu_say_how_to_install():
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed here")
-    with pytest.raises(ModelError, match=r"pip uninstall -y onnxruntime && pip install 'dn2\[gpu\]'"):
+    with pytest.raises(
+        ModelError, match=r"pip uninstall -y onnxruntime && pip install 'dn2\[gpu\]'"
+    ):
         gpu_providers("cuda", 224)
     with pytest.raises(ModelError, match=r"expected 'tensorrt' or 'cuda'"):
         gpu_providers("rocm", 224)
@@ -347,12 +384,19 @@ def test_bench_gpu_timing_and_table(tiny_model):
     x = np.zeros((4, SIZE, SIZE, 3), np.uint8)
     r = time_batches(run, x, warmup=1, iters=3, repeats=2)
     assert 0 < r["min"] <= r["img_per_s"] <= r["max"]
-    report = {"device": "NVIDIA H100 80GB HBM3 (sm_90)", "tensorrt": "10.3.0", "onnxruntime": "1.23.0",
-              "model": {"arch": "resnet101", "weights": "none", "input_size": 224}, "method": "m",
-              "rows": [{"backend": "ort-cuda", "precision": "fp32", "batch": 1, **r},
-                       {"backend": "ort-cuda", "precision": "fp32", "batch": 8, "skipped": "why"},
-                       {"backend": "trt-native", "precision": "int8", "batch": 1, "skipped": "no calib"},
-                       {"backend": "trt-native", "precision": "int8", "batch": 8, "skipped": "no calib"}]}
+    report = {
+        "device": "NVIDIA H100 80GB HBM3 (sm_90)",
+        "tensorrt": "10.3.0",
+        "onnxruntime": "1.23.0",
+        "model": {"arch": "resnet101", "weights": "none", "input_size": 224},
+        "method": "m",
+        "rows": [
+            {"backend": "ort-cuda", "precision": "fp32", "batch": 1, **r},
+            {"backend": "ort-cuda", "precision": "fp32", "batch": 8, "skipped": "why"},
+            {"backend": "trt-native", "precision": "int8", "batch": 1, "skipped": "no calib"},
+            {"backend": "trt-native", "precision": "int8", "batch": 8, "skipped": "no calib"},
+        ],
+    }
     text = table(report)
     assert "NVIDIA H100 80GB HBM3 (sm_90)" in text and "| batch 1 | batch 8 |" in text
     assert f"| ort-cuda | fp32 | {r['img_per_s']:.0f} | n/a |" in text

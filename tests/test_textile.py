@@ -6,6 +6,7 @@ ROC-AUC must reach 0.90 and the held-out false-positive rate must sit near the t
 Subsampled (seeded) to keep CI time modest: 200 train, 200 held-out normal, 100 global,
 100 local images at 224 px.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,14 +36,15 @@ def test_textile_global_defects_auroc_and_heldout_fpr(lite0_model, textile_dirs,
     assert len(nominal) >= N_TRAIN + N_HELD, f"found {len(nominal)} nominal images"
     pick = rng.permutation(len(nominal))
     train = [str(nominal[i]) for i in pick[:N_TRAIN]]
-    held = [str(nominal[i]) for i in pick[N_TRAIN:N_TRAIN + N_HELD]]
+    held = [str(nominal[i]) for i in pick[N_TRAIN : N_TRAIN + N_HELD]]
     glob_ = sorted(textile_dirs["global"].glob("*.jpg"))
     local = sorted(textile_dirs["local"].glob("*.jpg"))
     glob_ = [str(glob_[i]) for i in rng.choice(len(glob_), N_DEFECT, replace=False)]
     local = [str(local[i]) for i in rng.choice(len(local), N_DEFECT, replace=False)]
 
-    bundle = fit_bundle(lite0_model, tmp_path / "textile", images=train, k=2, fpr=FPR,
-                        threads=2, progress=False)
+    bundle = fit_bundle(
+        lite0_model, tmp_path / "textile", images=train, k=2, fpr=FPR, threads=2, progress=False
+    )
     det = Detector.load(bundle, threads=2)
 
     def scores(paths):
@@ -53,9 +55,17 @@ def test_textile_global_defects_auroc_and_heldout_fpr(lite0_model, textile_dirs,
     s_held, s_glob, s_local = scores(held), scores(glob_), scores(local)
     auc_g, auc_l = auroc(s_held, s_glob), auroc(s_held, s_local)
     fpr = float(np.mean(s_held > det.threshold))
-    print(json.dumps({"auroc_global": round(auc_g, 4), "auroc_local": round(auc_l, 4),
-                      "heldout_fpr": round(fpr, 4), "target_fpr": FPR,
-                      "threshold": det.threshold}))
+    print(
+        json.dumps(
+            {
+                "auroc_global": round(auc_g, 4),
+                "auroc_local": round(auc_l, 4),
+                "heldout_fpr": round(fpr, 4),
+                "target_fpr": FPR,
+                "threshold": det.threshold,
+            }
+        )
+    )
     assert auc_g >= 0.90
     # FPR tolerance: the measured rate on 200 held-out normals has binomial sd
     # sqrt(.05*.95/200) = 0.015, and the threshold estimated from 200 leave-one-out scores
@@ -66,8 +76,9 @@ def test_textile_global_defects_auroc_and_heldout_fpr(lite0_model, textile_dirs,
 
 
 @pytest.mark.slow
-def test_l2norm_study_tool_scores_both_variants_on_the_same_split(lite0_model, textile_dirs,
-                                                                  monkeypatch, capsys):
+def test_l2norm_study_tool_scores_both_variants_on_the_same_split(
+    lite0_model, textile_dirs, monkeypatch, capsys
+):
     from dn2.tools.studies import l2norm as l2norm_study
 
     monkeypatch.setattr(l2norm_study, "N_TRAIN", 20)  # small split: a smoke run of the tool

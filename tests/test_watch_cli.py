@@ -1,29 +1,37 @@
 """dn2-watch command line: bad input gets a message and a non-zero exit, never a traceback."""
+
 from __future__ import annotations
 
 import pytest
 
+from dn2.runtime.errors import Dn2Error
 from dn2.runtime.watch.cli import build_parser, main
 from dn2.runtime.watch.learn import parse_learn
-from dn2.runtime.errors import Dn2Error
+
 from videos import load_frames, write_video
 
 
 @pytest.fixture(scope="module")
 def clip(textile_dirs, tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp("cli") / "clip.avi",
-                       load_frames(textile_dirs["nominal"], 5, size=64), fps=10)
+    return write_video(
+        tmp_path_factory.mktemp("cli") / "clip.avi",
+        load_frames(textile_dirs["nominal"], 5, size=64),
+        fps=10,
+    )
 
 
-@pytest.mark.parametrize("args,message", [
-    (["{tmp}/no_bundle", "--source", "{tmp}/missing.avi"], "found no such path"),
-    (["{tmp}/no_bundle", "--source", "{clip}", "--hop", "2"], "--hop needs --group"),
-    (["{tmp}/no_bundle", "--source", "{clip}", "--batch", "0"], "--batch must be >= 1"),
-    (["{tmp}/no_bundle", "--source", "{clip}", "--learn", "ten"], "--learn expects"),
-    (["{tmp}/no.onnx", "--source", "{clip}", "--learn", "30f"], "model"),
-    (["{tmp}/no_bundle", "--source", "{clip}", "--realtime", "--group", "1"], "--group must"),
-    (["{tmp}/no_bundle", "--source", "7", "--realtime"], "replays a video file"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["{tmp}/no_bundle", "--source", "{tmp}/missing.avi"], "found no such path"),
+        (["{tmp}/no_bundle", "--source", "{clip}", "--hop", "2"], "--hop needs --group"),
+        (["{tmp}/no_bundle", "--source", "{clip}", "--batch", "0"], "--batch must be >= 1"),
+        (["{tmp}/no_bundle", "--source", "{clip}", "--learn", "ten"], "--learn expects"),
+        (["{tmp}/no.onnx", "--source", "{clip}", "--learn", "30f"], "model"),
+        (["{tmp}/no_bundle", "--source", "{clip}", "--realtime", "--group", "1"], "--group must"),
+        (["{tmp}/no_bundle", "--source", "7", "--realtime"], "replays a video file"),
+    ],
+)
 def test_bad_input_is_a_message_and_exit_2(args, message, clip, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path, clip=clip) for a in args]
     assert main(argv) == 2  # the exit-code table: nothing done
@@ -45,10 +53,25 @@ def test_usage_errors_exit_2(capsys):
 
 def test_every_documented_option_exists():
     opts = {o for a in build_parser()._actions for o in a.option_strings}
-    for o in ("--source", "--batch", "--stride", "--group", "--hop", "--threshold",
-              "--min-consecutive", "--cooldown", "--events", "--snapshots", "--output-video",
-              "--headless", "--stats-every", "--learn", "--providers", "--threads",
-              "--max-frames"):
+    for o in (
+        "--source",
+        "--batch",
+        "--stride",
+        "--group",
+        "--hop",
+        "--threshold",
+        "--min-consecutive",
+        "--cooldown",
+        "--events",
+        "--snapshots",
+        "--output-video",
+        "--headless",
+        "--stats-every",
+        "--learn",
+        "--providers",
+        "--threads",
+        "--max-frames",
+    ):
         assert o in opts
 
 

@@ -2,6 +2,7 @@
 
 Videos are written by OpenCV's real encoders (MJPG in AVI, mp4v in MP4); each frame's colour
 encodes its number, so a frame returned under the wrong number is caught."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,11 @@ import threading
 import cv2
 import numpy as np
 import pytest
+
 from dn2.runtime.fit import fit_bundle
 from dn2.runtime.watch.reader import FrameQueue, Reader
 from dn2.runtime.watch.sources import open_source
+
 from tiny_model import make_tiny_model
 
 N = 600
@@ -53,9 +56,9 @@ def damaged(src, dst, kind: str):
     n = len(b)
     a = n // 2
     if kind == "random":
-        b[a:a + n // 8] = np.random.default_rng(0).integers(0, 256, n // 8, np.uint8).tobytes()
+        b[a : a + n // 8] = np.random.default_rng(0).integers(0, 256, n // 8, np.uint8).tobytes()
     elif kind == "zeros":
-        b[a:a + n // 20] = bytes(n // 20)
+        b[a : a + n // 20] = bytes(n // 20)
     elif kind == "truncated":
         b = b[:a]
     dst.write_bytes(bytes(b))
@@ -118,14 +121,22 @@ def test_dn2_watch_reports_lost_frames_in_summary_and_exit_code(clips, tmp_path)
     bundle = fit_bundle(model, tmp_path / "b", embeddings=x, progress=False)
     bad = damaged(c["avi"], tmp_path / "bad.avi", "random")
     exe = os.path.join(os.path.dirname(sys.executable), "dn2-watch")
-    r = subprocess.run([exe, str(bundle), "--source", str(bad), "--headless", "--json",
-                        "--stats-every", "0"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [exe, str(bundle), "--source", str(bad), "--headless", "--json", "--stats-every", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert r.returncode == 3, r.stderr[-500:]
     assert s["lost_frames"] > 0 and s["frames_read"] + s["lost_frames"] == N
     assert any("could not be read" in p for p in s["problems"])
-    r = subprocess.run([exe, str(bundle), "--source", str(c["avi"]), "--headless", "--json",
-                        "--stats-every", "0"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [exe, str(bundle), "--source", str(c["avi"]), "--headless", "--json", "--stats-every", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert r.returncode == 0 and s["lost_frames"] == 0 and s["frames_read"] == N
 
@@ -134,9 +145,11 @@ def test_an_mjpeg_camera_dying_mid_frame_hands_over_only_complete_frames(tmp_pat
     # a real HTTP MJPEG server on 127.0.0.1 cuts the connection inside frame 20 and comes
     # back; the half JPEG is never a frame, and every frame handed over is the camera's own
     rng = np.random.default_rng(0)
-    frames = [np.clip(rng.normal(128, 30, (96, 128, 3)), 0, 255).astype(np.uint8)
-              for _ in range(40)]
+    frames = [
+        np.clip(rng.normal(128, 30, (96, 128, 3)), 0, 255).astype(np.uint8) for _ in range(40)
+    ]
     from dn2.runtime.watch.reader import Backoff
+
     from videos import MjpegCamera
 
     with MjpegCamera(frames, fps=50.0, drop_after=19, down_s=0.4, partial=True) as cam:

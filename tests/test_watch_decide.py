@@ -1,4 +1,5 @@
 """Hysteresis, cooldown and the events file of dn2-watch (no model needed)."""
+
 from __future__ import annotations
 
 import json

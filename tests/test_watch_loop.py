@@ -6,6 +6,7 @@ Anomalies are stains drawn onto real frames at known frame ranges. The group sce
 abnormal frame at all: only a run of A frames, which breaks the A/B alternation that every
 normal group shows (paper 3.3: each image normal, the set not).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,16 @@ import pytest
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.watch.loop import watch
 from dn2.runtime.watch.reader import Backoff
-from videos import (MjpegCamera, interleave, load_frames, read_video, stain, texture_crops,
-                    write_video)
+
+from videos import (
+    MjpegCamera,
+    interleave,
+    load_frames,
+    read_video,
+    stain,
+    texture_crops,
+    write_video,
+)
 
 M = 6  # group size: 3 textile + 3 grass frames per normal group
 STAINS = [(50, 65), (130, 140)]  # frame ranges [a, b) with a stain drawn on
@@ -70,8 +79,9 @@ def bundle(lite0_model, scenes, work):
         d.mkdir(parents=True)
         for j in range(M):
             cv2.imwrite(str(d / f"{j}.png"), train[g * M + j])
-    return fit_bundle(lite0_model, work / "bundle", images=[str(root)], group_dirs=[str(root)],
-                      progress=False)
+    return fit_bundle(
+        lite0_model, work / "bundle", images=[str(root)], group_dirs=[str(root)], progress=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +99,7 @@ def stained(scenes, work):
 def group_scene(scenes, work):
     """160 held-out frames: A B A B ... (60), then 40 A only, then A B A B ... (60)."""
     a, b = scenes
-    frames = (interleave(a[120:150], b[120:150]) + a[150:190]
-              + interleave(a[190:220], b[150:180]))
+    frames = interleave(a[120:150], b[120:150]) + a[150:190] + interleave(a[190:220], b[150:180])
     assert len(frames) == 160
     return write_video(work / "group_scene.avi", frames, fps=25.0)
 
@@ -111,8 +120,15 @@ def check_stain_alerts(events):
 def test_stains_open_one_alert_each_and_normal_frames_none(bundle, stained, work):
     frames, video = stained
     ev = work / "stain_events.jsonl"
-    s = watch(str(bundle), str(video), events=str(ev), snapshots=str(work / "snaps"),
-              output_video=str(work / "annotated.avi"), min_consecutive=3, batch=8)
+    s = watch(
+        str(bundle),
+        str(video),
+        events=str(ev),
+        snapshots=str(work / "snaps"),
+        output_video=str(work / "annotated.avi"),
+        min_consecutive=3,
+        batch=8,
+    )
     assert s.error is None and not s.stopped
     assert s.frames_read == s.frames_scored == 200 and s.dropped == 0
     got = check_stain_alerts(events_of(ev))
@@ -160,9 +176,16 @@ def test_http_camera_dropping_mid_alert_reconnects_and_loses_no_event(bundle, st
     ev = work / "http_events.jsonl"
     # the camera drops inside the first stain (frame 57) and is back 0.6 s later
     with MjpegCamera(frames, fps=40.0, drop_after=57, down_s=0.6) as cam:
-        s = watch(str(bundle), cam.url, events=str(ev), min_consecutive=3, batch=8,
-                  queue_size=512, max_frames=len(frames),
-                  backoff=Backoff(initial=0.2, max_delay=0.5))
+        s = watch(
+            str(bundle),
+            cam.url,
+            events=str(ev),
+            min_consecutive=3,
+            batch=8,
+            queue_size=512,
+            max_frames=len(frames),
+            backoff=Backoff(initial=0.2, max_delay=0.5),
+        )
     assert s.reconnects == 1 and s.failures >= 1 and cam.refused >= 1
     assert s.frames_scored == len(frames) and s.dropped == 0  # nothing lost, nothing made up
     got = check_stain_alerts(events_of(ev))
@@ -178,8 +201,7 @@ def test_live_source_that_lags_drops_oldest_and_counts(bundle, stained, work):
         seen.append(frame)
         time.sleep(0.02)
 
-    s = watch(str(bundle), str(fast), realtime=True, batch=4, queue_size=4,
-              on_score=slow_consumer)
+    s = watch(str(bundle), str(fast), realtime=True, batch=4, queue_size=4, on_score=slow_consumer)
     assert s.dropped > 0
     assert s.frames_scored + s.dropped == s.frames_read == 120 == len(seen) + s.dropped
     # what is scored is in order, and the newest frame is never the one dropped
@@ -189,8 +211,14 @@ def test_live_source_that_lags_drops_oldest_and_counts(bundle, stained, work):
 def test_learn_fits_from_the_first_frames_then_watches(lite0_model, stained, work):
     frames, video = stained
     ev = work / "learn_events.jsonl"
-    s = watch(str(lite0_model), str(video), learn="40f", learn_bundle=str(work / "learned"),
-              events=str(ev), min_consecutive=3)
+    s = watch(
+        str(lite0_model),
+        str(video),
+        learn="40f",
+        learn_bundle=str(work / "learned"),
+        events=str(ev),
+        min_consecutive=3,
+    )
     assert (work / "learned" / "dn2.json").is_file() and s.bundle == str(work / "learned")
     assert s.frames_read == 200 and s.frames_scored == 160  # 40 learned, then watched
     check_stain_alerts(events_of(ev))
@@ -201,8 +229,9 @@ def test_learn_in_group_mode_learns_the_streams_own_windows(lite0_model, group_s
     so the later run of A frames stands out, though each of its frames was seen in learning."""
     ev = work / "learn_group.jsonl"
     n = M + 1
-    s = watch(str(lite0_model), str(group_scene), learn="40f", group=M, events=str(ev),
-              min_consecutive=n)
+    s = watch(
+        str(lite0_model), str(group_scene), learn="40f", group=M, events=str(ev), min_consecutive=n
+    )
     assert s.bundle is None and s.groups_scored == 120 - M + 1
     got = pairs(events_of(ev))
     assert len(got) == 1, got
@@ -212,8 +241,9 @@ def test_learn_in_group_mode_learns_the_streams_own_windows(lite0_model, group_s
     assert hi + n - 1 <= end["frame"] <= hi + M + n - 1
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
-                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 def test_signal_leaves_valid_json_lines_with_every_alert_closed(sig, bundle, stained, work):
     frames, _ = stained
     # a long stain from frame 20 to the end, replayed in real time: the alert is open when the
@@ -222,8 +252,20 @@ def test_signal_leaves_valid_json_lines_with_every_alert_closed(sig, bundle, sta
     if not video.exists():
         write_video(video, [stain(f, i) if i >= 20 else f for i, f in enumerate(frames)], 20.0)
     ev = work / f"{sig.name}_events.jsonl"
-    cmd = [sys.executable, "-m", "dn2.runtime.watch.cli", str(bundle), "--source", str(video),
-           "--realtime", "--headless", "--events", str(ev), "--stats-every", "0.5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dn2.runtime.watch.cli",
+        str(bundle),
+        "--source",
+        str(video),
+        "--realtime",
+        "--headless",
+        "--events",
+        str(ev),
+        "--stats-every",
+        "0.5",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -249,8 +291,17 @@ def test_bench_watch_runs_and_reports_its_columns(lite0_model, bundle, work):
     """A smoke run of tools/bench/watch.py (the numbers themselves go to BENCHMARKS.md)."""
     from dn2.tools.bench.watch import bench, table
 
-    r = bench(str(lite0_model), str(bundle), n_frames=16, size="160x120", batch=4,
-              threads=1, live_fps=40.0, work=work, repeats=1)
+    r = bench(
+        str(lite0_model),
+        str(bundle),
+        n_frames=16,
+        size="160x120",
+        batch=4,
+        threads=1,
+        live_fps=40.0,
+        work=work,
+        repeats=1,
+    )
     assert r["frames"] == 16 and r["live_dropped"] >= 0
     assert r["loop_fps"] > 0 and r["model_fps"] > 0 and r["loop_latency_p95_ms"] > 0
     assert r["loop_over_model"] == pytest.approx(r["loop_fps"] / r["model_fps"])

@@ -1,5 +1,6 @@
 """Output faults never lose an alert nor crash a run: events written before anything else can
 fail, run ids keep runs apart, nothing is overwritten without --force, a FIFO never hangs."""
+
 from __future__ import annotations
 
 import csv
@@ -15,7 +16,8 @@ import pytest
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.watch.cli import main
 from dn2.runtime.watch.loop import watch
-from sinkscene import N, STAINS, make_scene
+
+from sinkscene import STAINS, N, make_scene
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,13 @@ def test_scene_alerts_once_per_stain(scene, tmp_path):
 
 def test_scores_file_csv_and_jsonl(scene, tmp_path):
     bundle, clip = scene
-    s = watch(str(bundle), str(clip), scores=str(tmp_path / "s.csv"), min_consecutive=2,
-              events=str(tmp_path / "ev.jsonl"))
+    s = watch(
+        str(bundle),
+        str(clip),
+        scores=str(tmp_path / "s.csv"),
+        min_consecutive=2,
+        events=str(tmp_path / "ev.jsonl"),
+    )
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert len(rows) == N and [int(r["frame"]) for r in rows] == list(range(N))
     r = rows[STAINS[0][0] + 3]
@@ -64,13 +71,28 @@ def test_events_to_dev_full_keep_going_and_say_so(scene, tmp_path, capsys):
     bundle, clip = scene
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full on this system")
-    rc = main([str(bundle), "--source", str(clip), "--events", "/dev/full", "--headless",
-               "--min-consecutive", "2", "--stats-every", "0", "--scores",
-               str(tmp_path / "s.csv")])
+    rc = main(
+        [
+            str(bundle),
+            "--source",
+            str(clip),
+            "--events",
+            "/dev/full",
+            "--headless",
+            "--min-consecutive",
+            "2",
+            "--stats-every",
+            "0",
+            "--scores",
+            str(tmp_path / "s.csv"),
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 4 and "Traceback" not in out.err
-    assert f"NOT WRITTEN: events file /dev/full: {2 * len(STAINS)} of {2 * len(STAINS)}" \
-        in out.out and "No space left on device" in out.out
+    assert (
+        f"NOT WRITTEN: events file /dev/full: {2 * len(STAINS)} of {2 * len(STAINS)}" in out.out
+        and "No space left on device" in out.out
+    )
     assert len(open(tmp_path / "s.csv").readlines()) == N + 1  # the run went on to its end
 
 
@@ -87,13 +109,20 @@ def test_snapshot_folder_removed_mid_run_event_still_written(scene, tmp_path):
             snaps.rmdir()
             snaps.write_text("not a folder")
 
-    s = watch(str(bundle), str(clip), events=str(tmp_path / "ev.jsonl"), snapshots=str(snaps),
-              min_consecutive=2, on_event=on_event)
+    s = watch(
+        str(bundle),
+        str(clip),
+        events=str(tmp_path / "ev.jsonl"),
+        snapshots=str(snaps),
+        min_consecutive=2,
+        on_event=on_event,
+    )
     ev = lines(tmp_path / "ev.jsonl")
     assert len(ev) == 2 * len(STAINS)  # every alert recorded
     assert ev[0]["snapshot"] and ev[0]["snapshot_error"] is None
-    assert all(e["snapshot"] is None and "cannot write snapshot" in e["snapshot_error"]
-               for e in ev[1:])
+    assert all(
+        e["snapshot"] is None and "cannot write snapshot" in e["snapshot_error"] for e in ev[1:]
+    )
     assert any("snapshots:" in u for u in s.unwritten)
 
 
@@ -107,16 +136,23 @@ def test_snapshot_folder_removed_is_made_again(scene, tmp_path):
                 f.unlink()
             snaps.rmdir()
 
-    watch(str(bundle), str(clip), events=str(tmp_path / "ev.jsonl"), snapshots=str(snaps),
-          min_consecutive=2, on_event=on_event)
+    watch(
+        str(bundle),
+        str(clip),
+        events=str(tmp_path / "ev.jsonl"),
+        snapshots=str(snaps),
+        min_consecutive=2,
+        on_event=on_event,
+    )
     ev = lines(tmp_path / "ev.jsonl")
     assert all(os.path.exists(e["snapshot"]) for e in ev[1:])
 
 
 def test_runs_never_overwrite_each_others_evidence(scene, tmp_path):
     bundle, clip = scene
-    kw = dict(events=str(tmp_path / "ev.jsonl"), snapshots=str(tmp_path / "snaps"),
-              min_consecutive=2)
+    kw = dict(
+        events=str(tmp_path / "ev.jsonl"), snapshots=str(tmp_path / "snaps"), min_consecutive=2
+    )
     s1 = watch(str(bundle), str(clip), output_video=str(tmp_path / "out.avi"), **kw)
     first = {e["snapshot"]: os.path.getmtime(e["snapshot"]) for e in lines(tmp_path / "ev.jsonl")}
     video_size = os.path.getsize(tmp_path / "out.avi")
@@ -130,21 +166,41 @@ def test_runs_never_overwrite_each_others_evidence(scene, tmp_path):
         assert os.path.getmtime(snap) == mtime and s1.run_id in os.path.basename(snap)
     assert len({e["snapshot"] for e in ev}) == len(first) * 2
     assert os.path.getsize(tmp_path / "out.avi") == video_size
-    watch(str(bundle), str(clip), output_video=str(tmp_path / "out.avi"), force=True,
-          max_frames=5)
+    watch(str(bundle), str(clip), output_video=str(tmp_path / "out.avi"), force=True, max_frames=5)
     assert os.path.getsize(tmp_path / "out.avi") < video_size
 
 
 def test_output_video_under_an_unwritable_path_is_a_message(scene, tmp_path, capsys):
     bundle, clip = scene
     (tmp_path / "file").write_text("x")
-    rc = main([str(bundle), "--source", str(clip), "--headless", "--output-video",
-               str(tmp_path / "file" / "sub" / "out.mp4")])
+    rc = main(
+        [
+            str(bundle),
+            "--source",
+            str(clip),
+            "--headless",
+            "--output-video",
+            str(tmp_path / "file" / "sub" / "out.mp4"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and "--output-video" in err
     # a missing folder is made
-    assert main([str(bundle), "--source", str(clip), "--headless", "--max-frames", "4",
-                 "--output-video", str(tmp_path / "new" / "dir" / "out.avi")]) == 0
+    assert (
+        main(
+            [
+                str(bundle),
+                "--source",
+                str(clip),
+                "--headless",
+                "--max-frames",
+                "4",
+                "--output-video",
+                str(tmp_path / "new" / "dir" / "out.avi"),
+            ]
+        )
+        == 0
+    )
     assert os.path.getsize(tmp_path / "new" / "dir" / "out.avi") > 0
 
 
@@ -152,9 +208,22 @@ def test_events_fifo_without_reader_is_an_error_not_a_hang(scene, tmp_path):
     bundle, clip = scene
     fifo = tmp_path / "ev.fifo"
     os.mkfifo(fifo)
-    p = subprocess.run([sys.executable, "-m", "dn2.runtime.watch.cli", str(bundle), "--source",
-                        str(clip), "--headless", "--events", str(fifo)],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dn2.runtime.watch.cli",
+            str(bundle),
+            "--source",
+            str(clip),
+            "--headless",
+            "--events",
+            str(fifo),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2 and "FIFO with no reader" in p.stderr
     assert "Traceback" not in p.stderr
 
@@ -166,10 +235,27 @@ def test_events_fifo_with_reader_and_sigterm_flushes(scene, tmp_path):
     fifo = tmp_path / "ev.fifo"
     os.mkfifo(fifo)
     rd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    p = subprocess.Popen([sys.executable, "-m", "dn2.runtime.watch.cli", str(bundle),
-                          "--source", str(clip), "--headless", "--events", str(fifo),
-                          "--realtime", "--min-consecutive", "2", "--stats-every", "0"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dn2.runtime.watch.cli",
+            str(bundle),
+            "--source",
+            str(clip),
+            "--headless",
+            "--events",
+            str(fifo),
+            "--realtime",
+            "--min-consecutive",
+            "2",
+            "--stats-every",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     got, deadline = b"", time.monotonic() + 60
     while b"alert_start" not in got and time.monotonic() < deadline:
         try:
@@ -191,7 +277,8 @@ def test_events_fifo_with_reader_and_sigterm_flushes(scene, tmp_path):
     ev = [json.loads(x) for x in got.decode().splitlines()]
     assert p.returncode == 0 and "Traceback" not in err
     assert [e["type"] for e in ev].count("alert_start") == [e["type"] for e in ev].count(
-        "alert_end")
+        "alert_end"
+    )
     assert ev[-1]["type"] == "alert_end"
 
 
@@ -202,10 +289,13 @@ def test_plot_draws_any_run(scene, tmp_path, capsys):
     bundle, clip = scene
     ev = tmp_path / "ev.jsonl"
     watch(str(bundle), str(clip), events=str(ev), max_frames=20)  # another run, same file
-    s = watch(str(bundle), str(clip), scores=str(tmp_path / "s.csv"), events=str(ev),
-              min_consecutive=2)
-    assert plot_main([str(tmp_path / "s.csv"), "--events", str(ev), "-o",
-                      str(tmp_path / "p.png")]) == 0
+    s = watch(
+        str(bundle), str(clip), scores=str(tmp_path / "s.csv"), events=str(ev), min_consecutive=2
+    )
+    assert (
+        plot_main([str(tmp_path / "s.csv"), "--events", str(ev), "-o", str(tmp_path / "p.png")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"{N} scores, {len(STAINS)} alerts, threshold {s.threshold:.4g}" in out
     import cv2
@@ -217,8 +307,7 @@ def test_plot_draws_any_run(scene, tmp_path, capsys):
     assert "expected dn2-watch --scores rows" in capsys.readouterr().err
 
 
-def test_events_fifo_whose_reader_stopped_reading_never_stalls_the_run(scene, tmp_path,
-                                                                       capsys):
+def test_events_fifo_whose_reader_stopped_reading_never_stalls_the_run(scene, tmp_path, capsys):
     """The reader holds the FIFO open but reads nothing and the pipe is full: each event
     waits a moment, is counted as not written, and the run goes on to its end."""
     import fcntl
@@ -237,8 +326,20 @@ def test_events_fifo_whose_reader_stopped_reading_never_stalls_the_run(scene, tm
             os.write(wr, b"x" * 512)
     except BlockingIOError:
         pass  # full
-    rc = main([str(bundle), "--source", str(clip), "--events", str(fifo), "--headless",
-               "--min-consecutive", "2", "--stats-every", "0"])
+    rc = main(
+        [
+            str(bundle),
+            "--source",
+            str(clip),
+            "--events",
+            str(fifo),
+            "--headless",
+            "--min-consecutive",
+            "2",
+            "--stats-every",
+            "0",
+        ]
+    )
     os.close(wr)
     os.close(rd)
     out = capsys.readouterr().out

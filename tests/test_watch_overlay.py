@@ -1,4 +1,5 @@
 """Overlay drawing, annotated video output, GUI detection and stats (no model needed)."""
+
 from __future__ import annotations
 
 import cv2
@@ -8,6 +9,7 @@ import pytest
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.watch.overlay import VideoSink, Window, draw, gui_available
 from dn2.runtime.watch.stats import Stats, Summary, percentile_ms
+
 from videos import load_frames, read_video
 
 

@@ -1,6 +1,7 @@
 """The status server while a real video is watched: /healthz, /metrics (parsed by
 prometheus-client), /stream (read by OpenCV as MJPEG), /latest.jpg, and the live page in a real
 headless Chromium, whose chart and frame must move while the video plays."""
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ import pytest
 
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.watch.loop import watch
+
 from sinkscene import H, W, make_scene
 from videos import read_video, write_video
 
@@ -27,8 +29,9 @@ pytest.importorskip("prometheus_client", reason="pip install 'dn2[serve]'")
 from dn2.runtime.watch.serve import start_server  # noqa: E402
 from dn2.runtime.watch.serve.server import parse_bind  # noqa: E402
 
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or \
-    shutil.which("google-chrome")
+BROWSER = (
+    shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+)
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
@@ -47,8 +50,14 @@ class Running:
         self.live = start_server("127.0.0.1:0", config or {}, snapshots=str(tmp / "snaps"))
         self.stop = threading.Event()
         self.summary = None
-        kw = dict(events=str(tmp / "ev.jsonl"), snapshots=str(tmp / "snaps"),
-                  min_consecutive=2, realtime=True, live=self.live, stop=self.stop)
+        kw = dict(
+            events=str(tmp / "ev.jsonl"),
+            snapshots=str(tmp / "snaps"),
+            min_consecutive=2,
+            realtime=True,
+            live=self.live,
+            stop=self.stop,
+        )
         self.t = threading.Thread(target=self._run, args=(bundle, clip, kw), daemon=True)
         self.t.start()
         self.url = self.live.url
@@ -113,8 +122,15 @@ def test_health_metrics_latest_and_stream(running):
 
 
 def _chromium(args, timeout=60):
-    cmd = [BROWSER, "--headless", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-           "--disable-dev-shm-usage", "--user-data-dir=" + args.pop(0)]
+    cmd = [
+        BROWSER,
+        "--headless",
+        "--disable-gpu",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--disable-dev-shm-usage",
+        "--user-data-dir=" + args.pop(0),
+    ]
     if os.geteuid() == 0:
         cmd.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
     return subprocess.run(cmd + args, capture_output=True, text=True, timeout=timeout)
@@ -125,11 +141,13 @@ def test_live_page_in_headless_chromium_updates(running, tmp_path):
     assert running.wait_for(lambda: running.live.scored >= 5)
 
     def dom():
-        p = _chromium([str(tmp_path / "profile"), "--virtual-time-budget=2500", "--dump-dom",
-                       running.url])
+        p = _chromium(
+            [str(tmp_path / "profile"), "--virtual-time-budget=2500", "--dump-dom", running.url]
+        )
         pts = re.search(r'id="chart"[^>]*data-points="(\d+)"', p.stdout)
-        seq = re.search(r'id="frame"[^>]*data-seq="(-?\d+)"|data-seq="(-?\d+)"[^>]*id="frame"',
-                        p.stdout)
+        seq = re.search(
+            r'id="frame"[^>]*data-seq="(-?\d+)"|data-seq="(-?\d+)"[^>]*id="frame"', p.stdout
+        )
         assert pts and seq, p.stdout[-2000:] + p.stderr[-2000:]
         scored = re.search(r'id="scored">(\d+)<', p.stdout)
         return int(pts.group(1)), int(seq.group(1) or seq.group(2)), int(scored.group(1))
@@ -142,8 +160,15 @@ def test_live_page_in_headless_chromium_updates(running, tmp_path):
     assert second[2] > first[2]
     assert running.wait_for(lambda: len(running.live.alerts) >= 2)  # one alert with snapshot
     shot = tmp_path / "live-page.png"
-    p = _chromium([str(tmp_path / "profile2"), "--virtual-time-budget=3000",
-                   "--window-size=1280,760", f"--screenshot={shot}", running.url])
+    p = _chromium(
+        [
+            str(tmp_path / "profile2"),
+            "--virtual-time-budget=3000",
+            "--window-size=1280,760",
+            f"--screenshot={shot}",
+            running.url,
+        ]
+    )
     img = cv2.imread(str(shot))
     assert img is not None, p.stderr[-2000:]
     assert img.shape[:2] == (760, 1280)

@@ -1,6 +1,7 @@
 """MQTT and webhook sinks against real local services: every event arrives once and in order,
 a broker killed mid-run loses nothing (the spool replays), a receiver that fails at first
 gets everything, a sink down for a whole run gets its events on the next run."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,16 +10,18 @@ import time
 
 import pytest
 
-from brokers import Broker, Receiver, Subscriber, free_port, have_mosquitto
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.watch.cli import main
 from dn2.runtime.watch.loop import watch
 from dn2.runtime.watch.sinks import build_event_sinks
+
+from brokers import Broker, Receiver, Subscriber, free_port, have_mosquitto
 from sinkscene import STAINS, make_scene
 
 pytest.importorskip("paho.mqtt", reason="pip install 'dn2[serve]'")
-needs_broker = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed "
-                                  "(apt-get install mosquitto)")
+needs_broker = pytest.mark.skipif(
+    not have_mosquitto(), reason="mosquitto is not installed (apt-get install mosquitto)"
+)
 KINDS = [k for _ in STAINS for k in ("alert_start", "alert_end")]
 
 
@@ -38,8 +41,11 @@ def test_mqtt_every_alert_once_in_order_across_a_broker_kill(scene, tmp_path):
     sub = Subscriber(broker.port)
     try:
         assert sub.ready.wait(10)
-        sinks = build_event_sinks(mqtt=f"mqtt://127.0.0.1:{broker.port}/plant",
-                                  camera_id="cam1", spool_dir=str(tmp_path / "spool"))
+        sinks = build_event_sinks(
+            mqtt=f"mqtt://127.0.0.1:{broker.port}/plant",
+            camera_id="cam1",
+            spool_dir=str(tmp_path / "spool"),
+        )
         state = {"killed": False, "restarted": False}
 
         def on_score(frame, ts, score):  # the scoring thread; the broker dies after alert 1
@@ -47,17 +53,24 @@ def test_mqtt_every_alert_once_in_order_across_a_broker_kill(scene, tmp_path):
             if not state["killed"] and sub.events():
                 broker.kill()
                 state["killed"], state["t"] = True, time.monotonic()
-            elif state["killed"] and not state["restarted"] and \
-                    time.monotonic() - state["t"] > 1.5:
+            elif state["killed"] and not state["restarted"] and time.monotonic() - state["t"] > 1.5:
                 broker.start()
                 state["restarted"] = True
 
-        s = watch(str(bundle), str(clip), events=str(tmp_path / "ev.jsonl"), sinks=sinks,
-                  min_consecutive=2, realtime=True, on_score=on_score)
+        s = watch(
+            str(bundle),
+            str(clip),
+            events=str(tmp_path / "ev.jsonl"),
+            sinks=sinks,
+            min_consecutive=2,
+            realtime=True,
+            on_score=on_score,
+        )
         assert state["killed"] and state["restarted"]
         assert state["backlog"] >= 1  # events were produced while the broker was down
-        file_events = [__import__("json").loads(x)
-                       for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+        file_events = [
+            __import__("json").loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()
+        ]
         assert [e["type"] for e in file_events] == KINDS
         assert sub.wait(lambda x: len(x.events()) >= len(KINDS), 20)
         time.sleep(0.5)  # a duplicate would arrive now
@@ -75,17 +88,18 @@ def test_mqtt_every_alert_once_in_order_across_a_broker_kill(scene, tmp_path):
 @needs_broker
 def test_mqtt_status_retained_and_last_will(tmp_path):
     broker = Broker(tmp_path / "broker").start()
-    code = ("import sys, time, os, signal\n"
-            "from dn2.runtime.watch.sinks.mqtt import MqttTarget\n"
-            f"t = MqttTarget('mqtt://127.0.0.1:{broker.port}/plant', 'cam9', {{}})\n"
-            "t._connected.wait(10); time.sleep(0.5)\n"
-            "print('up', flush=True); time.sleep(60)\n")
+    code = (
+        "import sys, time, os, signal\n"
+        "from dn2.runtime.watch.sinks.mqtt import MqttTarget\n"
+        f"t = MqttTarget('mqtt://127.0.0.1:{broker.port}/plant', 'cam9', {{}})\n"
+        "t._connected.wait(10); time.sleep(0.5)\n"
+        "print('up', flush=True); time.sleep(60)\n"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "up"
         late = Subscriber(broker.port, "plant/cam9/status")  # joins after: sees the retained
-        assert late.wait(lambda s: any(m[1]["state"] == "online" and m[2]
-                                       for m in s.messages), 10)
+        assert late.wait(lambda s: any(m[1]["state"] == "online" and m[2] for m in s.messages), 10)
         p.kill()  # dies without a word: the broker publishes the last will
         assert late.wait(lambda s: s.messages[-1][1]["state"] == "offline", 10)
         late.close()
@@ -98,8 +112,9 @@ def test_webhook_that_fails_first_gets_every_event(scene, tmp_path):
     bundle, clip = scene
     rx = Receiver(fail_first=3)
     try:
-        sinks = build_event_sinks(webhooks=[rx.url], camera_id="cam2",
-                                  spool_dir=str(tmp_path / "spool"))
+        sinks = build_event_sinks(
+            webhooks=[rx.url], camera_id="cam2", spool_dir=str(tmp_path / "spool")
+        )
         s = watch(str(bundle), str(clip), sinks=sinks, min_consecutive=2)
         assert rx.attempts == len(KINDS) + 3  # three refused, each retried
         assert [b["type"] for b in rx.bodies] == KINDS
@@ -114,8 +129,20 @@ def test_sink_down_for_a_run_is_replayed_first_on_the_next(scene, tmp_path, caps
     bundle, clip = scene
     port = free_port()  # nobody listens yet
     url = f"http://127.0.0.1:{port}/hook"
-    argv = [str(bundle), "--source", str(clip), "--headless", "--min-consecutive", "2",
-            "--webhook", url, "--spool", str(tmp_path / "spool"), "--stats-every", "0"]
+    argv = [
+        str(bundle),
+        "--source",
+        str(clip),
+        "--headless",
+        "--min-consecutive",
+        "2",
+        "--webhook",
+        url,
+        "--spool",
+        str(tmp_path / "spool"),
+        "--stats-every",
+        "0",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"waiting in the webhook 127.0.0.1:{port}/hook spool: {len(KINDS)} events" in out
@@ -125,8 +152,8 @@ def test_sink_down_for_a_run_is_replayed_first_on_the_next(scene, tmp_path, caps
         run2 = __import__("json").loads(capsys.readouterr().out)["run_id"]
         assert len(rx.bodies) == 2 * len(KINDS)
         assert [b["type"] for b in rx.bodies] == KINDS * 2
-        assert len({b["run_id"] for b in rx.bodies[:len(KINDS)]}) == 1
-        assert {b["run_id"] for b in rx.bodies[len(KINDS):]} == {run2}  # old run went first
+        assert len({b["run_id"] for b in rx.bodies[: len(KINDS)]}) == 1
+        assert {b["run_id"] for b in rx.bodies[len(KINDS) :]} == {run2}  # old run went first
     finally:
         rx.close()
 
@@ -144,20 +171,24 @@ def test_bad_sink_options_are_messages(tmp_path):
     a[0].close(0)
 
 
-@pytest.mark.parametrize("flag,value,module", [
-    ("--mqtt", "mqtt://127.0.0.1:1/x", "paho"),
-    ("--http", "127.0.0.1:0", "prometheus_client"),
-])
+@pytest.mark.parametrize(
+    "flag,value,module",
+    [
+        ("--mqtt", "mqtt://127.0.0.1:1/x", "paho"),
+        ("--http", "127.0.0.1:0", "prometheus_client"),
+    ],
+)
 def test_missing_serve_extra_names_it(scene, tmp_path, flag, value, module):
     """Without dn2[serve] the lean runtime still watches; asking for a sink says what to
     install (the module is hidden from a real subprocess, as if never installed)."""
     bundle, clip = scene
-    code = (f"import sys; sys.modules[{module!r}] = None\n"
-            "from dn2.runtime.watch.cli import main\n"
-            f"sys.exit(main([{str(bundle)!r}, '--source', {str(clip)!r}, '--headless', "
-            f"{flag!r}, {value!r}, '--spool', {str(tmp_path)!r}]))\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=120)
+    code = (
+        f"import sys; sys.modules[{module!r}] = None\n"
+        "from dn2.runtime.watch.cli import main\n"
+        f"sys.exit(main([{str(bundle)!r}, '--source', {str(clip)!r}, '--headless', "
+        f"{flag!r}, {value!r}, '--spool', {str(tmp_path)!r}]))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "pip install 'dn2[serve]'" in p.stderr
     assert "Traceback" not in p.stderr
 
@@ -166,14 +197,34 @@ def test_cli_scores_to_stdout_with_webhook_and_http(scene, tmp_path):
     bundle, clip = scene
     rx = Receiver()
     try:
-        p = subprocess.run([sys.executable, "-m", "dn2.runtime.watch.cli", str(bundle),
-                            "--source", str(clip), "--headless", "--min-consecutive", "2",
-                            "--scores", "-", "--webhook", rx.url, "--http", "127.0.0.1:0",
-                            "--spool", str(tmp_path / "spool"), "--stats-every", "0"],
-                           capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dn2.runtime.watch.cli",
+                str(bundle),
+                "--source",
+                str(clip),
+                "--headless",
+                "--min-consecutive",
+                "2",
+                "--scores",
+                "-",
+                "--webhook",
+                rx.url,
+                "--http",
+                "127.0.0.1:0",
+                "--spool",
+                str(tmp_path / "spool"),
+                "--stats-every",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert p.returncode == 0, p.stderr
-        rows = [__import__("json").loads(x) for x in p.stdout.splitlines()
-                if x.startswith("{")]
+        rows = [__import__("json").loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
         assert len(rows) == 110 and "status server on http://127.0.0.1:" in p.stderr
         assert [b["type"] for b in rx.bodies] == KINDS
     finally:
@@ -181,8 +232,9 @@ def test_cli_scores_to_stdout_with_webhook_and_http(scene, tmp_path):
 
 
 @needs_broker
-@pytest.mark.skipif(not __import__("shutil").which("mosquitto_passwd"),
-                    reason="mosquitto_passwd is not installed")
+@pytest.mark.skipif(
+    not __import__("shutil").which("mosquitto_passwd"), reason="mosquitto_passwd is not installed"
+)
 def test_mqtt_credentials_from_config_or_environment(tmp_path, monkeypatch):
     import json
 
@@ -196,8 +248,12 @@ def test_mqtt_credentials_from_config_or_environment(tmp_path, monkeypatch):
         cfg.write_text(json.dumps({"mqtt": {"username": "dn2", "password": "pw-1"}}))
         from dn2.runtime.watch.sinks import load_sink_config
 
-        a = build_event_sinks(mqtt=url, camera_id="c1", config=load_sink_config(str(cfg)),
-                              spool_dir=str(tmp_path / "s1"))[0]
+        a = build_event_sinks(
+            mqtt=url,
+            camera_id="c1",
+            config=load_sink_config(str(cfg)),
+            spool_dir=str(tmp_path / "s1"),
+        )[0]
         a.write(ev)
         monkeypatch.setenv("DN2_MQTT_USERNAME", "dn2")
         monkeypatch.setenv("DN2_MQTT_PASSWORD", "pw-1")
@@ -228,8 +284,12 @@ def test_mqtt_over_tls_with_the_ca_from_the_config(tmp_path):
     url = f"mqtts://127.0.0.1:{broker.port}/plant"
     ev = {"type": "alert_start", "run_id": "r", "alert_id": 1}
     try:
-        good = build_event_sinks(mqtt=url, camera_id="t1", config={"mqtt": {"ca": str(ca)}},
-                                 spool_dir=str(tmp_path / "s1"))[0]
+        good = build_event_sinks(
+            mqtt=url,
+            camera_id="t1",
+            config={"mqtt": {"ca": str(ca)}},
+            spool_dir=str(tmp_path / "s1"),
+        )[0]
         good.write(ev)
         bad = build_event_sinks(mqtt=url, camera_id="t2", spool_dir=str(tmp_path / "s2"))[0]
         bad.write(ev)  # the system CAs do not know the test CA: no connection, spooled
@@ -248,8 +308,10 @@ def test_sink_config_json_or_toml(tmp_path):
     from dn2.runtime.watch.sinks import load_sink_config
 
     (tmp_path / "s.toml").write_text('[mqtt]\nusername = "dn2"\n[http]\ntoken = "t"\n')
-    assert load_sink_config(str(tmp_path / "s.toml")) == {"mqtt": {"username": "dn2"},
-                                                          "http": {"token": "t"}}
+    assert load_sink_config(str(tmp_path / "s.toml")) == {
+        "mqtt": {"username": "dn2"},
+        "http": {"token": "t"},
+    }
     (tmp_path / "s.json").write_text('{"webhook": {"headers": {"Authorization": "Bearer x"}}}')
     assert load_sink_config(str(tmp_path / "s.json"))["webhook"]["headers"]
     (tmp_path / "bad.json").write_text('{"mqtt": "user:pw"}')
@@ -267,8 +329,9 @@ def test_sink_benchmark_runs_both_variants(scene, tmp_path):
     from dn2.tools.bench.watch_sinks import sink_bench, table
 
     bundle, clip = scene
-    r = sink_bench(Detector.load(str(bundle)), clip, tmp_path, batch=8, repeats=2,
-                   log=lambda m: None)
+    r = sink_bench(
+        Detector.load(str(bundle)), clip, tmp_path, batch=8, repeats=2, log=lambda m: None
+    )
     assert len(r["bare_fps"]) == len(r["sinks_fps"]) == 2 and r["ratio"] > 0
     sinks_runs = [x for x in r["runs"] if x["kind"] == "sinks"]
     assert all(x["alerts"] == len(STAINS) and not x["unwritten"] for x in sinks_runs)
@@ -286,12 +349,31 @@ def test_sigterm_with_a_sink_down_ends_promptly_and_keeps_the_events(scene, tmp_
     bundle, clip = scene
     port = free_port()
     ev = tmp_path / "ev.jsonl"
-    p = subprocess.Popen([sys.executable, "-m", "dn2.runtime.watch.cli", str(bundle),
-                          "--source", str(clip), "--headless", "--realtime", "--events",
-                          str(ev), "--min-consecutive", "2", "--webhook",
-                          f"http://127.0.0.1:{port}/h", "--spool", str(tmp_path / "spool"),
-                          "--stats-every", "0"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dn2.runtime.watch.cli",
+            str(bundle),
+            "--source",
+            str(clip),
+            "--headless",
+            "--realtime",
+            "--events",
+            str(ev),
+            "--min-consecutive",
+            "2",
+            "--webhook",
+            f"http://127.0.0.1:{port}/h",
+            "--spool",
+            str(tmp_path / "spool"),
+            "--stats-every",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (ev.exists() and ev.read_text()):
         time.sleep(0.05)

@@ -1,4 +1,5 @@
 """dn2-watch sources and the reader thread, on real video files, folders and an HTTP stream."""
+
 from __future__ import annotations
 
 import shutil
@@ -10,8 +11,16 @@ import numpy as np
 import pytest
 
 from dn2.runtime.watch.reader import Backoff, FrameQueue, Reader
-from dn2.runtime.watch.sources import (CaptureSource, FolderSource, Source, SourceError,
-                                       SourceFailure, classify, open_source)
+from dn2.runtime.watch.sources import (
+    CaptureSource,
+    FolderSource,
+    Source,
+    SourceError,
+    SourceFailure,
+    classify,
+    open_source,
+)
+
 from videos import MjpegCamera, load_frames, read_video, write_video
 
 
@@ -46,19 +55,23 @@ def test_spec_classification():
     assert classify(0) == classify("2") == "camera"
     assert classify("rtsp://10.0.0.5:554/stream1") == "url"
     assert classify("HTTP://cam/mjpg") == "url"
-    assert classify("nvarguscamerasrc ! video/x-raw(memory:NVMM) ! nvvidconv ! appsink") == \
-        "gstreamer"
+    assert (
+        classify("nvarguscamerasrc ! video/x-raw(memory:NVMM) ! nvvidconv ! appsink") == "gstreamer"
+    )
     assert classify("/some/video.mp4") == "file"
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("9", "cannot open camera index 9"),
-    ("http://127.0.0.1:1/nothing.mjpg", "cannot open stream"),
-    ("videotestsrc ! videoconvert ! appsink", "GStreamer"),
-    ("{tmp}/missing.mp4", "expected a video file, .* found no such path"),
-    ("{tmp}/text.avi", "not a video OpenCV can decode"),
-    ("{tmp}/empty_folder", "holds no images"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("9", "cannot open camera index 9"),
+        ("http://127.0.0.1:1/nothing.mjpg", "cannot open stream"),
+        ("videotestsrc ! videoconvert ! appsink", "GStreamer"),
+        ("{tmp}/missing.mp4", "expected a video file, .* found no such path"),
+        ("{tmp}/text.avi", "not a video OpenCV can decode"),
+        ("{tmp}/empty_folder", "holds no images"),
+    ],
+)
 def test_a_source_that_cannot_open_says_why(spec, message, tmp_path):
     (tmp_path / "text.avi").write_text("not a video")
     (tmp_path / "empty_folder").mkdir()
@@ -170,8 +183,9 @@ def test_folder_with_a_corrupt_image_skips_it_reports_it_and_goes_on(frames, tmp
     for i, f in enumerate(frames[:5]):
         cv2.imwrite(str(tmp_path / f"img_{i:03d}.png"), f)
     (tmp_path / "img_002.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    got, r, _ = drain(open_source(str(tmp_path)),
-                      backoff=Backoff(initial=0.01, max_delay=0.02, max_attempts=2))
+    got, r, _ = drain(
+        open_source(str(tmp_path)), backoff=Backoff(initial=0.01, max_delay=0.02, max_attempts=2)
+    )
     assert [f.index for f in got] == [0, 1, 3, 4]
     assert r.stats.skipped_items == 1 and "img_002.png" in r.stats.recent_problems[0][0]
 

@@ -3,6 +3,7 @@
 Frames come from real photographs (the textile set of PyPI conformal-clip-data); "anomalies"
 are drawn onto real frames the way a stain or a foreign object would appear on the web.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ from dn2.tools.videoio import read_video, write_video  # noqa: F401 (the tests' 
 def load_frames(folder: Path, n: int, size: int = 160, start: int = 0) -> List[np.ndarray]:
     """``n`` real images from ``folder`` (sorted names from ``start``), resized to size x size."""
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".png"))
-    files = files[start:start + n]
+    files = files[start : start + n]
     if len(files) < n:
         raise ValueError(f"{folder} holds {len(files) + start} images, {n + start} needed")
     out = []
@@ -36,8 +37,13 @@ def stain(img: np.ndarray, seed: int) -> np.ndarray:
     cx, cy = int(rng.integers(w // 3, 2 * w // 3)), int(rng.integers(h // 3, 2 * h // 3))
     axes = (int(w * 0.22), int(h * 0.14))
     cv2.ellipse(out, (cx, cy), axes, float(rng.integers(0, 180)), 0, 360, (20, 25, 30), -1)
-    cv2.line(out, (0, int(rng.integers(0, h))), (w - 1, int(rng.integers(0, h))),
-             (250, 250, 250), max(2, w // 40))
+    cv2.line(
+        out,
+        (0, int(rng.integers(0, h))),
+        (w - 1, int(rng.integers(0, h))),
+        (250, 250, 250),
+        max(2, w // 40),
+    )
     return out
 
 
@@ -52,14 +58,22 @@ class MjpegCamera:
     dies, as a camera losing power does); that frame is sent whole after the reconnection.
     """
 
-    def __init__(self, frames: Sequence[np.ndarray], fps: float = 25.0,
-                 drop_after: int = None, down_s: float = 1.0, quality: int = 95,
-                 partial: bool = False):
+    def __init__(
+        self,
+        frames: Sequence[np.ndarray],
+        fps: float = 25.0,
+        drop_after: int = None,
+        down_s: float = 1.0,
+        quality: int = 95,
+        partial: bool = False,
+    ):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        self.jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
-                      for f in frames]
+        self.jpegs = [
+            cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+            for f in frames
+        ]
         self.fps, self.drop_after, self.down_s = fps, drop_after, down_s
         self.partial = partial
         self.next = 0  # next frame to serve
@@ -86,8 +100,10 @@ class MjpegCamera:
                 try:
                     while cam.next < len(cam.jpegs):
                         jpg = cam.jpegs[cam.next]
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                         b"Content-Length: %d\r\n\r\n" % len(jpg) + jpg + b"\r\n")
+                        self.wfile.write(
+                            b"--frame\r\nContent-Type: image/jpeg\r\n"
+                            b"Content-Length: %d\r\n\r\n" % len(jpg) + jpg + b"\r\n"
+                        )
                         self.wfile.flush()
                         cam.next += 1
                         sent += 1
@@ -96,9 +112,10 @@ class MjpegCamera:
                             cam.down_until = time.monotonic() + cam.down_s
                             if cam.partial and cam.next < len(cam.jpegs):
                                 nxt = cam.jpegs[cam.next]
-                                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                                 b"Content-Length: %d\r\n\r\n" % len(nxt)
-                                                 + nxt[:len(nxt) // 2])
+                                self.wfile.write(
+                                    b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                    b"Content-Length: %d\r\n\r\n" % len(nxt) + nxt[: len(nxt) // 2]
+                                )
                                 self.wfile.flush()
                             self.close_connection = True
                             return
@@ -119,7 +136,7 @@ class MjpegCamera:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "MjpegCamera":
+    def __enter__(self) -> MjpegCamera:
         self._thread.start()
         return self
 
@@ -128,8 +145,9 @@ class MjpegCamera:
         self.server.server_close()
 
 
-def texture_crops(image: np.ndarray, n: int, size: int = 160, crop: int = 200,
-                  seed: int = 0) -> List[np.ndarray]:
+def texture_crops(
+    image: np.ndarray, n: int, size: int = 160, crop: int = 200, seed: int = 0
+) -> List[np.ndarray]:
     """``n`` random crops of a real texture photograph (e.g. skimage's grass), size x size."""
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
@@ -138,8 +156,11 @@ def texture_crops(image: np.ndarray, n: int, size: int = 160, crop: int = 200,
     out = []
     for _ in range(n):
         y, x = int(rng.integers(0, h - crop)), int(rng.integers(0, w - crop))
-        out.append(cv2.resize(image[y:y + crop, x:x + crop], (size, size),
-                              interpolation=cv2.INTER_AREA))
+        out.append(
+            cv2.resize(
+                image[y : y + crop, x : x + crop], (size, size), interpolation=cv2.INTER_AREA
+            )
+        )
     return out
 
 
@@ -151,8 +172,14 @@ def interleave(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> List[np.ndar
     return out
 
 
-def camera_frames(pieces: Sequence[np.ndarray], path: Path, fourcc: str = "MJPG",
-                  sigma: float = 3.0, width: int = 0, seed: int = 0) -> List[np.ndarray]:
+def camera_frames(
+    pieces: Sequence[np.ndarray],
+    path: Path,
+    fourcc: str = "MJPG",
+    sigma: float = 3.0,
+    width: int = 0,
+    seed: int = 0,
+) -> List[np.ndarray]:
     """``pieces`` as a camera delivers them: each centred in a 16:9 frame between its
     neighbours, independent Gaussian sensor noise of ``sigma`` levels per channel, written with
     OpenCV's real ``fourcc`` writer (MJPG / mp4v: colour conversion, chroma subsampling, codec
@@ -166,7 +193,7 @@ def camera_frames(pieces: Sequence[np.ndarray], path: Path, fourcc: str = "MJPG"
     n = len(pieces)
     for i, im in enumerate(pieces):
         left, right = pieces[(i - 1) % n], pieces[(i + 1) % n]
-        f = np.concatenate([left[:, h - side:], im, right[:, :width - h - side]], axis=1)
+        f = np.concatenate([left[:, h - side :], im, right[:, : width - h - side]], axis=1)
         if sigma:
             f = np.clip(f + rng.normal(0.0, sigma, f.shape), 0, 255).astype(np.uint8)
         vw.write(np.ascontiguousarray(f))
@@ -174,19 +201,34 @@ def camera_frames(pieces: Sequence[np.ndarray], path: Path, fourcc: str = "MJPG"
     return read_video(path)
 
 
-def line_video(path: Path, nominal: Sequence[str], n_frames: int, fps: float = 30.0,
-               fourcc: str = "MJPG", sigma: float = 2.0, defects: Sequence[str] = (),
-               seed: int = 0, move_frames: int = 8, dwell_frames: int = 22):
+def line_video(
+    path: Path,
+    nominal: Sequence[str],
+    n_frames: int,
+    fps: float = 30.0,
+    fourcc: str = "MJPG",
+    sigma: float = 2.0,
+    defects: Sequence[str] = (),
+    seed: int = 0,
+    move_frames: int = 8,
+    dwell_frames: int = 22,
+):
     """A production line of real pieces (the demo's renderer) through a real ``fourcc`` writer
     with per-channel sensor noise. Returns (path, ground-truth defect ranges)."""
     from dn2.tools.demo.video import Piece, PieceImages, ground_truth, plan_line, render_frame
 
-    plan = plan_line(list(nominal), [Piece(p, "global") for p in defects], n_frames,
-                     n_defects=len(defects), seed=seed, fps=fps, move_frames=move_frames,
-                     dwell_frames=dwell_frames)
+    plan = plan_line(
+        list(nominal),
+        [Piece(p, "global") for p in defects],
+        n_frames,
+        n_defects=len(defects),
+        seed=seed,
+        fps=fps,
+        move_frames=move_frames,
+        dwell_frames=dwell_frames,
+    )
     images, rng = PieceImages(plan.height), np.random.default_rng(seed)
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps,
-                         (plan.width, plan.height))
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (plan.width, plan.height))
     assert vw.isOpened(), f"OpenCV cannot write {fourcc} to {path}"
     for t in range(n_frames):
         f = render_frame(plan, t, images)

@@ -6,6 +6,7 @@ The same picture as the demo's (tools/demo/plot.py). The scores file is what ``d
 --scores`` wrote (CSV or JSON lines); alerts come from the events file, matched on the run id
 (an events file appended to by several runs holds them all).
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from dn2.runtime.cliargs import (EXIT_OK, EXIT_USAGE, new_parser, parse_args, prog, report_error,
-                                 setup_logging)
+from dn2.runtime.cliargs import (
+    EXIT_OK,
+    EXIT_USAGE,
+    new_parser,
+    parse_args,
+    prog,
+    report_error,
+    setup_logging,
+)
 from dn2.runtime.errors import Dn2Error
 
 
@@ -41,13 +49,17 @@ def read_scores(path: str):
         run = rows[0]["run_id"] if rows else None
         rows = [r for r in rows if r["run_id"] == run]
         frames = [int(r["frame"]) for r in rows]
-        scores = [float(r["score"]) if r["score"] not in ("", None) else float("nan")
-                  for r in rows]
-        ratios = sorted(float(r["score"]) / float(r["norm_score"]) for r in rows
-                        if r["norm_score"] not in ("", None) and float(r["norm_score"]) > 0)
+        scores = [float(r["score"]) if r["score"] not in ("", None) else float("nan") for r in rows]
+        ratios = sorted(
+            float(r["score"]) / float(r["norm_score"])
+            for r in rows
+            if r["norm_score"] not in ("", None) and float(r["norm_score"]) > 0
+        )
     except (ValueError, KeyError, TypeError) as exc:
-        raise Dn2Error(f"scores file {p}: expected dn2-watch --scores rows (run_id, frame, "
-                       f"score, norm_score, ...), found {type(exc).__name__}: {exc}") from exc
+        raise Dn2Error(
+            f"scores file {p}: expected dn2-watch --scores rows (run_id, frame, "
+            f"score, norm_score, ...), found {type(exc).__name__}: {exc}"
+        ) from exc
     if not frames:
         raise Dn2Error(f"scores file {p}: expected score rows, found none")
     threshold = ratios[len(ratios) // 2] if ratios else float("nan")
@@ -71,8 +83,10 @@ def read_alerts(path: str, run_id: Optional[str]) -> List[Alert]:
             elif ev["type"] == "alert_end" and ev["alert_id"] in open_:
                 open_.pop(ev["alert_id"]).end = int(ev["frame"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise Dn2Error(f"events file {path} line {n}: expected a dn2-watch event, found "
-                           f"{type(exc).__name__}: {exc}") from exc
+            raise Dn2Error(
+                f"events file {path} line {n}: expected a dn2-watch event, found "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
     return alerts
 
 
@@ -93,13 +107,22 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         run, frames, scores, thr = read_scores(a.scores)
         alerts = read_alerts(a.events, run) if a.events else []
-        out = plot_scores(frames, scores, thr, [], alerts, a.output,
-                          title=a.title or f"dn2-watch run {run}: score per frame", xnote="")
+        out = plot_scores(
+            frames,
+            scores,
+            thr,
+            [],
+            alerts,
+            a.output,
+            title=a.title or f"dn2-watch run {run}: score per frame",
+            xnote="",
+        )
     except Dn2Error as exc:
         report_error("plot", exc, p)
         return EXIT_USAGE
-    print(f"{prog('plot')}: {len(frames)} scores, {len(alerts)} alerts, threshold {thr:.4g} "
-          f"-> {out}")
+    print(
+        f"{prog('plot')}: {len(frames)} scores, {len(alerts)} alerts, threshold {thr:.4g} -> {out}"
+    )
     return EXIT_OK
 
 

@@ -9,6 +9,7 @@ video, window), ``outputs`` (all of those per decision), ``stats`` (fps, latency
 ``learn`` (``--learn``: fit from the stream's first frames), ``loop`` (:func:`watch`),
 ``cli`` (``dn2-watch``).
 """
+
 from .loop import watch
 from .stats import Summary
 

@@ -6,6 +6,7 @@ seconds have passed; then the last error is raised. Files, folders, camera indic
 GStreamer pipelines are opened once: a wrong path, a missing device or a pipeline that does
 not parse does not get better by waiting (a stream that drops later is the reader's job).
 """
+
 from __future__ import annotations
 
 import time
@@ -14,10 +15,16 @@ from typing import Callable, Optional
 from .sources import SourceError, open_source
 
 
-def open_live(spec, *, connect_timeout: float = 30.0, max_delay: float = 10.0,
-              realtime: bool = False, folder_fps: float = 10.0,
-              log: Callable[[str], None] = lambda m: None,
-              stop=None):
+def open_live(
+    spec,
+    *,
+    connect_timeout: float = 30.0,
+    max_delay: float = 10.0,
+    realtime: bool = False,
+    folder_fps: float = 10.0,
+    log: Callable[[str], None] = lambda m: None,
+    stop=None,
+):
     """:func:`open_source`, retrying a stream URL until ``connect_timeout`` (seconds)."""
     from .reader import Backoff
     from .sources import Source, classify
@@ -34,11 +41,14 @@ def open_live(spec, *, connect_timeout: float = 30.0, max_delay: float = 10.0,
             attempt += 1
             left = deadline - time.monotonic()
             if left <= 0:
-                raise SourceError(f"{exc}; gave up after {attempt} attempts in "
-                                  f"{connect_timeout:g} s (--connect-timeout)") from None
+                raise SourceError(
+                    f"{exc}; gave up after {attempt} attempts in "
+                    f"{connect_timeout:g} s (--connect-timeout)"
+                ) from None
             delay = min(backoff.delay(attempt), left)
-            log(f"{exc}; retrying in {delay:.2f} s (attempt {attempt}, up to "
-                f"{connect_timeout:g} s)")
+            log(
+                f"{exc}; retrying in {delay:.2f} s (attempt {attempt}, up to {connect_timeout:g} s)"
+            )
             if _wait(stop, delay):
                 raise SourceError(f"{exc}; stopped while waiting for it") from None
 

@@ -9,6 +9,7 @@
 
 Memory is constant: only the current run's and alert's peak frame are held.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,8 +74,9 @@ class Decider:
     def _cooling(self, ts: float) -> bool:
         return self._last_end_ts is not None and ts - self._last_end_ts < self.cooldown
 
-    def update(self, score: float, frame: int, timestamp: float, image: Any = None,
-               extra: Any = None) -> Optional[Transition]:
+    def update(
+        self, score: float, frame: int, timestamp: float, image: Any = None, extra: Any = None
+    ) -> Optional[Transition]:
         """Feed one score (frame or group); returns the transition it caused, if any."""
         score = float(score)
         if math.isnan(score):
@@ -108,8 +110,12 @@ class Decider:
             return None
         return self._close(score, frame, timestamp, "recovered")
 
-    def finish(self, reason: str = "end_of_stream", frame: Optional[int] = None,
-               timestamp: Optional[float] = None) -> Optional[Transition]:
+    def finish(
+        self,
+        reason: str = "end_of_stream",
+        frame: Optional[int] = None,
+        timestamp: Optional[float] = None,
+    ) -> Optional[Transition]:
         """Close an alert still open when the stream ends or the loop is stopped."""
         if not self.open:
             return None
@@ -123,10 +129,19 @@ class Decider:
         self._last_end_ts = ts
         return t
 
-    def _transition(self, kind: str, score: float, frame: int, ts: float,
-                    reason: str = "") -> Transition:
-        return Transition(kind=kind, alert_id=self.alerts, frame=frame, timestamp=ts, score=score,
-                          peak=self._peak, first_frame=self._first.frame,
-                          first_timestamp=self._first.timestamp,
-                          last_above_frame=self._last_above, decisions=self._decisions,
-                          reason=reason)
+    def _transition(
+        self, kind: str, score: float, frame: int, ts: float, reason: str = ""
+    ) -> Transition:
+        return Transition(
+            kind=kind,
+            alert_id=self.alerts,
+            frame=frame,
+            timestamp=ts,
+            score=score,
+            peak=self._peak,
+            first_frame=self._first.frame,
+            first_timestamp=self._first.timestamp,
+            last_above_frame=self._last_above,
+            decisions=self._decisions,
+            reason=reason,
+        )

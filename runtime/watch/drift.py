@@ -9,6 +9,7 @@ median (manifest ``threshold.quantiles``): when the window's median is above the
 plainly, what it sees and how to refit from this camera, and records it as a ``drift`` event
 and in the run summary.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
@@ -21,8 +22,14 @@ RATIO = 2.0
 
 
 class DriftCheck:
-    def __init__(self, threshold: float, normal_median: Optional[float], source: str,
-                 first: int = FIRST, window: int = WINDOW):
+    def __init__(
+        self,
+        threshold: float,
+        normal_median: Optional[float],
+        source: str,
+        first: int = FIRST,
+        window: int = WINDOW,
+    ):
         self.threshold, self.normal_median, self.source = float(threshold), normal_median, source
         self.first, self.window = int(first), int(window)
         self.scores: List[float] = []
@@ -37,25 +44,36 @@ class DriftCheck:
         if n == self.first:
             win = self.scores
         elif n > self.first and (n - self.first) % self.window == 0:
-            win = self.scores[-self.window:]
+            win = self.scores[-self.window :]
         else:
             return None
         if n > self.window + self.first:
-            del self.scores[:-self.window]
+            del self.scores[: -self.window]
         med = float(np.median(win))
         ref = self.normal_median if self.normal_median and self.normal_median > 0 else None
         if med <= self.threshold or (ref is not None and med <= RATIO * ref):
             return None
-        msg = (f"DRIFT: this camera's frames do not look like the normal set: the median score "
-               f"of {len(win)} frames up to frame {frame} is {med:.4g}, "
-               f"{med / self.threshold:.2f}x the threshold"
-               + (f" and {med / ref:.1f}x the normal images' median" if ref else "")
-               + ". Refit from this camera: dn2 fit MODEL " + _quote(self.source)
-               + " --seconds 60 --output BUNDLE (or dn2 watch MODEL --source "
-               + _quote(self.source) + " --learn 60)")
-        self.said = {"type": "drift", "frame": int(frame), "frames": len(win),
-                     "median_score": med, "median_norm_score": med / self.threshold,
-                     "normal_median": ref, "threshold": self.threshold, "message": msg}
+        msg = (
+            f"DRIFT: this camera's frames do not look like the normal set: the median score "
+            f"of {len(win)} frames up to frame {frame} is {med:.4g}, "
+            f"{med / self.threshold:.2f}x the threshold"
+            + (f" and {med / ref:.1f}x the normal images' median" if ref else "")
+            + ". Refit from this camera: dn2 fit MODEL "
+            + _quote(self.source)
+            + " --seconds 60 --output BUNDLE (or dn2 watch MODEL --source "
+            + _quote(self.source)
+            + " --learn 60)"
+        )
+        self.said = {
+            "type": "drift",
+            "frame": int(frame),
+            "frames": len(win),
+            "median_score": med,
+            "median_norm_score": med / self.threshold,
+            "normal_median": ref,
+            "threshold": self.threshold,
+            "message": msg,
+        }
         return self.said
 
 

@@ -26,6 +26,7 @@ The file is opened for appending (a restarted watcher adds to its log), every li
 with one unbuffered write, and the file is fsync'ed on close, so a SIGINT leaves only whole
 lines. A line that cannot be written is counted and reported at the end, never raised.
 """
+
 from __future__ import annotations
 
 import collections
@@ -88,8 +89,10 @@ class EventWriter:
     def problems(self) -> List[str]:
         if not self.lost:
             return []
-        return [f"events file {self.path}: {self.lost} of {self.count} events not written "
-                f"({self.last_error})"]
+        return [
+            f"events file {self.path}: {self.lost} of {self.count} events not written "
+            f"({self.last_error})"
+        ]
 
     def close(self, timeout: Optional[float] = None) -> None:
         if self._fd is not None:
@@ -102,7 +105,7 @@ class EventWriter:
             finally:
                 os.close(fd)
 
-    def __enter__(self) -> "EventWriter":
+    def __enter__(self) -> EventWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -119,10 +122,11 @@ def _open_nonblocking(path: Path, what: str, append: bool = True) -> int:
         return os.open(str(path), flags, 0o644)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
-            raise Dn2Error(f"cannot open {what} {path}: it is a FIFO with no reader (start "
-                           "the reading program first, or give a regular file)") from exc
-        raise Dn2Error(f"cannot open {what} {path} for appending: "
-                       f"{exc.strerror or exc}") from exc
+            raise Dn2Error(
+                f"cannot open {what} {path}: it is a FIFO with no reader (start "
+                "the reading program first, or give a regular file)"
+            ) from exc
+        raise Dn2Error(f"cannot open {what} {path} for appending: {exc.strerror or exc}") from exc
 
 
 def _write_all(fd: int, data: bytes, note, wait_s: float = 0.25) -> bool:
@@ -154,8 +158,9 @@ class Snapshots:
     snapshot that still cannot be written is reported (:meth:`try_save`), never raised.
     """
 
-    def __init__(self, folder: Optional[Union[str, Path]] = None, quality: int = 90,
-                 run_id: str = ""):
+    def __init__(
+        self, folder: Optional[Union[str, Path]] = None, quality: int = 90, run_id: str = ""
+    ):
         self.folder = Path(folder) if folder else None
         self.quality = int(quality)
         self.prefix = f"{run_id}_" if run_id else ""
@@ -166,8 +171,9 @@ class Snapshots:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise Dn2Error(f"cannot create snapshot folder {self.folder}: "
-                               f"{exc.strerror or exc}") from exc
+                raise Dn2Error(
+                    f"cannot create snapshot folder {self.folder}: {exc.strerror or exc}"
+                ) from exc
 
     def save(self, t: Transition) -> Optional[str]:
         """The snapshot's path; raises :class:`Dn2Error` when it cannot be written."""
@@ -184,8 +190,9 @@ class Snapshots:
             return None, None
         if self._last and self._last[:2] == (t.alert_id, t.peak.frame):
             return self._last[2], None
-        path = self.folder / (f"{self.prefix}alert{t.alert_id:05d}_{t.kind}_"
-                              f"frame{t.peak.frame:08d}.jpg")
+        path = self.folder / (
+            f"{self.prefix}alert{t.alert_id:05d}_{t.kind}_frame{t.peak.frame:08d}.jpg"
+        )
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             ok = cv2.imwrite(str(path), t.peak.image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
@@ -220,17 +227,27 @@ class Snapshots:
             self.last_error = f"cannot write snapshot {ann} ({exc})"
 
     def problems(self) -> List[str]:
-        return [f"snapshots: {self.failed} not written; last: {self.last_error}"] \
-            if self.failed else []
+        return (
+            [f"snapshots: {self.failed} not written; last: {self.last_error}"]
+            if self.failed
+            else []
+        )
 
 
 def _num(x: float) -> Optional[float]:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def event_record(t: Transition, threshold: float, snapshot: Optional[str], mode: str,
-                 source: str, clock: str, run_id: Optional[str] = None,
-                 snapshot_error: Optional[str] = None) -> Dict[str, Any]:
+def event_record(
+    t: Transition,
+    threshold: float,
+    snapshot: Optional[str],
+    mode: str,
+    source: str,
+    clock: str,
+    run_id: Optional[str] = None,
+    snapshot_error: Optional[str] = None,
+) -> Dict[str, Any]:
     ev: Dict[str, Any] = {
         "type": "alert_start" if t.kind == "start" else "alert_end",
         "run_id": run_id,
@@ -255,11 +272,14 @@ def event_record(t: Transition, threshold: float, snapshot: Optional[str], mode:
     if x:  # patch bundles: where the peak frame's map peaks, and its box over the pixel threshold
         ev.update(peak=x.get("peak"), box=x.get("box"))
         if snapshot and x.get("map") is not None:
-            ev["snapshot_annotated"] = snapshot[:-len(".jpg")] + "_annotated.jpg"
+            ev["snapshot_annotated"] = snapshot[: -len(".jpg")] + "_annotated.jpg"
     if t.kind == "end":
-        ev.update(reason=t.reason, last_above_frame=int(t.last_above_frame),
-                  duration_s=round(float(t.timestamp) - float(t.first_timestamp), 6),
-                  decisions=int(t.decisions))
+        ev.update(
+            reason=t.reason,
+            last_above_frame=int(t.last_above_frame),
+            duration_s=round(float(t.timestamp) - float(t.first_timestamp), 6),
+            decisions=int(t.decisions),
+        )
     return ev
 
 

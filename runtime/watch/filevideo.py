@@ -18,6 +18,7 @@ half its frames; a run of zeros shifted every later frame number. :class:`FileFr
 ``lost`` lists the frame numbers that could not be read; ``position`` is the number of the
 last frame returned.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,9 @@ def avi_index(path: str) -> Optional[List[Tuple[int, int]]]:
                     raw = ck[8:12] + raw
                     ent = np.frombuffer(raw[: len(raw) // 16 * 16], dtype="<u4").reshape(-1, 4)
                     ids = ent[:, 0].tobytes()
-                    keep = [i for i in range(len(ent))
-                            if ids[4 * i:4 * i + 4] in (b"00dc", b"00db")]
+                    keep = [
+                        i for i in range(len(ent)) if ids[4 * i : 4 * i + 4] in (b"00dc", b"00db")
+                    ]
                     if not keep:
                         return None
                     off = ent[keep, 2].astype(np.int64)
@@ -104,8 +106,7 @@ class FileFrames:
         self.path = path
         count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.count: Optional[int] = int(count) if count and count > 0 else None
-        self.mjpeg = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little") in (b"MJPG",
-                                                                                b"mjpg")
+        self.mjpeg = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little") in (b"MJPG", b"mjpg")
         packets = count_packets(path) if self.count else None
         self.damaged = bool(self.count and packets is not None and packets < self.count)
         self.packets = packets
@@ -165,8 +166,11 @@ class FileFrames:
                 off, size = self._index[i]
                 f.seek(off)
                 data = f.read(size)
-                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) \
-                    if len(data) == size and size > 0 else None
+                img = (
+                    cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+                    if len(data) == size and size > 0
+                    else None
+                )
                 if img is not None:
                     self.position = i
                     return img, i + 1

@@ -13,6 +13,7 @@ future stream looks like to the bank. The threshold is the conformal (1 - fpr) q
 those scores (:func:`dn2.runtime.threshold.conformal_quantile`, as dn2-fit uses). It errs on the
 side of fewer alarms: the watch then scores against a bank of all the learned frames.
 """
+
 from __future__ import annotations
 
 import re
@@ -39,8 +40,9 @@ def parse_learn(text: str) -> Tuple[str, float]:
     value, unit = float(m.group(1)), (m.group(2) or "s")
     if unit.startswith("f"):
         if value != int(value) or value < MIN_LEARN_FRAMES:
-            raise Dn2Error(f"--learn {text}: needs a whole number of at least "
-                           f"{MIN_LEARN_FRAMES} frames")
+            raise Dn2Error(
+                f"--learn {text}: needs a whole number of at least {MIN_LEARN_FRAMES} frames"
+            )
         return "frames", int(value)
     if value <= 0:
         raise Dn2Error(f"--learn {text}: needs a positive number of seconds")
@@ -57,11 +59,15 @@ def model_path(bundle_or_model: Union[str, Path]) -> Path:
         models = sorted(p.glob("*.onnx"))
         if len(models) == 1:
             return models[0]
-        raise Dn2Error(f"--learn: {p} is a folder without one model.onnx; expected a dn2 "
-                       "model (.onnx) or a bundle folder")
+        raise Dn2Error(
+            f"--learn: {p} is a folder without one model.onnx; expected a dn2 "
+            "model (.onnx) or a bundle folder"
+        )
     if not p.is_file():
-        raise Dn2Error(f"--learn: model {p}: expected a dn2 model (.onnx from dn2-export) or "
-                       f"a bundle folder, found {found(p)}")
+        raise Dn2Error(
+            f"--learn: model {p}: expected a dn2 model (.onnx from dn2-export) or "
+            f"a bundle folder, found {found(p)}"
+        )
     return p
 
 
@@ -78,8 +84,9 @@ def pool_windows(emb: np.ndarray, size: int, hop: int = 1) -> np.ndarray:
     return ((c[starts + size] - c[starts]) / size).astype(np.float32)
 
 
-def blocked_scores(emb: np.ndarray, k: int, blocks: int = BLOCKS, group: Optional[int] = None
-                   ) -> np.ndarray:
+def blocked_scores(
+    emb: np.ndarray, k: int, blocks: int = BLOCKS, group: Optional[int] = None
+) -> np.ndarray:
     """Each contiguous time block scored against a bank built from the other blocks only.
 
     Frame mode: the frames of block b against the frames of the other blocks. Group mode:
@@ -97,14 +104,23 @@ def blocked_scores(emb: np.ndarray, k: int, blocks: int = BLOCKS, group: Optiona
         if len(items[b]) and len(bank) >= k:
             out.append(knn_score(build_bank(bank, index="exact"), items[b], k=k))
     if not out:
-        raise Dn2Error(f"--learn: {len(emb)} frames are too few to calibrate a threshold"
-                       f"{f' for groups of {group}' if group else ''}; learn for longer")
+        raise Dn2Error(
+            f"--learn: {len(emb)} frames are too few to calibrate a threshold"
+            f"{f' for groups of {group}' if group else ''}; learn for longer"
+        )
     return np.concatenate(out)
 
 
-def collect_frames(queue, spec: Tuple[str, float], embed: Callable, batch: int, stop, log,
-                   on_first: Optional[Callable] = None, what: str = "--learn"
-                   ) -> Tuple[np.ndarray, list]:
+def collect_frames(
+    queue,
+    spec: Tuple[str, float],
+    embed: Callable,
+    batch: int,
+    stop,
+    log,
+    on_first: Optional[Callable] = None,
+    what: str = "--learn",
+) -> Tuple[np.ndarray, list]:
     """Embeddings of the learning frames, and the frames of the last batch left over;
     ``on_first(frames)`` sees the first full batch (or all frames, if fewer) before it is
     embedded."""
@@ -142,15 +158,29 @@ def collect_frames(queue, spec: Tuple[str, float], embed: Callable, batch: int, 
     if stop.is_set():
         raise Dn2Error("stopped while learning; no bundle was fitted")
     if n < MIN_LEARN_FRAMES:
-        raise Dn2Error(f"{what}: the source gave {n} frames before it ended; at least "
-                       f"{MIN_LEARN_FRAMES} are needed to fit a bundle")
+        raise Dn2Error(
+            f"{what}: the source gave {n} frames before it ended; at least "
+            f"{MIN_LEARN_FRAMES} are needed to fit a bundle"
+        )
     return np.vstack(chunks), rest
 
 
-def learn_from_queue(bundle_or_model, queue, learn: str, *, output: Union[str, Path],
-                     group: Optional[int] = None, batch: int = 8, providers="auto",
-                     threads=None, stop, log=lambda m: None, k: int = 2, fpr: float = 0.01,
-                     color: str = "auto"):
+def learn_from_queue(
+    bundle_or_model,
+    queue,
+    learn: str,
+    *,
+    output: Union[str, Path],
+    group: Optional[int] = None,
+    batch: int = 8,
+    providers="auto",
+    threads=None,
+    stop,
+    log=lambda m: None,
+    k: int = 2,
+    fpr: float = 0.01,
+    color: str = "auto",
+):
     """Embed the first frames from ``queue``, fit a bundle into ``output``, load it.
 
     Returns (detector, threshold, leftover frames, None): the threshold is for the mode
@@ -182,17 +212,30 @@ def learn_from_queue(bundle_or_model, queue, learn: str, *, output: Union[str, P
         if embedder.gray:
             log("learning: the frames are monochrome; every frame is scored as gray")
 
-    emb, rest = collect_frames(queue, spec, embedder.embed_batch, batch, stop, log,
-                               decide_color)
+    emb, rest = collect_frames(queue, spec, embedder.embed_batch, batch, stop, log, decide_color)
     if group and len(emb) < BLOCKS * (group + 1):
-        raise Dn2Error(f"--learn with --group {group}: {len(emb)} frames are too few; learn "
-                       f"at least {BLOCKS * (group + 1)} frames")
+        raise Dn2Error(
+            f"--learn with --group {group}: {len(emb)} frames are too few; learn "
+            f"at least {BLOCKS * (group + 1)} frames"
+        )
     names = [f"learned frame {i}" for i in range(len(emb))]
     # the bundle's threshold (and group bank) are the blocked hold-out ones watched with
-    out = fit_bundle(str(model), str(output), embeddings=emb, names=names, k=k, fpr=fpr,
-                     progress=False, color=mode["mode"], temporal=True, group_size=group)
+    out = fit_bundle(
+        str(model),
+        str(output),
+        embeddings=emb,
+        names=names,
+        k=k,
+        fpr=fpr,
+        progress=False,
+        color=mode["mode"],
+        temporal=True,
+        group_size=group,
+    )
     detector = Detector(load_bundle(str(out)), embedder)  # one onnxruntime session, not two
     thr = detector.group_threshold if group else detector.threshold
-    log(f"learned a bundle from {len(emb)} frames in {time.monotonic() - t0:.1f} s -> {out}; "
-        f"{'group ' if group else ''}threshold {thr:.4g} (blocked hold-out, FPR {fpr:g})")
+    log(
+        f"learned a bundle from {len(emb)} frames in {time.monotonic() - t0:.1f} s -> {out}; "
+        f"{'group ' if group else ''}threshold {thr:.4g} (blocked hold-out, FPR {fpr:g})"
+    )
     return detector, thr, rest, None

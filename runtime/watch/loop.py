@@ -7,6 +7,7 @@ scores them against the bundle's bank (per frame) or pools the last ``group`` em
 scores the pool against the bundle's group bank every ``hop`` frames, and feeds the scores to
 the hysteresis :class:`~dn2.runtime.watch.decide.Decider`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -20,12 +21,12 @@ import numpy as np
 
 from ..config import WatchConfig
 from ..errors import BundleError, Dn2Error
+from .connect import open_live
 from .decide import Decider
 from .events import new_run_id
 from .outputs import Outputs, check_new_output
 from .reader import Backoff, FrameQueue, Reader
 from .sinks.scores import ScoresWriter
-from .connect import open_live
 from .sources import Source
 from .stats import Stats, Summary
 
@@ -42,8 +43,13 @@ def load_detector(bundle, providers="auto", threads=None, batch: int = 8, truste
     from ..detector import Detector
 
     if isinstance(bundle, (str, Path)):
-        return Detector.load(str(bundle), providers=providers, threads=threads,
-                             batch_size=batch, trusted_key=trusted_key)
+        return Detector.load(
+            str(bundle),
+            providers=providers,
+            threads=threads,
+            batch_size=batch,
+            trusted_key=trusted_key,
+        )
     return bundle
 
 
@@ -68,25 +74,45 @@ class _GroupWindow:
         return float(self.detector.score_group_embeddings(np.stack(self.window)))
 
 
-def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
-          batch: int = 8, stride: int = 1, group: Optional[int] = None,
-          hop: Optional[int] = None, threshold: Optional[float] = None,
-          min_consecutive: int = 3, cooldown: float = 0.0,
-          events: Optional[str] = None, snapshots: Optional[str] = None,
-          output_video: Optional[str] = None, headless: bool = WatchConfig.headless,
-          stats_every: float = WatchConfig.stats_every, learn: Optional[str] = None,
-          learn_bundle: Optional[str] = None, providers: str = "auto",
-          threads: Optional[int] = None, max_frames: Optional[int] = None,
-          queue_size: Optional[int] = None, realtime: bool = False,
-          reconnect_attempts: Optional[int] = None, reconnect_max_delay: float = 10.0,
-          backoff: Optional[Backoff] = None, folder_fps: float = 10.0,
-          stop: Optional[threading.Event] = None,
-          on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
-          on_score: Optional[Callable[[int, float, float], None]] = None,
-          log: Optional[Callable[[str], None]] = None, scores: Optional[str] = None,
-          force: bool = False, sinks: Sequence[Any] = (), live: Any = None,
-          run_id: Optional[str] = None, trusted_key: Optional[str] = None,
-          connect_timeout: float = 30.0) -> Summary:
+def watch(
+    bundle: Union[str, Path, Any],
+    source: Union[str, int, Source],
+    *,
+    batch: int = 8,
+    stride: int = 1,
+    group: Optional[int] = None,
+    hop: Optional[int] = None,
+    threshold: Optional[float] = None,
+    min_consecutive: int = 3,
+    cooldown: float = 0.0,
+    events: Optional[str] = None,
+    snapshots: Optional[str] = None,
+    output_video: Optional[str] = None,
+    headless: bool = WatchConfig.headless,
+    stats_every: float = WatchConfig.stats_every,
+    learn: Optional[str] = None,
+    learn_bundle: Optional[str] = None,
+    providers: str = "auto",
+    threads: Optional[int] = None,
+    max_frames: Optional[int] = None,
+    queue_size: Optional[int] = None,
+    realtime: bool = False,
+    reconnect_attempts: Optional[int] = None,
+    reconnect_max_delay: float = 10.0,
+    backoff: Optional[Backoff] = None,
+    folder_fps: float = 10.0,
+    stop: Optional[threading.Event] = None,
+    on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
+    on_score: Optional[Callable[[int, float, float], None]] = None,
+    log: Optional[Callable[[str], None]] = None,
+    scores: Optional[str] = None,
+    force: bool = False,
+    sinks: Sequence[Any] = (),
+    live: Any = None,
+    run_id: Optional[str] = None,
+    trusted_key: Optional[str] = None,
+    connect_timeout: float = 30.0,
+) -> Summary:
     """Watch ``source`` with the bundle at ``bundle`` until the stream ends or ``stop`` is set.
 
     ``bundle`` is a bundle folder or a loaded Detector; with ``learn`` ("30", "30s" seconds or
@@ -114,25 +140,48 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
         from ..signing import trusted_key_path
 
         if trusted_key_path(trusted_key):
-            raise BundleError("--learn fits an unsigned bundle on this box, but a trusted key "
-                              "is configured (--trusted-key / DN2_TRUSTED_KEY): fit and sign "
-                              "elsewhere, or run without the key")
-    _validate(batch=batch, stride=stride, group=group, hop=hop, max_frames=max_frames,
-              queue_size=queue_size, reconnect_attempts=reconnect_attempts,
-              reconnect_max_delay=reconnect_max_delay, learn=learn)
+            raise BundleError(
+                "--learn fits an unsigned bundle on this box, but a trusted key "
+                "is configured (--trusted-key / DN2_TRUSTED_KEY): fit and sign "
+                "elsewhere, or run without the key"
+            )
+    _validate(
+        batch=batch,
+        stride=stride,
+        group=group,
+        hop=hop,
+        max_frames=max_frames,
+        queue_size=queue_size,
+        reconnect_attempts=reconnect_attempts,
+        reconnect_max_delay=reconnect_max_delay,
+        learn=learn,
+    )
     check_new_output(output_video, "--output-video", force)
     check_new_output(scores, "--scores", force)
-    if learn_bundle and not force and Path(learn_bundle).is_dir() and \
-            any(Path(learn_bundle).iterdir()):
-        raise Dn2Error(f"--learn-bundle {learn_bundle} exists and is not empty (an earlier "
-                       "run's bundle?); pass --force to replace it, or give a new folder")
+    if (
+        learn_bundle
+        and not force
+        and Path(learn_bundle).is_dir()
+        and any(Path(learn_bundle).iterdir())
+    ):
+        raise Dn2Error(
+            f"--learn-bundle {learn_bundle} exists and is not empty (an earlier "
+            "run's bundle?); pass --force to replace it, or give a new folder"
+        )
     stop = stop or threading.Event()
     run_id = run_id or new_run_id()
     halt = threading.Event()  # stops the reader: set at the end, whatever the reason
     mode = "group" if group else "frame"
     # the source first: a wrong --source fails at once, before seconds of model loading
-    src = open_live(source, connect_timeout=connect_timeout, max_delay=reconnect_max_delay,
-                    realtime=realtime, folder_fps=folder_fps, log=log, stop=stop)
+    src = open_live(
+        source,
+        connect_timeout=connect_timeout,
+        max_delay=reconnect_max_delay,
+        realtime=realtime,
+        folder_fps=folder_fps,
+        log=log,
+        stop=stop,
+    )
     reader = outputs = tmp = None
     sinks = list(sinks)
     try:
@@ -141,40 +190,75 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
             detector = load_detector(bundle, providers, threads, batch, trusted_key)
             thr, rule = _threshold(detector, threshold, group), detector.embedder.meta.resize
             if detector.manifest["score"].get("jpeg_draft"):
-                log("note: this bundle was fitted with --jpeg-draft (JPEG files decoded at "
+                log(
+                    "note: this bundle was fitted with --jpeg-draft (JPEG files decoded at "
                     "reduced scale); watched frames are decoded at full size, which shifts "
                     "embeddings slightly (cosine >= 0.9975 on real photos); refit without "
-                    "--jpeg-draft for a camera")
+                    "--jpeg-draft for a camera"
+                )
         else:
             from .learn import model_rule
 
             rule = model_rule(bundle)
-        summary = Summary(source=src.name, mode=mode, threshold=thr, events_path=events,
-                          bundle=str(bundle) if isinstance(bundle, (str, Path)) else None,
-                          run_id=run_id)
+        summary = Summary(
+            source=src.name,
+            mode=mode,
+            threshold=thr,
+            events_path=events,
+            bundle=str(bundle) if isinstance(bundle, (str, Path)) else None,
+            run_id=run_id,
+        )
         writer = ScoresWriter(scores, run_id, thr, force=force) if scores else None
-        outputs = Outputs(threshold=thr, mode=mode, source_name=src.name,
-                          clock="wall" if (src.live or not src.fps) else "source",
-                          events=events, snapshots=snapshots, output_video=output_video,
-                          video_fps=(src.fps / stride) if src.fps else 10.0,
-                          headless=headless, on_quit=stop.set, on_event=on_event, log=log,
-                          run_id=run_id, sinks=sinks, scores=writer, live=live)
+        outputs = Outputs(
+            threshold=thr,
+            mode=mode,
+            source_name=src.name,
+            clock="wall" if (src.live or not src.fps) else "source",
+            events=events,
+            snapshots=snapshots,
+            output_video=output_video,
+            video_fps=(src.fps / stride) if src.fps else 10.0,
+            headless=headless,
+            on_quit=stop.set,
+            on_event=on_event,
+            log=log,
+            run_id=run_id,
+            sinks=sinks,
+            scores=writer,
+            live=live,
+        )
         sinks = []  # outputs closes them now
         if backoff is None:
-            backoff = Backoff(initial=min(0.5, reconnect_max_delay),
-                              max_delay=reconnect_max_delay,
-                              max_attempts=reconnect_attempts if reconnect_attempts is not None
-                              else (None if src.live else 3))
+            backoff = Backoff(
+                initial=min(0.5, reconnect_max_delay),
+                max_delay=reconnect_max_delay,
+                max_attempts=reconnect_attempts
+                if reconnect_attempts is not None
+                else (None if src.live else 3),
+            )
         queue = FrameQueue(queue_size or max(4, 2 * batch))
         from ..images import prepare
 
         views = getattr(detector, "views", False)  # view / patch bundles prepare in the scorer
-        reader = Reader(src, queue, halt, stride=stride, max_frames=max_frames,
-                        prepare=None if views else (lambda img: prepare(img, rule)),
-                        backoff=backoff, log=log)
+        reader = Reader(
+            src,
+            queue,
+            halt,
+            stride=stride,
+            max_frames=max_frames,
+            prepare=None if views else (lambda img: prepare(img, rule)),
+            backoff=backoff,
+            log=log,
+        )
         if live is not None:
-            live.attach(reader=reader, queue=queue, outputs=outputs, threshold=thr,
-                        run_id=run_id, source=src.name)
+            live.attach(
+                reader=reader,
+                queue=queue,
+                outputs=outputs,
+                threshold=thr,
+                run_id=run_id,
+                source=src.name,
+            )
         reader.start()
         pending, groups = [], None
         if learn is not None:
@@ -183,16 +267,38 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
             if learn_bundle is None:
                 tmp = tempfile.TemporaryDirectory(prefix="dn2-learn-")
             detector, learned, pending, groups = learn_from_queue(
-                bundle, queue, learn, output=learn_bundle or str(Path(tmp.name) / "bundle"),
-                group=group, batch=batch, providers=providers, threads=threads, stop=stop,
-                log=log)
+                bundle,
+                queue,
+                learn,
+                output=learn_bundle or str(Path(tmp.name) / "bundle"),
+                group=group,
+                batch=batch,
+                providers=providers,
+                threads=threads,
+                stop=stop,
+                log=log,
+            )
             thr = float(threshold) if threshold is not None else learned
             summary.threshold = thr
             outputs.set_threshold(thr)
             summary.bundle = learn_bundle  # None: the learned bundle was temporary
-        _score_loop(detector, queue, reader, outputs, summary,
-                    Decider(thr, min_consecutive, cooldown), batch, group, hop or 1,
-                    stats_every, stop, log, pending, on_score, groups)
+        _score_loop(
+            detector,
+            queue,
+            reader,
+            outputs,
+            summary,
+            Decider(thr, min_consecutive, cooldown),
+            batch,
+            group,
+            hop or 1,
+            stats_every,
+            stop,
+            log,
+            pending,
+            on_score,
+            groups,
+        )
     finally:
         halt.set()
         if reader is not None:
@@ -219,8 +325,18 @@ def watch(bundle: Union[str, Path, Any], source: Union[str, int, Source], *,
     return summary
 
 
-def _validate(*, batch, stride, group, hop, max_frames, queue_size, reconnect_attempts,
-              reconnect_max_delay, learn) -> None:
+def _validate(
+    *,
+    batch,
+    stride,
+    group,
+    hop,
+    max_frames,
+    queue_size,
+    reconnect_attempts,
+    reconnect_max_delay,
+    learn,
+) -> None:
     _check("--batch", batch, 1)
     _check("--stride", stride, 1)
     _check("--group", group, 2, " (a group pools several frames)")
@@ -241,14 +357,18 @@ def _threshold(detector, override: Optional[float], group: Optional[int]) -> flo
     if group:
         gthr = getattr(detector, "group_threshold", None)
         if gthr is None:
-            raise Dn2Error("--group needs a bundle with a group bank (fit it with "
-                           "dn2-fit --group-size M); this bundle has none")
+            raise Dn2Error(
+                "--group needs a bundle with a group bank (fit it with "
+                "dn2-fit --group-size M); this bundle has none"
+            )
         g = (getattr(detector, "manifest", None) or {}).get("group") or {}
         sizes = g.get("sizes") or [None, None]
         if sizes[0] is not None and sizes[0] == sizes[1] and int(sizes[0]) != int(group):
-            raise Dn2Error(f"--group {group}: the bundle's normal groups have {sizes[0]} "
-                           f"images each; use --group {sizes[0]} (means of other sizes "
-                           "spread differently, so the bundle's group threshold would not hold)")
+            raise Dn2Error(
+                f"--group {group}: the bundle's normal groups have {sizes[0]} "
+                f"images each; use --group {sizes[0]} (means of other sizes "
+                "spread differently, so the bundle's group threshold would not hold)"
+            )
         return float(override) if override is not None else float(gthr)
     return float(override) if override is not None else float(detector.threshold)
 
@@ -260,8 +380,18 @@ def _embed(detector, frames) -> np.ndarray:
 class _Scorer:
     """Turns batches of frames into scores, decisions, events and overlay frames."""
 
-    def __init__(self, detector, out: Outputs, decider: Decider, group: Optional[int],
-                 hop: int, stats: Stats, log, on_score=None, groups=None):
+    def __init__(
+        self,
+        detector,
+        out: Outputs,
+        decider: Decider,
+        group: Optional[int],
+        hop: int,
+        stats: Stats,
+        log,
+        on_score=None,
+        groups=None,
+    ):
         self.detector, self.out, self.decider, self.stats = detector, out, decider, stats
         self.gwin = _GroupWindow(groups or detector, group, hop) if group else None
         self.label = "group" if group else ""
@@ -269,25 +399,27 @@ class _Scorer:
         self.last_score: Optional[float] = None
         self.last = None  # the last frame scored
         q = ((getattr(detector, "manifest", None) or {}).get("threshold") or {}).get(
-            "quantiles") or {}
+            "quantiles"
+        ) or {}
         from .drift import DriftCheck
 
-        self.drift = None if group else DriftCheck(decider.threshold, q.get("0.5"),
-                                                   out.source_name)
+        self.drift = None if group else DriftCheck(decider.threshold, q.get("0.5"), out.source_name)
 
     def _views(self, frames):
         """View / patch bundles: scores and, with patches, each frame's heat."""
         d = self.detector
-        res = d.view_scorer.score_images([f.image for f in frames], maps=d.has_maps,
-                                         names=[f"frame {f.index}" for f in frames])
+        res = d.view_scorer.score_images(
+            [f.image for f in frames], maps=d.has_maps, names=[f"frame {f.index}" for f in frames]
+        )
         bad = [r.error for r in res if r.error]
         if bad:
             raise Dn2Error(bad[0])
         heats = [None] * len(res)
         if d.has_maps:
             pt = d.view_scorer.pixel_threshold
-            heats = [{"map": r.map, "pixel_threshold": pt, "peak": r.peak, "box": r.box}
-                     for r in res]
+            heats = [
+                {"map": r.map, "pixel_threshold": pt, "peak": r.peak, "box": r.box} for r in res
+            ]
         return np.asarray([r.score for r in res], np.float32), heats
 
     def batch(self, frames) -> None:
@@ -316,12 +448,15 @@ class _Scorer:
             if self.on_score is not None:
                 self.on_score(f.index, f.timestamp, s)
             t = self.decider.update(s, f.index, f.timestamp, f.image, heats[i])
-            self.out.score(f, s, self.decider.state,
-                           self.decider.alerts if self.decider.open else None)
+            self.out.score(
+                f, s, self.decider.state, self.decider.alerts if self.decider.open else None
+            )
             if t is not None:
                 ev = self.out.transition(t)
-                self.log(f"{ev['type']} #{ev['alert_id']} at frame {ev['frame']} score "
-                         f"{s:.4g} (threshold {self.decider.threshold:.4g})")
+                self.log(
+                    f"{ev['type']} #{ev['alert_id']} at frame {ev['frame']} score "
+                    f"{s:.4g} (threshold {self.decider.threshold:.4g})"
+                )
             self.out.frame(f.image, s, self.decider.state, fps, self.label, heats[i])
         self.last = frames[-1]
         self.stats.record([f.captured for f in frames])
@@ -329,17 +464,31 @@ class _Scorer:
     def finish(self, reason: str) -> None:
         """Close an alert still open, so every alert_start has its alert_end."""
         last = self.last
-        t = self.decider.finish(reason, frame=last.index if last else None,
-                                timestamp=last.timestamp if last else None)
+        t = self.decider.finish(
+            reason, frame=last.index if last else None, timestamp=last.timestamp if last else None
+        )
         if t is not None:
             self.out.transition(t)
             self.log(f"alert_end #{t.alert_id} ({reason})")
 
 
-def _score_loop(detector, queue: FrameQueue, reader: Reader, out: Outputs, summary: Summary,
-                decider: Decider, batch: int, group: Optional[int], hop: int,
-                stats_every: float, stop: threading.Event, log, pending=(),
-                on_score=None, groups=None) -> None:
+def _score_loop(
+    detector,
+    queue: FrameQueue,
+    reader: Reader,
+    out: Outputs,
+    summary: Summary,
+    decider: Decider,
+    batch: int,
+    group: Optional[int],
+    hop: int,
+    stats_every: float,
+    stop: threading.Event,
+    log,
+    pending=(),
+    on_score=None,
+    groups=None,
+) -> None:
     stats = Stats()
     scorer = _Scorer(detector, out, decider, group, hop, stats, log, on_score, groups)
     reason = "end_of_stream"
@@ -358,8 +507,10 @@ def _score_loop(detector, queue: FrameQueue, reader: Reader, out: Outputs, summa
                 scorer.batch(frames)
             if stats.due(stats_every):
                 waiting = sum(out.backlog().values())
-                log(stats.line(queue.dropped, reader.stats.reconnects, len(queue))
-                    + (f", sink backlog {waiting}" if waiting else ""))
+                log(
+                    stats.line(queue.dropped, reader.stats.reconnects, len(queue))
+                    + (f", sink backlog {waiting}" if waiting else "")
+                )
     except KeyboardInterrupt:  # library use without the CLI's signal handlers: a clean stop
         stop.set()
         reason = "stopped"

@@ -2,6 +2,7 @@
 video, the window and the live status server. No output fault stops the run: the event is
 written whatever happens to its snapshot, a video that cannot be written is dropped, and
 :meth:`Outputs.problems` says at the end what could not be written."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,26 +21,47 @@ def check_new_output(path: Optional[str], flag: str, force: bool) -> None:
         return
     p = Path(path)
     if p.is_file() and p.stat().st_size and not force:
-        raise Dn2Error(f"{flag} {p} exists (from an earlier run?); pass --force to overwrite "
-                       "it, or give a new name")
+        raise Dn2Error(
+            f"{flag} {p} exists (from an earlier run?); pass --force to overwrite "
+            "it, or give a new name"
+        )
     if p.is_dir():
         raise Dn2Error(f"{flag} {p}: expected a file name, found a folder")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise Dn2Error(f"{flag} {p}: cannot create its folder {p.parent}: "
-                       f"{exc.strerror or exc}") from exc
+        raise Dn2Error(
+            f"{flag} {p}: cannot create its folder {p.parent}: {exc.strerror or exc}"
+        ) from exc
 
 
 class Outputs:
-    def __init__(self, *, threshold: float, mode: str, source_name: str, clock: str,
-                 events: Optional[str] = None, snapshots: Optional[str] = None,
-                 output_video: Optional[str] = None, video_fps: float = 10.0,
-                 headless: bool = True, on_quit: Callable[[], None] = lambda: None,
-                 on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
-                 log: Callable[[str], None] = lambda msg: None, run_id: str = "",
-                 sinks=(), scores=None, live=None):
-        self.threshold, self.mode, self.source_name, self.clock = threshold, mode, source_name, clock
+    def __init__(
+        self,
+        *,
+        threshold: float,
+        mode: str,
+        source_name: str,
+        clock: str,
+        events: Optional[str] = None,
+        snapshots: Optional[str] = None,
+        output_video: Optional[str] = None,
+        video_fps: float = 10.0,
+        headless: bool = True,
+        on_quit: Callable[[], None] = lambda: None,
+        on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
+        log: Callable[[str], None] = lambda msg: None,
+        run_id: str = "",
+        sinks=(),
+        scores=None,
+        live=None,
+    ):
+        self.threshold, self.mode, self.source_name, self.clock = (
+            threshold,
+            mode,
+            source_name,
+            clock,
+        )
         self.on_event, self.log, self.run_id = on_event, log, run_id
         self.writer = EventWriter(events)
         self.sinks = [self.writer, *sinks]
@@ -69,8 +91,16 @@ class Outputs:
         snapshot, snap_error = self.snaps.try_save(t)
         if snap_error:
             self.log(f"{snap_error}; the event is written without it")
-        ev = event_record(t, self.threshold, snapshot, self.mode, self.source_name, self.clock,
-                          run_id=self.run_id, snapshot_error=snap_error)
+        ev = event_record(
+            t,
+            self.threshold,
+            snapshot,
+            self.mode,
+            self.source_name,
+            self.clock,
+            run_id=self.run_id,
+            snapshot_error=snap_error,
+        )
         for sink in self.sinks:
             try:
                 sink.write(ev)
@@ -84,8 +114,12 @@ class Outputs:
 
     def notice(self, ev: Dict[str, Any]) -> None:
         """A record that is not an alert (e.g. the drift warning) to every event sink."""
-        ev = {"type": ev.get("type", "notice"), "run_id": self.run_id,
-              "source": self.source_name, **ev}
+        ev = {
+            "type": ev.get("type", "notice"),
+            "run_id": self.run_id,
+            "source": self.source_name,
+            **ev,
+        }
         for sink in self.sinks:
             try:
                 sink.write(ev)
@@ -94,8 +128,14 @@ class Outputs:
         if self.on_event is not None:
             self.on_event(ev)
 
-    def score(self, frame, score: float, state: str, alert_id: Optional[int],
-              map_peak: Optional[float] = None) -> None:
+    def score(
+        self,
+        frame,
+        score: float,
+        state: str,
+        alert_id: Optional[int],
+        map_peak: Optional[float] = None,
+    ) -> None:
         """One score (frame or group): the scores file and the live view's history.
         ``map_peak``: the anomaly map's peak, for scorers that make maps."""
         if self.scores is not None:
@@ -103,8 +143,9 @@ class Outputs:
         if self.live is not None:
             self.live.score(frame.index, frame.captured, score, state)
 
-    def frame(self, image, score: Optional[float], state: str, fps: float, label: str = "",
-              heat=None):
+    def frame(
+        self, image, score: Optional[float], state: str, fps: float, label: str = "", heat=None
+    ):
         """``heat``: patch bundles' {"map", "pixel_threshold", "peak", "box"} of the frame,
         drawn under the score overlay."""
         if self.live is not None:

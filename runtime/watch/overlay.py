@@ -1,4 +1,5 @@
 """The overlay (score bar, threshold mark, state, FPS), the annotated video and the window."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,14 @@ from ..errors import Dn2Error
 _COLOURS = {"normal": (60, 180, 60), "arming": (0, 200, 255), "ALERT": (0, 0, 255)}
 
 
-def draw(frame: np.ndarray, score: Optional[float], threshold: float, state: str, fps: float,
-         label: str = "") -> np.ndarray:
+def draw(
+    frame: np.ndarray,
+    score: Optional[float],
+    threshold: float,
+    state: str,
+    fps: float,
+    label: str = "",
+) -> np.ndarray:
     """A copy of ``frame`` with the overlay drawn on it.
 
     The bar spans 0 .. 2 x threshold (full = twice the threshold); a white tick marks the
@@ -40,8 +47,7 @@ def draw(frame: np.ndarray, score: Optional[float], threshold: float, state: str
     thick = 1 if scale < 0.6 else 2
     (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     cv2.rectangle(out, (4, 4), (min(w - 1, 12 + tw), 12 + th), (0, 0, 0), -1)
-    cv2.putText(out, text, (8, 8 + th), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick,
-                cv2.LINE_AA)
+    cv2.putText(out, text, (8, 8 + th), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
     if state == "ALERT":
         cv2.rectangle(out, (0, 0), (w - 1, h - 1), colour, max(2, w // 100))
     return out
@@ -58,8 +64,10 @@ class VideoSink:
         self.fps = float(fps) if fps and fps > 0 else 10.0
         suffix = self.path.suffix.lower()
         if suffix not in _FOURCC:
-            raise Dn2Error(f"--output-video {self.path}: expected a name ending in "
-                           f"{', '.join(sorted(_FOURCC))}, found {suffix or 'no suffix'!r}")
+            raise Dn2Error(
+                f"--output-video {self.path}: expected a name ending in "
+                f"{', '.join(sorted(_FOURCC))}, found {suffix or 'no suffix'!r}"
+            )
         self._fourcc = _FOURCC[suffix]
         self._writer = None
         self._size: Optional[Tuple[int, int]] = None
@@ -71,11 +79,14 @@ class VideoSink:
         h, w = frame.shape[:2]
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self._fourcc),
-                                     self.fps, (w, h))
+            writer = cv2.VideoWriter(
+                str(self.path), cv2.VideoWriter_fourcc(*self._fourcc), self.fps, (w, h)
+            )
             if not writer.isOpened():
-                raise Dn2Error(f"cannot write video {self.path} with codec {self._fourcc!r} "
-                               "(this OpenCV build lacks it, or the folder is not writable)")
+                raise Dn2Error(
+                    f"cannot write video {self.path} with codec {self._fourcc!r} "
+                    "(this OpenCV build lacks it, or the folder is not writable)"
+                )
             self._writer, self._size = writer, (w, h)
         if (w, h) != self._size:  # a reconnected camera may change resolution
             frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
@@ -94,10 +105,13 @@ def gui_available() -> Tuple[bool, str]:
 
     m = re.search(r"GUI:\s*(\S+)", cv2.getBuildInformation())
     if not m or m.group(1).upper() in ("NONE", "NO"):
-        return False, ("this OpenCV build has no GUI (opencv-python-headless); install "
-                       "opencv-python for a window, or pass --headless")
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                                 or os.environ.get("WAYLAND_DISPLAY")):
+        return False, (
+            "this OpenCV build has no GUI (opencv-python-headless); install "
+            "opencv-python for a window, or pass --headless"
+        )
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
         return False, "no display (DISPLAY is not set); pass --headless"
     return True, ""
 

@@ -7,6 +7,7 @@
 * A failing source is reopened with a bounded exponential backoff; a failed read never produces
   a frame (no placeholder, no black frame is ever queued).
 """
+
 from __future__ import annotations
 
 import collections
@@ -108,7 +109,8 @@ class ReaderStats:
     reconnects: int = 0  # successful reopen after a failure
     skipped_items: int = 0  # folder images passed over after retries
     recent_problems: Deque[Tuple[str, str]] = field(
-        default_factory=lambda: collections.deque(maxlen=50))
+        default_factory=lambda: collections.deque(maxlen=50)
+    )
     error: Optional[str] = None  # why the stream ended, when it was not a clean end
     lost_frames: int = 0  # frames of a damaged file that could not be read (never faked)
     partial_frames: int = 0  # stream frames cut off mid-JPEG, never scored
@@ -117,11 +119,17 @@ class ReaderStats:
 class Reader(threading.Thread):
     """Reads ``source`` into ``queue`` until the end, ``max_frames`` or ``stop``."""
 
-    def __init__(self, source: Source, queue: FrameQueue, stop: threading.Event,
-                 stride: int = 1, max_frames: Optional[int] = None,
-                 prepare: Optional[Callable[[np.ndarray], np.ndarray]] = None,
-                 backoff: Optional[Backoff] = None,
-                 log: Callable[[str], None] = lambda msg: None):
+    def __init__(
+        self,
+        source: Source,
+        queue: FrameQueue,
+        stop: threading.Event,
+        stride: int = 1,
+        max_frames: Optional[int] = None,
+        prepare: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+        backoff: Optional[Backoff] = None,
+        log: Callable[[str], None] = lambda msg: None,
+    ):
         super().__init__(name="dn2-watch-reader", daemon=True)
         if stride < 1:
             raise Dn2Error(f"--stride must be >= 1, found {stride}")
@@ -189,8 +197,7 @@ class Reader(threading.Thread):
                         break
                 except ItemSkipped as exc:
                     self.stats.skipped_items += 1
-                    self.stats.recent_problems.append((exc.item or f"frame {self.index}",
-                                                       str(exc)))
+                    self.stats.recent_problems.append((exc.item or f"frame {self.index}", str(exc)))
                     self.log(f"skipped frame {self.index}: {exc}")
                     self.index += 1
                     continue
@@ -221,9 +228,13 @@ class Reader(threading.Thread):
             self.stats.partial_frames = int(getattr(self.source, "partial_frames", 0))
             if self.stats.lost_frames:
                 lost = self.source.lost_frames
-                self.stats.recent_problems.append((
-                    f"{self.source.name}", f"{len(lost)} frames could not be read (damaged "
-                    f"file; first {lost[0]}, last {lost[-1]}); the others kept their numbers"))
+                self.stats.recent_problems.append(
+                    (
+                        f"{self.source.name}",
+                        f"{len(lost)} frames could not be read (damaged "
+                        f"file; first {lost[0]}, last {lost[-1]}); the others kept their numbers",
+                    )
+                )
             try:
                 self.source.close()
             finally:

@@ -14,6 +14,7 @@ Spec strings accepted by :func:`open_source`:
 * a folder                                                              its images, sorted, as a stream
 * any other path                                                        a video file
 """
+
 from __future__ import annotations
 
 import os
@@ -161,31 +162,44 @@ class CaptureSource(Source):
                 raise SourceError(
                     f"cannot open GStreamer pipeline {self.spec!r}: this OpenCV build has no "
                     "GStreamer support (cv2.getBuildInformation() reports 'GStreamer: NO'); "
-                    "use an OpenCV built with GStreamer (on Jetson: the JetPack OpenCV)")
+                    "use an OpenCV built with GStreamer (on Jetson: the JetPack OpenCV)"
+                )
             cap = cv2.VideoCapture(str(self.spec), cv2.CAP_GSTREAMER)
         elif self.kind == "camera":
             index = int(str(self.spec).strip())
             if not 0 <= index < 10_000:  # OpenCV takes a C int; real indices are small
-                raise SourceError(f"--source {self.spec}: expected a camera index in "
-                                  f"[0, 9999], found {index}")
+                raise SourceError(
+                    f"--source {self.spec}: expected a camera index in [0, 9999], found {index}"
+                )
             cap = cv2.VideoCapture(index)
         elif self.kind == "url":
-            cap = cv2.VideoCapture(str(self.spec), cv2.CAP_FFMPEG,
-                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, URL_OPEN_TIMEOUT_MS,
-                                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, URL_READ_TIMEOUT_MS])
+            cap = cv2.VideoCapture(
+                str(self.spec),
+                cv2.CAP_FFMPEG,
+                [
+                    cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                    URL_OPEN_TIMEOUT_MS,
+                    cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                    URL_READ_TIMEOUT_MS,
+                ],
+            )
         else:
             what = found(self.spec)
             if self.kind == "file" and what != "a regular file":
-                raise SourceError(f"--source {self.spec!r}: expected a video file, a folder "
-                                  "of images, a camera index, a stream URL or a GStreamer "
-                                  f"pipeline, found {what}")
+                raise SourceError(
+                    f"--source {self.spec!r}: expected a video file, a folder "
+                    "of images, a camera index, a stream URL or a GStreamer "
+                    f"pipeline, found {what}"
+                )
             cap = cv2.VideoCapture(str(self.spec))
         if not cap.isOpened():
             cap.release()
-            what = {"camera": f"camera index {self.spec} (no such device, or it is busy)",
-                    "url": f"stream {self.spec!r} (unreachable, wrong URL or unsupported codec)",
-                    "gstreamer": f"GStreamer pipeline {self.spec!r} (it must end in an appsink)",
-                    "file": f"video file {self.spec!r} (not a video OpenCV can decode)"}[self.kind]
+            what = {
+                "camera": f"camera index {self.spec} (no such device, or it is busy)",
+                "url": f"stream {self.spec!r} (unreachable, wrong URL or unsupported codec)",
+                "gstreamer": f"GStreamer pipeline {self.spec!r} (it must end in an appsink)",
+                "file": f"video file {self.spec!r} (not a video OpenCV can decode)",
+            }[self.kind]
             raise SourceError(f"cannot open {what}")
         if self.kind == "file" and self._pos:
             # Reopened after a failure: continue where the stream broke, losing no frame.
@@ -196,8 +210,11 @@ class CaptureSource(Source):
             self._frames = FileFrames(str(self.spec), cap)
         # An MJPEG stream is read as its JPEGs (no decode by FFmpeg): a frame cut off when the
         # camera drops mid-frame is seen as incomplete and never scored (partial_frames).
-        self._raw_jpeg = (self.kind == "url" and int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(
-            4, "little") in (b"MJPG", b"mjpg") and bool(cap.set(cv2.CAP_PROP_FORMAT, -1)))
+        self._raw_jpeg = (
+            self.kind == "url"
+            and int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little") in (b"MJPG", b"mjpg")
+            and bool(cap.set(cv2.CAP_PROP_FORMAT, -1))
+        )
         self._cap = cap
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self._fps = fps if 0.0 < fps < 1000.0 else None
@@ -231,9 +248,11 @@ class CaptureSource(Source):
             self._pos += 1
         img = as_bgr(frame)
         if img is None:
-            raise SourceFailure(f"{self.name}: frame {self._pos - 1} is not a picture "
-                                f"(shape {getattr(frame, 'shape', None)}, "
-                                f"dtype {getattr(frame, 'dtype', None)})")
+            raise SourceFailure(
+                f"{self.name}: frame {self._pos - 1} is not a picture "
+                f"(shape {getattr(frame, 'shape', None)}, "
+                f"dtype {getattr(frame, 'dtype', None)})"
+            )
         return img
 
     def _jpeg(self, packet) -> np.ndarray:
@@ -294,12 +313,15 @@ class FolderSource(Source):
         if not self.folder.is_dir():
             raise SourceError(f"folder {self.name!r} does not exist")
         if not self._files:
-            self._files = sorted(p for p in self.folder.iterdir()
-                                 if p.suffix.lower() in IMAGE_SUFFIXES)  # each one is
+            self._files = sorted(
+                p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+            )  # each one is
             # read (or reported) in turn: a FIFO or folder named .jpg is a skipped frame
             if not self._files:
-                raise SourceError(f"folder {self.name!r} holds no images "
-                                  f"(expected files ending in {', '.join(IMAGE_SUFFIXES)})")
+                raise SourceError(
+                    f"folder {self.name!r} holds no images "
+                    f"(expected files ending in {', '.join(IMAGE_SUFFIXES)})"
+                )
 
     def read(self) -> Optional[np.ndarray]:
         from ..errors import ImageError
@@ -353,8 +375,9 @@ def classify(spec: Union[str, int]) -> str:
     return "file"
 
 
-def open_source(spec: Union[str, int, Source], realtime: bool = False,
-                folder_fps: float = 10.0) -> Source:
+def open_source(
+    spec: Union[str, int, Source], realtime: bool = False, folder_fps: float = 10.0
+) -> Source:
     """Build and open the source a spec names; raises :class:`SourceError` when it cannot."""
     if isinstance(spec, Source):
         src = spec
@@ -364,9 +387,12 @@ def open_source(spec: Union[str, int, Source], realtime: bool = False,
             src = FolderSource(spec, fps=folder_fps)
         else:
             if realtime and kind != "file":
-                raise SourceError(f"--realtime replays a video file; {spec!r} is a {kind} "
-                                  "source, which is live already")
-            src = CaptureSource(spec, kind, live=kind in ("camera", "url", "gstreamer"),
-                                realtime=realtime)
+                raise SourceError(
+                    f"--realtime replays a video file; {spec!r} is a {kind} "
+                    "source, which is live already"
+                )
+            src = CaptureSource(
+                spec, kind, live=kind in ("camera", "url", "gstreamer"), realtime=realtime
+            )
     src.open()
     return src

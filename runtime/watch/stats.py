@@ -4,6 +4,7 @@ Latency of a frame = time from the reader taking it off the source to its decisi
 (queue wait + preparation + embedding + scoring + decision + outputs). Percentiles are over the
 last ``window`` frames, so memory stays constant however long the loop runs.
 """
+
 from __future__ import annotations
 
 import collections
@@ -51,26 +52,40 @@ class Summary:
         return asdict(self)
 
     def text(self) -> str:
-        lat = (f"latency p50 {self.latency_p50_ms:.1f} ms p95 {self.latency_p95_ms:.1f} ms"
-               if self.latency_p50_ms is not None else "latency n/a")
+        lat = (
+            f"latency p50 {self.latency_p50_ms:.1f} ms p95 {self.latency_p95_ms:.1f} ms"
+            if self.latency_p50_ms is not None
+            else "latency n/a"
+        )
         groups = f", {self.groups_scored} groups" if self.mode == "group" else ""
-        how = "stopped" if self.stopped else ("ended early: " + self.error if self.error
-                                              else "end of stream")
+        how = (
+            "stopped"
+            if self.stopped
+            else ("ended early: " + self.error if self.error else "end of stream")
+        )
         cpu = f", CPU {self.cpu_percent:.0f}%" if self.cpu_percent is not None else ""
-        return (f"dn2-watch summary ({how}): {self.frames_scored} frames scored{groups} "
-                f"of {self.frames_read} read in {self.elapsed_s:.1f} s ({self.fps:.1f} fps), "
-                f"{lat}{cpu}; dropped {self.dropped}, reconnects {self.reconnects}, "
-                f"skipped {self.skipped_items}"
-                + (f", LOST {self.lost_frames} unreadable frames" if self.lost_frames else "")
-                + (f", {self.partial_frames} partial stream frames not scored"
-                   if self.partial_frames else "")
-                + f"; {self.alerts} alerts, {self.events} events"
-                + (f" -> {self.events_path}" if self.events_path else "")
-                + (f"; run {self.run_id}" if self.run_id else "")
-                + "".join(f"\n  NOT WRITTEN: {u}" for u in self.unwritten)
-                + (f"\n  {self.drift}" if self.drift else "")
-                + "".join(f"\n  waiting in the {k} spool: {n} events (sent on the next run)"
-                          for k, n in self.sink_backlog.items() if n))
+        return (
+            f"dn2-watch summary ({how}): {self.frames_scored} frames scored{groups} "
+            f"of {self.frames_read} read in {self.elapsed_s:.1f} s ({self.fps:.1f} fps), "
+            f"{lat}{cpu}; dropped {self.dropped}, reconnects {self.reconnects}, "
+            f"skipped {self.skipped_items}"
+            + (f", LOST {self.lost_frames} unreadable frames" if self.lost_frames else "")
+            + (
+                f", {self.partial_frames} partial stream frames not scored"
+                if self.partial_frames
+                else ""
+            )
+            + f"; {self.alerts} alerts, {self.events} events"
+            + (f" -> {self.events_path}" if self.events_path else "")
+            + (f"; run {self.run_id}" if self.run_id else "")
+            + "".join(f"\n  NOT WRITTEN: {u}" for u in self.unwritten)
+            + (f"\n  {self.drift}" if self.drift else "")
+            + "".join(
+                f"\n  waiting in the {k} spool: {n} events (sent on the next run)"
+                for k, n in self.sink_backlog.items()
+                if n
+            )
+        )
 
 
 def percentile_ms(values, q: float) -> Optional[float]:
@@ -119,8 +134,10 @@ class Stats:
         p50, p95 = percentile_ms(self.latencies, 50), percentile_ms(self.latencies, 95)
         lat = f"p50 {p50:.1f} ms p95 {p95:.1f} ms" if p50 is not None else "n/a"
         groups = f" groups {self.groups}" if self.groups else ""
-        return (f"[dn2-watch] {self.recent_fps():.1f} fps, latency {lat}, frames {self.frames}"
-                f"{groups}, queue {queued}, dropped {dropped}, reconnects {reconnects}")
+        return (
+            f"[dn2-watch] {self.recent_fps():.1f} fps, latency {lat}, frames {self.frames}"
+            f"{groups}, queue {queued}, dropped {dropped}, reconnects {reconnects}"
+        )
 
     def fill(self, s: Summary) -> Summary:
         wall = time.monotonic() - self.t0

@@ -17,6 +17,7 @@ worst ratio HNSW score / exact score (a miss can only raise a score). The exact 
 is the reference, so its recall is 1 by definition. A miss on a normal query raises its score
 (a false alarm risk); on an anomaly it only makes it more anomalous.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,17 @@ from typing import List, Tuple
 import numpy as np
 
 
-def mixture(n: int, dim: int, clusters: int = 100, latent: int = 128, spread: float = 1.0,
-            noise: float = 0.3, seed: int = 0, n_queries: int = 0, n_ood: int = 0
-            ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mixture(
+    n: int,
+    dim: int,
+    clusters: int = 100,
+    latent: int = 128,
+    spread: float = 1.0,
+    noise: float = 0.3,
+    seed: int = 0,
+    n_queries: int = 0,
+    n_ood: int = 0,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(bank [n, dim], queries [n_queries, dim], out-of-distribution queries [n_ood, dim]).
 
     A ``latent``-d Gaussian mixture (``clusters`` centres drawn with std ``spread``, unit
@@ -48,8 +57,8 @@ def mixture(n: int, dim: int, clusters: int = 100, latent: int = 128, spread: fl
         h = centres[rng.integers(0, len(centres), m)] + rng.normal(size=(m, latent))
         out = np.empty((m, dim), np.float32)
         for i in range(0, m, 8192):  # bounded temporaries at 100k x 2048
-            hi = h[i:i + 8192]
-            out[i:i + 8192] = hi @ w + noise * rng.standard_normal((len(hi), dim))
+            hi = h[i : i + 8192]
+            out[i : i + 8192] = hi @ w + noise * rng.standard_normal((len(hi), dim))
         return out
 
     x, q = draw(n, mu), draw(n_queries, mu)
@@ -57,9 +66,16 @@ def mixture(n: int, dim: int, clusters: int = 100, latent: int = 128, spread: fl
     return x, q, ood
 
 
-def gaussian_mixture(n: int, dim: int, clusters: int = 100, latent: int = 128,
-                     spread: float = 1.0, noise: float = 0.3, seed: int = 0,
-                     n_queries: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+def gaussian_mixture(
+    n: int,
+    dim: int,
+    clusters: int = 100,
+    latent: int = 128,
+    spread: float = 1.0,
+    noise: float = 0.3,
+    seed: int = 0,
+    n_queries: int = 0,
+) -> Tuple[np.ndarray, np.ndarray]:
     """(bank, in-distribution queries) from ``mixture``."""
     x, q, _ = mixture(n, dim, clusters, latent, spread, noise, seed, n_queries)
     return x, q
@@ -92,14 +108,22 @@ def _measure(make, x, q, ood, k: int, latency_kw: dict):
     on_q = bank.search(q, k)
     batch = (time.perf_counter() - t) / len(q) * 1e3
     on_ood = bank.search(ood, k)
-    timing = {"build_s": round(build, 3),
-              "latency_ms": round(_latency(bank, q[:50], k, **latency_kw), 3),
-              "batch_ms_per_query": round(batch, 3)}
+    timing = {
+        "build_s": round(build, 3),
+        "latency_ms": round(_latency(bank, q[:50], k, **latency_kw), 3),
+        "batch_ms_per_query": round(batch, 3),
+    }
     return timing, on_q, on_ood
 
 
-def bench_size(n: int, dim: int, grid: List[Tuple[int, int, int]], n_queries: int,
-               build_threads: int, k: int = 2) -> List[dict]:
+def bench_size(
+    n: int,
+    dim: int,
+    grid: List[Tuple[int, int, int]],
+    n_queries: int,
+    build_threads: int,
+    k: int = 2,
+) -> List[dict]:
     from dn2.runtime.bank import ExactBank, HnswBank
 
     x, q, ood = mixture(n, dim, seed=n, n_queries=n_queries, n_ood=n_queries)
@@ -108,14 +132,28 @@ def bench_size(n: int, dim: int, grid: List[Tuple[int, int, int]], n_queries: in
     for m, efc, ef in grid:
         timing, (hd, hi), (hod, hoi) = _measure(
             lambda: HnswBank(dim, M=m, ef_construction=efc, ef=ef, threads=build_threads),
-            x, q, ood, k, {"threads": 1})
-        rows.append({"n": n, "dim": dim, "kind": f"hnsw M={m} efc={efc} ef={ef}", **timing,
-                     "recall@2": round(recall_at(ei, hi), 4),
-                     "worst_score_ratio": round(float((hd.mean(1) / np.maximum(
-                         ed.mean(1), 1e-12)).max()), 3),
-                     "ood_recall@2": round(recall_at(oi, hoi), 4),
-                     "ood_worst_score_ratio": round(float((hod.mean(1) / np.maximum(
-                         od.mean(1), 1e-12)).max()), 3)})
+            x,
+            q,
+            ood,
+            k,
+            {"threads": 1},
+        )
+        rows.append(
+            {
+                "n": n,
+                "dim": dim,
+                "kind": f"hnsw M={m} efc={efc} ef={ef}",
+                **timing,
+                "recall@2": round(recall_at(ei, hi), 4),
+                "worst_score_ratio": round(
+                    float((hd.mean(1) / np.maximum(ed.mean(1), 1e-12)).max()), 3
+                ),
+                "ood_recall@2": round(recall_at(oi, hoi), 4),
+                "ood_worst_score_ratio": round(
+                    float((hod.mean(1) / np.maximum(od.mean(1), 1e-12)).max()), 3
+                ),
+            }
+        )
     return rows
 
 
@@ -134,9 +172,17 @@ def bench_kmeans(n: int, dim: int, c: int, repeats: int = 2) -> List[dict]:
     for seed in range(repeats):
         for backend in ok:
             r = kmeans(x, c, seed=seed, backend=backend)
-            rows.append({"backend": r.backend, "seed": seed, "n": n, "dim": dim, "C": c,
-                         "seconds": round(r.seconds, 2),
-                         "inertia_per_point": round(r.inertia / n, 3)})
+            rows.append(
+                {
+                    "backend": r.backend,
+                    "seed": seed,
+                    "n": n,
+                    "dim": dim,
+                    "C": c,
+                    "seconds": round(r.seconds, 2),
+                    "inertia_per_point": round(r.inertia / n, 3),
+                }
+            )
     return rows
 
 
@@ -146,28 +192,47 @@ def bench_bundle(path: str, repeats: int = 3) -> List[dict]:
     from dn2.runtime.detector import Detector
 
     rows = []
-    for what, fn in (("load_bundle", lambda: load_bundle(path)),
-                     ("Detector.load", lambda: Detector.load(path, providers="cpu"))):
+    for what, fn in (
+        ("load_bundle", lambda: load_bundle(path)),
+        ("Detector.load", lambda: Detector.load(path, providers="cpu")),
+    ):
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-        rows.append({"bundle": path, "what": what, "best_s": round(min(times), 3),
-                     "median_s": round(float(np.median(times)), 3)})
+        rows.append(
+            {
+                "bundle": path,
+                "what": what,
+                "best_s": round(min(times), 3),
+                "median_s": round(float(np.median(times)), 3),
+            }
+        )
     return rows
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench.bank", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dn2.tools.bench.bank",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--dim", type=int, default=2048)
-    p.add_argument("--grid", nargs="+", default=["16:200:10", "16:200:64", "32:200:128"],
-                   help="HNSW M:ef_construction:ef settings to try")
+    p.add_argument(
+        "--grid",
+        nargs="+",
+        default=["16:200:10", "16:200:64", "32:200:128"],
+        help="HNSW M:ef_construction:ef settings to try",
+    )
     p.add_argument("--queries", type=int, default=200)
-    p.add_argument("--build-threads", type=int, default=1,
-                   help="hnswlib build threads (1 = the deterministic build dn2-fit uses)")
+    p.add_argument(
+        "--build-threads",
+        type=int,
+        default=1,
+        help="hnswlib build threads (1 = the deterministic build dn2-fit uses)",
+    )
     p.add_argument("--kmeans", action="store_true", help="benchmark k-means backends instead")
     p.add_argument("--kmeans-n", type=int, default=20000)
     p.add_argument("--kmeans-c", type=int, default=500)
@@ -175,8 +240,11 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", default=None, help="time loading this bundle instead")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    print(f"# machine: {platform.machine()} {platform.processor() or ''} "
-          f"python {platform.python_version()} numpy {np.__version__}", file=sys.stderr)
+    print(
+        f"# machine: {platform.machine()} {platform.processor() or ''} "
+        f"python {platform.python_version()} numpy {np.__version__}",
+        file=sys.stderr,
+    )
     if a.bundle:
         rows = bench_bundle(a.bundle)
     elif a.kmeans:
@@ -186,9 +254,11 @@ def main(argv=None) -> int:
         rows = []
         for n in a.sizes:
             rows += bench_size(n, a.dim, grid, a.queries, a.build_threads)
-            for r in rows[-(len(grid) + 1):]:
-                print(json.dumps(r) if a.json else
-                      "  ".join(f"{k}={v}" for k, v in r.items()), flush=True)
+            for r in rows[-(len(grid) + 1) :]:
+                print(
+                    json.dumps(r) if a.json else "  ".join(f"{k}={v}" for k, v in r.items()),
+                    flush=True,
+                )
         return 0
     for r in rows:
         print(json.dumps(r) if a.json else "  ".join(f"{k}={v}" for k, v in r.items()))

@@ -21,6 +21,7 @@ Exact ground truth: every query against all N rows, streamed in chunks (sgemm pe
 merged), so recall@2 is against the true 2 nearest rows. Peak memory is the process's
 ``ru_maxrss`` (resident, includes touched mmap pages) and anonymous RSS from /proc.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,17 +67,22 @@ class MixtureStream:
     """``dn2.tools.bench.bank.mixture`` drawn in chunks from one fixed set of centres and
     linear map."""
 
-    def __init__(self, dim: int, clusters: int = 100, latent: int = 128, spread: float = 1.0,
-                 noise: float = 0.3, seed: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        clusters: int = 100,
+        latent: int = 128,
+        spread: float = 1.0,
+        noise: float = 0.3,
+        seed: int = 0,
+    ):
         self.rng = np.random.default_rng(seed)
         self.mu = self.rng.normal(0.0, spread, size=(clusters, latent))
-        self.w = self.rng.normal(0.0, 1.0 / np.sqrt(latent), size=(latent, dim)).astype(
-            np.float32)
+        self.w = self.rng.normal(0.0, 1.0 / np.sqrt(latent), size=(latent, dim)).astype(np.float32)
         self.dim, self.noise, self.latent = dim, noise, latent
 
     def draw(self, m: int) -> np.ndarray:
-        h = self.mu[self.rng.integers(0, len(self.mu), m)] + self.rng.normal(
-            size=(m, self.latent))
+        h = self.mu[self.rng.integers(0, len(self.mu), m)] + self.rng.normal(size=(m, self.latent))
         out = h.astype(np.float32) @ self.w
         out += np.float32(self.noise) * self.rng.standard_normal((m, self.dim), np.float32)
         return out
@@ -103,7 +109,7 @@ def write_bank(path: str, n: int, stream) -> np.ndarray:
     """N rows drawn chunk by chunk into a .npy at ``path``; returned memory-mapped read-only."""
     x = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, stream.dim))
     for i in range(0, n, CHUNK):
-        x[i:i + CHUNK] = stream.draw(min(CHUNK, n - i))
+        x[i : i + CHUNK] = stream.draw(min(CHUNK, n - i))
     x.flush()
     del x
     return np.load(path, mmap_mode="r")
@@ -115,7 +121,7 @@ def exact_top(x: np.ndarray, q: np.ndarray, k: int = 2) -> Tuple[np.ndarray, np.
     best_d = np.full((len(q), k), np.inf, np.float32)
     best_i = np.zeros((len(q), k), np.int64)
     for i in range(0, len(x), CHUNK):
-        c = np.asarray(x[i:i + CHUNK])
+        c = np.asarray(x[i : i + CHUNK])
         d = qn[:, None] - 2.0 * (q @ c.T) + np.einsum("ij,ij->i", c, c)[None, :]
         part = np.argpartition(d, k - 1, axis=1)[:, :k]
         cd = np.take_along_axis(d, part, 1)
@@ -139,7 +145,7 @@ def build_hnsw(x: np.ndarray, m: int, efc: int, threads: int, seed: int = 0):
     t0 = time.perf_counter()
     step = max(CHUNK, len(x) // 20)
     for i in range(0, len(x), step):
-        c = np.ascontiguousarray(x[i:i + step])
+        c = np.ascontiguousarray(x[i : i + step])
         index.add_items(c, np.arange(i, i + len(c)), num_threads=threads)
         dt = time.perf_counter() - t0
         say(f"hnsw M={m} efc={efc}: {i + len(c)}/{len(x)} rows, {(i + len(c)) / dt:.0f} rows/s")
@@ -163,10 +169,16 @@ def query_rows(index, q, exact_d, exact_i, efs: List[int], k: int = 2) -> List[d
         index.knn_query(q, k=k, num_threads=-1)
         batch = (time.perf_counter() - t) / len(q) * 1e3
         ratio = dist.mean(1) / np.maximum(exact_d.mean(1), 1e-12)
-        rows.append({"ef": int(ef), "latency_ms": round(single, 3),
-                     "batch_ms_per_query": round(batch, 3),
-                     "recall@2": round(recall_at(exact_i, ids), 4),
-                     "worst_score_ratio": round(float(ratio.max()), 3), "load": _load()})
+        rows.append(
+            {
+                "ef": int(ef),
+                "latency_ms": round(single, 3),
+                "batch_ms_per_query": round(batch, 3),
+                "recall@2": round(recall_at(exact_i, ids), 4),
+                "worst_score_ratio": round(float(ratio.max()), 3),
+                "load": _load(),
+            }
+        )
     return rows
 
 
@@ -189,23 +201,36 @@ def kmeans_bounded(x: np.ndarray, c: int, sample: int, seed: int = 0, n_iter: in
     t1 = time.perf_counter()
     inertia = 0.0
     for i in range(0, len(x), CHUNK):
-        d, _ = bank.search(np.asarray(x[i:i + CHUNK]), 1)
+        d, _ = bank.search(np.asarray(x[i : i + CHUNK]), 1)
         inertia += float(d.sum())
-    return {"C": c, "sample": int(len(xs)), "backend": res.backend,
-            "train_s": round(train, 1), "assign_all_s": round(time.perf_counter() - t1, 1),
-            "inertia_per_point_all": round(inertia / len(x), 4),
-            "inertia_per_point_sample": round(res.inertia / len(xs), 4), **_mem()}
+    return {
+        "C": c,
+        "sample": int(len(xs)),
+        "backend": res.backend,
+        "train_s": round(train, 1),
+        "assign_all_s": round(time.perf_counter() - t1, 1),
+        "inertia_per_point_all": round(inertia / len(x), 4),
+        "inertia_per_point_sample": round(res.inertia / len(xs), 4),
+        **_mem(),
+    }
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench.bank_scale", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dn2.tools.bench.bank_scale",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--data", choices=("mixture", "real"), default="mixture")
     p.add_argument("--real", default=None, help="float32 .npy [R, D] of real embeddings")
-    p.add_argument("--noise", type=float, default=0.3,
-                   help="real: noise std as a fraction of the per-dimension std")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.3,
+        help="real: noise std as a fraction of the per-dimension std",
+    )
     p.add_argument("--workdir", required=True, help="where the memory-mapped bank rows go")
     p.add_argument("--grid", nargs="+", default=["16:100"], help="HNSW M:ef_construction")
     p.add_argument("--efs", type=int, nargs="+", default=[16, 32, 64, 128])
@@ -213,15 +238,23 @@ def main(argv=None) -> int:
     p.add_argument("--build-threads", type=int, default=2)
     p.add_argument("--kmeans-c", type=int, default=0, help="also k-means to C centres")
     p.add_argument("--kmeans-sample", type=int, default=100_000)
-    p.add_argument("--reuse", action="store_true",
-                   help="use the bank rows already in --workdir (same --data, --n, dim)")
-    p.add_argument("--skip-hnsw", action="store_true",
-                   help="no HNSW build and no exact ground truth (k-means only)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="use the bank rows already in --workdir (same --data, --n, dim)",
+    )
+    p.add_argument(
+        "--skip-hnsw",
+        action="store_true",
+        help="no HNSW build and no exact ground truth (k-means only)",
+    )
     p.add_argument("--json", default=None, help="write all rows here too")
     a = p.parse_args(argv)
     os.makedirs(a.workdir, exist_ok=True)
-    say(f"machine: {platform.machine()} cpus {os.cpu_count()} python "
-        f"{platform.python_version()} numpy {np.__version__}")
+    say(
+        f"machine: {platform.machine()} cpus {os.cpu_count()} python "
+        f"{platform.python_version()} numpy {np.__version__}"
+    )
     if a.data == "real":
         if not a.real:
             p.error("--data real needs --real EMB.npy")
@@ -249,18 +282,31 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     ed, ei = exact_top(x, q) if a.grid else (None, None)
     exact_s = time.perf_counter() - t
-    say(f"exact ground truth: {exact_s:.1f} s for {len(q)} queries "
-        f"({exact_s / len(q) * 1e3:.1f} ms/query batched); {_mem()}")
-    base = {"n": a.n, "dim": int(x.shape[1]), "data": a.data,
-            "exact_batched_ms_per_query": round(exact_s / len(q) * 1e3, 2) if a.grid else None}
+    say(
+        f"exact ground truth: {exact_s:.1f} s for {len(q)} queries "
+        f"({exact_s / len(q) * 1e3:.1f} ms/query batched); {_mem()}"
+    )
+    base = {
+        "n": a.n,
+        "dim": int(x.shape[1]),
+        "data": a.data,
+        "exact_batched_ms_per_query": round(exact_s / len(q) * 1e3, 2) if a.grid else None,
+    }
     for g in a.grid:
         m, efc = (int(v) for v in g.split(":"))
         index, build = build_hnsw(x, m, efc, a.build_threads)
         mem = _mem()
         say(f"built M={m} efc={efc} in {build:.1f} s; {mem}")
         for r in query_rows(index, q, ed, ei, a.efs):
-            row = {**base, "M": m, "ef_construction": efc, "build_s": round(build, 1),
-                   "build_threads": a.build_threads, **mem, **r}
+            row = {
+                **base,
+                "M": m,
+                "ef_construction": efc,
+                "build_s": round(build, 1),
+                "build_threads": a.build_threads,
+                **mem,
+                **r,
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
         del index

@@ -13,6 +13,7 @@ One loop per variant, batch 1, the runtime's own parts: decode (``read_image``) 
 Prints the median model-stage and end-to-end ms per image of each variant; the first pass over
 the images is warm-up and not counted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,13 +51,20 @@ def run_variant(variant: str, embedder: Embedder, paths: List[str], bank, reps: 
                     e2e_ms.append((t3 - t0) * 1e3)
     finally:
         bank_mod.SINGLE_THREAD_QUERIES = saved
-    return {"variant": variant, "model_ms": round(statistics.median(model_ms), 1),
-            "e2e_ms": round(statistics.median(e2e_ms), 1), "images": len(model_ms)}
+    return {
+        "variant": variant,
+        "model_ms": round(statistics.median(model_ms), 1),
+        "e2e_ms": round(statistics.median(e2e_ms), 1),
+        "images": len(model_ms),
+    }
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench.blas_spin", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dn2.tools.bench.blas_spin",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model")
     p.add_argument("images", nargs="+")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
@@ -66,8 +74,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     emb = Embedder(a.model, threads=a.threads)
     exact = bank_mod.ExactBank(emb.meta.dim)
     exact.add(np.random.default_rng(0).standard_normal((a.bank, emb.meta.dim), np.float32))
-    print(f"{a.model}: {len(a.images)} images, batch 1, {a.threads} onnxruntime threads, "
-          f"exact bank {a.bank} x {emb.meta.dim}")
+    print(
+        f"{a.model}: {len(a.images)} images, batch 1, {a.threads} onnxruntime threads, "
+        f"exact bank {a.bank} x {emb.meta.dim}"
+    )
     print("| variant | model ms/img (median) | end-to-end ms/img (median) |\n|---|---|---|")
     for v in VARIANTS:
         r = run_variant(v, emb, a.images, exact, a.reps)

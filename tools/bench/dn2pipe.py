@@ -6,6 +6,7 @@ centre-crops to the model's uint8 BGR input, the ``Embedder`` runs the ONNX grap
 and the decision is score > threshold. ``jpeg_draft=True`` is the same pipeline with the
 opt-in reduced-scale JPEG decode (``dn2-fit --jpeg-draft``), sharing the other one's session.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -14,9 +15,19 @@ import numpy as np
 
 
 class Dn2Pipeline:
-    def __init__(self, model_path: str, kind: str, bank: np.ndarray, k: int, threshold: float,
-                 threads: int, batch_size: int, name: str = "", jpeg_draft: bool = False,
-                 share: "Dn2Pipeline" = None):
+    def __init__(
+        self,
+        model_path: str,
+        kind: str,
+        bank: np.ndarray,
+        k: int,
+        threshold: float,
+        threads: int,
+        batch_size: int,
+        name: str = "",
+        jpeg_draft: bool = False,
+        share: Dn2Pipeline = None,
+    ):
         import cv2
 
         from dn2.runtime import images
@@ -29,8 +40,9 @@ class Dn2Pipeline:
         if share is not None:
             self.embedder, self.knn_fn = share.embedder, share.knn_fn
         else:
-            self.embedder = Embedder(str(model_path), providers="auto", threads=threads,
-                                     batch_size=batch_size)
+            self.embedder = Embedder(
+                str(model_path), providers="auto", threads=threads, batch_size=batch_size
+            )
             self.knn_fn = make_exact_knn(bank, k)
         self.rule = self.embedder.meta.resize
         self.draft_side = images.draft_side_for(self.rule) if jpeg_draft else None

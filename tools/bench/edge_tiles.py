@@ -10,6 +10,7 @@ and the image ROC-AUC against normal frames are reported for edge and centre obj
     python -m dn2.tools.bench.edge_tiles --model M.onnx [--views crop tiles=2x4] [--mode both]
         [--train 40] [--test 30] [--json OUT]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ def _mosaic(pieces: List[np.ndarray], rng) -> np.ndarray:
     for r in range(3):
         for c in range(5):
             p = pieces[int(rng.integers(len(pieces)))]
-            frame[r * 240:(r + 1) * 240, c * 256:(c + 1) * 256] = cv2.resize(p, (256, 240))
+            frame[r * 240 : (r + 1) * 240, c * 256 : (c + 1) * 256] = cv2.resize(p, (256, 240))
     return frame
 
 
@@ -41,7 +42,7 @@ def _with_object(frame: np.ndarray, where: str, objects, rng):
     src = objects[int(rng.integers(len(objects)))]
     sh, sw = src.shape[:2]
     y0, x0 = int(rng.integers(0, sh - OBJ)), int(rng.integers(0, sw - OBJ))
-    crop = src[y0:y0 + OBJ, x0:x0 + OBJ].astype(np.float32)
+    crop = src[y0 : y0 + OBJ, x0 : x0 + OBJ].astype(np.float32)
     a = blob_mask(OBJ, OBJ, rng)[..., None]
     y = int(rng.integers(0, H - OBJ))
     if where == "edge":
@@ -49,7 +50,7 @@ def _with_object(frame: np.ndarray, where: str, objects, rng):
     else:
         x = W // 2 - OBJ // 2 + int(rng.integers(-60, 60))
     out = frame.astype(np.float32)
-    out[y:y + OBJ, x:x + OBJ] = out[y:y + OBJ, x:x + OBJ] * (1 - a) + crop * a
+    out[y : y + OBJ, x : x + OBJ] = out[y : y + OBJ, x : x + OBJ] * (1 - a) + crop * a
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -75,42 +76,72 @@ def make_frames(root: Path, n_train: int, n_test: int, seed: int = 0) -> Dict[st
     return sets
 
 
-def run(model: str, views: List[str], mode: str, n_train: int, n_test: int,
-        threads: Optional[int], log=print) -> Dict:
+def run(
+    model: str,
+    views: List[str],
+    mode: str,
+    n_train: int,
+    n_test: int,
+    threads: Optional[int],
+    log=print,
+) -> Dict:
     from dn2.runtime.detector import Detector
     from dn2.runtime.patchfit import fit_view_bundle
     from dn2.runtime.threshold import roc_auc
     from dn2.runtime.views import View
 
-    out: Dict = {"frame": [W, H], "object": OBJ, "mode": mode, "n_train": n_train,
-                 "n_test": n_test, "views": {}}
+    out: Dict = {
+        "frame": [W, H],
+        "object": OBJ,
+        "mode": mode,
+        "n_train": n_train,
+        "n_test": n_test,
+        "views": {},
+    }
     with tempfile.TemporaryDirectory(prefix="dn2-edge-") as tmp:
         sets = make_frames(Path(tmp), n_train, n_test)
         for v in views:
             t0 = time.perf_counter()
             b = Path(tmp) / f"b_{v.replace('=', '_')}"
-            fit_view_bundle(model, b, sets["train"], mode=mode, view=View.parse(v),
-                            fpr=0.05, threads=threads, progress=False)
+            fit_view_bundle(
+                model,
+                b,
+                sets["train"],
+                mode=mode,
+                view=View.parse(v),
+                fpr=0.05,
+                threads=threads,
+                progress=False,
+            )
             det = Detector.load(b, threads=threads)
             t1 = time.perf_counter()
-            sc = {k: [r.score for r in det.analyze_paths(sets[k], maps=False)]
-                  for k in ("normal", "edge", "centre")}
+            sc = {
+                k: [r.score for r in det.analyze_paths(sets[k], maps=False)]
+                for k in ("normal", "edge", "centre")
+            }
             t2 = time.perf_counter()
             thr = det.threshold
-            res = {"flagged": {k: float(np.mean(np.asarray(s) > thr)) for k, s in sc.items()},
-                   "auroc": {k: roc_auc(sc["normal"], sc[k]) for k in ("edge", "centre")},
-                   "fit_s": round(t1 - t0, 1),
-                   "score_s_per_frame": round((t2 - t1) / (3 * n_test), 3)}
+            res = {
+                "flagged": {k: float(np.mean(np.asarray(s) > thr)) for k, s in sc.items()},
+                "auroc": {k: roc_auc(sc["normal"], sc[k]) for k in ("edge", "centre")},
+                "fit_s": round(t1 - t0, 1),
+                "score_s_per_frame": round((t2 - t1) / (3 * n_test), 3),
+            }
             out["views"][v] = res
-            log(f"{v}: flagged normal {res['flagged']['normal']:.2f} edge "
+            log(
+                f"{v}: flagged normal {res['flagged']['normal']:.2f} edge "
                 f"{res['flagged']['edge']:.2f} centre {res['flagged']['centre']:.2f}; AUROC "
-                f"edge {res['auroc']['edge']:.3f} centre {res['auroc']['centre']:.3f}")
+                f"edge {res['auroc']['edge']:.3f} centre {res['auroc']['centre']:.3f}"
+            )
     return out
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench.edge_tiles", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dn2.tools.bench.edge_tiles",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True)
     p.add_argument("--views", nargs="+", default=["crop", "tiles=2x4"])
     p.add_argument("--mode", default="both", choices=("global", "patch", "both"))
@@ -119,8 +150,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json")
     a = p.parse_args(argv)
-    res = run(a.model, a.views, a.mode, a.train, a.test, a.threads,
-              log=lambda m: print(m, file=sys.stderr, flush=True))
+    res = run(
+        a.model,
+        a.views,
+        a.mode,
+        a.train,
+        a.test,
+        a.threads,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     print(json.dumps(res, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))

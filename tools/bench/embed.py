@@ -7,6 +7,7 @@ Without IMAGES it writes 32 real 1280x720 JPEG frames (scikit-image photos, shif
 folder. Prints img/s for each ``decode_workers`` value (0 = decode in the calling thread, so
 no overlap), best of ``--repeat`` passes, and the decode+prepare and model costs measured alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,12 +24,15 @@ def frames(folder: str, n: int = 32) -> List[str]:
     import skimage
 
     d = os.path.join(os.path.dirname(skimage.__file__), "data")
-    srcs = [cv2.imread(os.path.join(d, f)) for f in
-            ("retina.jpg", "hubble_deep_field.jpg", "motorcycle_left.png", "coffee.png")]
+    srcs = [
+        cv2.imread(os.path.join(d, f))
+        for f in ("retina.jpg", "hubble_deep_field.jpg", "motorcycle_left.png", "coffee.png")
+    ]
     out = []
     for i in range(n):
-        img = cv2.resize(np.roll(srcs[i % 4], 7 * i, axis=1), (1280, 720),
-                         interpolation=cv2.INTER_CUBIC)
+        img = cv2.resize(
+            np.roll(srcs[i % 4], 7 * i, axis=1), (1280, 720), interpolation=cv2.INTER_CUBIC
+        )
         p = os.path.join(folder, f"frame{i:03d}.jpg")
         cv2.imwrite(p, img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         out.append(p)
@@ -66,9 +70,11 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         emb.embed_batch(x)
         model = (time.perf_counter() - t0) / len(paths)
-        print(f"alone: decode+prepare {1000 * dec:.1f} ms/img, model {1000 * model:.1f} ms/img "
-              f"-> no-overlap bound {1 / (dec + model):.1f} img/s, "
-              f"perfect-overlap bound {1 / max(dec, model):.1f} img/s")
+        print(
+            f"alone: decode+prepare {1000 * dec:.1f} ms/img, model {1000 * model:.1f} ms/img "
+            f"-> no-overlap bound {1 / (dec + model):.1f} img/s, "
+            f"perfect-overlap bound {1 / max(dec, model):.1f} img/s"
+        )
     return 0
 
 

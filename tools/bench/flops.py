@@ -9,6 +9,7 @@ of every Conv, Gemm and MatMul (and their QLinear twins):
 FLOPs = 2 * MACs. Element-wise ops (BatchNorm if unfused, ReLU, pooling, the in-graph
 normalisation) are not counted: they are < 1% of a ResNet and add no sgemm-comparable work.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Dict, List, Optional
 
 from dn2.runtime.errors import ModelError
 
-METHOD = ("onnx graph, batch 1: 2 x MACs of Conv/Gemm/MatMul (QLinear* too) from onnx shape "
-          "inference; element-wise ops not counted")
+METHOD = (
+    "onnx graph, batch 1: 2 x MACs of Conv/Gemm/MatMul (QLinear* too) from onnx shape "
+    "inference; element-wise ops not counted"
+)
 
 # op type -> (index of the data input, index of the weight input)
 _CONV_OPS = {"Conv": (0, 1), "QLinearConv": (0, 3), "ConvInteger": (0, 1)}
@@ -50,6 +53,7 @@ def _attr(node, name, default):
     for a in node.attribute:
         if a.name == name:
             from onnx import helper
+
             return helper.get_attribute_value(a)
     return default
 
@@ -69,6 +73,7 @@ def count_model_flops(model_path: str | Path) -> Dict[str, object]:
         import onnx
     except ImportError as exc:  # pragma: no cover - onnx is in the export extra
         from dn2.runtime.errors import MissingExtraError
+
         raise MissingExtraError("onnx", "export", "counting model FLOPs") from exc
 
     try:
@@ -109,8 +114,15 @@ def count_model_flops(model_path: str | Path) -> Dict[str, object]:
         n_ops += 1
         by_op[node.op_type] = by_op.get(node.op_type, 0) + int(macs)
     if unknown:
-        raise ModelError(f"{model_path}: shapes of {len(unknown)} Conv/MatMul nodes could not be "
-                         f"inferred (first: {unknown[:3]}); cannot count FLOPs")
+        raise ModelError(
+            f"{model_path}: shapes of {len(unknown)} Conv/MatMul nodes could not be "
+            f"inferred (first: {unknown[:3]}); cannot count FLOPs"
+        )
     macs_total = sum(by_op.values())
-    return {"gflops": round(2.0 * macs_total / 1e9, 4), "macs": macs_total,
-            "macs_by_op": by_op, "ops_counted": n_ops, "method": METHOD}
+    return {
+        "gflops": round(2.0 * macs_total / 1e9, 4),
+        "macs": macs_total,
+        "macs_by_op": by_op,
+        "ops_counted": n_ops,
+        "method": METHOD,
+    }

@@ -8,6 +8,7 @@ same run gives the global signal's, the patch signal's and the decision's ROC-AU
     python -m dn2.tools.bench.fmnist_modes --model M.onnx [--classes 0 1 ...] [--train 100]
         [--test 100] [--view full] [--json OUT]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,11 @@ def _write(root: Path, ds, c: int, n_train: int, n_test: int, rng) -> None:
     tr = np.flatnonzero(ds.train.labels == c)
     te_in = np.flatnonzero(ds.test.labels == c)
     te_out = np.flatnonzero(ds.test.labels != c)
-    for d, split, idx in (("train/good", ds.train, rng.choice(tr, n_train, replace=False)),
-                          ("test/good", ds.test, rng.choice(te_in, n_test, replace=False)),
-                          ("test/other", ds.test, rng.choice(te_out, n_test, replace=False))):
+    for d, split, idx in (
+        ("train/good", ds.train, rng.choice(tr, n_train, replace=False)),
+        ("test/good", ds.test, rng.choice(te_in, n_test, replace=False)),
+        ("test/other", ds.test, rng.choice(te_out, n_test, replace=False)),
+    ):
         (root / d).mkdir(parents=True, exist_ok=True)
         for i in idx:
             cv2.imwrite(str(root / d / f"{split.name}_{int(i):05d}.png"), split.load(int(i)))
@@ -36,8 +39,11 @@ def main(argv=None) -> int:
     from dn2.tools.eval.datasets import load_fashion_mnist
     from dn2.tools.eval.folder import evaluate_folder
 
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench.fmnist_modes", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dn2.tools.bench.fmnist_modes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True)
     p.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--train", type=int, default=100)
@@ -49,18 +55,23 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     ds = load_fashion_mnist()
     rng = np.random.default_rng(a.seed)
-    out = {"train_per_class": a.train, "test_per_class": 2 * a.test, "view": a.view,
-           "classes": {}}
+    out = {"train_per_class": a.train, "test_per_class": 2 * a.test, "view": a.view, "classes": {}}
     for c in a.classes:
         with tempfile.TemporaryDirectory(prefix="dn2-fm-") as tmp:
             _write(Path(tmp), ds, c, a.train, a.test, rng)
-            r = evaluate_folder(tmp, a.model, mode="both", view=a.view, threads=a.threads,
-                                log=lambda m: None)
-        row = {"both": r["image_auroc"]["other"],
-               **{sig: v["other"] for sig, v in r["image_auroc_by_signal"].items()}}
+            r = evaluate_folder(
+                tmp, a.model, mode="both", view=a.view, threads=a.threads, log=lambda m: None
+            )
+        row = {
+            "both": r["image_auroc"]["other"],
+            **{sig: v["other"] for sig, v in r["image_auroc_by_signal"].items()},
+        }
         out["classes"][str(c)] = row
-        print(f"class {c}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()),
-              file=sys.stderr, flush=True)
+        print(
+            f"class {c}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     keys = next(iter(out["classes"].values())).keys()
     out["mean"] = {k: float(np.mean([v[k] for v in out["classes"].values()])) for k in keys}
     print(json.dumps(out, indent=1))

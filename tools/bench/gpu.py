@@ -10,6 +10,7 @@ Every number is end to end from host uint8 pixels [N, S, S, 3] to host float32 e
 (fp32 always; fp16 / int8 only when such a file is given with --onnx); the TensorRT EP and the
 native engine build their fp16 / int8 engines from the fp32 ONNX (int8: calibrated on --calib).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ BACKENDS = ("ort-cuda", "ort-tensorrt", "trt-native")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def time_batches(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, warmup: int, iters: int,
-                 repeats: int) -> Dict[str, float]:
+def time_batches(
+    run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, warmup: int, iters: int, repeats: int
+) -> Dict[str, float]:
     for _ in range(warmup):
         run(x)
     rates = []
@@ -50,8 +52,10 @@ def _ort_runner(onnx: Path, providers: list, want: str) -> Callable[[np.ndarray]
 
     sess = ort.InferenceSession(str(onnx), providers=providers)
     if sess.get_providers()[0] != want:
-        raise Dn2Error(f"{want} did not load (session providers {sess.get_providers()}): "
-                       f"see onnxruntime's log above")
+        raise Dn2Error(
+            f"{want} did not load (session providers {sess.get_providers()}): "
+            f"see onnxruntime's log above"
+        )
     return BoundRunner(sess).run
 
 
@@ -73,9 +77,18 @@ def _export(arch: str, weights: str, size: int, work: Path, log=print) -> Dict[s
     return out
 
 
-def run_bench(onnx: Dict[str, Path], batches: List[int], precisions: List[str],
-              backends: List[str], calib: Optional[str], work: Path, warmup: int, iters: int,
-              repeats: int, log=print) -> dict:
+def run_bench(
+    onnx: Dict[str, Path],
+    batches: List[int],
+    precisions: List[str],
+    backends: List[str],
+    calib: Optional[str],
+    work: Path,
+    warmup: int,
+    iters: int,
+    repeats: int,
+    log=print,
+) -> dict:
     import onnxruntime as ort
 
     from dn2.export.tensorrt import build_engine
@@ -98,8 +111,14 @@ def run_bench(onnx: Dict[str, Path], batches: List[int], precisions: List[str],
     for prec in precisions:
         if "trt-native" in backends and trt_version and (prec != "int8" or calib):
             try:
-                engines[prec] = build_engine(onnx["fp32"], prec, calib=calib, log=log,
-                                             cache_dir=work / "engines", max_batch=max(batches))
+                engines[prec] = build_engine(
+                    onnx["fp32"],
+                    prec,
+                    calib=calib,
+                    log=log,
+                    cache_dir=work / "engines",
+                    max_batch=max(batches),
+                )
             except Dn2Error as exc:
                 log(f"[bench] native {prec} engine: {exc}")
     for backend in backends:
@@ -110,12 +129,15 @@ def run_bench(onnx: Dict[str, Path], batches: List[int], precisions: List[str],
                     why = f"no {prec} ONNX file given (--onnx {prec}=PATH)"
                 else:
                     runner_for = lambda b, p=prec: _ort_runner(  # noqa: E731
-                        onnx[p], [(CUDA_EP, cuda_ep_options()), "CPUExecutionProvider"], CUDA_EP)
+                        onnx[p], [(CUDA_EP, cuda_ep_options()), "CPUExecutionProvider"], CUDA_EP
+                    )
             elif backend == "ort-tensorrt":
                 cache = work / "ort-trt" / prec
                 table = None
                 if prec == "int8":
-                    side = engines.get("int8") and json.loads(Path(str(engines["int8"]) + ".json").read_text())
+                    side = engines.get("int8") and json.loads(
+                        Path(str(engines["int8"]) + ".json").read_text()
+                    )
                     calib_file = side and work / "engines" / f"{side['cache_key'][:16]}.calib"
                     if not calib_file or not calib_file.is_file():
                         why = "int8 needs the native int8 build's calibration table (--calib DIR)"
@@ -125,11 +147,19 @@ def run_bench(onnx: Dict[str, Path], batches: List[int], precisions: List[str],
                         shutil.copyfile(calib_file, table)
                 if why is None:
                     cache.mkdir(parents=True, exist_ok=True)
-                    opts = tensorrt_ep_options(str(cache), s, fp16=prec != "fp32", int8_table=table,
-                                               max_batch=max(batches), opt_batch=min(8, max(batches)))
+                    opts = tensorrt_ep_options(
+                        str(cache),
+                        s,
+                        fp16=prec != "fp32",
+                        int8_table=table,
+                        max_batch=max(batches),
+                        opt_batch=min(8, max(batches)),
+                    )
                     runner_for = lambda b, o=opts: _ort_runner(  # noqa: E731
-                        onnx["fp32"], [(TRT_EP, o), (CUDA_EP, cuda_ep_options()),
-                                       "CPUExecutionProvider"], TRT_EP)
+                        onnx["fp32"],
+                        [(TRT_EP, o), (CUDA_EP, cuda_ep_options()), "CPUExecutionProvider"],
+                        TRT_EP,
+                    )
             else:
                 if prec not in engines:
                     why = "no engine (TensorRT missing, build failed, or int8 without --calib)"
@@ -146,40 +176,67 @@ def run_bench(onnx: Dict[str, Path], batches: List[int], precisions: List[str],
                 else:
                     row["skipped"] = why
                 rows.append(row)
-    return {"device": device, "tensorrt": trt_version, "onnxruntime": ort.__version__,
-            "model": {"arch": meta.arch, "weights": meta.weights, "input_size": s},
-            "method": f"end to end host uint8 -> host float32; {warmup} warm-up batches, median "
-                      f"of {repeats} runs x {iters} batches", "rows": rows}
+    return {
+        "device": device,
+        "tensorrt": trt_version,
+        "onnxruntime": ort.__version__,
+        "model": {"arch": meta.arch, "weights": meta.weights, "input_size": s},
+        "method": f"end to end host uint8 -> host float32; {warmup} warm-up batches, median "
+        f"of {repeats} runs x {iters} batches",
+        "rows": rows,
+    }
 
 
 def table(report: dict) -> str:
     m = report["model"]
-    lines = [f"{m['arch']} ({m['weights']} weights, {m['input_size']} px) on {report['device']}; "
-             f"TensorRT {report['tensorrt']}, onnxruntime {report['onnxruntime']}",
-             f"img/s, {report['method']}", "",
-             "| backend | precision | " + " | ".join(f"batch {b}" for b in
-                                                    sorted({r['batch'] for r in report['rows']})) + " |"]
+    lines = [
+        f"{m['arch']} ({m['weights']} weights, {m['input_size']} px) on {report['device']}; "
+        f"TensorRT {report['tensorrt']}, onnxruntime {report['onnxruntime']}",
+        f"img/s, {report['method']}",
+        "",
+        "| backend | precision | "
+        + " | ".join(f"batch {b}" for b in sorted({r["batch"] for r in report["rows"]}))
+        + " |",
+    ]
     batches = sorted({r["batch"] for r in report["rows"]})
     lines.append("|---|---|" + "---:|" * len(batches))
     for backend in BACKENDS:
         for prec in PRECISIONS:
-            cells = {r["batch"]: r for r in report["rows"]
-                     if r["backend"] == backend and r["precision"] == prec}
+            cells = {
+                r["batch"]: r
+                for r in report["rows"]
+                if r["backend"] == backend and r["precision"] == prec
+            }
             if not cells:
                 continue
-            vals = [f"{cells[b]['img_per_s']:.0f}" if "img_per_s" in cells.get(b, {}) else "n/a"
-                    for b in batches]
+            vals = [
+                f"{cells[b]['img_per_s']:.0f}" if "img_per_s" in cells.get(b, {}) else "n/a"
+                for b in batches
+            ]
             lines.append(f"| {backend} | {prec} | " + " | ".join(vals) + " |")
-    notes = {f"{r['backend']} {r['precision']}: {r['skipped']}" for r in report["rows"] if "skipped" in r}
+    notes = {
+        f"{r['backend']} {r['precision']}: {r['skipped']}" for r in report["rows"] if "skipped" in r
+    }
     return "\n".join(lines + [""] + [f"n/a {n}" for n in sorted(notes)])
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench.gpu", description=__doc__.split("\n")[0])
-    p.add_argument("--onnx", action="append", default=[], metavar="PREC=PATH",
-                   help="dn2 ONNX file per precision (fp32 required unless --arch exports it)")
-    p.add_argument("--arch", default="resnet101", help="export this arch when no fp32 --onnx is given")
-    p.add_argument("--weights", default="none", help="weights for the export (default none: random)")
+    p = argparse.ArgumentParser(
+        prog="python -m dn2.tools.bench.gpu", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--onnx",
+        action="append",
+        default=[],
+        metavar="PREC=PATH",
+        help="dn2 ONNX file per precision (fp32 required unless --arch exports it)",
+    )
+    p.add_argument(
+        "--arch", default="resnet101", help="export this arch when no fp32 --onnx is given"
+    )
+    p.add_argument(
+        "--weights", default="none", help="weights for the export (default none: random)"
+    )
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--calib", metavar="DIR", help="calibration images for int8 (required for int8)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
@@ -196,14 +253,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         for item in a.onnx:
             prec, _, path = item.partition("=")
             if prec not in PRECISIONS or not path:
-                raise Dn2Error(f"--onnx: expected PREC=PATH with PREC in {PRECISIONS}, found {item!r}")
+                raise Dn2Error(
+                    f"--onnx: expected PREC=PATH with PREC in {PRECISIONS}, found {item!r}"
+                )
             onnx[prec] = Path(path)
         work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="dn2-bench-gpu-"))
         work.mkdir(parents=True, exist_ok=True)
         if "fp32" not in onnx:
             onnx = {**_export(a.arch, a.weights, a.input_size, work), **onnx}
-        report = run_bench(onnx, a.batch, a.precision, a.backend, a.calib, work,
-                           a.warmup, a.iters, a.repeats)
+        report = run_bench(
+            onnx, a.batch, a.precision, a.backend, a.calib, work, a.warmup, a.iters, a.repeats
+        )
     except Dn2Error as exc:
         print(f"bench.gpu: {exc}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 from the same weights (``dn2.export.weights.load_weights``: for ``none`` the same seeded random
 init the export uses), so the three pipelines compute the same embedding function.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,17 +21,28 @@ def _reusable(path: Path, arch: str, input_size: int, precision: str, weights: s
         meta = read_model_meta(str(path))
     except Dn2Error:
         return False
-    same_weights = (meta.weights == weights or (weights not in ("none", "imagenet")
-                                                 and meta.weights.startswith("file:")))
+    same_weights = meta.weights == weights or (
+        weights not in ("none", "imagenet") and meta.weights.startswith("file:")
+    )
     if weights == "imagenet":
         same_weights = meta.weights.startswith("imagenet")
-    return (meta.arch == arch and meta.input_size == input_size
-            and meta.precision == precision and same_weights)
+    return (
+        meta.arch == arch
+        and meta.input_size == input_size
+        and meta.precision == precision
+        and same_weights
+    )
 
 
-def export_models(arch: str, weights: str, input_size: int, out_dir: Path,
-                  precisions: Sequence[str], calib_dir: str,
-                  log: Callable[[str], None]) -> Dict[str, Dict[str, object]]:
+def export_models(
+    arch: str,
+    weights: str,
+    input_size: int,
+    out_dir: Path,
+    precisions: Sequence[str],
+    calib_dir: str,
+    log: Callable[[str], None],
+) -> Dict[str, Dict[str, object]]:
     """Export (or reuse) one model per precision; int8 is calibrated on the images in
     ``calib_dir`` (the benchmark's own frames). Returns {precision: {"path", "export_s"}}."""
     import time
@@ -46,8 +58,15 @@ def export_models(arch: str, weights: str, input_size: int, out_dir: Path,
             continue
         log(f"exporting {arch} {prec} -> {path}")
         t0 = time.perf_counter()
-        export_model(arch, weights, str(path), input_size, prec,
-                     calib=str(calib_dir) if prec == "int8" else None, log=log)
+        export_model(
+            arch,
+            weights,
+            str(path),
+            input_size,
+            prec,
+            calib=str(calib_dir) if prec == "int8" else None,
+            log=log,
+        )
         out[prec] = {"path": str(path), "export_s": round(time.perf_counter() - t0, 2)}
     return out
 

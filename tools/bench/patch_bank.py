@@ -18,6 +18,7 @@ both-mode bundle of one model, alternating, reporting images/s and their ratio.
         [--size 4096] [--json OUT]
     python -m dn2.tools.bench.patch_bank speed --model M.onnx [--images 30] [--json OUT]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,10 @@ import numpy as np
 def _textile():
     import conformal_clip_data as ccd
 
-    return (sorted(Path(ccd.nominal_dir()).glob("*.jpg")),
-            sorted(Path(ccd.local_dir()).glob("*.jpg")))
+    return (
+        sorted(Path(ccd.nominal_dir()).glob("*.jpg")),
+        sorted(Path(ccd.local_dir()).glob("*.jpg")),
+    )
 
 
 def _patches(emb, paths, view):
@@ -58,15 +61,24 @@ def compare(a) -> dict:
     emb = Embedder(a.model, threads=a.threads)
     view = View.parse(a.view)
     t0 = time.perf_counter()
-    train = _patches(emb, noms[:a.train], view)
+    train = _patches(emb, noms[: a.train], view)
     ve = ViewEmbedder(emb, view)
-    test = {k: [it.patches for it in ve.paths(p)] for k, p in
-            (("good", noms[500:500 + a.test]), ("local", locs[:a.test]))}
+    test = {
+        k: [it.patches for it in ve.paths(p)]
+        for k, p in (("good", noms[500 : 500 + a.test]), ("local", locs[: a.test]))
+    }
     t_embed = time.perf_counter() - t0
     allp = np.concatenate(train)
     n = a.size
-    out = {"train_images": a.train, "test_images": a.test, "patches": int(len(allp)),
-           "dim": int(allp.shape[1]), "size": n, "embed_s": round(t_embed, 1), "banks": {}}
+    out = {
+        "train_images": a.train,
+        "test_images": a.test,
+        "patches": int(len(allp)),
+        "dim": int(allp.shape[1]),
+        "size": n,
+        "embed_s": round(t_embed, 1),
+        "banks": {},
+    }
 
     def stream():
         pool = StreamingCoreset(allp.shape[1], min(512, len(train[0])), 4 * n, seed=0)
@@ -87,8 +99,12 @@ def compare(a) -> dict:
         k.train(np.ascontiguousarray(allp))
         return k.centroids.astype(np.float32), allp.nbytes
 
-    for name, fn in (("coreset-stream", stream), ("coreset-full", full), ("random", rand),
-                     ("kmeans", km)):
+    for name, fn in (
+        ("coreset-stream", stream),
+        ("coreset-full", full),
+        ("random", rand),
+        ("kmeans", km),
+    ):
         try:
             t = time.perf_counter()
             rows, peak = fn()
@@ -100,11 +116,17 @@ def compare(a) -> dict:
         t = time.perf_counter()
         cells = {k: [cell_scores(bank, p) for p in v] for k, v in test.items()}
         q = (time.perf_counter() - t) / (2 * a.test)
-        res = {"build_s": round(build, 2), "bank_bytes": int(rows.nbytes),
-               "peak_patch_bytes": int(peak), "query_s_per_image": round(q, 4)}
+        res = {
+            "build_s": round(build, 2),
+            "bank_bytes": int(rows.nbytes),
+            "peak_patch_bytes": int(peak),
+            "query_s_per_image": round(q, 4),
+        }
         for red, tk in (("top10", 10), ("max", 1)):
-            s = {k: np.concatenate([reduce_cells(c[None], "topk", tk) for c in v])
-                 for k, v in cells.items()}
+            s = {
+                k: np.concatenate([reduce_cells(c[None], "topk", tk) for c in v])
+                for k, v in cells.items()
+            }
             res[f"auroc_local_{red}"] = roc_auc(s["good"], s["local"])
         out["banks"][name] = res
         print(f"{name}: {res}", file=sys.stderr, flush=True)
@@ -117,13 +139,20 @@ def speed(a) -> dict:
     from dn2.runtime.views import View
 
     noms, _ = _textile()
-    imgs = [str(p) for p in noms[600:600 + a.images]]
+    imgs = [str(p) for p in noms[600 : 600 + a.images]]
     out = {"images": a.images, "view": a.view, "rounds": []}
     with tempfile.TemporaryDirectory(prefix="dn2-speed-") as tmp:
         dets = {}
         for mode in ("global", "both"):
-            fit_view_bundle(a.model, f"{tmp}/{mode}", noms[:a.train], mode=mode,
-                            view=View.parse(a.view), threads=a.threads, progress=False)
+            fit_view_bundle(
+                a.model,
+                f"{tmp}/{mode}",
+                noms[: a.train],
+                mode=mode,
+                view=View.parse(a.view),
+                threads=a.threads,
+                progress=False,
+            )
             dets[mode] = Detector.load(f"{tmp}/{mode}", threads=a.threads)
             dets[mode].analyze_paths(imgs[:2])  # warm-up
         for _ in range(2):
@@ -134,14 +163,20 @@ def speed(a) -> dict:
                 r[mode] = a.images / (time.perf_counter() - t)
             r["ratio"] = r["both"] / r["global"]
             out["rounds"].append(r)
-            print(f"images/s global {r['global']:.2f} both {r['both']:.2f} ratio "
-                  f"{r['ratio']:.2f}", file=sys.stderr, flush=True)
+            print(
+                f"images/s global {r['global']:.2f} both {r['both']:.2f} ratio {r['ratio']:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
     return out
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench.patch_bank", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dn2.tools.bench.patch_bank",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("what", choices=("compare", "speed"))
     p.add_argument("--model", required=True)
     p.add_argument("--view", default="full")

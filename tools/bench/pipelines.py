@@ -19,6 +19,7 @@ end-to-end rate is compared with; the model stage timed inside the pipeline can 
 than bare (other stages' thread pools still spinning on the same cores), and that loss is part
 of what end-to-end has to answer for.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,14 +72,20 @@ class Timings:
             "latency_ms_p95": round(float(np.percentile(lat_ms, 95)), 3),
             "latency_unit": f"one batch of {self.batch} image(s), decode to decision",
             "e2e_ms_per_image": round(total / self.images * 1e3, 4),
-            "stages_ms_per_image": {s: round(t / self.images * 1e3, 4) for s, t in stage_tot.items()},
+            "stages_ms_per_image": {
+                s: round(t / self.images * 1e3, 4) for s, t in stage_tot.items()
+            },
             "stages_sum_ms_per_image": round(sum(stage_tot.values()) / self.images * 1e3, 4),
             "model_only_img_per_s": round(self.images / stage_tot["model"], 3),
             "e2e_over_model_only": round(stage_tot["model"] / total, 4),
-            "bare_model_img_per_s": (round(self.bare_images / sum(self.bare_model), 3)
-                                     if self.bare_model else None),
-            "e2e_over_bare_model": (round(self.images / total * sum(self.bare_model)
-                                          / self.bare_images, 4) if self.bare_model else None),
+            "bare_model_img_per_s": (
+                round(self.bare_images / sum(self.bare_model), 3) if self.bare_model else None
+            ),
+            "e2e_over_bare_model": (
+                round(self.images / total * sum(self.bare_model) / self.bare_images, 4)
+                if self.bare_model
+                else None
+            ),
         }
 
 
@@ -91,7 +98,7 @@ def make_batches(paths: Sequence[str], batch: int) -> List[List[str]]:
         raise ValueError("no benchmark images")
     count = math.ceil(n / batch) * batch
     idx = [i % n for i in range(count)]
-    return [[paths[j] for j in idx[i:i + batch]] for i in range(0, count, batch)]
+    return [[paths[j] for j in idx[i : i + batch]] for i in range(0, count, batch)]
 
 
 def run_batch(pipe: Pipeline, paths: Sequence[str]):
@@ -108,8 +115,13 @@ def run_batch(pipe: Pipeline, paths: Sequence[str]):
     t4 = clock()
     decisions = pipe.decide(scores)
     t_end = clock()
-    stages = {"decode": t1 - t_start, "preprocess": t2 - t1, "model": t3 - t2,
-              "knn": t4 - t3, "decision": t_end - t4}
+    stages = {
+        "decode": t1 - t_start,
+        "preprocess": t2 - t1,
+        "model": t3 - t2,
+        "knn": t4 - t3,
+        "decision": t_end - t4,
+    }
     return stages, t_end - t_start, decisions
 
 
@@ -118,7 +130,9 @@ def run_pass(pipe: Pipeline, batches: Sequence[Sequence[str]], timings: Timings)
     for paths in batches:
         stages, e2e, decisions = run_batch(pipe, paths)
         if len(decisions) != len(paths):
-            raise RuntimeError(f"{pipe.name}: {len(paths)} images in, {len(decisions)} decisions out")
+            raise RuntimeError(
+                f"{pipe.name}: {len(paths)} images in, {len(decisions)} decisions out"
+            )
         timings.e2e.append(e2e)
         timings.images += len(paths)
         for s in STAGES:
@@ -135,8 +149,13 @@ def run_bare_model(pipe: Pipeline, inputs: Sequence, timings: Timings) -> None:
         timings.bare_images += len(x)
 
 
-def run_all(pipes: Sequence[Pipeline], paths: Sequence[str], batch_sizes: Sequence[int],
-            passes: int, progress=None) -> List[Timings]:
+def run_all(
+    pipes: Sequence[Pipeline],
+    paths: Sequence[str],
+    batch_sizes: Sequence[int],
+    passes: int,
+    progress=None,
+) -> List[Timings]:
     """Warm each (pipeline, batch) up on one batch, then time ``passes`` passes over all images,
     each pass followed by the same batches through the bare model stage.
 
@@ -152,8 +171,10 @@ def run_all(pipes: Sequence[Pipeline], paths: Sequence[str], batch_sizes: Sequen
     for k in range(passes):
         for p, b, batches in plan:
             if progress:
-                progress(f"pass {k + 1}/{passes}: {p.name} batch {b} ({len(batches)} batches)"
-                         " + bare model")
+                progress(
+                    f"pass {k + 1}/{passes}: {p.name} batch {b} ({len(batches)} batches)"
+                    " + bare model"
+                )
             run_pass(p, batches, results[(p.name, b)])
             run_bare_model(p, prepared[(p.name, b)], results[(p.name, b)])
     return [results[(p.name, b)] for p, b, _ in plan]

@@ -6,6 +6,7 @@ fp32 / int8, ``img_per_s``, latency p50/p95, per-stage ms per image, ratio to to
 same batch, achieved model-stage GFLOP/s and its share of the sgemm peak), ``agreement``
 (embedding cosines between pipelines) and ``goals`` (the speed targets, met or missed).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,16 +42,29 @@ def machine_info() -> Dict[str, object]:
             versions[mod] = __import__(mod).__version__
         except Exception:  # not installed, or no __version__: report it as absent
             versions[mod] = None
-    simd = [f for f in ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-            if f in flags]
-    return {"cpu": model, "cores": os.cpu_count(), "simd": simd,
-            "load_avg": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(), "versions": versions}
+    simd = [
+        f
+        for f in ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+        if f in flags
+    ]
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "simd": simd,
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "versions": versions,
+    }
 
 
-def build_report(config: Dict[str, object], machine: Dict[str, object], sgemm: Dict[str, object],
-                 flops: Optional[Dict[str, object]], summaries: Sequence[Dict[str, object]],
-                 agreement: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+def build_report(
+    config: Dict[str, object],
+    machine: Dict[str, object],
+    sgemm: Dict[str, object],
+    flops: Optional[Dict[str, object]],
+    summaries: Sequence[Dict[str, object]],
+    agreement: Optional[Dict[str, object]] = None,
+) -> Dict[str, object]:
     peak = float(sgemm["gflops"])
     gf = float(flops["gflops"]) if flops else None
     torch_ips = {s["batch"]: s["img_per_s"] for s in summaries if s["kind"] == "torch"}
@@ -66,9 +80,16 @@ def build_report(config: Dict[str, object], machine: Dict[str, object], sgemm: D
             row["model_gflops_per_s"] = round(achieved, 2)
             row["model_pct_of_sgemm_peak"] = round(100.0 * achieved / peak, 1)
         rows.append(row)
-    return {"schema": SCHEMA, "config": config, "machine": machine, "sgemm": sgemm,
-            "model_flops": flops, "pipelines": rows, "agreement": agreement or {},
-            "goals": evaluate_goals(rows)}
+    return {
+        "schema": SCHEMA,
+        "config": config,
+        "machine": machine,
+        "sgemm": sgemm,
+        "model_flops": flops,
+        "pipelines": rows,
+        "agreement": agreement or {},
+        "goals": evaluate_goals(rows),
+    }
 
 
 def evaluate_goals(rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
@@ -81,15 +102,26 @@ def evaluate_goals(rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]]
                 value = r["x_torch_eager"]
             elif goal_id == "e2e_vs_model" and r["kind"] in ("fp32", "int8"):
                 value = r.get("e2e_over_bare_model")
-            elif (goal_id == "fp32_model_peak" and r["kind"] == "fp32"
-                  and "model_pct_of_sgemm_peak" in r and "-jpeg-draft" not in r["name"]):
+            elif (
+                goal_id == "fp32_model_peak"
+                and r["kind"] == "fp32"
+                and "model_pct_of_sgemm_peak" in r
+                and "-jpeg-draft" not in r["name"]
+            ):
                 value = r["model_pct_of_sgemm_peak"] / 100.0
             else:
                 continue
             if value is None:
                 continue
-            out.append({"goal": goal_id, "what": f"{text} ({r['name']})", "target": target,
-                        "measured": round(float(value), 3), "met": bool(value >= target)})
+            out.append(
+                {
+                    "goal": goal_id,
+                    "what": f"{text} ({r['name']})",
+                    "target": target,
+                    "measured": round(float(value), 3),
+                    "met": bool(value >= target),
+                }
+            )
     return out
 
 
@@ -112,9 +144,12 @@ def format_tables(report: Dict[str, object]) -> str:
     ]
     if fl:
         lines.append(f"model: {fl['gflops']:.3f} GFLOP per image ({fl['method']})")
-    lines += ["", "| pipeline | img/s | x torch | p50 ms | p95 ms | decode | preproc | model | kNN "
-              "| decision | e2e ms/img | bare model img/s | e2e/bare | model GFLOP/s | % peak |",
-              "|" + "---|" * 15]
+    lines += [
+        "",
+        "| pipeline | img/s | x torch | p50 ms | p95 ms | decode | preproc | model | kNN "
+        "| decision | e2e ms/img | bare model img/s | e2e/bare | model GFLOP/s | % peak |",
+        "|" + "---|" * 15,
+    ]
     for r in report["pipelines"]:
         st = r["stages_ms_per_image"]
         lines.append(
@@ -122,17 +157,25 @@ def format_tables(report: Dict[str, object]) -> str:
             f"{r['latency_ms_p50']:.1f} | {r['latency_ms_p95']:.1f} | "
             + " | ".join(_f(st[s], 2 if s != "decision" else 3) for s in STAGES)
             + f" | {r['e2e_ms_per_image']:.2f} | {_f(r.get('bare_model_img_per_s'), 2)} | "
-              f"{_f(r.get('e2e_over_bare_model'), 3)} | {_f(r.get('model_gflops_per_s'))} | "
-              f"{_f(r.get('model_pct_of_sgemm_peak'))} |")
-    lines.append("stage columns: ms per image inside the pipeline; p50/p95: latency of one batch, "
-                 "decode to decision; bare model: the model stage alone on prepared batches, "
-                 "back to back; e2e/bare: end-to-end img/s over bare model img/s; model GFLOP/s "
-                 "and % peak: the bare model stage")
+            f"{_f(r.get('e2e_over_bare_model'), 3)} | {_f(r.get('model_gflops_per_s'))} | "
+            f"{_f(r.get('model_pct_of_sgemm_peak'))} |"
+        )
+    lines.append(
+        "stage columns: ms per image inside the pipeline; p50/p95: latency of one batch, "
+        "decode to decision; bare model: the model stage alone on prepared batches, "
+        "back to back; e2e/bare: end-to-end img/s over bare model img/s; model GFLOP/s "
+        "and % peak: the bare model stage"
+    )
     if report.get("agreement"):
-        lines += ["", "agreement (embedding cosine, same frames): " + ", ".join(
-            f"{k} {v}" for k, v in report["agreement"].items())]
+        lines += [
+            "",
+            "agreement (embedding cosine, same frames): "
+            + ", ".join(f"{k} {v}" for k, v in report["agreement"].items()),
+        ]
     lines += ["", "| goal | target | measured | met |", "|---|---|---|---|"]
     for g in report["goals"]:
-        lines.append(f"| {g['what']} | >= {g['target']} | {g['measured']:.3f} | "
-                     f"{'yes' if g['met'] else 'NO'} |")
+        lines.append(
+            f"| {g['what']} | >= {g['target']} | {g['measured']:.3f} | "
+            f"{'yes' if g['met'] else 'NO'} |"
+        )
     return "\n".join(lines)

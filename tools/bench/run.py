@@ -4,6 +4,7 @@ Order: machine load and sgemm peak -> frames -> models (export or reuse) -> FLOP
 the three pipelines -> untimed agreement check -> interleaved timed passes -> sgemm again
 (the higher of the two peaks is the yardstick, so a busy machine cannot flatter the model stage).
 """
+
 from __future__ import annotations
 
 import os
@@ -44,22 +45,36 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> Dict[str, float]:
 def _agreement(pipes, paths) -> Dict[str, object]:
     """Embedding cosines: torch_vs_fp32, fp32_vs_int8, and fp32_vs_fp32_jpeg_draft (same model,
     full vs reduced-scale JPEG decode) per precision when those rows run."""
-    label = {p.name: p.name.replace("torch-eager", "torch").replace("dn2-", "").replace("-", "_")
-             for p in pipes}
+    label = {
+        p.name: p.name.replace("torch-eager", "torch").replace("dn2-", "").replace("-", "_")
+        for p in pipes
+    }
     embs = {label[p.name]: np.asarray(p.model(p.preprocess(p.decode(paths)))) for p in pipes}
-    pairs = [("torch", "fp32"), ("fp32", "int8")] + [(n[:-len("_jpeg_draft")], n) for n in embs
-                                                     if n.endswith("_jpeg_draft")]
-    return {f"{a}_vs_{b}": _cosines(embs[a], embs[b]) for a, b in pairs
-            if a in embs and b in embs}
+    pairs = [("torch", "fp32"), ("fp32", "int8")] + [
+        (n[: -len("_jpeg_draft")], n) for n in embs if n.endswith("_jpeg_draft")
+    ]
+    return {f"{a}_vs_{b}": _cosines(embs[a], embs[b]) for a, b in pairs if a in embs and b in embs}
 
 
-def run_bench(arch: str, weights: str = "none", *, input_size: int = 224, threads: int = 2,
-              quick: bool = False, images_dir: Optional[str] = None,
-              frame_size: Tuple[int, int] = (1280, 720), bank_size: int = DEFAULT_BANK, k: int = 2,
-              n_images: Optional[int] = None, passes: Optional[int] = None,
-              batch_sizes: Sequence[int] = (1, 8), precisions: Sequence[str] = ("fp32", "int8"),
-              work_dir: Optional[str] = None, jpeg_draft: bool = False,
-              log: Callable[[str], None] = _stderr) -> Dict[str, object]:
+def run_bench(
+    arch: str,
+    weights: str = "none",
+    *,
+    input_size: int = 224,
+    threads: int = 2,
+    quick: bool = False,
+    images_dir: Optional[str] = None,
+    frame_size: Tuple[int, int] = (1280, 720),
+    bank_size: int = DEFAULT_BANK,
+    k: int = 2,
+    n_images: Optional[int] = None,
+    passes: Optional[int] = None,
+    batch_sizes: Sequence[int] = (1, 8),
+    precisions: Sequence[str] = ("fp32", "int8"),
+    work_dir: Optional[str] = None,
+    jpeg_draft: bool = False,
+    log: Callable[[str], None] = _stderr,
+) -> Dict[str, object]:
     from .frames import make_frames
     from .models import export_models, model_flops, torch_trunk
     from .sgemm import DEFAULT_SIZES, QUICK_SIZES, measure_sgemm_peak
@@ -109,14 +124,36 @@ def run_bench(arch: str, weights: str = "none", *, input_size: int = 224, thread
         from .dn2pipe import Dn2Pipeline
         from .torchref import TorchEagerPipeline
 
-        pipes = [TorchEagerPipeline(trunk, input_size, spec.mean, spec.std, bank, k, threshold,
-                                    threads)]
+        pipes = [
+            TorchEagerPipeline(trunk, input_size, spec.mean, spec.std, bank, k, threshold, threads)
+        ]
         for prec in precisions:
-            pipes.append(Dn2Pipeline(models[prec]["path"], prec, bank, k, threshold, threads,
-                                     batch_size=max(batch_sizes)))
+            pipes.append(
+                Dn2Pipeline(
+                    models[prec]["path"],
+                    prec,
+                    bank,
+                    k,
+                    threshold,
+                    threads,
+                    batch_size=max(batch_sizes),
+                )
+            )
         if jpeg_draft:  # the opt-in reduced-scale JPEG decode, same sessions and bank
-            pipes += [Dn2Pipeline(None, p.kind, None, k, threshold, threads, max(batch_sizes),
-                                  jpeg_draft=True, share=p) for p in pipes[1:]]
+            pipes += [
+                Dn2Pipeline(
+                    None,
+                    p.kind,
+                    None,
+                    k,
+                    threshold,
+                    threads,
+                    max(batch_sizes),
+                    jpeg_draft=True,
+                    share=p,
+                )
+                for p in pipes[1:]
+            ]
         agreement = _agreement(pipes, paths[:8])
         timings = run_all(pipes, paths, batch_sizes, passes, progress=log)
         log("measuring sgemm peak again")
@@ -125,15 +162,34 @@ def run_bench(arch: str, weights: str = "none", *, input_size: int = 224, thread
         if tmp is not None:
             tmp.cleanup()
 
-    sgemm = dict(sgemm, gflops_start=sgemm["gflops"], gflops_end=sgemm_end["gflops"],
-                 gflops=max(sgemm["gflops"], sgemm_end["gflops"]),
-                 per_size_end=sgemm_end["per_size"])
-    config = {"arch": arch, "weights": weights, "input_size": input_size, "threads": threads,
-              "quick": quick, "n_images": len(paths), "passes": passes,
-              "batch_sizes": list(batch_sizes), "frame_size": fsize, "images_source": source,
-              "bank_size": bank_size, "dim": spec.dim, "k": k, "jpeg_draft_rows": jpeg_draft,
-              "load_avg_start": load_start,
-              "models": {p: {"file": os.path.basename(m["path"]), "export_s": m["export_s"]}
-                         for p, m in models.items()}}
-    return report_mod.build_report(config, report_mod.machine_info(), sgemm, flops,
-                                   [t.summary() for t in timings], agreement)
+    sgemm = dict(
+        sgemm,
+        gflops_start=sgemm["gflops"],
+        gflops_end=sgemm_end["gflops"],
+        gflops=max(sgemm["gflops"], sgemm_end["gflops"]),
+        per_size_end=sgemm_end["per_size"],
+    )
+    config = {
+        "arch": arch,
+        "weights": weights,
+        "input_size": input_size,
+        "threads": threads,
+        "quick": quick,
+        "n_images": len(paths),
+        "passes": passes,
+        "batch_sizes": list(batch_sizes),
+        "frame_size": fsize,
+        "images_source": source,
+        "bank_size": bank_size,
+        "dim": spec.dim,
+        "k": k,
+        "jpeg_draft_rows": jpeg_draft,
+        "load_avg_start": load_start,
+        "models": {
+            p: {"file": os.path.basename(m["path"]), "export_s": m["export_s"]}
+            for p, m in models.items()
+        },
+    }
+    return report_mod.build_report(
+        config, report_mod.machine_info(), sgemm, flops, [t.summary() for t in timings], agreement
+    )

@@ -10,6 +10,7 @@ The kNN is written the way the DN2 authors' faiss ``IndexFlatL2`` computes it (|
 rebuilds a padded copy of the whole bank on every call and is ~10x slower for a 5000 x 2048
 bank, which would flatter dn2 for the wrong reason.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -22,8 +23,18 @@ from dn2.runtime.modelmeta import CROP_RATIO
 class TorchEagerPipeline:
     kind = "torch"
 
-    def __init__(self, trunk, input_size: int, mean255, std255, bank: np.ndarray, k: int,
-                 threshold: float, threads: int, name: str = "torch-eager"):
+    def __init__(
+        self,
+        trunk,
+        input_size: int,
+        mean255,
+        std255,
+        bank: np.ndarray,
+        k: int,
+        threshold: float,
+        threads: int,
+        name: str = "torch-eager",
+    ):
         import torch
         from torchvision import transforms as T
 
@@ -31,12 +42,14 @@ class TorchEagerPipeline:
         self._torch = torch
         torch.set_num_threads(threads)
         self.trunk = trunk.eval()
-        self.transform = T.Compose([
-            T.Resize(int(round(input_size / CROP_RATIO))),
-            T.CenterCrop(input_size),
-            T.ToTensor(),
-            T.Normalize([m / 255.0 for m in mean255], [s / 255.0 for s in std255]),
-        ])
+        self.transform = T.Compose(
+            [
+                T.Resize(int(round(input_size / CROP_RATIO))),
+                T.CenterCrop(input_size),
+                T.ToTensor(),
+                T.Normalize([m / 255.0 for m in mean255], [s / 255.0 for s in std255]),
+            ]
+        )
         self.bank = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
         self.bank_sq = (self.bank * self.bank).sum(dim=1)
         self.k = int(k)

@@ -25,6 +25,7 @@ MQTT, the status server with clients) and with none, alternating, and prints the
 so often so alerts open, close and write snapshots) and samples the process RSS: memory must
 stay flat once the model is warm.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ def _textile_paths(n: int) -> List[str]:
     try:
         import conformal_clip_data as ccd
     except ImportError as exc:
-        raise SystemExit("the watch benchmark needs the textile images: pip install conformal-clip-data"
-                         ) from exc
+        raise SystemExit(
+            "the watch benchmark needs the textile images: pip install conformal-clip-data"
+        ) from exc
     files = sorted(str(p) for p in Path(ccd.nominal_dir()).glob("*.jpg"))
     if len(files) < n:
         raise SystemExit(f"expected at least {n} textile images, found {len(files)}")
@@ -64,12 +66,13 @@ def make_frames(paths: List[str], w: int, h: int) -> List[np.ndarray]:
         ih, iw = img.shape[:2]
         cw, ch = (iw, int(iw * h / w)) if iw * h / w <= ih else (int(ih * w / h), ih)
         y, x = (ih - ch) // 2, (iw - cw) // 2
-        out.append(cv2.resize(img[y:y + ch, x:x + cw], (w, h), interpolation=cv2.INTER_LINEAR))
+        out.append(cv2.resize(img[y : y + ch, x : x + cw], (w, h), interpolation=cv2.INTER_LINEAR))
     return out
 
 
-def default_bundle(model: str, work: Path, w: int, h: int, n: int = 200,
-                   threads: Optional[int] = None) -> str:
+def default_bundle(
+    model: str, work: Path, w: int, h: int, n: int = 200, threads: Optional[int] = None
+) -> str:
     """A bundle fitted on the first ``n`` textile photos made into frames like the stream's,
     through the same MJPG codec (the stream uses the last photos of the set, never these).
     The codec matters: fitted on uncompressed frames, the textures score ~2x higher."""
@@ -91,9 +94,18 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def bench(model: str, bundle: Optional[str], n_frames: int, size: str, batch: int,
-          threads: Optional[int], live_fps: float, work: Path, repeats: int = 3,
-          providers: str = "auto") -> dict:
+def bench(
+    model: str,
+    bundle: Optional[str],
+    n_frames: int,
+    size: str,
+    batch: int,
+    threads: Optional[int],
+    live_fps: float,
+    work: Path,
+    repeats: int = 3,
+    providers: str = "auto",
+) -> dict:
     from dn2.runtime.detector import Detector
     from dn2.runtime.images import prepare
     from dn2.runtime.watch.loop import watch
@@ -104,7 +116,7 @@ def bench(model: str, bundle: Optional[str], n_frames: int, size: str, batch: in
     frames = make_frames(_textile_paths(1000)[-n_frames:], w, h)
     rule = det.embedder.meta.resize
     prepared = np.stack([prepare(f, rule) for f in frames])
-    chunks = [prepared[i:i + batch] for i in range(0, len(prepared), batch)]
+    chunks = [prepared[i : i + batch] for i in range(0, len(prepared), batch)]
     det.embedder.embed_batch(chunks[0])  # warm-up
 
     def model_only():
@@ -113,7 +125,7 @@ def bench(model: str, bundle: Optional[str], n_frames: int, size: str, batch: in
 
     def bare():
         for i in range(0, len(frames), batch):
-            x = np.stack([prepare(f, rule) for f in frames[i:i + batch]])
+            x = np.stack([prepare(f, rule) for f in frames[i : i + batch]])
             det.score_embeddings(det.embedder.embed_batch(x))
 
     video = write_video(work / "bench.avi", frames, fps=25.0)
@@ -131,15 +143,26 @@ def bench(model: str, bundle: Optional[str], n_frames: int, size: str, batch: in
     live = watch(det, str(live_video), batch=batch, headless=True, realtime=True)
     n = len(frames)
     res = {
-        "frames": n, "frame_size": f"{w}x{h}", "batch": batch, "threads": threads,
+        "frames": n,
+        "frame_size": f"{w}x{h}",
+        "batch": batch,
+        "threads": threads,
         "repeats": repeats,
-        "model": det.embedder.meta.arch, "input_size": det.embedder.input_size,
-        "provider": det.embedder.provider, "cpu_count": os.cpu_count(),
-        "model_fps": n / t_model, "bare_fps": n / t_bare,
-        "loop_fps": loop.fps, "loop_latency_p50_ms": loop.latency_p50_ms,
-        "loop_latency_p95_ms": loop.latency_p95_ms, "loop_cpu_percent": loop.cpu_percent,
-        "live_fps_in": live_fps, "live_fps": live.fps, "live_dropped": live.dropped,
-        "live_latency_p50_ms": live.latency_p50_ms, "live_latency_p95_ms": live.latency_p95_ms,
+        "model": det.embedder.meta.arch,
+        "input_size": det.embedder.input_size,
+        "provider": det.embedder.provider,
+        "cpu_count": os.cpu_count(),
+        "model_fps": n / t_model,
+        "bare_fps": n / t_bare,
+        "loop_fps": loop.fps,
+        "loop_latency_p50_ms": loop.latency_p50_ms,
+        "loop_latency_p95_ms": loop.latency_p95_ms,
+        "loop_cpu_percent": loop.cpu_percent,
+        "live_fps_in": live_fps,
+        "live_fps": live.fps,
+        "live_dropped": live.dropped,
+        "live_latency_p50_ms": live.latency_p50_ms,
+        "live_latency_p95_ms": live.latency_p95_ms,
         "live_cpu_percent": live.cpu_percent,
     }
     res["loop_over_model"] = res["loop_fps"] / res["model_fps"]
@@ -170,8 +193,15 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def soak(model: str, bundle: Optional[str], n_frames: int, size: str, batch: int,
-         threads: Optional[int], work: Path) -> dict:
+def soak(
+    model: str,
+    bundle: Optional[str],
+    n_frames: int,
+    size: str,
+    batch: int,
+    threads: Optional[int],
+    work: Path,
+) -> dict:
     """RSS over a long run; returns samples [(frames scored, RSS MB)] and the summary."""
     import threading
 
@@ -197,9 +227,15 @@ def soak(model: str, bundle: Optional[str], n_frames: int, size: str, batch: int
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     times = max(1, -(-n_frames // len(frames)))
-    summary = watch(det, Looped(str(video), times), batch=batch, max_frames=n_frames,
-                    events=str(work / "soak_events.jsonl"), snapshots=str(work / "soak_snaps"),
-                    on_score=lambda i, ts, s: scored.__setitem__(0, scored[0] + 1))
+    summary = watch(
+        det,
+        Looped(str(video), times),
+        batch=batch,
+        max_frames=n_frames,
+        events=str(work / "soak_events.jsonl"),
+        snapshots=str(work / "soak_snaps"),
+        on_score=lambda i, ts, s: scored.__setitem__(0, scored[0] + 1),
+    )
     done.set()
     t.join()
     samples.append((scored[0], _rss_mb()))
@@ -213,14 +249,36 @@ def table(r: dict) -> str:
     ratio = lambda a, b: f(a / b, "{:.2f}")  # noqa: E731
     rows = [
         ("model (embed_batch only)", f(r["model_fps"]), "1.00", "-", "-", "-", "-", "-"),
-        ("bare (prepare+embed+score)", f(r["bare_fps"]), ratio(r["bare_fps"], r["model_fps"]),
-         "1.00", "-", "-", "-", "-"),
-        ("loop, file (every frame)", f(r["loop_fps"]), f(r["loop_over_model"], "{:.2f}"),
-         f(r["loop_over_bare"], "{:.2f}"), f(r["loop_latency_p50_ms"]),
-         f(r["loop_latency_p95_ms"]), "0", f(r["loop_cpu_percent"], "{:.0f}%")),
-        (f"loop, live {r['live_fps_in']:g} fps", f(r["live_fps"]), "-", "-",
-         f(r["live_latency_p50_ms"]), f(r["live_latency_p95_ms"]), str(r["live_dropped"]),
-         f(r["live_cpu_percent"], "{:.0f}%")),
+        (
+            "bare (prepare+embed+score)",
+            f(r["bare_fps"]),
+            ratio(r["bare_fps"], r["model_fps"]),
+            "1.00",
+            "-",
+            "-",
+            "-",
+            "-",
+        ),
+        (
+            "loop, file (every frame)",
+            f(r["loop_fps"]),
+            f(r["loop_over_model"], "{:.2f}"),
+            f(r["loop_over_bare"], "{:.2f}"),
+            f(r["loop_latency_p50_ms"]),
+            f(r["loop_latency_p95_ms"]),
+            "0",
+            f(r["loop_cpu_percent"], "{:.0f}%"),
+        ),
+        (
+            f"loop, live {r['live_fps_in']:g} fps",
+            f(r["live_fps"]),
+            "-",
+            "-",
+            f(r["live_latency_p50_ms"]),
+            f(r["live_latency_p95_ms"]),
+            str(r["live_dropped"]),
+            f(r["live_cpu_percent"], "{:.0f}%"),
+        ),
     ]
     head = ("pipeline", "frames/s", "x model", "x bare", "p50 ms", "p95 ms", "drops", "CPU")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
@@ -228,10 +286,13 @@ def table(r: dict) -> str:
     def line(cells) -> str:
         return "| " + " | ".join(str(c).ljust(wd) for c, wd in zip(cells, widths)) + " |"
 
-    out = [f"{r['model']} {r['input_size']} px, {r['frames']} frames {r['frame_size']}, batch "
-           f"{r['batch']}, threads {r['threads']}, provider {r['provider']}, "
-           f"{r['cpu_count']} CPUs, best of {r['repeats']}",
-           line(head), line(["-" * wd for wd in widths])]
+    out = [
+        f"{r['model']} {r['input_size']} px, {r['frames']} frames {r['frame_size']}, batch "
+        f"{r['batch']}, threads {r['threads']}, provider {r['provider']}, "
+        f"{r['cpu_count']} CPUs, best of {r['repeats']}",
+        line(head),
+        line(["-" * wd for wd in widths]),
+    ]
     return "\n".join(out + [line(x) for x in rows])
 
 
@@ -243,36 +304,58 @@ def soak_table(r: dict) -> str:
     rows += [f"| {s[i][0]} | {s[i][1]:.1f} |" for i in picks]
     sm = r["summary"]
     after_warm = [m for f, m in s if f >= s[-1][0] * 0.1] or [0.0]
-    return "\n".join(rows + [
-        f"RSS from 10% of the run to the end: min {min(after_warm):.1f} MB, "
-        f"max {max(after_warm):.1f} MB, growth {after_warm[-1] - after_warm[0]:+.1f} MB; "
-        f"{sm['frames_scored']} frames, {sm['alerts']} alerts, {sm['events']} events, "
-        f"{sm['fps']:.1f} fps"])
+    return "\n".join(
+        rows
+        + [
+            f"RSS from 10% of the run to the end: min {min(after_warm):.1f} MB, "
+            f"max {max(after_warm):.1f} MB, growth {after_warm[-1] - after_warm[0]:+.1f} MB; "
+            f"{sm['frames_scored']} frames, {sm['alerts']} alerts, {sm['events']} events, "
+            f"{sm['fps']:.1f} fps"
+        ]
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.bench.watch", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m dn2.tools.bench.watch", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--model", required=True, help="dn2 model (.onnx) from dn2-export")
-    p.add_argument("--bundle", help="bundle to score with (default: fit one on 200 textile "
-                                    "frames of --size)")
+    p.add_argument(
+        "--bundle", help="bundle to score with (default: fit one on 200 textile frames of --size)"
+    )
     p.add_argument("--frames", type=int, default=300)
     p.add_argument("--size", default="640x480", help="frame size WxH (default 640x480)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="interleaved repeats; the best of each row is kept (default 3)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="interleaved repeats; the best of each row is kept (default 3)",
+    )
     p.add_argument("--providers", default="auto", help="onnxruntime providers (default auto)")
-    p.add_argument("--live-fps", type=float, default=10.0,
-                   help="camera rate for the live row (default 10)")
+    p.add_argument(
+        "--live-fps", type=float, default=10.0, help="camera rate for the live row (default 10)"
+    )
     p.add_argument("--work-dir", help="keep the video and bundle here")
     p.add_argument("--json", help="also write the numbers here")
-    p.add_argument("--ort-spinning", action="store_true",
-                   help="let onnxruntime's CPU workers spin-wait between runs (onnxruntime's "
-                        "default; dn2 turns it off: dn2.runtime.embedder.CPU_SESSION_DEFAULTS)")
-    p.add_argument("--soak", type=int, metavar="N",
-                   help="instead: run N frames and print RSS as the run goes (memory check)")
-    p.add_argument("--sinks", action="store_true",
-                   help="instead: loop frames/s with all sinks vs none (alternating repeats)")
+    p.add_argument(
+        "--ort-spinning",
+        action="store_true",
+        help="let onnxruntime's CPU workers spin-wait between runs (onnxruntime's "
+        "default; dn2 turns it off: dn2.runtime.embedder.CPU_SESSION_DEFAULTS)",
+    )
+    p.add_argument(
+        "--soak",
+        type=int,
+        metavar="N",
+        help="instead: run N frames and print RSS as the run goes (memory check)",
+    )
+    p.add_argument(
+        "--sinks",
+        action="store_true",
+        help="instead: loop frames/s with all sinks vs none (alternating repeats)",
+    )
     a = p.parse_args(argv)
     from dn2.runtime import embedder
 
@@ -296,8 +379,18 @@ def _run(a) -> int:
             r = soak(a.model, a.bundle, a.soak, a.size, a.batch, a.threads, work)
             print(soak_table(r))
         else:
-            r = bench(a.model, a.bundle, a.frames, a.size, a.batch, a.threads, a.live_fps,
-                      work, repeats=a.repeats, providers=a.providers)
+            r = bench(
+                a.model,
+                a.bundle,
+                a.frames,
+                a.size,
+                a.batch,
+                a.threads,
+                a.live_fps,
+                work,
+                repeats=a.repeats,
+                providers=a.providers,
+            )
             print(table(r))
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=2))
@@ -308,18 +401,20 @@ def sinks_run(a, work: Path) -> dict:
     import cv2
 
     from dn2.runtime.detector import Detector
-    from dn2.tools.bench.watch_sinks import sink_bench, table as sink_table
+    from dn2.tools.bench.watch_sinks import sink_bench
+    from dn2.tools.bench.watch_sinks import table as sink_table
 
     w, h = (int(v) for v in a.size.lower().split("x"))
     bundle = a.bundle or default_bundle(a.model, work, w, h, threads=a.threads)
     det = Detector.load(bundle, providers=a.providers, threads=a.threads, batch_size=a.batch)
-    frames = make_frames(_textile_paths(1000)[-a.frames:], w, h)
+    frames = make_frames(_textile_paths(1000)[-a.frames :], w, h)
     for i in range(len(frames)):  # a stain for 10 frames in every 60: alerts open and close
         if i % 60 >= 50:
             cv2.circle(frames[i], (w // 2, h // 2), min(w, h) // 4, (20, 20, 20), -1)
     video = write_video(work / "bench_sinks.avi", frames, fps=25.0)
-    det.embedder.embed_batch(np.zeros((1, det.embedder.input_size, det.embedder.input_size, 3),
-                                      np.uint8))
+    det.embedder.embed_batch(
+        np.zeros((1, det.embedder.input_size, det.embedder.input_size, 3), np.uint8)
+    )
     before = os.getloadavg()
     r = sink_bench(det, video, work, a.batch, repeats=a.repeats)
     after = os.getloadavg()

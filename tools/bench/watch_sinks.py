@@ -8,6 +8,7 @@ status server with a client that polls the live page's data twice a second and r
 box's, not the loop's process (on a 2-core machine they still share the cores). The order
 alternates every repeat; medians are reported, and the ratio sinks / bare of the medians.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,21 +64,22 @@ def _free_port() -> int:
 
 
 def _mosquitto(work: Path):
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
-                                         if os.path.exists("/usr/sbin/mosquitto") else None)
+    exe = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+    )
     if exe is None:
         return None, None
     port = _free_port()
     conf = work / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     time.sleep(0.5)
     return proc, port
 
 
-def sink_bench(det, video: Path, work: Path, batch: int, repeats: int = 5,
-               log=print) -> dict:
+def sink_bench(det, video: Path, work: Path, batch: int, repeats: int = 5, log=print) -> dict:
     from dn2.runtime.watch.loop import watch
     from dn2.runtime.watch.serve import start_server
     from dn2.runtime.watch.sinks import build_event_sinks
@@ -93,7 +95,7 @@ def sink_bench(det, video: Path, work: Path, batch: int, repeats: int = 5,
     cpu = {"bare": [], "sinks": []}  # process CPU ms per scored frame (all threads)
     try:
         for r in range(repeats):
-            for kind in (("bare", "sinks") if r % 2 == 0 else ("sinks", "bare")):
+            for kind in ("bare", "sinks") if r % 2 == 0 else ("sinks", "bare"):
                 if kind == "bare":
                     s = watch(det, str(video), batch=batch)
                     bare.append(s.fps)
@@ -104,25 +106,45 @@ def sink_bench(det, video: Path, work: Path, batch: int, repeats: int = 5,
                 shutil.rmtree(out, ignore_errors=True)
                 sinks = build_event_sinks(
                     mqtt=f"mqtt://127.0.0.1:{mport}/bench" if mport else None,
-                    webhooks=[hook], camera_id="bench", spool_dir=str(out / "spool"))
+                    webhooks=[hook],
+                    camera_id="bench",
+                    spool_dir=str(out / "spool"),
+                )
                 live = start_server("127.0.0.1:0", {}, snapshots=str(out / "snaps"))
                 client = subprocess.Popen([sys.executable, "-c", _CLIENT, live.url])
                 time.sleep(0.3)
                 try:
-                    s = watch(det, str(video), batch=batch, events=str(out / "ev.jsonl"),
-                              snapshots=str(out / "snaps"), scores=str(out / "scores.csv"),
-                              sinks=sinks, live=live)
+                    s = watch(
+                        det,
+                        str(video),
+                        batch=batch,
+                        events=str(out / "ev.jsonl"),
+                        snapshots=str(out / "snaps"),
+                        scores=str(out / "scores.csv"),
+                        sinks=sinks,
+                        live=live,
+                    )
                 finally:
                     client.kill()
                     client.wait()
                     live.close()
                 full.append(s.fps)
                 cpu["sinks"].append(_cpu_ms(s))
-                runs.append({"repeat": r, "kind": kind, "fps": s.fps, "alerts": s.alerts,
-                             "events": s.events, "backlog": s.sink_backlog,
-                             "unwritten": s.unwritten})
-            log(f"repeat {r}: bare {bare[-1]:.1f} f/s, sinks {full[-1]:.1f} f/s "
-                f"({runs[-1].get('alerts', runs[-2].get('alerts'))} alerts)")
+                runs.append(
+                    {
+                        "repeat": r,
+                        "kind": kind,
+                        "fps": s.fps,
+                        "alerts": s.alerts,
+                        "events": s.events,
+                        "backlog": s.sink_backlog,
+                        "unwritten": s.unwritten,
+                    }
+                )
+            log(
+                f"repeat {r}: bare {bare[-1]:.1f} f/s, sinks {full[-1]:.1f} f/s "
+                f"({runs[-1].get('alerts', runs[-2].get('alerts'))} alerts)"
+            )
         hot = hot_path_us(work, video)
     finally:
         for p in procs:
@@ -130,12 +152,23 @@ def sink_bench(det, video: Path, work: Path, batch: int, repeats: int = 5,
             p.wait()
     mb, mf = statistics.median(bare), statistics.median(full)
     pairs = [f / b for b, f in zip(bare, full)]
-    return {"repeats": repeats, "bare_fps": bare, "sinks_fps": full,
-            "bare_median": mb, "sinks_median": mf, "ratio": mf / mb, "pair_ratios": pairs,
-            "pair_ratio_median": statistics.median(pairs), "runs": runs,
-            "hot_path_us": hot, "cpu_ms_per_frame": cpu,
-            "cpu_ms_median": {k: statistics.median(v) for k, v in cpu.items()}, "hot_path_share": hot * 1e-6 * mb,
-            "mqtt": mport is not None, "loadavg_before": None}
+    return {
+        "repeats": repeats,
+        "bare_fps": bare,
+        "sinks_fps": full,
+        "bare_median": mb,
+        "sinks_median": mf,
+        "ratio": mf / mb,
+        "pair_ratios": pairs,
+        "pair_ratio_median": statistics.median(pairs),
+        "runs": runs,
+        "hot_path_us": hot,
+        "cpu_ms_per_frame": cpu,
+        "cpu_ms_median": {k: statistics.median(v) for k, v in cpu.items()},
+        "hot_path_share": hot * 1e-6 * mb,
+        "mqtt": mport is not None,
+        "loadavg_before": None,
+    }
 
 
 def _cpu_ms(s) -> float:
@@ -157,9 +190,14 @@ def hot_path_us(work: Path, video: Path, n: int = 3000) -> float:
     ok, img = cap.read()
     cap.release()
     live = start_server("127.0.0.1:0", {})
-    out = Outputs(threshold=1.0, mode="frame", source_name="bench", clock="source",
-                  scores=ScoresWriter(str(work / "hot.csv"), "bench", 1.0, force=True),
-                  live=live)
+    out = Outputs(
+        threshold=1.0,
+        mode="frame",
+        source_name="bench",
+        clock="source",
+        scores=ScoresWriter(str(work / "hot.csv"), "bench", 1.0, force=True),
+        live=live,
+    )
     times = []
     try:
         for i in range(n):
@@ -194,7 +232,10 @@ def table(r: dict, load_before: Optional[tuple], load_after: Optional[tuple]) ->
         f"the median no-sinks rate",
     ]
     if load_before:
-        lines.append("load average before / after: "
-                     + " ".join(f"{x:.2f}" for x in load_before) + " / "
-                     + " ".join(f"{x:.2f}" for x in load_after))
+        lines.append(
+            "load average before / after: "
+            + " ".join(f"{x:.2f}" for x in load_before)
+            + " / "
+            + " ".join(f"{x:.2f}" for x in load_after)
+        )
     return "\n".join(lines)

@@ -4,6 +4,7 @@ Three folders of 250 x 250 greyscale JPEGs: ``nominal`` (1000 normal pieces), ``
 (500 pieces whose whole weave is off) and ``local`` (500 with a small flaw). The demo fits on a
 seeded split of the nominal pieces, plays the rest on the line and injects global defects.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ class TextileSet:
 
 def _images(folder: Path) -> List[str]:
     if not folder.is_dir():
-        raise Dn2Error(f"textile data: expected an image folder at {folder}, found none "
-                       "(reinstall conformal-clip-data: pip install --force-reinstall "
-                       "conformal-clip-data)")
+        raise Dn2Error(
+            f"textile data: expected an image folder at {folder}, found none "
+            "(reinstall conformal-clip-data: pip install --force-reinstall "
+            "conformal-clip-data)"
+        )
     return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -38,20 +41,30 @@ def textile_set() -> TextileSet:
     try:
         import conformal_clip_data as ccd
     except ImportError:
-        raise MissingExtraError("conformal-clip-data", "tools", "the demo's textile images") from None
-    ts = TextileSet(root=Path(ccd.textile_simulated_root()), nominal=_images(ccd.nominal_dir()),
-                    global_defects=_images(ccd.global_dir()), local_defects=_images(ccd.local_dir()))
+        raise MissingExtraError(
+            "conformal-clip-data", "tools", "the demo's textile images"
+        ) from None
+    ts = TextileSet(
+        root=Path(ccd.textile_simulated_root()),
+        nominal=_images(ccd.nominal_dir()),
+        global_defects=_images(ccd.global_dir()),
+        local_defects=_images(ccd.local_dir()),
+    )
     if len(ts.nominal) < 50 or not ts.global_defects:
-        raise Dn2Error(f"textile data at {ts.root}: expected ~1000 nominal and ~500 global-defect "
-                       f"images, found {len(ts.nominal)} and {len(ts.global_defects)}")
+        raise Dn2Error(
+            f"textile data at {ts.root}: expected ~1000 nominal and ~500 global-defect "
+            f"images, found {len(ts.nominal)} and {len(ts.global_defects)}"
+        )
     return ts
 
 
 def split_nominal(nominal: List[str], n_train: int, seed: int):
     """Seeded split: ``n_train`` images to fit on, the rest held out for the video."""
     if not 10 <= n_train <= len(nominal) - 10:
-        raise Dn2Error(f"--train: expected 10 .. {len(nominal) - 10} fit images (the rest play "
-                       f"on the line), found {n_train}")
+        raise Dn2Error(
+            f"--train: expected 10 .. {len(nominal) - 10} fit images (the rest play "
+            f"on the line), found {n_train}"
+        )
     order = np.random.default_rng(seed).permutation(len(nominal))
     train = sorted(nominal[i] for i in order[:n_train])
     held = [nominal[i] for i in order[n_train:]]

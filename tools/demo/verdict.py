@@ -7,6 +7,7 @@ of the video when the stream ended inside it). An injected defect counts as **fo
 (``end``): the decision needs a few consecutive frames, so the alert may open a little late.
 An alert is **false** when its span overlaps no defect's ``visible_start .. end + slack``.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ class Verdict:
         return self.found == self.injected and self.false_alerts == 0
 
     def line(self) -> str:
-        return (f"VERDICT: found {self.found}/{self.injected} injected defects, "
-                f"{self.false_alerts} false alerts")
+        return (
+            f"VERDICT: found {self.found}/{self.injected} injected defects, "
+            f"{self.false_alerts} false alerts"
+        )
 
 
 def alerts_from_events(events: Iterable[Mapping]) -> List[Alert]:
@@ -52,16 +55,28 @@ def alerts_from_events(events: Iterable[Mapping]) -> List[Alert]:
         kind = ev.get("type")
         if kind == "alert_start":
             if open_start is not None:  # a start without an end: close it where the next opens
-                alerts.append(Alert(int(open_start["frame"]), int(ev["frame"]) - 1,
-                                    float(open_start.get("peak_score", open_start.get("score", "nan")))))
+                alerts.append(
+                    Alert(
+                        int(open_start["frame"]),
+                        int(ev["frame"]) - 1,
+                        float(open_start.get("peak_score", open_start.get("score", "nan"))),
+                    )
+                )
             open_start = ev
         elif kind == "alert_end" and open_start is not None:
-            peak = ev.get("peak_score", open_start.get("peak_score", open_start.get("score", "nan")))
+            peak = ev.get(
+                "peak_score", open_start.get("peak_score", open_start.get("score", "nan"))
+            )
             alerts.append(Alert(int(open_start["frame"]), int(ev["frame"]), float(peak)))
             open_start = None
     if open_start is not None:
-        alerts.append(Alert(int(open_start["frame"]), None,
-                            float(open_start.get("peak_score", open_start.get("score", "nan")))))
+        alerts.append(
+            Alert(
+                int(open_start["frame"]),
+                None,
+                float(open_start.get("peak_score", open_start.get("score", "nan"))),
+            )
+        )
     return alerts
 
 
@@ -70,20 +85,27 @@ def read_events(path) -> List[dict]:
     out = []
     path = Path(path)
     if not path.exists():
-        raise Dn2Error(f"events file {path} does not exist; expected the JSON lines dn2-watch writes")
+        raise Dn2Error(
+            f"events file {path} does not exist; expected the JSON lines dn2-watch writes"
+        )
     for no, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise Dn2Error(f"{path}:{no}: expected one JSON object per line, found {line[:80]!r} "
-                           f"({exc})") from None
+            raise Dn2Error(
+                f"{path}:{no}: expected one JSON object per line, found {line[:80]!r} ({exc})"
+            ) from None
     return out
 
 
-def judge(defects: Sequence[Mapping], alerts: Sequence[Alert], slack: int = DEFAULT_SLACK,
-          n_frames: Optional[int] = None) -> Verdict:
+def judge(
+    defects: Sequence[Mapping],
+    alerts: Sequence[Alert],
+    slack: int = DEFAULT_SLACK,
+    n_frames: Optional[int] = None,
+) -> Verdict:
     """Match alerts to injected defect ranges (``start``, ``end``, ``visible_start``).
 
     ``n_frames`` closes an alert still open at the end (its span runs to the last frame).
@@ -99,6 +121,11 @@ def judge(defects: Sequence[Mapping], alerts: Sequence[Alert], slack: int = DEFA
         end = a.end if a.end is not None else (last if last is not None else a.start)
         if not any(a.start <= hi and end >= lo for lo, hi in windows):
             false_alerts.append((a.start, a.end))
-    return Verdict(injected=len(defects), found=sum(h is not None for h in found_by),
-                   false_alerts=len(false_alerts), alerts=len(alerts), found_by=found_by,
-                   false_alert_frames=false_alerts)
+    return Verdict(
+        injected=len(defects),
+        found=sum(h is not None for h in found_by),
+        false_alerts=len(false_alerts),
+        alerts=len(alerts),
+        found_by=found_by,
+        false_alert_frames=false_alerts,
+    )

@@ -21,6 +21,7 @@ Defective pieces (real defect images) are injected at seeded places. The ground 
 the run of frames where it covers at least ``min_cover`` of the centre square (the part of the
 frame the detector scores), plus the wider run where any of it is in that square.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,10 +66,10 @@ class DefectRange:
     piece: int
     kind: str
     source: str
-    start: int          # first frame with >= min_cover of the centre square showing the defect
-    end: int            # last such frame (inclusive)
+    start: int  # first frame with >= min_cover of the centre square showing the defect
+    end: int  # last such frame (inclusive)
     visible_start: int  # first frame with any of it in the centre square
-    visible_end: int    # last such frame (inclusive)
+    visible_end: int  # last such frame (inclusive)
 
 
 LEAD = 1  # pieces left of the first centred one, so the first frames have a left neighbour
@@ -81,8 +82,14 @@ def pieces_needed(n_frames: int, move_frames: int, dwell_frames: int) -> int:
     return n_frames // (move_frames + dwell_frames) + 3 + LEAD
 
 
-def plan_line(nominal: Sequence[str], defects: Sequence[Piece], n_frames: int,
-              n_defects: int = 5, seed: int = 0, **geometry) -> LinePlan:
+def plan_line(
+    nominal: Sequence[str],
+    defects: Sequence[Piece],
+    n_frames: int,
+    n_defects: int = 5,
+    seed: int = 0,
+    **geometry,
+) -> LinePlan:
     """Lay out a strip of held-out normal pieces with ``n_defects`` defect pieces injected.
 
     ``nominal``: paths of normal images (cycled if too few); ``defects``: candidate defect pieces,
@@ -91,8 +98,10 @@ def plan_line(nominal: Sequence[str], defects: Sequence[Piece], n_frames: int,
     """
     plan = LinePlan(pieces=[], n_frames=int(n_frames), seed=int(seed), **geometry)
     if plan.move_frames < 1 or plan.dwell_frames < 1:
-        raise Dn2Error(f"move_frames and dwell_frames must be >= 1, found "
-                       f"{plan.move_frames} and {plan.dwell_frames}")
+        raise Dn2Error(
+            f"move_frames and dwell_frames must be >= 1, found "
+            f"{plan.move_frames} and {plan.dwell_frames}"
+        )
     if not nominal:
         raise Dn2Error("plan_line needs at least one normal image, found none")
     n_pieces = pieces_needed(plan.n_frames, plan.move_frames, plan.dwell_frames)
@@ -101,15 +110,19 @@ def plan_line(nominal: Sequence[str], defects: Sequence[Piece], n_frames: int,
     first, last = 2, full_cycles - 2
     slots = (last - first) // DEFECT_GAP + 1 if last >= first else 0  # positions DEFECT_GAP apart
     if n_defects > 0 and slots < n_defects:
-        raise Dn2Error(f"cannot inject {n_defects} defects in {plan.n_frames} frames: room for "
-                       f"{max(slots, 0)} ({plan.cycle} frames per piece, {DEFECT_GAP} pieces "
-                       "apart); use more frames or fewer defects")
+        raise Dn2Error(
+            f"cannot inject {n_defects} defects in {plan.n_frames} frames: room for "
+            f"{max(slots, 0)} ({plan.cycle} frames per piece, {DEFECT_GAP} pieces "
+            "apart); use more frames or fewer defects"
+        )
     if n_defects > 0 and not defects:
         raise Dn2Error(f"cannot inject {n_defects} defects: no defect images given")
     rng = np.random.default_rng(seed)
     defect_cycles = _spread(first, last, n_defects, DEFECT_GAP, rng)
-    chosen = [defects[i] for i in rng.choice(len(defects), size=n_defects,
-                                             replace=len(defects) < n_defects)]
+    chosen = [
+        defects[i]
+        for i in rng.choice(len(defects), size=n_defects, replace=len(defects) < n_defects)
+    ]
     order = rng.permutation(len(nominal))
     pieces = [Piece(str(nominal[order[i % len(order)]]), "nominal") for i in range(n_pieces)]
     for cyc, piece in zip(defect_cycles, chosen):
@@ -124,8 +137,10 @@ def _spread(first: int, last: int, n: int, gap: int, rng: np.random.Generator) -
         return []
     edges = np.linspace(first, last + 1, n + 1)
     for _ in range(200):
-        out = [int(rng.integers(int(np.ceil(lo)), max(int(np.ceil(lo)), int(np.ceil(hi)) - 1) + 1))
-               for lo, hi in zip(edges[:-1], edges[1:])]
+        out = [
+            int(rng.integers(int(np.ceil(lo)), max(int(np.ceil(lo)), int(np.ceil(hi)) - 1) + 1))
+            for lo, hi in zip(edges[:-1], edges[1:])
+        ]
         if all(b - a >= gap for a, b in zip(out, out[1:])):
             return out
     return [int(round(x)) for x in np.linspace(first, last, n)]  # evenly spaced, always fits
@@ -169,9 +184,17 @@ def ground_truth(plan: LinePlan, min_cover: float = 0.5) -> List[DefectRange]:
         seen = np.flatnonzero(cov[:, i] > 0.0)
         if strong.size == 0:
             continue
-        out.append(DefectRange(piece=i, kind=piece.kind, source=piece.path,
-                               start=int(strong[0]), end=int(strong[-1]),
-                               visible_start=int(seen[0]), visible_end=int(seen[-1])))
+        out.append(
+            DefectRange(
+                piece=i,
+                kind=piece.kind,
+                source=piece.path,
+                start=int(strong[0]),
+                end=int(strong[-1]),
+                visible_start=int(seen[0]),
+                visible_end=int(seen[-1]),
+            )
+        )
     return out
 
 
@@ -192,7 +215,7 @@ class PieceImages:
                 raise Dn2Error(f"cannot read piece image {path}: expected a JPEG/PNG file")
             h, w = src.shape[:2]
             s = min(h, w)  # centre square of the source; resized only if not the frame height
-            img = src[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+            img = src[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
             if s != self.side:
                 interp = cv2.INTER_AREA if s > self.side else cv2.INTER_CUBIC
                 img = cv2.resize(img, (self.side, self.side), interpolation=interp)
@@ -210,10 +233,10 @@ def render_frame(plan: LinePlan, t: int, images: Optional[PieceImages] = None) -
     for i in np.flatnonzero((left < width) & (left + side > 0)):
         x0, x1 = max(0, left[i]), min(width, left[i] + side)
         img = images.get(plan.pieces[i].path)
-        frame[:, x0:x1] = img[:, x0 - left[i]:x1 - left[i]]
+        frame[:, x0:x1] = img[:, x0 - left[i] : x1 - left[i]]
     for x in left[(left > 0) & (left < width)]:  # cleats mark the joins, so the motion shows
-        frame[:CLEAT, max(0, x - 2):x + 2] = (40, 40, 200)
-        frame[-CLEAT:, max(0, x - 2):x + 2] = (40, 40, 200)
+        frame[:CLEAT, max(0, x - 2) : x + 2] = (40, 40, 200)
+        frame[-CLEAT:, max(0, x - 2) : x + 2] = (40, 40, 200)
     return frame
 
 
@@ -227,17 +250,26 @@ def open_writer(path: Path, fps: float, size: tuple, fourcc: Optional[str] = Non
 
     fourcc = fourcc or FOURCC.get(path.suffix.lower())
     if fourcc is None:
-        raise Dn2Error(f"video path {path}: expected a {', '.join(sorted(FOURCC))} suffix, "
-                       f"found {path.suffix or 'none'!r}")
+        raise Dn2Error(
+            f"video path {path}: expected a {', '.join(sorted(FOURCC))} suffix, "
+            f"found {path.suffix or 'none'!r}"
+        )
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), float(fps), size)
     if not writer.isOpened():
-        raise Dn2Error(f"OpenCV cannot write {fourcc} video to {path}; expected an OpenCV build "
-                       "with FFMPEG video I/O (opencv-python-headless has it)")
+        raise Dn2Error(
+            f"OpenCV cannot write {fourcc} video to {path}; expected an OpenCV build "
+            "with FFMPEG video I/O (opencv-python-headless has it)"
+        )
     return writer
 
 
-def render_video(plan: LinePlan, path, images: Optional[PieceImages] = None,
-                 fourcc: Optional[str] = None, sigma: float = 0.0) -> Path:
+def render_video(
+    plan: LinePlan,
+    path,
+    images: Optional[PieceImages] = None,
+    fourcc: Optional[str] = None,
+    sigma: float = 0.0,
+) -> Path:
     """Write every frame of ``plan`` to ``path`` (.avi / .mkv lossless, .mp4 lossy, or the
     ``fourcc`` given) with independent Gaussian sensor noise of ``sigma`` levels per channel
     (seeded by the plan)."""
@@ -257,17 +289,25 @@ def render_video(plan: LinePlan, path, images: Optional[PieceImages] = None,
     return path
 
 
-def write_ground_truth(plan: LinePlan, ranges: Sequence[DefectRange], path,
-                       min_cover: float, video: str = "") -> Path:
+def write_ground_truth(
+    plan: LinePlan, ranges: Sequence[DefectRange], path, min_cover: float, video: str = ""
+) -> Path:
     """The ground-truth JSON: video geometry, every piece, the injected defect ranges."""
     doc = {
-        "video": video, "frames": plan.n_frames, "fps": plan.fps,
-        "width": plan.width, "height": plan.height,
-        "move_frames": plan.move_frames, "dwell_frames": plan.dwell_frames, "seed": plan.seed,
+        "video": video,
+        "frames": plan.n_frames,
+        "fps": plan.fps,
+        "width": plan.width,
+        "height": plan.height,
+        "move_frames": plan.move_frames,
+        "dwell_frames": plan.dwell_frames,
+        "seed": plan.seed,
         "min_cover": min_cover,
-        "range_note": ("start..end (inclusive): frames where the defect piece covers >= min_cover "
-                       "of the centre square the detector scores; visible_start..visible_end: "
-                       "any part of it in that square"),
+        "range_note": (
+            "start..end (inclusive): frames where the defect piece covers >= min_cover "
+            "of the centre square the detector scores; visible_start..visible_end: "
+            "any part of it in that square"
+        ),
         "defects": [asdict(r) for r in ranges],
         "pieces": [asdict(p) for p in plan.pieces],
         **plan.meta,

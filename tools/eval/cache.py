@@ -11,6 +11,7 @@ Rows are written and flushed before their state flips to 1, so an interrupted ru
 the chunk in flight and the next run embeds only what is missing. Subsample runs fill part of
 the same arrays; a later full run reuses them. One writer per cache folder at a time.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,9 +40,16 @@ def default_cache_dir() -> Path:
 class EmbeddingCache:
     """Embeddings of one dataset under one model, filled lazily by :meth:`get`."""
 
-    def __init__(self, model_path: str, dataset: Dataset, cache_dir: Optional[str] = None,
-                 threads: Optional[int] = None, batch_size: int = 32, providers: str = "auto",
-                 progress: bool = True):
+    def __init__(
+        self,
+        model_path: str,
+        dataset: Dataset,
+        cache_dir: Optional[str] = None,
+        threads: Optional[int] = None,
+        batch_size: int = 32,
+        providers: str = "auto",
+        progress: bool = True,
+    ):
         if not Path(model_path).is_file():
             found = "a directory" if Path(model_path).is_dir() else "no such file"
             raise Dn2Error(f"model {model_path!r}: expected a dn2 ONNX file, found {found}")
@@ -50,16 +58,23 @@ class EmbeddingCache:
         self.model_sha256 = sha256_file(self.model_path)
         self.threads, self.batch_size, self.providers = threads, batch_size, providers
         self.progress = progress
-        key = {"model_sha256": self.model_sha256, "dataset": dataset.fingerprint,
-               "resize": self.meta.resize.to_json()}
+        key = {
+            "model_sha256": self.model_sha256,
+            "dataset": dataset.fingerprint,
+            "resize": self.meta.resize.to_json(),
+        }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset.name)
         self.folder = Path(cache_dir or default_cache_dir()) / f"{safe}-{self.meta.arch}-{digest}"
         self.folder.mkdir(parents=True, exist_ok=True)
         meta_file = self.folder / "meta.json"
         if not meta_file.exists():
-            meta_file.write_text(json.dumps(dict(key, model=self.model_path, arch=self.meta.arch,
-                                                 dim=self.meta.dim), indent=1))
+            meta_file.write_text(
+                json.dumps(
+                    dict(key, model=self.model_path, arch=self.meta.arch, dim=self.meta.dim),
+                    indent=1,
+                )
+            )
         self.n_embedded = 0  # images run through the model by this object (tests count it)
         self._embedder = None
         self._arrays: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
@@ -80,9 +95,11 @@ class EmbeddingCache:
         emb = np.load(emb_p, mmap_mode="r+")
         state = np.load(st_p, mmap_mode="r+")
         if emb.shape != (n, dim) or emb.dtype != np.float32 or state.shape != (n,):
-            raise Dn2Error(f"embedding cache {self.folder}: {split} arrays have shape "
-                           f"{emb.shape}/{state.shape}, expected ({n}, {dim})/({n},); "
-                           f"delete the folder to rebuild it")
+            raise Dn2Error(
+                f"embedding cache {self.folder}: {split} arrays have shape "
+                f"{emb.shape}/{state.shape}, expected ({n}, {dim})/({n},); "
+                f"delete the folder to rebuild it"
+            )
         self._arrays[split] = (emb, state)
         return emb, state
 
@@ -99,8 +116,12 @@ class EmbeddingCache:
         if self._embedder is None:
             from dn2.runtime.embedder import Embedder
 
-            self._embedder = Embedder(self.model_path, providers=self.providers,
-                                      threads=self.threads, batch_size=self.batch_size)
+            self._embedder = Embedder(
+                self.model_path,
+                providers=self.providers,
+                threads=self.threads,
+                batch_size=self.batch_size,
+            )
         return self._embedder
 
     def _embed_missing(self, split: str, todo: np.ndarray) -> None:
@@ -113,7 +134,7 @@ class EmbeddingCache:
         bar = Progress(len(todo), f"embed {self.dataset.name}/{split}", enabled=self.progress)
         try:
             for start in range(0, len(todo), CHUNK):
-                chunk = todo[start:start + CHUNK]
+                chunk = todo[start : start + CHUNK]
                 good, batch = [], []
                 for i in chunk:
                     try:

@@ -9,6 +9,7 @@ Folder trees: ``DIR/train/<class>/*`` + ``DIR/test/<class>/*``, or plain ``DIR/<
 split per class into the first 80 % (sorted by path) for train and the rest for test (the split
 the paper uses for WBC, section 4.1).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -26,10 +27,22 @@ from dn2.runtime.errors import Dn2Error
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_ENV = "DN2_FASHION_MNIST_DIR"
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot"]
-_FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+_FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 TRAIN_FRACTION = 0.8  # plain DIR/<class>/ trees: first 80 % train, last 20 % test (paper, WBC)
 
 
@@ -78,7 +91,8 @@ def _open_idx(folder: Path, stem: str):
             return p, (gzip.open(p, "rb") if name.endswith(".gz") else open(p, "rb"))
     raise DatasetError(
         f"Fashion-MNIST file {stem}[.gz] not found in {folder}; expected the IDX files of the "
-        f"Debian package: apt-get install dataset-fashion-mnist (or set ${FASHION_MNIST_ENV})")
+        f"Debian package: apt-get install dataset-fashion-mnist (or set ${FASHION_MNIST_ENV})"
+    )
 
 
 def read_idx(folder: Path, stem: str, ndim: int) -> np.ndarray:
@@ -90,8 +104,10 @@ def read_idx(folder: Path, stem: str, ndim: int) -> np.ndarray:
             raise DatasetError(f"{path}: truncated IDX header")
         zero, dtype, nd = struct.unpack(">HBB", head[:4])
         if zero != 0 or dtype != 0x08 or nd != ndim:
-            raise DatasetError(f"{path}: expected an IDX uint8 file with {ndim} dims, found "
-                               f"magic {head[:4].hex()} (type {dtype:#x}, {nd} dims)")
+            raise DatasetError(
+                f"{path}: expected an IDX uint8 file with {ndim} dims, found "
+                f"magic {head[:4].hex()} (type {dtype:#x}, {nd} dims)"
+            )
         shape = struct.unpack(">" + "I" * ndim, head[4:])
         data = fh.read()
     want = int(np.prod(shape))
@@ -106,23 +122,35 @@ def load_fashion_mnist(folder: Optional[str] = None) -> Dataset:
         raise DatasetError(
             f"Fashion-MNIST not found: no folder {root}. Install the Debian package "
             f"(apt-get install dataset-fashion-mnist) or point ${FASHION_MNIST_ENV} at a folder "
-            f"holding train-images-idx3-ubyte.gz etc.")
+            f"holding train-images-idx3-ubyte.gz etc."
+        )
     digest = hashlib.sha256()
     splits = {}
     for split, (img_stem, lab_stem) in _FMNIST_FILES.items():
         images = read_idx(root, img_stem, 3)
         labels = read_idx(root, lab_stem, 1).astype(np.int64)
         if images.shape[0] != labels.shape[0]:
-            raise DatasetError(f"{root}: {split} has {images.shape[0]} images but "
-                               f"{labels.shape[0]} labels")
+            raise DatasetError(
+                f"{root}: {split} has {images.shape[0]} images but {labels.shape[0]} labels"
+            )
         if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
             raise DatasetError(f"{root}: {split} label {labels.max()} outside 0..9")
         digest.update(images.tobytes())
         digest.update(labels.tobytes())
-        splits[split] = Split(split, labels, (lambda i, a=images: gray_to_bgr(a[i])),
-                              [f"{split}[{i}]" for i in range(len(labels))])
-    return Dataset("fashion-mnist", list(FASHION_MNIST_CLASSES), splits["train"], splits["test"],
-                   "fashion-mnist:" + digest.hexdigest()[:32], str(root))
+        splits[split] = Split(
+            split,
+            labels,
+            (lambda i, a=images: gray_to_bgr(a[i])),
+            [f"{split}[{i}]" for i in range(len(labels))],
+        )
+    return Dataset(
+        "fashion-mnist",
+        list(FASHION_MNIST_CLASSES),
+        splits["train"],
+        splits["test"],
+        "fashion-mnist:" + digest.hexdigest()[:32],
+        str(root),
+    )
 
 
 # ----------------------------------------------------------------------------- folder trees
@@ -141,8 +169,11 @@ def _read(path: str) -> np.ndarray:
 
 
 def _folder_split(name: str, classes: Sequence[str], files: List[List[str]]) -> Split:
-    labels = np.concatenate([np.full(len(f), c, np.int64) for c, f in enumerate(files)]) \
-        if files else np.zeros(0, np.int64)
+    labels = (
+        np.concatenate([np.full(len(f), c, np.int64) for c, f in enumerate(files)])
+        if files
+        else np.zeros(0, np.int64)
+    )
     paths = [p for f in files for p in f]
     return Split(name, labels, lambda i: _read(paths[i]), paths)
 
@@ -150,8 +181,10 @@ def _folder_split(name: str, classes: Sequence[str], files: List[List[str]]) -> 
 def load_folder(root: str) -> Dataset:
     base = Path(root)
     if not base.is_dir():
-        raise DatasetError(f"dataset {root!r}: expected 'fashion-mnist' or a folder with one "
-                           f"subfolder per class, found no such folder")
+        raise DatasetError(
+            f"dataset {root!r}: expected 'fashion-mnist' or a folder with one "
+            f"subfolder per class, found no such folder"
+        )
     has_split = (base / "train").is_dir() and (base / "test").is_dir()
     if has_split:
         classes = sorted(d.name for d in (base / "train").iterdir() if d.is_dir())
@@ -169,21 +202,30 @@ def load_folder(root: str) -> Dataset:
             train.append(files[:cut])
             test.append(files[cut:])
     if len(classes) < 2:
-        raise DatasetError(f"{root}: expected at least 2 class subfolders "
-                           f"(or train/ and test/ holding them), found {len(classes)}")
+        raise DatasetError(
+            f"{root}: expected at least 2 class subfolders "
+            f"(or train/ and test/ holding them), found {len(classes)}"
+        )
     empty = [c for c, tr, te in zip(classes, train, test) if not tr or not te]
     if empty:
-        raise DatasetError(f"{root}: classes {empty} have no train or no test images "
-                           f"(a plain class folder needs at least 2 images)")
+        raise DatasetError(
+            f"{root}: classes {empty} have no train or no test images "
+            f"(a plain class folder needs at least 2 images)"
+        )
     listing = []
     for f in train + test:
         for p in f:
             st = os.stat(p)
             listing.append((os.path.relpath(p, base), st.st_size, st.st_mtime_ns))
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:32]
-    return Dataset(base.resolve().name, classes, _folder_split("train", classes, train),
-                   _folder_split("test", classes, test), f"folder:{base.resolve()}:{digest}",
-                   str(base.resolve()))
+    return Dataset(
+        base.resolve().name,
+        classes,
+        _folder_split("train", classes, train),
+        _folder_split("test", classes, test),
+        f"folder:{base.resolve()}:{digest}",
+        str(base.resolve()),
+    )
 
 
 def load_dataset(spec: str, fashion_dir: Optional[str] = None) -> Dataset:
@@ -193,8 +235,9 @@ def load_dataset(spec: str, fashion_dir: Optional[str] = None) -> Dataset:
     return load_folder(spec)
 
 
-def select_per_class(labels: np.ndarray, n: Optional[int], seed: int = 0,
-                     classes: Optional[Sequence[int]] = None) -> np.ndarray:
+def select_per_class(
+    labels: np.ndarray, n: Optional[int], seed: int = 0, classes: Optional[Sequence[int]] = None
+) -> np.ndarray:
     """Sorted indices of ``n`` random items of each class (all when ``n`` is None), only of
     ``classes`` when given. Subsamples nest: with the same seed, the items picked for n are
     among those picked for any larger n, so a larger run reuses a smaller run's embeddings."""

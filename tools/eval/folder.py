@@ -14,6 +14,7 @@ and reports image ROC-AUC per defect type and overall, the decisions at the bund
 (``dn2.tools.eval.locmetrics``). ``--plots`` writes ROC curves on a log-FPR axis with the operating
 point marked, and thumbnails (heatmap overlays) of the worst misses and the worst false alarms.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,10 @@ N_THUMBS = 6
 def scan(root: Path) -> Dict:
     """{'train': [paths], 'test': {type: [paths]}, 'masks': {path: mask path or None}}."""
     if not (root / "train" / "good").is_dir() or not (root / "test" / "good").is_dir():
-        raise Dn2Error(f"{root}: expected train/good and test/good folders (MVTec AD / anomalib "
-                       f"Folder layout), found {sorted(p.name for p in root.iterdir())}")
+        raise Dn2Error(
+            f"{root}: expected train/good and test/good folders (MVTec AD / anomalib "
+            f"Folder layout), found {sorted(p.name for p in root.iterdir())}"
+        )
     train, _ = find_images([str(root / "train" / "good")])
     test: Dict[str, List[str]] = {}
     masks: Dict[str, Optional[str]] = {}
@@ -51,8 +54,9 @@ def scan(root: Path) -> Dict:
             m = root / "ground_truth" / d.name / (Path(f).stem + "_mask.png")
             masks[f] = str(m) if m.is_file() else None
     if len(test) < 2:
-        raise Dn2Error(f"{root}/test: expected good and at least one defect folder, found "
-                       f"{sorted(test)}")
+        raise Dn2Error(
+            f"{root}/test: expected good and at least one defect folder, found {sorted(test)}"
+        )
     return {"train": train, "test": test, "masks": masks}
 
 
@@ -67,11 +71,19 @@ def _mask(path: Optional[str], shape) -> np.ndarray:
     return m
 
 
-def evaluate_folder(root, model: Optional[str] = None, bundle: Optional[str] = None,
-                    use_bundle: Optional[str] = None, mode: str = "both", view: str = "crop",
-                    roi: Optional[str] = None, threads: Optional[int] = None,
-                    plots: Optional[str] = None, fit_kwargs: Optional[Dict] = None,
-                    log=lambda m: print(m, file=sys.stderr)) -> Dict:
+def evaluate_folder(
+    root,
+    model: Optional[str] = None,
+    bundle: Optional[str] = None,
+    use_bundle: Optional[str] = None,
+    mode: str = "both",
+    view: str = "crop",
+    roi: Optional[str] = None,
+    threads: Optional[int] = None,
+    plots: Optional[str] = None,
+    fit_kwargs: Optional[Dict] = None,
+    log=lambda m: print(m, file=sys.stderr),
+) -> Dict:
     from dn2.runtime.detector import Detector
 
     root = Path(root)
@@ -87,8 +99,16 @@ def evaluate_folder(root, model: Optional[str] = None, bundle: Optional[str] = N
         if bundle is None:
             tmp = tempfile.TemporaryDirectory(prefix="dn2-feval-")
             bundle = str(Path(tmp.name) / "bundle")
-        fit_view_bundle(model, bundle, s["train"], mode=mode, view=View.parse(view, roi),
-                        threads=threads, progress=False, **(fit_kwargs or {}))
+        fit_view_bundle(
+            model,
+            bundle,
+            s["train"],
+            mode=mode,
+            view=View.parse(view, roi),
+            threads=threads,
+            progress=False,
+            **(fit_kwargs or {}),
+        )
         use_bundle = bundle
     t_fit = time.perf_counter() - t0
     det = Detector.load(use_bundle, threads=threads)
@@ -106,18 +126,38 @@ def evaluate_folder(root, model: Optional[str] = None, bundle: Optional[str] = N
             for sig, v in (("global", r.global_score), ("patch", r.patch_score)):
                 if v is not None:
                     per_signal.setdefault(sig, {}).setdefault(kind, []).append(v)
-            rows.append({"path": r.path, "type": kind, "score": r.score,
-                         "global_score": r.global_score, "patch_score": r.patch_score,
-                         "anomalous": r.anomalous, "peak": r.peak, "box": r.box, "map": r.map})
+            rows.append(
+                {
+                    "path": r.path,
+                    "type": kind,
+                    "score": r.score,
+                    "global_score": r.global_score,
+                    "patch_score": r.patch_score,
+                    "anomalous": r.anomalous,
+                    "peak": r.peak,
+                    "box": r.box,
+                    "map": r.map,
+                }
+            )
     n_scored = len(rows)
     t_score = time.perf_counter() - t1
     good = scores.get("good", [])
-    res: Dict = {"dataset": str(root), "bundle": use_bundle, "mode": det.mode,
-                 "view": det.manifest.get("view"), "threshold": det.threshold,
-                 "n_train": len(s["train"]), "image_auroc": {}, "tpr_at_threshold": {},
-                 "fpr_at_threshold": float(np.mean([x > det.threshold for x in good])),
-                 "seconds": {"fit": round(t_fit, 1), "score": round(t_score, 1),
-                             "score_per_image": round(t_score / max(1, n_scored), 4)}}
+    res: Dict = {
+        "dataset": str(root),
+        "bundle": use_bundle,
+        "mode": det.mode,
+        "view": det.manifest.get("view"),
+        "threshold": det.threshold,
+        "n_train": len(s["train"]),
+        "image_auroc": {},
+        "tpr_at_threshold": {},
+        "fpr_at_threshold": float(np.mean([x > det.threshold for x in good])),
+        "seconds": {
+            "fit": round(t_fit, 1),
+            "score": round(t_score, 1),
+            "score_per_image": round(t_score / max(1, n_scored), 4),
+        },
+    }
     defects = [k for k in scores if k != "good"]
     for k in defects:
         res["image_auroc"][k] = roc_auc(good, scores[k])
@@ -126,7 +166,9 @@ def evaluate_folder(root, model: Optional[str] = None, bundle: Optional[str] = N
     # each signal on its own (the decision combines them in mode both)
     res["image_auroc_by_signal"] = {
         sig: {k: roc_auc(v["good"], v[k]) for k in defects if k in v}
-        for sig, v in per_signal.items() if "good" in v}
+        for sig, v in per_signal.items()
+        if "good" in v
+    }
     with_mask = [r for r in rows if r["type"] == "good" or s["masks"].get(r["path"])]
     if maps_ok and any(s["masks"].get(r["path"]) for r in rows):
         mp = [r["map"] for r in with_mask]
@@ -137,11 +179,19 @@ def evaluate_folder(root, model: Optional[str] = None, bundle: Optional[str] = N
         for k in defects:
             sel = [i for i, r in enumerate(with_mask) if r["type"] in ("good", k)]
             if any(mk[i].any() for i in sel):
-                res["pixel_auroc_by_type"][k] = pixel_auc([mp[i] for i in sel],
-                                                          [mk[i] for i in sel])
+                res["pixel_auroc_by_type"][k] = pixel_auc(
+                    [mp[i] for i in sel], [mk[i] for i in sel]
+                )
         hit = [r for r, m in zip(with_mask, mk) if m.any()]
-        res["peak_in_mask"] = float(np.mean([m[r["peak"][1], r["peak"][0]] > 0 for r, m in
-                                             zip(with_mask, mk) if m.any()])) if hit else None
+        res["peak_in_mask"] = (
+            float(
+                np.mean(
+                    [m[r["peak"][1], r["peak"][0]] > 0 for r, m in zip(with_mask, mk) if m.any()]
+                )
+            )
+            if hit
+            else None
+        )
     if plots:
         res["plots"] = _plots(Path(plots), res, scores, rows, det)
     for r in rows:
@@ -166,8 +216,9 @@ def _plots(out: Path, res: Dict, scores, rows, det) -> List[str]:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for k in [k for k in scores if k != "good"]:
         pts = roc_points(good, scores[k])
-        ax.plot(np.maximum(pts["fpr"], lo), pts["tpr"],
-                label=f"{k} (AUROC {res['image_auroc'][k]:.3f})")
+        ax.plot(
+            np.maximum(pts["fpr"], lo), pts["tpr"], label=f"{k} (AUROC {res['image_auroc'][k]:.3f})"
+        )
         fp = float(np.mean(good > det.threshold))
         tp = float(np.mean(np.asarray(scores[k]) > det.threshold))
         ax.plot([max(fp, lo)], [tp], "o", color=ax.lines[-1].get_color())
@@ -197,8 +248,11 @@ def _plots(out: Path, res: Dict, scores, rows, det) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.eval.folder", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dn2.tools.eval.folder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("dir")
     p.add_argument("--model")
     p.add_argument("--bundle", help="write the fitted bundle here (default: a temp folder)")
@@ -218,8 +272,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if a.patch_topk:
         kw.update(topk=a.patch_topk, reduction="max" if a.patch_topk == 1 else "topk")
     try:
-        res = evaluate_folder(a.dir, a.model, a.bundle, a.use_bundle, a.mode, a.view, a.roi,
-                              a.threads, a.plots, kw)
+        res = evaluate_folder(
+            a.dir, a.model, a.bundle, a.use_bundle, a.mode, a.view, a.roi, a.threads, a.plots, kw
+        )
     except Dn2Error as exc:
         print(f"folder_eval: error: {exc}", file=sys.stderr)
         return 2

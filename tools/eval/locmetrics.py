@@ -7,6 +7,7 @@
   the false-positive rate on normal pixels; integrated over FPR in [0, ``max_fpr``] (0.3, as in
   Bergmann et al. 2021) and divided by ``max_fpr`` (1 = perfect, a random map ~0.15).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
@@ -20,8 +21,12 @@ MAX_FPR = 0.3
 N_THRESHOLDS = 200
 
 
-def pixel_auc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], max_pixels: int = 4_000_000,
-              seed: int = 0) -> float:
+def pixel_auc(
+    maps: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    max_pixels: int = 4_000_000,
+    seed: int = 0,
+) -> float:
     """ROC-AUC of map values, masks > 0 positive; subsampled to ``max_pixels`` (seeded)."""
     v = np.concatenate([m.ravel() for m in maps]).astype(np.float32)
     y = np.concatenate([(k > 0).ravel() for k in masks])
@@ -41,8 +46,9 @@ def _regions(masks: Sequence[np.ndarray]) -> List[Tuple[int, np.ndarray]]:
     return out
 
 
-def pro_curve(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-              n_thresholds: int = N_THRESHOLDS) -> Tuple[np.ndarray, np.ndarray]:
+def pro_curve(
+    maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], n_thresholds: int = N_THRESHOLDS
+) -> Tuple[np.ndarray, np.ndarray]:
     """(fpr, pro) arrays, fpr ascending."""
     neg = np.concatenate([m.ravel()[(k <= 0).ravel()] for m, k in zip(maps, masks)])
     regions = _regions(masks)
@@ -53,8 +59,9 @@ def pro_curve(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray],
     neg_sorted = np.sort(neg)
     fpr = 1.0 - np.searchsorted(neg_sorted, ts, side="right") / len(neg_sorted)
     vals = [np.sort(maps[i].ravel()[idx]) for i, idx in regions]
-    pro = np.array([np.mean([1.0 - np.searchsorted(v, t, side="right") / len(v) for v in vals])
-                    for t in ts])
+    pro = np.array(
+        [np.mean([1.0 - np.searchsorted(v, t, side="right") / len(v) for v in vals]) for t in ts]
+    )
     return fpr, pro
 
 
@@ -70,8 +77,11 @@ def aupro(maps, masks, max_fpr: float = MAX_FPR) -> float:
         f0, p0 = f[-1], p[-1]
         p_end = p0 + (p1 - p0) * (max_fpr - f0) / max(f1 - f0, 1e-12)
         f, p = np.append(f, max_fpr), np.append(p, p_end)
-    return float(np.trapezoid(p, f) / max_fpr) if hasattr(np, "trapezoid") else \
-        float(np.trapz(p, f) / max_fpr)
+    return (
+        float(np.trapezoid(p, f) / max_fpr)
+        if hasattr(np, "trapezoid")
+        else float(np.trapz(p, f) / max_fpr)
+    )
 
 
 def roc_points(normal, anomalous) -> Dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ protocol, a fraction in [0, 1]), ``curves`` (sweeps: name -> {"x": [...], "y": [
 plotting only (not JSON), ``scores``: class -> (scores, is_anomalous).
 Higher score = more anomalous; anomalies are the positive class of the ROC.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,9 +34,14 @@ class Embeds:
     test_labels: np.ndarray
     classes: List[str]
 
-    def normalized(self) -> "Embeds":
-        return Embeds(l2_normalize(self.train), self.train_labels, l2_normalize(self.test),
-                      self.test_labels, self.classes)
+    def normalized(self) -> Embeds:
+        return Embeds(
+            l2_normalize(self.train),
+            self.train_labels,
+            l2_normalize(self.test),
+            self.test_labels,
+            self.classes,
+        )
 
     @property
     def present(self) -> List[int]:
@@ -51,13 +57,23 @@ def auroc(scores: np.ndarray, anomalous: np.ndarray) -> float:
 
 
 def _row(e: Embeds, c: int, a: float, n_train: int, anomalous: np.ndarray) -> Dict:
-    return {"class": c, "name": e.classes[c], "auroc": a, "n_train": int(n_train),
-            "n_test_normal": int((~anomalous).sum()), "n_test_anomalous": int(anomalous.sum())}
+    return {
+        "class": c,
+        "name": e.classes[c],
+        "auroc": a,
+        "n_train": int(n_train),
+        "n_test_normal": int((~anomalous).sum()),
+        "n_test_anomalous": int(anomalous.sum()),
+    }
 
 
 def _finish(rows: List[Dict], scores=None, curves=None, **extra) -> Dict:
-    out = {"per_class": rows, "mean_auroc": float(np.mean([r["auroc"] for r in rows])),
-           "curves": curves or {}, "scores": scores or {}}
+    out = {
+        "per_class": rows,
+        "mean_auroc": float(np.mean([r["auroc"] for r in rows])),
+        "curves": curves or {},
+        "scores": scores or {},
+    }
     out.update(extra)
     return out
 
@@ -87,8 +103,9 @@ def multimodal(e: Embeds, k: int = 2) -> Dict:
     return _finish(rows, scores, headline=f"multimodal (all classes but one normal), k={k}")
 
 
-def few_shot(e: Embeds, k: int = 2, shots: Sequence[int] = FEW_SHOTS, repeats: int = 3,
-             seed: int = 0) -> Dict:
+def few_shot(
+    e: Embeds, k: int = 2, shots: Sequence[int] = FEW_SHOTS, repeats: int = 3, seed: int = 0
+) -> Dict:
     """Paper 4.3 / Fig. 5: n random training images per class; mean over ``repeats`` draws.
     The headline ``mean_auroc`` (and ``per_class``) is the largest n."""
     rng = np.random.default_rng(seed)
@@ -101,15 +118,20 @@ def few_shot(e: Embeds, k: int = 2, shots: Sequence[int] = FEW_SHOTS, repeats: i
         for c in e.present:
             anom = e.test_labels != c
             reps = 1 if n >= len(pools[c]) else repeats
-            vals = [auroc(knn_scores(e.train[rng.choice(pools[c], n, replace=False)], e.test, k),
-                          anom) for _ in range(reps)]
+            vals = [
+                auroc(knn_scores(e.train[rng.choice(pools[c], n, replace=False)], e.test, k), anom)
+                for _ in range(reps)
+            ]
             rows.append(_row(e, c, float(np.mean(vals)), n, anom))
         per_n[n] = rows
         curve.append(float(np.mean([r["auroc"] for r in rows])))
-    return _finish(per_n[ns[-1]], curves={"few-shot": {"x": ns, "y": curve}},
-                   headline=f"{ns[-1]} training images per class, k={k}",
-                   xlabel="training images per class",
-                   by_n={str(n): float(v) for n, v in zip(ns, curve)})
+    return _finish(
+        per_n[ns[-1]],
+        curves={"few-shot": {"x": ns, "y": curve}},
+        headline=f"{ns[-1]} training images per class, k={k}",
+        xlabel="training images per class",
+        by_n={str(n): float(v) for n, v in zip(ns, curve)},
+    )
 
 
 def _impure_bank(e: Embeds, c: int, ratio: float, rng) -> tuple:
@@ -122,9 +144,14 @@ def _impure_bank(e: Embeds, c: int, ratio: float, rng) -> tuple:
     return e.train[idx], is_anom
 
 
-def impurity(e: Embeds, k: int = 2, ratios: Sequence[float] = IMPURITIES,
-             clean_fraction: float = CLEAN_FRACTION, seed: int = 0,
-             clean_k: Optional[int] = None) -> Dict:
+def impurity(
+    e: Embeds,
+    k: int = 2,
+    ratios: Sequence[float] = IMPURITIES,
+    clean_fraction: float = CLEAN_FRACTION,
+    seed: int = 0,
+    clean_k: Optional[int] = None,
+) -> Dict:
     """Paper 4.4 / Fig. 5 right: a fraction ``ratio`` of the training set is anomalies (train
     items of the other classes); scored with and without the cleaning stage. Headline: the
     largest ratio with cleaning. ``anomalies_left`` is the fraction of planted anomalies that
@@ -144,21 +171,34 @@ def impurity(e: Embeds, k: int = 2, ratios: Sequence[float] = IMPURITIES,
             a_cln.append(auroc(knn_scores(bank[keep], e.test, k), anom))
             if is_anom.any():
                 a_left.append(float(is_anom[keep].sum() / is_anom.sum()))
-            rows.append(dict(_row(e, c, a_cln[-1], len(bank), anom), auroc_no_clean=a_raw[-1],
-                             n_planted=int(is_anom.sum()), n_kept=int(len(keep))))
+            rows.append(
+                dict(
+                    _row(e, c, a_cln[-1], len(bank), anom),
+                    auroc_no_clean=a_raw[-1],
+                    n_planted=int(is_anom.sum()),
+                    n_kept=int(len(keep)),
+                )
+            )
         raw.append(float(np.mean(a_raw)))
         cleaned.append(float(np.mean(a_cln)))
         left.append(float(np.mean(a_left)) if a_left else 0.0)
         rows_last = rows
     xs = [float(r) for r in ratios]
-    return _finish(rows_last, headline=f"impurity {ratios[-1]:.2f}, cleaning "
-                   f"{clean_fraction:.0%} (column auroc_no_clean: without), k={k}, "
-                   f"cleaning k={ck}",
-                   xlabel="fraction of anomalies in the training set",
-                   curves={"no cleaning": {"x": xs, "y": raw},
-                           f"cleaning {clean_fraction:.0%} (k={ck})": {"x": xs, "y": cleaned}},
-                   by_ratio=[{"ratio": x, "auroc_no_clean": a, "auroc_clean": b,
-                              "anomalies_left": f} for x, a, b, f in zip(xs, raw, cleaned, left)])
+    return _finish(
+        rows_last,
+        headline=f"impurity {ratios[-1]:.2f}, cleaning "
+        f"{clean_fraction:.0%} (column auroc_no_clean: without), k={k}, "
+        f"cleaning k={ck}",
+        xlabel="fraction of anomalies in the training set",
+        curves={
+            "no cleaning": {"x": xs, "y": raw},
+            f"cleaning {clean_fraction:.0%} (k={ck})": {"x": xs, "y": cleaned},
+        },
+        by_ratio=[
+            {"ratio": x, "auroc_no_clean": a, "auroc_clean": b, "anomalies_left": f}
+            for x, a, b, f in zip(xs, raw, cleaned, left)
+        ],
+    )
 
 
 def k_sweep(e: Embeds, ks: Sequence[int] = K_SWEEP, k: int = 2) -> Dict:
@@ -170,9 +210,13 @@ def k_sweep(e: Embeds, ks: Sequence[int] = K_SWEEP, k: int = 2) -> Dict:
         if kk == k:
             rows_at_k = res["per_class"]
     xs = sorted(by_k)
-    return _finish(rows_at_k, headline=f"one-class, k={k}", xlabel="k (neighbours)",
-                   curves={"k sweep": {"x": xs, "y": [by_k[x] for x in xs]}},
-                   by_k={str(x): by_k[x] for x in xs})
+    return _finish(
+        rows_at_k,
+        headline=f"one-class, k={k}",
+        xlabel="k (neighbours)",
+        curves={"k sweep": {"x": xs, "y": [by_k[x] for x in xs]}},
+        by_k={str(x): by_k[x] for x in xs},
+    )
 
 
 def kmeans_sweep(e: Embeds, cs: Sequence[int] = KMEANS_C, k: int = 2, seed: int = 0) -> Dict:
@@ -188,9 +232,13 @@ def kmeans_sweep(e: Embeds, cs: Sequence[int] = KMEANS_C, k: int = 2, seed: int 
         table[f"C={cc}"] = float(np.mean(vals))
     table["kNN"] = full["mean_auroc"]
     curve = {"x": list(cs), "y": [table[f"C={c}"] for c in cs]}
-    return _finish(full["per_class"], headline=f"full bank (kNN), k={k}",
-                   xlabel="C (k-means centres per normal class)", curves={"k-means": curve},
-                   table=table)
+    return _finish(
+        full["per_class"],
+        headline=f"full bank (kNN), k={k}",
+        xlabel="C (k-means centres per normal class)",
+        curves={"k-means": curve},
+        table=table,
+    )
 
 
 # ----------------------------------------------------------------------------- group (4.5)
@@ -213,8 +261,15 @@ def _random_draws(rng, pools: List[np.ndarray], labels: np.ndarray, n_sets: int)
     return np.stack(out)
 
 
-def group(e: Embeds, k: int = 2, ms: Sequence[int] = GROUP_M, n_train_sets: int = 1000,
-          n_test_sets: int = 500, poolings: Sequence[str] = POOLINGS, seed: int = 0) -> Dict:
+def group(
+    e: Embeds,
+    k: int = 2,
+    ms: Sequence[int] = GROUP_M,
+    n_train_sets: int = 1000,
+    n_test_sets: int = 500,
+    poolings: Sequence[str] = POOLINGS,
+    seed: int = 0,
+) -> Dict:
     """Paper 4.5 / Fig. 4 on this dataset's classes: a normal set holds one image of each of
     classes 0..M-1; an anomalous set holds M random images of those classes that are not one of
     each. Bank: ``n_train_sets`` normal sets of train images; test: ``n_test_sets`` normal and
@@ -233,8 +288,12 @@ def group(e: Embeds, k: int = 2, ms: Sequence[int] = GROUP_M, n_train_sets: int 
         tr_pools = [np.flatnonzero(e.train_labels == c) for c in cls]
         te_pools = [np.flatnonzero(e.test_labels == c) for c in cls]
         train_sets = _one_of_each(rng, tr_pools, n_train_sets)
-        test_sets = np.concatenate([_one_of_each(rng, te_pools, n_test_sets),
-                                    _random_draws(rng, te_pools, e.test_labels, n_test_sets)])
+        test_sets = np.concatenate(
+            [
+                _one_of_each(rng, te_pools, n_test_sets),
+                _random_draws(rng, te_pools, e.test_labels, n_test_sets),
+            ]
+        )
         anom = np.r_[np.zeros(n_test_sets, bool), np.ones(n_test_sets, bool)]
         row = {"M": m, "classes": [e.classes[c] for c in cls]}
         for p in poolings:
@@ -243,22 +302,41 @@ def group(e: Embeds, k: int = 2, ms: Sequence[int] = GROUP_M, n_train_sets: int 
             curves[p]["y"].append(row[p])
         rows.append(row)
     head = poolings[0] if "mean" not in poolings else "mean"
-    return {"per_M": rows, "per_class": [], "mean_auroc": rows[-1][head], "curves": curves,
-            "scores": {}, "headline": f"{head} pooling, M={ms[-1]}, k={k}",
-            "xlabel": "M (images per set)"}
+    return {
+        "per_M": rows,
+        "per_class": [],
+        "mean_auroc": rows[-1][head],
+        "curves": curves,
+        "scores": {},
+        "headline": f"{head} pooling, M={ms[-1]}, k={k}",
+        "xlabel": "M (images per set)",
+    }
 
 
 def int8_delta(fp32: Embeds, int8: Embeds, k: int = 2) -> Dict:
     """One-class ROC-AUC of the int8 model minus the fp32 model, per class and mean (points of
     a fraction; x100 for percentage points). Headline ``mean_auroc``: the int8 model's."""
     a, b = one_class(fp32, k), one_class(int8, k)
-    rows = [dict(rb, auroc_fp32=ra["auroc"], delta=rb["auroc"] - ra["auroc"])
-            for ra, rb in zip(a["per_class"], b["per_class"])]
-    return _finish(rows, b["scores"], headline=f"one-class, int8 model, k={k}",
-                   mean_auroc_fp32=a["mean_auroc"],
-                   delta=b["mean_auroc"] - a["mean_auroc"])
+    rows = [
+        dict(rb, auroc_fp32=ra["auroc"], delta=rb["auroc"] - ra["auroc"])
+        for ra, rb in zip(a["per_class"], b["per_class"])
+    ]
+    return _finish(
+        rows,
+        b["scores"],
+        headline=f"one-class, int8 model, k={k}",
+        mean_auroc_fp32=a["mean_auroc"],
+        delta=b["mean_auroc"] - a["mean_auroc"],
+    )
 
 
-PROTOCOLS = {"one-class": one_class, "multimodal": multimodal, "few-shot": few_shot,
-             "impurity": impurity, "k-sweep": k_sweep, "kmeans": kmeans_sweep, "group": group,
-             "int8": int8_delta}
+PROTOCOLS = {
+    "one-class": one_class,
+    "multimodal": multimodal,
+    "few-shot": few_shot,
+    "impurity": impurity,
+    "k-sweep": k_sweep,
+    "kmeans": kmeans_sweep,
+    "group": group,
+    "int8": int8_delta,
+}

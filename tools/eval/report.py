@@ -4,6 +4,7 @@ a JSON file (per-class table, ``mean_auroc``) and PNG plots (matplotlib, Agg bac
 JSON ROC-AUC values are fractions in [0, 1] (what scikit-learn returns); the markdown prints
 percent, like the paper.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,15 @@ PAPER = {
     "cifar10": {
         "one-class": {"mean": 92.5, "per_class": PAPER_CIFAR10_ONE_CLASS, "source": "Table 1"},
         "multimodal": {"mean": 71.7, "source": "Table 5"},
-        "kmeans": {"table": {"C=1": 91.94, "C=3": 92.00, "C=5": 91.87, "C=10": 91.64,
-                             "kNN": 92.52}, "source": "Table 6"},
+        "kmeans": {
+            "table": {"C=1": 91.94, "C=3": 92.00, "C=5": 91.87, "C=10": 91.64, "kNN": 92.52},
+            "source": "Table 6",
+        },
     },
-    "cifar100": {"one-class": {"mean": 89.3, "source": "Table 2"},
-                 "multimodal": {"mean": 71.0, "source": "Table 5"}},
+    "cifar100": {
+        "one-class": {"mean": 89.3, "source": "Table 2"},
+        "multimodal": {"mean": 71.0, "source": "Table 5"},
+    },
 }
 NA = "n/a"
 # Where the paper reports a protocol without a number we can print beside ours.
@@ -56,50 +61,70 @@ def _paper(x) -> str:
 
 def markdown(res: Dict, dataset: str, protocol: str, title: str = "") -> str:
     ref = paper_ref(dataset, protocol)
-    src = (f" — paper: {ref['source']}" if ref else
-           f" — paper: {PAPER_ELSEWHERE.get(protocol, 'none')}, n/a here")
+    src = (
+        f" — paper: {ref['source']}"
+        if ref
+        else f" — paper: {PAPER_ELSEWHERE.get(protocol, 'none')}, n/a here"
+    )
     lines = [f"### {title or protocol} ({dataset}){src}", ""]
     if res.get("headline"):
         lines += [f"headline (`mean_auroc`): {res['headline']}", ""]
     if protocol in ("one-class", "multimodal", "k-sweep", "few-shot", "impurity", "kmeans", "int8"):
         pc = ref.get("per_class")
         int8 = protocol == "int8"
-        head = "| class | name | ROC-AUC % (dn2) |" + (" fp32 % | delta pt |" if int8 else "") \
+        head = (
+            "| class | name | ROC-AUC % (dn2) |"
+            + (" fp32 % | delta pt |" if int8 else "")
             + " paper % |"
+        )
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for r in res["per_class"]:
             extra = f" {_pct(r['auroc_fp32'])} | {100 * r['delta']:+.2f} |" if int8 else ""
             p = pc[r["class"]] if pc and r["class"] < len(pc) else None
-            lines.append(f"| {r['class']} | {r['name']} | {_pct(r['auroc'])} |{extra} "
-                         f"{_paper(p)} |")
-        extra = (f" {_pct(res['mean_auroc_fp32'])} | {100 * res['delta']:+.2f} |" if int8 else "")
-        mean_ref = ref.get("mean") if protocol in ("one-class", "multimodal", "int8",
-                                                    "k-sweep") else None
+            lines.append(
+                f"| {r['class']} | {r['name']} | {_pct(r['auroc'])} |{extra} {_paper(p)} |"
+            )
+        extra = f" {_pct(res['mean_auroc_fp32'])} | {100 * res['delta']:+.2f} |" if int8 else ""
+        mean_ref = (
+            ref.get("mean") if protocol in ("one-class", "multimodal", "int8", "k-sweep") else None
+        )
         lines.append(f"| **mean** | | **{_pct(res['mean_auroc'])}** |{extra} {_paper(mean_ref)} |")
     if protocol == "few-shot":
         lines += ["", "| train images per class | mean ROC-AUC % |", "|---|---|"]
         lines += [f"| {n} | {_pct(v)} |" for n, v in res["by_n"].items()]
     if protocol == "impurity":
-        lines += ["", "| impurity | no cleaning % | cleaning % | planted anomalies kept |",
-                  "|---|---|---|---|"]
-        lines += [f"| {r['ratio']:.2f} | {_pct(r['auroc_no_clean'])} | {_pct(r['auroc_clean'])} "
-                  f"| {r['anomalies_left']:.2f} |" for r in res["by_ratio"]]
+        lines += [
+            "",
+            "| impurity | no cleaning % | cleaning % | planted anomalies kept |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['ratio']:.2f} | {_pct(r['auroc_no_clean'])} | {_pct(r['auroc_clean'])} "
+            f"| {r['anomalies_left']:.2f} |"
+            for r in res["by_ratio"]
+        ]
     if protocol == "k-sweep":
         lines += ["", "| k | mean ROC-AUC % |", "|---|---|"]
         lines += [f"| {k} | {_pct(v, 2)} |" for k, v in res["by_k"].items()]
     if protocol == "kmeans":
         cols = list(res["table"])
         ptab = ref.get("table", {})
-        lines += ["", "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),
-                  "| dn2 | " + " | ".join(_pct(res["table"][c], 2) for c in cols) + " |",
-                  "| paper | " + " | ".join(f"{ptab[c]:.2f}" if c in ptab else NA
-                                            for c in cols) + " |"]
+        lines += [
+            "",
+            "| | " + " | ".join(cols) + " |",
+            "|---|" + "---|" * len(cols),
+            "| dn2 | " + " | ".join(_pct(res["table"][c], 2) for c in cols) + " |",
+            "| paper | " + " | ".join(f"{ptab[c]:.2f}" if c in ptab else NA for c in cols) + " |",
+        ]
     if protocol == "group":
         pools = [p for p in ("mean", "max", "concat") if p in res["per_M"][0]]
-        lines += ["| M | " + " | ".join(f"{p} %" for p in pools) + " |",
-                  "|---|" + "---|" * len(pools)]
-        lines += [f"| {r['M']} | " + " | ".join(_pct(r[p]) for p in pools) + " |"
-                  for r in res["per_M"]]
+        lines += [
+            "| M | " + " | ".join(f"{p} %" for p in pools) + " |",
+            "|---|" + "---|" * len(pools),
+        ]
+        lines += [
+            f"| {r['M']} | " + " | ".join(_pct(r[p]) for p in pools) + " |" for r in res["per_M"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -154,7 +179,7 @@ def write_plots(res: Dict, folder: str, classes: List[str], title: str) -> List[
             ax.hist(s[anom], bins=bins, alpha=0.6, density=True, label="anomalous")
             ax.set_title(classes[c], fontsize=8)
             ax.tick_params(labelsize=6)
-        for ax in list(axes.flat)[len(scores):]:
+        for ax in list(axes.flat)[len(scores) :]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=7)
         fig.suptitle(f"kNN score histograms — {title}", fontsize=9)

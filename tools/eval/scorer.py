@@ -5,6 +5,7 @@ Evaluation scores with the very code a deployed bundle scores with: ``dn2.runtim
 *exact* bank here, so a reported ROC-AUC never carries HNSW recall error) and
 ``dn2.runtime.kmeans`` (5.1). This module only adapts shapes and caps k at the bank size.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,7 @@ from dn2.runtime.bank import build_bank
 from dn2.runtime.groups import pool_groups
 from dn2.runtime.kmeans import kmeans
 from dn2.runtime.scoring import clean as _clean
-from dn2.runtime.scoring import knn_score, l2normalize
-from dn2.runtime.scoring import loo_knn_scores
+from dn2.runtime.scoring import knn_score, l2normalize, loo_knn_scores
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ test/local, test/global (no masks: the set ships none).
 
     python -m dn2.tools.eval.textile_folder OUT [--train 200] [--good 100] [--defects 100]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,21 +20,25 @@ def build(out, train: int = 200, good: int = 100, defects: int = 100) -> Path:
     root = Path(out)
     if root.exists():
         shutil.rmtree(root)
-    parts = [("train/good", Path(ccd.nominal_dir()), 0, train),
-             ("test/good", Path(ccd.nominal_dir()), 500, good),
-             ("test/local", Path(ccd.local_dir()), 0, defects),
-             ("test/global", Path(ccd.global_dir()), 0, defects)]
+    parts = [
+        ("train/good", Path(ccd.nominal_dir()), 0, train),
+        ("test/good", Path(ccd.nominal_dir()), 500, good),
+        ("test/local", Path(ccd.local_dir()), 0, defects),
+        ("test/global", Path(ccd.global_dir()), 0, defects),
+    ]
     for sub, src, start, n in parts:
         (root / sub).mkdir(parents=True)
-        for f in sorted(src.glob("*.jpg"))[start:start + n]:
+        for f in sorted(src.glob("*.jpg"))[start : start + n]:
             (root / sub / f.name).symlink_to(f.resolve())
     return root
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.eval.textile_folder",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dn2.tools.eval.textile_folder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("out")
     p.add_argument("--train", type=int, default=200)
     p.add_argument("--good", type=int, default=100)

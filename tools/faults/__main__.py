@@ -7,6 +7,7 @@ reported skip?); the bundle-mutation fuzzer on an exact and an HNSW bundle; dama
 files through ``dn2 watch`` (every frame read or counted lost?). Run from a source checkout,
 the image corpus also includes the test suite's hand-made kinds (tests/badfiles.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def _image_corpus(work: Path) -> List[tuple]:
         try:
             import badfiles
 
-            for c in badfiles.build_corpus(work / "hand")[: len(badfiles.CASE_NAMES)
-                                                         - len(badfiles.FAMILY_NAMES)]:
+            for c in badfiles.build_corpus(work / "hand")[
+                : len(badfiles.CASE_NAMES) - len(badfiles.FAMILY_NAMES)
+            ]:
                 if not c.skip:
                     files.append((c.name, c.path, "refused" if c.refused else "decoded"))
         except ImportError:  # Pillow missing: the packaged kinds only
@@ -46,66 +48,102 @@ def _image_corpus(work: Path) -> List[tuple]:
     return files
 
 
-def _row(what: str, cases: int, refused: int, accepted: int, crashes: int, hangs: int,
-         lost: int) -> Dict:
-    return dict(what=what, cases=cases, refused=refused, accepted=accepted, crashes=crashes,
-                hangs=hangs, lost=lost)
+def _row(
+    what: str, cases: int, refused: int, accepted: int, crashes: int, hangs: int, lost: int
+) -> Dict:
+    return dict(
+        what=what,
+        cases=cases,
+        refused=refused,
+        accepted=accepted,
+        crashes=crashes,
+        hangs=hangs,
+        lost=lost,
+    )
 
 
 def _read_rows(files) -> Dict:
-    code = ("import sys, json\nfrom dn2.runtime.images import read_image\n"
-            "from dn2.runtime.errors import ImageError\n"
-            "for p in json.load(open(sys.argv[1])):\n"
-            "    try:\n        read_image(p); r = 'decoded'\n"
-            "    except ImageError as e:\n        r = 'refused' if ('expected' in str(e) and "
-            "'found' in str(e)) else 'unclear'\n"
-            "    print(r, flush=True)\n")
+    code = (
+        "import sys, json\nfrom dn2.runtime.images import read_image\n"
+        "from dn2.runtime.errors import ImageError\n"
+        "for p in json.load(open(sys.argv[1])):\n"
+        "    try:\n        read_image(p); r = 'decoded'\n"
+        "    except ImageError as e:\n        r = 'refused' if ('expected' in str(e) and "
+        "'found' in str(e)) else 'unclear'\n"
+        "    print(r, flush=True)\n"
+    )
     todo = [p for _, p, _ in files]
     got: List[str] = []
     crashes = hangs = 0
     while len(got) < len(todo):
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump(todo[len(got):], f)
+            json.dump(todo[len(got) :], f)
         try:
-            r = subprocess.run([sys.executable, "-c", code, f.name], capture_output=True,
-                               text=True, timeout=300)
+            r = subprocess.run(
+                [sys.executable, "-c", code, f.name], capture_output=True, text=True, timeout=300
+            )
             lines = r.stdout.split()
             got.extend(lines)
             if r.returncode != 0:
                 crashes += 1
                 got.append("crash")
         except subprocess.TimeoutExpired as exc:
-            got.extend((exc.stdout or b"").decode().split() if isinstance(exc.stdout, bytes)
-                       else (exc.stdout or "").split())
+            got.extend(
+                (exc.stdout or b"").decode().split()
+                if isinstance(exc.stdout, bytes)
+                else (exc.stdout or "").split()
+            )
             hangs += 1
             got.append("hang")
         finally:
             os.unlink(f.name)
     unclear = got.count("unclear")
-    return _row("bad images: read_image", len(todo), got.count("refused"), got.count("decoded"),
-                crashes, hangs, unclear)
+    return _row(
+        "bad images: read_image",
+        len(todo),
+        got.count("refused"),
+        got.count("decoded"),
+        crashes,
+        hangs,
+        unclear,
+    )
 
 
 def _score_row(bundle: Path, files) -> Dict:
     paths = [p for _, p, _ in files]
     try:
-        r = subprocess.run([_exe("dn2-score"), str(bundle), *paths, "--json"],
-                           capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [_exe("dn2-score"), str(bundle), *paths, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     except subprocess.TimeoutExpired:
         return _row("bad images: dn2 score", len(paths), 0, 0, 0, 1, len(paths))
     rows = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     lost = sum(a != b.get("path") for a, b in zip(paths, rows)) + abs(len(paths) - len(rows))
     crash = int(r.returncode not in (0, 1) or "Traceback" in r.stderr)
-    return _row("bad images: dn2 score", len(paths), sum(x["score"] is None for x in rows),
-                sum(x["score"] is not None for x in rows), crash, 0, lost)
+    return _row(
+        "bad images: dn2 score",
+        len(paths),
+        sum(x["score"] is None for x in rows),
+        sum(x["score"] is not None for x in rows),
+        crash,
+        0,
+        lost,
+    )
 
 
 def _fit_row(model: str, files, out: Path) -> Dict:
     files = [f for f in files if os.path.lexists(f[1])]  # fit refuses a missing input up front
     n = len(files)
     try:
-        r = subprocess.run([_exe("dn2-fit"), model, *[p for _, p, _ in files], "--output",
-                            str(out), "-q"], capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [_exe("dn2-fit"), model, *[p for _, p, _ in files], "--output", str(out), "-q"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     except subprocess.TimeoutExpired:
         return _row("bad images: dn2 fit", n, 0, 0, 0, 1, n)
     crash = int(r.returncode not in (0, 2) or "Traceback" in r.stderr)
@@ -116,9 +154,23 @@ def _fit_row(model: str, files, out: Path) -> Dict:
 
 def _watch_summary(bundle: Path, source: str) -> tuple:
     try:
-        r = subprocess.run([_exe("dn2-watch"), str(bundle), "--source", source, "--headless",
-                            "--json", "--stats-every", "0", "--reconnect-attempts", "1"],
-                           capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [
+                _exe("dn2-watch"),
+                str(bundle),
+                "--source",
+                source,
+                "--headless",
+                "--json",
+                "--stats-every",
+                "0",
+                "--reconnect-attempts",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     except subprocess.TimeoutExpired:
         return None, "hang"
     if "Traceback" in r.stderr or r.returncode not in (0, 3):
@@ -136,10 +188,24 @@ def _folder_row(bundle: Path, files, work: Path) -> Dict:
         os.symlink(p, flat / f"{i:04d}{os.path.splitext(p)[1].lower()}")
     s, bad = _watch_summary(bundle, str(flat))
     if s is None:
-        return _row("bad images: dn2 watch folder", len(named), 0, 0, int(bad == "crash"),
-                    int(bad == "hang"), len(named))
-    return _row("bad images: dn2 watch folder", len(named), s["skipped_items"], s["frames_read"],
-                0, 0, len(named) - s["skipped_items"] - s["frames_read"])
+        return _row(
+            "bad images: dn2 watch folder",
+            len(named),
+            0,
+            0,
+            int(bad == "crash"),
+            int(bad == "hang"),
+            len(named),
+        )
+    return _row(
+        "bad images: dn2 watch folder",
+        len(named),
+        s["skipped_items"],
+        s["frames_read"],
+        0,
+        0,
+        len(named) - s["skipped_items"] - s["frames_read"],
+    )
 
 
 def _video_rows(bundle: Path, work: Path) -> Dict:
@@ -153,9 +219,14 @@ def _video_rows(bundle: Path, work: Path) -> Dict:
     w.release()
     raw = p.read_bytes()
     half = len(raw) // 2
-    kinds = {"random bytes": raw[:half] + rng.integers(0, 256, len(raw) // 8, np.uint8).tobytes()
-             + raw[half + len(raw) // 8:], "zeros": raw[:half] + bytes(len(raw) // 20)
-             + raw[half + len(raw) // 20:], "truncated": raw[:half], "intact": raw}
+    kinds = {
+        "random bytes": raw[:half]
+        + rng.integers(0, 256, len(raw) // 8, np.uint8).tobytes()
+        + raw[half + len(raw) // 8 :],
+        "zeros": raw[:half] + bytes(len(raw) // 20) + raw[half + len(raw) // 20 :],
+        "truncated": raw[:half],
+        "intact": raw,
+    }
     crashes = hangs = lost_results = accounted_lost = read = 0
     for k, data in kinds.items():
         q = work / f"{k.replace(' ', '_')}.avi"
@@ -166,9 +237,16 @@ def _video_rows(bundle: Path, work: Path) -> Dict:
             accounted_lost += s["lost_frames"]
             read += s["frames_read"]
             lost_results += n - s["frames_read"] - s["lost_frames"]
-    return _row(f"MJPEG AVI x{len(kinds)} (intact, random bytes, zeros, truncated; {n} frames "
-                f"each): frames counted lost / read", len(kinds) * n, accounted_lost, read,
-                crashes, hangs, lost_results)
+    return _row(
+        f"MJPEG AVI x{len(kinds)} (intact, random bytes, zeros, truncated; {n} frames "
+        f"each): frames counted lost / read",
+        len(kinds) * n,
+        accounted_lost,
+        read,
+        crashes,
+        hangs,
+        lost_results,
+    )
 
 
 def run(model: str, work: Path) -> List[Dict]:
@@ -179,31 +257,52 @@ def run(model: str, work: Path) -> List[Dict]:
 
     dim = read_model_meta(model).dim
     x = np.random.default_rng(0).normal(size=(120, dim)).astype(np.float32)
-    bundles = {k: fit_bundle(model, work / f"bundle_{k}", embeddings=x, index=k, progress=False,
-                             hnsw={"M": 8, "ef_construction": 40, "ef": 16})
-               for k in ("exact", "hnsw")}
+    bundles = {
+        k: fit_bundle(
+            model,
+            work / f"bundle_{k}",
+            embeddings=x,
+            index=k,
+            progress=False,
+            hnsw={"M": 8, "ef_construction": 40, "ef": 16},
+        )
+        for k in ("exact", "hnsw")
+    }
     files = _image_corpus(work / "images")
-    rows = [_read_rows(files), _score_row(bundles["exact"], files),
-            _fit_row(model, files, work / "fitted"),
-            _folder_row(bundles["exact"], files, work)]
+    rows = [
+        _read_rows(files),
+        _score_row(bundles["exact"], files),
+        _fit_row(model, files, work / "fitted"),
+        _folder_row(bundles["exact"], files, work),
+    ]
     image = next(p for _, p, e in files if e == "decoded")
     for k, b in bundles.items():
         res = fuzz_bundle(b, image)
-        rows.append(_row(f"bundle mutations ({k} bank): dn2 score", len(res),
-                         sum(r.rc == 2 and r.lines == 1 for r in res),
-                         sum(r.rc == 0 for r in res), sum(r.crash for r in res),
-                         sum(r.hang for r in res),
-                         sum(r.rc not in (0, 2) or (r.rc == 2 and r.lines != 1) for r in res)))
+        rows.append(
+            _row(
+                f"bundle mutations ({k} bank): dn2 score",
+                len(res),
+                sum(r.rc == 2 and r.lines == 1 for r in res),
+                sum(r.rc == 0 for r in res),
+                sum(r.crash for r in res),
+                sum(r.hang for r in res),
+                sum(r.rc not in (0, 2) or (r.rc == 2 and r.lines != 1) for r in res),
+            )
+        )
     rows.append(_video_rows(bundles["exact"], work))
     return rows
 
 
 def table(rows: List[Dict]) -> str:
-    head = "| what | cases | refused | accepted | crashes | hangs | lost results |\n" \
-           "|---|---|---|---|---|---|---|\n"
+    head = (
+        "| what | cases | refused | accepted | crashes | hangs | lost results |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
     return head + "\n".join(
         f"| {r['what']} | {r['cases']} | {r['refused']} | {r['accepted']} | {r['crashes']} | "
-        f"{r['hangs']} | {r['lost']} |" for r in rows)
+        f"{r['hangs']} | {r['lost']} |"
+        for r in rows
+    )
 
 
 def main(argv=None) -> int:

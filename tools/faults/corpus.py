@@ -7,6 +7,7 @@ uint8 image of the card's shape) or ``"either"`` (damage whose outcome depends o
 refused clearly or decoded to a whole BGR image, never a crash, a hang or a half answer).
 Made with OpenCV and raw bytes only.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -19,11 +20,33 @@ from typing import List, Tuple
 import numpy as np
 
 FORMATS = (".jpg", ".png", ".bmp", ".webp", ".tiff", ".ppm", ".pgm")
-DAMAGE = ("cut-10-bytes", "cut-third", "cut-two-thirds", "cut-last-byte", "flip-header",
-          "flip-middle", "trailing-garbage", "7x7", "8x8")
-OTHERS = ("random bytes .jpg", "zeros .png", "HTML .jpg", "JSON .png", "ZIP .jpg", "ELF .png",
-          "gzip .jpg", "JPEG SOI only", "PNG signature only", "one 0xFF byte .jpg",
-          "UTF-16 text .png", "250-char name", "spaces and unicode name", "non-UTF-8 name")
+DAMAGE = (
+    "cut-10-bytes",
+    "cut-third",
+    "cut-two-thirds",
+    "cut-last-byte",
+    "flip-header",
+    "flip-middle",
+    "trailing-garbage",
+    "7x7",
+    "8x8",
+)
+OTHERS = (
+    "random bytes .jpg",
+    "zeros .png",
+    "HTML .jpg",
+    "JSON .png",
+    "ZIP .jpg",
+    "ELF .png",
+    "gzip .jpg",
+    "JPEG SOI only",
+    "PNG signature only",
+    "one 0xFF byte .jpg",
+    "UTF-16 text .png",
+    "250-char name",
+    "spaces and unicode name",
+    "non-UTF-8 name",
+)
 FAMILY_NAMES = tuple(f"{fmt[1:]} {d}" for fmt in FORMATS for d in DAMAGE) + OTHERS
 
 
@@ -31,7 +54,7 @@ def _card(h: int = 48, w: int = 64, gray: bool = False) -> np.ndarray:
     rng = np.random.default_rng(h * w)
     a = np.zeros((h, w, 3), np.uint8)
     a[:, : w // 2] = (30, 30, 220)
-    a[:, w // 2:] = (220, 30, 30)
+    a[:, w // 2 :] = (220, 30, 30)
     a = np.clip(a.astype(int) + rng.integers(-20, 20, a.shape), 0, 255).astype(np.uint8)
     return a[:, :, 0].copy() if gray else a
 
@@ -51,8 +74,11 @@ def build_families(folder) -> List[Tuple[str, str, str]]:
     out: List[Tuple[str, str, str]] = []
 
     def put(name: str, filename, data: bytes, expect: str) -> None:
-        p = os.path.join(os.fsencode(root), filename) if isinstance(filename, bytes) else \
-            str(root / filename)
+        p = (
+            os.path.join(os.fsencode(root), filename)
+            if isinstance(filename, bytes)
+            else str(root / filename)
+        )
         with open(p, "wb") as f:
             f.write(data)
         out.append((name, os.fsdecode(p), expect))
@@ -85,8 +111,12 @@ def build_families(folder) -> List[Tuple[str, str, str]]:
     with zipfile.ZipFile(zbuf, "w") as z:
         z.writestr("a.txt", "hello")
     others = [
-        ("random bytes .jpg", "random.jpg", np.random.default_rng(7).integers(
-            0, 256, 4096, np.uint8).tobytes(), "refused"),
+        (
+            "random bytes .jpg",
+            "random.jpg",
+            np.random.default_rng(7).integers(0, 256, 4096, np.uint8).tobytes(),
+            "refused",
+        ),
         ("zeros .png", "zeros.png", bytes(4096), "refused"),
         ("HTML .jpg", "page.jpg", b"<!DOCTYPE html><html><body>404</body></html>", "refused"),
         ("JSON .png", "data.png", b'{"not": "an image"}', "refused"),

@@ -6,6 +6,7 @@ dn2.tools.faults.fuzz``), one JSON line per case. A child that dies (a native cr
 silent past ``timeout`` (a hang) is recorded against the case it was running, and a new child
 goes on with the next case.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,9 +31,18 @@ SCHEMA_FIELDS = {
     "threshold": ("value",),
 }
 VALUES = {  # wrong type / extreme values tried on every field
-    "missing": None, "string": "abc", "number-as-string": "1280", "list": [1, 2],
-    "null": None, "true": True, "negative": -1, "zero": 0, "huge": 10 ** 12,
-    "float-huge": 1e308, "int64-overflow": 2 ** 63, "object": {"a": 1},
+    "missing": None,
+    "string": "abc",
+    "number-as-string": "1280",
+    "list": [1, 2],
+    "null": None,
+    "true": True,
+    "negative": -1,
+    "zero": 0,
+    "huge": 10**12,
+    "float-huge": 1e308,
+    "int64-overflow": 2**63,
+    "object": {"a": 1},
 }
 
 
@@ -45,8 +55,9 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.kind}:{self.target}:{self.mutation}" + (" +digests" if self.recompute
-                                                              else "")
+        return f"{self.kind}:{self.target}:{self.mutation}" + (
+            " +digests" if self.recompute else ""
+        )
 
 
 @dataclass
@@ -76,9 +87,20 @@ def cases(manifest: Dict, files: List[str]) -> List[Case]:
     out.append(Case("manifest", "", "empty"))
     for f in files:
         for rec in (False, True):
-            for m in ("flip-first", "flip-8", "flip-96", "flip-middle", "flip-last",
-                      "truncate-half", "truncate-empty", "npz", "png", "json", "text",
-                      "swap"):
+            for m in (
+                "flip-first",
+                "flip-8",
+                "flip-96",
+                "flip-middle",
+                "flip-last",
+                "truncate-half",
+                "truncate-empty",
+                "npz",
+                "png",
+                "json",
+                "text",
+                "swap",
+            ):
                 out.append(Case("file", f, m, rec))
     return out
 
@@ -127,8 +149,7 @@ def apply(case: Case, bundle: Path) -> None:
     raw = p.read_bytes()
     mut = case.mutation
     if mut.startswith("flip-"):
-        at = {"first": 0, "8": 8, "96": 96, "middle": len(raw) // 2,
-              "last": len(raw) - 1}[mut[5:]]
+        at = {"first": 0, "8": 8, "96": 96, "middle": len(raw) // 2, "last": len(raw) - 1}[mut[5:]]
         b = bytearray(raw)
         b[min(at, len(b) - 1)] ^= 0xFF
         data = bytes(b)
@@ -190,8 +211,14 @@ def run_cases(bundle, image, todo: List[Case], timeout: float = 120.0) -> List[O
     start = 0
     while start < len(todo):
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump({"bundle": str(bundle), "image": str(image),
-                       "cases": [asdict(c) for c in todo[start:]]}, f)
+            json.dump(
+                {
+                    "bundle": str(bundle),
+                    "image": str(image),
+                    "cases": [asdict(c) for c in todo[start:]],
+                },
+                f,
+            )
         try:
             start = _one_child(f.name, todo, start, results, timeout)
         finally:
@@ -201,26 +228,36 @@ def run_cases(bundle, image, todo: List[Case], timeout: float = 120.0) -> List[O
 
 def _one_child(spec: str, todo, start: int, results, timeout: float) -> int:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "dn2.tools.faults.fuzz", spec],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dn2.tools.faults.fuzz", spec],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     done = start
     try:
         for line in _lines(proc, timeout):
             r = json.loads(line)
             i = start + r["i"]
             err = r["err"].strip()
-            results[i] = Outcome(todo[i].name, r["rc"], err.splitlines()[-1] if err else "",
-                                 lines=len(err.splitlines()))
+            results[i] = Outcome(
+                todo[i].name,
+                r["rc"],
+                err.splitlines()[-1] if err else "",
+                lines=len(err.splitlines()),
+            )
             done = i + 1
     except TimeoutError:
         proc.kill()
-        results[done] = Outcome(todo[done].name, None, f"no answer within {timeout:.0f} s",
-                                hang=True)
+        results[done] = Outcome(
+            todo[done].name, None, f"no answer within {timeout:.0f} s", hang=True
+        )
         return done + 1
     proc.wait()
     if done < len(todo):  # the child died inside case `done`
-        results[done] = Outcome(todo[done].name, None, f"child died (rc {proc.returncode})",
-                                crash=True)
+        results[done] = Outcome(
+            todo[done].name, None, f"child died (rc {proc.returncode})", crash=True
+        )
         return done + 1
     return done
 

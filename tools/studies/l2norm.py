@@ -9,6 +9,7 @@ per seed, ROC-AUC of held-out nominal vs global and vs local defects, k = 2, wit
 L2 normalisation. Prints one JSON line per (seed, l2norm) and the mean difference. Fashion-MNIST
 (the paper's dataset) is measured by ``dn2-eval`` with and without ``--no-l2norm``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ class _Cached:
     def __call__(self, paths: Sequence[str]) -> np.ndarray:
         miss = [p for p in paths if p not in self.cache]
         for i in range(0, len(miss), 32):
-            chunk = miss[i:i + 32]
+            chunk = miss[i : i + 32]
             x = np.stack([prepare(read_image(p), self.emb.meta.resize) for p in chunk])
             self.cache.update(zip(chunk, self.emb.embed_batch(x)))
         return np.stack([self.cache[p] for p in paths])
@@ -54,23 +55,31 @@ def study(model: str, seeds: Sequence[int], threads: Optional[int] = None) -> Li
         rng = np.random.default_rng(seed)  # the same draws, in the same order, as the test
         pick = rng.permutation(len(nominal))
         train = embed([str(nominal[i]) for i in pick[:N_TRAIN]])
-        held = embed([str(nominal[i]) for i in pick[N_TRAIN:N_TRAIN + N_HELD]])
+        held = embed([str(nominal[i]) for i in pick[N_TRAIN : N_TRAIN + N_HELD]])
         g = embed([str(glob_[i]) for i in rng.choice(len(glob_), N_DEFECT, replace=False)])
         lo = embed([str(local[i]) for i in rng.choice(len(local), N_DEFECT, replace=False)])
         for l2 in (False, True):
             f = l2normalize if l2 else (lambda a: a)
             bank = build_bank(f(train), index="exact")
             s_held, s_g, s_l = (knn_score(bank, f(x), 2) for x in (held, g, lo))
-            rows.append({"seed": seed, "l2norm": l2,
-                         "auroc_global": round(roc_auc(s_held, s_g), 4),
-                         "auroc_local": round(roc_auc(s_held, s_l), 4)})
+            rows.append(
+                {
+                    "seed": seed,
+                    "l2norm": l2,
+                    "auroc_global": round(roc_auc(s_held, s_g), 4),
+                    "auroc_local": round(roc_auc(s_held, s_l), 4),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dn2.tools.studies.l2norm", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dn2.tools.studies.l2norm",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", help="dn2 ONNX model (dn2-export)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated split seeds")
     p.add_argument("--threads", type=int, default=None)

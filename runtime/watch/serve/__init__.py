@@ -4,6 +4,7 @@ Needs ``pip install 'dn2[serve]'`` (prometheus-client). :func:`start_server` ret
 :class:`~.live.Live` state the loop feeds (``watch(..., live=...)``); the server runs on its
 own threads and reads that state on request, so it never waits on, or slows, the scoring loop.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,12 @@ from typing import Any, Dict, Optional
 from ...errors import MissingExtraError
 
 
-def start_server(spec: str, config: Optional[Dict[str, Any]] = None,
-                 snapshots: Optional[str] = None, log=lambda msg: None):
+def start_server(
+    spec: str,
+    config: Optional[Dict[str, Any]] = None,
+    snapshots: Optional[str] = None,
+    log=lambda msg: None,
+):
     try:
         import prometheus_client  # noqa: F401
     except ImportError:
@@ -25,11 +30,19 @@ def start_server(spec: str, config: Optional[Dict[str, Any]] = None,
     host, port = parse_bind(spec)
     token = config.get("token") or os.environ.get("DN2_HTTP_TOKEN") or None
     live = Live()
-    live.server = StatusServer(live, host, port, token=token, snapshots=snapshots,
-                               max_fps=float(config.get("max_fps", 10.0)))
+    live.server = StatusServer(
+        live,
+        host,
+        port,
+        token=token,
+        snapshots=snapshots,
+        max_fps=float(config.get("max_fps", 10.0)),
+    )
     live.url = live.server.url
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
-        log(f"status server listens on {host} without a token: anyone on the network can "
-            "see the camera; set DN2_HTTP_TOKEN")
+        log(
+            f"status server listens on {host} without a token: anyone on the network can "
+            "see the camera; set DN2_HTTP_TOKEN"
+        )
     log(f"status server on {live.url} (live page), {live.url}metrics, {live.url}stream")
     return live

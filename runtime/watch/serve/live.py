@@ -5,13 +5,14 @@ The loop calls :meth:`Live.frame` (a reference to the decoded frame, swapped in 
 :meth:`Live.event`; everything costly (drawing the overlay, JPEG encoding, JSON, the Prometheus
 text) happens in the server's threads, on request, at most once per new frame.
 """
+
 from __future__ import annotations
 
 import collections
 import math
 import threading
 import time
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, Optional, Tuple
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 # normalised score (score / threshold): 1.0 is the decision boundary
@@ -35,10 +36,18 @@ class Live:
         self._jpeg: Tuple[int, bytes] = (-1, b"")
         self._jpeg_lock = threading.Lock()
         self.registry = CollectorRegistry()
-        self.m_latency = Histogram("dn2_latency_seconds", "capture -> decision latency",
-                                   buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.m_score = Histogram("dn2_normalised_score", "score / threshold per scored frame "
-                                 "or group", buckets=SCORE_BUCKETS, registry=self.registry)
+        self.m_latency = Histogram(
+            "dn2_latency_seconds",
+            "capture -> decision latency",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.m_score = Histogram(
+            "dn2_normalised_score",
+            "score / threshold per scored frame or group",
+            buckets=SCORE_BUCKETS,
+            registry=self.registry,
+        )
         self.m_alerts = Counter("dn2_alerts", "alerts opened", registry=self.registry)
         self.m_events = Counter("dn2_events", "events written", registry=self.registry)
         self.registry.register(_Collector(self))
@@ -46,8 +55,7 @@ class Live:
         self.url = ""
 
     # -- the loop's side (cheap) ------------------------------------------------------------
-    def attach(self, *, reader, queue, outputs, threshold: float, run_id: str,
-               source: str) -> None:
+    def attach(self, *, reader, queue, outputs, threshold: float, run_id: str, source: str) -> None:
         self.reader, self.queue, self.outputs = reader, queue, outputs
         self.threshold, self.run_id, self.source = float(threshold), run_id, source
 
@@ -81,8 +89,11 @@ class Live:
         with self._jpeg_lock:
             if self._jpeg[0] != seq:
                 image, score, state, fps, label = latest
-                ok, buf = cv2.imencode(".jpg", draw(image, score, self.threshold, state, fps,
-                                                    label), [cv2.IMWRITE_JPEG_QUALITY, 80])
+                ok, buf = cv2.imencode(
+                    ".jpg",
+                    draw(image, score, self.threshold, state, fps, label),
+                    [cv2.IMWRITE_JPEG_QUALITY, 80],
+                )
                 if ok:
                     self._jpeg = (seq, buf.tobytes())
             return self._jpeg
@@ -101,24 +112,32 @@ class Live:
         if not r.is_alive():
             return "failed" if r.stats.error else "ended"
         last = self.history[-1][0] if self.history else self.started
-        return "reconnecting" if r.stats.failures and time.monotonic() - last > 2.0 \
-            else "running"
+        return "reconnecting" if r.stats.failures and time.monotonic() - last > 2.0 else "running"
 
     def state(self, seconds: float = 300.0) -> Dict[str, Any]:
         now = time.monotonic()
-        hist = [(round(c - now, 3), i, s if math.isfinite(s) else None)
-                for c, i, s in list(self.history) if now - c <= seconds]
+        hist = [
+            (round(c - now, 3), i, s if math.isfinite(s) else None)
+            for c, i, s in list(self.history)
+            if now - c <= seconds
+        ]
         latest = self.latest
         backlog = self.outputs.backlog() if self.outputs is not None else {}
         return {
-            "run_id": self.run_id, "source": self.source,
+            "run_id": self.run_id,
+            "source": self.source,
             "threshold": self.threshold if math.isfinite(self.threshold) else None,
-            "seq": self.seq, "scored": self.scored, "fps": round(self.fps(), 2),
+            "seq": self.seq,
+            "scored": self.scored,
+            "fps": round(self.fps(), 2),
             "state": latest[2] if latest else "starting",
-            "score": latest[1] if latest and latest[1] is not None
-            and math.isfinite(latest[1]) else None,
-            "source_state": self.source_state(), "sink_backlog": backlog,
-            "history": hist, "alerts": [_public(e) for e in list(self.alerts)],
+            "score": latest[1]
+            if latest and latest[1] is not None and math.isfinite(latest[1])
+            else None,
+            "source_state": self.source_state(),
+            "sink_backlog": backlog,
+            "history": hist,
+            "alerts": [_public(e) for e in list(self.alerts)],
         }
 
     def close(self) -> None:
@@ -130,9 +149,19 @@ def _public(ev: Dict[str, Any]) -> Dict[str, Any]:
     import os
 
     snap = ev.get("snapshot")
-    return {k: ev.get(k) for k in ("type", "alert_id", "frame", "timestamp", "clock",
-                                   "peak_score", "threshold", "reason")} | {
-        "snapshot": f"/snapshots/{os.path.basename(snap)}" if snap else None}
+    return {
+        k: ev.get(k)
+        for k in (
+            "type",
+            "alert_id",
+            "frame",
+            "timestamp",
+            "clock",
+            "peak_score",
+            "threshold",
+            "reason",
+        )
+    } | {"snapshot": f"/snapshots/{os.path.basename(snap)}" if snap else None}
 
 
 class _Collector:
@@ -147,30 +176,39 @@ class _Collector:
 
         lv = self.live
         r, q = lv.reader, lv.queue
-        yield CounterMetricFamily("dn2_frames_read", "frames taken from the source",
-                                  value=r.stats.frames if r else 0)
-        yield CounterMetricFamily("dn2_frames_scored", "frames (or groups) scored",
-                                  value=lv.scored)
-        yield CounterMetricFamily("dn2_frames_dropped", "live frames dropped (scorer behind)",
-                                  value=q.dropped if q else 0)
-        yield CounterMetricFamily("dn2_source_reconnects", "source reopened after a failure",
-                                  value=r.stats.reconnects if r else 0)
-        yield CounterMetricFamily("dn2_source_failures", "failed reads / opens",
-                                  value=r.stats.failures if r else 0)
-        yield GaugeMetricFamily("dn2_fps", "scored frames per second (last 5 s)",
-                                value=lv.fps())
+        yield CounterMetricFamily(
+            "dn2_frames_read", "frames taken from the source", value=r.stats.frames if r else 0
+        )
+        yield CounterMetricFamily("dn2_frames_scored", "frames (or groups) scored", value=lv.scored)
+        yield CounterMetricFamily(
+            "dn2_frames_dropped", "live frames dropped (scorer behind)", value=q.dropped if q else 0
+        )
+        yield CounterMetricFamily(
+            "dn2_source_reconnects",
+            "source reopened after a failure",
+            value=r.stats.reconnects if r else 0,
+        )
+        yield CounterMetricFamily(
+            "dn2_source_failures", "failed reads / opens", value=r.stats.failures if r else 0
+        )
+        yield GaugeMetricFamily("dn2_fps", "scored frames per second (last 5 s)", value=lv.fps())
         yield GaugeMetricFamily("dn2_threshold", "threshold in force", value=lv.threshold)
-        st = GaugeMetricFamily("dn2_source_state", "1 for the source's current state",
-                               labels=["state"])
+        st = GaugeMetricFamily(
+            "dn2_source_state", "1 for the source's current state", labels=["state"]
+        )
         now = lv.source_state()
         for name in ("starting", "running", "reconnecting", "ended", "failed"):
             st.add_metric([name], 1.0 if name == now else 0.0)
         yield st
-        bl = GaugeMetricFamily("dn2_sink_backlog", "events waiting in a sink's spool",
-                               labels=["sink"])
+        bl = GaugeMetricFamily(
+            "dn2_sink_backlog", "events waiting in a sink's spool", labels=["sink"]
+        )
         for name, n in (lv.outputs.backlog() if lv.outputs is not None else {}).items():
             bl.add_metric([name], n)
         yield bl
-        nw = GaugeMetricFamily("dn2_outputs_unwritten", "outputs with write failures so far",
-                               value=len(lv.outputs.problems()) if lv.outputs else 0)
+        nw = GaugeMetricFamily(
+            "dn2_outputs_unwritten",
+            "outputs with write failures so far",
+            value=len(lv.outputs.problems()) if lv.outputs else 0,
+        )
         yield nw

@@ -11,6 +11,7 @@
 With a token (``--sink-config`` ``"http": {"token": ...}`` or ``DN2_HTTP_TOKEN``) every path
 but /healthz needs ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -43,8 +44,15 @@ def parse_bind(spec: str):
 
 
 class StatusServer:
-    def __init__(self, live, host: str, port: int, token: Optional[str] = None,
-                 snapshots: Optional[str] = None, max_fps: float = 10.0):
+    def __init__(
+        self,
+        live,
+        host: str,
+        port: int,
+        token: Optional[str] = None,
+        snapshots: Optional[str] = None,
+        max_fps: float = 10.0,
+    ):
         self.live, self.token, self.max_fps = live, token or None, max_fps
         self.snapshots = Path(snapshots).resolve() if snapshots else None
         self.closing = threading.Event()
@@ -52,13 +60,18 @@ class StatusServer:
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
-            raise Dn2Error(f"--http {host}:{port}: cannot listen there: "
-                           f"{exc.strerror or exc}") from exc
+            raise Dn2Error(
+                f"--http {host}:{port}: cannot listen there: {exc.strerror or exc}"
+            ) from exc
         self.httpd.daemon_threads = True
         h, p = self.httpd.server_address[:2]
         self.url = f"http://{h}:{p}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={
-            "poll_interval": 0.2}, name="dn2-status-server", daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="dn2-status-server",
+            daemon=True,
+        )
         self.thread.start()
 
     def stop(self) -> None:
@@ -109,12 +122,19 @@ class _Handler(BaseHTTPRequestHandler):
             if u.path == "/healthz":
                 st = live.source_state()
                 ok = st in ("starting", "running")
-                return self._json({"status": "ok" if ok else st, "source_state": st,
-                                   "scored": live.scored, "run_id": live.run_id},
-                                  200 if ok else 503)
+                return self._json(
+                    {
+                        "status": "ok" if ok else st,
+                        "source_state": st,
+                        "scored": live.scored,
+                        "run_id": live.run_id,
+                    },
+                    200 if ok else 503,
+                )
             if not self._authorised(query):
-                return self._send(401, b"token required\n", "text/plain",
-                                  [("WWW-Authenticate", "Bearer")])
+                return self._send(
+                    401, b"token required\n", "text/plain", [("WWW-Authenticate", "Bearer")]
+                )
             if u.path in ("/", "/index.html"):
                 return self._send(200, PAGE.encode(), "text/html; charset=utf-8")
             if u.path == "/metrics":
@@ -132,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
             if u.path == "/stream":
                 return self._stream()
             if u.path.startswith("/snapshots/"):
-                return self._snapshot(u.path[len("/snapshots/"):])
+                return self._snapshot(u.path[len("/snapshots/") :])
             return self._send(404, b"not found\n", "text/plain")
         except (BrokenPipeError, ConnectionResetError):
             return None
@@ -157,9 +177,12 @@ class _Handler(BaseHTTPRequestHandler):
             if live.seq != last:
                 seq, jpg = live.jpeg()
                 if jpg and seq != last:
-                    self.wfile.write(b"--dn2frame\r\nContent-Type: image/jpeg\r\n"
-                                     + f"Content-Length: {len(jpg)}\r\n\r\n".encode()
-                                     + jpg + b"\r\n")
+                    self.wfile.write(
+                        b"--dn2frame\r\nContent-Type: image/jpeg\r\n"
+                        + f"Content-Length: {len(jpg)}\r\n\r\n".encode()
+                        + jpg
+                        + b"\r\n"
+                    )
                     self.wfile.flush()
                     last = seq
             time.sleep(gap)

@@ -16,6 +16,7 @@ spool (:mod:`.spool`) so a sink that is down loses nothing and is replayed in or
 comes back. Per-frame scores go to :class:`~.scores.ScoresWriter` (CSV or JSON lines).
 MQTT and the status server need ``pip install 'dn2[serve]'``; the rest is the lean runtime.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,11 +67,14 @@ def load_sink_config(path: Optional[str]) -> Dict[str, Any]:
         except OSError as exc:
             raise Dn2Error(f"cannot read sink config {path}: {exc.strerror or exc}") from exc
         except ValueError as exc:
-            raise Dn2Error(f"sink config {path}: expected JSON (or .toml / .yaml), found a "
-                           f"parse error: {exc}") from exc
+            raise Dn2Error(
+                f"sink config {path}: expected JSON (or .toml / .yaml), found a parse error: {exc}"
+            ) from exc
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise Dn2Error(f"sink config {path}: expected an object of objects like "
-                       '{"mqtt": {"username": ...}}, found ' + type(data).__name__)
+        raise Dn2Error(
+            f"sink config {path}: expected an object of objects like "
+            '{"mqtt": {"username": ...}}, found ' + type(data).__name__
+        )
     return data
 
 
@@ -82,14 +86,21 @@ def setting(config: Dict[str, Any], key: str, env: str, default=None):
 
 
 def default_spool_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                             "state")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return Path(base) / "dn2" / "spool"
 
 
-def build_event_sinks(*, mqtt: Optional[str] = None, webhooks: Optional[List[str]] = None,
-                      camera_id: str = "camera", config: Optional[Dict[str, Any]] = None,
-                      spool_dir: Optional[str] = None, log=lambda msg: None) -> List[Sink]:
+def build_event_sinks(
+    *,
+    mqtt: Optional[str] = None,
+    webhooks: Optional[List[str]] = None,
+    camera_id: str = "camera",
+    config: Optional[Dict[str, Any]] = None,
+    spool_dir: Optional[str] = None,
+    log=lambda msg: None,
+) -> List[Sink]:
     """The network sinks asked for, each behind its own on-disk spool."""
     from .spool import SpooledSink
 

@@ -15,6 +15,7 @@ Exactly one publish per event: the spool retries only its head event, and a publ
 out but was not acknowledged yet is waited on again (paho resends it after a reconnect) rather
 than published twice.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,14 @@ from .webhook import event_id
 
 
 class MqttTarget:
-    def __init__(self, url: str, camera_id: str, config: Dict[str, Any],
-                 log=lambda msg: None, ack_timeout: float = 5.0):
+    def __init__(
+        self,
+        url: str,
+        camera_id: str,
+        config: Dict[str, Any],
+        log=lambda msg: None,
+        ack_timeout: float = 5.0,
+    ):
         try:
             import paho.mqtt.client as mqtt
         except ImportError:
@@ -40,9 +47,11 @@ class MqttTarget:
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
             raise Dn2Error(f"--mqtt {url}: expected mqtt://host[:port]/topic or mqtts://...")
         if u.username or u.password:
-            raise Dn2Error("--mqtt: credentials do not belong on the command line (they show "
-                           "in ps and shell history); set DN2_MQTT_USERNAME / "
-                           "DN2_MQTT_PASSWORD or put them in --sink-config")
+            raise Dn2Error(
+                "--mqtt: credentials do not belong on the command line (they show "
+                "in ps and shell history); set DN2_MQTT_USERNAME / "
+                "DN2_MQTT_PASSWORD or put them in --sink-config"
+            )
         base = u.path.strip("/") or "dn2"
         if any(c in base for c in "+#"):
             raise Dn2Error(f"--mqtt {url}: the topic may not hold MQTT wildcards (+ #)")
@@ -57,20 +66,27 @@ class MqttTarget:
         self._inflight: Optional[Tuple[str, int]] = None  # (event_id, mid) sent, not acked
         self._cond = threading.Condition()
         self._connected = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                        client_id=config.get("client_id") or f"dn2-watch-{camera_id}",
-                        protocol=mqtt.MQTTv311)
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=config.get("client_id") or f"dn2-watch-{camera_id}",
+            protocol=mqtt.MQTTv311,
+        )
         user = setting(config, "username", "DN2_MQTT_USERNAME")
         if user:
             c.username_pw_set(user, setting(config, "password", "DN2_MQTT_PASSWORD"))
         if u.scheme == "mqtts":
-            c.tls_set(ca_certs=setting(config, "ca", "DN2_MQTT_CA"),
-                      certfile=setting(config, "cert", "DN2_MQTT_CERT"),
-                      keyfile=setting(config, "key", "DN2_MQTT_KEY"))
+            c.tls_set(
+                ca_certs=setting(config, "ca", "DN2_MQTT_CA"),
+                certfile=setting(config, "cert", "DN2_MQTT_CERT"),
+                keyfile=setting(config, "key", "DN2_MQTT_KEY"),
+            )
         c.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
-        c.on_connect, c.on_disconnect, c.on_publish = (self._on_connect, self._on_disconnect,
-                                                       self._on_publish)
+        c.on_connect, c.on_disconnect, c.on_publish = (
+            self._on_connect,
+            self._on_disconnect,
+            self._on_publish,
+        )
         self.client = c
         c.connect_async(u.hostname, port, keepalive=int(config.get("keepalive", 30)))
         c.loop_start()
@@ -118,8 +134,9 @@ class MqttTarget:
         c = self.client
         try:
             if self._connected.is_set():
-                c.publish(self.status_topic, self._status("offline"), qos=1,
-                          retain=True).wait_for_publish(timeout=2.0)
+                c.publish(
+                    self.status_topic, self._status("offline"), qos=1, retain=True
+                ).wait_for_publish(timeout=2.0)
             c.disconnect()
         except (RuntimeError, ValueError, OSError):
             pass

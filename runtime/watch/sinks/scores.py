@@ -16,6 +16,7 @@ Rows are written in small batches (every 0.5 s or 64 rows) with one unbuffered w
 the scoring loop pays a string format per frame and nothing else; a write that fails is counted
 and reported at the end, never raised.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,29 @@ from typing import List, Optional
 from ...errors import Dn2Error
 from ..events import _open_nonblocking, _write_all
 
-COLUMNS = ("run_id", "frame", "time", "mono_s", "score", "norm_score", "decision", "alert_id",
-           "map_peak")
+COLUMNS = (
+    "run_id",
+    "frame",
+    "time",
+    "mono_s",
+    "score",
+    "norm_score",
+    "decision",
+    "alert_id",
+    "map_peak",
+)
 
 
 class ScoresWriter:
-    def __init__(self, path: str, run_id: str, threshold: float, force: bool = False,
-                 flush_rows: int = 64, flush_s: float = 0.5):
+    def __init__(
+        self,
+        path: str,
+        run_id: str,
+        threshold: float,
+        force: bool = False,
+        flush_rows: int = 64,
+        flush_s: float = 0.5,
+    ):
         self.path, self.run_id, self.threshold = path, run_id, float(threshold)
         self.csv = path != "-" and Path(path).suffix.lower() == ".csv"
         self.rows = self.lost = 0
@@ -50,8 +67,10 @@ class ScoresWriter:
         else:
             p = Path(path)
             if p.exists() and p.is_file() and p.stat().st_size and not force:
-                raise Dn2Error(f"--scores {p} exists (from an earlier run?); pass --force to "
-                               "overwrite it, or give a new name")
+                raise Dn2Error(
+                    f"--scores {p} exists (from an earlier run?); pass --force to "
+                    "overwrite it, or give a new name"
+                )
             self._fd, self._own = _open_nonblocking(p, "scores file", append=False), True
         if self.csv:
             self._buf.append(",".join(COLUMNS) + "\n")
@@ -59,23 +78,44 @@ class ScoresWriter:
     def set_threshold(self, threshold: float) -> None:
         self.threshold = float(threshold)
 
-    def row(self, frame: int, captured: float, score: float, decision: str,
-            alert_id: Optional[int], map_peak: Optional[float] = None) -> None:
+    def row(
+        self,
+        frame: int,
+        captured: float,
+        score: float,
+        decision: str,
+        alert_id: Optional[int],
+        map_peak: Optional[float] = None,
+    ) -> None:
         iso = datetime.fromtimestamp(captured + self._wall_off, self._tz).isoformat(
-            timespec="milliseconds")
+            timespec="milliseconds"
+        )
         ok = math.isfinite(score)
         norm = score / self.threshold if ok and self.threshold > 0 else None
         if self.csv:
-            self._buf.append(f"{self.run_id},{frame},{iso},{captured:.6f},"
-                             f"{score:.6g},{'' if norm is None else f'{norm:.6g}'},{decision},"
-                             f"{'' if alert_id is None else alert_id},"
-                             f"{'' if map_peak is None else f'{map_peak:.6g}'}\n")
+            self._buf.append(
+                f"{self.run_id},{frame},{iso},{captured:.6f},"
+                f"{score:.6g},{'' if norm is None else f'{norm:.6g}'},{decision},"
+                f"{'' if alert_id is None else alert_id},"
+                f"{'' if map_peak is None else f'{map_peak:.6g}'}\n"
+            )
         else:
-            self._buf.append(json.dumps({
-                "run_id": self.run_id, "frame": frame, "time": iso,
-                "mono_s": round(captured, 6), "score": score if ok else None,
-                "norm_score": None if norm is None else round(norm, 6), "decision": decision,
-                "alert_id": alert_id, "map_peak": map_peak}) + "\n")
+            self._buf.append(
+                json.dumps(
+                    {
+                        "run_id": self.run_id,
+                        "frame": frame,
+                        "time": iso,
+                        "mono_s": round(captured, 6),
+                        "score": score if ok else None,
+                        "norm_score": None if norm is None else round(norm, 6),
+                        "decision": decision,
+                        "alert_id": alert_id,
+                        "map_peak": map_peak,
+                    }
+                )
+                + "\n"
+            )
         self.rows += 1
         if len(self._buf) >= self._flush_rows or time.monotonic() >= self._next_flush:
             self.flush()
@@ -93,8 +133,14 @@ class ScoresWriter:
         self.last_error = why
 
     def problems(self) -> List[str]:
-        return [f"scores file {self.path}: {self.lost} of {self.rows} rows not written "
-                f"({self.last_error})"] if self.lost else []
+        return (
+            [
+                f"scores file {self.path}: {self.lost} of {self.rows} rows not written "
+                f"({self.last_error})"
+            ]
+            if self.lost
+            else []
+        )
 
     def close(self) -> None:
         self.flush()

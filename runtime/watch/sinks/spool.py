@@ -12,6 +12,7 @@ beyond it new events are refused and counted (:meth:`problems`), never silently 
 A *target* has ``key`` (folder name), ``name``, ``deliver(payload_dict)`` (raises when it did
 not arrive), ``payload(event)`` and ``close()``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -27,8 +28,16 @@ from . import Sink
 
 
 class SpooledSink(Sink):
-    def __init__(self, target, root, max_events: int = 100_000, backoff_initial: float = 0.25,
-                 backoff_max: float = 5.0, drain_s: float = 5.0, log=lambda msg: None):
+    def __init__(
+        self,
+        target,
+        root,
+        max_events: int = 100_000,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 5.0,
+        drain_s: float = 5.0,
+        log=lambda msg: None,
+    ):
         self.target, self.name, self.log = target, target.name, log
         self.dir = Path(root) / target.key
         self.max_events, self.drain_s = int(max_events), float(drain_s)
@@ -43,12 +52,12 @@ class SpooledSink(Sink):
         self._next = (self._pending[-1][0] if self._pending else self._acked) + 1
         self.replayed = len(self._pending)
         if self.replayed:
-            log(f"{self.name}: {self.replayed} events from an earlier run wait in "
-                f"{self.dir}; sending them first")
-        self._fd = os.open(self.dir / "queue.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                           0o600)
-        self._thread = threading.Thread(target=self._run, name=f"dn2-sink-{self.name}",
-                                        daemon=True)
+            log(
+                f"{self.name}: {self.replayed} events from an earlier run wait in "
+                f"{self.dir}; sending them first"
+            )
+        self._fd = os.open(self.dir / "queue.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._thread = threading.Thread(target=self._run, name=f"dn2-sink-{self.name}", daemon=True)
         self._thread.start()
 
     # -- files --------------------------------------------------------------------------
@@ -59,14 +68,18 @@ class SpooledSink(Sink):
             self.dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise Dn2Error(f"cannot use spool folder {self.dir}: {exc.strerror or exc} "
-                           "(give another with --spool DIR)") from exc
+            raise Dn2Error(
+                f"cannot use spool folder {self.dir}: {exc.strerror or exc} "
+                "(give another with --spool DIR)"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
-            raise Dn2Error(f"spool folder {self.dir} is in use by another dn2-watch sending "
-                           "to the same sink; give each its own --spool DIR") from exc
+            raise Dn2Error(
+                f"spool folder {self.dir} is in use by another dn2-watch sending "
+                "to the same sink; give each its own --spool DIR"
+            ) from exc
         return fd
 
     def _load(self) -> int:
@@ -114,8 +127,10 @@ class SpooledSink(Sink):
     def problems(self) -> List[str]:
         if not self.refused:
             return []
-        return [f"{self.name}: {self.refused} events refused, the spool {self.dir} held "
-                f"{self.max_events} undelivered events"]
+        return [
+            f"{self.name}: {self.refused} events refused, the spool {self.dir} held "
+            f"{self.max_events} undelivered events"
+        ]
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Wait up to ``timeout`` (default ``drain_s``) for the backlog to go out, then stop;
@@ -131,8 +146,10 @@ class SpooledSink(Sink):
             self._cond.notify_all()
         self._thread.join(timeout=max(1.0, timeout))
         if self._pending:
-            self.log(f"{self.name}: {len(self._pending)} events not delivered yet; kept in "
-                     f"{self.dir} for the next run")
+            self.log(
+                f"{self.name}: {len(self._pending)} events not delivered yet; kept in "
+                f"{self.dir} for the next run"
+            )
         try:
             self.target.close()
         finally:
@@ -155,8 +172,9 @@ class SpooledSink(Sink):
                 attempt += 1
                 why = f"{type(exc).__name__}: {exc}"
                 if attempt == 1:
-                    self.log(f"{self.name}: cannot deliver ({why}); spooling, retrying with "
-                             "backoff")
+                    self.log(
+                        f"{self.name}: cannot deliver ({why}); spooling, retrying with backoff"
+                    )
                 self.last_error = why
                 delay = min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1))
                 self._closing.wait(delay)

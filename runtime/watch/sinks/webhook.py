@@ -6,6 +6,7 @@ secrets stay out of the command line), ``timeout`` seconds (default 5). A respon
 Each POST carries ``Idempotency-Key: <run_id>:<alert_id>:<type>`` so a receiver can drop the
 rare duplicate (a 2xx that was lost on the way back).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,10 @@ class WebhookTarget:
         if u.scheme not in ("http", "https") or not u.hostname:
             raise Dn2Error(f"--webhook {url}: expected an http:// or https:// URL")
         if u.username or u.password:
-            raise Dn2Error("--webhook: credentials do not belong on the command line; put an "
-                           "Authorization header in --sink-config (webhook.headers)")
+            raise Dn2Error(
+                "--webhook: credentials do not belong on the command line; put an "
+                "Authorization header in --sink-config (webhook.headers)"
+            )
         self.url, self.camera_id = url, camera_id
         self.headers = {"Content-Type": "application/json", **(config.get("headers") or {})}
         self.timeout = float(config.get("timeout", 5.0))
@@ -42,9 +45,12 @@ class WebhookTarget:
         return {**ev, "camera_id": self.camera_id, "event_id": event_id(ev)}
 
     def deliver(self, payload: Dict[str, Any]) -> None:
-        req = urllib.request.Request(self.url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={**self.headers,
-                                              "Idempotency-Key": payload["event_id"]})
+        req = urllib.request.Request(
+            self.url,
+            data=json.dumps(payload).encode(),
+            method="POST",
+            headers={**self.headers, "Idempotency-Key": payload["event_id"]},
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 resp.read()
