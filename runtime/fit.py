@@ -18,99 +18,34 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import groups as G
 from .bank import HNSW_DEFAULTS, build_bank
 from .bundle import check_output, write_bundle
 from .config import FitConfig
 from .dupes import find_duplicates, grouped_scores
 from .errors import Dn2Error
+from .fitparts import (
+    Inputs,
+    LazyEmbedder,
+    as_list,
+    check_data,
+    color_mode,
+    group_section,
+    needed_images,
+    norm,
+    say,
+    select_l2norm,
+    validation_embeddings,
+)
 from .paths import regular_file
-from .scoring import DEFAULT_L2NORM, knn_score, l2normalize, loo_kmeans_scores
 from .scoring import clean as clean_embeddings
-from .threshold import calibrate, capped_warning, conformal_quantile, quantile_table, roc_auc
-
-Inputs = Union[str, Path, Sequence[Union[str, Path]]]
-
+from .scoring import knn_score, loo_kmeans_scores
+from .threshold import calibrate, capped_warning
 
 log = logging.getLogger(__name__)
-
-
-def _say(progress: bool, msg: str) -> None:
-    """Progress notes go to the ``dn2`` logger (shown by the CLI; silent in a library call
-    unless the caller configures logging)."""
-    if progress:
-        log.info(msg)
-
-
-def _as_list(inputs: Inputs) -> List[str]:
-    if isinstance(inputs, (str, Path)):
-        return [str(inputs)]
-    return [str(i) for i in inputs]
-
-
-class _Embed:
-    """Creates the Embedder on first use (fitting from embeddings may never need it)."""
-
-    def __init__(self, model_path, providers, threads, batch, progress, jpeg_draft=False):
-        self.args = (model_path, providers, threads, batch, jpeg_draft)
-        self.progress = progress
-        self.gray = False  # set from the colour mode before the first embedding
-        self._emb = None
-
-    @property
-    def embedder(self):
-        if self._emb is None:
-            from .embedder import Embedder
-
-            mp, providers, threads, batch, draft = self.args
-            self._emb = Embedder(
-                str(mp),
-                providers=providers,
-                threads=threads,
-                batch_size=batch,
-                jpeg_draft=draft,
-                gray=self.gray,
-            )
-        self._emb.gray = self.gray
-        return self._emb
-
-    def inputs(self, inputs: Inputs) -> Tuple[np.ndarray, List[str], List[Tuple[str, str]]]:
-        from .images import find_images
-
-        files, problems = find_images(_as_list(inputs))
-        if not files:
-            return np.zeros((0, self.embedder.dim), np.float32), [], list(problems)
-        res = self.embedder.embed_paths(files, progress=self.progress)
-        return (
-            np.asarray(res.embeddings, np.float32),
-            list(res.paths),
-            list(problems) + list(res.errors),
-        )
-
-
-def color_mode(color: str, images: Optional[Inputs], progress: bool = False) -> Dict:
-    """The manifest's ``fit.color``: the option, what the normal images look like, the mode."""
-    from . import color as C
-    from .images import find_images
-
-    C.check_option(color)
-    detected = None
-    if images is not None and color == "auto":
-        files, _ = find_images(_as_list(images))
-        detected = C.detect_files(files)
-    mode = C.resolve(color, detected or {})
-    if detected is not None:
-        _say(
-            progress,
-            f"colour: {detected['sampled']} sampled normal images, "
-            f"{detected.get('gray_share', 0):.0%} monochrome -> scoring in {mode}"
-            + (" (every input converted to gray first)" if mode == "gray" else ""),
-        )
-    return {"option": color, "detected": detected, "mode": mode}
 
 
 def _source_name(images, streams, n_frames: int, n: int) -> str:
@@ -121,35 +56,6 @@ def _source_name(images, streams, n_frames: int, n: int) -> str:
     return "images"
 
 
-def _needed(k: int, clean: float) -> int:
-    n = k + 1
-    while n - int(np.floor(clean * n)) < k + 1:
-        n += 1
-    return n
-
-
-def _check_data(cfg: FitConfig, val_normal, val_anomalous) -> None:
-    """Settings that need data the config does not hold; before minutes of embedding."""
-    m = cfg.threshold_method
-    if m != "fpr" and val_normal is None:
-        raise Dn2Error(
-            f"threshold_method {m}: expected val_normal images, found none",
-            params=("val_normal", "threshold_method"),
-        )
-    if m in ("youden", "f1") and val_anomalous is None:
-        raise Dn2Error(
-            f"threshold_method {m}: expected val_anomalous images, found none",
-            params=("val_anomalous", "threshold_method"),
-        )
-    if cfg.l2norm == "auto" and (val_normal is None or val_anomalous is None):
-        raise Dn2Error(
-            "l2norm 'auto': expected val_normal and val_anomalous images to compare "
-            "on, found "
-            + ("neither" if val_normal is None and val_anomalous is None else "only one of them"),
-            params=("val_normal", "val_anomalous"),
-        )
-
-
 def fit_config(config: Optional[FitConfig] = None, **options) -> FitConfig:
     """``config`` (default ``FitConfig()``) with the keyword ``options`` replacing its fields
     (validated; an unknown name is a ConfigError naming it)."""
@@ -157,137 +63,6 @@ def fit_config(config: Optional[FitConfig] = None, **options) -> FitConfig:
     if not isinstance(cfg, FitConfig):
         raise Dn2Error(f"config: expected a FitConfig, found {type(cfg).__name__}", param="config")
     return cfg.replace(**options) if options else cfg
-
-
-def _validation(emb: _Embed, val, what: str, progress: bool):
-    """Embeddings (not yet normalised) of validation images or arrays, and the bad files."""
-    if val is None:
-        return None, []
-    if isinstance(val, np.ndarray):
-        x, failed = np.asarray(val, np.float32), []
-    else:
-        x, _, failed = emb.inputs(val)
-        _say(progress, f"{what}: {len(x)} images embedded, {len(failed)} bad files skipped")
-    return x, failed
-
-
-def _norm(x, l2norm: bool):
-    return None if x is None else (l2normalize(x) if l2norm else np.ascontiguousarray(x))
-
-
-def select_l2norm(x, vn, va, k: int, progress: bool = False) -> Dict:
-    """Pick L2 normalisation on or off by validation ROC-AUC (normal vs anomalous, each scored
-    against a bank of all of ``x``); a tie keeps the default. Returns the choice and both AUCs."""
-    if vn is None or va is None or not len(vn) or not len(va):
-        raise Dn2Error(
-            "l2norm 'auto': expected readable val_normal and val_anomalous "
-            f"images, found {0 if vn is None else len(vn)} normal and "
-            f"{0 if va is None else len(va)} anomalous",
-            params=("val_normal", "val_anomalous"),
-        )
-    aucs = {}
-    for on in (False, True):
-        bank = build_bank(_norm(x, on), "auto")
-        aucs[on] = roc_auc(knn_score(bank, _norm(vn, on), k), knn_score(bank, _norm(va, on), k))
-    chosen = (
-        DEFAULT_L2NORM if aucs[DEFAULT_L2NORM] >= aucs[not DEFAULT_L2NORM] else not DEFAULT_L2NORM
-    )
-    _say(
-        progress,
-        f"--l2norm-select: validation ROC-AUC {aucs[True]:.4f} L2-normalised, "
-        f"{aucs[False]:.4f} plain; using {'L2-normalised' if chosen else 'plain'}",
-    )
-    return {
-        "chosen": bool(chosen),
-        "val_auroc_l2norm": round(aucs[True], 6),
-        "val_auroc_plain": round(aucs[False], 6),
-        "val_normal": int(len(vn)),
-        "val_anomalous": int(len(va)),
-    }
-
-
-def _group_section(
-    x: np.ndarray,
-    emb: _Embed,
-    *,
-    group_size,
-    group_dirs,
-    n_groups,
-    pooling,
-    k,
-    fpr,
-    index,
-    l2norm,
-    seed,
-    progress,
-):
-    """(group manifest section, group bank, report) for the pooled normal groups."""
-    failed: List[Tuple[str, str]] = []
-    if group_dirs:
-        members, feats, gnames = [], [], []
-        for top in _as_list(group_dirs):
-            subs = (
-                sorted(p for p in Path(top).iterdir() if p.is_dir()) if Path(top).is_dir() else []
-            )
-            if not subs:
-                raise Dn2Error(
-                    f"group_dirs {top}: expected a folder of group folders, found no sub-folders",
-                    param="group_dirs",
-                )
-            for sub in subs:
-                gx, _, bad = emb.inputs([str(sub)])
-                failed += bad
-                if len(gx) == 0:
-                    failed.append((str(sub), "group folder without a readable image (skipped)"))
-                    continue
-                members.append(np.arange(len(feats), len(feats) + len(gx)))
-                feats.extend(l2normalize(gx) if l2norm else gx)
-                gnames.append(str(sub))
-        if len(members) < 2:
-            raise Dn2Error(
-                f"group_dirs: expected at least 2 usable group folders, found {len(members)}",
-                param="group_dirs",
-            )
-        gx_all = np.asarray(feats, np.float32)
-        source, size = "dirs", None
-    else:
-        members = G.sample_groups(len(x), group_size, n_groups, seed)
-        gx_all, gnames, source, size = x, None, "sampled", int(group_size)
-    pooled = G.pool_groups(gx_all, members, pooling)
-    gk = min(k, len(pooled) - 1)
-    loo, n_nan = G.group_loo_scores(pooled, members, gk)
-    good = G.check_calibration(loo, gk)
-    traces = G.cov_traces(gx_all, members)
-    gbank = build_bank(pooled, index)
-    th = conformal_quantile(good, fpr)
-    section = {
-        "size": size,
-        "pooling": pooling,
-        "source": source,
-        "n_groups": len(members),
-        "k": gk,
-        "seed": seed,
-        "l2norm_per_image": bool(l2norm),
-        "sizes": [int(min(map(len, members))), int(max(map(len, members)))],
-        "threshold": {
-            "value": th["value"],
-            "method": "fpr",
-            "fpr": fpr,
-            "quantiles": quantile_table(good),
-            "conformal": th,
-            "calibration": "leave-one-out against groups sharing no image",
-            "n_calibration": int(good.size),
-            "no_disjoint_neighbours": n_nan,
-        },
-        "cov_trace_threshold": {
-            "value": conformal_quantile(traces, fpr)["value"],
-            "method": "fpr",
-            "fpr": fpr,
-            "quantiles": quantile_table(traces),
-        },
-    }
-    _say(progress, f"groups: {len(members)} normal groups ({source}), threshold {th['value']:.6g}")
-    return section, gbank, {"group_folders": gnames, "group_failed": failed}
 
 
 def fit_bundle(
@@ -344,7 +119,7 @@ def fit_bundle(
             + ("both" if images is not None else "neither"),
             param="images",
         )
-    _check_data(cfg, val_normal, val_anomalous)
+    check_data(cfg, val_normal, val_anomalous)
     k, clean, kmeans, index, fpr, l2norm = (
         cfg.k,
         cfg.clean,
@@ -364,10 +139,10 @@ def fit_bundle(
         cfg.connect_timeout,
     )
     check_output(output)  # an unwritable target fails now, not after embedding everything
-    emb = _Embed(model_path, providers, threads, batch, progress, bool(jpeg_draft))
+    emb = LazyEmbedder(model_path, providers, threads, batch, progress, bool(jpeg_draft))
     from . import fit_video as FV
 
-    inputs = None if images is None else FV.split_inputs(_as_list(images))
+    inputs = None if images is None else FV.split_inputs(as_list(images))
     if inputs and inputs[1] and (kmeans is not None or clean or group_dirs or pooling != "mean"):
         raise Dn2Error(
             "video / stream inputs: expected no --kmeans, --clean, --group-dirs or "
@@ -387,19 +162,19 @@ def fit_bundle(
     if images is not None:
         x, names, failed, temporal, segs, streams = FV.embed_inputs(
             emb,
-            _as_list(images),
+            as_list(images),
             colour,
             every=every,
             max_frames=max_frames,
             seconds=seconds,
             batch=batch,
-            say=lambda m: _say(progress, m),
+            say=lambda m: say(progress, m),
             connect_timeout=connect_timeout,
         )
         meta = emb.embedder.meta
         for path, msg in failed:
             shown = msg if str(msg).startswith(str(path)) else f"{path}: {msg}"
-            _say(progress, f"  skipped {shown}")
+            say(progress, f"  skipped {shown}")
     else:
         from .modelmeta import read_model_meta
 
@@ -442,34 +217,34 @@ def fit_bundle(
             seed=int(seed),
             variants=int(len(xa)),
         )
-        _say(
+        say(
             progress,
             f"augment camera: {len(xa)} variants (MJPG / mp4v round trips, noise, "
             f"scale, light) join the bank and the calibration",
         )
-    need = _needed(k, clean)
+    need = needed_images(k, clean)
     if len(x) < need:
         raise Dn2Error(
             f"fit needs at least {need} good normal images (k={k} neighbours + 1 "
             f"for leave-one-out{f', after cleaning {clean:g}' if clean else ''}), "
             f"found {len(x)} ({len(failed)} bad files skipped)"
         )
-    vn, vn_failed = _validation(emb, val_normal, "val_normal", progress)
-    va, va_failed = _validation(emb, val_anomalous, "val_anomalous", progress)
+    vn, vn_failed = validation_embeddings(emb, val_normal, "val_normal", progress)
+    va, va_failed = validation_embeddings(emb, val_anomalous, "val_anomalous", progress)
     selection = None
     if l2norm == "auto":
         selection = select_l2norm(x, vn, va, k, progress)
         l2norm = selection["chosen"]
-    x, vn, va = _norm(x, l2norm), _norm(vn, l2norm), _norm(va, l2norm)
+    x, vn, va = norm(x, l2norm), norm(vn, l2norm), norm(va, l2norm)
 
     keep = np.ones(len(x), bool)
     clean_dist = None
     if clean:
         keep, clean_dist = clean_embeddings(x, clean, k, index)
         dropped = [names[i] for i in np.flatnonzero(~keep)]
-        _say(progress, f"cleaning {clean:g}: dropped {len(dropped)} of {len(x)} images")
+        say(progress, f"cleaning {clean:g}: dropped {len(dropped)} of {len(x)} images")
         for n_ in dropped:
-            _say(progress, f"  dropped {n_}")
+            say(progress, f"  dropped {n_}")
     xk = x[keep]
     hnsw = dict(HNSW_DEFAULTS, **(hnsw or {}))
     bank = build_bank(xk, index, **hnsw) if kmeans is None else None
@@ -488,7 +263,7 @@ def fit_bundle(
         var = origin >= 0
         labels[var] = labels[origin[var]]
     if dups["images_in_groups"]:
-        _say(
+        say(
             progress,
             f"duplicates: {dups['images_in_groups']} images in {dups['groups']} "
             f"groups of copies ({dups['exact_copies']} exact, {dups['near_copies']} "
@@ -500,7 +275,7 @@ def fit_bundle(
 
         res = run_kmeans(xk, int(kmeans), seed=seed, backend=kmeans_backend)
         km_info = dict(res.info(), folds=int(cfg.kmeans_folds), seed=seed)
-        _say(
+        say(
             progress,
             f"k-means: {len(xk)} -> {res.centres.shape[0]} centres "
             f"({res.backend}, {res.seconds:.1f} s)",
@@ -534,7 +309,7 @@ def fit_bundle(
         threshold_method,
         calibration=how,
     )
-    _say(progress, f"threshold ({threshold['method']}, fpr {fpr:g}): {threshold['value']:.6g}")
+    say(progress, f"threshold ({threshold['method']}, fpr {fpr:g}): {threshold['value']:.6g}")
     warn = capped_warning(threshold)
     if warn:
         log.warning(warn)  # shown even with --quiet
@@ -544,13 +319,13 @@ def fit_bundle(
         group, gbank = FV.window_section(
             x[temporal], segs, group_size, k, fpr, index, bool(l2norm), seed
         )
-        _say(
+        say(
             progress,
             f"groups: {group['n_groups']} windows of {group_size} consecutive "
             f"frames, threshold {group['threshold']['value']:.6g}",
         )
     elif group_size or group_dirs:
-        group, gbank, greport = _group_section(
+        group, gbank, greport = group_section(
             xk,
             emb,
             group_size=group_size,
@@ -615,7 +390,7 @@ def fit_bundle(
         **greport,
     }
     out = write_bundle(output, model_path, manifest, bank, gbank, report)
-    _say(progress, f"bundle written: {out}")
+    say(progress, f"bundle written: {out}")
     return out
 
 

@@ -102,7 +102,7 @@ def fit_view_bundle(
 ) -> Path:
     """Fit a view-aware bundle (global, patch or both signals); returns its path."""
     from .embedder import Embedder
-    from .fit import _as_list
+    from .fitparts import as_list as _as_list
     from .images import find_images
 
     if mode not in MODES:
