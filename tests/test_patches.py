@@ -331,10 +331,12 @@ def test_watch_patch_bundle_draws_heatmap_and_reports_peak_and_box(
     video = tmp_path / "line.mp4"
     frames = _camera(normal + bad, video, 2)
     ev, snaps, out = tmp_path / "ev.jsonl", tmp_path / "snaps", tmp_path / "ann.avi"
+    scores = tmp_path / "scores.jsonl"
     s = watch(
         str(bundle),
         str(video),
         events=str(ev),
+        scores=str(scores),
         snapshots=str(snaps),
         output_video=str(out),
         min_consecutive=2,
@@ -354,3 +356,10 @@ def test_watch_patch_bundle_draws_heatmap_and_reports_peak_and_box(
     raw = cv2.imread(e["snapshot"])
     assert ann.shape == raw.shape and np.abs(ann.astype(int) - raw.astype(int)).max() > 50
     assert len(read_video(out)) == len(frames)
+    # The per-frame scores carry the map's peak value: every frame has one, and the defect
+    # pieces' peaks sit above the normal pieces' (the pasted object is what the map sees).
+    rows = [json.loads(x) for x in scores.read_text().splitlines()]
+    peaks = [r["map_peak"] for r in rows]
+    assert len(rows) == len(frames) and all(p is not None for p in peaks)
+    n_norm = len(normal)  # one frame per piece: the normal pieces come first
+    assert max(peaks[n_norm:]) > max(peaks[:n_norm])

@@ -47,6 +47,14 @@ def _embed(detector, frames) -> np.ndarray:
     return detector.embedder.embed_batch(np.stack([f.prepared for f in frames]))
 
 
+def _map_peak(heat) -> Optional[float]:
+    """The anomaly map's value at its peak (patch bundles), else None."""
+    if not heat or heat.get("map") is None or heat.get("peak") is None:
+        return None
+    x, y = heat["peak"]
+    return float(heat["map"][y, x])
+
+
 class _Scorer:
     """Turns batches of frames into scores, decisions, events and overlay frames."""
 
@@ -119,7 +127,11 @@ class _Scorer:
                 self.on_score(f.index, f.timestamp, s)
             t = self.decider.update(s, f.index, f.timestamp, f.image, heats[i])
             self.out.score(
-                f, s, self.decider.state, self.decider.alerts if self.decider.open else None
+                f,
+                s,
+                self.decider.state,
+                self.decider.alerts if self.decider.open else None,
+                _map_peak(heats[i]),
             )
             if t is not None:
                 ev = self.out.transition(t)
