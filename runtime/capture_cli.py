@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from .cliargs import EXIT_OK, EXIT_USAGE, new_parser, parse_args, report_error, setup_logging
+from .cliargs import EXIT_OK, EXIT_USAGE, new_parser, report_error, start
 from .errors import Dn2Error
 
 
@@ -82,14 +82,9 @@ def capture(
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    try:
-        a = parse_args(parser, argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    except Dn2Error as exc:  # --config
-        report_error("capture", exc)
-        return EXIT_USAGE
-    setup_logging(a.quiet, a.verbose)
+    a = start(parser, argv, "capture")
+    if isinstance(a, int):
+        return a
     try:
         n = capture(a.source, a.folder, a.every, a.max_frames, a.seconds, a.connect_timeout)
     except Dn2Error as exc:

@@ -25,9 +25,8 @@ from .cliargs import (
     engine_parser,
     library_kwargs,
     new_parser,
-    parse_args,
     report_error,
-    setup_logging,
+    start,
 )
 from .config import FitConfig
 from .errors import Dn2Error
@@ -318,14 +317,9 @@ def _view_fit(a) -> Optional[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    try:
-        a = parse_args(parser, argv, PARAMS)
-    except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
-        return int(exc.code or 0)
-    except Dn2Error as exc:  # --config
-        report_error("fit", exc)
-        return EXIT_USAGE
-    setup_logging(a.quiet, a.verbose)
+    a = start(parser, argv, "fit", PARAMS)
+    if isinstance(a, int):
+        return a
     from .fit import fit_bundle
 
     fit, ray_kw = fit_bundle, {}  # --every, --max-frames, ... reach fit_bundle by name

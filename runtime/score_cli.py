@@ -31,10 +31,9 @@ from .cliargs import (
     EXIT_USAGE,
     engine_parser,
     new_parser,
-    parse_args,
     prog,
     report_error,
-    setup_logging,
+    start,
 )
 from .errors import Dn2Error
 from .ray_inputs import add_ray_args, ray_address
@@ -139,14 +138,9 @@ def _full_image(path: str, m):
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    try:
-        a = parse_args(parser, argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    except Dn2Error as exc:  # --config
-        report_error("score", exc)
-        return EXIT_USAGE
-    setup_logging(a.quiet, a.verbose)
+    a = start(parser, argv, "score")
+    if isinstance(a, int):
+        return a
     from .detector import Detector
     from .images import expand_inputs
 

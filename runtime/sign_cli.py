@@ -19,7 +19,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .cliargs import EXIT_OK, EXIT_USAGE, new_parser, parse_args, report_error, setup_logging
+from .cliargs import EXIT_OK, EXIT_USAGE, new_parser, report_error, start
 from .errors import Dn2Error
 
 
@@ -45,14 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    try:
-        a = parse_args(parser, argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    except Dn2Error as exc:  # --config
-        report_error("sign", exc)
-        return EXIT_USAGE
-    setup_logging(a.quiet, a.verbose)
+    a = start(parser, argv, "sign")
+    if isinstance(a, int):
+        return a
     from . import signing
 
     try:

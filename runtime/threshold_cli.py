@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .cliargs import EXIT_OK, EXIT_USAGE, new_parser, parse_args, report_error, setup_logging
+from .cliargs import EXIT_OK, EXIT_USAGE, new_parser, report_error, start
 from .errors import Dn2Error
 
 
@@ -105,14 +105,9 @@ def _write_manifest(path: Path, m: dict) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    try:
-        a = parse_args(parser, argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    except Dn2Error as exc:  # --config
-        report_error("threshold", exc)
-        return EXIT_USAGE
-    setup_logging(a.quiet, a.verbose)
+    a = start(parser, argv, "threshold")
+    if isinstance(a, int):
+        return a
     try:
         th = rethreshold_bundle(a.bundle, a.fpr, a.value, a.output)
     except Dn2Error as exc:

@@ -55,7 +55,8 @@ def load_sink_config(path: Optional[str]) -> Dict[str, Any]:
     if not path:
         return {}
     if Path(path).suffix.lower() in (".toml", ".yaml", ".yml"):
-        from ...cliargs import ConfigError, load_config
+        from ...cliconfig import load_config
+        from ...errors import ConfigError
 
         try:
             data = load_config(path)
