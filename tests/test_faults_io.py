@@ -15,13 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dn2.runtime.bundle import (
-    MANIFEST,
-    check_output,
-    clean_stale,
-    exchange,
-    load_bundle,
-)
+from dn2.runtime.bundle import MANIFEST, check_output, load_bundle
+from dn2.runtime.bundleswap import clean_stale, exchange
 from dn2.runtime.errors import BundleError, ImageError
 from dn2.runtime.fit import fit_bundle
 from dn2.runtime.images import read_image
