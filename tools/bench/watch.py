@@ -17,9 +17,7 @@ Rows of the table:
 
 CPU is process CPU time over wall time (100 % = one core busy).
 
-``--sinks`` instead runs the loop with every sink on (events, snapshots, scores, webhook,
-MQTT, the status server with clients) and with none, alternating, and prints the medians
-(:mod:`dn2.tools.bench.watch_sinks`).
+``--sinks``: every sink on vs none, alternating (:mod:`dn2.tools.bench.watch_sinks`).
 
 ``--soak N`` instead runs the loop over N frames (the video replayed end to end, stains every
 so often so alerts open, close and write snapshots) and samples the process RSS: memory must
@@ -40,6 +38,7 @@ from typing import List, Optional
 import numpy as np
 
 from dn2.runtime.watch.sources import CaptureSource
+from dn2.tools.bench.watch_sinks import sinks_run
 from dn2.tools.videoio import read_video, write_video
 
 
@@ -395,32 +394,6 @@ def _run(a) -> int:
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=2))
     return 0
-
-
-def sinks_run(a, work: Path) -> dict:
-    import cv2
-
-    from dn2.runtime.detector import Detector
-    from dn2.tools.bench.watch_sinks import sink_bench
-    from dn2.tools.bench.watch_sinks import table as sink_table
-
-    w, h = (int(v) for v in a.size.lower().split("x"))
-    bundle = a.bundle or default_bundle(a.model, work, w, h, threads=a.threads)
-    det = Detector.load(bundle, providers=a.providers, threads=a.threads, batch_size=a.batch)
-    frames = make_frames(_textile_paths(1000)[-a.frames :], w, h)
-    for i in range(len(frames)):  # a stain for 10 frames in every 60: alerts open and close
-        if i % 60 >= 50:
-            cv2.circle(frames[i], (w // 2, h // 2), min(w, h) // 4, (20, 20, 20), -1)
-    video = write_video(work / "bench_sinks.avi", frames, fps=25.0)
-    det.embedder.embed_batch(
-        np.zeros((1, det.embedder.input_size, det.embedder.input_size, 3), np.uint8)
-    )
-    before = os.getloadavg()
-    r = sink_bench(det, video, work, a.batch, repeats=a.repeats)
-    after = os.getloadavg()
-    r["loadavg_before"], r["loadavg_after"] = before, after
-    print(sink_table(r, before, after))
-    return r
 
 
 if __name__ == "__main__":

@@ -239,3 +239,31 @@ def table(r: dict, load_before: Optional[tuple], load_after: Optional[tuple]) ->
             + " ".join(f"{x:.2f}" for x in load_after)
         )
     return "\n".join(lines)
+
+
+def sinks_run(a, work: Path) -> dict:
+    """``bench.watch --sinks``: fit (or load) the bundle, draw the stained scene, run the bench."""
+    import cv2
+    import numpy as np
+
+    from dn2.runtime.detector import Detector
+    from dn2.tools.bench.watch import _textile_paths, default_bundle, make_frames
+    from dn2.tools.videoio import write_video
+
+    w, h = (int(v) for v in a.size.lower().split("x"))
+    bundle = a.bundle or default_bundle(a.model, work, w, h, threads=a.threads)
+    det = Detector.load(bundle, providers=a.providers, threads=a.threads, batch_size=a.batch)
+    frames = make_frames(_textile_paths(1000)[-a.frames :], w, h)
+    for i in range(len(frames)):  # a stain for 10 frames in every 60: alerts open and close
+        if i % 60 >= 50:
+            cv2.circle(frames[i], (w // 2, h // 2), min(w, h) // 4, (20, 20, 20), -1)
+    video = write_video(work / "bench_sinks.avi", frames, fps=25.0)
+    det.embedder.embed_batch(
+        np.zeros((1, det.embedder.input_size, det.embedder.input_size, 3), np.uint8)
+    )
+    before = os.getloadavg()
+    r = sink_bench(det, video, work, a.batch, repeats=a.repeats)
+    after = os.getloadavg()
+    r["loadavg_before"], r["loadavg_after"] = before, after
+    print(table(r, before, after))
+    return r
