@@ -37,6 +37,7 @@ from dn2.runtime.cliargs import (
     setup_logging,
 )
 from dn2.runtime.errors import Dn2Error
+from dn2.tools.demo.verdict import report
 
 ARCH, WEIGHTS, INPUT_SIZE = "efficientnet_lite0", "imagenet", 224
 CODEC, NOISE_SIGMA = "MJPG", 2.0  # the line video as a camera delivers it: lossy, noisy
@@ -321,35 +322,6 @@ def run_demo(
     return result
 
 
-def _report(res: dict) -> str:
-    o = {k: Path(v) for k, v in res["outputs"].items()}
-    snaps = sorted(o["snapshots"].glob("*.jpg")) if o["snapshots"].is_dir() else []
-    lines = [f"dn2 demo outputs in {o['model'].parent}:"]
-    for key, what in [
-        ("video", "production line video (input)"),
-        ("truth", "ground truth: injected defect frame ranges"),
-        ("events", "alert events (JSON lines)"),
-        ("snapshots", f"peak-frame snapshots ({len(snaps)} files)"),
-        ("annotated", "annotated video (score bar, threshold, state)"),
-        ("scores", "score per frame"),
-        ("plot", "score-over-time plot"),
-        ("bundle", "fitted bundle"),
-        ("model", "ONNX model"),
-        ("model_report", "export report (verification, timings)"),
-        ("summary", "this run as JSON"),
-    ]:
-        lines.append(f"  {what:<47} {o[key]}")
-    t = res["timings_s"]
-    lines.append("timings: " + ", ".join(f"{k.split(':')[0]} {v:.1f} s" for k, v in t.items()))
-    v = res["verdict"]
-    lines.append(
-        f"{v['alerts']} alerts for {v['injected']} injected defects "
-        f"(threshold {res['threshold']:.4g})"
-    )
-    lines.append(v["line"])
-    return "\n".join(lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = new_parser(
         "demo",
@@ -397,7 +369,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         report_error("demo", "interrupted")
         return EXIT_INTERRUPTED
-    print(_report(res), flush=True)
+    print(report(res), flush=True)
     return EXIT_OK
 
 

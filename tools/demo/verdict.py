@@ -129,3 +129,33 @@ def judge(
         found_by=found_by,
         false_alert_frames=false_alerts,
     )
+
+
+def report(res: dict) -> str:
+    """The demo's closing lines: where each output is, the timings, the verdict line."""
+    o = {k: Path(v) for k, v in res["outputs"].items()}
+    snaps = sorted(o["snapshots"].glob("*.jpg")) if o["snapshots"].is_dir() else []
+    lines = [f"dn2 demo outputs in {o['model'].parent}:"]
+    for key, what in [
+        ("video", "production line video (input)"),
+        ("truth", "ground truth: injected defect frame ranges"),
+        ("events", "alert events (JSON lines)"),
+        ("snapshots", f"peak-frame snapshots ({len(snaps)} files)"),
+        ("annotated", "annotated video (score bar, threshold, state)"),
+        ("scores", "score per frame"),
+        ("plot", "score-over-time plot"),
+        ("bundle", "fitted bundle"),
+        ("model", "ONNX model"),
+        ("model_report", "export report (verification, timings)"),
+        ("summary", "this run as JSON"),
+    ]:
+        lines.append(f"  {what:<47} {o[key]}")
+    t = res["timings_s"]
+    lines.append("timings: " + ", ".join(f"{k.split(':')[0]} {v:.1f} s" for k, v in t.items()))
+    v = res["verdict"]
+    lines.append(
+        f"{v['alerts']} alerts for {v['injected']} injected defects "
+        f"(threshold {res['threshold']:.4g})"
+    )
+    lines.append(v["line"])
+    return "\n".join(lines)
