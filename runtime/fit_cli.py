@@ -28,6 +28,7 @@ from .cliargs import (
     report_error,
     start,
 )
+from .combine import DEFAULT_RULE, RULES
 from .config import FitConfig
 from .errors import Dn2Error
 from .ray_inputs import add_ray_args, ray_address
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="signals: global (pooled embedding kNN, paper 3.1), patch (patch kNN "
         "with anomaly maps; needs a model from dn2-export --patches), both "
-        "(anomalous when either normalised score is over its threshold). "
+        "(the two combined by --combine, calibrated on held-out normal images). "
         "auto (default): both for a model with the patches output, else global",
     )
     p.add_argument(
@@ -176,10 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--combine",
-        choices=("max", "sum"),
-        default="max",
-        help="mode both: the decision score is the max (default) or the sum of the "
-        "two normalised scores (score / its threshold), calibrated again",
+        choices=RULES,
+        default=DEFAULT_RULE,
+        help="mode both: how the two scores make the decision score, each rule fitted on "
+        "the held-out normal scores: zmax (default: the larger z-score, each signal "
+        "standardised by its normal mean and sd), zsum, fisher (Gaussian tail "
+        "p-values), max / sum (of score / its threshold); then calibrated again",
     )
     p.add_argument(
         "--patch-bank",

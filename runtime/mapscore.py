@@ -11,6 +11,7 @@ from typing import Iterable, List, Optional
 
 import numpy as np
 
+from .combine import rule_of
 from .patchfit import combine
 from .patchscore import PatchScorer, frame_map, peak_and_box, reduce_cells
 from .scoring import knn_score, l2normalize
@@ -23,7 +24,6 @@ class ViewScorer:
         m = bundle.manifest
         self.bundle, self.embedder = bundle, embedder
         self.mode = m["score"].get("mode", "global")
-        self.combine = m["score"].get("combine", "max")
         self.view = View.from_dict(m.get("view"))
         sig = m.get("signals") or {}
         g = sig.get("global", {})
@@ -39,6 +39,7 @@ class ViewScorer:
             self.patch_threshold = float(p["threshold"]["value"])
             self.pixel_threshold = float(p["pixel_threshold"]["value"])
         self.threshold = float(m["threshold"]["value"])
+        self.rule = rule_of(m["score"], sig)
         self.viewer = (
             ViewEmbedder(embedder, self.view, patches=self.patch is not None)
             if embedder is not None
@@ -65,16 +66,7 @@ class ViewScorer:
                 list(cells), item.rects, h, w, self.embedder.input_size, self.patch.sigma
             )
             peak, box = peak_and_box(fmap, self.pixel_threshold)
-        s = float(
-            combine(
-                np.float32(g),
-                self.global_threshold or 1.0,
-                None if p is None else np.float32(p),
-                self.patch_threshold if p is not None else None,
-                self.mode,
-                self.combine,
-            )
-        )
+        s = float(np.ravel(combine(g, p, self.mode, self.rule))[0])
         return ScoreResult(
             item.name,
             s,

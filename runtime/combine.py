@@ -1,0 +1,115 @@
+"""How mode ``both`` turns the global and the patch image score into one decision score.
+
+Every rule is fitted on normal data only: the held-out calibration scores of the normal
+training images (global: leave-one-out by image; patch: k-fold by image), one pair per
+calibrated image. The decision threshold is then the conformal quantile of the *combined*
+held-out scores at the target rate, so whatever the rule, the union of the two signals holds
+that rate on new normal images.
+
+Rules (``--combine``):
+
+* ``zmax`` (the default): each signal standardised by the mean and standard deviation of its
+  held-out normal scores, z = (s - mean) / std, and the larger z decides. A signal whose
+  normal scores are tightly packed (the pooled embedding's) gets the weight its spread
+  earns, so a global defect standing 5 sd out is not drowned by the patch signal's noise.
+* ``zsum``: the sum of the two z-scores (Stouffer's combination, up to a constant).
+* ``fisher``: Fisher's -2 (log p_g + log p_p) with each p the Gaussian tail of its z.
+* ``max`` / ``sum``: the older rules over score / threshold (each signal's own conformal
+  threshold); kept for bundles fitted with them, and measured against in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import numpy as np
+
+from .errors import Dn2Error
+
+RULES = ("zmax", "zsum", "fisher", "max", "sum")
+DEFAULT_RULE = "zmax"
+_Z_RULES = ("zmax", "zsum", "fisher")
+
+
+def _stats(a: np.ndarray, what: str) -> Dict[str, float]:
+    a = np.asarray(a, np.float64)
+    a = a[np.isfinite(a)]
+    if a.size < 2:
+        raise Dn2Error(f"combine: expected >= 2 held-out normal {what} scores, found {a.size}")
+    sd = float(a.std(ddof=1))
+    return {"mean": float(a.mean()), "std": max(sd, 1e-12 * max(1.0, abs(float(a.mean()))))}
+
+
+def fit_rule(
+    rule: str,
+    g_cal: np.ndarray,
+    p_cal: np.ndarray,
+    g_threshold: float,
+    p_threshold: float,
+) -> Dict:
+    """The parameters of ``rule`` from held-out normal scores (what the manifest stores)."""
+    if rule not in RULES:
+        raise Dn2Error(f"--combine: expected one of {', '.join(RULES)}, found {rule!r}")
+    out: Dict = {"rule": rule, "global_threshold": float(g_threshold)}
+    out["patch_threshold"] = float(p_threshold)
+    if rule in _Z_RULES:
+        out["global"] = _stats(g_cal, "global")
+        out["patch"] = _stats(p_cal, "patch")
+    return out
+
+
+def _log_tail(z: np.ndarray) -> np.ndarray:
+    """log P(N(0,1) > z), stable far into the tail (asymptotic series past z = 8)."""
+    z = np.asarray(z, np.float64)
+    out = np.empty_like(z)
+    far = z > 8.0
+    near = ~far
+    sf = np.vectorize(lambda v: 0.5 * math.erfc(v / math.sqrt(2.0)), otypes=[np.float64])
+    out[near] = np.log(np.maximum(sf(z[near]), 1e-300))
+    zf = z[far]
+    out[far] = -0.5 * zf * zf - np.log(zf * math.sqrt(2.0 * math.pi)) + np.log1p(-1.0 / (zf * zf))
+    return out
+
+
+def apply_rule(params: Dict, g, p) -> np.ndarray:
+    """Decision scores [N] float32 from raw global and patch image scores (NaN stays NaN)."""
+    rule = params.get("rule")
+    g = np.atleast_1d(np.asarray(g, np.float64))
+    p = np.atleast_1d(np.asarray(p, np.float64))
+    if rule in ("max", "sum"):
+        a = g / max(params["global_threshold"], 1e-30)
+        b = p / max(params["patch_threshold"], 1e-30)
+        return (np.maximum(a, b) if rule == "max" else a + b).astype(np.float32)
+    if rule not in _Z_RULES:
+        raise Dn2Error(f"combine: expected one of {', '.join(RULES)}, found {rule!r}")
+    zg = (g - params["global"]["mean"]) / params["global"]["std"]
+    zp = (p - params["patch"]["mean"]) / params["patch"]["std"]
+    if rule == "zmax":
+        out = np.maximum(zg, zp)
+    elif rule == "zsum":
+        out = zg + zp
+    else:
+        bad = np.isnan(zg) | np.isnan(zp)
+        out = np.full(zg.shape, np.nan)
+        ok = ~bad
+        out[ok] = -2.0 * (_log_tail(zg[ok]) + _log_tail(zp[ok]))
+    return out.astype(np.float32)
+
+
+def rule_of(score_section: Dict, signals: Dict) -> Optional[Dict]:
+    """The combination parameters of a manifest: stored ones, or (bundles from before the
+    z-rules) the max / sum rule rebuilt from the two signal thresholds. None without both."""
+    if "global" not in signals or "patch" not in signals:
+        return None
+    stored = signals.get("combine")
+    if stored is not None:
+        return stored
+    return {
+        "rule": score_section.get("combine", "max"),
+        "global_threshold": float(signals["global"]["threshold"]["value"]),
+        "patch_threshold": float(signals["patch"]["threshold"]["value"]),
+    }
+
+
+__all__ = ["RULES", "DEFAULT_RULE", "fit_rule", "apply_rule", "rule_of"]
