@@ -353,11 +353,19 @@ def main(argv=None) -> int:
         a.grid = []
         index = load_hnsw(a.load_index, int(x.shape[1]))
         if index.get_current_count() != len(x):
-            p.error(f"--load-index: {a.load_index} holds {index.get_current_count()} rows, "
-                    f"the bank {len(x)}")
+            p.error(
+                f"--load-index: {a.load_index} holds {index.get_current_count()} rows, "
+                f"the bank {len(x)}"
+            )
         for r in query_rows(index, q, ed, ei, a.efs):
-            row = {**base, "M": index.M, "ef_construction": index.ef_construction,
-                   "index": a.load_index, **_mem(), **r}
+            row = {
+                **base,
+                "M": index.M,
+                "ef_construction": index.ef_construction,
+                "index": a.load_index,
+                **_mem(),
+                **r,
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     for g in a.grid:
