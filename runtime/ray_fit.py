@@ -1,13 +1,18 @@
-"""``dn2 fit --ray``: embed the normal images on a Ray cluster, then the local fit path.
+"""``dn2 fit --ray``: embed the normal images and video frames on a Ray cluster, then the
+local fit path.
 
-    fit_bundle_ray("model.onnx", "bundle", ["normal/"], address=None, workers=2, threads=1)
+    fit_bundle_ray("model.onnx", "bundle", ["normal/", "line.avi"], address=None, workers=2)
 
 The images are listed on the driver (``find_images``: the same files, order and problems as a
 local fit), embedded by an actor pool (``ray_embed.embed_to_shards``: one onnxruntime session
-per actor), written as ``.npy`` shards and read back; cleaning, k-means compression, the bank,
-calibration and the bundle are then exactly ``fit.fit_bundle`` on those embeddings, so the
-bundle has the same format (manifest ``fit.source`` says ``ray``) and, on the same images, the
-same scores as a local fit (tests/test_ray.py states the tolerance).
+per actor), written as ``.npy`` shards and read back. Video files are planned on the driver
+from their headers and decoded in segments by the workers (``ray_video``: the frames a local
+fit takes with ``every`` / ``max_frames`` / ``seconds``), their embeddings written as shards
+in ``SHARDS/frames``. Cleaning, k-means compression, the bank, calibration (frames: the local
+video fit's blocked hold-out) and the bundle are then exactly ``fit.fit_bundle`` on those
+embeddings, so the bundle has the same format (manifest ``fit.source`` says ``ray``) and, on
+the same inputs, the same scores as a local fit (tests/test_ray.py states the tolerance).
+Cameras and stream URLs are refused: the workers cannot share one camera.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 * ``@LIST``: a text file naming one input per line (file, folder or glob; blank lines and
   ``#`` comments skipped), relative paths taken from the list's own folder.
-* video files (``VIDEO_EXTENSIONS``) are scored frame by frame by ``dn2 score --ray``.
+* video files (``VIDEO_EXTENSIONS``) are read frame by frame in segments (``ray_video``).
 """
 
 from __future__ import annotations
