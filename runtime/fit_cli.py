@@ -180,9 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=RULES,
         default=DEFAULT_RULE,
         help="mode both: how the two scores make the decision score, each rule fitted on "
-        "the held-out normal scores: zmax (default: the larger z-score, each signal "
-        "standardised by its normal mean and sd), zsum, fisher (Gaussian tail "
-        "p-values), max / sum (of score / its threshold); then calibrated again",
+        "the held-out normal scores (z: each signal standardised by its normal mean and "
+        "sd): fisher (default: -2 sum log p of the z-scores' Gaussian tails), zmax (the "
+        "larger z), zsum, max / sum (of score / its threshold); then calibrated again",
     )
     p.add_argument(
         "--patch-bank",

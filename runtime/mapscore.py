@@ -50,17 +50,23 @@ class ViewScorer:
     def has_maps(self) -> bool:
         return self.patch is not None
 
+    def signals(self, item: ViewItem):
+        """(raw global score, patch score or None, cell grids [T, h, w] or None) of an item."""
+        e = l2normalize(item.embeddings) if self.l2norm else item.embeddings
+        g = float(knn_score(self.bundle.bank, e, self.k).max())
+        if self.patch is None:
+            return g, None, None
+        cells = self.patch.cells(item.patches)
+        return g, float(reduce_cells(cells[None], self.patch.reduction, self.patch.topk)[0]), cells
+
     def _one(self, item: ViewItem, maps: bool):
         from .detector import ScoreResult
 
         if item.error is not None:
             return ScoreResult(item.name, None, self.threshold, None, item.error)
-        e = l2normalize(item.embeddings) if self.l2norm else item.embeddings
-        g = float(knn_score(self.bundle.bank, e, self.k).max())
-        p = peak = box = fmap = None
-        if self.patch is not None:
-            cells = self.patch.cells(item.patches)
-            p = float(reduce_cells(cells[None], self.patch.reduction, self.patch.topk)[0])
+        g, p, cells = self.signals(item)
+        peak = box = fmap = None
+        if cells is not None:
             h, w = item.shape
             fmap = frame_map(
                 list(cells), item.rects, h, w, self.embedder.input_size, self.patch.sigma

@@ -254,9 +254,7 @@ def fit_view_bundle(
             )
         if mode == "both":
             ok = ~np.isnan(pscores)
-            rule = fit_rule(
-                combine_rule, gscores[ok], pscores[ok], gthr["value"], pthr["value"]
-            )
+            rule = fit_rule(combine_rule, gscores[ok], pscores[ok], gthr["value"], pthr["value"])
             both = apply_rule(rule, gscores[ok], pscores[ok])
             sections["combine"] = rule
             sections["calibration_pairs"] = {

@@ -57,7 +57,7 @@ def test_manifest_keeps_the_rule_and_the_pairs_and_the_detector_applies_it(score
     bundle, det, held, bad = scored
     m = json.loads((Path(bundle) / "dn2.json").read_text())
     rule = m["signals"]["combine"]
-    assert rule["rule"] == "zmax" and m["score"]["combine"] == "zmax"  # the default
+    assert rule["rule"] == "fisher" and m["score"]["combine"] == "fisher"  # the default
     pairs = m["signals"]["calibration_pairs"]
     assert len(pairs["global"]) == len(pairs["patch"]) == N_TRAIN  # every image calibrated
     # the stored mean / sd are those of the held-out pairs

@@ -68,7 +68,9 @@ def _load(paths, size: int):
     for p in paths:
         rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
         shrink = rgb.shape[0] > size
-        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        rgb = cv2.resize(
+            rgb, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        )
         out.append(((rgb.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1))
     return torch.from_numpy(np.stack(out))
 

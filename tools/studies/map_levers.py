@@ -4,7 +4,9 @@ Every test image of a ``Folder``-layout set with masks (``python -m dn2.tools.ev
 goes once through a fitted patch / both bundle's view and patch bank; its cell grids are then
 put back on the frame (``dn2.runtime.patchscore.frame_map``: bilinear onto the source
 rectangle, then a Gaussian) once per ``--sigmas`` value (model-input pixels; the bundle's own
-is 4), and each map set is scored: pixel ROC-AUC overall and per defect type, and PRO.
+is 4), and each map set is scored: pixel ROC-AUC overall and per defect type, and PRO. The
+same pass keeps each image's raw global and patch score (``--json``'s ``results``, the input of
+``python -m dn2.tools.studies.combine_rules``).
 
     python -m dn2.tools.studies.map_levers DIR --bundle B [--sigmas 0 2 4 6 8] [--json OUT]
 """
@@ -16,8 +18,6 @@ import json
 import sys
 from pathlib import Path
 from typing import Dict
-
-import numpy as np
 
 
 def run(root: str, bundle: str, sigmas, threads=None) -> Dict:
@@ -31,14 +31,19 @@ def run(root: str, bundle: str, sigmas, threads=None) -> Dict:
     vs = det.view_scorer
     if vs.patch is None:
         raise ValueError(f"{bundle}: expected a bundle with the patch signal, found none")
-    kept = []  # (type, cells, rects, shape, mask)
+    kept, results = [], []  # kept: (type, cells, rects, shape, mask)
     for kind, files in s["test"].items():
         for f, it in zip(files, vs.viewer.paths(files)):
-            if it.error is not None or (kind != "good" and not s["masks"].get(f)):
+            if it.error is not None:
                 continue
-            cells = vs.patch.cells(it.patches)
-            kept.append((kind, list(cells), it.rects, it.shape, _mask(s["masks"].get(f), it.shape)))
+            g, p, cells = vs.signals(it)
+            results.append({"path": f, "type": kind, "global_score": g, "patch_score": p})
+            if kind == "good" or s["masks"].get(f):
+                kept.append(
+                    (kind, list(cells), it.rects, it.shape, _mask(s["masks"].get(f), it.shape))
+                )
     out: Dict = {"images": len(kept), "bundle_sigma": vs.patch.sigma, "sigmas": {}}
+    out["results"] = results
     for sg in sigmas:
         maps = [
             frame_map(c, r, sh[0], sh[1], det.view_scorer.embedder.input_size, sg)
@@ -73,7 +78,7 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"map_levers: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(res, indent=1))
+    print(json.dumps({k: v for k, v in res.items() if k != "results"}, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     return 0
