@@ -81,6 +81,7 @@ def fit_bundle(
     embed_failed: Optional[Sequence] = None,
     source: Optional[str] = None,
     temporal: bool = False,
+    frames: Optional[dict] = None,
     prior=None,
     before_install=None,
     **options,
@@ -109,7 +110,8 @@ def fit_bundle(
     (``dn2.runtime.fit_video``: ``every`` N-th frame, up to ``max_frames`` / ``seconds`` per
     stream, live sources retried for ``connect_timeout`` s); their frames, and ``embeddings``
     given with ``temporal=True`` (consecutive frames, as ``watch --learn`` collects), are
-    calibrated by blocked hold-out, and ``group_size`` then pools sliding windows of them.
+    calibrated by blocked hold-out, and ``group_size`` then pools sliding windows of them;
+    ``frames`` (``ray_video.frame_rows``) marks the frame rows of ``embeddings`` and their videos.
     ``augment="camera"``: ``augment_copies`` camera-path variants of every normal image
     (real MJPG / mp4v round trips, sensor noise, scale, light; ``dn2.runtime.augment``) join
     the bank and the calibration, each in its original's duplicate group."""
@@ -146,11 +148,8 @@ def fit_bundle(
     from . import fit_video as FV
 
     inputs = None if images is None else FV.split_inputs(as_list(images))
-    if inputs and inputs[1] and (kmeans is not None or clean or group_dirs or pooling != "mean"):
-        raise Dn2Error(
-            "video / stream inputs: expected no --kmeans, --clean, --group-dirs or "
-            "--pooling max (frames are calibrated in time blocks), found them"
-        )
+    if inputs and inputs[1] or frames is not None:
+        FV.check_frame_options(kmeans, clean, group_dirs, pooling)
     if inputs and inputs[1] and not inputs[0] and color == "auto":
         colour = {"option": "auto", "detected": None, "mode": "auto"}  # the frames decide
     else:
@@ -195,8 +194,9 @@ def fit_bundle(
         )
         if len(names) != len(x):
             raise Dn2Error(f"names: expected {len(x)} (one per embedding), found {len(names)}")
-        temporal = np.full(len(x), in_order)
-        segs = np.zeros(int(temporal.sum()), np.int64)
+        temporal = np.full(len(x), in_order) if frames is None else frames["temporal"]
+        segs = np.zeros(int(temporal.sum()), np.int64) if frames is None else frames["segments"]
+        streams = [] if frames is None else frames["streams"]
     rows, aug_info = FA.normal_rows(
         emb.embedder if images is not None else None,
         FA.new_rows(x, names, None, temporal, segs, None, streams),
