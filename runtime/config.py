@@ -328,6 +328,11 @@ class FitConfig(_Config):
         "camera: add camera-path variants of every normal image to the bank",
     )
     augment_copies: int = opt(1, integer(1), "variants per normal image with augment camera")
+    augment_into: str = opt(
+        "both",
+        choice(("both", "bank", "calibration")),
+        "where the camera variants go: the bank and the calibration, or only one of them",
+    )
     seed: int = opt(0, integer(0), "seed of k-means, groups and folds")
     batch: int = opt(8, integer(1), "images per inference batch")
     threads: Optional[int] = opt(
@@ -341,6 +346,12 @@ class FitConfig(_Config):
         if self.kmeans is not None and self.kmeans < self.k:
             raise ConfigError(
                 f"kmeans {self.kmeans}: expected at least k={self.k} centres", param="kmeans"
+            )
+        if self.augment_into != "both" and self.kmeans is not None:
+            raise ConfigError(
+                f"augment_into {self.augment_into!r}: expected 'both' with a k-means bank "
+                "(its calibration holds out folds of the bank's own images), found kmeans",
+                param="augment_into",
             )
 
     def score_config(self, l2norm: Optional[bool] = None) -> ScoreConfig:
