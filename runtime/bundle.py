@@ -39,7 +39,9 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
+
+import numpy as np
 
 from .bank import Bank, BankError, load_bank
 from .bundleswap import clean_stale, install
@@ -125,8 +127,13 @@ def write_bundle(
     group_bank: Optional[Bank] = None,
     report: Optional[Dict] = None,
     patch_bank: Optional[Bank] = None,
+    extra: Optional[Dict[str, object]] = None,
+    before_install: Optional[Callable[[Path], None]] = None,
 ) -> Path:
-    """Write the bundle atomically; fills in files, checksums and bank parameters."""
+    """Write the bundle atomically; fills in files, checksums and bank parameters.
+    ``extra``: more files, name -> numpy array (``.npy``) or JSON-able object (``.json``),
+    digested like the others. ``before_install``: called with the finished temp folder just
+    before it is put in place (e.g. to sign it)."""
     out = check_output(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -147,6 +154,11 @@ def write_bundle(
             sec.update(b.params(), file=name)
         if report is not None:
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
+        for name, obj in (extra or {}).items():
+            if name.endswith(".npy"):
+                np.save(tmp / name, obj, allow_pickle=False)
+            else:
+                (tmp / name).write_text(json.dumps(obj), encoding="utf-8")
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         m["model"]["sha256"] = files[MODEL_FILE]
         m["bank"]["sha256"] = files[m["bank"]["file"]]
@@ -160,6 +172,8 @@ def write_bundle(
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(tmp)
+        if before_install is not None:
+            before_install(tmp)
         install(tmp, out)
         _fsync_dir(out.parent)
     except BaseException:
