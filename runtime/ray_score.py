@@ -203,7 +203,7 @@ def score_ray(
     if int(video_stride) < 1:
         raise Dn2Error(f"--video-stride: expected >= 1, found {video_stride}")
     bundle = str(Path(bundle).resolve())
-    threshold = float(load_bundle(bundle).manifest["threshold"]["value"])  # validates it here
+    threshold = load_bundle(bundle).manifest.threshold.value  # validates it here
     videos, rest = split_videos(expand_inputs(inputs))
     files, problems = find_images(rest) if rest else ([], [])
     items = [(p, "image") for p in files] + [(v, "video") for v in videos]

@@ -76,12 +76,11 @@ class _Scorer:
         self.log, self.on_score = log, on_score
         self.last_score: Optional[float] = None
         self.last = None  # the last frame scored
-        q = ((getattr(detector, "manifest", None) or {}).get("threshold") or {}).get(
-            "quantiles"
-        ) or {}
+        m = getattr(detector, "manifest", None)
+        median = m.threshold.median if m is not None else None
         from .drift import DriftCheck
 
-        self.drift = None if group else DriftCheck(decider.threshold, q.get("0.5"), out.source_name)
+        self.drift = None if group else DriftCheck(decider.threshold, median, out.source_name)
 
     def _views(self, frames):
         """View / patch bundles: scores and, with patches, each frame's heat."""

@@ -140,7 +140,7 @@ def run(
         vid = render(plan, work / f"{cond}{ext}", fourcc, sig, seed)
         emb = {g: e.embed_images(vid) for g, e in embedders.items()}
         for name, det in dets.items():
-            s = det.score_embeddings(emb[det.manifest["score"]["color"] == "gray"])
+            s = det.score_embeddings(emb[det.manifest.score.color == "gray"])
             v = judge(truth, alerts(s, det.threshold, min_consecutive), n_frames=len(s))
             rows.append(
                 {
