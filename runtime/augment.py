@@ -145,3 +145,39 @@ def embed_variants(
     if not parts:
         return np.zeros((0, embedder.dim), np.float32), np.zeros(0, np.int64)
     return np.vstack(parts).astype(np.float32), np.asarray(origin, np.int64)
+
+
+def augment_rows(embedder, x, names, temporal, cfg, say=lambda m: None):
+    """The fit's normal rows with the camera variants of its image rows after them (when
+    ``cfg.augment`` is "camera"): (x, names, temporal [N] bool, origin [N] (-1 or the row of
+    the variant's original), manifest ``fit.augment`` or None). ``embedder``: None when the
+    rows came as embeddings (nothing to augment)."""
+    check_option(cfg.augment)
+    temporal = np.zeros(len(x), bool) if temporal is None else np.asarray(temporal, bool)
+    origin = np.full(len(x), -1, np.int64)
+    if cfg.augment != "camera" or embedder is None:
+        return x, list(names), temporal, origin, None
+    real = np.flatnonzero(~temporal)
+    xa, orig = embed_variants(embedder, [names[i] for i in real], cfg.augment_copies, cfg.seed)
+    origin = np.concatenate([origin, real[orig]])
+    names = list(names) + [f"{names[real[o]]} (camera variant)" for o in orig]
+    info = dict(
+        SETTINGS,
+        mode="camera",
+        copies=int(cfg.augment_copies),
+        seed=int(cfg.seed),
+        variants=int(len(xa)),
+        into=cfg.augment_into,
+    )
+    into = {"both": "the bank and the calibration", "bank": "the bank only"}
+    say(
+        f"augment camera: {len(xa)} variants (MJPG / mp4v round trips, noise, scale, "
+        f"light) join {into.get(cfg.augment_into, 'the calibration only')}"
+    )
+    return (
+        np.vstack([x, xa]),
+        names,
+        np.concatenate([temporal, np.zeros(len(xa), bool)]),
+        origin,
+        info,
+    )

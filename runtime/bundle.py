@@ -41,7 +41,9 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
+
+import numpy as np
 
 from .bank import Bank, BankError, load_bank
 from .bundleswap import clean_stale, install
@@ -125,10 +127,15 @@ def write_bundle(
     group_bank: Optional[Bank] = None,
     report: Optional[Dict] = None,
     patch_bank: Optional[Bank] = None,
+    extra: Optional[Dict[str, object]] = None,
+    before_install: Optional[Callable[[Path], None]] = None,
 ) -> Path:
     """Write the bundle atomically; fills in files, checksums and bank parameters of
     ``manifest`` (a :class:`dn2.runtime.manifest.Manifest` whose bank references may be bare)
-    and checks the result with the one schema before anything is put in place."""
+    and checks the result with the one schema before anything is put in place.
+    ``extra``: more files, name -> numpy array (``.npy``) or JSON-able object (``.json``),
+    digested like the others. ``before_install``: called with the finished temp folder just
+    before it is put in place (e.g. to sign it)."""
     if not isinstance(manifest, Manifest):
         raise BundleError(
             f"write_bundle: expected a dn2.runtime.manifest.Manifest, found "
@@ -152,6 +159,11 @@ def write_bundle(
                 b.save(tmp / (stem + b.suffix))
         if report is not None:
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
+        for name, obj in (extra or {}).items():
+            if name.endswith(".npy"):
+                np.save(tmp / name, obj, allow_pickle=False)
+            else:
+                (tmp / name).write_text(json.dumps(obj), encoding="utf-8")
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         placed = {
             stem: refs[stem].placed(b.params(), stem + b.suffix, files[stem + b.suffix])
@@ -170,6 +182,8 @@ def write_bundle(
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(tmp)
+        if before_install is not None:
+            before_install(tmp)
         install(tmp, out)
         _fsync_dir(out.parent)
     except BaseException:

@@ -53,19 +53,32 @@ def _components(n: int, pairs: Sequence[Tuple[int, int]]) -> np.ndarray:
     return np.array([_find(parent, i) for i in range(n)], np.int64)
 
 
-def content_labels(paths: Sequence[str]) -> np.ndarray:
-    """Labels [n]: files with the same bytes share one (unreadable files stay alone)."""
-    first: Dict[str, int] = {}
-    out = np.arange(len(paths), dtype=np.int64)
-    for i, p in enumerate(paths):
+def file_hashes(paths: Sequence[str]) -> list:
+    """sha256 of each file's bytes (None for one that cannot be read)."""
+    out = []
+    for p in paths:
         h = hashlib.sha256()
         try:
             with open(p, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
         except OSError:
+            out.append(None)
             continue
-        out[i] = first.setdefault(h.hexdigest(), i)
+        out.append(h.hexdigest())
+    return out
+
+
+def content_labels(paths: Sequence[str], hashes: Optional[Sequence] = None) -> np.ndarray:
+    """Labels [n]: files with the same bytes share one (unreadable files, and rows whose
+    hash is None, stay alone). ``hashes``: the files' sha256 already known (a bundle stores
+    them, so appended images are matched against files that may be gone)."""
+    hashes = file_hashes(paths) if hashes is None else hashes
+    first: Dict[str, int] = {}
+    out = np.arange(len(hashes), dtype=np.int64)
+    for i, digest in enumerate(hashes):
+        if digest is not None:
+            out[i] = first.setdefault(digest, i)
     return out
 
 
@@ -79,12 +92,21 @@ def median_pair_distance(x: np.ndarray, seed: int = 0) -> float:
 
 
 def find_duplicates(
-    x: np.ndarray, paths: Optional[Sequence[str]] = None, bank: Optional[Bank] = None, seed: int = 0
+    x: np.ndarray,
+    paths: Optional[Sequence[str]] = None,
+    bank: Optional[Bank] = None,
+    seed: int = 0,
+    hashes: Optional[Sequence] = None,
 ) -> Tuple[np.ndarray, Dict]:
-    """(labels [N], report): the duplicate group of each embedding (see the module doc)."""
+    """(labels [N], report): the duplicate group of each embedding (see the module doc).
+    Exact copies by the files' content: ``hashes`` (sha256 or None per row) or, when only
+    ``paths`` are given, read from the files."""
     x = np.asarray(x, np.float32)
     n = len(x)
-    exact = content_labels(paths) if paths is not None else np.arange(n, dtype=np.int64)
+    if hashes is not None or paths is not None:
+        exact = content_labels(paths or [], hashes)
+    else:
+        exact = np.arange(n, dtype=np.int64)
     pairs = [(i, int(exact[i])) for i in range(n) if exact[i] != i]
     scale = median_pair_distance(x, seed)
     eps = NEAR_RATIO * scale

@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import fit_append as FA
 from .bank import HNSW_DEFAULTS, build_bank
 from .bundle import check_output, write_bundle
 from .config import FitConfig
@@ -41,7 +42,7 @@ from .fitparts import (
     validation_embeddings,
 )
 from .manifest import BankRef, Manifest, ModelRef, Threshold
-from .manifest_fit import FitRecord
+from .manifest_fit import FitRecord, StoredEmbeddings
 from .paths import regular_file
 from .scoring import clean as clean_embeddings
 from .scoring import knn_score, loo_kmeans_scores
@@ -82,6 +83,9 @@ def fit_bundle(
     embed_failed: Optional[Sequence] = None,
     source: Optional[str] = None,
     temporal: bool = False,
+    frames: Optional[dict] = None,
+    prior=None,
+    before_install=None,
     **options,
 ) -> Path:
     """Fit a bundle at ``output`` from normal ``images`` (paths, folders, globs) or
@@ -108,7 +112,8 @@ def fit_bundle(
     (``dn2.runtime.fit_video``: ``every`` N-th frame, up to ``max_frames`` / ``seconds`` per
     stream, live sources retried for ``connect_timeout`` s); their frames, and ``embeddings``
     given with ``temporal=True`` (consecutive frames, as ``watch --learn`` collects), are
-    calibrated by blocked hold-out, and ``group_size`` then pools sliding windows of them.
+    calibrated by blocked hold-out, and ``group_size`` then pools sliding windows of them;
+    ``frames`` (``ray_video.frame_rows``) marks the frame rows of ``embeddings`` and their videos.
     ``augment="camera"``: ``augment_copies`` camera-path variants of every normal image
     (real MJPG / mp4v round trips, sensor noise, scale, light; ``dn2.runtime.augment``) join
     the bank and the calibration, each in its original's duplicate group."""
@@ -145,11 +150,8 @@ def fit_bundle(
     from . import fit_video as FV
 
     inputs = None if images is None else FV.split_inputs(as_list(images))
-    if inputs and inputs[1] and (kmeans is not None or clean or group_dirs or pooling != "mean"):
-        raise Dn2Error(
-            "video / stream inputs: expected no --kmeans, --clean, --group-dirs or "
-            "--pooling max (frames are calibrated in time blocks), found them"
-        )
+    if inputs and inputs[1] or frames is not None:
+        FV.check_frame_options(kmeans, clean, group_dirs, pooling)
     if inputs and inputs[1] and not inputs[0] and color == "auto":
         colour = {"option": "auto", "detected": None, "mode": "auto"}  # the frames decide
     else:
@@ -194,36 +196,21 @@ def fit_bundle(
         )
         if len(names) != len(x):
             raise Dn2Error(f"names: expected {len(x)} (one per embedding), found {len(names)}")
-        temporal = np.full(len(x), in_order)
-        segs = np.zeros(int(temporal.sum()), np.int64)
+        temporal = np.full(len(x), in_order) if frames is None else frames["temporal"]
+        segs = np.zeros(int(temporal.sum()), np.int64) if frames is None else frames["segments"]
+        streams = [] if frames is None else frames["streams"]
+    rows, aug_info = FA.normal_rows(
+        emb.embedder if images is not None else None,
+        FA.new_rows(x, names, None, temporal, segs, None, streams),
+        cfg,
+        prior,
+        len(failed),
+        lambda m: say(progress, m),
+    )
+    x, names, hashes, temporal = rows.x, rows.names, rows.hashes, rows.temporal
+    segs, origin, streams = rows.segments, rows.origin, rows.streams
     if not temporal.any():
         temporal = None
-    from .augment import check_option
-
-    check_option(cfg.augment)
-    origin, aug_info = None, None
-    if cfg.augment == "camera" and images is not None:
-        from .augment import SETTINGS, embed_variants
-
-        real = [i for i in range(len(x)) if temporal is None or not temporal[i]]
-        xa, orig = embed_variants(emb.embedder, [names[i] for i in real], cfg.augment_copies, seed)
-        origin = np.concatenate([np.full(len(x), -1), np.asarray(real)[orig]])
-        names = list(names) + [f"{names[real[o]]} (camera variant)" for o in orig]
-        x = np.vstack([x, xa])
-        if temporal is not None:
-            temporal = np.concatenate([temporal, np.zeros(len(xa), bool)])
-        aug_info = dict(
-            SETTINGS,
-            mode="camera",
-            copies=int(cfg.augment_copies),
-            seed=int(seed),
-            variants=int(len(xa)),
-        )
-        say(
-            progress,
-            f"augment camera: {len(xa)} variants (MJPG / mp4v round trips, noise, "
-            f"scale, light) join the bank and the calibration",
-        )
     need = needed_images(k, clean)
     if len(x) < need:
         raise Dn2Error(
@@ -247,18 +234,23 @@ def fit_bundle(
         say(progress, f"cleaning {clean:g}: dropped {len(dropped)} of {len(x)} images")
         for n_ in dropped:
             say(progress, f"  dropped {n_}")
-    xk = x[keep]
+    # camera variants (origin >= 0) join the bank, the calibration or both (augment_into)
+    variant = origin >= 0
+    into = cfg.augment_into if variant.any() else "both"
+    in_bank = keep & ~variant if into == "calibration" else keep
+    scored = ~variant if into == "bank" else np.ones(len(x), bool)
+    xk = x[in_bank]
     hnsw = dict(HNSW_DEFAULTS, **(hnsw or {}))
     bank = build_bank(xk, index, **hnsw) if kmeans is None else None
     if temporal is None:
         labels, dups = find_duplicates(
-            x, names if images is not None else None, seed=seed, bank=bank if keep.all() else None
+            x, seed=seed, bank=bank if in_bank.all() else None, hashes=hashes
         )
     else:  # frames are calibrated in time blocks; copies matter among the images only
         labels, dups = np.arange(len(x)), {"images_in_groups": 0, "frames": "time blocks"}
         if (~temporal).sum() > 1:
             sub, dups = find_duplicates(
-                x[~temporal], [n_ for n_, t in zip(names, temporal) if not t], seed=seed
+                x[~temporal], seed=seed, hashes=[h for h, t in zip(hashes, temporal) if not t]
             )
             labels[np.flatnonzero(~temporal)] = np.flatnonzero(~temporal)[sub]
     if origin is not None:  # a variant is calibrated without its original, and vice versa
@@ -292,9 +284,11 @@ def fit_bundle(
         )
         calib = np.concatenate([loo, knn_score(bank, x[~keep], k)]) if (~keep).any() else loo
     elif temporal is not None:
-        calib, how = FV.temporal_calibration(bank, x, temporal, labels, labels[keep], k)
+        calib, how = FV.temporal_calibration(
+            bank, x[scored], temporal[scored], labels[scored], labels[in_bank], k
+        )
     else:
-        calib = grouped_scores(bank, x, k, labels, labels[keep])
+        calib = grouped_scores(bank, x[scored], k, labels[scored], labels[in_bank])
         how = (
             "leave-one-out against the bank without the image itself and its duplicates"
             if dups["images_in_groups"]
@@ -352,7 +346,7 @@ def fit_bundle(
         fit=FitRecord(
             config=cfg,
             images=int(len(x)),
-            kept=int(keep.sum()),
+            kept=int(in_bank.sum()),
             failed=len(failed),
             dropped=int((~keep).sum()),
             source=source or _source_name(images, streams, n_frames, len(x)),
@@ -361,6 +355,7 @@ def fit_bundle(
             augment=aug_info,
             kmeans=km_info,
             l2norm_selection=selection,
+            embeddings=StoredEmbeddings(**rows.info()),
             extra={
                 "cleaned_fraction": float(clean),
                 "seed": int(seed),
@@ -372,7 +367,7 @@ def fit_bundle(
         ),
     )
     report = {
-        "kept": [names[i] for i in np.flatnonzero(keep)],
+        "kept": [names[i] for i in np.flatnonzero(in_bank)],
         "dropped": [
             {"name": names[i], "loo_distance": float(clean_dist[i])} for i in np.flatnonzero(~keep)
         ],
@@ -381,7 +376,16 @@ def fit_bundle(
         "bank_rows": "kept" if kmeans is None else "kmeans-centres",
         **greport,
     }
-    out = write_bundle(output, model_path, manifest, bank, gbank, report)
+    out = write_bundle(
+        output,
+        model_path,
+        manifest,
+        bank,
+        gbank,
+        report,
+        extra=rows.files(),
+        before_install=before_install,
+    )
     say(progress, f"bundle written: {out}")
     return out
 

@@ -30,6 +30,7 @@ from .cliargs import (
 )
 from .config import FitConfig
 from .errors import Dn2Error
+from .fit_append_cli import add_append_args, run_append
 from .ray_inputs import add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
 from .threshold import METHODS
@@ -39,14 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = new_parser(
         "fit", "Fit a dn2 bundle from normal images (paper 3.1-3.3).", engine_parser(batch=8)
     )
-    p.add_argument("model", help="dn2 ONNX model (from dn2-export)")
+    p.add_argument("model", nargs="?", help="dn2 ONNX model (from dn2-export)")
     p.add_argument(
         "normal",
-        nargs="+",
+        nargs="*",
         help="normal inputs: image files, folders (recursive), globs, video files, "
         "camera indices, rtsp/http URLs, GStreamer pipelines (quoted)",
     )
-    p.add_argument("--output", "-o", required=True, help="bundle directory to write")
+    p.add_argument(
+        "--output", "-o", help="bundle directory to write (required, except with --append)"
+    )
+    add_append_args(p)
     p.add_argument("--k", type=int, default=2, help="nearest neighbours per score (default 2)")
     p.add_argument(
         "--clean",
@@ -220,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="variants per normal image with --augment camera (default 1)",
     )
     p.add_argument(
+        "--augment-into",
+        choices=("both", "bank", "calibration"),
+        default="both",
+        help="with --augment camera: the variants join the bank and the calibration "
+        "(both, default), only the bank, or only the calibration (they raise the "
+        "threshold, the bank keeps the stills)",
+    )
+    p.add_argument(
         "--every",
         type=int,
         default=1,
@@ -320,6 +332,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = start(parser, argv, "fit", PARAMS)
     if isinstance(a, int):
         return a
+    if a.append:
+        return run_append(a, parser)
+    if not a.model or not a.normal or not a.output:
+        missing = [n for n, v in (("MODEL", a.model), ("NORMAL...", a.normal)) if not v]
+        report_error(
+            "fit",
+            "expected MODEL NORMAL... --output BUNDLE (or --append BUNDLE NEW...), found no "
+            + (", ".join(missing) if missing else "--output"),
+            parser,
+        )
+        return EXIT_USAGE
     from .fit import fit_bundle
 
     fit, ray_kw = fit_bundle, {}  # --every, --max-frames, ... reach fit_bundle by name

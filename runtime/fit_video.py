@@ -95,6 +95,15 @@ def check_stream_args(
         )
 
 
+def check_frame_options(kmeans, clean, group_dirs, pooling: str) -> None:
+    """Video frames are calibrated in time blocks: no k-means, cleaning or group folders."""
+    if kmeans is not None or clean or group_dirs or pooling != "mean":
+        raise Dn2Error(
+            "video / stream inputs: expected no --kmeans, --clean, --group-dirs or "
+            "--pooling max (frames are calibrated in time blocks), found them"
+        )
+
+
 def collect_stream(
     spec: str,
     embedder,

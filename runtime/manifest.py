@@ -189,7 +189,7 @@ def parse_manifest(m: Any, where: str) -> Manifest:
             view = View.from_dict(c.section(m, "view", "view"))
         except Dn2Error as exc:
             raise BundleError(f"bundle {where}: {exc}") from None
-    fit = FitRecord.parse(c, c.section(m, "fit", "fit", required=False) or {})
+    fit = FitRecord.parse(c, c.section(m, "fit", "fit", required=False) or {}, files)
     dv = m.get("dn2_version")
     return Manifest(
         model=model,

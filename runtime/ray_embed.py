@@ -137,13 +137,39 @@ class EmbedActor:
 
 def pool_args(workers: Optional[int], threads: Optional[int], gpus: float) -> Tuple[int, Dict, int]:
     """(actors, ray remote args, threads per actor) for the pool: ``threads`` CPUs per actor
-    (onnxruntime intra-op threads; None: 1), ``gpus`` GPUs per actor (0: CPU actors)."""
+    (onnxruntime intra-op threads; None: 1), ``gpus`` GPUs per actor (0: CPU actors; Ray gives
+    each actor its share through CUDA_VISIBLE_DEVICES). GPU actors need a cluster with GPUs
+    (``ray.cluster_resources()``) and at most its GPUs / ``gpus`` of them: an actor the
+    cluster cannot place would wait for ever, so it is refused here instead."""
+    import ray
+
     t = 1 if threads is None else int(threads)
     if t < 1:
         raise Dn2Error(f"--threads: expected >= 1 per Ray actor, found {t}")
     if gpus < 0:
         raise Dn2Error(f"--ray-gpus: expected >= 0 GPUs per actor, found {gpus}")
-    n = int(workers) if workers else max(1, cluster_cpus() // t)
+    fit = None
+    if gpus:
+        res = ray.cluster_resources()
+        have = float(res.get("GPU", 0.0))
+        if have <= 0:
+            raise Dn2Error(
+                f"--ray-gpus {gpus:g}: expected a Ray cluster with GPUs, found none "
+                f"(ray.cluster_resources(): {int(res.get('CPU', 0))} CPUs, no GPU); "
+                "leave --ray-gpus at 0 for CPU actors"
+            )
+        fit = int(have // gpus + 1e-9)
+        if fit < 1:
+            raise Dn2Error(
+                f"--ray-gpus: expected at most {have:g} GPUs per actor (the cluster's), "
+                f"found {gpus:g}"
+            )
+        if workers and int(workers) > fit:
+            raise Dn2Error(
+                f"--ray-workers with --ray-gpus {gpus:g}: expected at most {fit} actors "
+                f"(the cluster has {have:g} GPUs), found {int(workers)}"
+            )
+    n = int(workers) if workers else max(1, min(cluster_cpus() // t, fit or 1 << 30))
     if n < 1:
         raise Dn2Error(f"--ray-workers: expected >= 1 actors, found {n}")
     args = {"num_cpus": t}
@@ -152,15 +178,22 @@ def pool_args(workers: Optional[int], threads: Optional[int], gpus: float) -> Tu
     return n, args, t
 
 
+def actor_providers(providers, gpus: float):
+    """The execution providers of an actor: a GPU actor with ``auto`` runs CUDA only, so an
+    actor holding a GPU never falls back to its CPU unnoticed (onnxruntime without CUDA, e.g.
+    no onnxruntime-gpu on the worker, is a clear error from the actor)."""
+    return "cuda" if gpus and providers in (None, "auto") else providers
+
+
 def actor_pool(n: int):
     import ray.data
 
     return ray.data.ActorPoolStrategy(size=int(n))
 
 
-def path_dataset(columns: Dict[str, Sequence[str]], rows_per_block: int):
-    """A Ray dataset of string ``columns`` (e.g. {"path": [...]}, lists), in input order, in
-    blocks of ``rows_per_block`` rows."""
+def path_dataset(columns: Dict[str, Sequence], rows_per_block):
+    """A Ray dataset of ``columns`` (e.g. {"path": [...]}, lists; values as strings), in
+    input order, in blocks of ``rows_per_block`` rows (an int, or the size of every block)."""
     import pyarrow as pa
     import ray
 
@@ -168,16 +201,22 @@ def path_dataset(columns: Dict[str, Sequence[str]], rows_per_block: int):
     ctx.execution_options.preserve_order = True  # shards and index stay in input order
     ctx.enable_progress_bars = False  # dn2's own line shows images/s across the cluster
     n = len(next(iter(columns.values())))
-    step = max(1, rows_per_block)
-    tables = [
-        pa.table(
-            {
-                k: pa.array([str(v) for v in vals[i : i + step]], pa.string())
-                for k, vals in columns.items()
-            }
+    if isinstance(rows_per_block, int):
+        step = max(1, rows_per_block)
+        sizes = [step] * max(1, -(-n // step))
+    else:
+        sizes = [int(b) for b in rows_per_block] or [1]
+    tables, i = [], 0
+    for size in sizes:
+        tables.append(
+            pa.table(
+                {
+                    k: pa.array([str(v) for v in vals[i : i + size]], pa.string())
+                    for k, vals in columns.items()
+                }
+            )
         )
-        for i in range(0, max(n, 1), step)
-    ]
+        i += size
     return ray.data.from_arrow(tables)  # one block per table: no shuffle task needed
 
 
@@ -196,26 +235,36 @@ def embed_to_shards(
     decode_workers: int = 1,
     shard_rows: int = SHARD_ROWS,
     progress: bool = True,
+    actor=EmbedActor,
+    columns: Optional[Dict[str, Sequence]] = None,
+    total: Optional[int] = None,
+    block_rows: Optional[int] = None,
 ) -> Dict:
     """Embed ``paths`` on the connected cluster and write the shards + index to ``out_dir``.
     Returns the index (also written as ``out_dir/index.json``) plus ``images_per_s`` (since
     the start, actor start-up included), ``steady_images_per_s`` (after the first batch) and
-    ``per_actor_images_per_s`` (per actor pid: rows / seconds busy embedding them)."""
+    ``per_actor_images_per_s`` (per actor pid: rows / seconds busy embedding them).
+
+    ``actor`` / ``columns`` / ``total`` / ``block_rows``: another input than image paths
+    (``ray_video``: the dataset rows are video segments, each giving ``total`` rows over all,
+    one segment per block); the actor returns the same columns as :class:`EmbedActor`."""
     if not paths:
         raise Dn2Error("--ray: expected image files to embed, found none")
+    total = len(paths) if total is None else int(total)
+    block = 4 * batch if block_rows is None else int(block_rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("shard-*.npy"):
         old.unlink()
     n_actors, remote, threads = pool_args(workers, threads, gpus)
-    ds = path_dataset({"path": paths}, rows_per_block=4 * batch)
+    ds = path_dataset(columns or {"path": paths}, rows_per_block=block)
     ds = ds.map_batches(
-        EmbedActor,
-        batch_size=4 * batch,
+        actor,
+        batch_size=block,
         compute=actor_pool(n_actors),
         fn_constructor_kwargs=dict(
             model_path=str(model_path),
-            providers=providers,
+            providers=actor_providers(providers, gpus),
             threads=threads,
             batch=batch,
             jpeg_draft=bool(jpeg_draft),
@@ -230,7 +279,7 @@ def embed_to_shards(
     shards: List[Dict] = []
     pending: List[np.ndarray] = []
     dim = None
-    bar = Progress(len(paths), f"embed on ray ({n_actors} actors)", enabled=progress)
+    bar = Progress(total, f"embed on ray ({n_actors} actors)", enabled=progress)
 
     def flush():
         if pending:
@@ -285,9 +334,10 @@ def embed_to_shards(
     tmp = out / (INDEX + ".tmp")
     tmp.write_text(json.dumps(index))
     os.replace(tmp, out / INDEX)
-    index["images_per_s"] = len(paths) / max(time.perf_counter() - start, 1e-9)
+    done = len(names) + len(failed)
+    index["images_per_s"] = done / max(time.perf_counter() - start, 1e-9)
     dt = time.perf_counter() - first[0] if first else 0.0
-    index["steady_images_per_s"] = (len(paths) - first[1]) / dt if dt > 0 else None
+    index["steady_images_per_s"] = (done - first[1]) / dt if dt > 0 else None
     index["per_actor_images_per_s"] = {
         str(a): round(rows[a] / busy[a], 3) for a in busy if busy[a] > 0
     }

@@ -2,7 +2,7 @@
 
 * ``@LIST``: a text file naming one input per line (file, folder or glob; blank lines and
   ``#`` comments skipped), relative paths taken from the list's own folder.
-* video files (``VIDEO_EXTENSIONS``) are scored frame by frame by ``dn2 score --ray``.
+* video files (``VIDEO_EXTENSIONS``) are read frame by frame in segments (``ray_video``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import os
 from typing import List, Sequence, Tuple
 
 from .errors import Dn2Error
+from .fit_video import VIDEO_SUFFIXES
 
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
-)
+VIDEO_EXTENSIONS = frozenset(VIDEO_SUFFIXES)  # the video files a local fit reads
 
 
 def expand_inputs(inputs) -> List[str]:
@@ -103,11 +102,27 @@ def add_ray_args(p: argparse.ArgumentParser, score: bool = False) -> None:
             help="shard format: Parquet (default) or JSON lines",
         )
         g.add_argument(
+            "--every",
             "--video-stride",
+            dest="every",
             type=int,
             default=1,
             metavar="N",
-            help="videos: score every N-th frame (default 1)",
+            help="videos: score every N-th frame (default 1), as dn2 fit --every",
+        )
+        g.add_argument(
+            "--max-frames",
+            type=int,
+            default=None,
+            metavar="N",
+            help="videos: the first N of those frames of each video",
+        )
+        g.add_argument(
+            "--seconds",
+            type=float,
+            default=None,
+            metavar="S",
+            help="videos: the frames of the first S seconds of each (the file's clock)",
         )
     else:
         g.add_argument(

@@ -5,7 +5,7 @@
 
 Each actor loads the bundle once (``Detector.load``: digests, schema, one onnxruntime
 session) and scores batches of paths with ``Detector.score_paths`` — the same numbers as
-``dn2 score`` — and whole video files frame by frame (every ``video_stride``-th frame). The
+``dn2 score`` — and video files frame by frame, in segments decoded by the workers. The
 driver streams the rows back in input order and writes them as shards
 ``part-NNNNN.parquet`` or ``part-NNNNN.jsonl`` in ``out_dir``. Every row has the fields of
 ``dn2 score --json`` (``path``, ``score``, ``threshold``, ``anomalous``, ``error``, and any
@@ -26,6 +26,7 @@ from .progress import Progress
 from .ray_embed import (
     _first_line,
     actor_pool,
+    actor_providers,
     connect,
     path_dataset,
     pool_args,
@@ -61,7 +62,8 @@ def _table(rows: List[Dict]):
 
 
 class ScoreActor:
-    """One loaded bundle (and onnxruntime session) per actor."""
+    """One loaded bundle (and onnxruntime session) per actor; rows of kind "image" are paths,
+    rows of kind "video" are segments of a video file (``ray_video.plan_segments``)."""
 
     def __init__(
         self,
@@ -70,74 +72,65 @@ class ScoreActor:
         threads: Optional[int],
         batch: int,
         jpeg_draft: Optional[bool],
-        stride: int,
     ):
         from .detector import Detector
 
         self.det = Detector.load(
             bundle, providers=providers, threads=threads, batch_size=batch, jpeg_draft=jpeg_draft
         )
-        self.batch, self.stride = batch, stride
+        self.batch = batch
 
-    def _row(self, path, score, error=None, frame=None) -> Dict:
+    def _error(self, path, error, frame=None) -> Dict:
         th = self.det.threshold
         return {
             "path": path,
             "frame": frame,
-            "score": score,
+            "score": None,
             "threshold": th,
-            "anomalous": None if score is None else bool(score > th),
+            "anomalous": None,
             "error": error,
         }
 
-    def _video(self, path: str) -> List[Dict]:
-        import cv2
+    def _segment(self, path: str, start: int, stop: Optional[int], every: int) -> List[Dict]:
+        """One row per frame, with the fields of ``score --json`` (``ScoreResult.to_dict``)."""
+        from .ray_video import read_segment
 
-        cap = cv2.VideoCapture(path)
         rows: List[Dict] = []
-        if not cap.isOpened():
-            return [
-                self._row(
-                    path, None, f"{path}: expected a video OpenCV can open, found one it cannot"
-                )
-            ]
         frames, idx = [], []
 
         def flush():
             if frames:
-                for i, s in zip(idx, self.det.score_images(frames)):
-                    rows.append(self._row(path, float(s), frame=i))
+                for i, r in zip(idx, self.det.analyze_images(frames, maps=False)):
+                    d = r.to_dict()
+                    d.update(path=path, frame=i)
+                    rows.append(d)
                 frames.clear()
                 idx.clear()
 
-        i = 0
+        i = start
         try:
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                if i % self.stride == 0:
-                    frames.append(frame)
-                    idx.append(i)
-                    if len(frames) == self.batch:
-                        flush()
-                i += 1
+            for i, img in read_segment(path, start, stop, every):
+                frames.append(img)
+                idx.append(i)
+                if len(frames) == self.batch:
+                    flush()
             flush()
         except Dn2Error as exc:
-            rows.append(self._row(path, None, str(exc), frame=i))
+            rows.append(self._error(path, str(exc), frame=i))
         except Exception as exc:  # a frame OpenCV decoded into something unusable
-            rows.append(
-                self._row(path, None, f"{path}: frame {i}: {type(exc).__name__}: {exc}", frame=i)
-            )
-        finally:
-            cap.release()
+            rows.append(self._error(path, f"{path}: frame {i}: {type(exc).__name__}: {exc}", i))
         if not rows:
-            rows.append(self._row(path, None, f"{path}: expected video frames, found none"))
+            rows.append(
+                self._error(path, f"{path}: expected video frames from frame {start}, found none")
+            )
         return rows
 
     def __call__(self, batch):
+        from .ray_video import segment_rows
+
         paths = [str(p) for p in batch["path"]]
         kinds = [str(k) for k in batch["kind"]]
+        segs = dict(zip(range(len(paths)), segment_rows(batch)))
         rows: List[Dict] = []
         images = [p for p, k in zip(paths, kinds) if k == "image"]
         scored = {}
@@ -146,8 +139,8 @@ class ScoreActor:
                 d = r.to_dict()
                 d.setdefault("frame", None)
                 scored[r.path] = d
-        for p, k in zip(paths, kinds):
-            rows.extend(self._video(p) if k == "video" else [scored[p]])
+        for j, (p, k) in enumerate(zip(paths, kinds)):
+            rows.extend(self._segment(*segs[j]) if k == "video" else [scored[p]])
         return _table(rows)
 
 
@@ -189,24 +182,34 @@ def score_ray(
     batch: int = 8,
     providers="auto",
     jpeg_draft: Optional[bool] = None,
-    video_stride: int = 1,
+    every: int = 1,
+    max_frames: Optional[int] = None,
+    seconds: Optional[float] = None,
     shard_rows: int = SHARD_ROWS,
     progress: bool = True,
 ) -> Dict:
     """Score ``inputs`` (files, folders, globs, ``@LIST`` files, videos) on the cluster and write
-    the shards. Returns {rows, scored, failed, shards, images_per_s, actors}."""
+    the shards. Videos: every ``every``-th frame, the first ``max_frames`` of those or those of
+    the first ``seconds`` (the frames a local fit of the video takes), decoded in segments by
+    the workers (``ray_video``). Returns {rows, scored, failed, shards, images_per_s, actors}."""
     from .bundle import load_bundle
+    from .fit_video import check_stream_args
     from .images import find_images
+    from .ray_video import plan_segments
 
     if fmt not in ("parquet", "jsonl"):
         raise Dn2Error(f"--ray-format: expected parquet or jsonl, found {fmt!r}")
-    if int(video_stride) < 1:
-        raise Dn2Error(f"--video-stride: expected >= 1, found {video_stride}")
+    check_stream_args([], every, max_frames, seconds)
     bundle = str(Path(bundle).resolve())
     threshold = load_bundle(bundle).manifest.threshold.value  # validates it here
     videos, rest = split_videos(expand_inputs(inputs))
     files, problems = find_images(rest) if rest else ([], [])
-    items = [(p, "image") for p in files] + [(v, "video") for v in videos]
+    segs, bad = plan_segments(videos, every=every, max_frames=max_frames, seconds=seconds)
+    problems = list(problems) + bad
+    items = [(p, "image", 0, "", 1) for p in files] + [
+        (s["video"], "video", s["start"], "" if s["stop"] is None else s["stop"], s["every"])
+        for s in segs
+    ]
     if not items and not problems:
         raise Dn2Error(f"score --ray: expected images or videos in {list(inputs)}, found none")
     out = Path(out_dir)
@@ -240,20 +243,21 @@ def score_ray(
         started = connect(address, num_cpus=num_cpus)
         try:
             n_actors, remote, threads = pool_args(workers, threads, gpus)
-            ds = path_dataset(
-                {"path": [p for p, _ in items], "kind": [k for _, k in items]}, 4 * batch
-            )
+            cols = dict(zip(("path", "kind", "start", "stop", "every"), zip(*items)))
+            step = 4 * batch  # images in blocks of 4 batches, each video segment a block
+            blocks = [min(step, len(files) - i) for i in range(0, len(files), step)]
+            blocks += [1] * len(segs)
+            ds = path_dataset({c: list(v) for c, v in cols.items()}, blocks)
             ds = ds.map_batches(
                 ScoreActor,
-                batch_size=4 * batch,
+                batch_size=None,  # one block per call
                 compute=actor_pool(n_actors),
                 fn_constructor_kwargs=dict(
                     bundle=bundle,
-                    providers=providers,
+                    providers=actor_providers(providers, gpus),
                     threads=threads,
                     batch=batch,
                     jpeg_draft=jpeg_draft,
-                    stride=int(video_stride),
                 ),
                 batch_format="numpy",
                 **remote,

@@ -254,7 +254,9 @@ def _score_on_ray(a) -> int:
             batch=a.batch,
             providers=a.providers,
             jpeg_draft=a.jpeg_draft,
-            video_stride=a.video_stride,
+            every=a.every,
+            max_frames=a.max_frames,
+            seconds=a.seconds,
             progress=not getattr(a, "quiet", False),
         )
     except Dn2Error as exc:

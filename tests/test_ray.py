@@ -23,7 +23,7 @@ from videos import load_frames, read_video, write_video
 ray = pytest.importorskip("ray", reason="pip install 'dn2[ray]'")
 pq = pytest.importorskip("pyarrow.parquet", reason="pip install 'dn2[ray]'")
 
-from dn2.runtime import fit_cli, score_cli  # noqa: E402
+from dn2.runtime import fit_cli, ray_video, score_cli  # noqa: E402
 from dn2.runtime.detector import Detector  # noqa: E402
 from dn2.runtime.fit import fit_bundle  # noqa: E402
 from dn2.runtime.ray_embed import load_shards  # noqa: E402
@@ -72,6 +72,21 @@ def data(tmp_path_factory, textile_dirs):
         noisy = wide.astype(np.int16) + rng.normal(0, 6, wide.shape).astype(np.int16)
         frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
     video = write_video(d / "line.avi", frames)
+    # the fit video: 40 other normal pieces, each under the camera for 2 frames (near copies,
+    # as a line camera sees them), 16:9, sensor noise, MJPG at 25 fps
+    fit_frames = []
+    for f in load_frames(textile_dirs["nominal"], 40, size=180, start=N_FIT + 30):
+        wide = cv2.resize(f, (320, 180), interpolation=cv2.INTER_LINEAR)
+        for _ in range(2):
+            noisy = wide.astype(np.int16) + rng.normal(0, 6, wide.shape).astype(np.int16)
+            fit_frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
+    fit_video = write_video(d / "fit.avi", fit_frames)
+    few = d / "few"
+    few.mkdir()
+    for p in nominal[N_FIT + 70 : N_FIT + 100]:
+        (few / p.name).symlink_to(p)
+    bad_video = d / "bad.avi"
+    bad_video.write_bytes(b"RIFF not a video at all" * 50)
     listing = d / "score.lst"
     listing.write_text("# held-out normal and defects\n" + "\n".join(held + defects) + "\n")
     return {
@@ -81,6 +96,9 @@ def data(tmp_path_factory, textile_dirs):
         "video": video,
         "list": listing,
         "broken": str(train / "broken.jpg"),
+        "fit_video": fit_video,
+        "few": few,
+        "bad_video": bad_video,
     }
 
 
@@ -138,23 +156,27 @@ def test_fit_ray_matches_local_fit(bundles, data):
     assert np.median(sl[20:]) > np.median(sl[:20])
 
 
-def test_score_ray_parquet_matches_local_scores(bundles, data, tmp_path):
+def test_score_ray_parquet_matches_local_scores(bundles, data, tmp_path, monkeypatch):
     _, remote, _ = bundles
     out = tmp_path / "scores"
+    monkeypatch.setattr(ray_video, "SEGMENT_FRAMES", 3)  # 10 frames: 4 read tasks, 3 seeks
+    inputs = [f"@{data['list']}", data["broken"], str(data["video"]), str(data["bad_video"])]
     s = score_ray(
         remote,
-        [f"@{data['list']}", data["broken"], str(data["video"]), str(tmp_path / "missing.jpg")],
+        inputs + [str(tmp_path / "missing.jpg")],
         out,
         fmt="parquet",
         workers=2,
         progress=False,
     )
-    assert s["actors"] == 2 and s["failed"] == 2  # the truncated JPEG and the missing path
+    assert s["actors"] == 2 and s["failed"] == 3  # the truncated JPEG, bad video, missing path
     rows = pq.read_table(out).to_pylist()
-    assert len(rows) == s["rows"] == 40 + 2 + 10
-    assert all(
-        {"path", "score", "threshold", "anomalous", "error", "frame"} <= set(r) for r in rows
-    )
+    assert len(rows) == s["rows"] == 40 + 3 + 10
+    json_fields = set(Detector.load(remote).score_paths(data["held"][:1])[0].to_dict())
+    assert "norm_score" in json_fields  # every row: the fields of score --json, plus frame
+    assert all(json_fields | {"frame"} <= set(r) for r in rows)
+    bad = [r for r in rows if r["path"] == str(data["bad_video"])]
+    assert len(bad) == 1 and bad[0]["score"] is None and "video" in bad[0]["error"]
     by_path = {r["path"]: r for r in rows if r["frame"] is None}
     det = Detector.load(remote)
     for ref in det.score_paths(data["held"] + data["defects"] + [data["broken"]]):
@@ -169,6 +191,7 @@ def test_score_ray_parquet_matches_local_scores(bundles, data, tmp_path):
     assert [r["frame"] for r in frames] == list(range(10))
     want = det.score_images(read_video(data["video"]))  # the frames as OpenCV decodes them
     np.testing.assert_allclose([r["score"] for r in frames], want, rtol=RTOL)
+    np.testing.assert_allclose([r["norm_score"] for r in frames], want / det.threshold, rtol=RTOL)
 
 
 def test_score_cli_ray_jsonl(bundles, data, tmp_path, capsys):
@@ -184,6 +207,8 @@ def test_score_cli_ray_jsonl(bundles, data, tmp_path, capsys):
             "jsonl",
             "--video-stride",
             "3",
+            "--seconds",
+            "0.3",  # 25 fps: frames 0-7 (7 / 25 < 0.3), of which every 3rd
             "--ray-workers",
             "1",
             "--ray",
@@ -195,9 +220,9 @@ def test_score_cli_ray_jsonl(bundles, data, tmp_path, capsys):
         for f in sorted(out.glob("part-*.jsonl"))
         for ln in f.read_text().splitlines()
     ]
-    assert [r["frame"] for r in lines] == [0, 3, 6, 9]
+    assert [r["frame"] for r in lines] == [0, 3, 6]
     assert all(r["error"] is None and r["score"] > 0 for r in lines)
-    assert "4 rows (4 scored, 0 failed)" in capsys.readouterr().err
+    assert "3 rows (3 scored, 0 failed)" in capsys.readouterr().err
     rc = score_cli.main([str(remote), str(data["video"]), "--ray"])  # no --ray-output
     assert rc == 2 and "--ray-output" in capsys.readouterr().err
 
@@ -250,16 +275,95 @@ def test_fit_ray_refuses_a_non_model_before_starting_actors(data, tmp_path, caps
     assert not (tmp_path / "b").exists()
 
 
-def test_fit_ray_refuses_videos_and_missing_paths(model, data, tmp_path, capsys):
-    """--ray embeds image files; a video (fitted locally) or a missing path is an error up
-    front, before a cluster starts, as in the local fit."""
-    for extra, want in (
-        (str(data["video"]), "without --ray"),
-        (str(tmp_path / "nope"), "no such path"),
-    ):
+def test_fit_ray_refuses_live_sources_and_missing_paths(model, data, tmp_path, capsys):
+    """--ray embeds image and video files; a camera (fitted locally: the workers cannot share
+    it) or a missing path is an error up front, before a cluster starts, as in the local fit."""
+    for extra, want in (("0", "without --ray"), (str(tmp_path / "nope"), "no such path")):
         rc = fit_cli.main(
             [str(model), str(data["train"]), extra, "-o", str(tmp_path / "b"), "-q", "--ray"]
         )
         err = capsys.readouterr().err
         assert rc == 2 and want in err and "Traceback" not in err, err
         assert not (tmp_path / "b").exists()
+
+
+def test_fit_ray_video_matches_local_video_fit(cluster, model, data, tmp_path, monkeypatch):
+    """Images and an MJPG video with noise: the frames (--every 2, --seconds 2.9) read as a
+    Ray dataset in segments decoded by 2 actors; the same frames, colour, blocked hold-out
+    threshold and scores as the local video fit."""
+    inputs = [str(data["few"]), str(data["fit_video"])]
+    opts = dict(every=2, seconds=2.9)  # 25 fps: frames 0, 2, ..., 72 (72 / 25 < 2.9): 37
+    local = fit_bundle(model, tmp_path / "local", images=inputs, progress=False, **opts)
+    monkeypatch.setattr(ray_video, "SEGMENT_FRAMES", 8)  # 37 frames: 5 read tasks
+    rc = fit_cli.main(
+        [
+            str(model),
+            *inputs,
+            "--every",
+            "2",
+            "--seconds",
+            "2.9",
+            "-o",
+            str(tmp_path / "ray"),
+            "--threads",
+            "1",
+            "--ray-workers",
+            "2",
+            "-q",
+            "--ray",
+        ]
+    )
+    assert rc == 0
+    ml = json.loads((local / "dn2.json").read_text())
+    mr = json.loads((tmp_path / "ray" / "dn2.json").read_text())
+    assert (
+        mr["fit"]["streams"]
+        == ml["fit"]["streams"]
+        == [{"source": str(data["fit_video"]), "frames": 37}]
+    )
+    assert mr["fit"]["temporal_frames"] == ml["fit"]["temporal_frames"] == 37
+    assert mr["fit"]["images"] == ml["fit"]["images"] == 30 + 37
+    assert mr["score"] == ml["score"] and mr["fit"]["color"] == ml["fit"]["color"]
+    assert "blocked hold-out" in ml["threshold"]["calibration"]
+    assert mr["threshold"]["calibration"] == ml["threshold"]["calibration"]
+    np.testing.assert_allclose(mr["threshold"]["value"], ml["threshold"]["value"], rtol=RTOL)
+    rl = json.loads((local / "fit_report.json").read_text())
+    rr = json.loads((tmp_path / "ray" / "fit_report.json").read_text())
+    assert rr["kept"] == rl["kept"]  # the same images, then the same frames, in time order
+    assert rl["kept"][30:32] == [f"{data['fit_video']} frame {i}" for i in (0, 2)]
+    frames = read_video(data["video"])  # other normal pieces, and defects
+    defects = [cv2.imread(p) for p in data["defects"][:5]]
+    dl, dr = Detector.load(local), Detector.load(tmp_path / "ray")
+    np.testing.assert_allclose(
+        dr.score_images(frames + defects), dl.score_images(frames + defects), rtol=RTOL
+    )
+
+
+def test_gpu_actors_refused_on_a_cluster_without_gpus(
+    cluster, model, data, bundles, tmp_path, capsys
+):
+    """--ray-gpus (or ray_gpus in a --config file) on a cluster whose resources list no GPU
+    is a clear error naming what was expected and found, before any actor waits for one."""
+    assert "GPU" not in cluster.cluster_resources()
+    rc = fit_cli.main(
+        [str(model), str(data["few"]), "-o", str(tmp_path / "b"), "--ray-gpus", "1", "-q", "--ray"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "expected a Ray cluster with GPUs, found none" in err, err
+    assert "Traceback" not in err and not (tmp_path / "b").exists()
+    cfg = tmp_path / "gpu.toml"
+    cfg.write_text("ray_gpus = 0.5\n")
+    rc = score_cli.main(
+        [
+            str(bundles[1]),
+            str(data["video"]),
+            "--config",
+            str(cfg),
+            "--ray-output",
+            str(tmp_path / "s"),
+            "--ray",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "--ray-gpus 0.5: expected a Ray cluster with GPUs" in err, err
+    assert not list((tmp_path / "s").glob("part-*"))

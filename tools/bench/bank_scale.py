@@ -137,19 +137,51 @@ def recall_at(exact_ids: np.ndarray, approx_ids: np.ndarray) -> float:
     return hits / exact_ids.size
 
 
-def build_hnsw(x: np.ndarray, m: int, efc: int, threads: int, seed: int = 0):
+def index_path(workdir: str, data: str, n: int, dim: int, m: int, efc: int) -> str:
+    return os.path.join(workdir, f"hnsw_{data}_{n}x{dim}_M{m}_efc{efc}.bin")
+
+
+def build_hnsw(x: np.ndarray, m: int, efc: int, threads: int, seed: int = 0, save: str = ""):
+    """HNSW over all rows of ``x``, added in 20 steps with a progress line each. With ``save``
+    the graph is written to ``save + '.partial'`` every 5 steps (a checkpoint: a later run with
+    the same ``save`` resumes from it) and to ``save`` when complete."""
     import hnswlib
 
     index = hnswlib.Index(space="l2", dim=x.shape[1])
-    index.init_index(max_elements=len(x), M=m, ef_construction=efc, random_seed=seed)
+    partial = save + ".partial" if save else ""
+    start = 0
+    if partial and os.path.exists(partial):
+        index.load_index(partial, max_elements=len(x))
+        start = index.get_current_count()
+        say(f"resuming {partial}: {start}/{len(x)} rows already in the graph")
+    else:
+        index.init_index(max_elements=len(x), M=m, ef_construction=efc, random_seed=seed)
     t0 = time.perf_counter()
     step = max(CHUNK, len(x) // 20)
-    for i in range(0, len(x), step):
+    for n_step, i in enumerate(range(start, len(x), step), 1):
         c = np.ascontiguousarray(x[i : i + step])
         index.add_items(c, np.arange(i, i + len(c)), num_threads=threads)
         dt = time.perf_counter() - t0
-        say(f"hnsw M={m} efc={efc}: {i + len(c)}/{len(x)} rows, {(i + len(c)) / dt:.0f} rows/s")
+        done = i + len(c)
+        say(f"hnsw M={m} efc={efc}: {done}/{len(x)} rows, {(done - start) / dt:.0f} rows/s")
+        if partial and n_step % 5 == 0 and done < len(x):
+            index.save_index(partial)
+            say(f"checkpoint {partial} at {done} rows")
+    if save:
+        index.save_index(save)
+        if os.path.exists(partial):
+            os.remove(partial)
+        say(f"saved {save}")
     return index, time.perf_counter() - t0
+
+
+def load_hnsw(path: str, dim: int):
+    """A saved HNSW graph (``--save-index``) for re-measuring recall and latency only."""
+    import hnswlib
+
+    index = hnswlib.Index(space="l2", dim=dim)
+    index.load_index(path)
+    return index
 
 
 def query_rows(index, q, exact_d, exact_i, efs: List[int], k: int = 2) -> List[dict]:
@@ -248,8 +280,22 @@ def main(argv=None) -> int:
         action="store_true",
         help="no HNSW build and no exact ground truth (k-means only)",
     )
+    p.add_argument(
+        "--save-index",
+        action="store_true",
+        help="write each HNSW graph (and checkpoints while building) to --workdir; "
+        "a rerun with the same arguments resumes an unfinished build from its checkpoint",
+    )
+    p.add_argument(
+        "--load-index",
+        default=None,
+        help="a graph saved by --save-index: no build, only recall@2 and latency at --efs "
+        "(needs the bank rows and ground truth the saving run left in --workdir)",
+    )
     p.add_argument("--json", default=None, help="write all rows here too")
     a = p.parse_args(argv)
+    if a.load_index:
+        a.reuse = True
     os.makedirs(a.workdir, exist_ok=True)
     say(
         f"machine: {platform.machine()} cpus {os.cpu_count()} python "
@@ -279,9 +325,20 @@ def main(argv=None) -> int:
     rows = []
     if a.skip_hnsw:
         a.grid = []
+    truth = os.path.join(a.workdir, f"truth_{a.data}_{a.n}x{x.shape[1]}_q{len(q)}.npz")
     t = time.perf_counter()
-    ed, ei = exact_top(x, q) if a.grid else (None, None)
-    exact_s = time.perf_counter() - t
+    if a.reuse and os.path.exists(truth):  # the queries and exact answers of the saving run
+        with np.load(truth, allow_pickle=False) as z:
+            q, ed, ei, exact_s = z["q"], z["d"], z["i"], float(z["seconds"])
+        say(f"ground truth read from {truth}")
+    elif a.load_index:
+        p.error(f"--load-index: no ground truth {truth} (run with --save-index first)")
+    elif a.grid:
+        ed, ei = exact_top(x, q)
+        exact_s = time.perf_counter() - t
+        np.savez(truth, q=q, d=ed, i=ei, seconds=exact_s)
+    else:
+        ed, ei, exact_s = None, None, 0.0
     say(
         f"exact ground truth: {exact_s:.1f} s for {len(q)} queries "
         f"({exact_s / len(q) * 1e3:.1f} ms/query batched); {_mem()}"
@@ -292,9 +349,29 @@ def main(argv=None) -> int:
         "data": a.data,
         "exact_batched_ms_per_query": round(exact_s / len(q) * 1e3, 2) if a.grid else None,
     }
+    if a.load_index:
+        a.grid = []
+        index = load_hnsw(a.load_index, int(x.shape[1]))
+        if index.get_current_count() != len(x):
+            p.error(
+                f"--load-index: {a.load_index} holds {index.get_current_count()} rows, "
+                f"the bank {len(x)}"
+            )
+        for r in query_rows(index, q, ed, ei, a.efs):
+            row = {
+                **base,
+                "M": index.M,
+                "ef_construction": index.ef_construction,
+                "index": a.load_index,
+                **_mem(),
+                **r,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     for g in a.grid:
         m, efc = (int(v) for v in g.split(":"))
-        index, build = build_hnsw(x, m, efc, a.build_threads)
+        save = index_path(a.workdir, a.data, a.n, int(x.shape[1]), m, efc) if a.save_index else ""
+        index, build = build_hnsw(x, m, efc, a.build_threads, save=save)
         mem = _mem()
         say(f"built M={m} efc={efc} in {build:.1f} s; {mem}")
         for r in query_rows(index, q, ed, ei, a.efs):
