@@ -64,7 +64,14 @@ def test_manifest_records_everything(model, data, tmp_path):
     }
     t = m["threshold"]
     assert t["method"] == "fpr" and t["fpr"] == 0.05 and "0.99" in t["quantiles"]
-    assert set(m["files"]) == {"model.onnx", "bank.bin", "fit_report.json"}
+    # the stored normal rows (embeddings.*) are what fit --append refits from
+    assert set(m["files"]) == {
+        "model.onnx",
+        "bank.bin",
+        "fit_report.json",
+        "embeddings.npy",
+        "embeddings.json",
+    }
     assert m["fit"]["images"] == 300 and m["fit"]["dropped"] == 0 and m["group"] is None
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")], "temp dir left behind"
     # the exact bank file is a plain .npy that loads without pickles
