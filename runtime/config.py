@@ -154,6 +154,17 @@ def providers_rule(name: str, v: Any) -> Any:
     raise _bad(name, "'auto', a provider name, a comma-separated string or a list of names", v)
 
 
+def names_rule(name: str, v: Any) -> Any:
+    """None, one name or a list of non-empty names (kept as a tuple)."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = (v,)
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, str) and x.strip() for x in v):
+        return tuple(v)
+    raise _bad(name, "None, a name or a list of non-empty names", v)
+
+
 def hnsw_rule(name: str, v: Any) -> Any:
     if v is None:
         return None
@@ -386,11 +397,24 @@ class WatchConfig(_Config):
         10.0, number(0.05), "longest wait between reconnects (seconds)"
     )
     folder_fps: float = opt(10.0, number(0.0, lo_open=True), "clock of a folder source")
+    connect_timeout: float = opt(
+        30.0, number(0.0, lo_open=True), "live sources not up at start: seconds of retrying"
+    )
+    scores: Optional[str] = opt(
+        None, text(optional=True), "every score to this file (CSV for .csv, else JSON lines)"
+    )
+    force: bool = opt(False, boolean, "replace existing output files / the learn bundle")
+    trusted_key: Optional[str] = opt(
+        None, text(optional=True), "watch only a bundle signed by this public key (PEM)"
+    )
+    camera_id: Optional[Tuple[str, ...]] = opt(
+        None, names_rule, "camera names, one per source (default: from each source)"
+    )
 
     def _check(self) -> None:
         if self.hop is not None and self.group is None:
             raise ConfigError(
                 "hop: expected only together with group M (it is the step "
                 "between scored groups), found hop without group",
-                param="hop",
+                params=("hop", "group"),
             )

@@ -125,6 +125,7 @@ def test_a_bundle_with_a_bad_colour_mode_is_refused(gray_bundles, tmp_path):
 
 
 def test_learn_detects_a_monochrome_camera(lite0_model, textile, tmp_path):
+    from dn2.runtime.config import WatchConfig
     from dn2.runtime.watch.loop import watch
 
     pieces = [cv2.imread(p) for p in textile[500:540]]
@@ -132,8 +133,7 @@ def test_learn_detects_a_monochrome_camera(lite0_model, textile, tmp_path):
     s = watch(
         str(lite0_model),
         str(tmp_path / "cam.avi"),
-        learn="30f",
-        learn_bundle=str(tmp_path / "learned"),
+        WatchConfig(learn="30f", learn_bundle=str(tmp_path / "learned")),
     )
     assert s.frames_read == len(frames) and s.error is None
     assert load_bundle(tmp_path / "learned").manifest["score"]["color"] == "gray"

@@ -11,6 +11,7 @@ import pytest
 
 from dn2.runtime import fit_cli
 from dn2.runtime.bank import build_bank
+from dn2.runtime.config import WatchConfig
 from dn2.runtime.detector import Detector
 from dn2.runtime.dupes import grouped_scores
 from dn2.runtime.threshold import conformal_quantile
@@ -103,7 +104,11 @@ def test_group_bank_from_sliding_windows_alerts_only_on_the_defect_run(
         sigma=0.0,
     )
     ev = root / "g.jsonl"
-    s = watch(str(out), str(video), group=5, hop=1, stride=3, min_consecutive=6, events=str(ev))
+    s = watch(
+        str(out),
+        str(video),
+        WatchConfig(group=5, hop=1, stride=3, min_consecutive=6, events=str(ev)),
+    )
     assert s.error is None
     ends = [
         json.loads(line)
@@ -162,7 +167,7 @@ def test_watch_gives_up_on_a_camera_that_never_comes_up(lite0_model, video_bundl
         watch(
             str(video_bundle.bundle.path),
             "http://127.0.0.1:9/cam.mjpg",
-            connect_timeout=1.5,
+            WatchConfig(connect_timeout=1.5),
             log=logs.append,
         )
     assert sum("retrying in" in m for m in logs) >= 2
@@ -171,7 +176,9 @@ def test_watch_gives_up_on_a_camera_that_never_comes_up(lite0_model, video_bundl
 def test_learn_bundle_keeps_the_threshold_it_watched_with(lite0_model, videos):
     root, train, _ = videos
     s = watch(
-        str(lite0_model), str(train), learn="120f", learn_bundle=str(root / "learned"), stride=3
+        str(lite0_model),
+        str(train),
+        WatchConfig(learn="120f", learn_bundle=str(root / "learned"), stride=3),
     )
     saved = Detector.load(root / "learned", load_model=False)
     assert s.threshold == pytest.approx(saved.threshold, rel=1e-9)

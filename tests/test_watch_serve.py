@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dn2.runtime.config import WatchConfig
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.watch.loop import watch
 
@@ -51,10 +52,12 @@ class Running:
         self.stop = threading.Event()
         self.summary = None
         kw = dict(
-            events=str(tmp / "ev.jsonl"),
-            snapshots=str(tmp / "snaps"),
-            min_consecutive=2,
-            realtime=True,
+            config=WatchConfig(
+                events=str(tmp / "ev.jsonl"),
+                snapshots=str(tmp / "snaps"),
+                min_consecutive=2,
+                realtime=True,
+            ),
             live=self.live,
             stop=self.stop,
         )

@@ -22,6 +22,8 @@ sharing ``alert_id``. Fields::
     first_frame   first frame above the threshold in the opening run
     mode          "frame" | "group"
     source        the source's name
+    camera        the camera's id (only when one watch runs several cameras; alert ids
+                  count per camera, so (run_id, camera, alert_id) is unique)
     (alert_end)   reason ("recovered" | "end_of_stream" | "stopped" | "error"),
                   last_above_frame,
                   duration_s (first above -> decision), decisions (scores seen in the alert)
@@ -157,17 +159,23 @@ def _write_all(fd: int, data: bytes, note, wait_s: float = 0.25) -> bool:
 class Snapshots:
     """Writes peak frames as JPEG into a folder (or does nothing without one).
 
-    Names carry the run id (``<run>_alert00001_start_frame00000123.jpg``), so a second run
-    never overwrites the first run's evidence. A folder removed mid-run is made again; a
+    Names carry the run id (``<run>_alert00001_start_frame00000123.jpg``; with several
+    cameras ``<run>_<camera>_alert...``), so a second run never overwrites the first run's
+    evidence. A folder removed mid-run is made again; a
     snapshot that still cannot be written is reported (:meth:`try_save`), never raised.
     """
 
     def __init__(
-        self, folder: Optional[Union[str, Path]] = None, quality: int = 90, run_id: str = ""
+        self,
+        folder: Optional[Union[str, Path]] = None,
+        quality: int = 90,
+        run_id: str = "",
+        camera: Optional[str] = None,
     ):
         self.folder = Path(folder) if folder else None
         self.quality = int(quality)
-        self.prefix = f"{run_id}_" if run_id else ""
+        # several cameras: <run>_<camera>_alert...
+        self.prefix = "".join(f"{x}_" for x in (run_id, camera) if x)
         self.failed = 0
         self.last_error: Optional[str] = None
         self._last: Optional[tuple] = None  # (alert_id, frame, path): reuse for the same peak
@@ -262,6 +270,7 @@ def event_record(
     clock: str,
     run_id: Optional[str] = None,
     snapshot_error: Optional[str] = None,
+    camera: Optional[str] = None,
 ) -> Dict[str, Any]:
     ev: Dict[str, Any] = {
         "type": "alert_start" if t.kind == "start" else "alert_end",
@@ -283,6 +292,8 @@ def event_record(
         "mode": mode,
         "source": source,
     }
+    if camera is not None:  # several cameras in one watch: which one
+        ev["camera"] = camera
     x = t.peak.extra
     if x:  # patch bundles: where the peak frame's map peaks, and its box over the pixel threshold
         ev.update(peak=x.get("peak"), box=x.get("box"))

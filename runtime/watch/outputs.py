@@ -55,7 +55,13 @@ class Outputs:
         sinks=(),
         scores=None,
         live=None,
+        camera: Optional[str] = None,
+        writer: Optional[EventWriter] = None,
+        live_frames: bool = True,
     ):
+        """With several cameras each has its own Outputs (``camera`` names it in every
+        record, snapshot and window), sharing ``writer``, ``sinks``, ``scores`` and ``live``:
+        those are then closed and reported by the caller, not here."""
         self.threshold, self.mode, self.source_name, self.clock = (
             threshold,
             mode,
@@ -63,16 +69,18 @@ class Outputs:
             clock,
         )
         self.on_event, self.log, self.run_id = on_event, log, run_id
-        self.writer = EventWriter(events)
+        self.camera, self.own, self.live_frames = camera, writer is None, live_frames
+        self.writer = writer if writer is not None else EventWriter(events)
+        self.count = 0  # alert events of this Outputs (its camera's)
         self.sinks = [self.writer, *sinks]
         self.scores, self.live = scores, live
-        self.snaps = Snapshots(snapshots, run_id=run_id)
+        self.snaps = Snapshots(snapshots, run_id=run_id, camera=camera)
         self.video = VideoSink(output_video, video_fps) if output_video else None
         self.video_error: Optional[str] = None
         self.window = None
         if not headless:
             try:
-                self.window = Window(f"dn2-watch {source_name}", on_quit)
+                self.window = Window(f"dn2-watch {camera or source_name}", on_quit)
             except Dn2Error as exc:
                 log(f"{exc}; running headless")
 
@@ -100,12 +108,14 @@ class Outputs:
             self.clock,
             run_id=self.run_id,
             snapshot_error=snap_error,
+            camera=self.camera,
         )
         for sink in self.sinks:
             try:
                 sink.write(ev)
             except Exception as exc:  # noqa: BLE001 - one sink's bug must not stop the others
                 self.log(f"{sink.name} sink: {type(exc).__name__}: {exc}")
+        self.count += 1
         if self.live is not None:
             self.live.event(ev)
         if self.on_event is not None:
@@ -118,6 +128,7 @@ class Outputs:
             "type": ev.get("type", "notice"),
             "run_id": self.run_id,
             "source": self.source_name,
+            **({"camera": self.camera} if self.camera is not None else {}),
             **ev,
         }
         for sink in self.sinks:
@@ -139,7 +150,9 @@ class Outputs:
         """One score (frame or group): the scores file and the live view's history.
         ``map_peak``: the anomaly map's peak, for scorers that make maps."""
         if self.scores is not None:
-            self.scores.row(frame.index, frame.captured, score, state, alert_id, map_peak)
+            self.scores.row(
+                frame.index, frame.captured, score, state, alert_id, map_peak, self.camera
+            )
         if self.live is not None:
             self.live.score(frame.index, frame.captured, score, state)
 
@@ -148,7 +161,7 @@ class Outputs:
     ):
         """``heat``: patch bundles' {"map", "pixel_threshold", "peak", "box"} of the frame,
         drawn under the score overlay."""
-        if self.live is not None:
+        if self.live is not None and self.live_frames:
             self.live.frame(image, score, state, fps, label)
         if not self.draws:
             return
@@ -172,11 +185,13 @@ class Outputs:
         return {s.name: s.backlog() for s in self.sinks[1:]}
 
     def problems(self) -> List[str]:
+        """What could not be written (shared outputs only when this Outputs owns them)."""
         out: List[str] = []
-        for s in self.sinks:
-            out += s.problems()
+        if self.own:
+            for s in self.sinks:
+                out += s.problems()
         out += self.snaps.problems()
-        if self.scores is not None:
+        if self.scores is not None and self.own:
             out += self.scores.problems()
         if self.video_error:
             out.append(self.video_error)
@@ -184,12 +199,12 @@ class Outputs:
 
     def close(self) -> None:
         try:
-            for s in self.sinks:
+            for s in self.sinks if self.own else ():
                 try:
                     s.close()
                 except Exception as exc:  # noqa: BLE001
                     self.log(f"{s.name} sink: closing: {type(exc).__name__}: {exc}")
-            if self.scores is not None:
+            if self.scores is not None and self.own:
                 self.scores.close()
         finally:
             if self.video is not None:
