@@ -51,9 +51,9 @@ def test_snapshots_come_with_an_annotated_copy(scene, tmp_path):
     watch(
         str(bundle),
         str(clip),
-        events=str(tmp_path / "ev.jsonl"),
-        snapshots=str(tmp_path / "snaps"),
-        min_consecutive=2,
+        WatchConfig(
+            events=str(tmp_path / "ev.jsonl"), snapshots=str(tmp_path / "snaps"), min_consecutive=2
+        ),
     )
     ev = lines(tmp_path / "ev.jsonl")
     assert ev and all(e["norm_score"] is None or e["norm_score"] > 0 for e in ev)

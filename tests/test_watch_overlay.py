@@ -39,7 +39,9 @@ def test_overlay_shows_the_normalised_score_beside_the_raw_one(textile_dirs):
     (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
     ref = img.copy()
     cv2.rectangle(ref, (4, 4), (12 + tw, 12 + th), (0, 0, 0), -1)
-    cv2.putText(ref, text, (8, 8 + th), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 255), 1, cv2.LINE_AA)
+    cv2.putText(
+        ref, text, (8, 8 + th), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 255), 1, cv2.LINE_AA
+    )
     assert np.array_equal(out[4 : 13 + th, 4 : 13 + tw], ref[4 : 13 + th, 4 : 13 + tw])
     other = draw(img, 0.0612, 0.0600, "arming", None, "frame 7")  # 1.02x: other pixels
     assert not np.array_equal(other[4 : 13 + th, 4 : 13 + tw], out[4 : 13 + th, 4 : 13 + tw])

@@ -107,7 +107,8 @@ function alerts(list) {
     const s = document.createElement("span");
     s.textContent = a.type.replace("_", " ") + " #" + a.alert_id + " at frame " + a.frame +
       ", peak " + fmt(a.peak_score) +
-      (a.peak_norm_score == null ? "" : " (" + a.peak_norm_score.toFixed(2) + "x)") + (a.reason ? " (" + a.reason + ")" : "");
+      (a.peak_norm_score == null ? "" : " (" + a.peak_norm_score.toFixed(2) + "x)") +
+      (a.reason ? " (" + a.reason + ")" : "");
     li.appendChild(s); ul.appendChild(li);
   }
 }
