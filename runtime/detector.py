@@ -20,6 +20,7 @@ import numpy as np
 
 from .bundle import Bundle, check_model_meta, load_bundle
 from .errors import Dn2Error
+from .progress import Progress
 from .scoring import cov_trace, knn_score, l2normalize, pool
 
 GROUP_STATS = ("knn", "cov_trace")
@@ -210,17 +211,20 @@ class Detector:
         paths = [str(p) for p in paths]
         if self.views:
             return self.view_scorer.score_paths(paths, maps=False)
-        res = self.embedder.embed_paths(paths, progress=progress)
-        scores = self.score_embeddings(res.embeddings) if len(res.paths) else []
-        errors = {}
-        for p, msg in res.errors:
-            errors.setdefault(str(p), str(msg))
-        out, j = [], 0
-        for p in paths:
-            if j < len(res.paths) and str(res.paths[j]) == p:
-                s = float(scores[j])
+        # decode ahead of the model, the kNN of batch i beside the model's batch i + 1
+        scored, errors = {}, {}
+        with Progress(len(paths), "embed", enabled=progress) as bar:
+            for b in self.embedder.run_paths(paths, tail=self.score_embeddings):
+                for p, msg in b.errors:
+                    errors.setdefault(str(p), str(msg))
+                for p, s in zip(b.items, b.output if b.items else ()):
+                    scored.setdefault(p, []).append(float(s))
+                bar.update(len(b.errors) + len(b.items))
+        out = []
+        for p in paths:  # input order; a file named twice gets its two scores in turn
+            if scored.get(p):
+                s = scored[p].pop(0)
                 out.append(ScoreResult(p, s, self.threshold, bool(s > self.threshold)))
-                j += 1
             else:
                 out.append(
                     ScoreResult(

@@ -56,10 +56,12 @@ class Rows:
     history: List[Dict] = field(default_factory=list)
 
     def then(self, new: Rows) -> Rows:
-        """These rows followed by ``new`` (its frame sources and variant origins renumbered)."""
+        """These rows and ``new`` (its frame sources and variant origins renumbered), in the
+        order a fresh fit on both would have: the image rows sorted by name (as a fit sorts
+        the files it finds), then the frames (old sources first), then the camera variants."""
         n = len(self.x)
         base = int(self.segments.max()) + 1 if len(self.segments) else 0
-        return Rows(
+        return Rows._ordered(
             np.vstack([self.x, new.x]).astype(np.float32),
             list(self.names) + list(new.names),
             list(self.hashes) + list(new.hashes),
@@ -68,6 +70,25 @@ class Rows:
             np.concatenate([self.origin, np.where(new.origin >= 0, new.origin + n, -1)]),
             list(self.streams) + list(new.streams),
             list(self.history),
+        )
+
+    @classmethod
+    def _ordered(cls, x, names, hashes, temporal, segments, origin, streams, history) -> Rows:
+        img = np.flatnonzero(~temporal & (origin < 0))
+        img = img[np.argsort(np.asarray([names[i] for i in img], dtype=object), kind="stable")]
+        order = np.concatenate([img, np.flatnonzero(temporal), np.flatnonzero(origin >= 0)])
+        where = np.empty(len(order), np.int64)
+        where[order] = np.arange(len(order))
+        org = origin[order]
+        return cls(
+            x[order],
+            [names[i] for i in order],
+            [hashes[i] for i in order],
+            temporal[order],
+            segments,  # frames keep their relative order
+            np.where(org >= 0, where[np.clip(org, 0, None)], -1),
+            streams,
+            history,
         )
 
     def files(self) -> Dict[str, object]:
