@@ -53,11 +53,11 @@ def test_fit_with_augment_records_it_and_groups_variants(lite0_model, textile, t
         == 0
     )
     m = load_bundle(aug).manifest
-    assert m["fit"]["augment"]["variants"] == 40 and m["fit"]["augment"]["codecs"] == [
+    assert m.fit.augment["variants"] == 40 and m.fit.augment["codecs"] == [
         "MJPG",
         "mp4v",
     ]
-    assert m["bank"]["n"] == 80 and m["threshold"]["n_calibration"] == 80
+    assert m.bank.n == 80 and m.threshold.extra["n_calibration"] == 80
     # each variant is scored without its original: the threshold does not collapse
     assert (
         Detector.load(aug, load_model=False).threshold

@@ -149,7 +149,7 @@ def load_for_watch(bundle, cfg: WatchConfig, log):
     """The detector, its threshold (or the group threshold) and its resize rule."""
     detector = load_detector(bundle, cfg.providers, cfg.threads, cfg.batch, cfg.trusted_key)
     thr = _threshold(detector, cfg.threshold, cfg.group)
-    if detector.manifest["score"].get("jpeg_draft"):
+    if detector.manifest.score.jpeg_draft:
         log(
             "note: this bundle was fitted with --jpeg-draft (JPEG files decoded at "
             "reduced scale); watched frames are decoded at full size, which shifts "
@@ -337,8 +337,8 @@ def _threshold(detector, override: Optional[float], group: Optional[int]) -> flo
                 "--group needs a bundle with a group bank (fit it with "
                 "dn2-fit --group-size M); this bundle has none"
             )
-        g = (getattr(detector, "manifest", None) or {}).get("group") or {}
-        sizes = g.get("sizes") or [None, None]
+        m = getattr(detector, "manifest", None)
+        sizes = (m.group.sizes if m is not None and m.group is not None else None) or (None, None)
         if sizes[0] is not None and sizes[0] == sizes[1] and int(sizes[0]) != int(group):
             raise Dn2Error(
                 f"--group {group}: the bundle's normal groups have {sizes[0]} "
