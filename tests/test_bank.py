@@ -224,3 +224,35 @@ def test_bench_blas_spin_tool_runs_every_variant_and_restores_the_cut(tmp_path, 
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows[1:]] == list(bench_blas_spin.VARIANTS)
     assert bank_mod.SINGLE_THREAD_QUERIES == cut
+
+
+def test_bench_bank_scale_saves_resumes_and_reloads_a_graph(tmp_path, capsys):
+    """bank_scale --save-index writes the graph (resuming an unfinished one from its
+    checkpoint) and --load-index re-measures recall@2 from the saved file, no build."""
+    import json
+
+    import hnswlib
+
+    from dn2.tools.bench import bank_scale as bs
+
+    args = ["--n", "3000", "--dim", "32", "--workdir", str(tmp_path), "--queries", "50"]
+    x = bs.write_bank(str(tmp_path / "bank_mixture_3000.npy"), 3000, bs.MixtureStream(32))
+    part = hnswlib.Index(space="l2", dim=32)  # an interrupted build: the first 1000 rows
+    part.init_index(max_elements=3000, M=8, ef_construction=40, random_seed=0)
+    part.add_items(np.ascontiguousarray(x[:1000]), np.arange(1000), num_threads=1)
+    saved = tmp_path / "hnsw_mixture_3000x32_M8_efc40.bin"
+    part.save_index(str(saved) + ".partial")
+    grid = ["--grid", "8:40", "--efs", "8", "64", "--save-index", "--reuse"]
+    assert bs.main(args + grid) == 0
+    out = capsys.readouterr()
+    built = [json.loads(ln) for ln in out.out.splitlines()]
+    assert "resuming" in out.err and "1000/3000 rows already" in out.err
+    assert saved.exists() and not (tmp_path / (saved.name + ".partial")).exists()
+    assert bs.main(args + ["--efs", "8", "64", "--load-index", str(saved)]) == 0
+    again = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    # the same graph and the same stored queries and ground truth: the same recall
+    assert [r["recall@2"] for r in again] == [r["recall@2"] for r in built]
+    assert again[1]["recall@2"] >= 0.9 and again[0]["M"] == 8  # ef 64 of 3000 rows
+    with pytest.raises(SystemExit):  # no ground truth saved for these queries: refused
+        bs.main(args[:-1] + ["40", "--load-index", str(saved)])
+    assert "no ground truth" in capsys.readouterr().err
