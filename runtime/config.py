@@ -33,6 +33,8 @@ from .errors import ConfigError
 from .modelmeta import ModelSpec  # noqa: F401  (one of the config objects; re-exported)
 
 POOLINGS = ("mean", "max")
+MODES = ("global", "patch", "both")  # which signals decide (patch needs a model with patches)
+COMBINES = ("max", "sum")  # mode both: how the two normalised scores join
 INDEXES = ("auto", "exact", "hnsw")
 THRESHOLD_METHODS = ("fpr", "val-fpr", "youden", "f1")
 KMEANS_BACKENDS = ("auto", "faiss", "sklearn")
@@ -261,6 +263,9 @@ class ScoreConfig(_Config):
     l2norm: bool = opt(True, boolean, "L2-normalise embeddings before the bank and the score")
     jpeg_draft: bool = opt(False, boolean, "decode large JPEGs at 1/2-1/8 scale in libjpeg")
     reduction: str = opt("mean", choice(("mean",)), "how the k distances combine")
+    color: str = opt("color", choice(("gray", "color")), "gray: score every input as gray")
+    mode: str = opt("global", choice(MODES), "which signals decide")
+    combine: str = opt("max", choice(COMBINES), "mode both: how the two normalised scores join")
 
 
 @dataclass(frozen=True)

@@ -81,18 +81,18 @@ class Detector:
         self.bundle = bundle
         m = bundle.manifest
         self.manifest = m
-        self.threshold = float(m["threshold"]["value"])
-        self.k = int(m["score"]["k"])
-        self.l2norm = bool(m["score"]["l2norm"])
-        self.dim = int(m["model"]["dim"])
-        g = m.get("group")
-        self.group_threshold = float(g["threshold"]["value"]) if g else None
-        self.group_cov_trace_threshold = float(g["cov_trace_threshold"]["value"]) if g else None
-        self.pooling = g["pooling"] if g else "mean"
-        self.group_k = int(g["k"]) if g else None
+        self.threshold = m.threshold.value
+        self.k = m.score.k
+        self.l2norm = m.score.l2norm
+        self.dim = m.model.dim
+        g = m.group
+        self.group_threshold = g.threshold.value if g else None
+        self.group_cov_trace_threshold = g.cov_trace_threshold.value if g else None
+        self.pooling = g.pooling if g else "mean"
+        self.group_k = g.k if g else None
         self._embedder = embedder
-        self.views = "signals" in m  # fitted by fit_view_bundle: view / patch / both
-        self.mode = m["score"].get("mode", "global")
+        self.views = m.signals is not None  # fitted by fit_view_bundle: view / patch / both
+        self.mode = m.score.mode
         self._vs = None
 
     @classmethod
@@ -120,8 +120,8 @@ class Detector:
             from .embedder import Embedder
 
             if jpeg_draft is None:
-                jpeg_draft = bool(bundle.manifest["score"].get("jpeg_draft", False))
-            gray = bundle.manifest["score"].get("color") == "gray"
+                jpeg_draft = bundle.manifest.score.jpeg_draft
+            gray = bundle.manifest.score.color == "gray"
             if backend is None:
                 emb = Embedder(
                     str(bundle.model_path),

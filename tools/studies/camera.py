@@ -181,7 +181,7 @@ def fit_from_video(model, work: Path, stills, cond, fit_every, threads, seed, lo
     det = Detector.load(b, threads=threads, load_model=False)
     log(
         f"fit from {name} video ({plan.n_frames} frames, every {fit_every}): threshold "
-        f"{det.threshold:.4g}, colour {det.manifest['score']['color']} "
+        f"{det.threshold:.4g}, colour {det.manifest.score.color} "
         f"({time.monotonic() - t0:.0f} s)"
     )
     return det
@@ -244,11 +244,11 @@ def run(
                 in_defect[r["visible_start"] : r["visible_end"] + 1] = True
             rest = (np.arange(frames) % plan.cycle) >= plan.move_frames - 1
             vid = render(plan, work / f"{name}-{seed}{ext}", fourcc, sig, seed)
-            grays = {d.manifest["score"]["color"] == "gray" for d in here.values()}
+            grays = {d.manifest.score.color == "gray" for d in here.values()}
             emb = {g: embed_video(vid, embedders[g]) for g in grays}
             vid.unlink()
             for key, det in here.items():
-                s = det.score_embeddings(emb[det.manifest["score"]["color"] == "gray"])
+                s = det.score_embeddings(emb[det.manifest.score.color == "gray"])
                 above = s > det.threshold
                 for mc in min_consecutive:
                     al = alerts(s, det.threshold, mc)
