@@ -90,6 +90,20 @@ def test_stage_times_positive_and_e2e_covers_them(report):
         assert g["measured"] == round(by_name[name]["e2e_over_bare_model"], 3)
 
 
+def test_dn2_rows_also_run_the_overlapped_runtime_pipeline(report):
+    for p in report["pipelines"]:
+        if p["kind"] == "torch":  # the reference has no runtime pipeline
+            assert p["overlapped_img_per_s"] is None
+            continue
+        assert p["overlapped_img_per_s"] > 0
+        ratio = p["overlapped_img_per_s"] / p["bare_model_img_per_s"]
+        # rounding of the two img/s figures to 3 decimals is the only difference
+        assert p["overlapped_over_bare_model"] == pytest.approx(ratio, rel=0.02)
+    from dn2.tools.bench.report import format_tables
+
+    assert "overlapped (decode pool, model and kNN" in format_tables(report)
+
+
 def test_flops_match_torch_conv_shapes(report):
     """The ONNX-graph count equals MACs summed over torch Conv2d/Linear forward shapes."""
     import torch

@@ -212,6 +212,16 @@ def format_tables(report: Dict[str, object]) -> str:
         "back to back; e2e/bare: end-to-end img/s over bare model img/s; model GFLOP/s "
         "and % peak: the bare model stage"
     )
+    ovl = [r for r in report["pipelines"] if r.get("overlapped_img_per_s")]
+    if ovl:
+        lines.append(
+            "overlapped (decode pool, model and kNN overlapped as dn2 score runs them): "
+            + ", ".join(
+                f"{r['name']} batch {r['batch']} {r['overlapped_img_per_s']:.2f} img/s = "
+                f"{_f(r.get('overlapped_over_bare_model'), 3)} of bare"
+                for r in ovl
+            )
+        )
     if report.get("agreement"):
         lines += [
             "",
