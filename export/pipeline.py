@@ -19,6 +19,7 @@ from typing import Callable, Dict, Optional
 from dn2.runtime.bundle import sha256_file
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.modelmeta import (
+    K_INT8_CHOICE,
     K_ORT_CONFIG,
     ModelMeta,
     ResizeRule,
@@ -253,6 +254,7 @@ def export_model(
                 )
                 if quant["ort_session_config"]:
                     extra[K_ORT_CONFIG] = json.dumps(quant["ort_session_config"], sort_keys=True)
+                extra[K_INT8_CHOICE] = json.dumps(quant["choice"], sort_keys=True)
                 if patches:
                     quant["patches"] = verify_patches_against(
                         str(tmp_fp32),
@@ -266,8 +268,10 @@ def export_model(
                     )
                 kernels = "exact" if quant["ort_session_config"] else "default"
                 detail = (
-                    f"int8 QDQ ({quant['int8_convs']} convs int8, {quant['float_convs']} "
-                    f"float, {kernels} onnxruntime kernels) vs fp32: min cosine photos "
+                    f"int8 {quant['choice']['settings']} ({quant['int8_convs']} convs int8, "
+                    f"{quant['float_convs']} float, {kernels} onnxruntime kernels) vs fp32: "
+                    f"margins cosine {quant['choice']['margin']['cosine']:+.4f}, kNN Spearman "
+                    f"{quant['choice']['margin']['knn_spearman']:+.3f}; min cosine photos "
                     f"{quant['photos']['min_cosine']:.4f}, calib "
                     f"{quant['calib']['min_cosine']:.4f}, kNN Spearman "
                     f"{quant['knn_spearman']:.3f}"

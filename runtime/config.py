@@ -33,6 +33,8 @@ from .errors import ConfigError
 from .modelmeta import ModelSpec  # noqa: F401  (one of the config objects; re-exported)
 
 POOLINGS = ("mean", "max")
+MODES = ("global", "patch", "both")  # which signals decide (patch needs a model with patches)
+COMBINES = ("max", "sum")  # mode both: how the two normalised scores join
 INDEXES = ("auto", "exact", "hnsw")
 THRESHOLD_METHODS = ("fpr", "val-fpr", "youden", "f1")
 KMEANS_BACKENDS = ("auto", "faiss", "sklearn")
@@ -261,6 +263,9 @@ class ScoreConfig(_Config):
     l2norm: bool = opt(True, boolean, "L2-normalise embeddings before the bank and the score")
     jpeg_draft: bool = opt(False, boolean, "decode large JPEGs at 1/2-1/8 scale in libjpeg")
     reduction: str = opt("mean", choice(("mean",)), "how the k distances combine")
+    color: str = opt("color", choice(("gray", "color")), "gray: score every input as gray")
+    mode: str = opt("global", choice(MODES), "which signals decide")
+    combine: str = opt("max", choice(COMBINES), "mode both: how the two normalised scores join")
 
 
 @dataclass(frozen=True)
@@ -329,9 +334,10 @@ class FitConfig(_Config):
     )
     augment_copies: int = opt(1, integer(1), "variants per normal image with augment camera")
     augment_into: str = opt(
-        "both",
+        "bank",
         choice(("both", "bank", "calibration")),
-        "where the camera variants go: the bank and the calibration, or only one of them",
+        "where the camera variants go: the bank (default), the bank and the calibration, "
+        "or the calibration only",
     )
     seed: int = opt(0, integer(0), "seed of k-means, groups and folds")
     batch: int = opt(8, integer(1), "images per inference batch")
@@ -347,7 +353,7 @@ class FitConfig(_Config):
             raise ConfigError(
                 f"kmeans {self.kmeans}: expected at least k={self.k} centres", param="kmeans"
             )
-        if self.augment_into != "both" and self.kmeans is not None:
+        if self.augment != "none" and self.augment_into != "both" and self.kmeans is not None:
             raise ConfigError(
                 f"augment_into {self.augment_into!r}: expected 'both' with a k-means bank "
                 "(its calibration holds out folds of the bank's own images), found kmeans",

@@ -41,6 +41,8 @@ from .fitparts import (
     select_l2norm,
     validation_embeddings,
 )
+from .manifest import BankRef, Manifest, ModelRef, Threshold
+from .manifest_fit import FitRecord, StoredEmbeddings
 from .paths import regular_file
 from .scoring import clean as clean_embeddings
 from .scoring import knn_score, loo_kmeans_scores
@@ -315,8 +317,8 @@ def fit_bundle(
         )
         say(
             progress,
-            f"groups: {group['n_groups']} windows of {group_size} consecutive "
-            f"frames, threshold {group['threshold']['value']:.6g}",
+            f"groups: {group.n_groups} windows of {group_size} consecutive "
+            f"frames, threshold {group.threshold.value:.6g}",
         )
     elif group_size or group_dirs:
         group, gbank, greport = group_section(
@@ -335,45 +337,35 @@ def fit_bundle(
         )
 
     n_frames = 0 if temporal is None else int(temporal.sum())
-    manifest = {
-        "model": {
-            "arch": meta.arch,
-            "weights": meta.weights,
-            "input": meta.input_size,
-            "dim": meta.dim,
-            "precision": meta.precision,
-        },
-        "bank": {"contents": "kmeans-centres" if kmeans is not None else "embeddings"},
-        "fit": {
-            "config": cfg.to_dict(),
-            "images": int(len(x)),
-            "kept": int(in_bank.sum()),
-            "failed": len(failed),
-            "dropped": int((~keep).sum()),
-            "cleaned_fraction": float(clean),
-            "kmeans": km_info,
-            "seed": int(seed),
-            "index": index,
-            "source": source or _source_name(images, streams, n_frames, len(x)),
-            "l2norm_selection": selection,
-            "color": colour,
-            "duplicates": dups,
-            "streams": streams,
-            "every": int(every),
-            "temporal_frames": n_frames,
-            "augment": aug_info,
-            "embeddings": rows.info(),
-        },
-        "score": {
-            "k": k,
-            "reduction": "mean",
-            "l2norm": bool(l2norm),
-            "jpeg_draft": bool(jpeg_draft),
-            "color": colour["mode"],
-        },
-        "threshold": threshold,
-        "group": group,
-    }
+    manifest = Manifest(
+        model=ModelRef.of_meta(meta),
+        bank=BankRef(contents="kmeans-centres" if kmeans is not None else "embeddings"),
+        score=cfg.score_config(l2norm=bool(l2norm)).replace(color=colour["mode"]),
+        threshold=Threshold.of(threshold),
+        group=group,
+        fit=FitRecord(
+            config=cfg,
+            images=int(len(x)),
+            kept=int(in_bank.sum()),
+            failed=len(failed),
+            dropped=int((~keep).sum()),
+            source=source or _source_name(images, streams, n_frames, len(x)),
+            color=colour,
+            duplicates=dups,
+            augment=aug_info,
+            kmeans=km_info,
+            l2norm_selection=selection,
+            embeddings=StoredEmbeddings(**rows.info()),
+            extra={
+                "cleaned_fraction": float(clean),
+                "seed": int(seed),
+                "index": index,
+                "streams": streams,
+                "every": int(every),
+                "temporal_frames": n_frames,
+            },
+        ),
+    )
     report = {
         "kept": [names[i] for i in np.flatnonzero(in_bank)],
         "dropped": [

@@ -56,10 +56,12 @@ class Rows:
     history: List[Dict] = field(default_factory=list)
 
     def then(self, new: Rows) -> Rows:
-        """These rows followed by ``new`` (its frame sources and variant origins renumbered)."""
+        """These rows and ``new`` (its frame sources and variant origins renumbered), in the
+        order a fresh fit on both would have: the image rows sorted by name (as a fit sorts
+        the files it finds), then the frames (old sources first), then the camera variants."""
         n = len(self.x)
         base = int(self.segments.max()) + 1 if len(self.segments) else 0
-        return Rows(
+        return Rows._ordered(
             np.vstack([self.x, new.x]).astype(np.float32),
             list(self.names) + list(new.names),
             list(self.hashes) + list(new.hashes),
@@ -68,6 +70,25 @@ class Rows:
             np.concatenate([self.origin, np.where(new.origin >= 0, new.origin + n, -1)]),
             list(self.streams) + list(new.streams),
             list(self.history),
+        )
+
+    @classmethod
+    def _ordered(cls, x, names, hashes, temporal, segments, origin, streams, history) -> Rows:
+        img = np.flatnonzero(~temporal & (origin < 0))
+        img = img[np.argsort(np.asarray([names[i] for i in img], dtype=object), kind="stable")]
+        order = np.concatenate([img, np.flatnonzero(temporal), np.flatnonzero(origin >= 0)])
+        where = np.empty(len(order), np.int64)
+        where[order] = np.arange(len(order))
+        org = origin[order]
+        return cls(
+            x[order],
+            [names[i] for i in order],
+            [hashes[i] for i in order],
+            temporal[order],
+            segments,  # frames keep their relative order
+            np.where(org >= 0, where[np.clip(org, 0, None)], -1),
+            streams,
+            history,
         )
 
     def files(self) -> Dict[str, object]:
@@ -95,12 +116,13 @@ class Rows:
         }
 
     @classmethod
-    def load(cls, bundle: Path, section: Dict, dim: int) -> Rows:
+    def load(cls, bundle: Path, ref, dim: int) -> Rows:
+        """From the bundle's files named by ``ref`` (a manifest ``StoredEmbeddings``)."""
         where = f"bundle {bundle}: fit.embeddings"
-        x = np.load(bundle / section["file"], allow_pickle=False)
+        x = np.load(bundle / ref.file, allow_pickle=False)
         if x.ndim != 2 or x.shape[1] != dim or x.dtype != np.float32:
             raise Dn2Error(f"{where}: expected float32 [N, {dim}], found {x.dtype} {x.shape}")
-        rows = json.loads((bundle / section["rows"]).read_text(encoding="utf-8"))
+        rows = json.loads((bundle / ref.rows).read_text(encoding="utf-8"))
         n = len(x)
         temporal = np.asarray(rows.get("temporal", []), bool)
         segs = np.asarray(rows.get("segments", []), np.int64)
@@ -109,7 +131,7 @@ class Rows:
         if not (len(names) == len(hashes) == len(temporal) == len(origin) == n) or len(segs) != int(
             temporal.sum()
         ):
-            raise Dn2Error(f"{where}: expected one record per row of {section['file']} ({n})")
+            raise Dn2Error(f"{where}: expected one record per row of {ref.file} ({n})")
         return cls(
             x,
             [str(s) for s in names],
@@ -118,7 +140,7 @@ class Rows:
             segs,
             origin,
             list(rows.get("streams", [])),
-            list(section.get("appended", [])),
+            list(ref.appended),
         )
 
 
@@ -187,22 +209,22 @@ def _drop_known(prior: Rows, new: Rows, n_failed: int, say) -> Rows:
     )
 
 
-def _refuse(m: Dict, where: str) -> None:
-    ps = (m.get("signals") or {}).get("patch")
-    mode = m["score"].get("mode")
-    if ps is not None or mode not in (None, "global") or m.get("view"):
+def _refuse(m, where: str) -> None:
+    """``m``: the bundle's Manifest."""
+    mode = m.score.mode
+    if m.patch is not None or mode != "global" or m.view is not None:
         raise Dn2Error(
             f"{where}: expected a global-mode bundle for --append, found a "
             f"{mode or 'patch'}-mode / whole-frame-view bundle (its patch bank is not "
             "rebuilt from stored embeddings); refit it with dn2 fit --mode ... on all "
             "the normal images"
         )
-    if (m.get("group") or {}).get("source") == "dirs":
+    if m.group is not None and m.group.source == "dirs":
         raise Dn2Error(
             f"{where}: expected a bundle without --group-dirs groups for --append, found "
             "groups from group folders (not stored); refit with the new images"
         )
-    if not (m.get("fit") or {}).get("embeddings"):
+    if m.fit.embeddings is None or m.fit.config is None:
         raise Dn2Error(
             f"{where}: expected the normal embeddings stored at fit (manifest "
             "fit.embeddings), found none: the bundle was fitted by an older dn2 or from "
@@ -256,11 +278,10 @@ def append_bundle(
             "with --output NEW and sign that",
             param="key",
         )
-    fit = m["fit"]
-    stored = dict(fit["config"])
-    stored.update(color=fit["color"], l2norm=bool(m["score"]["l2norm"]), **run_options)
-    cfg = FitConfig.from_mapping(stored, where=f"{where}: fit.config")
-    prior = Rows.load(src, fit["embeddings"], int(m["model"]["dim"]))
+    stored = m.fit.config.to_dict()
+    stored.update(color=dict(m.fit.color or {}) or m.score.color, l2norm=m.score.l2norm)
+    cfg = FitConfig.from_mapping(dict(stored, **run_options), where=f"{where}: fit.config")
+    prior = Rows.load(src, m.fit.embeddings, m.model.dim)
     entry = {
         "inputs": [str(i) for i in images] if images is not None else ["embeddings"],
         "rows_before": len(prior.x),

@@ -295,6 +295,7 @@ def window_section(
     """(group manifest section, group bank) from sliding windows of consecutive frames."""
     from . import groups as G
     from .bank import build_bank
+    from .manifest import GroupCalib, Threshold
     from .threshold import conformal_quantile, quantile_table
     from .watch.learn import BLOCKS, blocked_scores
 
@@ -309,29 +310,34 @@ def window_section(
     th = conformal_quantile(calib, fpr)
     members = [np.arange(i, i + int(size)) for i in range(0, len(xt) - int(size) + 1)]
     traces = G.cov_traces(xt, members)
-    section = {
-        "size": int(size),
-        "pooling": "mean",
-        "source": "windows",
-        "n_groups": len(windows),
-        "k": gk,
-        "seed": int(seed),
-        "l2norm_per_image": bool(l2norm),
-        "sizes": [int(size), int(size)],
-        "threshold": {
-            "value": th["value"],
-            "method": "fpr",
-            "fpr": fpr,
-            "quantiles": quantile_table(calib),
-            "conformal": th,
-            "calibration": f"blocked hold-out of windows ({BLOCKS} time blocks)",
-            "n_calibration": int(calib.size),
-        },
-        "cov_trace_threshold": {
-            "value": conformal_quantile(traces, fpr)["value"],
-            "method": "fpr",
-            "fpr": fpr,
-            "quantiles": quantile_table(traces),
-        },
-    }
+    section = GroupCalib(
+        pooling="mean",
+        k=gk,
+        size=int(size),
+        sizes=(int(size), int(size)),
+        n_groups=len(windows),
+        source="windows",
+        threshold=Threshold.of(
+            {
+                "value": th["value"],
+                "method": "fpr",
+                "fpr": fpr,
+                "quantiles": quantile_table(calib),
+                "conformal": th,
+                "calibration": f"blocked hold-out of windows ({BLOCKS} time blocks)",
+                "n_calibration": int(calib.size),
+            },
+            "group.threshold",
+        ),
+        cov_trace_threshold=Threshold.of(
+            {
+                "value": conformal_quantile(traces, fpr)["value"],
+                "method": "fpr",
+                "fpr": fpr,
+                "quantiles": quantile_table(traces),
+            },
+            "group.cov_trace_threshold",
+        ),
+        extra={"seed": int(seed), "l2norm_per_image": bool(l2norm)},
+    )
     return section, build_bank(windows, index)

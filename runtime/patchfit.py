@@ -36,15 +36,25 @@ import numpy as np
 
 from .bank import build_bank
 from .bundle import write_bundle
+from .config import COMBINES, MODES, ScoreConfig
 from .coreset import StreamingCoreset
 from .errors import Dn2Error
+from .manifest import (
+    BankRef,
+    GlobalSignal,
+    Manifest,
+    ModelRef,
+    PatchSignal,
+    Signals,
+    Threshold,
+)
+from .manifest_fit import FitRecord
 from .patchscore import SIGMA, PatchScorer, cell_scores, frame_map, patch_rows, reduce_cells
 from .scoring import l2normalize
 from .threshold import conformal_quantile, quantile_table
 from .viewembed import ViewEmbedder
 from .views import View
 
-MODES = ("global", "patch", "both")
 DEFAULTS = {
     "bank_size": 4096,
     "per_image": 512,
@@ -190,14 +200,13 @@ def fit_view_bundle(
         gscores = reduce_cells(loo_by_image(x, image_of, k).reshape(n, t_in), "max")
         gthr = conformal_quantile(gscores, fpr)
         gbank = build_bank(x, index)
-        sections: Dict = {
-            "global": {
-                "k": k,
-                "l2norm": bool(l2norm),
-                "inputs_per_image": t_in,
-                "threshold": dict(gthr, fpr=fpr, quantiles=quantile_table(gscores)),
-            }
-        }
+        glob = GlobalSignal(
+            k=k,
+            l2norm=bool(l2norm),
+            inputs_per_image=t_in,
+            threshold=Threshold.of(dict(gthr, fpr=fpr, quantiles=quantile_table(gscores))),
+        )
+        patch = None
         patch_bank, pinfo = None, None
         if use_patch:
             t1 = time.perf_counter()
@@ -230,19 +239,25 @@ def fit_view_bundle(
                 "bank_seconds": round(t_bank, 2),
                 "fit_seconds": round(t_fit, 2),
             }
-            sections["patch"] = {
+            calibration = f"{folds}-fold by image: scored against the other folds' patch pools"
+            patch = PatchSignal(
                 **PatchScorer(patch_bank, patch_k, reduction, topk, SIGMA).params(),
-                "compression": "greedy-coreset",
-                "per_image": per_image,
-                "bank_size": int(len(bank_rows)),
-                "layers": emb.patch_spec["layers"],
-                "channels": emb.patch_spec["channels"],
-                "grid": emb.patch_spec["grid"],
-                "threshold": dict(pthr, fpr=fpr, quantiles=quantile_table(pscores[calibrated])),
-                "pixel_threshold": dict(pix, fpr=fpr, what="map maximum of held-out normal images"),
-                "calibration": f"{folds}-fold by image: scored against the other folds' "
-                f"patch pools",
-            }
+                threshold=Threshold.of(
+                    dict(pthr, fpr=fpr, quantiles=quantile_table(pscores[calibrated]))
+                ),
+                pixel_threshold=Threshold.of(
+                    dict(pix, fpr=fpr, what="map maximum of held-out normal images")
+                ),
+                extra={
+                    "compression": "greedy-coreset",
+                    "per_image": per_image,
+                    "bank_size": int(len(bank_rows)),
+                    "layers": emb.patch_spec["layers"],
+                    "channels": emb.patch_spec["channels"],
+                    "grid": emb.patch_spec["grid"],
+                    "calibration": calibration,
+                },
+            )
             _say(
                 progress,
                 f"patch bank: {len(bank_rows)} rows x {bank_rows.shape[1]} "
@@ -259,11 +274,7 @@ def fit_view_bundle(
                 calibration=f"{combine_rule} of the two normalised held-out scores",
             )
         elif mode == "patch":
-            thr = dict(
-                sections["patch"]["threshold"],
-                method="fpr",
-                calibration=sections["patch"]["calibration"],
-            )
+            thr = patch.threshold.replace(method="fpr", calibration=calibration).to_dict()
         else:
             thr = dict(
                 gthr,
@@ -272,42 +283,30 @@ def fit_view_bundle(
                 quantiles=quantile_table(gscores),
                 calibration="leave-one-out by image",
             )
-    meta = emb.meta
-    manifest = {
-        "model": {
-            "arch": meta.arch,
-            "weights": meta.weights,
-            "input": meta.input_size,
-            "dim": meta.dim,
-            "precision": meta.precision,
-        },
-        "bank": {"contents": "embeddings" if t_in == 1 else "view-input-embeddings"},
-        "fit": {
-            "images": n,
-            "kept": n,
-            "failed": len(failed),
-            "dropped": 0,
-            "cleaned_fraction": 0.0,
-            "kmeans": None,
-            "seed": int(seed),
-            "index": index,
-            "source": "images",
-            "embed_seconds": round(t_embed, 2),
-            **({"patch": pinfo} if pinfo else {}),
-        },
-        "score": {
-            "k": k,
-            "reduction": "mean",
-            "l2norm": bool(l2norm),
-            "jpeg_draft": bool(jpeg_draft),
-            "mode": mode,
-            "combine": combine_rule,
-        },
-        "view": view.to_dict(),
-        "signals": sections,
-        "threshold": thr,
-        "group": None,
-    }
+    manifest = Manifest(
+        model=ModelRef.of_meta(emb.meta),
+        bank=BankRef(contents="embeddings" if t_in == 1 else "view-input-embeddings"),
+        score=ScoreConfig(
+            k=k, l2norm=bool(l2norm), jpeg_draft=bool(jpeg_draft), mode=mode, combine=combine_rule
+        ),
+        view=view,
+        signals=Signals(glob=glob, patch=patch),
+        threshold=Threshold.of(thr),
+        fit=FitRecord(
+            images=n,
+            kept=n,
+            failed=len(failed),
+            dropped=0,
+            source="images",
+            extra={
+                "cleaned_fraction": 0.0,
+                "seed": int(seed),
+                "index": index,
+                "embed_seconds": round(t_embed, 2),
+                **({"patch": pinfo} if pinfo else {}),
+            },
+        ),
+    )
     report = {
         "kept": names,
         "dropped": [],
@@ -320,9 +319,6 @@ def fit_view_bundle(
         progress, f"bundle written: {out} (mode {mode}, view {view}, threshold {thr['value']:.6g})"
     )
     return out
-
-
-COMBINES = ("max", "sum")
 
 
 def calibrated_both(

@@ -201,7 +201,7 @@ def score_ray(
         raise Dn2Error(f"--ray-format: expected parquet or jsonl, found {fmt!r}")
     check_stream_args([], every, max_frames, seconds)
     bundle = str(Path(bundle).resolve())
-    threshold = float(load_bundle(bundle).manifest["threshold"]["value"])  # validates it here
+    threshold = load_bundle(bundle).manifest.threshold.value  # validates it here
     videos, rest = split_videos(expand_inputs(inputs))
     files, problems = find_images(rest) if rest else ([], [])
     segs, bad = plan_segments(videos, every=every, max_frames=max_frames, seconds=seconds)

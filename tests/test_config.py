@@ -67,6 +67,9 @@ def test_watch_and_score_configs():
         "l2norm": True,
         "jpeg_draft": False,
         "reduction": "mean",
+        "color": "color",
+        "mode": "global",
+        "combine": "max",
     }
     assert FitConfig(k=5, l2norm="auto").score_config(l2norm=False) == ScoreConfig(
         k=5, l2norm=False
@@ -112,9 +115,10 @@ def test_fit_bundle_takes_a_config_or_the_old_keywords(tmp_path):
     )
     b = fit_bundle(model, tmp_path / "b", images=imgs, k=3, fpr=0.1, progress=False, threads=1)
     ma, mb = load_bundle(a).manifest, load_bundle(b).manifest
-    assert ma["threshold"]["value"] == mb["threshold"]["value"]
-    assert ma["score"]["k"] == 3 and ma["fit"]["config"]["fpr"] == 0.1
-    assert FitConfig.from_mapping(ma["fit"]["config"]) == FitConfig(k=3, fpr=0.1, threads=1)
+    assert ma.threshold.value == mb.threshold.value
+    assert ma.score.k == 3 and ma.fit_config.fpr == 0.1
+    assert ma.fit_config == FitConfig(k=3, fpr=0.1, threads=1)
+    assert FitConfig.from_mapping(ma.fit_config.to_dict()) == ma.fit_config
     with pytest.raises(ConfigError, match=r"unknown option 'kay'") as err:
         fit_bundle(model, tmp_path / "c", images=imgs, kay=3)
     assert err.value.param == "kay" and not (tmp_path / "c").exists()

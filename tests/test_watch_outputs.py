@@ -43,6 +43,30 @@ def test_scene_alerts_once_per_stain(scene, tmp_path):
     assert {e["run_id"] for e in ev} == {s.run_id} and s.unwritten == []
 
 
+def test_snapshots_come_with_an_annotated_copy(scene, tmp_path):
+    import cv2
+    import numpy as np
+
+    bundle, clip = scene
+    watch(
+        str(bundle),
+        str(clip),
+        WatchConfig(
+            events=str(tmp_path / "ev.jsonl"), snapshots=str(tmp_path / "snaps"), min_consecutive=2
+        ),
+    )
+    ev = lines(tmp_path / "ev.jsonl")
+    assert ev and all(e["norm_score"] is None or e["norm_score"] > 0 for e in ev)
+    for e in ev:
+        assert e["peak_norm_score"] == pytest.approx(e["peak_score"] / e["threshold"], rel=1e-5)
+        assert e["peak_norm_score"] > 1.0  # an alert's peak is above the threshold
+        raw, ann = cv2.imread(e["snapshot"]), cv2.imread(e["snapshot_annotated"])
+        assert ann is not None and ann.shape == raw.shape
+        # the overlay is drawn over the raw frame: the header box (black) and the alert border
+        assert ann[6:12, 6:40].mean() < raw[6:12, 6:40].mean() - 20
+        assert np.abs(ann[:, 0].astype(int) - (0, 0, 255)).max() < 60  # red border, JPEG'd
+
+
 def test_scores_file_csv_and_jsonl(scene, tmp_path):
     bundle, clip = scene
     s = watch(

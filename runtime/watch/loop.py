@@ -73,7 +73,8 @@ def watch(
     the first frames (see :mod:`dn2.runtime.watch.learn`) and the watch goes on with it.
     Events go to ``config.events`` (JSON lines), peak frames to ``snapshots``, the annotated
     stream to ``output_video``. ``on_event(event_dict)`` sees each event as it is written,
-    ``on_score(frame, timestamp, score)`` every frame (or group) score, ``config.scores`` (a
+    ``on_score(frame, timestamp, score)`` every frame (or group) score (several cameras:
+    ``on_score(frame, timestamp, score, camera)``), ``config.scores`` (a
     file, ``-`` for stdout) gets one row per score (:mod:`dn2.runtime.watch.sinks.scores`);
     ``sinks`` are extra event sinks (MQTT, webhook: :mod:`dn2.runtime.watch.sinks`), ``live``
     a status server's state (:mod:`dn2.runtime.watch.serve`). Every run has a ``run_id`` (in
@@ -148,7 +149,7 @@ def load_for_watch(bundle, cfg: WatchConfig, log):
     """The detector, its threshold (or the group threshold) and its resize rule."""
     detector = load_detector(bundle, cfg.providers, cfg.threads, cfg.batch, cfg.trusted_key)
     thr = _threshold(detector, cfg.threshold, cfg.group)
-    if detector.manifest["score"].get("jpeg_draft"):
+    if detector.manifest.score.jpeg_draft:
         log(
             "note: this bundle was fitted with --jpeg-draft (JPEG files decoded at "
             "reduced scale); watched frames are decoded at full size, which shifts "
@@ -336,8 +337,8 @@ def _threshold(detector, override: Optional[float], group: Optional[int]) -> flo
                 "--group needs a bundle with a group bank (fit it with "
                 "dn2-fit --group-size M); this bundle has none"
             )
-        g = (getattr(detector, "manifest", None) or {}).get("group") or {}
-        sizes = g.get("sizes") or [None, None]
+        m = getattr(detector, "manifest", None)
+        sizes = (m.group.sizes if m is not None and m.group is not None else None) or (None, None)
         if sizes[0] is not None and sizes[0] == sizes[1] and int(sizes[0]) != int(group):
             raise Dn2Error(
                 f"--group {group}: the bundle's normal groups have {sizes[0]} "

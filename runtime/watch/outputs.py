@@ -96,7 +96,7 @@ class Outputs:
         return self.video is not None or self.window is not None
 
     def transition(self, t: Transition) -> Dict[str, Any]:
-        snapshot, snap_error = self.snaps.try_save(t)
+        snapshot, snap_error = self.snaps.try_save(t, self.threshold)
         if snap_error:
             self.log(f"{snap_error}; the event is written without it")
         ev = event_record(

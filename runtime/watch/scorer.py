@@ -76,12 +76,11 @@ class Scorer:
         self.log, self.on_score = log, on_score
         self.last_score: Optional[float] = None
         self.last = None  # the last frame scored
-        q = ((getattr(detector, "manifest", None) or {}).get("threshold") or {}).get(
-            "quantiles"
-        ) or {}
+        m = getattr(detector, "manifest", None)
+        median = m.threshold.median if m is not None else None
         from .drift import DriftCheck
 
-        self.drift = None if group else DriftCheck(decider.threshold, q.get("0.5"), out.source_name)
+        self.drift = None if group else DriftCheck(decider.threshold, median, out.source_name)
 
     def compute(self, frames):
         """One model call for ``frames`` (of one camera or several): (embeddings or None,

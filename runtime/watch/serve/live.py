@@ -148,6 +148,13 @@ class Live:
             "score": latest[1]
             if latest and latest[1] is not None and math.isfinite(latest[1])
             else None,
+            "norm_score": latest[1] / self.threshold
+            if latest
+            and latest[1] is not None
+            and math.isfinite(latest[1])
+            and math.isfinite(self.threshold)
+            and self.threshold > 0
+            else None,
             "source_state": self.source_state(),
             "sink_backlog": backlog,
             "history": hist,
@@ -172,6 +179,7 @@ def _public(ev: Dict[str, Any]) -> Dict[str, Any]:
             "timestamp",
             "clock",
             "peak_score",
+            "peak_norm_score",
             "threshold",
             "reason",
         )
