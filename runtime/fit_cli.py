@@ -266,7 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # fit_bundle's parameter names that differ from the option names (for --config and errors)
-PARAMS = {"model_path": "model", "images": "normal", "n_groups": "groups"}
+PARAMS = {
+    "model_path": "model",
+    "images": "normal",
+    "n_groups": "groups",
+    "combine_rule": "combine",
+}
 
 
 def _view_fit(a) -> Optional[str]:
