@@ -232,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
         "threshold, the bank keeps the stills)",
     )
     p.add_argument(
+        "--near-copy-ratio",
+        type=float,
+        default=FitConfig.near_copy_ratio,
+        metavar="R",
+        help="images whose embeddings are closer than R x the set's median pair distance "
+        "are near copies, calibrated as one group (default %(default)g; 0: exact copies only)",
+    )
+    p.add_argument(
         "--every",
         type=int,
         default=1,
