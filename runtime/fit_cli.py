@@ -31,7 +31,7 @@ from .cliargs import (
 from .config import FitConfig
 from .errors import Dn2Error
 from .fit_append_cli import add_append_args, run_append
-from .ray_inputs import add_ray_args, ray_address
+from .ray_inputs import RAY_PARAMS, add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
 from .threshold import METHODS
 
@@ -279,6 +279,7 @@ PARAMS = {
     "images": "normal",
     "n_groups": "groups",
     "combine_rule": "combine",
+    **RAY_PARAMS,
 }
 
 
