@@ -6,9 +6,13 @@ independent Gaussian and Poisson (shot) noise per channel (the sensor), then a r
 through OpenCV's real video writers, MJPG and mp4v alternating: their BGR -> YUV conversion,
 4:2:0 chroma subsampling, DCT quantisation and (mp4v) motion-compensated blur — not only
 ``cv2.imencode``, which keeps a gray image gray and so never shows the model the colour cast a
-real video path makes. The variants' embeddings join the bank; each variant is calibrated in
-the duplicate group of its original (``dn2.runtime.dupes``), so an image and its variant never
-vouch for each other. Seeded; the settings are recorded in the manifest (``fit.augment``).
+real video path makes. The variants' embeddings join the bank (``augment_into="bank"``, the
+default: the threshold stays the one the stills calibrate), or the bank and the calibration
+("both": each variant is calibrated in the duplicate group of its original,
+``dn2.runtime.dupes``, so an image and its variant never vouch for each other; the variants'
+higher scores raise the threshold), or only the calibration. Measured (BENCHMARKS.md "Camera
+path"): "both" cost 14-23 points of defect recall, "bank" 0-3. Seeded; the settings are
+recorded in the manifest (``fit.augment``).
 """
 
 from __future__ import annotations

@@ -335,9 +335,10 @@ class FitConfig(_Config):
     )
     augment_copies: int = opt(1, integer(1), "variants per normal image with augment camera")
     augment_into: str = opt(
-        "both",
+        "bank",
         choice(("both", "bank", "calibration")),
-        "where the camera variants go: the bank and the calibration, or only one of them",
+        "where the camera variants go: the bank (default), the bank and the calibration, "
+        "or the calibration only",
     )
     near_copy_ratio: float = opt(
         NEAR_RATIO,
@@ -359,7 +360,7 @@ class FitConfig(_Config):
             raise ConfigError(
                 f"kmeans {self.kmeans}: expected at least k={self.k} centres", param="kmeans"
             )
-        if self.augment_into != "both" and self.kmeans is not None:
+        if self.augment != "none" and self.augment_into != "both" and self.kmeans is not None:
             raise ConfigError(
                 f"augment_into {self.augment_into!r}: expected 'both' with a k-means bank "
                 "(its calibration holds out folds of the bank's own images), found kmeans",

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import fit_append as FA
-from .bank import HNSW_DEFAULTS, build_bank
+from .bank import build_bank, hnsw_params
 from .bundle import check_output, write_bundle
 from .config import FitConfig
 from .dupes import find_duplicates, grouped_scores
@@ -240,7 +240,7 @@ def fit_bundle(
     in_bank = keep & ~variant if into == "calibration" else keep
     scored = ~variant if into == "bank" else np.ones(len(x), bool)
     xk = x[in_bank]
-    hnsw = dict(HNSW_DEFAULTS, **(hnsw or {}))
+    hnsw = dict(hnsw_params(len(xk) if kmeans is None else kmeans), **(hnsw or {}))
     bank = build_bank(xk, index, **hnsw) if kmeans is None else None
     if temporal is None:
         labels, dups = find_duplicates(

@@ -5,6 +5,8 @@
             [--no-l2norm | --l2norm-select] [--jpeg-draft] [--threads N] [--providers ...]
             [--val-normal ...] [--val-anomalous ...]
 
+    dn2-fit --append BUNDLE NEW... [--output OUT] [--key PRIVATE.pem]   (dn2.runtime.fit_append)
+
 NORMAL: image files, folders (recursive) or globs. Bad files are skipped, listed and counted.
 
 Exit codes: 0 bundle written (skipped bad files, if any, are listed on stderr); 2 nothing
@@ -214,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="camera: add variants of every normal image made the way a camera "
         "path changes it (real MJPG / mp4v round trips, per-channel sensor "
         "noise, a few %% of scale, brightness, contrast; seeded) to the bank "
-        "and the calibration (default none; BENCHMARKS.md 'Camera path')",
+        "(--augment-into; default none; BENCHMARKS.md 'Camera path')",
     )
     p.add_argument(
         "--augment-copies",
@@ -226,10 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--augment-into",
         choices=("both", "bank", "calibration"),
-        default="both",
-        help="with --augment camera: the variants join the bank and the calibration "
-        "(both, default), only the bank, or only the calibration (they raise the "
-        "threshold, the bank keeps the stills)",
+        default="bank",
+        help="with --augment camera: the variants join only the bank (default: camera "
+        "frames find their neighbours, the threshold stays the stills' own), the bank "
+        "and the calibration (both: a higher threshold, less recall), or only the "
+        "calibration (BENCHMARKS.md 'Camera path')",
     )
     p.add_argument(
         "--near-copy-ratio",

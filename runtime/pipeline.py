@@ -42,6 +42,7 @@ class Batch:
     items: List[Any]  # the items that loaded, in input order
     output: Any  # tail(model(stack of their loads)); None when no item of the batch loaded
     errors: List[Tuple[Any, str]] = field(default_factory=list)  # (item, why) before/in it
+    order: List[bool] = field(default_factory=list)  # input order: True an item, False an error
 
 
 def _safe(load: Callable, item) -> Tuple[Any, Optional[np.ndarray], Optional[str]]:
@@ -70,20 +71,24 @@ def prefetched(items: Iterable, load: Callable, workers: int, window: int) -> It
             yield res
 
 
-def _batches(items, load, batch, workers, ahead):
-    """(good items, their loads, errors) per batch of ``batch`` good items, in order."""
-    good, xs, errs = [], [], []
+def _batches(items, load, batch, workers, ahead, size):
+    """(good items, their loads, errors, order) per batch of ``batch`` good items (or items
+    whose ``size`` adds up to at least ``batch``), in input order."""
+    good, xs, errs, order, n = [], [], [], [], 0
     for item, x, err in prefetched(items, load, workers, ahead * batch):
         if err is not None:
             errs.append((item, err))
+            order.append(False)
             continue
         good.append(item)
         xs.append(x)
-        if len(good) == batch:
-            yield good, xs, errs
-            good, xs, errs = [], [], []
+        order.append(True)
+        n += size(x) if size else 1
+        if n >= batch:
+            yield good, xs, errs, order
+            good, xs, errs, order, n = [], [], [], [], 0
     if good or errs:
-        yield good, xs, errs
+        yield good, xs, errs, order
 
 
 def overlapped(
@@ -94,18 +99,19 @@ def overlapped(
     batch: int = 8,
     workers: int = 2,
     ahead: int = 2,
+    size: Optional[Callable[[Any], int]] = None,
+    collate: Callable[[List], Any] = np.stack,
 ) -> Iterator[Batch]:
-    """See the module doc."""
+    """See the module doc. ``size(x)``: how many model inputs one load holds (a frame cut
+    into tiles), so a batch holds about ``batch`` inputs; ``collate(loads)`` makes the model's
+    argument (default ``np.stack``)."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, found {batch}")
     tail = tail or (lambda y: y)
 
-    def run(xs):
-        return tail(model(np.stack(xs))) if xs else None
-
     if workers == 0:
-        for good, xs, errs in _batches(items, load, batch, 0, ahead):
-            yield Batch(good, run(xs), errs)
+        for good, xs, errs, order in _batches(items, load, batch, 0, ahead, size):
+            yield Batch(good, tail(model(collate(xs))) if xs else None, errs, order)
         return
     stop = threading.Event()
     to_tail: queue.Queue = queue.Queue(maxsize=1)  # the model runs at most 1 batch ahead
@@ -122,11 +128,11 @@ def overlapped(
 
     def model_stage():
         try:
-            for good, xs, errs in _batches(items, load, batch, workers, ahead):
+            for good, xs, errs, order in _batches(items, load, batch, workers, ahead, size):
                 if stop.is_set():
                     return
-                y = model(np.stack(xs)) if xs else None
-                if not put(to_tail, (good, y, errs)):
+                y = model(collate(xs)) if xs else None
+                if not put(to_tail, (good, y, errs, order)):
                     return
             put(to_tail, _END)
         except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
@@ -141,13 +147,13 @@ def overlapped(
             if v is _END or isinstance(v, BaseException):
                 put(out, v)
                 return
-            good, y, errs = v
+            good, y, errs, order = v
             try:
                 z = tail(y) if y is not None else None
             except BaseException as exc:  # noqa: BLE001
                 put(out, exc)
                 return
-            if not put(out, Batch(good, z, errs)):
+            if not put(out, Batch(good, z, errs, order)):
                 return
 
     threads = [

@@ -125,3 +125,25 @@ def test_errors_reach_the_caller_and_leaving_early_stops_the_threads(files):
     it.close()  # the caller stops after one batch
     names = {t.name for t in threading.enumerate()}
     assert "dn2-model" not in names and "dn2-tail" not in names
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_tiled_views_keep_order_and_errors_with_the_decode_pool(files, batch):
+    """Frames cut into 2x2 tiles: a batch holds about ``batch`` model inputs (tiles), the
+    items keep input order with the bad files' errors in place, and the numbers are those of
+    the caller-thread path."""
+    from dn2.runtime.viewembed import ViewEmbedder
+    from dn2.runtime.views import View
+
+    model, paths, bad = files
+    view = View.parse("tiles=2x2")
+    ovl = list(ViewEmbedder(Embedder(model, batch_size=batch), view, patches=False).paths(paths))
+    seq = ViewEmbedder(Embedder(model, batch_size=batch, decode_workers=0), view, patches=False)
+    seq = list(seq.paths(paths))
+    assert [i.name for i in ovl] == [i.name for i in seq] == paths
+    assert [i.name for i in ovl if i.error] == [p for p in paths if p in bad]
+    for a, b in zip(ovl, seq):
+        if a.error is None:
+            assert a.embeddings.shape == (4, b.embeddings.shape[1]) and a.rects == b.rects
+            # the same batches through the same session (float32 round-off only)
+            np.testing.assert_allclose(a.embeddings, b.embeddings, rtol=1e-6, atol=1e-7)

@@ -73,7 +73,8 @@ def watch(
     the first frames (see :mod:`dn2.runtime.watch.learn`) and the watch goes on with it.
     Events go to ``config.events`` (JSON lines), peak frames to ``snapshots``, the annotated
     stream to ``output_video``. ``on_event(event_dict)`` sees each event as it is written,
-    ``on_score(frame, timestamp, score)`` every frame (or group) score, ``config.scores`` (a
+    ``on_score(frame, timestamp, score)`` every frame (or group) score (several cameras:
+    ``on_score(frame, timestamp, score, camera)``), ``config.scores`` (a
     file, ``-`` for stdout) gets one row per score (:mod:`dn2.runtime.watch.sinks.scores`);
     ``sinks`` are extra event sinks (MQTT, webhook: :mod:`dn2.runtime.watch.sinks`), ``live``
     a status server's state (:mod:`dn2.runtime.watch.serve`). Every run has a ``run_id`` (in

@@ -5,8 +5,9 @@
 
 Fits bundles on the first ``--train`` textile stills (conformal-clip-data, gray pieces) —
 ``colour`` (``--color color``), ``default`` (the gray bank of ``--color auto``), ``augment``
-(``--augment camera``: variants join the bank and the calibration), ``augment-bank`` /
-``augment-calib`` (``--augment-into bank | calibration``) — and ``video``: per condition, a
+(``--augment camera --augment-into both``: variants join the bank and the calibration),
+``augment-bank`` / ``augment-calib`` (``--augment-into bank | calibration``), ``fpr005`` /
+``augment-bank-fpr005`` (the same at ``--fpr 0.005``) — and ``video``: per condition, a
 bundle fitted the way the README tells users, from a video of the ``--train`` pieces passing
 the camera, rendered through the same writer and noise as the watched line (every
 ``--fit-every``-th frame; blocked hold-out calibration). Renders the demo's production line
@@ -43,7 +44,10 @@ CONDITIONS = [
 BUNDLES = {
     "colour": ("colour, no augment", dict(color="color")),
     "default": ("gray (default)", dict()),
-    "augment": ("gray + augment camera", dict(augment="camera")),
+    "augment": (
+        "augment, bank and calibration",
+        dict(augment="camera", augment_into="both"),
+    ),
     "augment-bank": ("augment, bank only", dict(augment="camera", augment_into="bank")),
     "augment-calib": (
         "augment, calibration only",

@@ -44,7 +44,13 @@ LITE_SETTINGS = (
     Int8Settings(float_first=1),
     Int8Settings(float_last=2),
     Int8Settings(float_first=8),
+    Int8Settings(float_first=12),
+    Int8Settings(float_first=16),
+    Int8Settings(reduce_range=True, calibration="percentile"),
     Int8Settings(reduce_range=True, float_first=8),
+    Int8Settings(reduce_range=True, float_first=12),
+    Int8Settings(reduce_range=True, float_first=16),
+    Int8Settings(reduce_range=True, float_first=24),
     Int8Settings(weights="u8", float_first=8),
 )
 RESNET_SETTINGS = (
