@@ -72,7 +72,7 @@ def watch_many(
     check_options(cfg)
     ids = camera_ids(sources, cfg.camera_id)
     for cid in ids:
-        check_new_output(per_camera_path(cfg.output_video, cid), "--output-video", cfg.force)
+        check_new_output(per_camera_path(cfg.output_video, cid), "output_video", cfg.force)
     stop = stop or threading.Event()
     run_id = run_id or new_run_id()
     halt, ready = threading.Event(), threading.Event()
