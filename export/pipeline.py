@@ -19,6 +19,7 @@ from typing import Callable, Dict, Optional
 from dn2.runtime.bundle import sha256_file
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.modelmeta import (
+    K_INT8_CHOICE,
     K_ORT_CONFIG,
     ModelMeta,
     ResizeRule,
@@ -49,7 +50,8 @@ def _check_output(output: Path) -> None:
     parent = output.parent
     if output.is_dir():
         raise Dn2Error(
-            f"--output {output} is a folder; expected a file name such as {output / 'model.onnx'}"
+            f"output {output} is a folder; expected a file name such as {output / 'model.onnx'}",
+            param="output",
         )
     if parent.exists() and not parent.is_dir():
         raise Dn2Error(f"cannot write {output}: {parent} is a file, not a folder")
@@ -61,14 +63,17 @@ def _check_output(output: Path) -> None:
 
 def _check_args(precision: str, input_size: int, opset: int) -> None:
     if precision not in PRECISIONS:
-        raise Dn2Error(f"precision {precision!r} unknown; valid: {', '.join(PRECISIONS)}")
+        raise Dn2Error(
+            f"precision {precision!r} unknown; valid: {', '.join(PRECISIONS)}", param="precision"
+        )
     if not MIN_INPUT_SIZE <= int(input_size) <= MAX_INPUT_SIZE:
         raise Dn2Error(
-            f"input size {input_size} out of range; expected "
-            f"{MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels"
+            f"input_size {input_size} out of range; expected "
+            f"{MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels",
+            param="input_size",
         )
     if not 13 <= int(opset) <= 21:
-        raise Dn2Error(f"opset {opset} unsupported; expected 13..21 (default 18)")
+        raise Dn2Error(f"opset {opset} unsupported; expected 13..21 (default 18)", param="opset")
 
 
 def _calibration(calib: Optional[str], size: int, log: Callable[[str], None]):
@@ -198,7 +203,7 @@ def export_model(
             t,
             f"torch vs onnxruntime on {verified['n']} images: max-abs "
             f"{verified['max_abs']:.2e} ({verified['max_abs_rel']:.1e} rel), "
-            f"min cosine {verified['min_cosine']:.6f}"
+            f"min cosine {verified['min_cosine']:.6f}, kNN Spearman {verified['knn_spearman']:.4f}"
             + (f"; patches min cosine {verified['patches']['min_cosine']:.6f}" if patches else ""),
         )
 
@@ -224,7 +229,8 @@ def export_model(
                 quant = quantize.verify_fp16(str(tmp_fp32), str(tmp_final), names, images)
                 detail = (
                     f"fp16 vs fp32 on {quant['n']} images: max-abs rel "
-                    f"{quant['max_abs_rel']:.1e}, min cosine {quant['min_cosine']:.5f}"
+                    f"{quant['max_abs_rel']:.1e}, min cosine {quant['min_cosine']:.5f}, "
+                    f"kNN Spearman {quant['knn_spearman']:.4f}"
                 )
                 if patches:
                     quant["patches"] = verify_patches_against(
@@ -253,6 +259,7 @@ def export_model(
                 )
                 if quant["ort_session_config"]:
                     extra[K_ORT_CONFIG] = json.dumps(quant["ort_session_config"], sort_keys=True)
+                extra[K_INT8_CHOICE] = json.dumps(quant["choice"], sort_keys=True)
                 if patches:
                     quant["patches"] = verify_patches_against(
                         str(tmp_fp32),
@@ -266,8 +273,10 @@ def export_model(
                     )
                 kernels = "exact" if quant["ort_session_config"] else "default"
                 detail = (
-                    f"int8 QDQ ({quant['int8_convs']} convs int8, {quant['float_convs']} "
-                    f"float, {kernels} onnxruntime kernels) vs fp32: min cosine photos "
+                    f"int8 {quant['choice']['settings']} ({quant['int8_convs']} convs int8, "
+                    f"{quant['float_convs']} float, {kernels} onnxruntime kernels) vs fp32: "
+                    f"margins cosine {quant['choice']['margin']['cosine']:+.4f}, kNN Spearman "
+                    f"{quant['choice']['margin']['knn_spearman']:+.3f}; min cosine photos "
                     f"{quant['photos']['min_cosine']:.4f}, calib "
                     f"{quant['calib']['min_cosine']:.4f}, kNN Spearman "
                     f"{quant['knn_spearman']:.3f}"

@@ -1,62 +1,59 @@
 """fp16 conversion and int8 static quantization of a verified fp32 dn2 model, each verified
 against the fp32 reference before it may be written.
 
-int8: onnxruntime ``quantize_static``, QDQ, per-channel int8 weights, uint8 activations, MinMax
-calibration. Measured on this 2-core AVX2 machine (no VNNI), min cosine to fp32 over the 16
-sample photos, efficientnet_lite0 (real weights) / resnet101 (random weights):
-
-  all convs int8, default session                         0.69  / 0.992
-  all convs int8, session.x64quantprecision=1             0.92  / 0.992
-  + reduce_range (7-bit weights), default session         0.86  / -
-  first 8 convs kept float, x64quantprecision=1           0.988 / -
-  first 8 convs kept float, reduce_range, default         0.972 / -
-  first 12 convs kept float, x64quantprecision=1          0.992 / -
+int8: onnxruntime ``quantize_static`` with the settings ``DEFAULT_INT8``
+(``dn2.export.int8config.Int8Settings``: format, weight type, per-channel, 7-bit weights,
+symmetric activations, calibration method, convs kept in float), chosen by measurement
+(``python -m dn2.tools.studies.int8``, BENCHMARKS.md "int8 on a CPU without VNNI").
 
 AVX2 without VNNI multiplies u8 x s8 pairs into saturating int16 (``vpmaddubsw``);
-onnxruntime's ``session.x64quantprecision=1`` selects exact kernels, but they are slower:
-the bare resnet101 int8 model at batch 8 on 2 threads ran 12.06 img/s with them and 17.03
-img/s without in two dn2-bench runs (onnxruntime 1.32, this machine, quiet; BENCHMARKS.md).
-So each attempt first tries the default session, and only when that misses the gate retries
-with the exact kernels, which are then written into the model metadata
-(``dn2.ort_session_config``) for the runtime to apply. The default session is only trusted on
-a CPU whose default kernels saturate (x86 with AVX2 and no VNNI): a model verified there is
-verified for the worst case, while one verified on a VNNI CPU could still saturate on an older
-box, so elsewhere the exact kernels are always asked for. ResNet101 passes with the default
-kernels; EfficientNet-Lite does not. The remaining error of EfficientNet-Lite sits in its first
-blocks (narrow linear bottlenecks whose per-tensor activation ranges differ a lot between
-channels), so the quantizer keeps a growing prefix of convolutions in float until the gate
-passes. A prefix, not a hand-picked set: keeping single depthwise convs in the middle in float
-measured *worse* with onnxruntime's optimised kernels (0.87) than its exact QDQ semantics
-promise (0.995), while a float prefix (one float->int8 boundary) runs as the QDQ semantics say.
+onnxruntime's ``session.x64quantprecision=1`` selects exact kernels, but they are slower.
+The gate tries a fixed plan (``attempt_plan``): the default (fast) session with a growing
+prefix of convolutions kept in float, then the exact kernels with the same prefixes; the
+first attempt whose min cosine and kNN rank agreement reach the gate's int8 tolerances is
+kept. The default session is only trusted on a CPU whose default kernels saturate (x86 with
+AVX2 and no VNNI: a model verified there is verified for the worst case) or for settings that
+cannot saturate; elsewhere only the exact kernels are tried. Same fp32 model, same calibration
+images, same CPU: the same plan and the same measurements, hence the same choice. The choice,
+its cosine and rank agreement and their margins over the tolerances are printed, written to
+the export report (``quantize.choice``) and to the model metadata (``dn2.int8_choice``); exact
+kernels, when chosen, go into ``dn2.ort_session_config`` for the runtime to apply.
+
+A float prefix, not a hand-picked set: keeping single depthwise convs in the middle of
+EfficientNet-Lite in float measured worse with onnxruntime's optimised kernels (0.87) than its
+exact QDQ semantics promise (0.995), while a float prefix (one float->int8 boundary) runs as
+the QDQ semantics say.
 """
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from dn2.runtime.scoring import loo_knn_scores
 
-from .gate import spearman  # noqa: F401  (the gate's rank correlation; used below)
+from .gate import INT8_TARGET_RANK, TOLERANCES, Tolerance, spearman
+from .int8config import Int8Settings, conv_names, quantize_with
 from .verify import (
-    FP16_MAX_ABS_REL,
-    FP16_MIN_COSINE,
     INT8_MIN_COSINE,
     INT8_MIN_SPEARMAN,
     VerificationError,
-    check,
     compare,
+    gated,
     ort_embed,
 )
 
 ORT_INT8_CONFIG = {"session.x64quantprecision": "1"}
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "avx_vnni_int8", "amx_int8")
 FLOAT_PREFIXES = (0, 4, 8, 12, 16, 24, 32)  # leading convs kept in float, tried in this order
+# The settings the gate tries first (fast kernels), and its last resort (exact kernels); why
+# these: BENCHMARKS.md "int8 on a CPU without VNNI" (python -m dn2.tools.studies.int8).
+DEFAULT_INT8 = Int8Settings(reduce_range=True)
+FALLBACK_INT8 = Int8Settings()
 MIN_CALIB = 4  # kNN rank agreement needs a few images; int8 ranges from fewer are guesswork
 KNN_K = 2  # the paper's k (section 4.6 uses k=2)
 
@@ -73,10 +70,18 @@ def to_fp16(src: str, dst: str) -> None:
     onnx.save(half, str(dst))
 
 
-def verify_fp16(fp32_path: str, fp16_path: str, names: Sequence[str], images: np.ndarray) -> Dict:
+def verify_fp16(
+    fp32_path: str,
+    fp16_path: str,
+    names: Sequence[str],
+    images: np.ndarray,
+    tolerance: Optional[Tolerance] = None,
+) -> Dict:
+    """fp16 vs the verified fp32 model on ``images``: cosine, max-abs error and the kNN-score
+    rank agreement of the fp16 table entry (``tolerance`` overrides it); raises or reports."""
     ref = ort_embed(fp32_path, images)
     out = ort_embed(fp16_path, images)
-    return check(compare(ref, out, names), "fp16 vs fp32", FP16_MAX_ABS_REL, FP16_MIN_COSINE)
+    return gated(ref, out, names, "fp16 vs fp32", tolerance or TOLERANCES["fp16"])
 
 
 def default_int8_kernels_saturate(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -102,64 +107,69 @@ def knn_scores(emb: np.ndarray, k: int = KNN_K) -> np.ndarray:
     return loo_knn_scores(emb, k)
 
 
-def _float_only_nodes(model) -> List[str]:
-    """Names of the preprocessing nodes (cast, BGR swap, normalise) before the first Conv."""
-    names = []
-    for node in model.graph.node:
-        if node.op_type == "Conv":
-            break
-        names.append(node.name)
-    return names
+def attempt_plan(n_convs: int, saturating: bool) -> List[Tuple[Int8Settings, Dict[str, str]]]:
+    """The gate's attempts, in the order tried; the first that passes is kept.
+
+    ``DEFAULT_INT8`` on the default (fast) kernels with a growing float prefix
+    (``FLOAT_PREFIXES``); then, as the last resort, ``FALLBACK_INT8`` (full 8-bit weights) on
+    the exact kernels with the same prefixes. The default session is trusted only where it is
+    the worst case (a CPU whose default kernels saturate) or for settings that cannot saturate
+    at all; otherwise those attempts run on the exact kernels. A fixed list: the same model,
+    calibration images and CPU always give the same choice (no timing, no randomness)."""
+    prefixes = [k for k in FLOAT_PREFIXES if k <= n_convs * 3 // 4] or [0]
+    exact = dict(ORT_INT8_CONFIG)
+    first = {} if saturating or DEFAULT_INT8.saturation_free else exact
+    plan = [(DEFAULT_INT8.with_float(k), dict(first)) for k in prefixes]
+    return plan + [(FALLBACK_INT8.with_float(k), dict(exact)) for k in prefixes]
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over a uint8 image array."""
+def images_digest(images: np.ndarray) -> str:
+    """sha256 of the calibration images as the quantizer sees them (order included)."""
+    import hashlib
 
-    def __init__(self, images: np.ndarray, batch: int = 4):
-        self.batches = [images[i : i + batch] for i in range(0, len(images), batch)]
-        self.i = 0
-
-    def get_next(self):
-        if self.i >= len(self.batches):
-            return None
-        self.i += 1
-        return {"images": self.batches[self.i - 1]}
-
-    def __len__(self):
-        return len(self.batches)
+    h = hashlib.sha256(str(images.shape).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    return h.hexdigest()
 
 
-def _quantize(src: str, dst: str, images: np.ndarray, exclude: List[str], cache: Path) -> None:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
+def _choice(
+    settings: Int8Settings,
+    config: Dict[str, str],
+    min_cos: float,
+    rho: float,
+    index: int,
+    n_attempts: int,
+    digest: str,
+) -> Dict[str, object]:
+    """What the gate kept and by how much it passed: the export report's and the metadata's."""
+    return {
+        "settings": settings.label(),
+        "quantizer": settings.to_json(),
+        "kernels": "exact" if config else "default",
+        "ort_session_config": dict(config),
+        "min_cosine": round(min_cos, 5),
+        "knn_spearman": round(rho, 5),
+        "margin": {
+            "cosine": round(min_cos - INT8_MIN_COSINE, 5),
+            "knn_spearman": round(rho - INT8_MIN_SPEARMAN, 5),
+        },
+        "tolerance": {"min_cosine": INT8_MIN_COSINE, "min_knn_spearman": INT8_MIN_SPEARMAN},
+        "target_knn_spearman": INT8_TARGET_RANK,
+        "target_met": bool(rho >= INT8_TARGET_RANK),
+        "attempt": index + 1,
+        "attempts_planned": n_attempts,
+        "calib_sha256": digest,
+    }
+
+
+def describe_choice(choice: Dict[str, object]) -> str:
+    m = choice["margin"]
+    return (
+        f"int8 choice: {choice['settings']} on {choice['kernels']} onnxruntime kernels, "
+        f"min cosine {choice['min_cosine']:.4f} (margin {m['cosine']:+.4f}), kNN Spearman "
+        f"{choice['knn_spearman']:.3f} (margin {m['knn_spearman']:+.3f}); attempt "
+        f"{choice['attempt']} of {choice['attempts_planned']}"
     )
-
-    reader = type("Reader", (_Reader, CalibrationDataReader), {})(images)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # "consider pre-processing" notices; our graph is already clean
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_static(
-                str(src),
-                str(dst),
-                reader,
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=False,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=exclude,
-                calibrate_method=CalibrationMethod.MinMax,
-                calibration_cache_path=str(cache),
-            )
-    finally:
-        root.setLevel(level)
 
 
 def quantize_int8(
@@ -179,77 +189,104 @@ def quantize_int8(
             f"int8 calibration needs at least {MIN_CALIB} images, found {len(calib)}"
         )
     model = onnx.load(str(fp32_path), load_external_data=False)
-    pre = _float_only_nodes(model)
-    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    n_convs = len(conv_names(model))
     ref_photos, ref_calib = ort_embed(fp32_path, photos), ort_embed(fp32_path, calib)
     knn_ref = knn_scores(ref_calib)
-    tried = []
-    configs = ([{}] if default_int8_kernels_saturate() else []) + [dict(ORT_INT8_CONFIG)]
+    saturating = default_int8_kernels_saturate()
+    plan = attempt_plan(n_convs, saturating)
+    digest = images_digest(calib)
+    tried: List[Dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="dn2-int8-") as tmp:
-        cache = Path(tmp) / "calibration.json"  # ranges measured once, reused for each attempt
-        for n_float in [k for k in FLOAT_PREFIXES if k <= len(convs) * 3 // 4] or [0]:
-            _quantize(fp32_path, dst, calib, pre + convs[:n_float], cache)
-            for config in configs:
-                out_photos = ort_embed(dst, photos, config)
-                out_calib = ort_embed(dst, calib, config)
-                on_photos = compare(ref_photos, out_photos, photo_names)
-                on_calib = compare(ref_calib, out_calib, calib_names)
-                rho = spearman(knn_ref, knn_scores(out_calib))
-                attempt = {
-                    "float_convs": n_float,
-                    "int8_convs": len(convs) - n_float,
-                    "ort_session_config": config,
-                    "photos": on_photos,
-                    "calib": on_calib,
-                    "knn_spearman": rho,
-                }
-                tried.append(attempt)
-                min_cos = min(on_photos["min_cosine"], on_calib["min_cosine"])
-                log(
-                    f"int8 with first {n_float}/{len(convs)} convs in float, "
-                    f"{'exact' if config else 'default'} kernels: min cosine {min_cos:.4f} "
-                    f"(photos {on_photos['min_cosine']:.4f}, calib "
-                    f"{on_calib['min_cosine']:.4f}), kNN Spearman {rho:.3f}"
-                )
-                if min_cos >= INT8_MIN_COSINE and rho >= INT8_MIN_SPEARMAN:
-                    break
-            else:
-                continue
-            default = (
-                on_photos
-                if not config
-                else compare(ref_photos, ort_embed(dst, photos), photo_names)
+        made = [None]  # the settings dst currently holds; ranges are measured once (cached)
+
+        def make(settings: Int8Settings) -> None:
+            if settings != made[0]:
+                quantize_with(fp32_path, dst, calib, settings, Path(tmp))
+                made[0] = settings
+
+        def measure(settings: Int8Settings, config: Dict[str, str]) -> Dict[str, object]:
+            make(settings)
+            on_photos = compare(ref_photos, ort_embed(dst, photos, config), photo_names)
+            out_calib = ort_embed(dst, calib, config)
+            on_calib = compare(ref_calib, out_calib, calib_names)
+            rho = spearman(knn_ref, knn_scores(out_calib))
+            min_cos = min(on_photos["min_cosine"], on_calib["min_cosine"])
+            log(
+                f"int8 {settings.label()} (first {settings.float_first}/{n_convs} convs in "
+                f"float), {'exact' if config else 'default'} kernels: min cosine {min_cos:.4f} "
+                f"(photos {on_photos['min_cosine']:.4f}, calib {on_calib['min_cosine']:.4f}), "
+                f"kNN Spearman {rho:.3f}"
             )
             return {
-                "method": "onnxruntime quantize_static QDQ, per-channel s8 weights, "
-                "u8 activations, MinMax",
-                "calib_images": len(calib),
-                "float_convs": n_float,
-                "int8_convs": len(convs) - n_float,
+                "settings": settings,
+                "config": config,
+                "min_cosine": min_cos,
+                "knn_spearman": rho,
                 "photos": on_photos,
                 "calib": on_calib,
-                "knn_spearman": rho,
-                "ort_session_config": dict(config),
-                "default_kernels_saturate": not configs[0],
-                "photos_default_session": default,
-                "tolerance": {"min_cosine": INT8_MIN_COSINE, "min_knn_spearman": INT8_MIN_SPEARMAN},
-                "attempts": [
-                    {
-                        k: v
-                        for k, v in a.items()
-                        if k in ("float_convs", "knn_spearman", "ort_session_config")
-                    }
-                    | {"min_cosine": min(a["photos"]["min_cosine"], a["calib"]["min_cosine"])}
-                    for a in tried
-                ],
-                "passed": True,
+                "passed": min_cos >= INT8_MIN_COSINE and rho >= INT8_MIN_SPEARMAN,
+                "index": len(tried),
             }
-    Path(dst).unlink(missing_ok=True)
-    best = max(tried, key=lambda a: min(a["photos"]["min_cosine"], a["calib"]["min_cosine"]))
-    raise VerificationError(
-        f"verification failed, int8 vs fp32: best attempt ({best['float_convs']} convs in "
-        f"float) reached min cosine {min(best['photos']['min_cosine'], best['calib']['min_cosine']):.4f} "
-        f"and kNN Spearman {best['knn_spearman']:.3f}; tolerance cosine >= {INT8_MIN_COSINE}, "
-        f"Spearman >= {INT8_MIN_SPEARMAN}. Calibrate on more images like yours (--calib DIR) "
-        f"or use --precision fp32. No model was written."
-    )
+
+        # fast attempts: the first that reaches the rank target, else the first that passed;
+        # exact attempts (only when no fast one passed): the first that passes
+        chosen, first_fast = None, None
+        for settings, config in plan:
+            if config and first_fast is not None:
+                break
+            a = measure(settings, config)
+            tried.append(
+                {
+                    "settings": settings.label(),
+                    "float_convs": settings.float_first,
+                    "ort_session_config": config,
+                    "min_cosine": a["min_cosine"],
+                    "knn_spearman": a["knn_spearman"],
+                    "passed": a["passed"],
+                }
+            )
+            if a["passed"] and (config or a["knn_spearman"] >= INT8_TARGET_RANK):
+                chosen = a
+                break
+            if a["passed"] and first_fast is None:
+                first_fast = a
+        chosen = chosen or first_fast
+        if chosen is None:
+            Path(dst).unlink(missing_ok=True)
+            best = max(
+                tried,
+                key=lambda a: min(
+                    a["min_cosine"] - INT8_MIN_COSINE, a["knn_spearman"] - INT8_MIN_SPEARMAN
+                ),
+            )
+            raise VerificationError(
+                f"verification failed, int8 vs fp32: best attempt ({best['settings']}, "
+                f"{best['float_convs']} convs in float) reached min cosine "
+                f"{best['min_cosine']:.4f} and kNN Spearman {best['knn_spearman']:.3f}; "
+                f"tolerance cosine >= {INT8_MIN_COSINE}, Spearman >= {INT8_MIN_SPEARMAN}. "
+                f"Calibrate on more images like yours (calib DIR) or use precision fp32. "
+                f"No model was written.",
+                params=("calib", "precision"),
+            )
+        make(chosen["settings"])  # dst may hold a later attempt
+    settings, config, rho = chosen["settings"], chosen["config"], chosen["knn_spearman"]
+    on_photos, on_calib, min_cos = chosen["photos"], chosen["calib"], chosen["min_cosine"]
+    choice = _choice(settings, config, min_cos, rho, chosen["index"], len(plan), digest)
+    log(describe_choice(choice))
+    default = on_photos if not config else compare(ref_photos, ort_embed(dst, photos), photo_names)
+    return {
+        "method": f"onnxruntime quantize_static, {settings.label()} ({settings.describe()})",
+        "calib_images": len(calib),
+        "float_convs": settings.float_first,
+        "int8_convs": n_convs - settings.float_first - settings.float_last,
+        "photos": on_photos,
+        "calib": on_calib,
+        "knn_spearman": rho,
+        "ort_session_config": dict(config),
+        "default_kernels_saturate": saturating,
+        "photos_default_session": default,
+        "tolerance": choice["tolerance"],
+        "choice": choice,
+        "attempts": tried,
+        "passed": True,
+    }

@@ -6,9 +6,13 @@ independent Gaussian and Poisson (shot) noise per channel (the sensor), then a r
 through OpenCV's real video writers, MJPG and mp4v alternating: their BGR -> YUV conversion,
 4:2:0 chroma subsampling, DCT quantisation and (mp4v) motion-compensated blur — not only
 ``cv2.imencode``, which keeps a gray image gray and so never shows the model the colour cast a
-real video path makes. The variants' embeddings join the bank; each variant is calibrated in
-the duplicate group of its original (``dn2.runtime.dupes``), so an image and its variant never
-vouch for each other. Seeded; the settings are recorded in the manifest (``fit.augment``).
+real video path makes. The variants' embeddings join the bank (``augment_into="bank"``, the
+default: the threshold stays the one the stills calibrate), or the bank and the calibration
+("both": each variant is calibrated in the duplicate group of its original,
+``dn2.runtime.dupes``, so an image and its variant never vouch for each other; the variants'
+higher scores raise the threshold), or only the calibration. Measured (BENCHMARKS.md "Camera
+path"): "both" cost 14-23 points of defect recall, "bank" 0-3. Seeded; the settings are
+recorded in the manifest (``fit.augment``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ SETTINGS = {
 
 def check_option(augment: str) -> str:
     if augment not in AUGMENTS:
-        raise Dn2Error(f"--augment: expected one of {', '.join(AUGMENTS)}, found {augment!r}")
+        raise Dn2Error(
+            f"augment: expected one of {', '.join(AUGMENTS)}, found {augment!r}", param="augment"
+        )
     return augment
 
 
@@ -68,8 +74,9 @@ def _round_trip(frames: List[np.ndarray], fourcc: str, ext: str) -> List[np.ndar
         vw = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), SETTINGS["fps"], (w, h))
         if not vw.isOpened():
             raise Dn2Error(
-                f"--augment camera: OpenCV cannot write {fourcc} video; expected an "
-                "OpenCV build with FFMPEG video I/O (opencv-python-headless has it)"
+                f"augment camera: OpenCV cannot write {fourcc} video; expected an "
+                "OpenCV build with FFMPEG video I/O (opencv-python-headless has it)",
+                param="augment",
             )
         for f in frames:
             vw.write(f)
@@ -86,8 +93,8 @@ def _round_trip(frames: List[np.ndarray], fourcc: str, ext: str) -> List[np.ndar
         os.unlink(path)
     if len(out) != len(frames):
         raise Dn2Error(
-            f"--augment camera: the {fourcc} round trip gave {len(out)} of "
-            f"{len(frames)} frames back"
+            f"augment camera: the {fourcc} round trip gave {len(out)} of {len(frames)} frames back",
+            param="augment",
         )
     return out
 
@@ -145,3 +152,39 @@ def embed_variants(
     if not parts:
         return np.zeros((0, embedder.dim), np.float32), np.zeros(0, np.int64)
     return np.vstack(parts).astype(np.float32), np.asarray(origin, np.int64)
+
+
+def augment_rows(embedder, x, names, temporal, cfg, say=lambda m: None):
+    """The fit's normal rows with the camera variants of its image rows after them (when
+    ``cfg.augment`` is "camera"): (x, names, temporal [N] bool, origin [N] (-1 or the row of
+    the variant's original), manifest ``fit.augment`` or None). ``embedder``: None when the
+    rows came as embeddings (nothing to augment)."""
+    check_option(cfg.augment)
+    temporal = np.zeros(len(x), bool) if temporal is None else np.asarray(temporal, bool)
+    origin = np.full(len(x), -1, np.int64)
+    if cfg.augment != "camera" or embedder is None:
+        return x, list(names), temporal, origin, None
+    real = np.flatnonzero(~temporal)
+    xa, orig = embed_variants(embedder, [names[i] for i in real], cfg.augment_copies, cfg.seed)
+    origin = np.concatenate([origin, real[orig]])
+    names = list(names) + [f"{names[real[o]]} (camera variant)" for o in orig]
+    info = dict(
+        SETTINGS,
+        mode="camera",
+        copies=int(cfg.augment_copies),
+        seed=int(cfg.seed),
+        variants=int(len(xa)),
+        into=cfg.augment_into,
+    )
+    into = {"both": "the bank and the calibration", "bank": "the bank only"}
+    say(
+        f"augment camera: {len(xa)} variants (MJPG / mp4v round trips, noise, scale, "
+        f"light) join {into.get(cfg.augment_into, 'the calibration only')}"
+    )
+    return (
+        np.vstack([x, xa]),
+        names,
+        np.concatenate([temporal, np.zeros(len(xa), bool)]),
+        origin,
+        info,
+    )

@@ -10,14 +10,15 @@ Layout::
       patch_bank.*      normal patch features (only with the patch signal, ``signals.patch``)
       fit_report.json   kept / dropped / failed files, bank row -> image name
 
-Manifest (``schema: "dn2-bundle"``, ``schema_version: 1``): ``dn2_version``, ``model``
-{file, sha256, arch, weights, input, dim, precision}, ``bank`` {kind, file, sha256, n, dim,
-metric, M, ef_construction, ef, seed}, ``fit`` {images, failed, dropped, cleaned_fraction,
-kmeans, seed, ...}, ``score`` {k, reduction, l2norm, jpeg_draft (absent in older bundles:
-false), color ('gray': every input is scored converted to gray; absent: 'color')},
-``threshold`` {value, method, fpr, quantiles, candidates, calibration}, ``group`` (null
-or {size, pooling, source, n_groups, k, bank {...}, threshold {...}, cov_trace_threshold {...}}),
-``files`` {name: sha256} for every file but the manifest.
+Manifest (``schema: "dn2-bundle"``, ``schema_version: 2``): the serialisation of the typed
+objects of :mod:`dn2.runtime.manifest` (``Manifest``: ``model`` {file, sha256, arch, weights,
+input, dim, precision, outputs}, ``bank`` {kind, file, sha256, n, dim, metric, M,
+ef_construction, ef, seed}, ``score`` (a ScoreConfig: k, reduction, l2norm, jpeg_draft, color,
+mode, combine), ``threshold`` {value, method, fpr, quantiles, scores, candidates, calibration},
+``group`` (null or {size, pooling, k, bank, threshold, cov_trace_threshold, ...}), ``signals``
+{global, patch} and ``view`` of view bundles, ``fit`` {config (the FitConfig), images,
+failed, dropped, color, duplicates, augment, ...}, ``files`` {name: sha256} for every file but
+the manifest). A schema-1 dn2.json is converted on read; other versions are refused.
 
 Writing checks the target first (writable, not a file, not another folder), then goes to a
 hidden temp directory beside it (same file system), fsyncs, and puts it in place: an existing
@@ -31,6 +32,7 @@ Loading checks the schema, every file's sha256, dims, metric and counts; each pr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -39,18 +41,18 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
+
+import numpy as np
 
 from .bank import Bank, BankError, load_bank
 from .bundleswap import clean_stale, install
 from .errors import BundleError
-from .manifest import validate_manifest
+from .manifest import Manifest, parse_manifest
 from .paths import found, too_long
 from .paths import found as describe
 from .version import __version__
 
-SCHEMA = "dn2-bundle"
-SCHEMA_VERSION = 1
 MANIFEST = "dn2.json"
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "fit_report.json"
@@ -81,12 +83,14 @@ def _fsync_dir(path: Path) -> None:
 def _check_target(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise BundleError(
-            f"--output {out}: expected a bundle directory to create, found {found(out)}"
+            f"output {out}: expected a bundle directory to create, found {found(out)}",
+            param="output",
         )
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise BundleError(
-            f"--output {out}: expected a new path, an empty folder or an existing "
-            f"bundle to replace, found a folder with other files (not replaced)"
+            f"output {out}: expected a new path, an empty folder or an existing "
+            f"bundle to replace, found a folder with other files (not replaced)",
+            param="output",
         )
 
 
@@ -96,22 +100,26 @@ def check_output(output) -> Path:
     out = Path(output).absolute()
     long = too_long(out)
     if long:
-        raise BundleError(f"--output {out}: expected a path the OS accepts, found {long}")
+        raise BundleError(
+            f"output {out}: expected a path the OS accepts, found {long}", param="output"
+        )
     _check_target(out)
     base = out.parent
     while not base.exists() and base != base.parent:
         base = base.parent
     if not base.is_dir():
         raise BundleError(
-            f"--output {out}: expected a folder to write into, found {base} is {found(base)}"
+            f"output {out}: expected a folder to write into, found {base} is {found(base)}",
+            param="output",
         )
     try:
         probe = Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=base))
         probe.rmdir()
     except OSError as exc:
         raise BundleError(
-            f"--output {out}: expected a writable folder, found {base} not "
-            f"writable ({exc.strerror or exc})"
+            f"output {out}: expected a writable folder, found {base} not "
+            f"writable ({exc.strerror or exc})",
+            param="output",
         ) from None
     clean_stale(out)
     return out
@@ -120,46 +128,68 @@ def check_output(output) -> Path:
 def write_bundle(
     output,
     model_path,
-    manifest: Dict,
+    manifest: Manifest,
     bank: Bank,
     group_bank: Optional[Bank] = None,
     report: Optional[Dict] = None,
     patch_bank: Optional[Bank] = None,
+    extra: Optional[Dict[str, object]] = None,
+    before_install: Optional[Callable[[Path], None]] = None,
 ) -> Path:
-    """Write the bundle atomically; fills in files, checksums and bank parameters."""
+    """Write the bundle atomically; fills in files, checksums and bank parameters of
+    ``manifest`` (a :class:`dn2.runtime.manifest.Manifest` whose bank references may be bare)
+    and checks the result with the one schema before anything is put in place.
+    ``extra``: more files, name -> numpy array (``.npy``) or JSON-able object (``.json``),
+    digested like the others. ``before_install``: called with the finished temp folder just
+    before it is put in place (e.g. to sign it)."""
+    if not isinstance(manifest, Manifest):
+        raise BundleError(
+            f"write_bundle: expected a dn2.runtime.manifest.Manifest, found "
+            f"{type(manifest).__name__}"
+        )
     out = check_output(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        m = json.loads(json.dumps(manifest))  # a copy that is certainly JSON-able
         shutil.copyfile(model_path, tmp / MODEL_FILE)
-        m["model"]["file"] = MODEL_FILE
-        sections = [("bank", "bank", bank)]
-        if group_bank is not None:
-            sections.append(("group", "group_bank", group_bank))
-        if patch_bank is not None:
-            sections.append(("signals.patch", "patch_bank", patch_bank))
-        for key, stem, b in sections:
-            name = stem + b.suffix
-            b.save(tmp / name)
-            sec = _bank_section(m, key)
-            sec.update(b.params(), file=name)
+        banks = {"bank": bank, "group_bank": group_bank, "patch_bank": patch_bank}
+        refs = dict(manifest.banks())
+        for stem, b in banks.items():
+            if (b is None) != (stem not in refs):
+                raise BundleError(
+                    f"write_bundle: {stem}: expected a bank exactly where the manifest has a "
+                    f"section for it, found {'a bank' if b is not None else 'none'}"
+                )
+            if b is not None:
+                b.save(tmp / (stem + b.suffix))
         if report is not None:
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
+        for name, obj in (extra or {}).items():
+            if name.endswith(".npy"):
+                np.save(tmp / name, obj, allow_pickle=False)
+            else:
+                (tmp / name).write_text(json.dumps(obj), encoding="utf-8")
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        m["model"]["sha256"] = files[MODEL_FILE]
-        m["bank"]["sha256"] = files[m["bank"]["file"]]
-        for key, _, _ in sections[1:]:
-            sec = _bank_section(m, key)
-            sec["sha256"] = files[sec["file"]]
-        m.update(schema=SCHEMA, schema_version=SCHEMA_VERSION, dn2_version=__version__, files=files)
+        placed = {
+            stem: refs[stem].placed(b.params(), stem + b.suffix, files[stem + b.suffix])
+            for stem, b in banks.items()
+            if b is not None
+        }
+        model = dataclasses.replace(manifest.model, file=MODEL_FILE, sha256=files[MODEL_FILE])
+        m = manifest.with_banks(placed).replace(
+            model=model, files=files, dn2_version=__version__, converted_from=None
+        )
+        raw = json.loads(json.dumps(m.to_dict()))  # certainly JSON-able
+        parse_manifest(raw, str(out))  # the writer's output passes the reader's schema
         with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-            json.dump(m, f, indent=1, sort_keys=True)
+            json.dump(raw, f, indent=1, sort_keys=True)
         for p in tmp.iterdir():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         _fsync_dir(tmp)
+        if before_install is not None:
+            before_install(tmp)
         install(tmp, out)
         _fsync_dir(out.parent)
     except BaseException:
@@ -168,26 +198,31 @@ def write_bundle(
     return out
 
 
-def _bank_section(m: Dict, key: str) -> Dict:
-    """The manifest dict describing the bank of ``key`` (bank, group, signals.patch)."""
-    if key == "bank":
-        return m["bank"]
-    if key == "group":
-        return m["group"].setdefault("bank", {})
-    return m["signals"]["patch"].setdefault("bank", {})
+def write_manifest(bundle, manifest: Manifest) -> None:
+    """Rewrite ``bundle``'s dn2.json from ``manifest`` (same files; e.g. a new threshold):
+    checked by the schema, then a temp file renamed over the old one."""
+    raw = json.loads(json.dumps(manifest.replace(converted_from=None).to_dict()))
+    path = Path(bundle) / MANIFEST
+    parse_manifest(raw, str(path.parent))
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(raw, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 @dataclass
 class Bundle:
     path: Path
-    manifest: Dict
+    manifest: Manifest
     bank: Bank
     group_bank: Optional[Bank]
     patch_bank: Optional[Bank] = None
 
     @property
     def model_path(self) -> Path:
-        return self.path / self.manifest["model"]["file"]
+        return self.path / self.manifest.model.file
 
     def report(self) -> Dict:
         p = self.path / REPORT_FILE
@@ -199,8 +234,9 @@ def _expect(cond: bool, where: str, msg: str) -> None:
         raise BundleError(f"bundle {where}: {msg}")
 
 
-def read_manifest(path) -> Dict:
-    """Parse and check dn2.json and every file's checksum (no bank loaded)."""
+def read_manifest(path) -> Manifest:
+    """Parse and check dn2.json and every file's checksum (no bank loaded): the typed
+    manifest (a schema-1 dn2.json converted)."""
     p = Path(path)
     if not p.exists():
         raise BundleError(
@@ -236,20 +272,8 @@ def read_manifest(path) -> Dict:
         raise BundleError(
             f"bundle {p}: expected {MANIFEST} to be a manifest, found JSON nested too deep to read"
         ) from None
-    _expect(
-        isinstance(m, dict) and m.get("schema") == SCHEMA,
-        str(p),
-        f"expected schema {SCHEMA!r}, found {m.get('schema') if isinstance(m, dict) else m!r}",
-    )
-    ver = m.get("schema_version")
-    _expect(
-        type(ver) is int and ver == SCHEMA_VERSION,
-        str(p),
-        f"expected schema_version {SCHEMA_VERSION}, found {ver!r} (written by dn2 "
-        f"{m.get('dn2_version')}, this is dn2 {__version__})",
-    )
-    validate_manifest(m, str(p))  # types, ranges, cross-field rules: one schema (manifest.py)
-    for name, digest in sorted(m["files"].items()):
+    m = parse_manifest(m, str(p))  # schema, types, ranges, cross-field rules: manifest.py
+    for name, digest in sorted(m.files.items()):
         fp = p / name
         what = "it missing" if not os.path.lexists(fp) else describe(fp)  # a FIFO: never read
         _expect(
@@ -306,31 +330,29 @@ def _inode(p: Path):
 def _load_bundle(p: Path) -> Bundle:
     m = read_manifest(p)
     try:
-        bank = load_bank(p / m["bank"]["file"], m["bank"])
-        g = m.get("group")
-        gbank = load_bank(p / g["bank"]["file"], g["bank"]) if g else None
-        ps = (m.get("signals") or {}).get("patch")
-        pbank = load_bank(p / ps["bank"]["file"], ps["bank"]) if ps else None
+        banks = {stem: load_bank(p / ref.file, ref.params()) for stem, ref in m.banks()}
     except BankError as exc:
         raise BundleError(f"bundle {p}: {exc}") from None
-    return Bundle(p, m, bank, gbank, pbank)
+    return Bundle(p, m, banks["bank"], banks.get("group_bank"), banks.get("patch_bank"))
 
 
-def check_model_meta(m: Dict, meta, where: str) -> None:
+def check_model_meta(m: Manifest, meta, where: str) -> None:
     """The model's own metadata must agree with the manifest's model section."""
-    mod = m["model"]
+    mod = m.model
+    for what, want, got in (
+        ("dim", mod.dim, meta.dim),
+        ("input", mod.input, meta.input_size),
+        ("arch", mod.arch, meta.arch),
+    ):
+        show = repr if what == "arch" else str
+        _expect(
+            want == got,
+            where,
+            f"model {what}: manifest expects {show(want)}, model.onnx says {show(got)}",
+        )
+    outs = tuple(meta.output_names)  # a backend may serve more outputs than the fit saw
     _expect(
-        meta.dim == mod.get("dim"),
+        mod.outputs is None or set(mod.outputs) <= set(outs),
         where,
-        f"model dim: manifest expects {mod.get('dim')}, model.onnx says {meta.dim}",
-    )
-    _expect(
-        meta.input_size == mod.get("input"),
-        where,
-        f"model input: manifest expects {mod.get('input')}, model.onnx says {meta.input_size}",
-    )
-    _expect(
-        meta.arch == mod.get("arch"),
-        where,
-        f"model arch: manifest expects {mod.get('arch')!r}, model.onnx says {meta.arch!r}",
+        f"model outputs: manifest expects {list(mod.outputs or ())}, the model has {list(outs)}",
     )

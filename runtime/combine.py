@@ -26,13 +26,13 @@ stands out of its own normal spread, not by its units or the size of its thresho
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 
+from .config import COMBINES as RULES
 from .errors import Dn2Error
 
-RULES = ("zmax", "zsum", "fisher", "max", "sum")
 DEFAULT_RULE = "fisher"
 _Z_RULES = ("zmax", "zsum", "fisher")
 
@@ -102,19 +102,35 @@ def apply_rule(params: Dict, g, p) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def rule_of(score_section: Dict, signals: Dict) -> Optional[Dict]:
-    """The combination parameters of a manifest: stored ones, or (bundles from before the
-    z-rules) the max / sum rule rebuilt from the two signal thresholds. None without both."""
-    if "global" not in signals or "patch" not in signals:
-        return None
-    stored = signals.get("combine")
-    if stored is not None:
-        return stored
-    return {
-        "rule": score_section.get("combine", "max"),
-        "global_threshold": float(signals["global"]["threshold"]["value"]),
-        "patch_threshold": float(signals["patch"]["threshold"]["value"]),
-    }
+def rule_of(stored: Optional[Mapping], rule: str, g_threshold: float, p_threshold: float) -> Dict:
+    """The combination parameters of a bundle: the stored ones (checked), or, for bundles
+    from before the z-rules, the max / sum rule rebuilt from the two signal thresholds."""
+    if stored is None:
+        return {"rule": rule, "global_threshold": g_threshold, "patch_threshold": p_threshold}
+
+    def bad(what):
+        return Dn2Error(f"bundle signals.combine: expected {what}, found {stored!r:.200}")
+
+    if not isinstance(stored, Mapping) or stored.get("rule") not in RULES:
+        raise bad(f"a mapping with 'rule' one of {', '.join(RULES)}")
+    need = ["global_threshold", "patch_threshold"]
+    out = {"rule": stored["rule"]}
+    for key in need:
+        v = stored.get(key)
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise bad(f"a finite number {key}")
+        out[key] = float(v)
+    if stored["rule"] in _Z_RULES:
+        for sig in ("global", "patch"):
+            st = stored.get(sig)
+            ok = isinstance(st, Mapping) and all(
+                isinstance(st.get(k), (int, float)) and math.isfinite(st[k])
+                for k in ("mean", "std")
+            )
+            if not ok or st["std"] <= 0:
+                raise bad(f"{sig}: {{mean, std > 0}} of its held-out normal scores")
+            out[sig] = {"mean": float(st["mean"]), "std": float(st["std"])}
+    return out
 
 
 __all__ = ["RULES", "DEFAULT_RULE", "fit_rule", "apply_rule", "rule_of"]

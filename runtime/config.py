@@ -29,10 +29,14 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 
 import numpy as np
 
+from .dupes import NEAR_RATIO
 from .errors import ConfigError
 from .modelmeta import ModelSpec  # noqa: F401  (one of the config objects; re-exported)
 
 POOLINGS = ("mean", "max")
+MODES = ("global", "patch", "both")  # which signals decide (patch needs a model with patches)
+# mode both: how the two scores join (dn2.runtime.combine)
+COMBINES = ("fisher", "zmax", "zsum", "max", "sum")
 INDEXES = ("auto", "exact", "hnsw")
 THRESHOLD_METHODS = ("fpr", "val-fpr", "youden", "f1")
 KMEANS_BACKENDS = ("auto", "faiss", "sklearn")
@@ -154,6 +158,17 @@ def providers_rule(name: str, v: Any) -> Any:
     raise _bad(name, "'auto', a provider name, a comma-separated string or a list of names", v)
 
 
+def names_rule(name: str, v: Any) -> Any:
+    """None, one name or a list of non-empty names (kept as a tuple)."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = (v,)
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, str) and x.strip() for x in v):
+        return tuple(v)
+    raise _bad(name, "None, a name or a list of non-empty names", v)
+
+
 def hnsw_rule(name: str, v: Any) -> Any:
     if v is None:
         return None
@@ -250,6 +265,9 @@ class ScoreConfig(_Config):
     l2norm: bool = opt(True, boolean, "L2-normalise embeddings before the bank and the score")
     jpeg_draft: bool = opt(False, boolean, "decode large JPEGs at 1/2-1/8 scale in libjpeg")
     reduction: str = opt("mean", choice(("mean",)), "how the k distances combine")
+    color: str = opt("color", choice(("gray", "color")), "gray: score every input as gray")
+    mode: str = opt("global", choice(MODES), "which signals decide")
+    combine: str = opt("fisher", choice(COMBINES), "mode both: how the two scores join")
 
 
 @dataclass(frozen=True)
@@ -317,6 +335,18 @@ class FitConfig(_Config):
         "camera: add camera-path variants of every normal image to the bank",
     )
     augment_copies: int = opt(1, integer(1), "variants per normal image with augment camera")
+    augment_into: str = opt(
+        "bank",
+        choice(("both", "bank", "calibration")),
+        "where the camera variants go: the bank (default), the bank and the calibration, "
+        "or the calibration only",
+    )
+    near_copy_ratio: float = opt(
+        NEAR_RATIO,
+        number(0.0, 1.0),
+        "near copies (calibrated as one group): embeddings closer than this x the set's "
+        "median pair distance; 0: exact copies only",
+    )
     seed: int = opt(0, integer(0), "seed of k-means, groups and folds")
     batch: int = opt(8, integer(1), "images per inference batch")
     threads: Optional[int] = opt(
@@ -330,6 +360,12 @@ class FitConfig(_Config):
         if self.kmeans is not None and self.kmeans < self.k:
             raise ConfigError(
                 f"kmeans {self.kmeans}: expected at least k={self.k} centres", param="kmeans"
+            )
+        if self.augment != "none" and self.augment_into != "both" and self.kmeans is not None:
+            raise ConfigError(
+                f"augment_into {self.augment_into!r}: expected 'both' with a k-means bank "
+                "(its calibration holds out folds of the bank's own images), found kmeans",
+                param="augment_into",
             )
 
     def score_config(self, l2norm: Optional[bool] = None) -> ScoreConfig:
@@ -375,11 +411,24 @@ class WatchConfig(_Config):
         10.0, number(0.05), "longest wait between reconnects (seconds)"
     )
     folder_fps: float = opt(10.0, number(0.0, lo_open=True), "clock of a folder source")
+    connect_timeout: float = opt(
+        30.0, number(0.0, lo_open=True), "live sources not up at start: seconds of retrying"
+    )
+    scores: Optional[str] = opt(
+        None, text(optional=True), "every score to this file (CSV for .csv, else JSON lines)"
+    )
+    force: bool = opt(False, boolean, "replace existing output files / the learn bundle")
+    trusted_key: Optional[str] = opt(
+        None, text(optional=True), "watch only a bundle signed by this public key (PEM)"
+    )
+    camera_id: Optional[Tuple[str, ...]] = opt(
+        None, names_rule, "camera names, one per source (default: from each source)"
+    )
 
     def _check(self) -> None:
         if self.hop is not None and self.group is None:
             raise ConfigError(
                 "hop: expected only together with group M (it is the step "
                 "between scored groups), found hop without group",
-                param="hop",
+                params=("hop", "group"),
             )

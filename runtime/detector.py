@@ -20,6 +20,7 @@ import numpy as np
 
 from .bundle import Bundle, check_model_meta, load_bundle
 from .errors import Dn2Error
+from .progress import Progress
 from .scoring import cov_trace, knn_score, l2normalize, pool
 
 GROUP_STATS = ("knn", "cov_trace")
@@ -80,18 +81,18 @@ class Detector:
         self.bundle = bundle
         m = bundle.manifest
         self.manifest = m
-        self.threshold = float(m["threshold"]["value"])
-        self.k = int(m["score"]["k"])
-        self.l2norm = bool(m["score"]["l2norm"])
-        self.dim = int(m["model"]["dim"])
-        g = m.get("group")
-        self.group_threshold = float(g["threshold"]["value"]) if g else None
-        self.group_cov_trace_threshold = float(g["cov_trace_threshold"]["value"]) if g else None
-        self.pooling = g["pooling"] if g else "mean"
-        self.group_k = int(g["k"]) if g else None
+        self.threshold = m.threshold.value
+        self.k = m.score.k
+        self.l2norm = m.score.l2norm
+        self.dim = m.model.dim
+        g = m.group
+        self.group_threshold = g.threshold.value if g else None
+        self.group_cov_trace_threshold = g.cov_trace_threshold.value if g else None
+        self.pooling = g.pooling if g else "mean"
+        self.group_k = g.k if g else None
         self._embedder = embedder
-        self.views = "signals" in m  # fitted by fit_view_bundle: view / patch / both
-        self.mode = m["score"].get("mode", "global")
+        self.views = m.signals is not None  # fitted by fit_view_bundle: view / patch / both
+        self.mode = m.score.mode
         self._vs = None
 
     @classmethod
@@ -119,8 +120,8 @@ class Detector:
             from .embedder import Embedder
 
             if jpeg_draft is None:
-                jpeg_draft = bool(bundle.manifest["score"].get("jpeg_draft", False))
-            gray = bundle.manifest["score"].get("color") == "gray"
+                jpeg_draft = bundle.manifest.score.jpeg_draft
+            gray = bundle.manifest.score.color == "gray"
             if backend is None:
                 emb = Embedder(
                     str(bundle.model_path),
@@ -177,7 +178,9 @@ class Detector:
         import math
 
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise Dn2Error(f"--threshold: expected a positive number, found {value!r}")
+            raise Dn2Error(
+                f"threshold: expected a positive number, found {value!r}", param="threshold"
+            )
         self.threshold = float(value)
         if self.views:
             self.view_scorer.threshold = float(value)
@@ -210,17 +213,20 @@ class Detector:
         paths = [str(p) for p in paths]
         if self.views:
             return self.view_scorer.score_paths(paths, maps=False)
-        res = self.embedder.embed_paths(paths, progress=progress)
-        scores = self.score_embeddings(res.embeddings) if len(res.paths) else []
-        errors = {}
-        for p, msg in res.errors:
-            errors.setdefault(str(p), str(msg))
-        out, j = [], 0
-        for p in paths:
-            if j < len(res.paths) and str(res.paths[j]) == p:
-                s = float(scores[j])
+        # decode ahead of the model, the kNN of batch i beside the model's batch i + 1
+        scored, errors = {}, {}
+        with Progress(len(paths), "embed", enabled=progress) as bar:
+            for b in self.embedder.run_paths(paths, tail=self.score_embeddings):
+                for p, msg in b.errors:
+                    errors.setdefault(str(p), str(msg))
+                for p, s in zip(b.items, b.output if b.items else ()):
+                    scored.setdefault(p, []).append(float(s))
+                bar.update(len(b.errors) + len(b.items))
+        out = []
+        for p in paths:  # input order; a file named twice gets its two scores in turn
+            if scored.get(p):
+                s = scored[p].pop(0)
                 out.append(ScoreResult(p, s, self.threshold, bool(s > self.threshold)))
-                j += 1
             else:
                 out.append(
                     ScoreResult(
@@ -248,7 +254,7 @@ class Detector:
         if self.bundle.group_bank is None:
             raise Dn2Error(
                 f"bundle {self.bundle.path}: expected a group bank for group "
-                f"scoring, found none (fit with --group-size M or --group-dirs)"
+                f"scoring, found none (fit it with dn2 fit --group-size M or --group-dirs)"
             )
 
     def score_group_embeddings(self, emb, statistic: str = "knn") -> float:

@@ -53,19 +53,32 @@ def _components(n: int, pairs: Sequence[Tuple[int, int]]) -> np.ndarray:
     return np.array([_find(parent, i) for i in range(n)], np.int64)
 
 
-def content_labels(paths: Sequence[str]) -> np.ndarray:
-    """Labels [n]: files with the same bytes share one (unreadable files stay alone)."""
-    first: Dict[str, int] = {}
-    out = np.arange(len(paths), dtype=np.int64)
-    for i, p in enumerate(paths):
+def file_hashes(paths: Sequence[str]) -> list:
+    """sha256 of each file's bytes (None for one that cannot be read)."""
+    out = []
+    for p in paths:
         h = hashlib.sha256()
         try:
             with open(p, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
         except OSError:
+            out.append(None)
             continue
-        out[i] = first.setdefault(h.hexdigest(), i)
+        out.append(h.hexdigest())
+    return out
+
+
+def content_labels(paths: Sequence[str], hashes: Optional[Sequence] = None) -> np.ndarray:
+    """Labels [n]: files with the same bytes share one (unreadable files, and rows whose
+    hash is None, stay alone). ``hashes``: the files' sha256 already known (a bundle stores
+    them, so appended images are matched against files that may be gone)."""
+    hashes = file_hashes(paths) if hashes is None else hashes
+    first: Dict[str, int] = {}
+    out = np.arange(len(hashes), dtype=np.int64)
+    for i, digest in enumerate(hashes):
+        if digest is not None:
+            out[i] = first.setdefault(digest, i)
     return out
 
 
@@ -79,16 +92,27 @@ def median_pair_distance(x: np.ndarray, seed: int = 0) -> float:
 
 
 def find_duplicates(
-    x: np.ndarray, paths: Optional[Sequence[str]] = None, bank: Optional[Bank] = None, seed: int = 0
+    x: np.ndarray,
+    paths: Optional[Sequence[str]] = None,
+    bank: Optional[Bank] = None,
+    seed: int = 0,
+    hashes: Optional[Sequence] = None,
+    near_ratio: float = NEAR_RATIO,
 ) -> Tuple[np.ndarray, Dict]:
-    """(labels [N], report): the duplicate group of each embedding (see the module doc)."""
+    """(labels [N], report): the duplicate group of each embedding (see the module doc).
+    Exact copies by the files' content: ``hashes`` (sha256 or None per row) or, when only
+    ``paths`` are given, read from the files. Near copies: closer than ``near_ratio`` x the
+    median pair distance (0: none)."""
     x = np.asarray(x, np.float32)
     n = len(x)
-    exact = content_labels(paths) if paths is not None else np.arange(n, dtype=np.int64)
+    if hashes is not None or paths is not None:
+        exact = content_labels(paths or [], hashes)
+    else:
+        exact = np.arange(n, dtype=np.int64)
     pairs = [(i, int(exact[i])) for i in range(n) if exact[i] != i]
     scale = median_pair_distance(x, seed)
-    eps = NEAR_RATIO * scale
-    if n > 1:
+    eps = float(near_ratio) * scale
+    if n > 1 and near_ratio > 0:
         bank = bank if bank is not None else build_bank(x, "auto")
         d, nn = bank.search(x, min(n, NEIGHBOURS + 1))
         close = (d <= eps) & (nn != np.arange(n)[:, None]) & (nn >= 0)
@@ -105,7 +129,7 @@ def find_duplicates(
         "exact_copies": n_exact,
         "near_copies": int(grouped.sum()) - n_exact,
         "near_below": round(eps, 8),
-        "near_ratio": NEAR_RATIO,
+        "near_ratio": float(near_ratio),
         "median_pair_distance": round(scale, 8),
     }
     return labels, report

@@ -17,9 +17,6 @@ size; the graph's input/output names, dtypes and shapes are checked against the 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,6 +28,7 @@ from .errors import Dn2Error, ImageError, ModelError
 from .images import draft_side_for, prepare, read_image
 from .modelmeta import EMBEDDING, PATCHES_NAME, ModelMeta, patch_spec
 from .ort_backend import CPU_SESSION_DEFAULTS, OrtBackend  # noqa: F401  (re-exported)
+from .pipeline import Batch, overlapped
 from .progress import Progress
 
 log = logging.getLogger("dn2")
@@ -204,33 +202,31 @@ class Embedder:
         batch = np.stack([self.prepare(im, f"image {i}") for i, im in enumerate(imgs)])
         return self.embed_batch(batch)
 
-    def _load(self, path) -> Tuple[str, Optional[np.ndarray], Optional[str]]:
+    def load_file(self, path) -> np.ndarray:
+        """One file decoded and prepared (the model's S x S x 3 input); a file that cannot
+        be is a ``Dn2Error`` naming it and what was found."""
         p = str(path)
         try:
-            return p, prepare(read_image(p, draft_side=self.draft_side), self.rule, name=p), None
-        except Dn2Error as exc:
-            return p, None, str(exc)
+            return prepare(read_image(p, draft_side=self.draft_side), self.rule, name=p)
+        except Dn2Error:
+            raise
         except Exception as exc:  # cv2.error, MemoryError, ... from a hostile file: per file
-            return p, None, f"{p}: expected a decodable image, found {type(exc).__name__}: {exc}"
+            raise ImageError(
+                f"{p}: expected a decodable image, found {type(exc).__name__}: {exc}"
+            ) from None
 
-    def _loaded(self, paths: Iterable) -> Iterator[Tuple[str, Optional[np.ndarray], Optional[str]]]:
-        """Decoded + prepared files in input order; with workers, decoding runs ahead of the
-        model in a bounded window (memory: about 2 batches of S x S x 3 crops)."""
-        if self.decode_workers == 0:
-            yield from map(self._load, paths)
-            return
-        it = iter(paths)
-        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="dn2-decode") as ex:
-            window = deque(
-                ex.submit(self._load, p)
-                for p in islice(it, 2 * self.batch_size + self.decode_workers)
-            )
-            while window:
-                res = window.popleft().result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    window.append(ex.submit(self._load, nxt))
-                yield res
+    def run_paths(self, paths: Iterable, tail=None) -> Iterator[Batch]:
+        """Batches over files, in input order, through :func:`dn2.runtime.pipeline.overlapped`:
+        decoding in ``decode_workers`` threads ahead of the model, ``tail(embeddings)`` (e.g.
+        the kNN score) overlapped with the next batch's model call."""
+        return overlapped(
+            (str(p) for p in paths),
+            self.load_file,
+            self.embed_batch,
+            tail=tail,
+            batch=self.batch_size,
+            workers=self.decode_workers,
+        )
 
     def embed_paths(self, paths: Sequence, progress: bool = False) -> EmbedResult:
         """Decode, prepare and embed files; a bad file is an entry in ``errors``, not a stop."""
@@ -238,26 +234,13 @@ class Embedder:
         ok: List[str] = []
         errors: List[Tuple[str, str]] = []
         chunks: List[np.ndarray] = []
-        pending: List[np.ndarray] = []
-        bar = Progress(len(paths), "embed", enabled=progress)
-
-        def flush():
-            if pending:
-                chunks.append(self.embed_batch(np.stack(pending)))
-                bar.update(len(pending))
-                pending.clear()
-
-        with bar:
-            for p, crop, err in self._loaded(paths):
-                if err is not None:
-                    errors.append((p, err))
-                    bar.update(1)
-                    continue
-                ok.append(p)
-                pending.append(crop)
-                if len(pending) == self.batch_size:
-                    flush()
-            flush()
+        with Progress(len(paths), "embed", enabled=progress) as bar:
+            for b in self.run_paths(paths):
+                errors += b.errors
+                ok += b.items
+                if b.items:
+                    chunks.append(b.output)
+                bar.update(len(b.errors) + len(b.items))
         emb = np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
         return EmbedResult(emb, ok, errors)
 

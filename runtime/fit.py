@@ -22,7 +22,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bank import HNSW_DEFAULTS, build_bank
+from . import fit_append as FA
+from .bank import build_bank, hnsw_params
 from .bundle import check_output, write_bundle
 from .config import FitConfig
 from .dupes import find_duplicates, grouped_scores
@@ -40,6 +41,8 @@ from .fitparts import (
     select_l2norm,
     validation_embeddings,
 )
+from .manifest import BankRef, Manifest, ModelRef, Threshold
+from .manifest_fit import FitRecord, StoredEmbeddings
 from .paths import regular_file
 from .scoring import clean as clean_embeddings
 from .scoring import knn_score, loo_kmeans_scores
@@ -81,6 +84,8 @@ def fit_bundle(
     source: Optional[str] = None,
     temporal: bool = False,
     frames: Optional[dict] = None,
+    prior=None,
+    before_install=None,
     **options,
 ) -> Path:
     """Fit a bundle at ``output`` from normal ``images`` (paths, folders, globs) or
@@ -194,34 +199,18 @@ def fit_bundle(
         temporal = np.full(len(x), in_order) if frames is None else frames["temporal"]
         segs = np.zeros(int(temporal.sum()), np.int64) if frames is None else frames["segments"]
         streams = [] if frames is None else frames["streams"]
+    rows, aug_info = FA.normal_rows(
+        emb.embedder if images is not None else None,
+        FA.new_rows(x, names, None, temporal, segs, None, streams),
+        cfg,
+        prior,
+        len(failed),
+        lambda m: say(progress, m),
+    )
+    x, names, hashes, temporal = rows.x, rows.names, rows.hashes, rows.temporal
+    segs, origin, streams = rows.segments, rows.origin, rows.streams
     if not temporal.any():
         temporal = None
-    from .augment import check_option
-
-    check_option(cfg.augment)
-    origin, aug_info = None, None
-    if cfg.augment == "camera" and images is not None:
-        from .augment import SETTINGS, embed_variants
-
-        real = [i for i in range(len(x)) if temporal is None or not temporal[i]]
-        xa, orig = embed_variants(emb.embedder, [names[i] for i in real], cfg.augment_copies, seed)
-        origin = np.concatenate([np.full(len(x), -1), np.asarray(real)[orig]])
-        names = list(names) + [f"{names[real[o]]} (camera variant)" for o in orig]
-        x = np.vstack([x, xa])
-        if temporal is not None:
-            temporal = np.concatenate([temporal, np.zeros(len(xa), bool)])
-        aug_info = dict(
-            SETTINGS,
-            mode="camera",
-            copies=int(cfg.augment_copies),
-            seed=int(seed),
-            variants=int(len(xa)),
-        )
-        say(
-            progress,
-            f"augment camera: {len(xa)} variants (MJPG / mp4v round trips, noise, "
-            f"scale, light) join the bank and the calibration",
-        )
     need = needed_images(k, clean)
     if len(x) < need:
         raise Dn2Error(
@@ -245,18 +234,30 @@ def fit_bundle(
         say(progress, f"cleaning {clean:g}: dropped {len(dropped)} of {len(x)} images")
         for n_ in dropped:
             say(progress, f"  dropped {n_}")
-    xk = x[keep]
-    hnsw = dict(HNSW_DEFAULTS, **(hnsw or {}))
+    # camera variants (origin >= 0) join the bank, the calibration or both (augment_into)
+    variant = origin >= 0
+    into = cfg.augment_into if variant.any() else "both"
+    in_bank = keep & ~variant if into == "calibration" else keep
+    scored = ~variant if into == "bank" else np.ones(len(x), bool)
+    xk = x[in_bank]
+    hnsw = dict(hnsw_params(len(xk) if kmeans is None else kmeans), **(hnsw or {}))
     bank = build_bank(xk, index, **hnsw) if kmeans is None else None
     if temporal is None:
         labels, dups = find_duplicates(
-            x, names if images is not None else None, seed=seed, bank=bank if keep.all() else None
+            x,
+            seed=seed,
+            bank=bank if in_bank.all() else None,
+            hashes=hashes,
+            near_ratio=cfg.near_copy_ratio,
         )
     else:  # frames are calibrated in time blocks; copies matter among the images only
         labels, dups = np.arange(len(x)), {"images_in_groups": 0, "frames": "time blocks"}
         if (~temporal).sum() > 1:
             sub, dups = find_duplicates(
-                x[~temporal], [n_ for n_, t in zip(names, temporal) if not t], seed=seed
+                x[~temporal],
+                seed=seed,
+                hashes=[h for h, t in zip(hashes, temporal) if not t],
+                near_ratio=cfg.near_copy_ratio,
             )
             labels[np.flatnonzero(~temporal)] = np.flatnonzero(~temporal)[sub]
     if origin is not None:  # a variant is calibrated without its original, and vice versa
@@ -290,9 +291,11 @@ def fit_bundle(
         )
         calib = np.concatenate([loo, knn_score(bank, x[~keep], k)]) if (~keep).any() else loo
     elif temporal is not None:
-        calib, how = FV.temporal_calibration(bank, x, temporal, labels, labels[keep], k)
+        calib, how = FV.temporal_calibration(
+            bank, x[scored], temporal[scored], labels[scored], labels[in_bank], k
+        )
     else:
-        calib = grouped_scores(bank, x, k, labels, labels[keep])
+        calib = grouped_scores(bank, x[scored], k, labels[scored], labels[in_bank])
         how = (
             "leave-one-out against the bank without the image itself and its duplicates"
             if dups["images_in_groups"]
@@ -321,8 +324,8 @@ def fit_bundle(
         )
         say(
             progress,
-            f"groups: {group['n_groups']} windows of {group_size} consecutive "
-            f"frames, threshold {group['threshold']['value']:.6g}",
+            f"groups: {group.n_groups} windows of {group_size} consecutive "
+            f"frames, threshold {group.threshold.value:.6g}",
         )
     elif group_size or group_dirs:
         group, gbank, greport = group_section(
@@ -341,46 +344,37 @@ def fit_bundle(
         )
 
     n_frames = 0 if temporal is None else int(temporal.sum())
-    manifest = {
-        "model": {
-            "arch": meta.arch,
-            "weights": meta.weights,
-            "input": meta.input_size,
-            "dim": meta.dim,
-            "precision": meta.precision,
-        },
-        "bank": {"contents": "kmeans-centres" if kmeans is not None else "embeddings"},
-        "fit": {
-            "config": cfg.to_dict(),
-            "images": int(len(x)),
-            "kept": int(keep.sum()),
-            "failed": len(failed),
-            "dropped": int((~keep).sum()),
-            "cleaned_fraction": float(clean),
-            "kmeans": km_info,
-            "seed": int(seed),
-            "index": index,
-            "source": source or _source_name(images, streams, n_frames, len(x)),
-            "l2norm_selection": selection,
-            "color": colour,
-            "duplicates": dups,
-            "streams": streams,
-            "every": int(every),
-            "temporal_frames": n_frames,
-            "augment": aug_info,
-        },
-        "score": {
-            "k": k,
-            "reduction": "mean",
-            "l2norm": bool(l2norm),
-            "jpeg_draft": bool(jpeg_draft),
-            "color": colour["mode"],
-        },
-        "threshold": threshold,
-        "group": group,
-    }
+    manifest = Manifest(
+        model=ModelRef.of_meta(meta),
+        bank=BankRef(contents="kmeans-centres" if kmeans is not None else "embeddings"),
+        score=cfg.score_config(l2norm=bool(l2norm)).replace(color=colour["mode"]),
+        threshold=Threshold.of(threshold),
+        group=group,
+        fit=FitRecord(
+            config=cfg,
+            images=int(len(x)),
+            kept=int(in_bank.sum()),
+            failed=len(failed),
+            dropped=int((~keep).sum()),
+            source=source or _source_name(images, streams, n_frames, len(x)),
+            color=colour,
+            duplicates=dups,
+            augment=aug_info,
+            kmeans=km_info,
+            l2norm_selection=selection,
+            embeddings=StoredEmbeddings(**rows.info()),
+            extra={
+                "cleaned_fraction": float(clean),
+                "seed": int(seed),
+                "index": index,
+                "streams": streams,
+                "every": int(every),
+                "temporal_frames": n_frames,
+            },
+        ),
+    )
     report = {
-        "kept": [names[i] for i in np.flatnonzero(keep)],
+        "kept": [names[i] for i in np.flatnonzero(in_bank)],
         "dropped": [
             {"name": names[i], "loo_distance": float(clean_dist[i])} for i in np.flatnonzero(~keep)
         ],
@@ -389,7 +383,16 @@ def fit_bundle(
         "bank_rows": "kept" if kmeans is None else "kmeans-centres",
         **greport,
     }
-    out = write_bundle(output, model_path, manifest, bank, gbank, report)
+    out = write_bundle(
+        output,
+        model_path,
+        manifest,
+        bank,
+        gbank,
+        report,
+        extra=rows.files(),
+        before_install=before_install,
+    )
     say(progress, f"bundle written: {out}")
     return out
 

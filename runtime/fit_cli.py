@@ -5,6 +5,8 @@
             [--no-l2norm | --l2norm-select] [--jpeg-draft] [--threads N] [--providers ...]
             [--val-normal ...] [--val-anomalous ...]
 
+    dn2-fit --append BUNDLE NEW... [--output OUT] [--key PRIVATE.pem]   (dn2.runtime.fit_append)
+
 NORMAL: image files, folders (recursive) or globs. Bad files are skipped, listed and counted.
 
 Exit codes: 0 bundle written (skipped bad files, if any, are listed on stderr); 2 nothing
@@ -31,7 +33,8 @@ from .cliargs import (
 from .combine import DEFAULT_RULE, RULES
 from .config import FitConfig
 from .errors import Dn2Error
-from .ray_inputs import add_ray_args, ray_address
+from .fit_append_cli import add_append_args, run_append
+from .ray_inputs import RAY_PARAMS, add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
 from .threshold import METHODS
 
@@ -40,14 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = new_parser(
         "fit", "Fit a dn2 bundle from normal images (paper 3.1-3.3).", engine_parser(batch=8)
     )
-    p.add_argument("model", help="dn2 ONNX model (from dn2-export)")
+    p.add_argument("model", nargs="?", help="dn2 ONNX model (from dn2-export)")
     p.add_argument(
         "normal",
-        nargs="+",
+        nargs="*",
         help="normal inputs: image files, folders (recursive), globs, video files, "
         "camera indices, rtsp/http URLs, GStreamer pipelines (quoted)",
     )
-    p.add_argument("--output", "-o", required=True, help="bundle directory to write")
+    p.add_argument(
+        "--output", "-o", help="bundle directory to write (required, except with --append)"
+    )
+    add_append_args(p)
     p.add_argument("--k", type=int, default=2, help="nearest neighbours per score (default 2)")
     p.add_argument(
         "--clean",
@@ -213,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="camera: add variants of every normal image made the way a camera "
         "path changes it (real MJPG / mp4v round trips, per-channel sensor "
         "noise, a few %% of scale, brightness, contrast; seeded) to the bank "
-        "and the calibration (default none; BENCHMARKS.md 'Camera path')",
+        "(--augment-into; default none; BENCHMARKS.md 'Camera path')",
     )
     p.add_argument(
         "--augment-copies",
@@ -221,6 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="variants per normal image with --augment camera (default 1)",
+    )
+    p.add_argument(
+        "--augment-into",
+        choices=("both", "bank", "calibration"),
+        default="bank",
+        help="with --augment camera: the variants join only the bank (default: camera "
+        "frames find their neighbours, the threshold stays the stills' own), the bank "
+        "and the calibration (both: a higher threshold, less recall), or only the "
+        "calibration (BENCHMARKS.md 'Camera path')",
+    )
+    p.add_argument(
+        "--near-copy-ratio",
+        type=float,
+        default=FitConfig.near_copy_ratio,
+        metavar="R",
+        help="images whose embeddings are closer than R x the set's median pair distance "
+        "are near copies, calibrated as one group (default %(default)g; 0: exact copies only)",
     )
     p.add_argument(
         "--every",
@@ -257,7 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # fit_bundle's parameter names that differ from the option names (for --config and errors)
-PARAMS = {"model_path": "model", "images": "normal", "n_groups": "groups"}
+PARAMS = {
+    "model_path": "model",
+    "images": "normal",
+    "n_groups": "groups",
+    "combine_rule": "combine",
+    **RAY_PARAMS,
+}
 
 
 def _view_fit(a) -> Optional[str]:
@@ -323,6 +352,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = start(parser, argv, "fit", PARAMS)
     if isinstance(a, int):
         return a
+    if a.append:
+        return run_append(a, parser)
+    if not a.model or not a.normal or not a.output:
+        missing = [n for n, v in (("MODEL", a.model), ("NORMAL...", a.normal)) if not v]
+        report_error(
+            "fit",
+            "expected MODEL NORMAL... --output BUNDLE (or --append BUNDLE NEW...), found no "
+            + (", ".join(missing) if missing else "--output"),
+            parser,
+        )
+        return EXIT_USAGE
     from .fit import fit_bundle
 
     fit, ray_kw = fit_bundle, {}  # --every, --max-frames, ... reach fit_bundle by name

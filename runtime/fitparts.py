@@ -16,6 +16,7 @@ from . import groups as G
 from .bank import build_bank
 from .config import FitConfig
 from .errors import Dn2Error
+from .manifest import GroupCalib, Threshold
 from .scoring import DEFAULT_L2NORM, knn_score, l2normalize
 from .threshold import conformal_quantile, quantile_table, roc_auc
 
@@ -199,32 +200,37 @@ def group_section(
     traces = G.cov_traces(gx_all, members)
     gbank = build_bank(pooled, index)
     th = conformal_quantile(good, fpr)
-    section = {
-        "size": size,
-        "pooling": pooling,
-        "source": source,
-        "n_groups": len(members),
-        "k": gk,
-        "seed": seed,
-        "l2norm_per_image": bool(l2norm),
-        "sizes": [int(min(map(len, members))), int(max(map(len, members)))],
-        "threshold": {
-            "value": th["value"],
-            "method": "fpr",
-            "fpr": fpr,
-            "quantiles": quantile_table(good),
-            "conformal": th,
-            "calibration": "leave-one-out against groups sharing no image",
-            "n_calibration": int(good.size),
-            "no_disjoint_neighbours": n_nan,
-        },
-        "cov_trace_threshold": {
-            "value": conformal_quantile(traces, fpr)["value"],
-            "method": "fpr",
-            "fpr": fpr,
-            "quantiles": quantile_table(traces),
-        },
-    }
+    section = GroupCalib(
+        pooling=pooling,
+        k=gk,
+        size=size,
+        sizes=(int(min(map(len, members))), int(max(map(len, members)))),
+        n_groups=len(members),
+        source=source,
+        threshold=Threshold.of(
+            {
+                "value": th["value"],
+                "method": "fpr",
+                "fpr": fpr,
+                "quantiles": quantile_table(good),
+                "conformal": th,
+                "calibration": "leave-one-out against groups sharing no image",
+                "n_calibration": int(good.size),
+                "no_disjoint_neighbours": n_nan,
+            },
+            "group.threshold",
+        ),
+        cov_trace_threshold=Threshold.of(
+            {
+                "value": conformal_quantile(traces, fpr)["value"],
+                "method": "fpr",
+                "fpr": fpr,
+                "quantiles": quantile_table(traces),
+            },
+            "group.cov_trace_threshold",
+        ),
+        extra={"seed": seed, "l2norm_per_image": bool(l2norm)},
+    )
     say(progress, f"groups: {len(members)} normal groups ({source}), threshold {th['value']:.6g}")
     return section, gbank, {"group_folders": gnames, "group_failed": failed}
 

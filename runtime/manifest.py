@@ -1,177 +1,212 @@
-"""The bundle manifest's schema, checked in one place before any of it is used.
+"""The bundle manifest (dn2.json) as typed frozen objects, parsed and checked in one place.
 
-:func:`validate_manifest` walks the fields the runtime reads (``model``, ``bank``, ``score``,
-``threshold``, ``group``, ``signals.patch``, ``files``) and raises a ``BundleError`` naming the
-field, what was expected and what was found: a missing section, a string where a number
-belongs, ``true`` for a number (JSON booleans are not numbers here), a list for a file name,
-a count of 10^12 rows. Fields it does not know are kept (records such as ``fit`` are free
-form). Cross-field rules: ``bank.dim == model.dim``, ``1 <= score.k <= bank.n``, every named
-file listed in ``files`` with the same sha256.
+``parse_manifest(raw, where)`` checks the parsed JSON once (types, ranges, cross-field rules:
+``bank.dim == model.dim``, ``1 <= score.k <= bank.n``, every named file listed in ``files``
+with the same sha256) and hands back a :class:`Manifest`; every reader outside this module and
+``dn2.runtime.bundle`` uses its attributes (``m.threshold.value``, ``m.score.k``,
+``m.group.bank``). ``Manifest.to_dict()`` is the JSON of schema version 2; fit writers build the
+objects and ``dn2.runtime.bundle.write_bundle`` fills in files, digests and bank parameters.
+
+Schema 2 against schema 1: ``score`` names every choice (``jpeg_draft``, ``color``, ``mode``,
+``combine``; schema 1 left them out for their defaults), ``model.outputs`` lists the graph's
+named outputs (model contract v2). A schema-1 manifest is converted on read (the defaults
+filled in, ``model.outputs`` not recorded); any other version is refused with how to refit.
+Fields a section does not type (records such as ``fit.streams``) are kept in its ``extra``.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import re
-from typing import Any, Dict, Optional
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .errors import BundleError
+from .config import COMBINES, MODES, FitConfig, ScoreConfig
+from .errors import BundleError, Dn2Error
+from .manifest_check import Check
+from .manifest_fit import FitRecord
+from .manifest_parts import BankRef, ModelRef, ScoreTail, Threshold, _extra
+from .manifest_signals import GlobalSignal, GroupCalib, PatchSignal, Signals
+from .views import View
 
-METRIC = "sqeuclidean"
-MAX_ROWS = 1 << 34  # 17 billion: far beyond any bank, below what overflows an int64 product
-_SHA = re.compile(r"^[0-9a-f]{64}$")
+SCHEMA = "dn2-bundle"
+SCHEMA_VERSION = 2
+CONVERTIBLE = (1,)  # older schema versions read by conversion
+REFIT = "dn2 fit MODEL.onnx NORMAL_IMAGES --output BUNDLE"
 
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "missing"
-
-
-_MISSING = _Missing()
-
-
-class _Check:
-    def __init__(self, where: str):
-        self.where = where
-
-    def fail(self, field: str, expected: str, value: Any) -> None:
-        found = "nothing (missing)" if value is _MISSING else _show(value)
-        raise BundleError(f"bundle {self.where}: {field}: expected {expected}, found {found}")
-
-    def section(self, parent: Dict, key: str, field: str, required: bool = True) -> Optional[Dict]:
-        v = parent.get(key, _MISSING)
-        if v is _MISSING or v is None:
-            if required:
-                raise BundleError(
-                    f"bundle {self.where}: expected a {field!r} section, found "
-                    f"{'none' if v is _MISSING else 'null'}"
-                )
-            return None
-        if not isinstance(v, dict):
-            self.fail(field, "an object", v)
-        return v
-
-    def integer(
-        self,
-        sec: Dict,
-        key: str,
-        field: str,
-        lo: int,
-        hi: int,
-        required: bool = True,
-        what: str = "",
-    ) -> Optional[int]:
-        v = sec.get(key, _MISSING)
-        if v is _MISSING and not required:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            self.fail(field, what or f"an integer in [{lo}, {hi}]", v)
-        return v
-
-    def num(self, sec: Dict, key: str, field: str, low: Optional[float] = None) -> float:
-        v = sec.get(key, _MISSING)
-        if (
-            isinstance(v, bool)
-            or not isinstance(v, (int, float))
-            or not math.isfinite(v)
-            or (low is not None and v < low)
-        ):
-            self.fail(field, "a finite number" + (f" >= {low:g}" if low is not None else ""), v)
-        return float(v)
-
-    def choice(self, sec: Dict, key: str, field: str, options, default=_MISSING) -> Any:
-        v = sec.get(key, default)
-        if not any(type(v) is type(o) and v == o for o in options):  # true is not 1
-            exp = " or ".join(
-                repr(o) if not isinstance(o, bool) else str(o).lower() for o in options
-            )
-            self.fail(field, exp, v)
-        return v
-
-    def text(self, sec: Dict, key: str, field: str, required: bool = True) -> Optional[str]:
-        v = sec.get(key, _MISSING)
-        if v is _MISSING and not required:
-            return None
-        if not isinstance(v, str) or not v or len(v) > 4096:
-            self.fail(field, "a non-empty string", v)
-        return v
+__all__ = [
+    "BankRef",
+    "FitRecord",
+    "GlobalSignal",
+    "GroupCalib",
+    "Manifest",
+    "ModelRef",
+    "PatchSignal",
+    "ScoreTail",
+    "Signals",
+    "Threshold",
+    "parse_manifest",
+]
 
 
-def _show(v: Any) -> str:
-    text = repr(v) if not isinstance(v, (dict, list)) else f"{type(v).__name__} of {len(v)}"
-    if isinstance(v, bool) or v is None:
-        text = str(v).lower() if v is not None else "null"
-    return text if len(text) <= 60 else text[:57] + "..."
+def _parse_score(c: Check, d: Mapping, n: int) -> ScoreConfig:
+    k = c.integer(d, "k", "score.k", 1, n, what=f"an integer in [1, bank.n={n}]")
+    cfg = dict(
+        k=k,
+        reduction=c.choice(d, "reduction", "score.reduction", ("mean",)),
+        l2norm=c.choice(d, "l2norm", "score.l2norm", (True, False)),
+        jpeg_draft=c.choice(d, "jpeg_draft", "score.jpeg_draft", (True, False), default=False),
+        color=c.choice(d, "color", "score.color", ("gray", "color"), default="color"),
+        mode=c.choice(d, "mode", "score.mode", MODES, default="global"),
+        combine=c.choice(d, "combine", "score.combine", COMBINES, default="max"),
+    )
+    return ScoreConfig(**cfg)
 
 
-def _files(c: _Check, m: Dict) -> Dict[str, str]:
-    files = c.section(m, "files", "files")
-    for name, digest in files.items():
-        if not isinstance(name, str) or name != os.path.basename(name) or name in ("", ".", ".."):
-            c.fail("files", "plain file names", name)
-        if not isinstance(digest, str) or not _SHA.match(digest):
-            c.fail(f"files.{name}", "a sha256 (64 hex digits)", digest)
-    return files
+@dataclass(frozen=True)
+class Manifest:
+    """A whole dn2.json. ``converted_from``: the schema version read when it was older."""
+
+    model: ModelRef
+    bank: BankRef
+    score: ScoreConfig
+    threshold: Threshold
+    fit: FitRecord = FitRecord()
+    group: Optional[GroupCalib] = None
+    signals: Optional[Signals] = None
+    view: Optional[View] = None
+    files: Mapping[str, str] = field(default_factory=dict)
+    dn2_version: str = ""
+    converted_from: Optional[int] = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    _TOP = (
+        "schema",
+        "schema_version",
+        "dn2_version",
+        "model",
+        "bank",
+        "score",
+        "threshold",
+        "fit",
+        "group",
+        "signals",
+        "view",
+        "files",
+    )
+
+    @property
+    def fit_config(self) -> Optional[FitConfig]:
+        return self.fit.config
+
+    @property
+    def patch(self) -> Optional[PatchSignal]:
+        return self.signals.patch if self.signals is not None else None
+
+    def banks(self) -> List[Tuple[str, BankRef]]:
+        """(stem, reference) of every bank: bank, group_bank, patch_bank."""
+        out = [("bank", self.bank)]
+        if self.group is not None:
+            out.append(("group_bank", self.group.bank))
+        if self.patch is not None:
+            out.append(("patch_bank", self.patch.bank))
+        return out
+
+    def with_banks(self, refs: Mapping[str, BankRef]) -> Manifest:
+        """A copy with the banks of ``refs`` (keyed by stem) replaced."""
+        m = dataclasses.replace(self, bank=refs.get("bank", self.bank))
+        if "group_bank" in refs:
+            m = dataclasses.replace(m, group=dataclasses.replace(m.group, bank=refs["group_bank"]))
+        if "patch_bank" in refs:
+            sig = m.signals
+            patch = dataclasses.replace(sig.patch, bank=refs["patch_bank"])
+            m = dataclasses.replace(m, signals=dataclasses.replace(sig, patch=patch))
+        return m
+
+    def replace(self, **changes: Any) -> Manifest:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON of schema version ``SCHEMA_VERSION``."""
+        out = dict(self.extra)
+        out.update(
+            schema=SCHEMA,
+            schema_version=SCHEMA_VERSION,
+            dn2_version=self.dn2_version,
+            model=self.model.to_dict(),
+            bank=self.bank.to_dict(),
+            score=self.score.to_dict(),
+            threshold=self.threshold.to_dict(),
+            fit=self.fit.to_dict(),
+            group=None if self.group is None else self.group.to_dict(),
+            files=dict(self.files),
+        )
+        if self.signals is not None:
+            out["signals"] = self.signals.to_dict()
+        if self.view is not None:
+            out["view"] = self.view.to_dict()
+        return out
 
 
-def _named_file(c: _Check, sec: Dict, field: str, files: Dict[str, str]) -> None:
-    name = sec.get("file", _MISSING)
-    if not isinstance(name, str) or name not in files:
-        c.fail(f"{field}.file", f"one of {sorted(files)}", name)
-    digest = sec.get("sha256", _MISSING)
-    if digest != files[name]:
-        c.fail(f"{field}.sha256", f"{files[name]} (files.{name})", digest)
+def parse_manifest(m: Any, where: str) -> Manifest:
+    """Check the parsed dn2.json (schema 2, or 1 converted) -> a Manifest (BundleError)."""
+    from .version import __version__
 
-
-def _bank(c: _Check, b: Dict, field: str, files: Dict[str, str], dim: int) -> int:
-    kind = c.choice(b, "kind", f"{field}.kind", ("exact", "hnsw"))
-    _named_file(c, b, field, files)
-    n = c.integer(b, "n", f"{field}.n", 1, MAX_ROWS)
-    c.integer(b, "dim", f"{field}.dim", dim, dim, what=f"the model's dim {dim}")
-    c.choice(b, "metric", f"{field}.metric", (METRIC,))
-    if kind == "hnsw":
-        c.integer(b, "M", f"{field}.M", 2, 10_000)
-        c.integer(b, "ef_construction", f"{field}.ef_construction", 1, 1 << 20)
-        c.integer(b, "ef", f"{field}.ef", 1, 1 << 20)
-        c.integer(b, "seed", f"{field}.seed", 0, (1 << 63) - 1, required=False)
-    return n
-
-
-def validate_manifest(m: Any, where: str) -> Dict:
-    """Check the parsed dn2.json against the schema; returns it unchanged (BundleError)."""
-    c = _Check(where)
-    if not isinstance(m, dict):
-        c.fail("dn2.json", "a JSON object", m)
+    c = Check(where)
+    if not isinstance(m, dict) or m.get("schema") != SCHEMA:
+        found = m.get("schema") if isinstance(m, dict) else m
+        raise BundleError(f"bundle {where}: expected schema {SCHEMA!r}, found {found!r}")
+    ver = m.get("schema_version")
+    if type(ver) is not int or ver not in (SCHEMA_VERSION,) + CONVERTIBLE:
+        raise BundleError(
+            f"bundle {where}: expected schema_version {SCHEMA_VERSION} (or "
+            f"{', '.join(map(str, CONVERTIBLE))}, converted on read), found {ver!r} (written by "
+            f"dn2 {m.get('dn2_version')}, this is dn2 {__version__}); refit it with this dn2: "
+            f"{REFIT}"
+        )
+    c.v1 = ver == 1
     for key in ("model", "bank", "score", "threshold", "files"):
         c.section(m, key, key)
-    files = _files(c, m)
-    mod = m["model"]
-    _named_file(c, mod, "model", files)
-    dim = c.integer(mod, "dim", "model.dim", 1, 1 << 16)
-    c.integer(mod, "input", "model.input", 8, 8192)
-    c.text(mod, "arch", "model.arch")
-    n = _bank(c, m["bank"], "bank", files, dim)
-    sc = m["score"]
-    c.integer(sc, "k", "score.k", 1, n, what=f"an integer in [1, bank.n={n}]")
-    c.choice(sc, "reduction", "score.reduction", ("mean",))
-    c.choice(sc, "l2norm", "score.l2norm", (True, False))
-    c.choice(sc, "jpeg_draft", "score.jpeg_draft", (True, False), default=False)
-    c.choice(sc, "color", "score.color", ("gray", "color"), default="color")
-    c.text(sc, "mode", "score.mode", required=False)
-    c.num(m["threshold"], "value", "threshold.value", low=0.0)
+    files = c.files(m)
+    model = ModelRef.parse(c, m["model"], files)
+    bank = BankRef.parse(c, m["bank"], "bank", files, model.dim)
+    score = _parse_score(c, m["score"], bank.n)
+    threshold = Threshold.parse(c, m["threshold"], "threshold", low=0.0)
     g = c.section(m, "group", "group", required=False)
-    if g is not None:
-        c.choice(g, "pooling", "group.pooling", ("mean", "max"))
-        gn = _bank(c, c.section(g, "bank", "group.bank"), "group.bank", files, dim)
-        c.integer(g, "k", "group.k", 1, gn, what=f"an integer in [1, group.bank.n={gn}]")
-        for key in ("threshold", "cov_trace_threshold"):
-            c.num(c.section(g, key, f"group.{key}"), "value", f"group.{key}.value")
+    group = GroupCalib.parse(c, g, files, model.dim) if g is not None else None
     sig = c.section(m, "signals", "signals", required=False)
-    ps = c.section(sig, "patch", "signals.patch", required=False) if sig else None
-    if ps is not None:
-        pb = c.section(ps, "bank", "signals.patch.bank")
-        _named_file(c, pb, "signals.patch.bank", files)
-        for key in ("threshold", "pixel_threshold"):
-            c.num(c.section(ps, key, f"signals.patch.{key}"), "value", f"signals.patch.{key}.value")
-    return m
+    signals = None
+    if sig is not None:
+        gs = c.section(sig, "global", "signals.global", required=False)
+        ps = c.section(sig, "patch", "signals.patch", required=False)
+        signals = Signals(
+            glob=GlobalSignal.parse(c, gs, score) if gs is not None else None,
+            patch=PatchSignal.parse(c, ps, files) if ps is not None else None,
+            extra=_extra(sig, ("global", "patch")),
+        )
+    view = None
+    if m.get("view") is not None:
+        try:
+            view = View.from_dict(c.section(m, "view", "view"))
+        except Dn2Error as exc:
+            raise BundleError(f"bundle {where}: {exc}") from None
+    fit = FitRecord.parse(c, c.section(m, "fit", "fit", required=False) or {}, files)
+    dv = m.get("dn2_version")
+    return Manifest(
+        model=model,
+        bank=bank,
+        score=score,
+        threshold=threshold,
+        fit=fit,
+        group=group,
+        signals=signals,
+        view=view,
+        files=files,
+        dn2_version=dv if isinstance(dv, str) else "",
+        converted_from=ver if ver != SCHEMA_VERSION else None,
+        extra=_extra(m, Manifest._TOP),
+    )
+
+
+def validate_manifest(m: Any, where: str) -> Manifest:
+    """The same as :func:`parse_manifest` (the name older callers know)."""
+    return parse_manifest(m, where)

@@ -23,23 +23,23 @@ class ViewScorer:
     def __init__(self, bundle, embedder):
         m = bundle.manifest
         self.bundle, self.embedder = bundle, embedder
-        self.mode = m["score"].get("mode", "global")
-        self.view = View.from_dict(m.get("view"))
-        sig = m.get("signals") or {}
-        g = sig.get("global", {})
-        self.k = int(g.get("k", m["score"]["k"]))
-        self.l2norm = bool(g.get("l2norm", m["score"]["l2norm"]))
-        self.global_threshold = float(g["threshold"]["value"]) if g else None
-        p = sig.get("patch")
+        self.mode = m.score.mode
+        self.view = m.view or View()
+        g = m.signals.glob if m.signals is not None else None
+        self.k = g.k if g else m.score.k
+        self.l2norm = g.l2norm if g else m.score.l2norm
+        self.global_threshold = g.threshold.value if g else None
+        p = m.patch
         self.patch = None
         if p is not None:
-            self.patch = PatchScorer(
-                bundle.patch_bank, int(p["k"]), p["reduction"], int(p["topk"]), float(p["sigma"])
-            )
-            self.patch_threshold = float(p["threshold"]["value"])
-            self.pixel_threshold = float(p["pixel_threshold"]["value"])
-        self.threshold = float(m["threshold"]["value"])
-        self.rule = rule_of(m["score"], sig)
+            self.patch = PatchScorer(bundle.patch_bank, p.k, p.reduction, p.topk, p.sigma)
+            self.patch_threshold = p.threshold.value
+            self.pixel_threshold = p.pixel_threshold.value
+        self.threshold = m.threshold.value
+        self.rule = None
+        if g is not None and p is not None:
+            stored = m.signals.extra.get("combine")
+            self.rule = rule_of(stored, m.score.combine, g.threshold.value, p.threshold.value)
         self.viewer = (
             ViewEmbedder(embedder, self.view, patches=self.patch is not None)
             if embedder is not None

@@ -46,6 +46,9 @@ K_OPSET = "dn2.opset"
 K_PRECISION = "dn2.precision"  # fp32 | fp16 | int8
 K_VERSION = "dn2.version"
 K_ORT_CONFIG = "dn2.ort_session_config"  # optional JSON {key: value} for onnxruntime SessionOptions
+# int8 models: JSON of the export gate's choice (quantizer settings, kernels, cosine, kNN rank
+# agreement and their margins over the tolerance, calibration images' sha256); informative
+K_INT8_CHOICE = "dn2.int8_choice"
 K_OUTPUTS = "dn2.outputs"  # JSON list of OutputSpec (dn2-model-2)
 # dn2-model-1 only: JSON describing the ``patches`` output (dn2-model-2 keeps it in the
 # output's attrs): {layers: [{name, stride, channels}], stride, channels, grid: [h, w], pool,

@@ -20,7 +20,7 @@ Calibration, from normal data only, by image:
 * global: eq. 2 leave-one-out by image (an image's own inputs — its tiles — are excluded from
   its neighbours); with T > 1 an image scores the max over its inputs.
 * both: the two held-out scores of each calibrated image combined by a rule fitted on them
-  (``dn2.runtime.combine``: by default the larger of the two z-scores), and the decision
+  (``dn2.runtime.combine``: by default Fisher's over the two z-scores), and the decision
   threshold the conformal quantile of the combined held-out scores at ``fpr`` (so the union
   of the two signals still holds the target rate). The pairs are kept in the manifest, so a
   rule can be re-fitted and measured without re-embedding.
@@ -38,16 +38,26 @@ import numpy as np
 
 from .bank import build_bank
 from .bundle import write_bundle
-from .combine import DEFAULT_RULE, RULES, apply_rule, fit_rule
+from .combine import DEFAULT_RULE, apply_rule, fit_rule
+from .config import COMBINES, MODES, ScoreConfig
 from .coreset import StreamingCoreset
 from .errors import Dn2Error
+from .manifest import (
+    BankRef,
+    GlobalSignal,
+    Manifest,
+    ModelRef,
+    PatchSignal,
+    Signals,
+    Threshold,
+)
+from .manifest_fit import FitRecord
 from .patchscore import SIGMA, PatchScorer, cell_scores, frame_map, patch_rows, reduce_cells
 from .scoring import l2normalize
 from .threshold import conformal_quantile, quantile_table
 from .viewembed import ViewEmbedder
 from .views import View
 
-MODES = ("global", "patch", "both")
 DEFAULTS = {
     "bank_size": 4096,
     "per_image": 512,
@@ -109,11 +119,14 @@ def fit_view_bundle(
     from .images import find_images
 
     if mode not in MODES:
-        raise Dn2Error(f"--mode: expected one of {', '.join(MODES)}, found {mode!r}")
+        raise Dn2Error(f"mode: expected one of {', '.join(MODES)}, found {mode!r}", param="mode")
     if not 0.0 < float(fpr) < 1.0:
-        raise Dn2Error(f"--fpr: expected a rate in (0, 1), found {fpr}")
-    if combine_rule not in RULES:
-        raise Dn2Error(f"--combine: expected one of {', '.join(RULES)}, found {combine_rule!r}")
+        raise Dn2Error(f"fpr: expected a rate in (0, 1), found {fpr}", param="fpr")
+    if combine_rule not in COMBINES:
+        raise Dn2Error(
+            f"combine_rule: expected one of {', '.join(COMBINES)}, found {combine_rule!r}",
+            param="combine_rule",
+        )
     model_path = Path(model_path)
     emb = Embedder(
         str(model_path),
@@ -193,15 +206,14 @@ def fit_view_bundle(
         gscores = reduce_cells(loo_by_image(x, image_of, k).reshape(n, t_in), "max")
         gthr = conformal_quantile(gscores, fpr)
         gbank = build_bank(x, index)
-        sections: Dict = {
-            "global": {
-                "k": k,
-                "l2norm": bool(l2norm),
-                "inputs_per_image": t_in,
-                "threshold": dict(gthr, fpr=fpr, quantiles=quantile_table(gscores)),
-            }
-        }
-        patch_bank, pinfo = None, None
+        glob = GlobalSignal(
+            k=k,
+            l2norm=bool(l2norm),
+            inputs_per_image=t_in,
+            threshold=Threshold.of(dict(gthr, fpr=fpr, quantiles=quantile_table(gscores))),
+        )
+        patch = None
+        patch_bank, pinfo, both_extra = None, None, {}
         if use_patch:
             t1 = time.perf_counter()
             per_fold = max(1, bank_size // folds)
@@ -233,19 +245,25 @@ def fit_view_bundle(
                 "bank_seconds": round(t_bank, 2),
                 "fit_seconds": round(t_fit, 2),
             }
-            sections["patch"] = {
+            calibration = f"{folds}-fold by image: scored against the other folds' patch pools"
+            patch = PatchSignal(
                 **PatchScorer(patch_bank, patch_k, reduction, topk, SIGMA).params(),
-                "compression": "greedy-coreset",
-                "per_image": per_image,
-                "bank_size": int(len(bank_rows)),
-                "layers": emb.patch_spec["layers"],
-                "channels": emb.patch_spec["channels"],
-                "grid": emb.patch_spec["grid"],
-                "threshold": dict(pthr, fpr=fpr, quantiles=quantile_table(pscores[calibrated])),
-                "pixel_threshold": dict(pix, fpr=fpr, what="map maximum of held-out normal images"),
-                "calibration": f"{folds}-fold by image: scored against the other folds' "
-                f"patch pools",
-            }
+                threshold=Threshold.of(
+                    dict(pthr, fpr=fpr, quantiles=quantile_table(pscores[calibrated]))
+                ),
+                pixel_threshold=Threshold.of(
+                    dict(pix, fpr=fpr, what="map maximum of held-out normal images")
+                ),
+                extra={
+                    "compression": "greedy-coreset",
+                    "per_image": per_image,
+                    "bank_size": int(len(bank_rows)),
+                    "layers": emb.patch_spec["layers"],
+                    "channels": emb.patch_spec["channels"],
+                    "grid": emb.patch_spec["grid"],
+                    "calibration": calibration,
+                },
+            )
             _say(
                 progress,
                 f"patch bank: {len(bank_rows)} rows x {bank_rows.shape[1]} "
@@ -256,10 +274,12 @@ def fit_view_bundle(
             ok = ~np.isnan(pscores)
             rule = fit_rule(combine_rule, gscores[ok], pscores[ok], gthr["value"], pthr["value"])
             both = apply_rule(rule, gscores[ok], pscores[ok])
-            sections["combine"] = rule
-            sections["calibration_pairs"] = {
-                "global": [float(v) for v in gscores[ok]],
-                "patch": [float(v) for v in pscores[ok]],
+            both_extra = {
+                "combine": rule,
+                "calibration_pairs": {
+                    "global": [float(v) for v in gscores[ok]],
+                    "patch": [float(v) for v in pscores[ok]],
+                },
             }
             thr = dict(
                 conformal_quantile(both, fpr),
@@ -269,11 +289,7 @@ def fit_view_bundle(
                 calibration=f"{combine_rule} rule over the two held-out scores",
             )
         elif mode == "patch":
-            thr = dict(
-                sections["patch"]["threshold"],
-                method="fpr",
-                calibration=sections["patch"]["calibration"],
-            )
+            thr = patch.threshold.replace(method="fpr", calibration=calibration).to_dict()
         else:
             thr = dict(
                 gthr,
@@ -282,42 +298,30 @@ def fit_view_bundle(
                 quantiles=quantile_table(gscores),
                 calibration="leave-one-out by image",
             )
-    meta = emb.meta
-    manifest = {
-        "model": {
-            "arch": meta.arch,
-            "weights": meta.weights,
-            "input": meta.input_size,
-            "dim": meta.dim,
-            "precision": meta.precision,
-        },
-        "bank": {"contents": "embeddings" if t_in == 1 else "view-input-embeddings"},
-        "fit": {
-            "images": n,
-            "kept": n,
-            "failed": len(failed),
-            "dropped": 0,
-            "cleaned_fraction": 0.0,
-            "kmeans": None,
-            "seed": int(seed),
-            "index": index,
-            "source": "images",
-            "embed_seconds": round(t_embed, 2),
-            **({"patch": pinfo} if pinfo else {}),
-        },
-        "score": {
-            "k": k,
-            "reduction": "mean",
-            "l2norm": bool(l2norm),
-            "jpeg_draft": bool(jpeg_draft),
-            "mode": mode,
-            "combine": combine_rule,
-        },
-        "view": view.to_dict(),
-        "signals": sections,
-        "threshold": thr,
-        "group": None,
-    }
+    manifest = Manifest(
+        model=ModelRef.of_meta(emb.meta),
+        bank=BankRef(contents="embeddings" if t_in == 1 else "view-input-embeddings"),
+        score=ScoreConfig(
+            k=k, l2norm=bool(l2norm), jpeg_draft=bool(jpeg_draft), mode=mode, combine=combine_rule
+        ),
+        view=view,
+        signals=Signals(glob=glob, patch=patch, extra=both_extra),
+        threshold=Threshold.of(thr),
+        fit=FitRecord(
+            images=n,
+            kept=n,
+            failed=len(failed),
+            dropped=0,
+            source="images",
+            extra={
+                "cleaned_fraction": 0.0,
+                "seed": int(seed),
+                "index": index,
+                "embed_seconds": round(t_embed, 2),
+                **({"patch": pinfo} if pinfo else {}),
+            },
+        ),
+    )
     report = {
         "kept": names,
         "dropped": [],

@@ -198,10 +198,10 @@ def score_ray(
     from .ray_video import plan_segments
 
     if fmt not in ("parquet", "jsonl"):
-        raise Dn2Error(f"--ray-format: expected parquet or jsonl, found {fmt!r}")
+        raise Dn2Error(f"fmt: expected parquet or jsonl, found {fmt!r}", param="fmt")
     check_stream_args([], every, max_frames, seconds)
     bundle = str(Path(bundle).resolve())
-    threshold = float(load_bundle(bundle).manifest["threshold"]["value"])  # validates it here
+    threshold = load_bundle(bundle).manifest.threshold.value  # validates it here
     videos, rest = split_videos(expand_inputs(inputs))
     files, problems = find_images(rest) if rest else ([], [])
     segs, bad = plan_segments(videos, every=every, max_frames=max_frames, seconds=seconds)

@@ -14,7 +14,6 @@ Exit codes: 0 written; 2 usage error, a bad bundle, or an fpr the stored scores 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -46,61 +45,57 @@ def rethreshold_bundle(
 ) -> dict:
     """Set the threshold of ``bundle`` (written to ``output`` if given); returns the new
     manifest ``threshold`` section."""
-    from .bundle import MANIFEST, read_manifest
+    from .bundle import read_manifest, write_manifest
     from .threshold import rethreshold
 
     src = Path(bundle)
     m = read_manifest(src)  # checks every file's digest first
-    th = dict(m["threshold"])
+    th = m.threshold
     if (fpr is None) == (value is None):
-        raise Dn2Error("dn2 threshold: expected exactly one of --fpr or --value")
+        raise Dn2Error("threshold: expected exactly one of fpr or value", params=("fpr", "value"))
     if fpr is not None:
-        stored = th.get("scores")
-        if not stored:
+        if not th.scores:
             raise Dn2Error(
                 f"bundle {src}: expected calibration scores in the manifest "
                 "(threshold.scores, stored by this dn2 version's fit), found none; "
-                "refit, or give --value"
+                "refit, or give a value",
+                params=("fpr", "value"),
             )
-        c = rethreshold(stored, fpr)
-        th.update(value=c["value"], method="fpr", fpr=float(fpr))
-        th.setdefault("candidates", {})["fpr"] = c
+        c = rethreshold(th.scores.to_dict(), fpr)
+        th = th.replace(
+            value=c["value"],
+            method="fpr",
+            fpr=float(fpr),
+            candidates={**th.candidates, "fpr": c},
+        )
     else:
         if not math.isfinite(value) or value <= 0:
-            raise Dn2Error(f"--value: expected a positive number, found {value}")
-        th.update(value=float(value), method="value")
-    m["threshold"] = th
+            raise Dn2Error(f"value: expected a positive number, found {value}", param="value")
+        th = th.replace(value=float(value), method="value")
+    m = m.replace(threshold=th)
     signed = (src / "dn2.sig").exists()
     if output is None:
         if signed:
             raise Dn2Error(
                 f"bundle {src} is signed: changing its threshold in place would "
-                "break the signature; write a copy with --output NEW and sign it"
+                "break the signature; write a copy to a new output and sign it",
+                param="output",
             )
-        _write_manifest(src / MANIFEST, m)
-        return th
+        write_manifest(src, m)
+        return th.to_dict()
     out = Path(output).absolute()
     if out.exists():
-        raise Dn2Error(f"--output {out}: expected a new path, found it exists")
+        raise Dn2Error(f"output {out}: expected a new path, found it exists", param="output")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.copytree(src, tmp)
     try:
         (tmp / "dn2.sig").unlink(missing_ok=True)  # the copy is not what was signed
-        _write_manifest(tmp / MANIFEST, m)
+        write_manifest(tmp, m)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return th
-
-
-def _write_manifest(path: Path, m: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(m, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return th.to_dict()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -12,8 +12,9 @@ from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 
-from .errors import Dn2Error
+from .errors import Dn2Error, ImageError
 from .images import read_image, to_bgr8
+from .pipeline import overlapped
 from .views import Rect, View, view_inputs, warn_coverage
 
 
@@ -49,6 +50,7 @@ class ViewEmbedder:
     def _run(
         self, batch: List[Tuple[str, np.ndarray, List[Rect], Tuple[int, int]]]
     ) -> List[ViewItem]:
+        """One model call over the inputs of several frames."""
         x = np.concatenate([b[1] for b in batch])
         if self.patches:
             emb, pat = self.embedder.embed_patches_batch(x)
@@ -70,48 +72,51 @@ class ViewEmbedder:
             i += t
         return out
 
-    def items(self, sources: Iterable[Tuple[str, object]]) -> Iterator[ViewItem]:
-        """``sources``: (name, path or BGR array) pairs -> ViewItems in input order."""
-        per_run = max(1, self.embedder.batch_size)
-        batch: List = []
-        n_inputs = 0
-        for name, src in sources:
-            try:
-                img = (
-                    read_image(src, draft_side=self.embedder.draft_side)
-                    if not isinstance(src, np.ndarray)
-                    else src
-                )
-                x, rects, shape = self._prepare(img, name)
-            except Dn2Error as exc:
-                if batch:
-                    yield from self._run(batch)
-                    batch, n_inputs = [], 0
-                yield ViewItem(name, (0, 0), [], None, None, str(exc))
-                continue
-            except Exception as exc:  # cv2.error, MemoryError from a hostile file: per file
-                if batch:
-                    yield from self._run(batch)
-                    batch, n_inputs = [], 0
-                yield ViewItem(
-                    name,
-                    (0, 0),
-                    [],
-                    None,
-                    None,
-                    f"{name}: expected a decodable image, found {type(exc).__name__}: {exc}",
-                )
-                continue
-            batch.append((name, x, rects, shape))
-            n_inputs += len(x)
-            if n_inputs >= per_run:
-                yield from self._run(batch)
-                batch, n_inputs = [], 0
-        if batch:
-            yield from self._run(batch)
+    def _load(self, source: Tuple[str, object]):
+        """(name, model inputs, rects, shape) of one (name, path or array); raises Dn2Error."""
+        name, src = source
+        try:
+            img = (
+                read_image(src, draft_side=self.embedder.draft_side)
+                if not isinstance(src, np.ndarray)
+                else src
+            )
+            return (name, *self._prepare(img, name))
+        except Dn2Error:
+            raise
+        except Exception as exc:  # cv2.error, MemoryError from a hostile file: per file
+            raise ImageError(
+                f"{name}: expected a decodable image, found {type(exc).__name__}: {exc}"
+            ) from None
+
+    def items(
+        self, sources: Iterable[Tuple[str, object]], workers: Optional[int] = None
+    ) -> Iterator[ViewItem]:
+        """``sources``: (name, path or BGR array) pairs -> ViewItems in input order. Decoding
+        runs in the embedder's decode pool ahead of the model, the model on its own thread
+        (:func:`dn2.runtime.pipeline.overlapped`), so the caller's scoring of one batch
+        overlaps the model's next; a batch holds about ``batch_size`` model inputs.
+        ``workers=0``: all on the caller's thread (frames already decoded, e.g. the watch's
+        batches: no threads started per call)."""
+        for b in overlapped(
+            sources,
+            self._load,
+            self._run,
+            batch=max(1, self.embedder.batch_size),
+            workers=self.embedder.decode_workers if workers is None else workers,
+            size=lambda loaded: len(loaded[1]),
+            collate=list,
+        ):
+            good, bad = iter(b.output or ()), iter(b.errors)
+            for ok in b.order:
+                if ok:
+                    yield next(good)
+                else:
+                    (name, _), why = next(bad)
+                    yield ViewItem(name, (0, 0), [], None, None, why)
 
     def paths(self, paths: Sequence) -> Iterator[ViewItem]:
         return self.items((str(p), str(p)) for p in paths)
 
     def images(self, imgs: Sequence[np.ndarray]) -> Iterator[ViewItem]:
-        return self.items((f"image {i}", im) for i, im in enumerate(imgs))
+        return self.items(((f"image {i}", im) for i, im in enumerate(imgs)), workers=0)

@@ -28,13 +28,14 @@ def frames(folder: Path, n: int, start: int, seed: int):
     return out
 
 
-def make_scene(root: Path, nominal: Path):
+def make_scene(root: Path, nominal: Path, model: Path = None):
     """(bundle, clip.avi): the bundle from 120 codec-passed normal frames, the clip from the
-    next N frames with stains drawn over STAINS."""
+    next N frames with stains drawn over STAINS. ``model``: a dn2 model (default: the tiny
+    one)."""
     from dn2.runtime.fit import fit_bundle
 
     root.mkdir(parents=True, exist_ok=True)
-    model = make_tiny_model(root / "tiny.onnx")
+    model = model or make_tiny_model(root / "tiny.onnx")
     train = read_video(write_video(root / "train.avi", frames(nominal, 120, 0, seed=1)))
     bundle = fit_bundle(
         model,

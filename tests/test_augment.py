@@ -53,13 +53,20 @@ def test_fit_with_augment_records_it_and_groups_variants(lite0_model, textile, t
         == 0
     )
     m = load_bundle(aug).manifest
-    assert m["fit"]["augment"]["variants"] == 40 and m["fit"]["augment"]["codecs"] == [
+    assert m.fit.augment["variants"] == 40 and m.fit.augment["codecs"] == [
         "MJPG",
         "mp4v",
     ]
-    assert m["bank"]["n"] == 80 and m["threshold"]["n_calibration"] == 80
+    # the default: variants join the bank only; the stills alone calibrate the threshold
+    assert m.bank.n == 80 and m.threshold.extra["n_calibration"] == 40
+    assert m.fit.augment["into"] == "bank"
+    both = tmp_path / "both"
+    args = [str(lite0_model), *textile[:40], "-o", str(both), "-q", "--fpr", "0.1"]
+    assert fit_cli.main(args + ["--augment", "camera", "--augment-into", "both"]) == 0
+    mb = load_bundle(both).manifest
+    assert mb.bank.n == 80 and mb.threshold.extra["n_calibration"] == 80
     # each variant is scored without its original: the threshold does not collapse
     assert (
-        Detector.load(aug, load_model=False).threshold
+        Detector.load(both, load_model=False).threshold
         > 0.8 * Detector.load(plain, load_model=False).threshold
     )

@@ -46,7 +46,7 @@ def test_manifest_records_everything(model, data, tmp_path):
         names=[f"img{i}" for i in range(len(x))],
     )
     m = json.loads((out / MANIFEST).read_text())
-    assert m["schema"] == "dn2-bundle" and m["schema_version"] == 1 and m["dn2_version"]
+    assert m["schema"] == "dn2-bundle" and m["schema_version"] == 2 and m["dn2_version"]
     assert m["model"]["file"] == "model.onnx" and m["model"]["dim"] == DIM
     assert m["model"]["arch"] == "tiny" and m["model"]["input"] == 32
     b = m["bank"]
@@ -59,10 +59,19 @@ def test_manifest_records_everything(model, data, tmp_path):
         "l2norm": True,
         "jpeg_draft": False,
         "color": "color",
+        "mode": "global",
+        "combine": "max",
     }
     t = m["threshold"]
     assert t["method"] == "fpr" and t["fpr"] == 0.05 and "0.99" in t["quantiles"]
-    assert set(m["files"]) == {"model.onnx", "bank.bin", "fit_report.json"}
+    # the stored normal rows (embeddings.*) are what fit --append refits from
+    assert set(m["files"]) == {
+        "model.onnx",
+        "bank.bin",
+        "fit_report.json",
+        "embeddings.npy",
+        "embeddings.json",
+    }
     assert m["fit"]["images"] == 300 and m["fit"]["dropped"] == 0 and m["group"] is None
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")], "temp dir left behind"
     # the exact bank file is a plain .npy that loads without pickles
@@ -91,7 +100,7 @@ def test_rewrite_replaces_an_existing_bundle_atomically(model, data, tmp_path):
     x, _ = data
     out = fit(model, tmp_path / "b", x, k=2)
     fit(model, out, x, k=4)
-    assert read_manifest(out)["score"]["k"] == 4
+    assert read_manifest(out).score.k == 4
     assert sorted(os.listdir(tmp_path)) == ["b"]
     other = tmp_path / "notes"
     other.mkdir()
@@ -113,9 +122,12 @@ def _edit_manifest(path, fn):
 
 
 def test_bundle_without_jpeg_draft_loads_as_full_decode(bundle):
-    # bundles written before score.jpeg_draft existed decode files at full size
-    _edit_manifest(bundle, lambda m: m["score"].pop("jpeg_draft"))
+    # schema-1 bundles written before score.jpeg_draft existed decode files at full size
+    _edit_manifest(bundle, lambda m: (m["score"].pop("jpeg_draft"), m.update(schema_version=1)))
     assert Detector.load(bundle).embedder.jpeg_draft is False
+    _edit_manifest(bundle, lambda m: m.update(schema_version=2))  # schema 2 names every choice
+    with pytest.raises(BundleError, match="score.jpeg_draft: expected true or false, found nothing"):
+        Detector.load(bundle)
     _edit_manifest(bundle, lambda m: m["score"].update(jpeg_draft=True))
     assert Detector.load(bundle).embedder.jpeg_draft is True
 
@@ -138,7 +150,12 @@ def test_tampered_model_is_refused(bundle):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda m: m.update(schema_version=2), "expected schema_version 1, found 2"),
+        (
+            lambda m: m.update(schema_version=3),
+            r"expected schema_version 2 \(or 1, converted on read\), found 3 .*refit it with "
+            r"this dn2: dn2 fit MODEL.onnx NORMAL_IMAGES --output BUNDLE",
+        ),
+        (lambda m: m["score"].pop("color"), "score.color: expected 'gray' or 'color', found nothing"),
         (lambda m: m.update(schema="other"), "expected schema 'dn2-bundle', found 'other'"),
         (lambda m: m["bank"].update(dim=65), "bank.dim: expected the model's dim 64, found 65"),
         (lambda m: m["bank"].update(metric="cosine"), "expected 'sqeuclidean', found 'cosine'"),

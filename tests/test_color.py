@@ -38,11 +38,11 @@ def gray_bundles(lite0_model, textile, tmp_path_factory):
 
 def test_gray_stills_are_detected_and_recorded(gray_bundles):
     _, auto, forced = gray_bundles
-    assert auto.manifest["score"]["color"] == "gray" and auto.embedder.gray
-    det = auto.manifest["fit"]["color"]
+    assert auto.manifest.score.color == "gray" and auto.embedder.gray
+    det = auto.manifest.fit.color
     assert det["option"] == "auto" and det["detected"]["gray_share"] == 1.0
     assert det["detected"]["sampled"] == 64  # a sample, not every image
-    assert forced.manifest["score"]["color"] == "color" and not forced.embedder.gray
+    assert forced.manifest.score.color == "color" and not forced.embedder.gray
 
 
 @pytest.mark.parametrize("fourcc,ext", [("MJPG", ".avi"), ("mp4v", ".mp4")])
@@ -92,7 +92,7 @@ def test_colour_photos_stay_colour_and_the_option_is_honoured(lite0_model, tmp_p
     for i, c in enumerate(crops):
         cv2.imwrite(str(folder / f"{i:02d}.png"), c)
     assert fit_cli.main([str(lite0_model), str(folder), "-o", str(tmp_path / "a"), "-q"]) == 0
-    assert load_bundle(tmp_path / "a").manifest["score"]["color"] == "color"
+    assert load_bundle(tmp_path / "a").manifest.score.color == "color"
     assert (
         fit_cli.main(
             [str(lite0_model), str(folder), "-o", str(tmp_path / "g"), "-q", "--color", "gray"]
@@ -100,7 +100,7 @@ def test_colour_photos_stay_colour_and_the_option_is_honoured(lite0_model, tmp_p
         == 0
     )
     m = load_bundle(tmp_path / "g").manifest
-    assert m["score"]["color"] == "gray" and m["fit"]["color"]["detected"] is None
+    assert m.score.color == "gray" and m.fit.color["detected"] is None
     assert Detector.load(tmp_path / "g").embedder.gray
     assert (
         fit_cli.main([str(lite0_model), str(folder), "-o", str(tmp_path / "x"), "--color", "sepia"])
@@ -125,6 +125,7 @@ def test_a_bundle_with_a_bad_colour_mode_is_refused(gray_bundles, tmp_path):
 
 
 def test_learn_detects_a_monochrome_camera(lite0_model, textile, tmp_path):
+    from dn2.runtime.config import WatchConfig
     from dn2.runtime.watch.loop import watch
 
     pieces = [cv2.imread(p) for p in textile[500:540]]
@@ -132,8 +133,7 @@ def test_learn_detects_a_monochrome_camera(lite0_model, textile, tmp_path):
     s = watch(
         str(lite0_model),
         str(tmp_path / "cam.avi"),
-        learn="30f",
-        learn_bundle=str(tmp_path / "learned"),
+        WatchConfig(learn="30f", learn_bundle=str(tmp_path / "learned")),
     )
     assert s.frames_read == len(frames) and s.error is None
-    assert load_bundle(tmp_path / "learned").manifest["score"]["color"] == "gray"
+    assert load_bundle(tmp_path / "learned").manifest.score.color == "gray"

@@ -13,6 +13,7 @@ import pytest
 
 from dn2.runtime.combine import RULES, _log_tail, apply_rule, fit_rule, rule_of
 from dn2.runtime.detector import Detector
+from dn2.runtime.errors import Dn2Error
 from dn2.runtime.threshold import conformal_quantile
 
 N_TRAIN, N_HELD, N_PASTED = 40, 40, 8
@@ -109,11 +110,22 @@ def test_z_rules_do_not_depend_on_a_signals_units(scored):
 
 
 def test_older_bundles_without_a_stored_rule_keep_the_threshold_max():
-    signals = {"global": {"threshold": {"value": 2.0}}, "patch": {"threshold": {"value": 4.0}}}
-    rule = rule_of({"combine": "max"}, signals)
+    rule = rule_of(None, "max", 2.0, 4.0)
     assert rule["rule"] == "max"
     np.testing.assert_allclose(apply_rule(rule, [1.0, 3.0], [6.0, 2.0]), [1.5, 1.5])
-    assert rule_of({}, {"global": signals["global"]}) is None  # one signal: nothing to combine
+
+
+def test_a_damaged_stored_rule_is_refused_with_what_was_expected():
+    good = fit_rule("fisher", np.array([1.0, 2.0, 3.0]), np.array([5.0, 6.0, 8.0]), 3.0, 8.0)
+    assert rule_of(good, "fisher", 3.0, 8.0) == good
+    for broken, what in (
+        ({**good, "rule": "median"}, "'rule' one of"),
+        ({**good, "global": {"mean": 1.0, "std": 0.0}}, "std > 0"),
+        ({**good, "patch_threshold": float("nan")}, "finite number patch_threshold"),
+        ("fisher", "a mapping"),
+    ):
+        with pytest.raises(Dn2Error, match=what):
+            rule_of(broken, "fisher", 3.0, 8.0)
 
 
 def test_fisher_tail_is_exact_near_and_finite_far():

@@ -7,6 +7,7 @@ import json
 import cv2
 import pytest
 
+from dn2.runtime.config import WatchConfig
 from dn2.runtime.fit import fit_bundle
 from dn2.runtime.watch.loop import watch
 
@@ -28,7 +29,7 @@ def scene(lite0_model, textile_dirs, tmp_path_factory):
 def test_frames_unlike_the_normal_set_are_said_once(scene):
     root, colour, _ = scene
     ev, logs = root / "c.jsonl", []
-    s = watch(str(colour), str(root / "cam.avi"), events=str(ev), log=logs.append)
+    s = watch(str(colour), str(root / "cam.avi"), WatchConfig(events=str(ev)), log=logs.append)
     said = [m for m in logs if m.startswith("DRIFT: this camera's frames do not look like")]
     assert len(said) == 1 and "Refit from this camera: dn2 fit MODEL" in said[0]
     assert s.drift == said[0] and said[0] in s.text() and s.to_dict()["drift"] == said[0]

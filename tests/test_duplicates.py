@@ -53,11 +53,11 @@ def test_a_folder_with_copies_keeps_the_fpr(lite0_model, textile, fitted, capsys
     err = capsys.readouterr().err
     assert rc == 0, err
     det = Detector.load(bundle)
-    dup = det.manifest["fit"]["duplicates"]
+    dup = det.manifest.fit.duplicates
     assert dup["exact_copies"] == 400 and dup["groups"] == 200
     assert dup["near_copies"] >= 25  # re-saved q90 copies: 75 % are linked (measured)
     assert f"duplicates: {dup['images_in_groups']} images in 200 groups" in err
-    assert "its duplicates" in det.manifest["threshold"]["calibration"]
+    assert "its duplicates" in det.manifest.threshold.calibration
     held = [str(p) for p in textile[500:1000]]
     scores = np.array([r.score for r in det.score_paths(held)])
     fpr = float(np.mean(scores > det.threshold))

@@ -176,7 +176,7 @@ def test_bundle_replacement_leaves_a_whole_bundle_at_every_instant(work, tmp_pat
     def reader():
         while not stop.is_set():
             try:
-                seen.add(load_bundle(out).manifest["score"]["k"])
+                seen.add(load_bundle(out).manifest.score.k)
             except BundleError as exc:
                 errors.append(str(exc))
 

@@ -55,11 +55,11 @@ def _json_lines(out: str):
 def test_fit_skips_and_records_bad_files(world):
     b = load_bundle(world["bundle"])
     m, rep = b.manifest, b.report()
-    assert m["fit"]["images"] == 60 and m["fit"]["failed"] == 2
+    assert m.fit.images == 60 and m.fit.failed == 2
     failed = dict((p.split("/")[-1], msg) for p, msg in rep["failed"])
     assert set(failed) == {"broken.jpg", "notes.txt"} and "expected" in failed["broken.jpg"]
-    assert len(rep["kept"]) == 60 and m["group"]["size"] == 5 and m["group"]["n_groups"] == 200
-    assert m["score"]["l2norm"] is True  # the default (BENCHMARKS.md: +1.0 pt Fashion-MNIST)
+    assert len(rep["kept"]) == 60 and m.group.size == 5 and m.group.n_groups == 200
+    assert m.score.l2norm is True  # the default (BENCHMARKS.md: +1.0 pt Fashion-MNIST)
 
 
 def test_no_l2norm_flag_scores_plain_euclidean(world, tmp_path):
@@ -70,7 +70,7 @@ def test_no_l2norm_flag_scores_plain_euclidean(world, tmp_path):
     assert rc == 0
     plain = Detector.load(out, load_model=False)
     normed = Detector.load(world["bundle"], load_model=False)
-    assert plain.manifest["score"]["l2norm"] is False and normed.l2norm
+    assert plain.manifest.score.l2norm is False and normed.l2norm
     q = np.random.default_rng(0).standard_normal((4, plain.dim)).astype(np.float32)
     # L2-normalised scoring ignores a query's scale; the plain distance does not
     np.testing.assert_allclose(
@@ -96,9 +96,9 @@ def test_l2norm_select_flag_records_the_choice(world, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert rc == 0, err
-    sel = load_bundle(out).manifest["fit"]["l2norm_selection"]
+    sel = load_bundle(out).manifest.fit.l2norm_selection
     assert sel["val_normal"] == 10 and sel["val_anomalous"] == 10
-    assert load_bundle(out).manifest["score"]["l2norm"] is sel["chosen"]
+    assert load_bundle(out).manifest.score.l2norm is sel["chosen"]
     assert "--l2norm-select: validation ROC-AUC" in err
     rc = fit_cli.main(
         [
@@ -191,12 +191,12 @@ def test_group_dirs_clean_kmeans_and_validation(world, tmp_path, capsys):
     m, rep = b.manifest, b.report()
     dropped = {d["name"].split("/")[-1] for d in rep["dropped"]}
     assert {p.name for p in world["test_a"][5:8]} <= dropped  # cleaning found the planted ones
-    assert m["fit"]["dropped"] == 6 and all(f"dropped {d['name']}" in err for d in rep["dropped"])
-    assert m["bank"]["n"] == 20 and m["bank"]["contents"] == "kmeans-centres"
-    assert m["fit"]["kmeans"]["C"] == 20 and m["fit"]["kmeans"]["folds"] == 5
-    assert m["threshold"]["method"] == "youden"
-    assert set(m["threshold"]["candidates"]) == {"fpr", "val-fpr", "youden", "f1"}
-    assert m["group"]["source"] == "dirs" and m["group"]["n_groups"] == 12
+    assert m.fit.dropped == 6 and all(f"dropped {d['name']}" in err for d in rep["dropped"])
+    assert m.bank.n == 20 and m.bank.contents == "kmeans-centres"
+    assert m.fit.kmeans["C"] == 20 and m.fit.kmeans["folds"] == 5
+    assert m.threshold.method == "youden"
+    assert set(m.threshold.candidates) == {"fpr", "val-fpr", "youden", "f1"}
+    assert m.group.source == "dirs" and m.group.n_groups == 12
     det = Detector.load(out)
     res = det.score_paths([str(p) for p in world["test_a"][:5]])
     assert all(r.anomalous for r in res)
@@ -276,8 +276,8 @@ def test_jpeg_draft_is_recorded_at_fit_and_followed_at_score(world, tmp_path, ca
         fit_cli.main([str(world["model"]), str(big), "--output", str(out), "--jpeg-draft", "-q"])
         == 0
     )
-    assert load_bundle(out).manifest["score"]["jpeg_draft"] is True
-    assert load_bundle(world["bundle"]).manifest["score"]["jpeg_draft"] is False
+    assert load_bundle(out).manifest.score.jpeg_draft is True
+    assert load_bundle(world["bundle"]).manifest.score.jpeg_draft is False
     det = Detector.load(out)
     assert det.embedder.jpeg_draft is True  # follows the bundle ...
     assert Detector.load(out, jpeg_draft=False).embedder.jpeg_draft is False  # ... unless told

@@ -11,6 +11,7 @@ import pytest
 
 from dn2.runtime import fit_cli
 from dn2.runtime.bank import build_bank
+from dn2.runtime.config import WatchConfig
 from dn2.runtime.detector import Detector
 from dn2.runtime.dupes import grouped_scores
 from dn2.runtime.threshold import conformal_quantile
@@ -51,10 +52,10 @@ def video_bundle(lite0_model, videos):
 def test_fit_from_a_30fps_video_keeps_the_fpr_on_other_pieces(video_bundle, videos):
     _, train, held = videos
     m = video_bundle.manifest
-    assert m["fit"]["source"] == "streams" and m["fit"]["every"] == 3
-    assert m["fit"]["streams"] == [{"source": str(train), "frames": 300}]
-    assert m["fit"]["temporal_frames"] == 300 and m["score"]["color"] == "gray"
-    assert m["threshold"]["calibration"].startswith("video frames: blocked hold-out")
+    assert m.fit.source == "streams" and m.fit.extra["every"] == 3
+    assert m.fit.extra["streams"] == [{"source": str(train), "frames": 300}]
+    assert m.fit.extra["temporal_frames"] == 300 and m.score.color == "gray"
+    assert m.threshold.calibration.startswith("video frames: blocked hold-out")
     frames = read_video(held)[::3]
     s = video_bundle.score_images(frames)
     fpr = float(np.mean(s > video_bundle.threshold))
@@ -89,9 +90,9 @@ def test_group_bank_from_sliding_windows_alerts_only_on_the_defect_run(
         )
         == 0
     )
-    g = Detector.load(out, load_model=False).manifest["group"]
-    assert g["source"] == "windows" and g["size"] == 5 and g["n_groups"] == 296
-    assert g["threshold"]["calibration"].startswith("blocked hold-out of windows")
+    g = Detector.load(out, load_model=False).manifest.group
+    assert g.source == "windows" and g.size == 5 and g.n_groups == 296
+    assert g.threshold.calibration.startswith("blocked hold-out of windows")
     defects = sorted(str(p) for p in textile_dirs["global"].glob("*.jpg"))[:40:8]
     video, truth = line_video(
         root / "gtest.avi",
@@ -103,7 +104,11 @@ def test_group_bank_from_sliding_windows_alerts_only_on_the_defect_run(
         sigma=0.0,
     )
     ev = root / "g.jsonl"
-    s = watch(str(out), str(video), group=5, hop=1, stride=3, min_consecutive=6, events=str(ev))
+    s = watch(
+        str(out),
+        str(video),
+        WatchConfig(group=5, hop=1, stride=3, min_consecutive=6, events=str(ev)),
+    )
     assert s.error is None
     ends = [
         json.loads(line)
@@ -141,7 +146,8 @@ def test_fit_from_an_http_camera_that_comes_up_late(lite0_model, textile, tmp_pa
     assert rc == 0, err
     assert cam.refused >= 1 and "retrying in" in err
     m = Detector.load(out, load_model=False).manifest
-    assert m["fit"]["streams"][0]["frames"] == 40 and m["fit"]["streams"][0]["source"] == cam.url
+    assert m.fit.extra["streams"][0]["frames"] == 40
+    assert m.fit.extra["streams"][0]["source"] == cam.url
 
 
 def test_live_source_needs_a_limit_and_missing_paths_are_errors(lite0_model, tmp_path, capsys):
@@ -162,7 +168,7 @@ def test_watch_gives_up_on_a_camera_that_never_comes_up(lite0_model, video_bundl
         watch(
             str(video_bundle.bundle.path),
             "http://127.0.0.1:9/cam.mjpg",
-            connect_timeout=1.5,
+            WatchConfig(connect_timeout=1.5),
             log=logs.append,
         )
     assert sum("retrying in" in m for m in logs) >= 2
@@ -171,11 +177,13 @@ def test_watch_gives_up_on_a_camera_that_never_comes_up(lite0_model, video_bundl
 def test_learn_bundle_keeps_the_threshold_it_watched_with(lite0_model, videos):
     root, train, _ = videos
     s = watch(
-        str(lite0_model), str(train), learn="120f", learn_bundle=str(root / "learned"), stride=3
+        str(lite0_model),
+        str(train),
+        WatchConfig(learn="120f", learn_bundle=str(root / "learned"), stride=3),
     )
     saved = Detector.load(root / "learned", load_model=False)
     assert s.threshold == pytest.approx(saved.threshold, rel=1e-9)
-    assert saved.manifest["threshold"]["calibration"].startswith("video frames: blocked")
+    assert saved.manifest.threshold.calibration.startswith("video frames: blocked")
 
 
 def test_capture_collects_frames_that_fit_takes(lite0_model, videos, tmp_path, capsys):

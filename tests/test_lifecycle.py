@@ -30,15 +30,15 @@ def bundle(lite0_model, textile, tmp_path_factory):
 
 def test_rethreshold_from_stored_scores_without_embedding(bundle, tmp_path, capsys):
     m = load_bundle(bundle).manifest
-    stored = m["threshold"]["scores"]
-    assert stored["n"] == 120 and len(stored["tail"]) == 120
-    assert conformal_quantile(stored["tail"], 0.05)["value"] == m["threshold"]["value"]
+    stored = m.threshold.scores
+    assert stored.n == 120 and len(stored.tail) == 120
+    assert conformal_quantile(stored.tail, 0.05)["value"] == m.threshold.value
     copy = tmp_path / "copy"
     assert threshold_cli.main([str(bundle), "--fpr", "0.2", "-o", str(copy)]) == 0
     new = Detector.load(copy, load_model=False)
-    assert new.threshold == conformal_quantile(stored["tail"], 0.2)["value"]
-    assert new.threshold < m["threshold"]["value"]  # a looser target, a lower threshold
-    assert load_bundle(bundle).manifest["threshold"]["value"] == m["threshold"]["value"]
+    assert new.threshold == conformal_quantile(stored.tail, 0.2)["value"]
+    assert new.threshold < m.threshold.value  # a looser target, a lower threshold
+    assert load_bundle(bundle).manifest.threshold.value == m.threshold.value
     assert threshold_cli.main([str(copy), "--value", "0.5"]) == 0  # in place, atomically
     assert Detector.load(copy, load_model=False).threshold == 0.5
     assert threshold_cli.main([str(copy), "--value", "-1"]) == 2
@@ -72,5 +72,5 @@ def test_too_few_images_for_the_target_fpr_is_said_loudly(lite0_model, textile, 
     err = capsys.readouterr().err
     assert "WARNING: a target false-positive rate of 0.01 cannot be resolved with 30" in err
     assert "It takes at least 99 normal images" in err
-    c = load_bundle(out).manifest["threshold"]["candidates"]["fpr"]
+    c = load_bundle(out).manifest.threshold.candidates["fpr"]
     assert c["capped"] and c["needed"] == 99

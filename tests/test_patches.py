@@ -298,6 +298,7 @@ def test_watch_patch_bundle_draws_heatmap_and_reports_peak_and_box(
     """Fitted on camera frames (noise + mp4v) of normal pieces, watching a camera video of
     normal pieces then pieces with a real object pasted at a seeded place: the alert's event
     says where, the annotated snapshot and video are written."""
+    from dn2.runtime.config import WatchConfig
     from dn2.runtime.patchfit import fit_view_bundle
     from dn2.runtime.views import View
     from dn2.runtime.watch.loop import watch
@@ -335,12 +336,14 @@ def test_watch_patch_bundle_draws_heatmap_and_reports_peak_and_box(
     s = watch(
         str(bundle),
         str(video),
-        events=str(ev),
-        scores=str(scores),
-        snapshots=str(snaps),
-        output_video=str(out),
-        min_consecutive=2,
-        threads=2,
+        WatchConfig(
+            events=str(ev),
+            scores=str(scores),
+            snapshots=str(snaps),
+            output_video=str(out),
+            min_consecutive=2,
+            threads=2,
+        ),
     )
     assert s.frames_scored == len(frames)
     events = [json.loads(x) for x in ev.read_text().splitlines()]

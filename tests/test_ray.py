@@ -367,3 +367,29 @@ def test_gpu_actors_refused_on_a_cluster_without_gpus(
     err = capsys.readouterr().err
     assert rc == 2 and "--ray-gpus 0.5: expected a Ray cluster with GPUs" in err, err
     assert not list((tmp_path / "s").glob("part-*"))
+
+
+@pytest.mark.parametrize("fourcc,ext", [("MJPG", ".avi"), ("mp4v", ".mp4")])
+def test_segments_decode_the_frames_of_a_sequential_read(textile_dirs, tmp_path, fourcc, ext):
+    """A read task seeks to its first frame; on real MJPG and mp4v (keyframes every 12
+    frames) files with sensor noise its frames equal those of one read from the start, and
+    the plan takes the frames the local reader takes (--every, --max-frames, --seconds)."""
+    rng = np.random.default_rng(1)
+    path = str(tmp_path / f"v{ext}")
+    vw = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), 25.0, (320, 180))
+    for f in load_frames(textile_dirs["nominal"], 50, size=180):
+        wide = cv2.resize(f, (320, 180)).astype(np.int16) + rng.normal(0, 6, (180, 320, 3))
+        vw.write(np.clip(wide, 0, 255).astype(np.uint8))
+    vw.release()
+    whole = read_video(path)
+    assert len(whole) == 50
+    segs, bad = ray_video.plan_segments([path], every=3, seg_frames=4)
+    assert not bad and [s["start"] for s in segs] == [0, 12, 24, 36, 48]
+    got = [
+        (i, img) for s in segs for i, img in ray_video.read_segment(path, s["start"], s["stop"], 3)
+    ]
+    assert [i for i, _ in got] == list(range(0, 50, 3))
+    assert all(np.array_equal(img, whole[i]) for i, img in got)  # exact: the same decode
+    for kw, n in (({"max_frames": 5}, 5), ({"seconds": 1.0}, 9)):  # 1 s at 25 fps: 0..24
+        segs, _ = ray_video.plan_segments([path], every=3, **kw)
+        assert sum(s["frames"] for s in segs) == n, kw

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dn2.runtime.config import WatchConfig
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.watch.loop import watch
 from dn2.runtime.watch.reader import Backoff
@@ -123,11 +124,13 @@ def test_stains_open_one_alert_each_and_normal_frames_none(bundle, stained, work
     s = watch(
         str(bundle),
         str(video),
-        events=str(ev),
-        snapshots=str(work / "snaps"),
-        output_video=str(work / "annotated.avi"),
-        min_consecutive=3,
-        batch=8,
+        WatchConfig(
+            events=str(ev),
+            snapshots=str(work / "snaps"),
+            output_video=str(work / "annotated.avi"),
+            min_consecutive=3,
+            batch=8,
+        ),
     )
     assert s.error is None and not s.stopped
     assert s.frames_read == s.frames_scored == 200 and s.dropped == 0
@@ -146,14 +149,18 @@ def test_stains_open_one_alert_each_and_normal_frames_none(bundle, stained, work
 
 
 def test_group_mode_catches_a_run_no_single_frame_shows(bundle, group_scene, work):
-    per_frame = watch(str(bundle), str(group_scene), events=str(work / "g_frame.jsonl"))
+    per_frame = watch(
+        str(bundle), str(group_scene), WatchConfig(events=str(work / "g_frame.jsonl"))
+    )
     assert per_frame.alerts == 0  # every frame on its own is normal
     ev = work / "g_group.jsonl"
     # With a sliding window (hop 1) one odd frame sits in M windows; --min-consecutive M + 1
     # keeps a single odd frame from opening a group alert (the held-out frames hold one that
     # lifts its 6 windows just over the 40-group threshold). The A run fills 35 windows.
     n = M + 1
-    s = watch(str(bundle), str(group_scene), group=M, events=str(ev), min_consecutive=n)
+    s = watch(
+        str(bundle), str(group_scene), WatchConfig(group=M, events=str(ev), min_consecutive=n)
+    )
     assert s.groups_scored == 160 - M + 1
     got = pairs(events_of(ev))
     assert len(got) == 1, got
@@ -166,7 +173,7 @@ def test_group_mode_catches_a_run_no_single_frame_shows(bundle, group_scene, wor
     assert lo + 1 <= start["first_frame"] <= lo + M - 1
     assert hi + n - 1 <= end["frame"] <= hi + M + n - 1
     with pytest.raises(Dn2Error, match="groups have 6 images"):
-        watch(str(bundle), str(group_scene), group=4)
+        watch(str(bundle), str(group_scene), WatchConfig(group=4))
 
 
 def test_http_camera_dropping_mid_alert_reconnects_and_loses_no_event(bundle, stained, work):
@@ -179,11 +186,9 @@ def test_http_camera_dropping_mid_alert_reconnects_and_loses_no_event(bundle, st
         s = watch(
             str(bundle),
             cam.url,
-            events=str(ev),
-            min_consecutive=3,
-            batch=8,
-            queue_size=512,
-            max_frames=len(frames),
+            WatchConfig(
+                events=str(ev), min_consecutive=3, batch=8, queue_size=512, max_frames=len(frames)
+            ),
             backoff=Backoff(initial=0.2, max_delay=0.5),
         )
     assert s.reconnects == 1 and s.failures >= 1 and cam.refused >= 1
@@ -201,7 +206,12 @@ def test_live_source_that_lags_drops_oldest_and_counts(bundle, stained, work):
         seen.append(frame)
         time.sleep(0.02)
 
-    s = watch(str(bundle), str(fast), realtime=True, batch=4, queue_size=4, on_score=slow_consumer)
+    s = watch(
+        str(bundle),
+        str(fast),
+        WatchConfig(realtime=True, batch=4, queue_size=4),
+        on_score=slow_consumer,
+    )
     assert s.dropped > 0
     assert s.frames_scored + s.dropped == s.frames_read == 120 == len(seen) + s.dropped
     # what is scored is in order, and the newest frame is never the one dropped
@@ -214,10 +224,9 @@ def test_learn_fits_from_the_first_frames_then_watches(lite0_model, stained, wor
     s = watch(
         str(lite0_model),
         str(video),
-        learn="40f",
-        learn_bundle=str(work / "learned"),
-        events=str(ev),
-        min_consecutive=3,
+        WatchConfig(
+            learn="40f", learn_bundle=str(work / "learned"), events=str(ev), min_consecutive=3
+        ),
     )
     assert (work / "learned" / "dn2.json").is_file() and s.bundle == str(work / "learned")
     assert s.frames_read == 200 and s.frames_scored == 160  # 40 learned, then watched
@@ -230,7 +239,9 @@ def test_learn_in_group_mode_learns_the_streams_own_windows(lite0_model, group_s
     ev = work / "learn_group.jsonl"
     n = M + 1
     s = watch(
-        str(lite0_model), str(group_scene), learn="40f", group=M, events=str(ev), min_consecutive=n
+        str(lite0_model),
+        str(group_scene),
+        WatchConfig(learn="40f", group=M, events=str(ev), min_consecutive=n),
     )
     assert s.bundle is None and s.groups_scored == 120 - M + 1
     got = pairs(events_of(ev))
@@ -318,9 +329,9 @@ def test_a_jpeg_draft_bundle_is_noted_when_watching_frames(bundle, stained, work
     m["score"]["jpeg_draft"] = True  # as dn2-fit --jpeg-draft writes it
     (drafted / "dn2.json").write_text(json.dumps(m))
     said = []
-    s = watch(str(drafted), str(stained[1]), max_frames=8, batch=8, log=said.append)
+    s = watch(str(drafted), str(stained[1]), WatchConfig(max_frames=8, batch=8), log=said.append)
     assert s.error is None and s.frames_scored == 8
     assert any("fitted with --jpeg-draft" in line for line in said), said
     said.clear()
-    watch(str(bundle), str(stained[1]), max_frames=8, batch=8, log=said.append)
+    watch(str(bundle), str(stained[1]), WatchConfig(max_frames=8, batch=8), log=said.append)
     assert not any("jpeg-draft" in line for line in said), said

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from dn2.runtime.config import WatchConfig
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.watch.cli import main
 from dn2.runtime.watch.loop import watch
@@ -31,7 +32,9 @@ def lines(path):
 
 def test_scene_alerts_once_per_stain(scene, tmp_path):
     bundle, clip = scene
-    s = watch(str(bundle), str(clip), events=str(tmp_path / "ev.jsonl"), min_consecutive=2)
+    s = watch(
+        str(bundle), str(clip), WatchConfig(events=str(tmp_path / "ev.jsonl"), min_consecutive=2)
+    )
     ev = lines(tmp_path / "ev.jsonl")
     starts = [e["frame"] for e in ev if e["type"] == "alert_start"]
     assert s.alerts == len(STAINS) == len(starts)
@@ -40,14 +43,38 @@ def test_scene_alerts_once_per_stain(scene, tmp_path):
     assert {e["run_id"] for e in ev} == {s.run_id} and s.unwritten == []
 
 
+def test_snapshots_come_with_an_annotated_copy(scene, tmp_path):
+    import cv2
+    import numpy as np
+
+    bundle, clip = scene
+    watch(
+        str(bundle),
+        str(clip),
+        WatchConfig(
+            events=str(tmp_path / "ev.jsonl"), snapshots=str(tmp_path / "snaps"), min_consecutive=2
+        ),
+    )
+    ev = lines(tmp_path / "ev.jsonl")
+    assert ev and all(e["norm_score"] is None or e["norm_score"] > 0 for e in ev)
+    for e in ev:
+        assert e["peak_norm_score"] == pytest.approx(e["peak_score"] / e["threshold"], rel=1e-5)
+        assert e["peak_norm_score"] > 1.0  # an alert's peak is above the threshold
+        raw, ann = cv2.imread(e["snapshot"]), cv2.imread(e["snapshot_annotated"])
+        assert ann is not None and ann.shape == raw.shape
+        # the overlay is drawn over the raw frame: the header box (black) and the alert border
+        assert ann[6:12, 6:40].mean() < raw[6:12, 6:40].mean() - 20
+        assert np.abs(ann[:, 0].astype(int) - (0, 0, 255)).max() < 60  # red border, JPEG'd
+
+
 def test_scores_file_csv_and_jsonl(scene, tmp_path):
     bundle, clip = scene
     s = watch(
         str(bundle),
         str(clip),
-        scores=str(tmp_path / "s.csv"),
-        min_consecutive=2,
-        events=str(tmp_path / "ev.jsonl"),
+        WatchConfig(
+            scores=str(tmp_path / "s.csv"), min_consecutive=2, events=str(tmp_path / "ev.jsonl")
+        ),
     )
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert len(rows) == N and [int(r["frame"]) for r in rows] == list(range(N))
@@ -59,11 +86,15 @@ def test_scores_file_csv_and_jsonl(scene, tmp_path):
     monos = [float(r["mono_s"]) for r in rows]
     assert monos == sorted(monos)
     # JSON lines by extension; an existing scores file is never overwritten without --force
-    watch(str(bundle), str(clip), scores=str(tmp_path / "s.jsonl"), max_frames=5)
+    watch(str(bundle), str(clip), WatchConfig(scores=str(tmp_path / "s.jsonl"), max_frames=5))
     assert [json.loads(x)["frame"] for x in open(tmp_path / "s.jsonl")] == list(range(5))
-    with pytest.raises(Dn2Error, match="--force"):
-        watch(str(bundle), str(clip), scores=str(tmp_path / "s.jsonl"), max_frames=5)
-    watch(str(bundle), str(clip), scores=str(tmp_path / "s.jsonl"), max_frames=3, force=True)
+    with pytest.raises(Dn2Error, match="pass force"):
+        watch(str(bundle), str(clip), WatchConfig(scores=str(tmp_path / "s.jsonl"), max_frames=5))
+    watch(
+        str(bundle),
+        str(clip),
+        WatchConfig(scores=str(tmp_path / "s.jsonl"), max_frames=3, force=True),
+    )
     assert len(open(tmp_path / "s.jsonl").readlines()) == 3
 
 
@@ -112,9 +143,7 @@ def test_snapshot_folder_removed_mid_run_event_still_written(scene, tmp_path):
     s = watch(
         str(bundle),
         str(clip),
-        events=str(tmp_path / "ev.jsonl"),
-        snapshots=str(snaps),
-        min_consecutive=2,
+        WatchConfig(events=str(tmp_path / "ev.jsonl"), snapshots=str(snaps), min_consecutive=2),
         on_event=on_event,
     )
     ev = lines(tmp_path / "ev.jsonl")
@@ -139,9 +168,7 @@ def test_snapshot_folder_removed_is_made_again(scene, tmp_path):
     watch(
         str(bundle),
         str(clip),
-        events=str(tmp_path / "ev.jsonl"),
-        snapshots=str(snaps),
-        min_consecutive=2,
+        WatchConfig(events=str(tmp_path / "ev.jsonl"), snapshots=str(snaps), min_consecutive=2),
         on_event=on_event,
     )
     ev = lines(tmp_path / "ev.jsonl")
@@ -150,15 +177,15 @@ def test_snapshot_folder_removed_is_made_again(scene, tmp_path):
 
 def test_runs_never_overwrite_each_others_evidence(scene, tmp_path):
     bundle, clip = scene
-    kw = dict(
+    kw = WatchConfig(
         events=str(tmp_path / "ev.jsonl"), snapshots=str(tmp_path / "snaps"), min_consecutive=2
     )
-    s1 = watch(str(bundle), str(clip), output_video=str(tmp_path / "out.avi"), **kw)
+    s1 = watch(str(bundle), str(clip), kw.replace(output_video=str(tmp_path / "out.avi")))
     first = {e["snapshot"]: os.path.getmtime(e["snapshot"]) for e in lines(tmp_path / "ev.jsonl")}
     video_size = os.path.getsize(tmp_path / "out.avi")
-    with pytest.raises(Dn2Error, match="exists.*--force"):
-        watch(str(bundle), str(clip), output_video=str(tmp_path / "out.avi"), **kw)
-    s2 = watch(str(bundle), str(clip), **kw)
+    with pytest.raises(Dn2Error, match="exists.*pass force"):
+        watch(str(bundle), str(clip), kw.replace(output_video=str(tmp_path / "out.avi")))
+    s2 = watch(str(bundle), str(clip), kw)
     ev = lines(tmp_path / "ev.jsonl")
     assert s1.run_id != s2.run_id and len(ev) == 4 * len(STAINS)
     assert {e["run_id"] for e in ev} == {s1.run_id, s2.run_id}
@@ -166,7 +193,11 @@ def test_runs_never_overwrite_each_others_evidence(scene, tmp_path):
         assert os.path.getmtime(snap) == mtime and s1.run_id in os.path.basename(snap)
     assert len({e["snapshot"] for e in ev}) == len(first) * 2
     assert os.path.getsize(tmp_path / "out.avi") == video_size
-    watch(str(bundle), str(clip), output_video=str(tmp_path / "out.avi"), force=True, max_frames=5)
+    watch(
+        str(bundle),
+        str(clip),
+        WatchConfig(output_video=str(tmp_path / "out.avi"), force=True, max_frames=5),
+    )
     assert os.path.getsize(tmp_path / "out.avi") < video_size
 
 
@@ -288,9 +319,13 @@ def test_plot_draws_any_run(scene, tmp_path, capsys):
 
     bundle, clip = scene
     ev = tmp_path / "ev.jsonl"
-    watch(str(bundle), str(clip), events=str(ev), max_frames=20)  # another run, same file
+    watch(
+        str(bundle), str(clip), WatchConfig(events=str(ev), max_frames=20)
+    )  # another run, same file
     s = watch(
-        str(bundle), str(clip), scores=str(tmp_path / "s.csv"), events=str(ev), min_consecutive=2
+        str(bundle),
+        str(clip),
+        WatchConfig(scores=str(tmp_path / "s.csv"), events=str(ev), min_consecutive=2),
     )
     assert (
         plot_main([str(tmp_path / "s.csv"), "--events", str(ev), "-o", str(tmp_path / "p.png")])
@@ -352,6 +387,8 @@ def test_learned_bundle_is_not_replaced_without_force(scene, tmp_path):
     keep = tmp_path / "learned"
     keep.mkdir()
     (keep / "dn2.json").write_text("{}")
-    with pytest.raises(Dn2Error, match="--learn-bundle .* --force"):
-        watch(str(bundle), str(clip), learn="30f", learn_bundle=str(keep))
+    # the library names its parameters (the CLI maps them to --learn-bundle / --force)
+    with pytest.raises(Dn2Error, match="learn_bundle .* pass force") as err:
+        watch(str(bundle), str(clip), WatchConfig(learn="30f", learn_bundle=str(keep)))
+    assert err.value.params == ("learn_bundle", "force")
     assert (keep / "dn2.json").read_text() == "{}"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dn2.runtime.errors import Dn2Error
-from dn2.runtime.watch.overlay import VideoSink, Window, draw, gui_available
+from dn2.runtime.watch.overlay import VideoSink, Window, draw, gui_available, text_score
 from dn2.runtime.watch.stats import Stats, Summary, percentile_ms
 
 from videos import load_frames, read_video
@@ -27,6 +27,24 @@ def test_overlay_draws_bar_state_and_leaves_the_input_alone(textile_dirs):
     assert tuple(high[y, 8 + int(0.7 * 184)]) == (0, 0, 255)
     assert tuple(high[100, 0]) == (0, 0, 255)  # the alert frame border
     assert np.array_equal(draw(img, None, 1.0, "normal", 0.0)[y, 20], (40, 40, 40))
+
+
+def test_overlay_shows_the_normalised_score_beside_the_raw_one(textile_dirs):
+    img = load_frames(textile_dirs["nominal"], 1, size=320)[0]
+    assert text_score(0.0612, 0.0502) == "score 0.0612 / thr 0.0502 = 1.22x"
+    assert text_score(None, 0.0502) == "score - / thr 0.0502"
+    out = draw(img, 0.0612, 0.0502, "arming", None, "frame 7")
+    # the header is exactly that text (no fps for a snapshot), in the state's colour, on black
+    text = "arming  score 0.0612 / thr 0.0502 = 1.22x frame 7"
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    ref = img.copy()
+    cv2.rectangle(ref, (4, 4), (12 + tw, 12 + th), (0, 0, 0), -1)
+    cv2.putText(
+        ref, text, (8, 8 + th), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 255), 1, cv2.LINE_AA
+    )
+    assert np.array_equal(out[4 : 13 + th, 4 : 13 + tw], ref[4 : 13 + th, 4 : 13 + tw])
+    other = draw(img, 0.0612, 0.0600, "arming", None, "frame 7")  # 1.02x: other pixels
+    assert not np.array_equal(other[4 : 13 + th, 4 : 13 + tw], out[4 : 13 + th, 4 : 13 + tw])
 
 
 def test_annotated_video_is_written_and_readable(tmp_path, textile_dirs):

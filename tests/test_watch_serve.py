@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dn2.runtime.config import WatchConfig
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.watch.loop import watch
 
@@ -51,10 +52,12 @@ class Running:
         self.stop = threading.Event()
         self.summary = None
         kw = dict(
-            events=str(tmp / "ev.jsonl"),
-            snapshots=str(tmp / "snaps"),
-            min_consecutive=2,
-            realtime=True,
+            config=WatchConfig(
+                events=str(tmp / "ev.jsonl"),
+                snapshots=str(tmp / "snaps"),
+                min_consecutive=2,
+                realtime=True,
+            ),
             live=self.live,
             stop=self.stop,
         )
@@ -104,6 +107,8 @@ def test_health_metrics_latest_and_stream(running):
     assert val["dn2_frames_dropped_total"] == 0 and val["dn2_fps"] > 0
     assert val["dn2_latency_seconds_count"] >= 10
     assert val["dn2_normalised_score_count"] >= 10
+    st = running.live.state()
+    assert st["norm_score"] == pytest.approx(st["score"] / st["threshold"], rel=1e-6)
     state = {s.labels["state"]: s.value for s in fams["dn2_source_state"].samples}
     assert state["running"] == 1 and sum(state.values()) == 1
     assert "dn2_sink_backlog" in fams and "dn2_alerts" in fams

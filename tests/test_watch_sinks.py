@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from dn2.runtime.config import WatchConfig
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.watch.cli import main
 from dn2.runtime.watch.loop import watch
@@ -60,10 +61,8 @@ def test_mqtt_every_alert_once_in_order_across_a_broker_kill(scene, tmp_path):
         s = watch(
             str(bundle),
             str(clip),
-            events=str(tmp_path / "ev.jsonl"),
+            WatchConfig(events=str(tmp_path / "ev.jsonl"), min_consecutive=2, realtime=True),
             sinks=sinks,
-            min_consecutive=2,
-            realtime=True,
             on_score=on_score,
         )
         assert state["killed"] and state["restarted"]
@@ -115,7 +114,7 @@ def test_webhook_that_fails_first_gets_every_event(scene, tmp_path):
         sinks = build_event_sinks(
             webhooks=[rx.url], camera_id="cam2", spool_dir=str(tmp_path / "spool")
         )
-        s = watch(str(bundle), str(clip), sinks=sinks, min_consecutive=2)
+        s = watch(str(bundle), str(clip), WatchConfig(min_consecutive=2), sinks=sinks)
         assert rx.attempts == len(KINDS) + 3  # three refused, each retried
         assert [b["type"] for b in rx.bodies] == KINDS
         assert [b["alert_id"] for b in rx.bodies] == [i // 2 + 1 for i in range(len(KINDS))]

@@ -27,6 +27,7 @@ from ..cliargs import (
     report_error,
     setup_logging,
 )
+from ..config import WatchConfig
 from ..errors import Dn2Error
 
 EPILOG = """\
@@ -68,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(.onnx) or a bundle whose model is used",
     )
     p.add_argument(
-        "--source", required=True, help="camera index, file, folder, URL or GStreamer pipeline"
+        "--source",
+        required=True,
+        action="append",
+        help="camera index, file, folder, URL or GStreamer pipeline; repeat it (or give a "
+        ".streams file, one source per line) to watch several cameras with one model",
     )
     p.add_argument("--stride", type=int, default=1, help="score every N-th frame (default 1)")
     p.add_argument(
@@ -130,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--camera-id",
         metavar="ID",
-        help="camera name in MQTT topics and payloads (default: from --source)",
+        action="append",
+        help="camera name in events, MQTT topics and payloads, once per source in order "
+        "(default: from each --source)",
     )
     p.add_argument(
         "--sink-config",
@@ -274,9 +281,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     sinks, live = [], None
     try:
+        # every WatchConfig field that is an option, by name (its rules check them)
+        config = WatchConfig(**library_kwargs(WatchConfig, args))
         sinks, live = _serving(args, log)
-        # every watch() parameter that is an option, by name; the rest given here
-        summary = watch(**library_kwargs(watch, args, stop=stop, log=log, sinks=sinks, live=live))
+        source = args.source[0] if len(args.source) == 1 else args.source
+        summary = watch(args.bundle, source, config, stop=stop, log=log, sinks=sinks, live=live)
     except Dn2Error as exc:
         for s in sinks:
             s.close(0.0)
@@ -300,11 +309,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def camera_id(args) -> str:
-    import re
+    """The box's name in MQTT status topics and payloads: the one --camera-id of one source,
+    else a name from --source (several cameras: each event still names its own camera)."""
+    from .cameras import safe_id
 
-    if args.camera_id:
-        return args.camera_id
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(args.source)).strip("_")[-64:] or "camera"
+    if args.camera_id and len(args.camera_id) == 1:
+        return args.camera_id[0]
+    return safe_id(args.source[0] if len(args.source) == 1 else "dn2")
 
 
 def _serving(args, log):

@@ -13,11 +13,17 @@ sharing ``alert_id``. Fields::
     score         score of that frame or group (alert_end on a stop / end of stream: null)
     peak_score    highest score of the alert so far, peak_frame its frame
     threshold     the threshold in force
+    norm_score, peak_norm_score   score / threshold and peak_score / threshold (1.0 is the
+                  decision boundary, the same on every bundle)
     snapshot      path of the peak frame's JPEG, or null without --snapshots
+    snapshot_annotated  the same frame with the overlay (raw and normalised score; patch
+                  bundles: the heatmap), beside it as ``..._annotated.jpg``
     snapshot_error  why the snapshot could not be written (null when it was, or none asked)
     first_frame   first frame above the threshold in the opening run
     mode          "frame" | "group"
     source        the source's name
+    camera        the camera's id (only when one watch runs several cameras; alert ids
+                  count per camera, so (run_id, camera, alert_id) is unique)
     (alert_end)   reason ("recovered" | "end_of_stream" | "stopped" | "error"),
                   last_above_frame,
                   duration_s (first above -> decision), decisions (scores seen in the alert)
@@ -153,17 +159,23 @@ def _write_all(fd: int, data: bytes, note, wait_s: float = 0.25) -> bool:
 class Snapshots:
     """Writes peak frames as JPEG into a folder (or does nothing without one).
 
-    Names carry the run id (``<run>_alert00001_start_frame00000123.jpg``), so a second run
-    never overwrites the first run's evidence. A folder removed mid-run is made again; a
+    Names carry the run id (``<run>_alert00001_start_frame00000123.jpg``; with several
+    cameras ``<run>_<camera>_alert...``), so a second run never overwrites the first run's
+    evidence. A folder removed mid-run is made again; a
     snapshot that still cannot be written is reported (:meth:`try_save`), never raised.
     """
 
     def __init__(
-        self, folder: Optional[Union[str, Path]] = None, quality: int = 90, run_id: str = ""
+        self,
+        folder: Optional[Union[str, Path]] = None,
+        quality: int = 90,
+        run_id: str = "",
+        camera: Optional[str] = None,
     ):
         self.folder = Path(folder) if folder else None
         self.quality = int(quality)
-        self.prefix = f"{run_id}_" if run_id else ""
+        # several cameras: <run>_<camera>_alert...
+        self.prefix = "".join(f"{x}_" for x in (run_id, camera) if x)
         self.failed = 0
         self.last_error: Optional[str] = None
         self._last: Optional[tuple] = None  # (alert_id, frame, path): reuse for the same peak
@@ -182,8 +194,12 @@ class Snapshots:
             raise Dn2Error(error)
         return path
 
-    def try_save(self, t: Transition) -> Tuple[Optional[str], Optional[str]]:
-        """(path, None) when written (or None, None without a folder), else (None, why)."""
+    def try_save(
+        self, t: Transition, threshold: Optional[float] = None
+    ) -> Tuple[Optional[str], Optional[str]]:
+        """(path, None) when written (or None, None without a folder), else (None, why).
+        With ``threshold``, an annotated copy (``..._annotated.jpg``: the overlay with the raw
+        and normalised score, and the heatmap for patch bundles) is written beside it."""
         import cv2
 
         if self.folder is None or t.peak.image is None:
@@ -204,22 +220,29 @@ class Snapshots:
             self.last_error = f"cannot write snapshot {path} ({why})"
             return None, self.last_error
         self._last = (t.alert_id, t.peak.frame, str(path))
-        self._annotated(t, path)
+        self._annotated(t, path, threshold)
         return str(path), None
 
-    def _annotated(self, t: Transition, path: Path) -> None:
-        """Patch bundles: the peak frame with its heatmap, beside the raw snapshot
-        (``..._annotated.jpg``); a failure here is counted, the raw snapshot stands."""
+    def _annotated(self, t: Transition, path: Path, threshold: Optional[float]) -> None:
+        """The peak frame with the score overlay (and the heatmap of patch bundles), beside
+        the raw snapshot (``..._annotated.jpg``); a failure here is counted, the raw one
+        stands."""
         import cv2
 
         x = t.peak.extra
-        if not x or x.get("map") is None:
+        heat = bool(x) and x.get("map") is not None
+        if not heat and threshold is None:
             return
         from ..heatmap import overlay
+        from .overlay import draw
 
         ann = path.with_name(path.stem + "_annotated.jpg")
         try:
-            img = overlay(t.peak.image, x["map"], x["pixel_threshold"], x["peak"], x["box"])
+            img = t.peak.image
+            if heat:
+                img = overlay(img, x["map"], x["pixel_threshold"], x["peak"], x["box"])
+            if threshold is not None:
+                img = draw(img, t.peak.score, threshold, "ALERT", None, f"frame {t.peak.frame}")
             if not cv2.imwrite(str(ann), img, [cv2.IMWRITE_JPEG_QUALITY, self.quality]):
                 raise OSError("disk full or folder not writable?")
         except (OSError, cv2.error) as exc:
@@ -247,6 +270,7 @@ def event_record(
     clock: str,
     run_id: Optional[str] = None,
     snapshot_error: Optional[str] = None,
+    camera: Optional[str] = None,
 ) -> Dict[str, Any]:
     ev: Dict[str, Any] = {
         "type": "alert_start" if t.kind == "start" else "alert_end",
@@ -268,11 +292,13 @@ def event_record(
         "mode": mode,
         "source": source,
     }
+    if camera is not None:  # several cameras in one watch: which one
+        ev["camera"] = camera
     x = t.peak.extra
     if x:  # patch bundles: where the peak frame's map peaks, and its box over the pixel threshold
         ev.update(peak=x.get("peak"), box=x.get("box"))
-        if snapshot and x.get("map") is not None:
-            ev["snapshot_annotated"] = snapshot[: -len(".jpg")] + "_annotated.jpg"
+    if snapshot:  # the overlay (raw and normalised score; patch bundles: the heatmap)
+        ev["snapshot_annotated"] = snapshot[: -len(".jpg")] + "_annotated.jpg"
     if t.kind == "end":
         ev.update(
             reason=t.reason,

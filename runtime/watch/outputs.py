@@ -16,22 +16,25 @@ from .overlay import VideoSink, Window, draw
 
 def check_new_output(path: Optional[str], flag: str, force: bool) -> None:
     """Refuse to overwrite an earlier run's output (unless ``force``), and a path that cannot
-    be written, before any work is done."""
+    be written, before any work is done. ``flag``: the parameter's name (``output_video``),
+    which the errors carry as their ``param``."""
     if not path or path == "-":
         return
     p = Path(path)
     if p.is_file() and p.stat().st_size and not force:
         raise Dn2Error(
-            f"{flag} {p} exists (from an earlier run?); pass --force to overwrite "
-            "it, or give a new name"
+            f"{flag} {p} exists (from an earlier run?); pass force to overwrite "
+            "it, or give a new name",
+            params=(flag, "force"),
         )
     if p.is_dir():
-        raise Dn2Error(f"{flag} {p}: expected a file name, found a folder")
+        raise Dn2Error(f"{flag} {p}: expected a file name, found a folder", param=flag)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise Dn2Error(
-            f"{flag} {p}: cannot create its folder {p.parent}: {exc.strerror or exc}"
+            f"{flag} {p}: cannot create its folder {p.parent}: {exc.strerror or exc}",
+            param=flag,
         ) from exc
 
 
@@ -55,7 +58,13 @@ class Outputs:
         sinks=(),
         scores=None,
         live=None,
+        camera: Optional[str] = None,
+        writer: Optional[EventWriter] = None,
+        live_frames: bool = True,
     ):
+        """With several cameras each has its own Outputs (``camera`` names it in every
+        record, snapshot and window), sharing ``writer``, ``sinks``, ``scores`` and ``live``:
+        those are then closed and reported by the caller, not here."""
         self.threshold, self.mode, self.source_name, self.clock = (
             threshold,
             mode,
@@ -63,16 +72,18 @@ class Outputs:
             clock,
         )
         self.on_event, self.log, self.run_id = on_event, log, run_id
-        self.writer = EventWriter(events)
+        self.camera, self.own, self.live_frames = camera, writer is None, live_frames
+        self.writer = writer if writer is not None else EventWriter(events)
+        self.count = 0  # alert events of this Outputs (its camera's)
         self.sinks = [self.writer, *sinks]
         self.scores, self.live = scores, live
-        self.snaps = Snapshots(snapshots, run_id=run_id)
+        self.snaps = Snapshots(snapshots, run_id=run_id, camera=camera)
         self.video = VideoSink(output_video, video_fps) if output_video else None
         self.video_error: Optional[str] = None
         self.window = None
         if not headless:
             try:
-                self.window = Window(f"dn2-watch {source_name}", on_quit)
+                self.window = Window(f"dn2-watch {camera or source_name}", on_quit)
             except Dn2Error as exc:
                 log(f"{exc}; running headless")
 
@@ -88,7 +99,7 @@ class Outputs:
         return self.video is not None or self.window is not None
 
     def transition(self, t: Transition) -> Dict[str, Any]:
-        snapshot, snap_error = self.snaps.try_save(t)
+        snapshot, snap_error = self.snaps.try_save(t, self.threshold)
         if snap_error:
             self.log(f"{snap_error}; the event is written without it")
         ev = event_record(
@@ -100,12 +111,14 @@ class Outputs:
             self.clock,
             run_id=self.run_id,
             snapshot_error=snap_error,
+            camera=self.camera,
         )
         for sink in self.sinks:
             try:
                 sink.write(ev)
             except Exception as exc:  # noqa: BLE001 - one sink's bug must not stop the others
                 self.log(f"{sink.name} sink: {type(exc).__name__}: {exc}")
+        self.count += 1
         if self.live is not None:
             self.live.event(ev)
         if self.on_event is not None:
@@ -118,6 +131,7 @@ class Outputs:
             "type": ev.get("type", "notice"),
             "run_id": self.run_id,
             "source": self.source_name,
+            **({"camera": self.camera} if self.camera is not None else {}),
             **ev,
         }
         for sink in self.sinks:
@@ -139,7 +153,9 @@ class Outputs:
         """One score (frame or group): the scores file and the live view's history.
         ``map_peak``: the anomaly map's peak, for scorers that make maps."""
         if self.scores is not None:
-            self.scores.row(frame.index, frame.captured, score, state, alert_id, map_peak)
+            self.scores.row(
+                frame.index, frame.captured, score, state, alert_id, map_peak, self.camera
+            )
         if self.live is not None:
             self.live.score(frame.index, frame.captured, score, state)
 
@@ -148,7 +164,7 @@ class Outputs:
     ):
         """``heat``: patch bundles' {"map", "pixel_threshold", "peak", "box"} of the frame,
         drawn under the score overlay."""
-        if self.live is not None:
+        if self.live is not None and self.live_frames:
             self.live.frame(image, score, state, fps, label)
         if not self.draws:
             return
@@ -172,11 +188,13 @@ class Outputs:
         return {s.name: s.backlog() for s in self.sinks[1:]}
 
     def problems(self) -> List[str]:
+        """What could not be written (shared outputs only when this Outputs owns them)."""
         out: List[str] = []
-        for s in self.sinks:
-            out += s.problems()
+        if self.own:
+            for s in self.sinks:
+                out += s.problems()
         out += self.snaps.problems()
-        if self.scores is not None:
+        if self.scores is not None and self.own:
             out += self.scores.problems()
         if self.video_error:
             out.append(self.video_error)
@@ -184,12 +202,12 @@ class Outputs:
 
     def close(self) -> None:
         try:
-            for s in self.sinks:
+            for s in self.sinks if self.own else ():
                 try:
                     s.close()
                 except Exception as exc:  # noqa: BLE001
                     self.log(f"{s.name} sink: closing: {type(exc).__name__}: {exc}")
-            if self.scores is not None:
+            if self.scores is not None and self.own:
                 self.scores.close()
         finally:
             if self.video is not None:

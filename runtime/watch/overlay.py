@@ -20,13 +20,15 @@ def draw(
     score: Optional[float],
     threshold: float,
     state: str,
-    fps: float,
+    fps: Optional[float],
     label: str = "",
 ) -> np.ndarray:
     """A copy of ``frame`` with the overlay drawn on it.
 
     The bar spans 0 .. 2 x threshold (full = twice the threshold); a white tick marks the
-    threshold in its middle.
+    threshold in its middle. The text gives the raw score, the threshold and the normalised
+    score (score / threshold, "1.22x": 1.0 is the decision boundary); ``fps`` None leaves
+    the rate out (a snapshot).
     """
     import cv2
 
@@ -42,8 +44,9 @@ def draw(
     xt = x0 + (x1 - x0) // 2
     cv2.line(out, (xt, y0 - 3), (xt, y0 + bar_h + 3), (255, 255, 255), 2)
     scale = max(0.35, min(1.0, w / 640.0))
-    s_txt = "-" if score is None or not np.isfinite(score) else f"{score:.3g}"
-    text = f"{state}  score {s_txt} / thr {threshold:.3g}  {fps:.1f} fps {label}".rstrip()
+    s_txt = text_score(score, threshold)
+    rate = "" if fps is None else f"  {fps:.1f} fps"
+    text = f"{state}  {s_txt}{rate} {label}".rstrip()
     thick = 1 if scale < 0.6 else 2
     (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     cv2.rectangle(out, (4, 4), (min(w - 1, 12 + tw), 12 + th), (0, 0, 0), -1)
@@ -51,6 +54,14 @@ def draw(
     if state == "ALERT":
         cv2.rectangle(out, (0, 0), (w - 1, h - 1), colour, max(2, w // 100))
     return out
+
+
+def text_score(score: Optional[float], threshold: float) -> str:
+    """``score 0.0612 / thr 0.0502 = 1.22x``: raw score, threshold, normalised score."""
+    if score is None or not np.isfinite(score):
+        return f"score - / thr {threshold:.3g}"
+    norm = f" = {score / threshold:.2f}x" if threshold > 0 else ""
+    return f"score {score:.3g} / thr {threshold:.3g}{norm}"
 
 
 _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
@@ -65,8 +76,9 @@ class VideoSink:
         suffix = self.path.suffix.lower()
         if suffix not in _FOURCC:
             raise Dn2Error(
-                f"--output-video {self.path}: expected a name ending in "
-                f"{', '.join(sorted(_FOURCC))}, found {suffix or 'no suffix'!r}"
+                f"output_video {self.path}: expected a name ending in "
+                f"{', '.join(sorted(_FOURCC))}, found {suffix or 'no suffix'!r}",
+                param="output_video",
             )
         self._fourcc = _FOURCC[suffix]
         self._writer = None

@@ -36,10 +36,12 @@ class Frame:
 class FrameQueue:
     """A bounded FIFO of frames shared by one reader and one scorer thread."""
 
-    def __init__(self, maxsize: int):
+    def __init__(self, maxsize: int, ready: Optional[threading.Event] = None):
+        """``ready``: an event set on every put and on close (several cameras' queues share
+        one, so a single scorer can wait on all of them)."""
         if maxsize < 1:
             raise ValueError(f"queue size must be >= 1, found {maxsize}")
-        self.maxsize = maxsize
+        self.maxsize, self.ready = maxsize, ready
         self._items: Deque[Frame] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -58,7 +60,9 @@ class FrameQueue:
                 self._cond.wait(0.1)
             self._items.append(frame)
             self._cond.notify_all()
-            return True
+        if self.ready is not None:
+            self.ready.set()
+        return True
 
     def get_batch(self, max_n: int, timeout: float = 0.1) -> Optional[List[Frame]]:
         """Up to ``max_n`` frames already waiting (at least one, waiting up to ``timeout``).
@@ -75,10 +79,26 @@ class FrameQueue:
             self._cond.notify_all()
             return out
 
+    def take(self, max_n: int) -> List[Frame]:
+        """Up to ``max_n`` frames already waiting; never waits."""
+        with self._cond:
+            out = [self._items.popleft() for _ in range(min(max_n, len(self._items)))]
+            if out:
+                self._cond.notify_all()
+            return out
+
+    @property
+    def finished(self) -> bool:
+        """Closed, and every frame taken."""
+        with self._cond:
+            return self._closed and not self._items
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self.ready is not None:
+            self.ready.set()
 
     def __len__(self) -> int:
         with self._cond:
@@ -132,7 +152,7 @@ class Reader(threading.Thread):
     ):
         super().__init__(name="dn2-watch-reader", daemon=True)
         if stride < 1:
-            raise Dn2Error(f"--stride must be >= 1, found {stride}")
+            raise Dn2Error(f"stride must be >= 1, found {stride}", param="stride")
         self.source, self.queue, self.stop = source, queue, stop
         self.stride, self.max_frames, self.prepare = stride, max_frames, prepare
         if backoff is None:

@@ -55,7 +55,7 @@ def _map_peak(heat) -> Optional[float]:
     return float(heat["map"][y, x])
 
 
-class _Scorer:
+class Scorer:
     """Turns batches of frames into scores, decisions, events and overlay frames."""
 
     def __init__(
@@ -76,12 +76,21 @@ class _Scorer:
         self.log, self.on_score = log, on_score
         self.last_score: Optional[float] = None
         self.last = None  # the last frame scored
-        q = ((getattr(detector, "manifest", None) or {}).get("threshold") or {}).get(
-            "quantiles"
-        ) or {}
+        m = getattr(detector, "manifest", None)
+        median = m.threshold.median if m is not None else None
         from .drift import DriftCheck
 
-        self.drift = None if group else DriftCheck(decider.threshold, q.get("0.5"), out.source_name)
+        self.drift = None if group else DriftCheck(decider.threshold, median, out.source_name)
+
+    def compute(self, frames):
+        """One model call for ``frames`` (of one camera or several): (embeddings or None,
+        scores or None, heats)."""
+        heats = [None] * len(frames)
+        if getattr(self.detector, "views", False) and not self.gwin:
+            scores, heats = self._views(frames)
+            return None, scores, heats
+        emb = _embed(self.detector, frames)
+        return emb, (None if self.gwin else self.detector.score_embeddings(emb)), heats
 
     def _views(self, frames):
         """View / patch bundles: scores and, with patches, each frame's heat."""
@@ -101,13 +110,11 @@ class _Scorer:
         return np.asarray([r.score for r in res], np.float32), heats
 
     def batch(self, frames) -> None:
-        heats = [None] * len(frames)
-        if getattr(self.detector, "views", False) and not self.gwin:
-            emb = None
-            scores, heats = self._views(frames)
-        else:
-            emb = _embed(self.detector, frames)
-            scores = None if self.gwin else self.detector.score_embeddings(emb)
+        self.apply(frames, *self.compute(frames))
+
+    def apply(self, frames, emb, scores, heats) -> None:
+        """Decisions and outputs for ``frames`` (one camera's, in order) from their model
+        results."""
         fps = self.stats.recent_fps()
         for i, f in enumerate(frames):
             if self.gwin:
@@ -172,7 +179,7 @@ def score_loop(
     groups=None,
 ) -> None:
     stats = Stats()
-    scorer = _Scorer(detector, out, decider, group, hop, stats, log, on_score, groups)
+    scorer = Scorer(detector, out, decider, group, hop, stats, log, on_score, groups)
     reason = "end_of_stream"
     try:
         while True:

@@ -47,11 +47,29 @@ class Summary:
     unwritten: List[str] = field(default_factory=list)  # outputs that failed, one line each
     drift: Optional[str] = None  # the drift warning, when the frames did not look normal
     sink_backlog: Dict[str, int] = field(default_factory=dict)  # events spooled, not sent
+    camera: Optional[str] = None  # this camera's id (a camera's summary in a multi-camera run)
+    cameras: List[dict] = field(default_factory=list)  # several cameras: each one's summary
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def text(self) -> str:
+        head = self._text()
+        for c in self.cameras:  # several cameras: one line each
+            lat = (
+                f"p50 {c['latency_p50_ms']:.1f} ms p95 {c['latency_p95_ms']:.1f} ms"
+                if c["latency_p50_ms"] is not None
+                else "n/a"
+            )
+            head += (
+                f"\n  camera {c['camera']} ({c['source']}): {c['frames_scored']} frames of "
+                f"{c['frames_read']} read, {c['fps']:.1f} fps, latency {lat}; dropped "
+                f"{c['dropped']}, reconnects {c['reconnects']}; {c['alerts']} alerts"
+                + (f"; ended early: {c['error']}" if c["error"] else "")
+            )
+        return head
+
+    def _text(self) -> str:
         lat = (
             f"latency p50 {self.latency_p50_ms:.1f} ms p95 {self.latency_p95_ms:.1f} ms"
             if self.latency_p50_ms is not None

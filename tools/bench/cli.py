@@ -64,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time each dn2 pipeline with the opt-in reduced-scale JPEG decode "
         "(dn2-fit --jpeg-draft)",
     )
+    p.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="also export efficientnet_lite0 (real weights) fp32 + int8 and measure the int8 "
+        "ROC-AUC delta on Fashion-MNIST and textile (a few minutes on 2 cores)",
+    )
+    p.add_argument(
+        "--streams-json",
+        metavar="PATH",
+        help="the multi-camera goal's figure: the JSON of "
+        "python -m dn2.tools.bench.watch --streams 4 --json PATH",
+    )
     p.add_argument("--work-dir", help="keep frames and exported models here (reused next run)")
     json_output_options(p, "the full report")
     return p
@@ -103,6 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             precisions=("fp32",) if args.no_int8 else ("fp32", "int8"),
             work_dir=args.work_dir,
             jpeg_draft=args.jpeg_draft,
+            accuracy=args.accuracy,
+            streams_json=args.streams_json,
         )
         json_out = args.json_out or args.json
         # the tables go to stdout, unless stdout carries the JSON

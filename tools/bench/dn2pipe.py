@@ -51,6 +51,11 @@ class Dn2Pipeline:
     def decode(self, paths: Sequence[str]):
         return [self._images.read_image(p, draft_side=self.draft_side) for p in paths]
 
+    def load_one(self, path: str):
+        """One file decoded and prepared (the runtime pipeline's per-file stage)."""
+        im = self._images
+        return im.prepare(im.read_image(path, draft_side=self.draft_side), self.rule)
+
     def preprocess(self, images):
         return np.stack([self._images.prepare(im, self.rule) for im in images])
 

@@ -64,7 +64,7 @@ def export_models(
             str(path),
             input_size,
             prec,
-            calib=str(calib_dir) if prec == "int8" else None,
+            calib=str(calib_dir) if prec == "int8" and calib_dir else None,
             log=log,
         )
         out[prec] = {"path": str(path), "export_s": round(time.perf_counter() - t0, 2)}

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from dn2.runtime.bundle import read_manifest
+
 
 def _load() -> str:
     try:
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
             else:
                 actors = 1 if name == "ray-1" else a.cpus
                 r = run_ray(a.model, a.images, b, a.cpus, actors, out / f"shards-{name}")
-            th = json.loads((b / "dn2.json").read_text())["threshold"]["value"]
+            th = read_manifest(b).threshold.value
             thresholds.setdefault(rep, {})[name] = th
             base = thresholds[rep].get("local")
             row = {

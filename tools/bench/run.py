@@ -44,16 +44,66 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> Dict[str, float]:
 
 def _agreement(pipes, paths) -> Dict[str, object]:
     """Embedding cosines: torch_vs_fp32, fp32_vs_int8, and fp32_vs_fp32_jpeg_draft (same model,
-    full vs reduced-scale JPEG decode) per precision when those rows run."""
+    full vs reduced-scale JPEG decode) per precision when those rows run; and the int8 gate's
+    measure on every bench frame, ``fp32_vs_int8_rank`` (Spearman of leave-one-out kNN scores)."""
+    from dn2.export.gate import MIN_RANK_IMAGES, rank_agreement
+
     label = {
         p.name: p.name.replace("torch-eager", "torch").replace("dn2-", "").replace("-", "_")
         for p in pipes
     }
-    embs = {label[p.name]: np.asarray(p.model(p.preprocess(p.decode(paths)))) for p in pipes}
+    embs = {}
+    for p in pipes:
+        chunks = [paths[i : i + 8] for i in range(0, len(paths), 8)]
+        embs[label[p.name]] = np.concatenate(
+            [np.asarray(p.model(p.preprocess(p.decode(c)))) for c in chunks]
+        )
     pairs = [("torch", "fp32"), ("fp32", "int8")] + [
         (n[: -len("_jpeg_draft")], n) for n in embs if n.endswith("_jpeg_draft")
     ]
-    return {f"{a}_vs_{b}": _cosines(embs[a], embs[b]) for a, b in pairs if a in embs and b in embs}
+    out: Dict[str, object] = {
+        f"{a}_vs_{b}": _cosines(embs[a], embs[b]) for a, b in pairs if a in embs and b in embs
+    }
+    if "fp32" in embs and "int8" in embs and len(paths) >= MIN_RANK_IMAGES:
+        rho = rank_agreement(embs["fp32"], embs["int8"])
+        out["fp32_vs_int8_rank"] = {"rho": round(rho, 4), "n": len(paths)}
+    return out
+
+
+def _int8_choice(models) -> Optional[Dict[str, object]]:
+    """The export gate's int8 choice, from the int8 model's metadata (reused models too)."""
+    import json
+
+    from dn2.runtime.modelmeta import K_INT8_CHOICE, read_model_meta
+
+    if "int8" not in models:
+        return None
+    text = read_model_meta(models["int8"]["path"]).extra.get(K_INT8_CHOICE)
+    return json.loads(text) if text else None
+
+
+def read_streams(path: Optional[str]) -> Optional[Dict[str, object]]:
+    """The multi-camera figure from ``bench.watch --streams N --json PATH``'s report."""
+    import json
+
+    if not path:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+        live = data.get("live") or {}
+        return {
+            "streams": int(data["streams"]),
+            "batch": int(data["batch"]),
+            "ratio": float(data["ratio"]),
+            "per_camera_p95_ms": {k: v.get("latency_p95_ms") for k, v in live.items()} or None,
+            "source": str(path),
+            "error": None,
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return {
+            "error": f"--streams-json {path}: expected a bench.watch --streams JSON "
+            f"report with streams, batch and ratio; {type(exc).__name__}: {exc}"
+        }
 
 
 def run_bench(
@@ -73,6 +123,8 @@ def run_bench(
     precisions: Sequence[str] = ("fp32", "int8"),
     work_dir: Optional[str] = None,
     jpeg_draft: bool = False,
+    accuracy: bool = False,
+    streams_json: Optional[str] = None,
     log: Callable[[str], None] = _stderr,
 ) -> Dict[str, object]:
     from .frames import make_frames
@@ -154,10 +206,16 @@ def run_bench(
                 )
                 for p in pipes[1:]
             ]
-        agreement = _agreement(pipes, paths[:8])
+        agreement = _agreement(pipes, paths)
         timings = run_all(pipes, paths, batch_sizes, passes, progress=log)
         log("measuring sgemm peak again")
         sgemm_end = measure_sgemm_peak(threads, sizes)
+        int8_choice = _int8_choice(models)
+        acc = None
+        if accuracy:  # after the timed passes: its export and embedding never overlap them
+            from .int8_accuracy import int8_accuracy
+
+            acc = int8_accuracy(work, threads, log)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -191,5 +249,13 @@ def run_bench(
         },
     }
     return report_mod.build_report(
-        config, report_mod.machine_info(), sgemm, flops, [t.summary() for t in timings], agreement
+        config,
+        report_mod.machine_info(),
+        sgemm,
+        flops,
+        [t.summary() for t in timings],
+        agreement,
+        accuracy=acc,
+        streams=read_streams(streams_json),
+        int8_choice=int8_choice,
     )

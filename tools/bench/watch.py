@@ -18,6 +18,7 @@ Rows of the table:
 CPU is process CPU time over wall time (100 % = one core busy).
 
 ``--sinks``: every sink on vs none, alternating (:mod:`dn2.tools.bench.watch_sinks`).
+``--streams N``: N cameras in one watch vs one (:mod:`dn2.tools.bench.watch_streams`).
 
 ``--soak N`` instead runs the loop over N frames (the video replayed end to end, stains every
 so often so alerts open, close and write snapshots) and samples the process RSS: memory must
@@ -39,6 +40,7 @@ import numpy as np
 
 from dn2.runtime.watch.sources import CaptureSource
 from dn2.tools.bench.watch_sinks import sinks_run
+from dn2.tools.bench.watch_streams import streams_run
 from dn2.tools.videoio import read_video, write_video
 
 
@@ -105,6 +107,7 @@ def bench(
     repeats: int = 3,
     providers: str = "auto",
 ) -> dict:
+    from dn2.runtime.config import WatchConfig
     from dn2.runtime.detector import Detector
     from dn2.runtime.images import prepare
     from dn2.runtime.watch.loop import watch
@@ -135,11 +138,11 @@ def bench(
     for _ in range(repeats):
         t_model = min(t_model, _timed(model_only))
         t_bare = min(t_bare, _timed(bare))
-        run = watch(det, str(video), batch=batch, headless=True)
+        run = watch(det, str(video), WatchConfig(batch=batch, headless=True))
         if loop is None or run.fps > loop.fps:
             loop = run
     live_video = write_video(work / "bench_live.avi", frames, fps=live_fps)
-    live = watch(det, str(live_video), batch=batch, headless=True, realtime=True)
+    live = watch(det, str(live_video), WatchConfig(batch=batch, headless=True, realtime=True))
     n = len(frames)
     res = {
         "frames": n,
@@ -204,6 +207,7 @@ def soak(
     """RSS over a long run; returns samples [(frames scored, RSS MB)] and the summary."""
     import threading
 
+    from dn2.runtime.config import WatchConfig
     from dn2.runtime.detector import Detector
     from dn2.runtime.watch.loop import watch
 
@@ -229,10 +233,12 @@ def soak(
     summary = watch(
         det,
         Looped(str(video), times),
-        batch=batch,
-        max_frames=n_frames,
-        events=str(work / "soak_events.jsonl"),
-        snapshots=str(work / "soak_snaps"),
+        WatchConfig(
+            batch=batch,
+            max_frames=n_frames,
+            events=str(work / "soak_events.jsonl"),
+            snapshots=str(work / "soak_snaps"),
+        ),
         on_score=lambda i, ts, s: scored.__setitem__(0, scored[0] + 1),
     )
     done.set()
@@ -355,6 +361,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         action="store_true",
         help="instead: loop frames/s with all sinks vs none (alternating repeats)",
     )
+    p.add_argument("--streams", type=int, metavar="N", help="instead: N cameras vs one")
     a = p.parse_args(argv)
     from dn2.runtime import embedder
 
@@ -372,7 +379,9 @@ def _run(a) -> int:
     with tempfile.TemporaryDirectory(prefix="dn2-bench-watch-") as tmp:
         work = Path(a.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if a.sinks:
+        if a.streams:
+            r = streams_run(a, work)
+        elif a.sinks:
             r = sinks_run(a, work)
         elif a.soak:
             r = soak(a.model, a.bundle, a.soak, a.size, a.batch, a.threads, work)

@@ -80,6 +80,7 @@ def _mosquitto(work: Path):
 
 
 def sink_bench(det, video: Path, work: Path, batch: int, repeats: int = 5, log=print) -> dict:
+    from dn2.runtime.config import WatchConfig
     from dn2.runtime.watch.loop import watch
     from dn2.runtime.watch.serve import start_server
     from dn2.runtime.watch.sinks import build_event_sinks
@@ -97,7 +98,7 @@ def sink_bench(det, video: Path, work: Path, batch: int, repeats: int = 5, log=p
         for r in range(repeats):
             for kind in ("bare", "sinks") if r % 2 == 0 else ("sinks", "bare"):
                 if kind == "bare":
-                    s = watch(det, str(video), batch=batch)
+                    s = watch(det, str(video), WatchConfig(batch=batch))
                     bare.append(s.fps)
                     cpu["bare"].append(_cpu_ms(s))
                     runs.append({"repeat": r, "kind": kind, "fps": s.fps})
@@ -117,10 +118,12 @@ def sink_bench(det, video: Path, work: Path, batch: int, repeats: int = 5, log=p
                     s = watch(
                         det,
                         str(video),
-                        batch=batch,
-                        events=str(out / "ev.jsonl"),
-                        snapshots=str(out / "snaps"),
-                        scores=str(out / "scores.csv"),
+                        WatchConfig(
+                            batch=batch,
+                            events=str(out / "ev.jsonl"),
+                            snapshots=str(out / "snaps"),
+                            scores=str(out / "scores.csv"),
+                        ),
                         sinks=sinks,
                         live=live,
                     )

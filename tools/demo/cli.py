@@ -255,6 +255,7 @@ def run_demo(
             f"{len(truth)} defects at frames " + ", ".join(f"{r.start}-{r.end}" for r in truth)
         )
     with timer.stage("watch: dn2-watch loop, headless"):
+        from dn2.runtime.config import WatchConfig
         from dn2.runtime.watch.loop import watch
 
         _fresh_outputs(paths["events"], paths["snapshots"])
@@ -262,13 +263,15 @@ def run_demo(
         summary = watch(
             rec,
             str(paths["video"]),
-            events=str(paths["events"]),
-            snapshots=str(paths["snapshots"]),
-            output_video=str(paths["annotated"]),
-            headless=True,
-            min_consecutive=min_consecutive,
-            batch=8,
-            stats_every=0.0,
+            WatchConfig(
+                events=str(paths["events"]),
+                snapshots=str(paths["snapshots"]),
+                output_video=str(paths["annotated"]),
+                headless=True,
+                min_consecutive=min_consecutive,
+                batch=8,
+                stats_every=0.0,
+            ),
             log=lambda m: log(f"  {m}"),
         )
         log(summary.text())

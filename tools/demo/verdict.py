@@ -135,13 +135,14 @@ def report(res: dict) -> str:
     """The demo's closing lines: where each output is, the timings, the verdict line."""
     o = {k: Path(v) for k, v in res["outputs"].items()}
     snaps = sorted(o["snapshots"].glob("*.jpg")) if o["snapshots"].is_dir() else []
+    snaps = [p for p in snaps if not p.stem.endswith("_annotated")]
     lines = [f"dn2 demo outputs in {o['model'].parent}:"]
     for key, what in [
         ("video", "production line video (input)"),
         ("truth", "ground truth: injected defect frame ranges"),
         ("events", "alert events (JSON lines)"),
-        ("snapshots", f"peak-frame snapshots ({len(snaps)} files)"),
-        ("annotated", "annotated video (score bar, threshold, state)"),
+        ("snapshots", f"peak-frame snapshots ({len(snaps)}, each with an _annotated copy)"),
+        ("annotated", "annotated video (score bar, raw and normalised score, state)"),
         ("scores", "score per frame"),
         ("plot", "score-over-time plot"),
         ("bundle", "fitted bundle"),

@@ -146,7 +146,7 @@ def evaluate_folder(
         "dataset": str(root),
         "bundle": use_bundle,
         "mode": det.mode,
-        "view": det.manifest.get("view"),
+        "view": det.manifest.view.to_dict() if det.manifest.view is not None else None,
         "threshold": det.threshold,
         "n_train": len(s["train"]),
         "image_auroc": {},

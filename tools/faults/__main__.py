@@ -21,6 +21,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from dn2.runtime.bundle import read_manifest
+
 from .corpus import build_families
 
 BIN = os.path.dirname(sys.executable)
@@ -147,8 +149,8 @@ def _fit_row(model: str, files, out: Path) -> Dict:
     except subprocess.TimeoutExpired:
         return _row("bad images: dn2 fit", n, 0, 0, 0, 1, n)
     crash = int(r.returncode not in (0, 2) or "Traceback" in r.stderr)
-    fit = json.loads((out / "dn2.json").read_text())["fit"] if r.returncode == 0 else {}
-    kept, failed = int(fit.get("images", 0)), int(fit.get("failed", 0))
+    fit = read_manifest(out).fit if r.returncode == 0 else None
+    kept, failed = (fit.images or 0, fit.failed or 0) if fit is not None else (0, 0)
     return _row("bad images: dn2 fit", n, failed, kept, crash, 0, max(0, n - kept - failed))
 
 

@@ -1,16 +1,24 @@
 """Camera-path study: a bank fitted on stills, watching lossy, noisy video of OTHER normal pieces.
 
-    python -m dn2.tools.studies.camera --model lite0.onnx --json camera.json [--frames 1000]
+    python -m dn2.tools.studies.camera --model lite0.onnx --json camera.json \\
+        [--frames 1000] [--seeds 0,1] [--bundles default,augment] [--min-consecutive 3,5]
 
-Fits three bundles on the first ``--train`` textile stills (conformal-clip-data, gray pieces):
-colour scoring forced (``--color color``), the default (gray bank: ``--color auto``), and the
-default with ``--augment camera``. Renders the demo's production line (held-out normal pieces,
-``--defects`` global-defect pieces injected, NOT screened for visibility) through OpenCV's real
-writers: FFV1 (lossless), MJPG and mp4v, with and without per-channel Gaussian sensor noise of
-``--sigma`` levels, decodes every frame, scores it with each bundle and runs the watch loop's
-own :class:`~dn2.runtime.watch.decide.Decider` (``--min-consecutive``) over the scores. Prints
-false alerts per 1000 frames, defect recall (the demo's verdict rule) and the share of normal
-frames above the threshold, per condition and bundle.
+Fits bundles on the first ``--train`` textile stills (conformal-clip-data, gray pieces) —
+``colour`` (``--color color``), ``default`` (the gray bank of ``--color auto``), ``augment``
+(``--augment camera --augment-into both``: variants join the bank and the calibration),
+``augment-bank`` / ``augment-calib`` (``--augment-into bank | calibration``), ``fpr005`` /
+``augment-bank-fpr005`` (the same at ``--fpr 0.005``) — and ``video``: per condition, a
+bundle fitted the way the README tells users, from a video of the ``--train`` pieces passing
+the camera, rendered through the same writer and noise as the watched line (every
+``--fit-every``-th frame; blocked hold-out calibration). Renders the demo's production line
+(held-out normal pieces, ``--defects`` global-defect pieces per 1000 frames, NOT screened for
+visibility), one line per ``--seeds`` entry (piece order, defect sample and noise differ),
+through OpenCV's real writers — FFV1 (lossless), MJPG and mp4v, with and without per-channel
+Gaussian sensor noise of ``--sigma`` levels — decodes every frame, scores it with each bundle
+and runs the watch loop's own :class:`~dn2.runtime.watch.decide.Decider` over the scores for
+each ``--min-consecutive``. Prints totals over the seeds: false alerts (and per 1000 frames;
+split into alerts opened by a piece at rest and by the join between two pieces), defect recall
+(the demo's verdict rule), the share of normal frames above the threshold.
 """
 
 from __future__ import annotations
@@ -33,14 +41,29 @@ CONDITIONS = [
     ("mp4v", "mp4v", ".mp4", 0.0),
     ("mp4v+noise", "mp4v", ".mp4", None),
 ]
-BUNDLES = [
-    ("colour, no augment", dict(color="color")),
-    ("gray (default)", dict()),
-    ("gray + augment camera", dict(augment="camera")),
-]
+BUNDLES = {
+    "colour": ("colour, no augment", dict(color="color")),
+    "default": ("gray (default)", dict()),
+    "augment": (
+        "augment, bank and calibration",
+        dict(augment="camera", augment_into="both"),
+    ),
+    "augment-bank": ("augment, bank only", dict(augment="camera", augment_into="bank")),
+    "augment-calib": (
+        "augment, calibration only",
+        dict(augment="camera", augment_into="calibration"),
+    ),
+    "fpr005": ("gray, fpr 0.005", dict(fpr=0.005)),
+    "augment-bank-fpr005": (
+        "augment bank only, fpr 0.005",
+        dict(augment="camera", augment_into="bank", fpr=0.005),
+    ),
+    "video": ("fit from this camera's video", None),
+}
 
 
-def render(plan, path: Path, fourcc: str, sigma: float, seed: int) -> List[np.ndarray]:
+def render(plan, path: Path, fourcc: str, sigma: float, seed: int) -> Path:
+    """Write the line through OpenCV's real ``fourcc`` writer (+ sensor noise)."""
     import cv2
 
     from ..demo.video import PieceImages, render_frame
@@ -57,14 +80,32 @@ def render(plan, path: Path, fourcc: str, sigma: float, seed: int) -> List[np.nd
             f = np.clip(f + rng.normal(0.0, sigma, f.shape), 0, 255).astype(np.uint8)
         vw.write(f)
     vw.release()
-    cap, out = cv2.VideoCapture(str(path)), []
+    return path
+
+
+def embed_video(path: Path, embedder, chunk: int = 128) -> np.ndarray:
+    """Every decoded frame of ``path`` embedded, ``chunk`` frames in memory at a time; a
+    frame identical to the one before it (a piece at rest, no noise, an intra-frame codec)
+    reuses its embedding: the same pixels give the same embedding."""
+    import cv2
+
+    cap, parts, buf, index, prev = cv2.VideoCapture(str(path)), [], [], [], None
     while True:
         ok, f = cap.read()
+        if ok:
+            if prev is not None and np.array_equal(f, prev):
+                index.append(len(buf) - 1 + sum(len(p) for p in parts))
+            else:
+                buf.append(f)
+                index.append(len(buf) - 1 + sum(len(p) for p in parts))
+            prev = f
+        if buf and (not ok or len(buf) == chunk):
+            parts.append(embedder.embed_images(buf))
+            buf = []
         if not ok:
             break
-        out.append(f)
     cap.release()
-    return out
+    return np.vstack(parts)[np.asarray(index)]
 
 
 def alerts(scores, threshold: float, min_consecutive: int):
@@ -85,6 +126,67 @@ def alerts(scores, threshold: float, min_consecutive: int):
     return out
 
 
+def at_rest_run(above: np.ndarray, rest: np.ndarray, lo: int, hi: int, n: int) -> bool:
+    """Whether frames lo..hi hold ``n`` consecutive above-threshold frames of a piece at rest
+    (no join in view): such a false alert is the piece's doing, not the join's."""
+    run = 0
+    for t in range(lo, hi + 1):
+        run = run + 1 if above[t] and rest[t] else 0
+        if run >= n:
+            return True
+    return False
+
+
+def fit_stills(model, work: Path, names: List[str], stills, threads, seed, log) -> Dict:
+    from dn2.runtime.detector import Detector
+    from dn2.runtime.fit import fit_bundle
+
+    dets = {}
+    for key in names:
+        label, kw = BUNDLES[key]
+        if kw is None:
+            continue
+        t0 = time.monotonic()
+        b = fit_bundle(
+            model, work / key, images=stills, threads=threads, progress=False, seed=seed, **kw
+        )
+        dets[key] = Detector.load(b, threads=threads, load_model=False)
+        log(f"fit {label}: threshold {dets[key].threshold:.4g} ({time.monotonic() - t0:.0f} s)")
+    return dets
+
+
+def fit_from_video(model, work: Path, stills, cond, fit_every, threads, seed, log):
+    """The README's flow: a bundle fitted from a video of the normal pieces through the camera."""
+    from dn2.runtime.detector import Detector
+    from dn2.runtime.fit import fit_bundle
+
+    from ..demo.video import pieces_needed, plan_line
+
+    name, fourcc, ext, sig = cond
+    cycle = 20
+    plan = plan_line(stills, [], (len(stills) - 4) * cycle, n_defects=0, seed=seed + 1000)
+    assert pieces_needed(plan.n_frames, plan.move_frames, plan.dwell_frames) <= len(stills)
+    vid = render(plan, work / f"fit-{name}{ext}", fourcc, sig, seed + 1000)
+    t0 = time.monotonic()
+    b = fit_bundle(
+        model,
+        work / f"video-{name}",
+        images=[str(vid)],
+        every=fit_every,
+        threads=threads,
+        progress=False,
+        seed=seed,
+    )
+    vid.unlink()
+    det = Detector.load(b, threads=threads, load_model=False)
+    log(
+        f"fit from {name} video ({plan.n_frames} frames, every {fit_every}): threshold "
+        f"{det.threshold:.4g}, colour {det.manifest.score.color} "
+        f"({time.monotonic() - t0:.0f} s)"
+    )
+    return det
+
+
 def run(
     model: str,
     work: Path,
@@ -92,102 +194,135 @@ def run(
     frames: int,
     n_defects: int,
     sigma: float,
-    min_consecutive: int,
-    seed: int,
+    min_consecutive: List[int],
+    seeds: List[int],
+    bundles: List[str],
+    conditions: List[str],
+    fit_every: int,
     threads: Optional[int],
     log,
 ) -> Dict:
     import conformal_clip_data as ccd
 
-    from dn2.runtime.detector import Detector
     from dn2.runtime.embedder import Embedder
-    from dn2.runtime.fit import fit_bundle
 
     from ..demo.verdict import judge
     from ..demo.video import Piece, ground_truth, plan_line
 
     nominal = sorted(str(p) for p in Path(ccd.nominal_dir()).glob("*.jpg"))
     defects = sorted(str(p) for p in Path(ccd.global_dir()).glob("*.jpg"))
-    dets = {}
-    for name, kw in BUNDLES:
-        t0 = time.monotonic()
-        b = fit_bundle(
-            model,
-            work / name.replace(" ", "_").replace(",", ""),
-            images=nominal[:train],
-            threads=threads,
-            progress=False,
-            seed=seed,
-            **kw,
-        )
-        dets[name] = Detector.load(b, threads=threads, load_model=False)
-        log(f"fit {name}: threshold {dets[name].threshold:.4g} ({time.monotonic() - t0:.0f} s)")
+    seed0 = seeds[0]
+    dets = fit_stills(model, work, bundles, nominal[:train], threads, seed0, log)
     embedders = {g: Embedder(model, threads=threads, gray=g) for g in (False, True)}
-    plan = plan_line(
-        nominal[train:],
-        [Piece(p, "global") for p in defects],
-        frames,
-        n_defects=n_defects,
-        seed=seed,
-    )
-    truth = [r.__dict__ for r in ground_truth(plan)]
-    in_defect = np.zeros(frames, bool)
-    for r in truth:
-        in_defect[r["visible_start"] : r["visible_end"] + 1] = True
-    rows = []
-    for cond, fourcc, ext, sig in CONDITIONS:
+    totals: Dict = {}
+    for cond in [c for c in CONDITIONS if c[0] in conditions]:
+        name, fourcc, ext, sig = cond
         sig = sigma if sig is None else sig
-        vid = render(plan, work / f"{cond}{ext}", fourcc, sig, seed)
-        emb = {g: e.embed_images(vid) for g, e in embedders.items()}
-        for name, det in dets.items():
-            s = det.score_embeddings(emb[det.manifest["score"]["color"] == "gray"])
-            v = judge(truth, alerts(s, det.threshold, min_consecutive), n_frames=len(s))
-            rows.append(
-                {
-                    "condition": cond,
-                    "bundle": name,
-                    "frames": len(s),
-                    "false_alerts": v.false_alerts,
-                    "false_per_1000": round(1000.0 * v.false_alerts / len(s), 2),
-                    "found": v.found,
-                    "injected": v.injected,
-                    "recall": round(v.found / max(v.injected, 1), 4),
-                    "normal_frames_above": round(float(np.mean(s[~in_defect] > det.threshold)), 4),
-                    "median_normal_x_threshold": round(
-                        float(np.median(s[~in_defect]) / det.threshold), 3
-                    ),
-                }
+        here = dict(dets)
+        if "video" in bundles:
+            here["video"] = fit_from_video(
+                model,
+                work,
+                nominal[:train],
+                (name, fourcc, ext, sig),
+                fit_every,
+                threads,
+                seed0,
+                log,
             )
-            log(
-                f"{cond:<15} {name:<22} false/1000 {rows[-1]['false_per_1000']:>6} "
-                f"recall {v.found}/{v.injected}  normal frames above "
-                f"{rows[-1]['normal_frames_above']:.1%}"
+        for seed in seeds:
+            plan = plan_line(
+                nominal[train:],
+                [Piece(p, "global") for p in defects],
+                frames,
+                n_defects=n_defects * frames // 1000,
+                seed=seed,
             )
+            truth = [r.__dict__ for r in ground_truth(plan)]
+            in_defect = np.zeros(frames, bool)
+            for r in truth:
+                in_defect[r["visible_start"] : r["visible_end"] + 1] = True
+            rest = (np.arange(frames) % plan.cycle) >= plan.move_frames - 1
+            vid = render(plan, work / f"{name}-{seed}{ext}", fourcc, sig, seed)
+            grays = {d.manifest.score.color == "gray" for d in here.values()}
+            emb = {g: embed_video(vid, embedders[g]) for g in grays}
+            vid.unlink()
+            for key, det in here.items():
+                s = det.score_embeddings(emb[det.manifest.score.color == "gray"])
+                above = s > det.threshold
+                for mc in min_consecutive:
+                    al = alerts(s, det.threshold, mc)
+                    v = judge(truth, al, n_frames=len(s))
+                    piece = sum(
+                        at_rest_run(above, rest, a, len(s) - 1 if b is None else b, mc)
+                        for a, b in v.false_alert_frames
+                    )
+                    t = totals.setdefault(
+                        (name, key, mc),
+                        dict(frames=0, false=[], piece=0, found=0, injected=0, above=[], med=[]),
+                    )
+                    t["frames"] += len(s)
+                    t["false"].append(v.false_alerts)
+                    t["piece"] += piece
+                    t["found"] += v.found
+                    t["injected"] += v.injected
+                    t["above"].append(float(np.mean(above[~in_defect])))
+                    t["med"].append(float(np.median(s[~in_defect]) / det.threshold))
+                    log(
+                        f"{name:<15} {key:<14} seed {seed} mc {mc}: false {v.false_alerts} "
+                        f"({piece} at rest) recall {v.found}/{v.injected} in {len(s)} frames"
+                    )
+    rows = []
+    for (name, key, mc), t in totals.items():
+        n_false = int(sum(t["false"]))
+        rows.append(
+            {
+                "condition": name,
+                "bundle": BUNDLES[key][0],
+                "key": key,
+                "min_consecutive": mc,
+                "frames": t["frames"],
+                "false_alerts": n_false,
+                "false_per_seed": t["false"],
+                "false_at_rest": t["piece"],
+                "false_per_1000": round(1000.0 * n_false / t["frames"], 2),
+                "found": t["found"],
+                "injected": t["injected"],
+                "recall": round(t["found"] / max(t["injected"], 1), 4),
+                "normal_frames_above": round(float(np.mean(t["above"])), 4),
+                "median_normal_x_threshold": round(float(np.mean(t["med"])), 3),
+            }
+        )
     return {
         "model": model,
         "train": train,
-        "frames": frames,
-        "defects": n_defects,
+        "frames_per_line": frames,
+        "seeds": seeds,
+        "defects_per_1000": n_defects,
         "sigma": sigma,
-        "min_consecutive": min_consecutive,
-        "seed": seed,
+        "fit_every": fit_every,
         "rows": rows,
     }
 
 
 def table(res: Dict) -> str:
     lines = [
-        "| condition | bundle | false alerts / 1000 frames | recall | normal frames above "
-        "| median normal score / threshold |",
-        "|---|---|---|---|---|---|",
+        "| condition | bundle | min consecutive | false alerts / frames (per 1000; at rest) "
+        "| recall | normal frames above | median normal score / threshold |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         lines.append(
-            f"| {r['condition']} | {r['bundle']} | {r['false_per_1000']} | "
-            f"{r['found']}/{r['injected']} | {r['normal_frames_above']:.1%} | "
-            f"{r['median_normal_x_threshold']} |"
+            f"| {r['condition']} | {r['bundle']} | {r['min_consecutive']} | "
+            f"{r['false_alerts']} / {r['frames']} ({r['false_per_1000']}; "
+            f"{r['false_at_rest']}) | {r['found']}/{r['injected']} ({r['recall']:.0%}) | "
+            f"{r['normal_frames_above']:.1%} | {r['median_normal_x_threshold']} |"
         )
     return "\n".join(lines)
+
+
+def _ints(text: str) -> List[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def main(argv=None) -> int:
@@ -197,13 +332,20 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--json", required=True)
     p.add_argument("--train", type=int, default=300)
-    p.add_argument("--frames", type=int, default=1000)
-    p.add_argument("--defects", type=int, default=10)
+    p.add_argument("--frames", type=int, default=1000, help="frames per line (per seed)")
+    p.add_argument("--defects", type=int, default=10, help="defect pieces per 1000 frames")
     p.add_argument("--sigma", type=float, default=3.0)
-    p.add_argument("--min-consecutive", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-consecutive", type=_ints, default=[3], help="e.g. 3,5")
+    p.add_argument("--seeds", type=_ints, default=[0], help="one line per seed, e.g. 0,1,2")
+    p.add_argument("--bundles", default="colour,default,augment", help=",".join(BUNDLES))
+    p.add_argument("--conditions", default=",".join(c[0] for c in CONDITIONS))
+    p.add_argument("--fit-every", type=int, default=5, help="video bundle: every N-th frame")
     p.add_argument("--threads", type=int)
     a = p.parse_args(argv)
+    bundles = [b for b in a.bundles.split(",") if b]
+    bad = [b for b in bundles if b not in BUNDLES]
+    if bad:
+        p.error(f"--bundles: expected names from {', '.join(BUNDLES)}, found {', '.join(bad)}")
     with tempfile.TemporaryDirectory(prefix="dn2-camera-study-") as tmp:
         res = run(
             a.model,
@@ -213,7 +355,10 @@ def main(argv=None) -> int:
             a.defects,
             a.sigma,
             a.min_consecutive,
-            a.seed,
+            a.seeds,
+            bundles,
+            a.conditions.split(","),
+            a.fit_every,
             a.threads,
             lambda m: print(m, file=sys.stderr, flush=True),
         )

@@ -33,6 +33,7 @@ class Live:
         self.alerts: Deque[Dict[str, Any]] = collections.deque(maxlen=alerts)
         self.scored = 0
         self.reader = self.queue = self.outputs = None
+        self.cameras: Dict[str, Tuple[Any, Any]] = {}
         self._jpeg: Tuple[int, bytes] = (-1, b"")
         self._jpeg_lock = threading.Lock()
         self.registry = CollectorRegistry()
@@ -55,8 +56,21 @@ class Live:
         self.url = ""
 
     # -- the loop's side (cheap) ------------------------------------------------------------
-    def attach(self, *, reader, queue, outputs, threshold: float, run_id: str, source: str) -> None:
+    def attach(
+        self,
+        *,
+        reader,
+        queue,
+        outputs,
+        threshold: float,
+        run_id: str,
+        source: str,
+        cameras: Optional[Dict[str, Tuple[Any, Any]]] = None,
+    ) -> None:
+        """``cameras``: several cameras' {id: (reader, queue)}; /metrics then also carries
+        each camera's frames, drops, reconnects and failures under a ``camera`` label."""
         self.reader, self.queue, self.outputs = reader, queue, outputs
+        self.cameras = cameras or {}
         self.threshold, self.run_id, self.source = float(threshold), run_id, source
 
     def frame(self, image, score: Optional[float], state: str, fps: float, label: str) -> None:
@@ -134,6 +148,13 @@ class Live:
             "score": latest[1]
             if latest and latest[1] is not None and math.isfinite(latest[1])
             else None,
+            "norm_score": latest[1] / self.threshold
+            if latest
+            and latest[1] is not None
+            and math.isfinite(latest[1])
+            and math.isfinite(self.threshold)
+            and self.threshold > 0
+            else None,
             "source_state": self.source_state(),
             "sink_backlog": backlog,
             "history": hist,
@@ -158,6 +179,7 @@ def _public(ev: Dict[str, Any]) -> Dict[str, Any]:
             "timestamp",
             "clock",
             "peak_score",
+            "peak_norm_score",
             "threshold",
             "reason",
         )
@@ -191,6 +213,8 @@ class _Collector:
         yield CounterMetricFamily(
             "dn2_source_failures", "failed reads / opens", value=r.stats.failures if r else 0
         )
+        if lv.cameras:
+            yield from _per_camera(lv.cameras)
         yield GaugeMetricFamily("dn2_fps", "scored frames per second (last 5 s)", value=lv.fps())
         yield GaugeMetricFamily("dn2_threshold", "threshold in force", value=lv.threshold)
         st = GaugeMetricFamily(
@@ -212,3 +236,23 @@ class _Collector:
             value=len(lv.outputs.problems()) if lv.outputs else 0,
         )
         yield nw
+
+
+def _per_camera(cameras):
+    """Several cameras: each one's reader and queue counters, labelled by camera id."""
+    from prometheus_client.core import CounterMetricFamily
+
+    for name, doc, get in (
+        ("dn2_camera_frames_read", "frames taken from this camera", lambda r, q: r.stats.frames),
+        ("dn2_camera_frames_dropped", "live frames dropped", lambda r, q: q.dropped),
+        (
+            "dn2_camera_reconnects",
+            "camera reopened after a failure",
+            lambda r, q: r.stats.reconnects,
+        ),
+        ("dn2_camera_failures", "failed reads / opens", lambda r, q: r.stats.failures),
+    ):
+        fam = CounterMetricFamily(name, doc, labels=["camera"])
+        for cid, (r, q) in cameras.items():
+            fam.add_metric([cid], get(r, q))
+        yield fam

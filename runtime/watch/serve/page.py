@@ -31,7 +31,8 @@ PAGE = """<!doctype html>
  <span class="badge starting" id="state">starting</span>
  <span><span class="k">source</span> <span class="v" id="source">-</span></span>
  <span><span class="k">score</span> <span class="v" id="score">-</span>
-  <span class="k">/ threshold</span> <span class="v" id="thr">-</span></span>
+  <span class="k">/ threshold</span> <span class="v" id="thr">-</span>
+  <span class="k">=</span> <span class="v" id="norm">-</span></span>
  <span><span class="k">fps</span> <span class="v" id="fps">-</span></span>
  <span><span class="k">scored</span> <span class="v" id="scored">0</span></span>
  <span><span class="k">source state</span> <span class="v" id="srcstate">-</span></span>
@@ -105,7 +106,9 @@ function alerts(list) {
     }
     const s = document.createElement("span");
     s.textContent = a.type.replace("_", " ") + " #" + a.alert_id + " at frame " + a.frame +
-      ", peak " + fmt(a.peak_score) + (a.reason ? " (" + a.reason + ")" : "");
+      ", peak " + fmt(a.peak_score) +
+      (a.peak_norm_score == null ? "" : " (" + a.peak_norm_score.toFixed(2) + "x)") +
+      (a.reason ? " (" + a.reason + ")" : "");
     li.appendChild(s); ul.appendChild(li);
   }
 }
@@ -117,6 +120,7 @@ async function tick() {
       $("state").textContent = st.state; $("state").className = "badge " + st.state;
       $("source").textContent = st.source; $("run").textContent = st.run_id || "-";
       $("score").textContent = fmt(st.score); $("thr").textContent = fmt(st.threshold);
+      $("norm").textContent = st.norm_score == null ? "-" : st.norm_score.toFixed(2) + "x";
       $("fps").textContent = st.fps.toFixed(1); $("scored").textContent = st.scored;
       $("srcstate").textContent = st.source_state;
       const bl = Object.entries(st.sink_backlog).filter(e => e[1] > 0);

@@ -1,7 +1,8 @@
 """MQTT sink target (paho-mqtt, ``pip install 'dn2[serve]'``).
 
 ``--mqtt mqtt://host:port/TOPIC`` (``mqtts://`` for TLS) publishes each event with QoS 1 to
-``TOPIC/<camera_id>/events``, and a retained status to ``TOPIC/<camera_id>/status``:
+``TOPIC/<camera_id>/events`` (with several cameras in one watch, each event goes to its own
+camera's ``TOPIC/<camera>/events``), and a retained status to ``TOPIC/<camera_id>/status``:
 ``{"state": "online", ...}`` on connect, ``"offline"`` on a clean stop, and the same
 ``offline`` as the last will, so the broker announces a watcher that died. The payload is the
 event plus ``camera_id`` and ``event_id`` (``run_id:alert_id:type``, for de-duplication).
@@ -56,6 +57,7 @@ class MqttTarget:
         if any(c in base for c in "+#"):
             raise Dn2Error(f"--mqtt {url}: the topic may not hold MQTT wildcards (+ #)")
         self.camera_id, self.log, self.ack_timeout = camera_id, log, ack_timeout
+        self.base = base
         self.topic = f"{base}/{camera_id}/events"
         self.status_topic = f"{base}/{camera_id}/status"
         port = u.port or (8883 if u.scheme == "mqtts" else 1883)
@@ -111,7 +113,8 @@ class MqttTarget:
                 self._cond.notify_all()
 
     def payload(self, ev: Dict[str, Any]) -> Dict[str, Any]:
-        return {**ev, "camera_id": self.camera_id, "event_id": event_id(ev)}
+        # several cameras in one watch: each event names its camera, and goes to its topic
+        return {**ev, "camera_id": ev.get("camera") or self.camera_id, "event_id": event_id(ev)}
 
     def deliver(self, payload: Dict[str, Any]) -> None:
         eid = payload["event_id"]
@@ -119,7 +122,8 @@ class MqttTarget:
             if self._inflight is None or self._inflight[0] != eid:
                 if not self._connected.is_set():
                     raise ConnectionError("not connected to the broker")
-                info = self.client.publish(self.topic, json.dumps(payload), qos=1)
+                topic = f"{self.base}/{payload['camera_id']}/events"
+                info = self.client.publish(topic, json.dumps(payload), qos=1)
                 if info.rc not in (0,):  # paho keeps it queued and resends on reconnect
                     self.log(f"{self.name}: publish rc {info.rc}; paho resends it")
                 self._inflight = (eid, info.mid)

@@ -11,6 +11,7 @@ One row per score (per frame, or per scored group in group mode)::
     decision    the decider's state after this score: normal | arming | ALERT
     alert_id    the open alert's id (empty / null outside an alert)
     map_peak    the anomaly map's peak when the bundle scores patches (else empty / null)
+    camera      the camera's id (only when one watch runs several cameras)
 
 Rows are written in small batches (every 0.5 s or 64 rows) with one unbuffered write each, so
 the scoring loop pays a string format per frame and nothing else; a write that fails is counted
@@ -52,8 +53,10 @@ class ScoresWriter:
         force: bool = False,
         flush_rows: int = 64,
         flush_s: float = 0.5,
+        cameras: bool = False,
     ):
         self.path, self.run_id, self.threshold = path, run_id, float(threshold)
+        self.cameras = cameras  # several cameras: a last column names each row's camera
         self.csv = path != "-" and Path(path).suffix.lower() == ".csv"
         self.rows = self.lost = 0
         self.last_error: Optional[str] = None
@@ -68,12 +71,13 @@ class ScoresWriter:
             p = Path(path)
             if p.exists() and p.is_file() and p.stat().st_size and not force:
                 raise Dn2Error(
-                    f"--scores {p} exists (from an earlier run?); pass --force to "
-                    "overwrite it, or give a new name"
+                    f"scores {p} exists (from an earlier run?); pass force to "
+                    "overwrite it, or give a new name",
+                    params=("scores", "force"),
                 )
             self._fd, self._own = _open_nonblocking(p, "scores file", append=False), True
         if self.csv:
-            self._buf.append(",".join(COLUMNS) + "\n")
+            self._buf.append(",".join(COLUMNS + (("camera",) if cameras else ())) + "\n")
 
     def set_threshold(self, threshold: float) -> None:
         self.threshold = float(threshold)
@@ -86,6 +90,7 @@ class ScoresWriter:
         decision: str,
         alert_id: Optional[int],
         map_peak: Optional[float] = None,
+        camera: Optional[str] = None,
     ) -> None:
         iso = datetime.fromtimestamp(captured + self._wall_off, self._tz).isoformat(
             timespec="milliseconds"
@@ -97,7 +102,8 @@ class ScoresWriter:
                 f"{self.run_id},{frame},{iso},{captured:.6f},"
                 f"{score:.6g},{'' if norm is None else f'{norm:.6g}'},{decision},"
                 f"{'' if alert_id is None else alert_id},"
-                f"{'' if map_peak is None else f'{map_peak:.6g}'}\n"
+                f"{'' if map_peak is None else f'{map_peak:.6g}'}"
+                + (f",{camera}\n" if self.cameras else "\n")
             )
         else:
             self._buf.append(
@@ -112,6 +118,7 @@ class ScoresWriter:
                         "decision": decision,
                         "alert_id": alert_id,
                         "map_peak": map_peak,
+                        **({"camera": camera} if self.cameras else {}),
                     }
                 )
                 + "\n"

@@ -21,7 +21,10 @@ from ...errors import Dn2Error
 
 
 def event_id(ev: Dict[str, Any]) -> str:
-    return f"{ev.get('run_id')}:{ev.get('alert_id')}:{ev.get('type')}"
+    """``run_id:alert_id:type``; with several cameras (alert ids count per camera)
+    ``run_id:camera:alert_id:type``."""
+    cam = f"{ev['camera']}:" if ev.get("camera") else ""
+    return f"{ev.get('run_id')}:{cam}{ev.get('alert_id')}:{ev.get('type')}"
 
 
 class WebhookTarget:
@@ -42,7 +45,7 @@ class WebhookTarget:
         self.key = f"webhook_{tag}_{hashlib.sha256(url.encode()).hexdigest()[:10]}"
 
     def payload(self, ev: Dict[str, Any]) -> Dict[str, Any]:
-        return {**ev, "camera_id": self.camera_id, "event_id": event_id(ev)}
+        return {**ev, "camera_id": ev.get("camera") or self.camera_id, "event_id": event_id(ev)}
 
     def deliver(self, payload: Dict[str, Any]) -> None:
         req = urllib.request.Request(

@@ -1,0 +1,176 @@
+"""The pipeline behind the model: decode, model and kNN overlapped, in input order.
+
+    for b in overlapped(paths, load, model, tail=knn, batch=8):
+        b.items, b.output, b.errors     # one batch: its good items, tail(model(...)), bad ones
+
+* ``load(item) -> x`` (decode + resize + crop) runs in a small pool of ``workers`` threads,
+  a bounded window ahead of the model (about ``ahead`` batches), so the next batch is being
+  prepared while the current one is in the model. A ``load`` that raises is that item's error
+  (the message of a ``Dn2Error``, else the exception named), never a stop.
+* ``model(stacked) -> y`` runs on its own thread, batch after batch with no wait between.
+* ``tail(y) -> z`` (kNN scoring, decisions) runs on a third thread, on batch *i* while the
+  model runs batch *i + 1*; without ``tail`` the output is ``y``.
+
+Batches come out in input order, each as soon as its tail is done (a batch never waits for
+the next one, so the latency of one image is decode + model + tail, as without overlap).
+``workers=0`` runs everything on the caller's thread (no threads at all). An exception of
+``model`` or ``tail`` is raised to the caller; leaving the loop early stops the threads.
+This is the one implementation: ``Embedder.embed_paths`` (``dn2 score`` on files, the
+embedding stage of ``dn2 fit``), ``Detector.score_paths`` and the benchmark's dn2 pipelines use
+it; ``dn2 watch`` has the same shape with a camera reader in place of the pool.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import Dn2Error
+
+_END = object()
+
+
+@dataclass
+class Batch:
+    items: List[Any]  # the items that loaded, in input order
+    output: Any  # tail(model(stack of their loads)); None when no item of the batch loaded
+    errors: List[Tuple[Any, str]] = field(default_factory=list)  # (item, why) before/in it
+    order: List[bool] = field(default_factory=list)  # input order: True an item, False an error
+
+
+def _safe(load: Callable, item) -> Tuple[Any, Optional[np.ndarray], Optional[str]]:
+    try:
+        return item, load(item), None
+    except Dn2Error as exc:
+        return item, None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - cv2.error, MemoryError, ... from one file
+        return item, None, f"{item}: {type(exc).__name__}: {exc}"
+
+
+def prefetched(items: Iterable, load: Callable, workers: int, window: int) -> Iterator[Tuple]:
+    """``(item, x, error)`` for every item in input order, ``load`` running in ``workers``
+    threads up to ``window`` items ahead (``workers=0``: in the calling thread)."""
+    if workers == 0:
+        yield from (_safe(load, it) for it in items)
+        return
+    it = iter(items)
+    with ThreadPoolExecutor(workers, thread_name_prefix="dn2-decode") as ex:
+        todo = deque(ex.submit(_safe, load, x) for x in islice(it, window + workers))
+        while todo:
+            res = todo.popleft().result()
+            nxt = next(it, _END)
+            if nxt is not _END:
+                todo.append(ex.submit(_safe, load, nxt))
+            yield res
+
+
+def _batches(items, load, batch, workers, ahead, size):
+    """(good items, their loads, errors, order) per batch of ``batch`` good items (or items
+    whose ``size`` adds up to at least ``batch``), in input order."""
+    good, xs, errs, order, n = [], [], [], [], 0
+    for item, x, err in prefetched(items, load, workers, ahead * batch):
+        if err is not None:
+            errs.append((item, err))
+            order.append(False)
+            continue
+        good.append(item)
+        xs.append(x)
+        order.append(True)
+        n += size(x) if size else 1
+        if n >= batch:
+            yield good, xs, errs, order
+            good, xs, errs, order, n = [], [], [], [], 0
+    if good or errs:
+        yield good, xs, errs, order
+
+
+def overlapped(
+    items: Iterable,
+    load: Callable[[Any], np.ndarray],
+    model: Callable[[np.ndarray], Any],
+    tail: Optional[Callable[[Any], Any]] = None,
+    batch: int = 8,
+    workers: int = 2,
+    ahead: int = 2,
+    size: Optional[Callable[[Any], int]] = None,
+    collate: Callable[[List], Any] = np.stack,
+) -> Iterator[Batch]:
+    """See the module doc. ``size(x)``: how many model inputs one load holds (a frame cut
+    into tiles), so a batch holds about ``batch`` inputs; ``collate(loads)`` makes the model's
+    argument (default ``np.stack``)."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, found {batch}")
+    tail = tail or (lambda y: y)
+
+    if workers == 0:
+        for good, xs, errs, order in _batches(items, load, batch, 0, ahead, size):
+            yield Batch(good, tail(model(collate(xs))) if xs else None, errs, order)
+        return
+    stop = threading.Event()
+    to_tail: queue.Queue = queue.Queue(maxsize=1)  # the model runs at most 1 batch ahead
+    out: queue.Queue = queue.Queue(maxsize=2)
+
+    def put(q, v):  # a bounded put that gives up when the consumer has gone
+        while not stop.is_set():
+            try:
+                q.put(v, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def model_stage():
+        try:
+            for good, xs, errs, order in _batches(items, load, batch, workers, ahead, size):
+                if stop.is_set():
+                    return
+                y = model(collate(xs)) if xs else None
+                if not put(to_tail, (good, y, errs, order)):
+                    return
+            put(to_tail, _END)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            put(to_tail, exc)
+
+    def tail_stage():
+        while not stop.is_set():
+            try:
+                v = to_tail.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if v is _END or isinstance(v, BaseException):
+                put(out, v)
+                return
+            good, y, errs, order = v
+            try:
+                z = tail(y) if y is not None else None
+            except BaseException as exc:  # noqa: BLE001
+                put(out, exc)
+                return
+            if not put(out, Batch(good, z, errs, order)):
+                return
+
+    threads = [
+        threading.Thread(target=model_stage, name="dn2-model", daemon=True),
+        threading.Thread(target=tail_stage, name="dn2-tail", daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            v = out.get()
+            if v is _END:
+                return
+            if isinstance(v, BaseException):
+                raise v
+            yield v
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10.0)

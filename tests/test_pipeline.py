@@ -1,0 +1,149 @@
+"""The pipeline behind the model (dn2.runtime.pipeline): decode pool, model and kNN overlapped,
+order kept, bad files reported, on real textile photos through a real onnxruntime session."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dn2.runtime.detector import Detector
+from dn2.runtime.embedder import Embedder
+from dn2.runtime.pipeline import overlapped
+
+from tiny_model import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def files(textile_dirs, tmp_path_factory):
+    """21 real JPEGs with a truncated JPEG, a text file named .png and a missing path among
+    them."""
+    root = tmp_path_factory.mktemp("pipe")
+    real = sorted(str(p) for p in textile_dirs["nominal"].glob("*.jpg"))[:21]
+    cut = root / "cut.jpg"
+    cut.write_bytes(Path(real[0]).read_bytes()[:200])  # a JPEG cut off in its header
+    text = root / "notes.png"
+    text.write_text("not an image")
+    paths = real[:5] + [str(cut)] + real[5:12] + [str(text)] + real[12:] + [str(root / "no.jpg")]
+    return make_tiny_model(root / "tiny.onnx"), paths, {str(cut), str(text), str(root / "no.jpg")}
+
+
+@pytest.mark.parametrize("batch", [1, 4, 8])
+def test_same_embeddings_in_input_order_with_and_without_overlap(files, batch):
+    model, paths, bad = files
+    seq = Embedder(model, batch_size=batch, decode_workers=0).embed_paths(paths)
+    ovl = Embedder(model, batch_size=batch, decode_workers=2).embed_paths(paths)
+    good = [p for p in paths if p not in bad]
+    assert seq.paths == ovl.paths == good  # input order, bad files left out
+    assert [p for p, _ in ovl.errors] == [p for p in paths if p in bad]  # each reported
+    assert all(msg and "Traceback" not in msg for _, msg in ovl.errors)
+    # the same batches through the same session: the same numbers (float32 round-off only)
+    np.testing.assert_allclose(ovl.embeddings, seq.embeddings, rtol=1e-6, atol=1e-7)
+
+
+def test_score_paths_overlaps_knn_and_reports_bad_files(files, tmp_path):
+    from dn2.runtime.fit import fit_bundle
+
+    model, paths, bad = files
+    good = [p for p in paths if p not in bad]
+    bundle = fit_bundle(model, tmp_path / "b", images=good[:12], progress=False)
+    det = Detector.load(str(bundle), batch_size=4)
+    twice = paths + [good[0]]  # a file named twice gets two results
+    res = det.score_paths(twice)
+    assert [r.path for r in res] == twice
+    assert all((r.error is not None) == (r.path in bad) for r in res)
+    ref = det.score_embeddings(det.embedder.embed_paths(good).embeddings)
+    got = np.array([r.score for r in res if r.error is None][:-1])
+    # squared distances as |q|^2 + |b|^2 - 2 q.b in float32: the GEMM of 4 queries rounds
+    # differently from that of 21, up to ~2e-4 relative on these small distances
+    np.testing.assert_allclose(got, ref, rtol=1e-3)
+    assert res[-1].score == pytest.approx(res[0].score, rel=1e-6)
+
+
+def test_the_tail_of_a_batch_runs_beside_the_next_model_call(files):
+    """kNN of batch i overlaps the model on batch i + 1: the tail waits until the model has
+    started the next batch (without overlap it would wait forever; the timeout only guards)."""
+    model, paths, bad = files
+    emb = Embedder(model, batch_size=4)
+    good = [p for p in paths if p not in bad][:16]
+    started = [threading.Event() for _ in range(5)]
+    calls, seen = [0], []
+
+    def run_model(x):
+        started[calls[0]].set()
+        calls[0] += 1
+        return emb.embed_batch(x)
+
+    def tail(y):
+        i = len(seen)
+        seen.append(threading.current_thread().name)
+        last = i == 3
+        return y, last or started[i + 1].wait(timeout=30)
+
+    outs = list(overlapped(good, emb.load_file, run_model, tail=tail, batch=4))
+    assert [o for _, o in (b.output for b in outs)] == [True] * 4
+    assert set(seen) == {"dn2-tail"}
+    np.testing.assert_allclose(
+        np.concatenate([b.output[0] for b in outs]), emb.embed_paths(good).embeddings, rtol=1e-6
+    )
+
+
+def test_a_batch_comes_out_before_the_next_is_modelled(files):
+    """Latency: batch i is handed over while the model still holds batch i + 1."""
+    model, paths, bad = files
+    emb = Embedder(model, batch_size=1)
+    good = [p for p in paths if p not in bad][:3]
+    got_first = threading.Event()
+    calls = [0]
+
+    def run_model(x):
+        calls[0] += 1
+        if calls[0] == 2:  # the second batch waits until the first was received
+            assert got_first.wait(timeout=30), "batch 1 was held back behind batch 2"
+        return emb.embed_batch(x)
+
+    it = overlapped(good, emb.load_file, run_model, batch=1)
+    next(it)
+    got_first.set()
+    assert len(list(it)) == 2
+
+
+def test_errors_reach_the_caller_and_leaving_early_stops_the_threads(files):
+    model, paths, bad = files
+    emb = Embedder(model, batch_size=2)
+    good = [p for p in paths if p not in bad]
+
+    def broken(x):
+        raise RuntimeError("model exploded")
+
+    with pytest.raises(RuntimeError, match="model exploded"):
+        list(overlapped(good, emb.load_file, broken, batch=2))
+    it = overlapped(good, emb.load_file, emb.embed_batch, batch=2)
+    next(it)
+    it.close()  # the caller stops after one batch
+    names = {t.name for t in threading.enumerate()}
+    assert "dn2-model" not in names and "dn2-tail" not in names
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_tiled_views_keep_order_and_errors_with_the_decode_pool(files, batch):
+    """Frames cut into 2x2 tiles: a batch holds about ``batch`` model inputs (tiles), the
+    items keep input order with the bad files' errors in place, and the numbers are those of
+    the caller-thread path."""
+    from dn2.runtime.viewembed import ViewEmbedder
+    from dn2.runtime.views import View
+
+    model, paths, bad = files
+    view = View.parse("tiles=2x2")
+    ovl = list(ViewEmbedder(Embedder(model, batch_size=batch), view, patches=False).paths(paths))
+    seq = ViewEmbedder(Embedder(model, batch_size=batch, decode_workers=0), view, patches=False)
+    seq = list(seq.paths(paths))
+    assert [i.name for i in ovl] == [i.name for i in seq] == paths
+    assert [i.name for i in ovl if i.error] == [p for p in paths if p in bad]
+    for a, b in zip(ovl, seq):
+        if a.error is None:
+            assert a.embeddings.shape == (4, b.embeddings.shape[1]) and a.rects == b.rects
+            # the same batches through the same session (float32 round-off only)
+            np.testing.assert_allclose(a.embeddings, b.embeddings, rtol=1e-6, atol=1e-7)
