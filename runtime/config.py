@@ -267,7 +267,7 @@ class ScoreConfig(_Config):
     reduction: str = opt("mean", choice(("mean",)), "how the k distances combine")
     color: str = opt("color", choice(("gray", "color")), "gray: score every input as gray")
     mode: str = opt("global", choice(MODES), "which signals decide")
-    combine: str = opt("fisher", choice(COMBINES), "mode both: how the two scores join")
+    combine: str = opt("max", choice(COMBINES), "mode both: how the two scores join")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ class ViewScorer:
         self.threshold = m.threshold.value
         self.rule = None
         if g is not None and p is not None:
-            stored = m.signals.extra.get("combine")
+            stored = m.signals.combine
             self.rule = rule_of(stored, m.score.combine, g.threshold.value, p.threshold.value)
         self.viewer = (
             ViewEmbedder(embedder, self.view, patches=self.patch is not None)

@@ -75,8 +75,7 @@ def main(argv=None) -> int:
                 threads=a.threads,
                 log=lambda m: None,
             )
-            manifest = json.loads((Path(bundle) / "dn2.json").read_text())
-            rules = rules_table(manifest, r["results"])["rules"]
+            rules = rules_table(bundle, r["results"])["rules"]
         row = {
             "both": r["image_auroc"]["other"],
             **{sig: v["other"] for sig, v in r["image_auroc_by_signal"].items()},

@@ -22,18 +22,19 @@ from typing import Dict, List
 import numpy as np
 
 
-def rules_table(manifest: Dict, results: List[Dict]) -> Dict:
+def rules_table(bundle_dir, results: List[Dict]) -> Dict:
+    from dn2.runtime.bundle import load_bundle
     from dn2.runtime.combine import RULES, apply_rule, fit_rule
     from dn2.runtime.threshold import conformal_quantile, roc_auc
 
-    sig = manifest["signals"]
-    pairs = sig.get("calibration_pairs")
+    m = load_bundle(bundle_dir).manifest
+    sig = m.signals
+    pairs = sig.calibration_pairs if sig is not None else None
     if pairs is None:
-        raise ValueError("bundle has no calibration_pairs: expected a mode-both bundle")
+        raise ValueError("bundle has no calibration pairs: expected a mode-both bundle")
     gc, pc = np.asarray(pairs["global"]), np.asarray(pairs["patch"])
-    fpr = float(manifest["threshold"]["fpr"])
-    tg = float(sig["global"]["threshold"]["value"])
-    tp = float(sig["patch"]["threshold"]["value"])
+    fpr = float(m.threshold.fpr)
+    tg, tp = float(sig.glob.threshold.value), float(sig.patch.threshold.value)
     kinds = sorted({r["type"] for r in results})
     by = {
         k: (
@@ -74,10 +75,9 @@ def main(argv=None) -> int:
         return 2
     out = {}
     for b, r in zip(a.pairs[::2], a.pairs[1::2]):
-        m = json.loads((Path(b) / "dn2.json").read_text())
         res = json.loads(Path(r).read_text())["results"]
         try:
-            t = rules_table(m, res)
+            t = rules_table(b, res)
         except ValueError as exc:
             print(f"combine_rules: error: {b}: {exc}", file=sys.stderr)
             return 2
