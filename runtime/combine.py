@@ -55,7 +55,10 @@ def fit_rule(
 ) -> Dict:
     """The parameters of ``rule`` from held-out normal scores (what the manifest stores)."""
     if rule not in RULES:
-        raise Dn2Error(f"--combine: expected one of {', '.join(RULES)}, found {rule!r}")
+        raise Dn2Error(
+            f"combine_rule: expected one of {', '.join(RULES)}, found {rule!r}",
+            param="combine_rule",
+        )
     out: Dict = {"rule": rule, "global_threshold": float(g_threshold)}
     out["patch_threshold"] = float(p_threshold)
     if rule in _Z_RULES:
