@@ -244,13 +244,20 @@ def fit_bundle(
     bank = build_bank(xk, index, **hnsw) if kmeans is None else None
     if temporal is None:
         labels, dups = find_duplicates(
-            x, seed=seed, bank=bank if in_bank.all() else None, hashes=hashes
+            x,
+            seed=seed,
+            bank=bank if in_bank.all() else None,
+            hashes=hashes,
+            near_ratio=cfg.near_copy_ratio,
         )
     else:  # frames are calibrated in time blocks; copies matter among the images only
         labels, dups = np.arange(len(x)), {"images_in_groups": 0, "frames": "time blocks"}
         if (~temporal).sum() > 1:
             sub, dups = find_duplicates(
-                x[~temporal], seed=seed, hashes=[h for h, t in zip(hashes, temporal) if not t]
+                x[~temporal],
+                seed=seed,
+                hashes=[h for h, t in zip(hashes, temporal) if not t],
+                near_ratio=cfg.near_copy_ratio,
             )
             labels[np.flatnonzero(~temporal)] = np.flatnonzero(~temporal)[sub]
     if origin is not None:  # a variant is calibrated without its original, and vice versa

@@ -200,7 +200,7 @@ def score_ray(
     from .ray_video import plan_segments
 
     if fmt not in ("parquet", "jsonl"):
-        raise Dn2Error(f"--ray-format: expected parquet or jsonl, found {fmt!r}")
+        raise Dn2Error(f"fmt: expected parquet or jsonl, found {fmt!r}", param="fmt")
     check_stream_args([], every, max_frames, seconds)
     bundle = str(Path(bundle).resolve())
     threshold = load_bundle(bundle).manifest.threshold.value  # validates it here
