@@ -30,22 +30,20 @@ from __future__ import annotations
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from dn2.runtime.scoring import loo_knn_scores
 
-from .gate import INT8_TARGET_RANK, spearman
+from .gate import INT8_TARGET_RANK, TOLERANCES, Tolerance, spearman
 from .int8config import Int8Settings, conv_names, quantize_with
 from .verify import (
-    FP16_MAX_ABS_REL,
-    FP16_MIN_COSINE,
     INT8_MIN_COSINE,
     INT8_MIN_SPEARMAN,
     VerificationError,
-    check,
     compare,
+    gated,
     ort_embed,
 )
 
@@ -72,10 +70,18 @@ def to_fp16(src: str, dst: str) -> None:
     onnx.save(half, str(dst))
 
 
-def verify_fp16(fp32_path: str, fp16_path: str, names: Sequence[str], images: np.ndarray) -> Dict:
+def verify_fp16(
+    fp32_path: str,
+    fp16_path: str,
+    names: Sequence[str],
+    images: np.ndarray,
+    tolerance: Optional[Tolerance] = None,
+) -> Dict:
+    """fp16 vs the verified fp32 model on ``images``: cosine, max-abs error and the kNN-score
+    rank agreement of the fp16 table entry (``tolerance`` overrides it); raises or reports."""
     ref = ort_embed(fp32_path, images)
     out = ort_embed(fp16_path, images)
-    return check(compare(ref, out, names), "fp16 vs fp32", FP16_MAX_ABS_REL, FP16_MIN_COSINE)
+    return gated(ref, out, names, "fp16 vs fp32", tolerance or TOLERANCES["fp16"])
 
 
 def default_int8_kernels_saturate(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -258,8 +264,9 @@ def quantize_int8(
                 f"{best['float_convs']} convs in float) reached min cosine "
                 f"{best['min_cosine']:.4f} and kNN Spearman {best['knn_spearman']:.3f}; "
                 f"tolerance cosine >= {INT8_MIN_COSINE}, Spearman >= {INT8_MIN_SPEARMAN}. "
-                f"Calibrate on more images like yours (--calib DIR) or use --precision fp32. "
-                f"No model was written."
+                f"Calibrate on more images like yours (calib DIR) or use precision fp32. "
+                f"No model was written.",
+                params=("calib", "precision"),
             )
         make(chosen["settings"])  # dst may hold a later attempt
     settings, config, rho = chosen["settings"], chosen["config"], chosen["knn_spearman"]

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 
 import numpy as np
 
+from .dupes import NEAR_RATIO
 from .errors import ConfigError
 from .modelmeta import ModelSpec  # noqa: F401  (one of the config objects; re-exported)
 
@@ -338,6 +339,12 @@ class FitConfig(_Config):
         choice(("both", "bank", "calibration")),
         "where the camera variants go: the bank (default), the bank and the calibration, "
         "or the calibration only",
+    )
+    near_copy_ratio: float = opt(
+        NEAR_RATIO,
+        number(0.0, 1.0),
+        "near copies (calibrated as one group): embeddings closer than this x the set's "
+        "median pair distance; 0: exact copies only",
     )
     seed: int = opt(0, integer(0), "seed of k-means, groups and folds")
     batch: int = opt(8, integer(1), "images per inference batch")

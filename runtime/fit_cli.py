@@ -33,7 +33,7 @@ from .cliargs import (
 from .config import FitConfig
 from .errors import Dn2Error
 from .fit_append_cli import add_append_args, run_append
-from .ray_inputs import add_ray_args, ray_address
+from .ray_inputs import RAY_PARAMS, add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
 from .threshold import METHODS
 
@@ -235,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
         "calibration (BENCHMARKS.md 'Camera path')",
     )
     p.add_argument(
+        "--near-copy-ratio",
+        type=float,
+        default=FitConfig.near_copy_ratio,
+        metavar="R",
+        help="images whose embeddings are closer than R x the set's median pair distance "
+        "are near copies, calibrated as one group (default %(default)g; 0: exact copies only)",
+    )
+    p.add_argument(
         "--every",
         type=int,
         default=1,
@@ -269,7 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # fit_bundle's parameter names that differ from the option names (for --config and errors)
-PARAMS = {"model_path": "model", "images": "normal", "n_groups": "groups"}
+PARAMS = {
+    "model_path": "model",
+    "images": "normal",
+    "n_groups": "groups",
+    "combine_rule": "combine",
+    **RAY_PARAMS,
+}
 
 
 def _view_fit(a) -> Optional[str]:

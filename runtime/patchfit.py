@@ -116,11 +116,14 @@ def fit_view_bundle(
     from .images import find_images
 
     if mode not in MODES:
-        raise Dn2Error(f"--mode: expected one of {', '.join(MODES)}, found {mode!r}")
+        raise Dn2Error(f"mode: expected one of {', '.join(MODES)}, found {mode!r}", param="mode")
     if not 0.0 < float(fpr) < 1.0:
-        raise Dn2Error(f"--fpr: expected a rate in (0, 1), found {fpr}")
+        raise Dn2Error(f"fpr: expected a rate in (0, 1), found {fpr}", param="fpr")
     if combine_rule not in COMBINES:
-        raise Dn2Error(f"--combine: expected one of {', '.join(COMBINES)}, found {combine_rule!r}")
+        raise Dn2Error(
+            f"combine_rule: expected one of {', '.join(COMBINES)}, found {combine_rule!r}",
+            param="combine_rule",
+        )
     model_path = Path(model_path)
     emb = Embedder(
         str(model_path),

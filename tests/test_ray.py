@@ -177,6 +177,7 @@ def test_score_ray_parquet_matches_local_scores(bundles, data, tmp_path, monkeyp
     assert all(json_fields | {"frame"} <= set(r) for r in rows)
     bad = [r for r in rows if r["path"] == str(data["bad_video"])]
     assert len(bad) == 1 and bad[0]["score"] is None and "video" in bad[0]["error"]
+    assert bad[0]["norm_score"] is None
     by_path = {r["path"]: r for r in rows if r["frame"] is None}
     det = Detector.load(remote)
     for ref in det.score_paths(data["held"] + data["defects"] + [data["broken"]]):
