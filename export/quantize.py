@@ -84,6 +84,19 @@ def verify_fp16(
     return gated(ref, out, names, "fp16 vs fp32", tolerance or TOLERANCES["fp16"])
 
 
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty when unreadable)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return set()
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return flags
+
+
 def default_int8_kernels_saturate(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True when onnxruntime's default u8 x s8 kernels on this CPU saturate (x86 with AVX2 and
     no VNNI): then a model that passes the gate with the default session passes everywhere."""
@@ -91,14 +104,7 @@ def default_int8_kernels_saturate(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
+    flags = cpu_flags(cpuinfo)
     return "avx2" in flags and not flags.intersection(VNNI_FLAGS)
 
 
@@ -108,7 +114,9 @@ def knn_scores(emb: np.ndarray, k: int = KNN_K) -> np.ndarray:
 
 
 def attempt_plan(n_convs: int, saturating: bool) -> List[Tuple[Int8Settings, Dict[str, str]]]:
-    """The gate's attempts, in the order tried; the first that passes is kept.
+    """The gate's attempts, in the order tried. Kept: among the fast attempts the first that
+    passes and reaches the rank target (``INT8_TARGET_RANK``), else the first fast one that
+    passed; only when no fast attempt passed, the first exact one that passes.
 
     ``DEFAULT_INT8`` on the default (fast) kernels with a growing float prefix
     (``FLOAT_PREFIXES``); then, as the last resort, ``FALLBACK_INT8`` (full 8-bit weights) on

@@ -72,9 +72,13 @@ def ort_session(path: str, config: Optional[Dict[str, str]] = None, threads: Opt
 
 
 def ort_embed(
-    path: str, images: np.ndarray, config: Optional[Dict[str, str]] = None, batch: int = BATCH
+    path: str,
+    images: np.ndarray,
+    config: Optional[Dict[str, str]] = None,
+    batch: int = BATCH,
+    threads: Optional[int] = None,
 ) -> np.ndarray:
-    sess = ort_session(path, config)
+    sess = ort_session(path, config, threads)
     name = sess.get_inputs()[0].name
     emb = embedding_tensor([o.name for o in sess.get_outputs()])
     outs = [sess.run([emb], {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)]

@@ -300,7 +300,7 @@ def error_text(
             continue
         # the name as a word: not inside another name, a dotted field or a path
         msg = re.sub(rf"(?<![\w/-]){re.escape(param)}=", f"{flag} ", msg)
-        msg = re.sub(rf"(?<![\w./-]){re.escape(param)}(?![\w/-])", flag, msg)
+        msg = re.sub(rf"(?<![\w./-]){re.escape(param)}(?![\w/-]|://)", flag, msg)
     return msg
 
 

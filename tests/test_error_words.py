@@ -59,3 +59,18 @@ def test_the_cli_says_the_flag_for_the_same_error(tmp_path, capsys):
     assert rc == 2 and "--output " in out and "expected a bundle directory to create" in out
     rc = fit_cli.main([str(model), "0", "--output", str(tmp_path / "b"), "-q"])  # a camera
     assert rc == 2 and "expected --max-frames N or --seconds S" in capsys.readouterr().err
+
+
+def test_a_sink_error_says_the_flag_and_leaves_urls_alone(tmp_path, capsys):
+    pytest.importorskip("paho.mqtt.client", reason="pip install 'dn2[serve]'")
+    from dn2.runtime.watch import cli as watch_cli
+    from dn2.runtime.watch.sinks.mqtt import MqttTarget
+
+    err = _raised(MqttTarget, "http://127.0.0.1:1/x", "cam", {})
+    assert str(err).startswith("mqtt http://127.0.0.1:1/x: expected mqtt://host") and (
+        err.param == "mqtt"
+    )
+    rc = watch_cli.main([str(tmp_path), "--source", "0", "--mqtt", "http://127.0.0.1:1/x"])
+    out = capsys.readouterr().err
+    assert rc == 2 and "--mqtt http://127.0.0.1:1/x: expected mqtt://host" in out, out
+    assert "--mqtt://" not in out  # the scheme in a URL is not the parameter
