@@ -114,7 +114,9 @@ def knn_scores(emb: np.ndarray, k: int = KNN_K) -> np.ndarray:
 
 
 def attempt_plan(n_convs: int, saturating: bool) -> List[Tuple[Int8Settings, Dict[str, str]]]:
-    """The gate's attempts, in the order tried; the first that passes is kept.
+    """The gate's attempts, in the order tried. Kept: among the fast attempts the first that
+    passes and reaches the rank target (``INT8_TARGET_RANK``), else the first fast one that
+    passed; only when no fast attempt passed, the first exact one that passes.
 
     ``DEFAULT_INT8`` on the default (fast) kernels with a growing float prefix
     (``FLOAT_PREFIXES``); then, as the last resort, ``FALLBACK_INT8`` (full 8-bit weights) on
