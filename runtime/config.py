@@ -35,7 +35,8 @@ from .modelmeta import ModelSpec  # noqa: F401  (one of the config objects; re-e
 
 POOLINGS = ("mean", "max")
 MODES = ("global", "patch", "both")  # which signals decide (patch needs a model with patches)
-COMBINES = ("max", "sum")  # mode both: how the two normalised scores join
+# mode both: how the two scores join (dn2.runtime.combine)
+COMBINES = ("fisher", "zmax", "zsum", "max", "sum")
 INDEXES = ("auto", "exact", "hnsw")
 THRESHOLD_METHODS = ("fpr", "val-fpr", "youden", "f1")
 KMEANS_BACKENDS = ("auto", "faiss", "sklearn")
@@ -266,7 +267,7 @@ class ScoreConfig(_Config):
     reduction: str = opt("mean", choice(("mean",)), "how the k distances combine")
     color: str = opt("color", choice(("gray", "color")), "gray: score every input as gray")
     mode: str = opt("global", choice(MODES), "which signals decide")
-    combine: str = opt("max", choice(COMBINES), "mode both: how the two normalised scores join")
+    combine: str = opt("max", choice(COMBINES), "mode both: how the two scores join")
 
 
 @dataclass(frozen=True)
