@@ -15,6 +15,7 @@ from dn2.runtime.cliargs import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    error_text,
     new_parser,
     parse_args,
     prog,
@@ -165,8 +166,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 report["output"], args.precision, args.calib, args.workspace, _log
             )
             _log(f"wrote TensorRT engine {engine}")
-    except Dn2Error as exc:
-        _error(str(exc))
+    except Dn2Error as exc:  # a library error names its parameter: here, the flag
+        _error(error_text(exc, parser))
         return EXIT_USAGE
     except ImportError as exc:  # torch/onnx missing: the export extra is not installed
         _error(f"{exc.name or exc} is not installed: pip install 'dn2[export]'")

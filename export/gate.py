@@ -54,6 +54,11 @@ TOLERANCES: Dict[str, Tolerance] = {
     "fp16": Tolerance(min_cosine=0.999, min_rank=0.98, max_abs_rel=2e-2),
     "int8": Tolerance(min_cosine=0.99, min_rank=0.90),
 }
+# What the int8 export aims for beyond the tolerance: among the attempts on the fast kernels
+# the gate keeps the first whose rank agreement reaches this (an anomaly ranking that barely
+# moves), and only when none does the first that passed. 0.95 on the calibration images: the
+# rank agreement the int8 speed goal asks for.
+INT8_TARGET_RANK = 0.95
 MIN_RANK_IMAGES = 6  # fewer cannot give a meaningful rank correlation
 
 

@@ -75,7 +75,7 @@ class Int8Settings:
     def saturation_free(self) -> bool:
         """True when onnxruntime's default x86 kernels cannot saturate on these weights, so
         the default session computes what the QDQ semantics say on every CPU: 7-bit weights
-        keep each u8 x s8 pair sum inside int16 (255 * 63 * 2 < 32767); u8 weights go through
+        keep each u8 x s8 pair sum inside int16 (2 * 255 * 64 = 32640 < 32767); u8 weights go through
         the u8 x u8 kernels, which widen to int16 before multiplying."""
         return self.reduce_range or self.weights == "u8"
 

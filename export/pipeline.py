@@ -50,7 +50,8 @@ def _check_output(output: Path) -> None:
     parent = output.parent
     if output.is_dir():
         raise Dn2Error(
-            f"--output {output} is a folder; expected a file name such as {output / 'model.onnx'}"
+            f"output {output} is a folder; expected a file name such as {output / 'model.onnx'}",
+            param="output",
         )
     if parent.exists() and not parent.is_dir():
         raise Dn2Error(f"cannot write {output}: {parent} is a file, not a folder")
@@ -62,14 +63,17 @@ def _check_output(output: Path) -> None:
 
 def _check_args(precision: str, input_size: int, opset: int) -> None:
     if precision not in PRECISIONS:
-        raise Dn2Error(f"precision {precision!r} unknown; valid: {', '.join(PRECISIONS)}")
+        raise Dn2Error(
+            f"precision {precision!r} unknown; valid: {', '.join(PRECISIONS)}", param="precision"
+        )
     if not MIN_INPUT_SIZE <= int(input_size) <= MAX_INPUT_SIZE:
         raise Dn2Error(
-            f"input size {input_size} out of range; expected "
-            f"{MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels"
+            f"input_size {input_size} out of range; expected "
+            f"{MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels",
+            param="input_size",
         )
     if not 13 <= int(opset) <= 21:
-        raise Dn2Error(f"opset {opset} unsupported; expected 13..21 (default 18)")
+        raise Dn2Error(f"opset {opset} unsupported; expected 13..21 (default 18)", param="opset")
 
 
 def _calibration(calib: Optional[str], size: int, log: Callable[[str], None]):
@@ -199,7 +203,7 @@ def export_model(
             t,
             f"torch vs onnxruntime on {verified['n']} images: max-abs "
             f"{verified['max_abs']:.2e} ({verified['max_abs_rel']:.1e} rel), "
-            f"min cosine {verified['min_cosine']:.6f}"
+            f"min cosine {verified['min_cosine']:.6f}, kNN Spearman {verified['knn_spearman']:.4f}"
             + (f"; patches min cosine {verified['patches']['min_cosine']:.6f}" if patches else ""),
         )
 
@@ -225,7 +229,8 @@ def export_model(
                 quant = quantize.verify_fp16(str(tmp_fp32), str(tmp_final), names, images)
                 detail = (
                     f"fp16 vs fp32 on {quant['n']} images: max-abs rel "
-                    f"{quant['max_abs_rel']:.1e}, min cosine {quant['min_cosine']:.5f}"
+                    f"{quant['max_abs_rel']:.1e}, min cosine {quant['min_cosine']:.5f}, "
+                    f"kNN Spearman {quant['knn_spearman']:.4f}"
                 )
                 if patches:
                     quant["patches"] = verify_patches_against(

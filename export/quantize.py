@@ -30,29 +30,30 @@ from __future__ import annotations
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from dn2.runtime.scoring import loo_knn_scores
 
-from .gate import spearman
+from .gate import INT8_TARGET_RANK, TOLERANCES, Tolerance, spearman
 from .int8config import Int8Settings, conv_names, quantize_with
 from .verify import (
-    FP16_MAX_ABS_REL,
-    FP16_MIN_COSINE,
     INT8_MIN_COSINE,
     INT8_MIN_SPEARMAN,
     VerificationError,
-    check,
     compare,
+    gated,
     ort_embed,
 )
 
 ORT_INT8_CONFIG = {"session.x64quantprecision": "1"}
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "avx_vnni_int8", "amx_int8")
 FLOAT_PREFIXES = (0, 4, 8, 12, 16, 24, 32)  # leading convs kept in float, tried in this order
-DEFAULT_INT8 = Int8Settings()  # the quantizer settings every attempt starts from
+# The settings the gate tries first (fast kernels), and its last resort (exact kernels); why
+# these: BENCHMARKS.md "int8 on a CPU without VNNI" (python -m dn2.tools.studies.int8).
+DEFAULT_INT8 = Int8Settings(reduce_range=True)
+FALLBACK_INT8 = Int8Settings()
 MIN_CALIB = 4  # kNN rank agreement needs a few images; int8 ranges from fewer are guesswork
 KNN_K = 2  # the paper's k (section 4.6 uses k=2)
 
@@ -69,10 +70,31 @@ def to_fp16(src: str, dst: str) -> None:
     onnx.save(half, str(dst))
 
 
-def verify_fp16(fp32_path: str, fp16_path: str, names: Sequence[str], images: np.ndarray) -> Dict:
+def verify_fp16(
+    fp32_path: str,
+    fp16_path: str,
+    names: Sequence[str],
+    images: np.ndarray,
+    tolerance: Optional[Tolerance] = None,
+) -> Dict:
+    """fp16 vs the verified fp32 model on ``images``: cosine, max-abs error and the kNN-score
+    rank agreement of the fp16 table entry (``tolerance`` overrides it); raises or reports."""
     ref = ort_embed(fp32_path, images)
     out = ort_embed(fp16_path, images)
-    return check(compare(ref, out, names), "fp16 vs fp32", FP16_MAX_ABS_REL, FP16_MIN_COSINE)
+    return gated(ref, out, names, "fp16 vs fp32", tolerance or TOLERANCES["fp16"])
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty when unreadable)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return set()
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return flags
 
 
 def default_int8_kernels_saturate(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -82,14 +104,7 @@ def default_int8_kernels_saturate(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
+    flags = cpu_flags(cpuinfo)
     return "avx2" in flags and not flags.intersection(VNNI_FLAGS)
 
 
@@ -99,17 +114,21 @@ def knn_scores(emb: np.ndarray, k: int = KNN_K) -> np.ndarray:
 
 
 def attempt_plan(n_convs: int, saturating: bool) -> List[Tuple[Int8Settings, Dict[str, str]]]:
-    """The gate's attempts, in the order tried; the first that passes is kept.
+    """The gate's attempts, in the order tried. Kept: among the fast attempts the first that
+    passes and reaches the rank target (``INT8_TARGET_RANK``), else the first fast one that
+    passed; only when no fast attempt passed, the first exact one that passes.
 
-    Fast kernels first, with a growing float prefix (``FLOAT_PREFIXES``), then the exact kernels
-    with the same prefixes. The default session is trusted only where it is the worst case (a
-    CPU whose default kernels saturate) or where the settings cannot saturate at all; elsewhere
-    only the exact kernels are tried. A fixed list: the same model, calibration images and CPU
-    always give the same choice (no timing, no randomness)."""
+    ``DEFAULT_INT8`` on the default (fast) kernels with a growing float prefix
+    (``FLOAT_PREFIXES``); then, as the last resort, ``FALLBACK_INT8`` (full 8-bit weights) on
+    the exact kernels with the same prefixes. The default session is trusted only where it is
+    the worst case (a CPU whose default kernels saturate) or for settings that cannot saturate
+    at all; otherwise those attempts run on the exact kernels. A fixed list: the same model,
+    calibration images and CPU always give the same choice (no timing, no randomness)."""
     prefixes = [k for k in FLOAT_PREFIXES if k <= n_convs * 3 // 4] or [0]
-    fast = saturating or DEFAULT_INT8.saturation_free
-    plan = [(DEFAULT_INT8.with_float(k), {}) for k in prefixes] if fast else []
-    return plan + [(DEFAULT_INT8.with_float(k), dict(ORT_INT8_CONFIG)) for k in prefixes]
+    exact = dict(ORT_INT8_CONFIG)
+    first = {} if saturating or DEFAULT_INT8.saturation_free else exact
+    plan = [(DEFAULT_INT8.with_float(k), dict(first)) for k in prefixes]
+    return plan + [(FALLBACK_INT8.with_float(k), dict(exact)) for k in prefixes]
 
 
 def images_digest(images: np.ndarray) -> str:
@@ -143,6 +162,8 @@ def _choice(
             "knn_spearman": round(rho - INT8_MIN_SPEARMAN, 5),
         },
         "tolerance": {"min_cosine": INT8_MIN_COSINE, "min_knn_spearman": INT8_MIN_SPEARMAN},
+        "target_knn_spearman": INT8_TARGET_RANK,
+        "target_met": bool(rho >= INT8_TARGET_RANK),
         "attempt": index + 1,
         "attempts_planned": n_attempts,
         "calib_sha256": digest,
@@ -182,37 +203,63 @@ def quantize_int8(
     saturating = default_int8_kernels_saturate()
     plan = attempt_plan(n_convs, saturating)
     digest = images_digest(calib)
-    tried = []
+    tried: List[Dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="dn2-int8-") as tmp:
-        made = None  # the settings dst currently holds; ranges are measured once (cached)
-        for settings, config in plan:
-            if settings != made:
+        made = [None]  # the settings dst currently holds; ranges are measured once (cached)
+
+        def make(settings: Int8Settings) -> None:
+            if settings != made[0]:
                 quantize_with(fp32_path, dst, calib, settings, Path(tmp))
-                made = settings
-            out_photos = ort_embed(dst, photos, config)
+                made[0] = settings
+
+        def measure(settings: Int8Settings, config: Dict[str, str]) -> Dict[str, object]:
+            make(settings)
+            on_photos = compare(ref_photos, ort_embed(dst, photos, config), photo_names)
             out_calib = ort_embed(dst, calib, config)
-            on_photos = compare(ref_photos, out_photos, photo_names)
             on_calib = compare(ref_calib, out_calib, calib_names)
             rho = spearman(knn_ref, knn_scores(out_calib))
             min_cos = min(on_photos["min_cosine"], on_calib["min_cosine"])
-            tried.append(
-                {
-                    "settings": settings.label(),
-                    "float_convs": settings.float_first,
-                    "ort_session_config": config,
-                    "min_cosine": min_cos,
-                    "knn_spearman": rho,
-                }
-            )
             log(
                 f"int8 {settings.label()} (first {settings.float_first}/{n_convs} convs in "
                 f"float), {'exact' if config else 'default'} kernels: min cosine {min_cos:.4f} "
                 f"(photos {on_photos['min_cosine']:.4f}, calib {on_calib['min_cosine']:.4f}), "
                 f"kNN Spearman {rho:.3f}"
             )
-            if min_cos >= INT8_MIN_COSINE and rho >= INT8_MIN_SPEARMAN:
+            return {
+                "settings": settings,
+                "config": config,
+                "min_cosine": min_cos,
+                "knn_spearman": rho,
+                "photos": on_photos,
+                "calib": on_calib,
+                "passed": min_cos >= INT8_MIN_COSINE and rho >= INT8_MIN_SPEARMAN,
+                "index": len(tried),
+            }
+
+        # fast attempts: the first that reaches the rank target, else the first that passed;
+        # exact attempts (only when no fast one passed): the first that passes
+        chosen, first_fast = None, None
+        for settings, config in plan:
+            if config and first_fast is not None:
                 break
-        else:
+            a = measure(settings, config)
+            tried.append(
+                {
+                    "settings": settings.label(),
+                    "float_convs": settings.float_first,
+                    "ort_session_config": config,
+                    "min_cosine": a["min_cosine"],
+                    "knn_spearman": a["knn_spearman"],
+                    "passed": a["passed"],
+                }
+            )
+            if a["passed"] and (config or a["knn_spearman"] >= INT8_TARGET_RANK):
+                chosen = a
+                break
+            if a["passed"] and first_fast is None:
+                first_fast = a
+        chosen = chosen or first_fast
+        if chosen is None:
             Path(dst).unlink(missing_ok=True)
             best = max(
                 tried,
@@ -225,10 +272,14 @@ def quantize_int8(
                 f"{best['float_convs']} convs in float) reached min cosine "
                 f"{best['min_cosine']:.4f} and kNN Spearman {best['knn_spearman']:.3f}; "
                 f"tolerance cosine >= {INT8_MIN_COSINE}, Spearman >= {INT8_MIN_SPEARMAN}. "
-                f"Calibrate on more images like yours (--calib DIR) or use --precision fp32. "
-                f"No model was written."
+                f"Calibrate on more images like yours (calib DIR) or use precision fp32. "
+                f"No model was written.",
+                params=("calib", "precision"),
             )
-    choice = _choice(settings, config, min_cos, rho, len(tried) - 1, len(plan), digest)
+        make(chosen["settings"])  # dst may hold a later attempt
+    settings, config, rho = chosen["settings"], chosen["config"], chosen["knn_spearman"]
+    on_photos, on_calib, min_cos = chosen["photos"], chosen["calib"], chosen["min_cosine"]
+    choice = _choice(settings, config, min_cos, rho, chosen["index"], len(plan), digest)
     log(describe_choice(choice))
     default = on_photos if not config else compare(ref_photos, ort_embed(dst, photos), photo_names)
     return {

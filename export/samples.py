@@ -85,8 +85,9 @@ def folder_images(folder: str, size: int, limit: int = 256) -> Tuple[List[str], 
     root = Path(folder)
     if not root.is_dir():
         raise Dn2Error(
-            f"--calib {folder}: expected a folder of images, found "
-            f"{'a file' if root.exists() else 'nothing'}"
+            f"calib {folder}: expected a folder of images, found "
+            f"{'a file' if root.exists() else 'nothing'}",
+            param="calib",
         )
     paths, _ = find_images([str(root)])
     names, arrays = [], []
@@ -97,5 +98,7 @@ def folder_images(folder: str, size: int, limit: int = 256) -> Tuple[List[str], 
         except ImageError:
             continue
     if not arrays:
-        raise Dn2Error(f"--calib {folder}: no readable images found ({len(paths)} image files)")
+        raise Dn2Error(
+            f"calib {folder}: no readable images found ({len(paths)} image files)", param="calib"
+        )
     return names, np.stack(arrays)

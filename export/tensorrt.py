@@ -81,13 +81,17 @@ def _check_args(
     onnx_path: Path, precision: str, calib: Any, workspace_gb: float, max_batch: int, opt_batch: int
 ) -> None:
     if precision not in PRECISIONS:
-        raise Dn2Error(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
+        raise Dn2Error(
+            f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}",
+            param="precision",
+        )
     if not onnx_path.is_file():
         raise ModelError(f"{onnx_path}: expected a dn2 ONNX model file, found no such file")
     if precision == "int8" and calib is None:
         raise Dn2Error(
-            "precision int8 needs calibration images (--calib DIR): expected a folder "
-            "of normal images like the ones the detector will see, found none"
+            "precision int8 needs calibration images (calib DIR): expected a folder "
+            "of normal images like the ones the detector will see, found none",
+            params=("calib", "precision"),
         )
     if not workspace_gb > 0:
         raise Dn2Error(f"workspace: expected a positive number of GiB, found {workspace_gb}")

@@ -1,7 +1,11 @@
 """The verification gate: the exported graph must agree with its reference before it is written.
 
 * fp32: torch (the graph module, eager) vs onnxruntime on the ONNX file.
-* fp16 / int8: the converted ONNX vs the verified fp32 ONNX (``quantize.py`` adds kNN ranks).
+* fp16 / int8: the converted ONNX vs the verified fp32 ONNX (int8's search: ``quantize.py``).
+
+Each gate checks its entry of the one tolerance table (``dn2.export.gate.TOLERANCES``): the
+per-image cosine, the max-abs error where the entry has one, and where it has ``min_rank`` the
+rank agreement of the runtime's leave-one-out kNN scores (``gate.rank_agreement``).
 
 Inputs are real photos (scikit-image's samples, prepared like runtime frames) plus seeded
 uniform noise that exercises the whole uint8 range. Errors are measured per image:
@@ -18,7 +22,7 @@ import numpy as np
 from dn2.runtime.contract import embedding_tensor
 from dn2.runtime.errors import Dn2Error
 
-from .gate import TOLERANCES
+from .gate import MIN_RANK_IMAGES, TOLERANCES, Tolerance, rank_agreement
 from .samples import random_images, sample_photos
 
 # The tolerances are the gate's one table (dn2.export.gate.TOLERANCES, reasons there).
@@ -68,9 +72,13 @@ def ort_session(path: str, config: Optional[Dict[str, str]] = None, threads: Opt
 
 
 def ort_embed(
-    path: str, images: np.ndarray, config: Optional[Dict[str, str]] = None, batch: int = BATCH
+    path: str,
+    images: np.ndarray,
+    config: Optional[Dict[str, str]] = None,
+    batch: int = BATCH,
+    threads: Optional[int] = None,
 ) -> np.ndarray:
-    sess = ort_session(path, config)
+    sess = ort_session(path, config, threads)
     name = sess.get_inputs()[0].name
     emb = embedding_tensor([o.name for o in sess.get_outputs()])
     outs = [sess.run([emb], {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
@@ -118,10 +126,18 @@ def compare(ref: np.ndarray, out: np.ndarray, names: Sequence[str]) -> Dict[str,
 
 
 def check(
-    stats: Dict[str, object], what: str, max_abs_rel: Optional[float], min_cosine: float
+    stats: Dict[str, object],
+    what: str,
+    max_abs_rel: Optional[float],
+    min_cosine: float,
+    min_rank: Optional[float] = None,
 ) -> Dict[str, object]:
-    """Raise VerificationError when ``stats`` break the tolerances; else return them annotated."""
-    stats = dict(stats, tolerance={"max_abs_rel": max_abs_rel, "min_cosine": min_cosine})
+    """Raise VerificationError when ``stats`` break the tolerances; else return them annotated.
+    ``min_rank`` applies to ``stats["knn_spearman"]`` when :func:`gated` measured it."""
+    tol = {"max_abs_rel": max_abs_rel, "min_cosine": min_cosine}
+    if min_rank is not None:
+        tol["min_knn_spearman"] = min_rank
+    stats = dict(stats, tolerance=tol)
     problems = []
     if not stats["finite"]:
         problems.append("non-finite outputs (inf/nan)")
@@ -134,6 +150,12 @@ def check(
         problems.append(
             f"minimum cosine {stats['min_cosine']:.5f} on {stats['worst']} (tolerance {min_cosine})"
         )
+    rho = stats.get("knn_spearman")
+    if min_rank is not None and rho is not None and rho < min_rank:
+        problems.append(
+            f"kNN-score rank agreement (Spearman of the leave-one-out scores) {rho:.4f} "
+            f"(tolerance {min_rank})"
+        )
     if problems:
         raise VerificationError(
             f"verification failed, {what}: " + "; ".join(problems) + ". No model was written."
@@ -142,14 +164,24 @@ def check(
     return stats
 
 
+def gated(
+    ref: np.ndarray, out: np.ndarray, names: Sequence[str], what: str, tol: Tolerance
+) -> Dict[str, object]:
+    """``compare`` + the kNN rank agreement (where ``tol`` has one) + ``check`` against ``tol``:
+    the embedding gate of every precision."""
+    stats = compare(ref, out, names)
+    if tol.min_rank is not None and ref.shape == out.shape:
+        ok = stats["finite"] and len(ref) >= MIN_RANK_IMAGES
+        stats["knn_spearman"] = rank_agreement(ref, out) if ok else 0.0
+    return check(stats, what, tol.max_abs_rel, tol.min_cosine, tol.min_rank)
+
+
 def verify_fp32(graph, onnx_path: str, size: int) -> Dict[str, object]:
     """torch vs onnxruntime on photos + noise; returns the stats or raises VerificationError."""
     names, images = verification_inputs(size)
     ref = torch_embed(graph, images)
     out = ort_embed(onnx_path, images)
-    return check(
-        compare(ref, out, names), "onnxruntime fp32 vs torch", FP32_MAX_ABS_REL, FP32_MIN_COSINE
-    )
+    return gated(ref, out, names, "onnxruntime fp32 vs torch", TOLERANCES["fp32"])
 
 
 # -- the ``patches`` output (dn2-export --patches) ----------------------------------------------
@@ -202,11 +234,8 @@ def verify_fp32_patches(graph, onnx_path: str, size: int) -> Dict[str, object]:
 
     names, images = verification_inputs(size)
     ref, out = torch_outputs(graph, images), ort_outputs(onnx_path, images)
-    stats = check(
-        compare(ref[OUTPUT_NAME], out[OUTPUT_NAME], names),
-        "onnxruntime fp32 vs torch",
-        FP32_MAX_ABS_REL,
-        FP32_MIN_COSINE,
+    stats = gated(
+        ref[OUTPUT_NAME], out[OUTPUT_NAME], names, "onnxruntime fp32 vs torch", TOLERANCES["fp32"]
     )
     stats["patches"] = check(
         compare_patches(ref[PATCHES_NAME], out[PATCHES_NAME], names),

@@ -68,8 +68,9 @@ def _imagenet_enum(spec: ArchSpec, choice: Optional[str]):
     valid = [w.name for w in enum]
     if name not in valid:
         raise WeightsError(
-            f"--weights imagenet:{name} is not a torchvision weight set for "
-            f"{spec.name}; valid: {', '.join('imagenet:' + v for v in valid)}"
+            f"weights imagenet:{name} is not a torchvision weight set for "
+            f"{spec.name}; valid: {', '.join('imagenet:' + v for v in valid)}",
+            param="weights",
         )
     return enum[name]
 
@@ -95,9 +96,10 @@ def _cached_or_download(url: str, offline: Optional[bool], log: Callable[[str], 
             reason = f"download failed: {exc}"
     raise WeightsError(
         f"ImageNet weights {target.name} are not in the torch hub cache ({cache_dir}) and cannot "
-        f"be downloaded ({reason}). To proceed offline: pass --weights PATH to a state-dict .pth "
-        f"(or copy {target.name} into {cache_dir}), or use --arch efficientnet_lite0, whose "
-        f"ImageNet weights ship with pip."
+        f"be downloaded ({reason}). To proceed offline: pass weights PATH to a state-dict .pth "
+        f"(or copy {target.name} into {cache_dir}), or use arch efficientnet_lite0, whose "
+        f"ImageNet weights ship with pip.",
+        params=("weights", "arch"),
     )
 
 
@@ -239,8 +241,9 @@ def load_weights(
             path = _lite_file(spec)
             if choice and choice != path.name:
                 raise WeightsError(
-                    f"--weights {weights}: {spec.name} has one ImageNet set, "
-                    f"'imagenet' ({path.name})"
+                    f"weights {weights}: {spec.name} has one ImageNet set, "
+                    f"'imagenet' ({path.name})",
+                    param="weights",
                 )
             tag, digest = f"imagenet:{path.name}", sha256_file(path)
     else:

@@ -40,7 +40,9 @@ SETTINGS = {
 
 def check_option(augment: str) -> str:
     if augment not in AUGMENTS:
-        raise Dn2Error(f"--augment: expected one of {', '.join(AUGMENTS)}, found {augment!r}")
+        raise Dn2Error(
+            f"augment: expected one of {', '.join(AUGMENTS)}, found {augment!r}", param="augment"
+        )
     return augment
 
 
@@ -72,8 +74,9 @@ def _round_trip(frames: List[np.ndarray], fourcc: str, ext: str) -> List[np.ndar
         vw = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), SETTINGS["fps"], (w, h))
         if not vw.isOpened():
             raise Dn2Error(
-                f"--augment camera: OpenCV cannot write {fourcc} video; expected an "
-                "OpenCV build with FFMPEG video I/O (opencv-python-headless has it)"
+                f"augment camera: OpenCV cannot write {fourcc} video; expected an "
+                "OpenCV build with FFMPEG video I/O (opencv-python-headless has it)",
+                param="augment",
             )
         for f in frames:
             vw.write(f)
@@ -90,8 +93,8 @@ def _round_trip(frames: List[np.ndarray], fourcc: str, ext: str) -> List[np.ndar
         os.unlink(path)
     if len(out) != len(frames):
         raise Dn2Error(
-            f"--augment camera: the {fourcc} round trip gave {len(out)} of "
-            f"{len(frames)} frames back"
+            f"augment camera: the {fourcc} round trip gave {len(out)} of {len(frames)} frames back",
+            param="augment",
         )
     return out
 

@@ -57,8 +57,26 @@ from .errors import Dn2Error
 
 EXACT_MAX_ELEMENTS = 1 << 25  # size cut for index="auto" (see module docstring)
 HNSW_DEFAULTS = {"M": 32, "ef_construction": 200, "ef": 128}  # recall@2 >= 0.99, bench_bank
+# Past LARGE_BANK_ROWS rows (the largest size at which HNSW_DEFAULTS was measured to hold
+# recall@2 >= 0.99) the same graph degree needs a wider search: at 1,000,000 x 512 rows
+# (mixture; M=32, ef_construction=100, a sparser graph than the default 200 builds) recall@2
+# was 0.9515 at ef=128 and 0.9795 at ef=512, the worst normal score raised 1.80x vs 1.54x
+# (BENCHMARKS.md "Banks of a million", python -m dn2.tools.bench.bank_scale). A query costs
+# about 3x at ef=512 and no rebuild, so fit_bundle takes hnsw_params(n): ef raised to
+# LARGE_BANK_EF there; M and ef_construction stay. 0.99 at 1M was not reached (see there).
+LARGE_BANK_ROWS = 100_000
+LARGE_BANK_EF = 512
 METRIC = "sqeuclidean"
 KINDS = ("exact", "hnsw")
+
+
+def hnsw_params(n: int) -> Dict[str, int]:
+    """The HNSW settings for a bank of ``n`` rows: HNSW_DEFAULTS, with ``ef`` raised to
+    ``LARGE_BANK_EF`` above ``LARGE_BANK_ROWS`` rows (see above)."""
+    out = dict(HNSW_DEFAULTS)
+    if int(n) > LARGE_BANK_ROWS:
+        out["ef"] = max(out["ef"], LARGE_BANK_EF)
+    return out
 
 
 class BankError(Dn2Error):

@@ -83,12 +83,14 @@ def _fsync_dir(path: Path) -> None:
 def _check_target(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise BundleError(
-            f"--output {out}: expected a bundle directory to create, found {found(out)}"
+            f"output {out}: expected a bundle directory to create, found {found(out)}",
+            param="output",
         )
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise BundleError(
-            f"--output {out}: expected a new path, an empty folder or an existing "
-            f"bundle to replace, found a folder with other files (not replaced)"
+            f"output {out}: expected a new path, an empty folder or an existing "
+            f"bundle to replace, found a folder with other files (not replaced)",
+            param="output",
         )
 
 
@@ -98,22 +100,26 @@ def check_output(output) -> Path:
     out = Path(output).absolute()
     long = too_long(out)
     if long:
-        raise BundleError(f"--output {out}: expected a path the OS accepts, found {long}")
+        raise BundleError(
+            f"output {out}: expected a path the OS accepts, found {long}", param="output"
+        )
     _check_target(out)
     base = out.parent
     while not base.exists() and base != base.parent:
         base = base.parent
     if not base.is_dir():
         raise BundleError(
-            f"--output {out}: expected a folder to write into, found {base} is {found(base)}"
+            f"output {out}: expected a folder to write into, found {base} is {found(base)}",
+            param="output",
         )
     try:
         probe = Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=base))
         probe.rmdir()
     except OSError as exc:
         raise BundleError(
-            f"--output {out}: expected a writable folder, found {base} not "
-            f"writable ({exc.strerror or exc})"
+            f"output {out}: expected a writable folder, found {base} not "
+            f"writable ({exc.strerror or exc})",
+            param="output",
         ) from None
     clean_stale(out)
     return out

@@ -298,8 +298,9 @@ def error_text(
         flag = names.get((aliases or {}).get(param, param)) or names.get(param)
         if not flag:
             continue
-        msg = re.sub(rf"(?<![\w-]){re.escape(param)}=", f"{flag} ", msg)
-        msg = re.sub(rf"(?<![\w.-]){re.escape(param)}(?![\w-])", flag, msg)
+        # the name as a word: not inside another name, a dotted field or a path
+        msg = re.sub(rf"(?<![\w/-]){re.escape(param)}=", f"{flag} ", msg)
+        msg = re.sub(rf"(?<![\w./-]){re.escape(param)}(?![\w/-]|://)", flag, msg)
     return msg
 
 

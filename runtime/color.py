@@ -34,7 +34,9 @@ SAMPLE = 64  # images decoded for the detection (evenly spaced over the set)
 
 def check_option(color: str) -> str:
     if color not in COLOR_OPTIONS:
-        raise Dn2Error(f"--color: expected one of {', '.join(COLOR_OPTIONS)}, found {color!r}")
+        raise Dn2Error(
+            f"color: expected one of {', '.join(COLOR_OPTIONS)}, found {color!r}", param="color"
+        )
     return color
 
 

@@ -29,12 +29,14 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 
 import numpy as np
 
+from .dupes import NEAR_RATIO
 from .errors import ConfigError
 from .modelmeta import ModelSpec  # noqa: F401  (one of the config objects; re-exported)
 
 POOLINGS = ("mean", "max")
 MODES = ("global", "patch", "both")  # which signals decide (patch needs a model with patches)
-COMBINES = ("max", "sum")  # mode both: how the two normalised scores join
+# mode both: how the two scores join (dn2.runtime.combine)
+COMBINES = ("fisher", "zmax", "zsum", "max", "sum")
 INDEXES = ("auto", "exact", "hnsw")
 THRESHOLD_METHODS = ("fpr", "val-fpr", "youden", "f1")
 KMEANS_BACKENDS = ("auto", "faiss", "sklearn")
@@ -265,7 +267,7 @@ class ScoreConfig(_Config):
     reduction: str = opt("mean", choice(("mean",)), "how the k distances combine")
     color: str = opt("color", choice(("gray", "color")), "gray: score every input as gray")
     mode: str = opt("global", choice(MODES), "which signals decide")
-    combine: str = opt("max", choice(COMBINES), "mode both: how the two normalised scores join")
+    combine: str = opt("max", choice(COMBINES), "mode both: how the two scores join")
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,12 @@ class FitConfig(_Config):
         choice(("both", "bank", "calibration")),
         "where the camera variants go: the bank (default), the bank and the calibration, "
         "or the calibration only",
+    )
+    near_copy_ratio: float = opt(
+        NEAR_RATIO,
+        number(0.0, 1.0),
+        "near copies (calibrated as one group): embeddings closer than this x the set's "
+        "median pair distance; 0: exact copies only",
     )
     seed: int = opt(0, integer(0), "seed of k-means, groups and folds")
     batch: int = opt(8, integer(1), "images per inference batch")

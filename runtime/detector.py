@@ -178,7 +178,9 @@ class Detector:
         import math
 
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise Dn2Error(f"--threshold: expected a positive number, found {value!r}")
+            raise Dn2Error(
+                f"threshold: expected a positive number, found {value!r}", param="threshold"
+            )
         self.threshold = float(value)
         if self.views:
             self.view_scorer.threshold = float(value)
@@ -252,7 +254,7 @@ class Detector:
         if self.bundle.group_bank is None:
             raise Dn2Error(
                 f"bundle {self.bundle.path}: expected a group bank for group "
-                f"scoring, found none (fit with --group-size M or --group-dirs)"
+                f"scoring, found none (fit it with dn2 fit --group-size M or --group-dirs)"
             )
 
     def score_group_embeddings(self, emb, statistic: str = "knn") -> float:

@@ -97,10 +97,12 @@ def find_duplicates(
     bank: Optional[Bank] = None,
     seed: int = 0,
     hashes: Optional[Sequence] = None,
+    near_ratio: float = NEAR_RATIO,
 ) -> Tuple[np.ndarray, Dict]:
     """(labels [N], report): the duplicate group of each embedding (see the module doc).
     Exact copies by the files' content: ``hashes`` (sha256 or None per row) or, when only
-    ``paths`` are given, read from the files."""
+    ``paths`` are given, read from the files. Near copies: closer than ``near_ratio`` x the
+    median pair distance (0: none)."""
     x = np.asarray(x, np.float32)
     n = len(x)
     if hashes is not None or paths is not None:
@@ -109,8 +111,8 @@ def find_duplicates(
         exact = np.arange(n, dtype=np.int64)
     pairs = [(i, int(exact[i])) for i in range(n) if exact[i] != i]
     scale = median_pair_distance(x, seed)
-    eps = NEAR_RATIO * scale
-    if n > 1:
+    eps = float(near_ratio) * scale
+    if n > 1 and near_ratio > 0:
         bank = bank if bank is not None else build_bank(x, "auto")
         d, nn = bank.search(x, min(n, NEIGHBOURS + 1))
         close = (d <= eps) & (nn != np.arange(n)[:, None]) & (nn >= 0)
@@ -127,7 +129,7 @@ def find_duplicates(
         "exact_copies": n_exact,
         "near_copies": int(grouped.sum()) - n_exact,
         "near_below": round(eps, 8),
-        "near_ratio": NEAR_RATIO,
+        "near_ratio": float(near_ratio),
         "median_pair_distance": round(scale, 8),
     }
     return labels, report

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import fit_append as FA
-from .bank import HNSW_DEFAULTS, build_bank
+from .bank import build_bank, hnsw_params
 from .bundle import check_output, write_bundle
 from .config import FitConfig
 from .dupes import find_duplicates, grouped_scores
@@ -240,17 +240,24 @@ def fit_bundle(
     in_bank = keep & ~variant if into == "calibration" else keep
     scored = ~variant if into == "bank" else np.ones(len(x), bool)
     xk = x[in_bank]
-    hnsw = dict(HNSW_DEFAULTS, **(hnsw or {}))
+    hnsw = dict(hnsw_params(len(xk) if kmeans is None else kmeans), **(hnsw or {}))
     bank = build_bank(xk, index, **hnsw) if kmeans is None else None
     if temporal is None:
         labels, dups = find_duplicates(
-            x, seed=seed, bank=bank if in_bank.all() else None, hashes=hashes
+            x,
+            seed=seed,
+            bank=bank if in_bank.all() else None,
+            hashes=hashes,
+            near_ratio=cfg.near_copy_ratio,
         )
     else:  # frames are calibrated in time blocks; copies matter among the images only
         labels, dups = np.arange(len(x)), {"images_in_groups": 0, "frames": "time blocks"}
         if (~temporal).sum() > 1:
             sub, dups = find_duplicates(
-                x[~temporal], seed=seed, hashes=[h for h, t in zip(hashes, temporal) if not t]
+                x[~temporal],
+                seed=seed,
+                hashes=[h for h, t in zip(hashes, temporal) if not t],
+                near_ratio=cfg.near_copy_ratio,
             )
             labels[np.flatnonzero(~temporal)] = np.flatnonzero(~temporal)[sub]
     if origin is not None:  # a variant is calibrated without its original, and vice versa

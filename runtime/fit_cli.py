@@ -30,10 +30,11 @@ from .cliargs import (
     report_error,
     start,
 )
+from .combine import DEFAULT_RULE, RULES
 from .config import FitConfig
 from .errors import Dn2Error
 from .fit_append_cli import add_append_args, run_append
-from .ray_inputs import add_ray_args, ray_address
+from .ray_inputs import RAY_PARAMS, add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
 from .threshold import METHODS
 
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="signals: global (pooled embedding kNN, paper 3.1), patch (patch kNN "
         "with anomaly maps; needs a model from dn2-export --patches), both "
-        "(anomalous when either normalised score is over its threshold). "
+        "(the two combined by --combine, calibrated on held-out normal images). "
         "auto (default): both for a model with the patches output, else global",
     )
     p.add_argument(
@@ -182,10 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--combine",
-        choices=("max", "sum"),
-        default="max",
-        help="mode both: the decision score is the max (default) or the sum of the "
-        "two normalised scores (score / its threshold), calibrated again",
+        choices=RULES,
+        default=DEFAULT_RULE,
+        help="mode both: how the two scores make the decision score, each rule fitted on "
+        "the held-out normal scores (z: each signal standardised by its normal mean and "
+        "sd): fisher (default: -2 sum log p of the z-scores' Gaussian tails), zmax (the "
+        "larger z), zsum, max / sum (of score / its threshold); then calibrated again",
     )
     p.add_argument(
         "--patch-bank",
@@ -235,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
         "calibration (BENCHMARKS.md 'Camera path')",
     )
     p.add_argument(
+        "--near-copy-ratio",
+        type=float,
+        default=FitConfig.near_copy_ratio,
+        metavar="R",
+        help="images whose embeddings are closer than R x the set's median pair distance "
+        "are near copies, calibrated as one group (default %(default)g; 0: exact copies only)",
+    )
+    p.add_argument(
         "--every",
         type=int,
         default=1,
@@ -269,7 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # fit_bundle's parameter names that differ from the option names (for --config and errors)
-PARAMS = {"model_path": "model", "images": "normal", "n_groups": "groups"}
+PARAMS = {
+    "model_path": "model",
+    "images": "normal",
+    "n_groups": "groups",
+    "combine_rule": "combine",
+    **RAY_PARAMS,
+}
 
 
 def _view_fit(a) -> Optional[str]:

@@ -82,16 +82,17 @@ def check_stream_args(
     from .watch.sources import classify
 
     if int(every) < 1:
-        raise Dn2Error(f"--every: expected >= 1, found {every}")
+        raise Dn2Error(f"every: expected >= 1, found {every}", param="every")
     if max_frames is not None and int(max_frames) < 1:
-        raise Dn2Error(f"--max-frames: expected >= 1, found {max_frames}")
+        raise Dn2Error(f"max_frames: expected >= 1, found {max_frames}", param="max_frames")
     if seconds is not None and float(seconds) <= 0:
-        raise Dn2Error(f"--seconds: expected > 0, found {seconds}")
+        raise Dn2Error(f"seconds: expected > 0, found {seconds}", param="seconds")
     live = [s for s in streams if classify(s) in ("camera", "url", "gstreamer")]
     if live and max_frames is None and seconds is None:
         raise Dn2Error(
-            f"live source {live[0]}: expected --max-frames N or --seconds S to say "
-            "when to stop collecting normal frames, found neither"
+            f"live source {live[0]}: expected max_frames N or seconds S to say "
+            "when to stop collecting normal frames, found neither",
+            params=("max_frames", "seconds"),
         )
 
 
@@ -99,8 +100,9 @@ def check_frame_options(kmeans, clean, group_dirs, pooling: str) -> None:
     """Video frames are calibrated in time blocks: no k-means, cleaning or group folders."""
     if kmeans is not None or clean or group_dirs or pooling != "mean":
         raise Dn2Error(
-            "video / stream inputs: expected no --kmeans, --clean, --group-dirs or "
-            "--pooling max (frames are calibrated in time blocks), found them"
+            "video / stream inputs: expected no kmeans, clean, group_dirs or "
+            "pooling max (frames are calibrated in time blocks), found them",
+            params=("kmeans", "clean", "group_dirs", "pooling"),
         )
 
 
@@ -302,8 +304,9 @@ def window_section(
     windows = window_groups(xt, segments, int(size))
     if len(windows) < BLOCKS * 2:
         raise Dn2Error(
-            f"--group-size {size}: {len(xt)} frames give {len(windows)} windows; "
-            f"expected at least {BLOCKS * 2} (collect more frames)"
+            f"group_size {size}: {len(xt)} frames give {len(windows)} windows; "
+            f"expected at least {BLOCKS * 2} (collect more frames)",
+            param="group_size",
         )
     gk = min(k, len(windows) - 1)
     calib = blocked_scores(xt, k=gk, group=int(size))

@@ -94,6 +94,7 @@ def check_calibration(scores: np.ndarray, k: int) -> np.ndarray:
         raise Dn2Error(
             f"group threshold: expected at least {MIN_CALIBRATION_GROUPS} normal groups with "
             f"{k} disjoint neighbours, found {good.size} of {scores.size}; use more normal "
-            f"images, more groups or a smaller --group-size"
+            f"images, more groups or a smaller group_size",
+            param="group_size",
         )
     return good

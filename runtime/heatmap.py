@@ -63,10 +63,12 @@ class MapWriter:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise Dn2Error(
-                f"--maps {folder}: expected a writable folder, found {exc.strerror}"
+                f"maps {folder}: expected a writable folder, found {exc.strerror}", param="maps"
             ) from None
         if not os.access(self.dir, os.W_OK):
-            raise Dn2Error(f"--maps {folder}: expected a writable folder, found it read-only")
+            raise Dn2Error(
+                f"maps {folder}: expected a writable folder, found it read-only", param="maps"
+            )
         self.pixel_threshold = float(pixel_threshold)
         self._stems: Dict[str, int] = {}
 
@@ -96,5 +98,5 @@ class MapWriter:
         with open(npy, "wb") as f:
             np.save(f, np.ascontiguousarray(m, np.float32), allow_pickle=False)
         if not cv2.imwrite(str(png), overlay(img, m, self.pixel_threshold, peak, box)):
-            raise Dn2Error(f"--maps: could not write {png}")
+            raise Dn2Error(f"maps: could not write {png}", param="maps")
         return {"map": str(npy), "overlay": str(png)}

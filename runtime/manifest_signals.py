@@ -162,6 +162,16 @@ class Signals:
     patch: Optional[PatchSignal] = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def combine(self) -> Optional[Mapping[str, Any]]:
+        """Mode both: the fitted combination rule (checked by ``combine.rule_of``), or None."""
+        return self.extra.get("combine")
+
+    @property
+    def calibration_pairs(self) -> Optional[Mapping[str, Any]]:
+        """Mode both: {'global': [...], 'patch': [...]} held-out normal scores, or None."""
+        return self.extra.get("calibration_pairs")
+
     def to_dict(self) -> Dict[str, Any]:
         out = dict(self.extra)
         if self.glob is not None:

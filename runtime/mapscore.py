@@ -11,6 +11,7 @@ from typing import Iterable, List, Optional
 
 import numpy as np
 
+from .combine import rule_of
 from .patchfit import combine
 from .patchscore import PatchScorer, frame_map, peak_and_box, reduce_cells
 from .scoring import knn_score, l2normalize
@@ -22,7 +23,7 @@ class ViewScorer:
     def __init__(self, bundle, embedder):
         m = bundle.manifest
         self.bundle, self.embedder = bundle, embedder
-        self.mode, self.combine = m.score.mode, m.score.combine
+        self.mode = m.score.mode
         self.view = m.view or View()
         g = m.signals.glob if m.signals is not None else None
         self.k = g.k if g else m.score.k
@@ -35,6 +36,10 @@ class ViewScorer:
             self.patch_threshold = p.threshold.value
             self.pixel_threshold = p.pixel_threshold.value
         self.threshold = m.threshold.value
+        self.rule = None
+        if g is not None and p is not None:
+            stored = m.signals.combine
+            self.rule = rule_of(stored, m.score.combine, g.threshold.value, p.threshold.value)
         self.viewer = (
             ViewEmbedder(embedder, self.view, patches=self.patch is not None)
             if embedder is not None
@@ -45,32 +50,29 @@ class ViewScorer:
     def has_maps(self) -> bool:
         return self.patch is not None
 
+    def signals(self, item: ViewItem):
+        """(raw global score, patch score or None, cell grids [T, h, w] or None) of an item."""
+        e = l2normalize(item.embeddings) if self.l2norm else item.embeddings
+        g = float(knn_score(self.bundle.bank, e, self.k).max())
+        if self.patch is None:
+            return g, None, None
+        cells = self.patch.cells(item.patches)
+        return g, float(reduce_cells(cells[None], self.patch.reduction, self.patch.topk)[0]), cells
+
     def _one(self, item: ViewItem, maps: bool):
         from .detector import ScoreResult
 
         if item.error is not None:
             return ScoreResult(item.name, None, self.threshold, None, item.error)
-        e = l2normalize(item.embeddings) if self.l2norm else item.embeddings
-        g = float(knn_score(self.bundle.bank, e, self.k).max())
-        p = peak = box = fmap = None
-        if self.patch is not None:
-            cells = self.patch.cells(item.patches)
-            p = float(reduce_cells(cells[None], self.patch.reduction, self.patch.topk)[0])
+        g, p, cells = self.signals(item)
+        peak = box = fmap = None
+        if cells is not None:
             h, w = item.shape
             fmap = frame_map(
                 list(cells), item.rects, h, w, self.embedder.input_size, self.patch.sigma
             )
             peak, box = peak_and_box(fmap, self.pixel_threshold)
-        s = float(
-            combine(
-                np.float32(g),
-                self.global_threshold or 1.0,
-                None if p is None else np.float32(p),
-                self.patch_threshold if p is not None else None,
-                self.mode,
-                self.combine,
-            )
-        )
+        s = float(np.ravel(combine(g, p, self.mode, self.rule))[0])
         return ScoreResult(
             item.name,
             s,

@@ -19,9 +19,11 @@ Calibration, from normal data only, by image:
   the pixel threshold with probability about ``fpr`` too.
 * global: eq. 2 leave-one-out by image (an image's own inputs — its tiles — are excluded from
   its neighbours); with T > 1 an image scores the max over its inputs.
-* both: each signal normalised by its own threshold (score / threshold), the decision score is
-  the larger of the two, and its threshold the conformal quantile of the held-out combined
-  scores at ``fpr`` (so the union of the two signals still holds the target rate).
+* both: the two held-out scores of each calibrated image combined by a rule fitted on them
+  (``dn2.runtime.combine``: by default Fisher's over the two z-scores), and the decision
+  threshold the conformal quantile of the combined held-out scores at ``fpr`` (so the union
+  of the two signals still holds the target rate). The pairs are kept in the manifest, so a
+  rule can be re-fitted and measured without re-embedding.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 
 from .bank import build_bank
 from .bundle import write_bundle
+from .combine import DEFAULT_RULE, apply_rule, fit_rule
 from .config import COMBINES, MODES, ScoreConfig
 from .coreset import StreamingCoreset
 from .errors import Dn2Error
@@ -108,7 +111,7 @@ def fit_view_bundle(
     seed: int = 0,
     progress: bool = True,
     jpeg_draft: bool = False,
-    combine_rule: str = "max",
+    combine_rule: str = DEFAULT_RULE,
 ) -> Path:
     """Fit a view-aware bundle (global, patch or both signals); returns its path."""
     from .embedder import Embedder
@@ -116,11 +119,14 @@ def fit_view_bundle(
     from .images import find_images
 
     if mode not in MODES:
-        raise Dn2Error(f"--mode: expected one of {', '.join(MODES)}, found {mode!r}")
+        raise Dn2Error(f"mode: expected one of {', '.join(MODES)}, found {mode!r}", param="mode")
     if not 0.0 < float(fpr) < 1.0:
-        raise Dn2Error(f"--fpr: expected a rate in (0, 1), found {fpr}")
+        raise Dn2Error(f"fpr: expected a rate in (0, 1), found {fpr}", param="fpr")
     if combine_rule not in COMBINES:
-        raise Dn2Error(f"--combine: expected one of {', '.join(COMBINES)}, found {combine_rule!r}")
+        raise Dn2Error(
+            f"combine_rule: expected one of {', '.join(COMBINES)}, found {combine_rule!r}",
+            param="combine_rule",
+        )
     model_path = Path(model_path)
     emb = Embedder(
         str(model_path),
@@ -207,7 +213,7 @@ def fit_view_bundle(
             threshold=Threshold.of(dict(gthr, fpr=fpr, quantiles=quantile_table(gscores))),
         )
         patch = None
-        patch_bank, pinfo = None, None
+        patch_bank, pinfo, both_extra = None, None, {}
         if use_patch:
             t1 = time.perf_counter()
             per_fold = max(1, bank_size // folds)
@@ -265,13 +271,22 @@ def fit_view_bundle(
                 f"{pthr['value']:.4g}, pixel threshold {pix['value']:.4g}",
             )
         if mode == "both":
-            both = calibrated_both(gscores, gthr["value"], pscores, pthr["value"], combine_rule)
+            ok = ~np.isnan(pscores)
+            rule = fit_rule(combine_rule, gscores[ok], pscores[ok], gthr["value"], pthr["value"])
+            both = apply_rule(rule, gscores[ok], pscores[ok])
+            both_extra = {
+                "combine": rule,
+                "calibration_pairs": {
+                    "global": [float(v) for v in gscores[ok]],
+                    "patch": [float(v) for v in pscores[ok]],
+                },
+            }
             thr = dict(
-                conformal_quantile(both[~np.isnan(both)], fpr),
+                conformal_quantile(both, fpr),
                 method="fpr",
                 fpr=fpr,
-                quantiles=quantile_table(both[~np.isnan(both)]),
-                calibration=f"{combine_rule} of the two normalised held-out scores",
+                quantiles=quantile_table(both),
+                calibration=f"{combine_rule} rule over the two held-out scores",
             )
         elif mode == "patch":
             thr = patch.threshold.replace(method="fpr", calibration=calibration).to_dict()
@@ -290,7 +305,7 @@ def fit_view_bundle(
             k=k, l2norm=bool(l2norm), jpeg_draft=bool(jpeg_draft), mode=mode, combine=combine_rule
         ),
         view=view,
-        signals=Signals(glob=glob, patch=patch),
+        signals=Signals(glob=glob, patch=patch, extra=both_extra),
         threshold=Threshold.of(thr),
         fit=FitRecord(
             images=n,
@@ -321,32 +336,14 @@ def fit_view_bundle(
     return out
 
 
-def calibrated_both(
-    g: np.ndarray, tg: float, p: np.ndarray, tp: float, rule: str = "max"
-) -> np.ndarray:
-    """max (or sum) of global / its threshold and patch / its threshold; NaN where a patch
-    score is missing."""
-    a = np.asarray(g, np.float64) / max(tg, 1e-30)
-    b = np.asarray(p, np.float64) / max(tp, 1e-30)
-    if rule not in COMBINES:
-        raise Dn2Error(f"combine: expected one of {COMBINES}, found {rule!r}")
-    return (np.maximum(a, b) if rule == "max" else a + b).astype(np.float32)
-
-
-def combine(
-    g: np.ndarray,
-    tg: float,
-    p: Optional[np.ndarray],
-    tp: Optional[float],
-    mode: str,
-    rule: str = "max",
-) -> np.ndarray:
-    """The decision score of ``mode`` from raw global / patch image scores."""
+def combine(g, p, mode: str, rule: Optional[Dict]) -> np.ndarray:
+    """The decision score of ``mode`` from raw global / patch image scores (``rule``: the
+    bundle's combination parameters, ``dn2.runtime.combine.rule_of``)."""
     if mode == "global":
         return np.asarray(g, np.float32)
     if mode == "patch":
         return np.asarray(p, np.float32)
-    return calibrated_both(g, tg, p, tp, rule)
+    return apply_rule(rule, g, p)
 
 
 __all__ = ["fit_view_bundle", "combine", "loo_by_image", "MODES", "DEFAULTS"]

@@ -145,33 +145,35 @@ def pool_args(workers: Optional[int], threads: Optional[int], gpus: float) -> Tu
 
     t = 1 if threads is None else int(threads)
     if t < 1:
-        raise Dn2Error(f"--threads: expected >= 1 per Ray actor, found {t}")
+        raise Dn2Error(f"threads: expected >= 1 per Ray actor, found {t}", param="threads")
     if gpus < 0:
-        raise Dn2Error(f"--ray-gpus: expected >= 0 GPUs per actor, found {gpus}")
+        raise Dn2Error(f"gpus: expected >= 0 GPUs per actor, found {gpus}", param="gpus")
     fit = None
     if gpus:
         res = ray.cluster_resources()
         have = float(res.get("GPU", 0.0))
         if have <= 0:
             raise Dn2Error(
-                f"--ray-gpus {gpus:g}: expected a Ray cluster with GPUs, found none "
+                f"gpus {gpus:g}: expected a Ray cluster with GPUs, found none "
                 f"(ray.cluster_resources(): {int(res.get('CPU', 0))} CPUs, no GPU); "
-                "leave --ray-gpus at 0 for CPU actors"
+                "leave gpus at 0 for CPU actors",
+                param="gpus",
             )
         fit = int(have // gpus + 1e-9)
         if fit < 1:
             raise Dn2Error(
-                f"--ray-gpus: expected at most {have:g} GPUs per actor (the cluster's), "
-                f"found {gpus:g}"
+                f"gpus: expected at most {have:g} GPUs per actor (the cluster's), found {gpus:g}",
+                param="gpus",
             )
         if workers and int(workers) > fit:
             raise Dn2Error(
-                f"--ray-workers with --ray-gpus {gpus:g}: expected at most {fit} actors "
-                f"(the cluster has {have:g} GPUs), found {int(workers)}"
+                f"workers with gpus {gpus:g}: expected at most {fit} actors "
+                f"(the cluster has {have:g} GPUs), found {int(workers)}",
+                params=("workers", "gpus"),
             )
     n = int(workers) if workers else max(1, min(cluster_cpus() // t, fit or 1 << 30))
     if n < 1:
-        raise Dn2Error(f"--ray-workers: expected >= 1 actors, found {n}")
+        raise Dn2Error(f"workers: expected >= 1 actors, found {n}", param="workers")
     args = {"num_cpus": t}
     if gpus:
         args["num_gpus"] = float(gpus)

@@ -52,6 +52,10 @@ def split_videos(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
     return videos, rest
 
 
+# the Ray functions' parameter names whose options are spelt --ray-NAME (for errors)
+RAY_PARAMS = {"gpus": "ray_gpus", "workers": "ray_workers", "fmt": "ray_format"}
+
+
 def add_ray_args(p: argparse.ArgumentParser, score: bool = False) -> None:
     """``--ray [ADDRESS]`` and the pool options, for dn2 fit and dn2 score."""
     g = p.add_argument_group("Ray (pip install 'dn2[ray]')")

@@ -41,6 +41,7 @@ TYPES = {
     "threshold": "float64",
     "anomalous": "bool_",
     "error": "string",
+    "norm_score": "float64",
 }
 SHARD_ROWS = 100_000
 
@@ -89,6 +90,7 @@ class ScoreActor:
             "threshold": th,
             "anomalous": None,
             "error": error,
+            "norm_score": None,
         }
 
     def _segment(self, path: str, start: int, stop: Optional[int], every: int) -> List[Dict]:
@@ -130,7 +132,7 @@ class ScoreActor:
 
         paths = [str(p) for p in batch["path"]]
         kinds = [str(k) for k in batch["kind"]]
-        segs = dict(zip(range(len(paths)), segment_rows(batch)))
+        segs = segment_rows(batch)
         rows: List[Dict] = []
         images = [p for p, k in zip(paths, kinds) if k == "image"]
         scored = {}
@@ -198,7 +200,7 @@ def score_ray(
     from .ray_video import plan_segments
 
     if fmt not in ("parquet", "jsonl"):
-        raise Dn2Error(f"--ray-format: expected parquet or jsonl, found {fmt!r}")
+        raise Dn2Error(f"fmt: expected parquet or jsonl, found {fmt!r}", param="fmt")
     check_stream_args([], every, max_frames, seconds)
     bundle = str(Path(bundle).resolve())
     threshold = load_bundle(bundle).manifest.threshold.value  # validates it here
@@ -231,6 +233,7 @@ def score_ray(
                         "threshold": threshold,
                         "anomalous": None,
                         "error": m,
+                        "norm_score": None,
                     }
                     for p, m in problems
                 ]

@@ -62,7 +62,9 @@ def frame_limit(
         limits.append(int(cap) * every)
     if seconds is not None:
         if not fps:
-            raise Dn2Error("--seconds: expected a video with a frame rate, found none")
+            raise Dn2Error(
+                "seconds: expected a video with a frame rate, found none", param="seconds"
+            )
         end = max(0, math.ceil(float(seconds) * fps) - 1)  # frame i is kept while i / fps < S
         while end / fps < float(seconds):
             end += 1
@@ -85,7 +87,7 @@ def plan_segments(
     (``stop`` None: to the end of a file whose header has no frame count); ``seg_frames``
     kept frames per segment (default ``SEGMENT_FRAMES``)."""
     if int(every) < 1:
-        raise Dn2Error(f"--every: expected >= 1, found {every}")
+        raise Dn2Error(f"every: expected >= 1, found {every}", param="every")
     every = int(every)
     segs: List[Dict] = []
     bad: List[Tuple[str, str]] = []

@@ -36,7 +36,7 @@ from .cliargs import (
     start,
 )
 from .errors import Dn2Error
-from .ray_inputs import add_ray_args, ray_address
+from .ray_inputs import RAY_PARAMS, add_ray_args, ray_address
 
 EXIT_SOME_FAILED, EXIT_ERROR = EXIT_FAILED, EXIT_USAGE
 
@@ -147,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _safe_stdout()
 
     if a.ray is not None:
-        return _score_on_ray(a)
+        return _score_on_ray(a, parser)
     try:
         det = Detector.load(
             a.bundle,
@@ -227,7 +227,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-def _score_on_ray(a) -> int:
+def _score_on_ray(a, parser=None) -> int:
     """--ray: every input scored on the cluster, rows written as shards to --ray-output."""
     if a.group or a.json:
         report_error(
@@ -260,7 +260,7 @@ def _score_on_ray(a) -> int:
             progress=not getattr(a, "quiet", False),
         )
     except Dn2Error as exc:
-        report_error("score", exc)
+        report_error("score", exc, parser, RAY_PARAMS)
         return EXIT_ERROR
     print(
         f"{prog('score')}: {s['rows']} rows ({s['scored']} scored, {s['failed']} failed) in "

@@ -67,7 +67,7 @@ def capped_warning(th: Dict, what: str = "normal images") -> Optional[str]:
         f"with {c['n']} calibration scores; the threshold is the largest of them, so the "
         f"real rate on new {what} can be as high as 1/{c['n'] + 1} = "
         f"{1.0 / (c['n'] + 1):.3g}. It takes at least {c.get('needed', '?')} {what} "
-        f"(or a larger --fpr)"
+        f"(or a larger fpr)"
     )
 
 

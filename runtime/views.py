@@ -43,15 +43,20 @@ class View:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ViewError(f"view: expected one of crop, full, tiles=RxC, found {self.kind!r}")
+            raise ViewError(
+                f"view: expected one of crop, full, tiles=RxC, found {self.kind!r}", param="view"
+            )
         if not (1 <= self.rows and 1 <= self.cols and self.rows * self.cols <= MAX_TILES):
             raise ViewError(
-                f"view tiles: expected 1..{MAX_TILES} tiles, found {self.rows}x{self.cols}"
+                f"view tiles: expected 1..{MAX_TILES} tiles, found {self.rows}x{self.cols}",
+                param="view",
             )
         if self.roi is not None and (
             len(self.roi) != 4 or min(self.roi[2:]) < 1 or min(self.roi[:2]) < 0
         ):
-            raise ViewError(f"roi: expected x,y,w,h with x,y >= 0 and w,h >= 1, found {self.roi}")
+            raise ViewError(
+                f"roi: expected x,y,w,h with x,y >= 0 and w,h >= 1, found {self.roi}", param="roi"
+            )
 
     @classmethod
     def parse(cls, text: str = "crop", roi: Optional[str] = None) -> View:
@@ -65,7 +70,8 @@ class View:
             kind = text
         else:
             raise ViewError(
-                f"--view: expected crop, full or tiles=RxC (e.g. tiles=2x3), found {text!r}"
+                f"view: expected crop, full or tiles=RxC (e.g. tiles=2x3), found {text!r}",
+                param="view",
             )
         box = None
         if roi:
@@ -74,7 +80,9 @@ class View:
             except ValueError:
                 box = ()
             if len(box) != 4:
-                raise ViewError(f"--roi: expected x,y,w,h (four integers, pixels), found {roi!r}")
+                raise ViewError(
+                    f"roi: expected x,y,w,h (four integers, pixels), found {roi!r}", param="roi"
+                )
         return cls(kind, rows, cols, box)
 
     def to_dict(self) -> Dict:
@@ -118,7 +126,8 @@ class View:
         if x + rw > w or y + rh > h:
             raise ViewError(
                 f"roi {x},{y},{rw},{rh}: expected it inside the {w}x{h} frame, "
-                f"found it reaching to {x + rw}x{y + rh}"
+                f"found it reaching to {x + rw}x{y + rh}",
+                param="roi",
             )
         return (float(x), float(y), float(x + rw), float(y + rh))
 

@@ -224,3 +224,56 @@ def test_bench_blas_spin_tool_runs_every_variant_and_restores_the_cut(tmp_path, 
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows[1:]] == list(bench_blas_spin.VARIANTS)
     assert bank_mod.SINGLE_THREAD_QUERIES == cut
+
+
+def test_bench_bank_scale_saves_resumes_and_reloads_a_graph(tmp_path, capsys):
+    """bank_scale --save-index writes the graph (resuming an unfinished one from its
+    checkpoint) and --load-index re-measures recall@2 from the saved file, no build."""
+    import json
+
+    import hnswlib
+
+    from dn2.tools.bench import bank_scale as bs
+
+    args = ["--n", "3000", "--dim", "32", "--workdir", str(tmp_path), "--queries", "50"]
+    x = bs.write_bank(str(tmp_path / "bank_mixture_3000.npy"), 3000, bs.MixtureStream(32))
+    part = hnswlib.Index(space="l2", dim=32)  # an interrupted build: the first 1000 rows
+    part.init_index(max_elements=3000, M=8, ef_construction=40, random_seed=0)
+    part.add_items(np.ascontiguousarray(x[:1000]), np.arange(1000), num_threads=1)
+    saved = tmp_path / "hnsw_mixture_3000x32_M8_efc40.bin"
+    part.save_index(str(saved) + ".partial")
+    grid = ["--grid", "8:40", "--efs", "8", "64", "--save-index", "--reuse"]
+    assert bs.main(args + grid) == 0
+    out = capsys.readouterr()
+    built = [json.loads(ln) for ln in out.out.splitlines()]
+    assert "resuming" in out.err and "1000/3000 rows already" in out.err
+    assert saved.exists() and not (tmp_path / (saved.name + ".partial")).exists()
+    assert bs.main(args + ["--efs", "8", "64", "--load-index", str(saved)]) == 0
+    again = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    # the same graph and the same stored queries and ground truth: the same recall
+    assert [r["recall@2"] for r in again] == [r["recall@2"] for r in built]
+    assert again[1]["recall@2"] >= 0.9 and again[0]["M"] == 8  # ef 64 of 3000 rows
+    with pytest.raises(SystemExit):  # no ground truth saved for these queries: refused
+        bs.main(args[:-1] + ["40", "--load-index", str(saved)])
+    assert "no ground truth" in capsys.readouterr().err
+
+
+def test_fit_widens_the_hnsw_search_for_a_large_bank(lite0_at, tmp_path, monkeypatch):
+    """fit_bundle builds its bank with hnsw_params(n): the defaults up to LARGE_BANK_ROWS
+    rows, ef raised to LARGE_BANK_EF above (the cut lowered here so a small fit crosses it;
+    an explicit hnsw setting still wins)."""
+    import json
+
+    from dn2.runtime import bank as B
+    from dn2.runtime.fit import fit_bundle
+
+    assert B.hnsw_params(B.LARGE_BANK_ROWS) == HNSW_DEFAULTS
+    assert B.hnsw_params(1_000_000)["ef"] == B.LARGE_BANK_EF > HNSW_DEFAULTS["ef"]
+    model = lite0_at(96)
+    x = gaussian_mixture(300, 1280, seed=0)[0]  # 300 rows: over the lowered cut of 200
+    monkeypatch.setattr(B, "LARGE_BANK_ROWS", 200)
+    for out, hnsw, ef in (("big", None, B.LARGE_BANK_EF), ("mine", {"ef": 40}, 40)):
+        b = fit_bundle(model, tmp_path / out, embeddings=x, index="hnsw", hnsw=hnsw,
+                       progress=False)
+        params = json.loads((b / "dn2.json").read_text())["bank"]
+        assert params["kind"] == "hnsw" and params["ef"] == ef, params

@@ -125,3 +125,32 @@ def test_fit_bundle_takes_a_config_or_the_old_keywords(tmp_path):
     with pytest.raises(ConfigError) as err:
         fit_bundle(model, tmp_path / "c", images=imgs, fpr=True)
     assert err.value.param == "fpr"
+
+
+def test_a_fit_option_is_a_field_a_flag_and_its_use(tmp_path, capsys):
+    """near_copy_ratio: FitConfig field, dn2 fit flag, used where duplicates are found; the
+    bundle records it in fit.config. Re-saved JPEG copies (other bytes, near embeddings) are
+    grouped at the default and not at 0, where each copy vouches for its twin."""
+    import cv2
+
+    from dn2.runtime import fit_cli
+    from dn2.runtime.bundle import load_bundle
+
+    from textures import write_images
+    from tiny_model import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "m.onnx")
+    folder = tmp_path / "n"
+    imgs = write_images(folder, 40, "normal", seed=3)
+    for p in imgs[:20]:  # a camera's second capture of the same pieces: q85 JPEG re-saves
+        cv2.imwrite(str(folder / f"{p.stem}_again.jpg"), cv2.imread(str(p)),
+                    [cv2.IMWRITE_JPEG_QUALITY, 85])  # fmt: skip
+    base = [str(model), str(folder), "-q", "--threads", "1"]
+    assert fit_cli.main(base + ["-o", str(tmp_path / "a")]) == 0
+    assert fit_cli.main(base + ["-o", str(tmp_path / "b"), "--near-copy-ratio", "0"]) == 0
+    a, b = load_bundle(tmp_path / "a").manifest, load_bundle(tmp_path / "b").manifest
+    assert a.fit_config.near_copy_ratio == 0.05 and b.fit_config.near_copy_ratio == 0.0
+    assert a.fit.duplicates["near_copies"] >= 30 and b.fit.duplicates["near_copies"] == 0
+    assert b.threshold.value < a.threshold.value  # twins vouching: a lower threshold
+    assert fit_cli.main(base + ["-o", str(tmp_path / "c"), "--near-copy-ratio", "2"]) == 2
+    assert "--near-copy-ratio: expected a number in [0, 1], found 2.0" in capsys.readouterr().err

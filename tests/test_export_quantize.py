@@ -12,6 +12,7 @@ pytest.importorskip("torch", reason="exporting needs pip install 'dn2[export]'")
 from dn2.export import gate, quantize  # noqa: E402
 from dn2.export.archs import get_arch  # noqa: E402
 from dn2.export.graph import EmbeddingGraph, build_graph, export_onnx  # noqa: E402
+from dn2.export.int8config import Int8Settings  # noqa: E402
 from dn2.export.pipeline import export_model  # noqa: E402
 from dn2.export.samples import sample_photos  # noqa: E402
 from dn2.export.verify import VerificationError, cosines, ort_embed, verify_fp32  # noqa: E402
@@ -60,8 +61,10 @@ def test_lite0_int8_keeps_cosine_on_real_photos(lite0_model, tmp_path):
     # the exact kernels are asked for unless the gate passed with the default ones on a CPU
     # whose default kernels saturate (the worst case)
     assert config == q["ort_session_config"]
-    if not quantize.default_int8_kernels_saturate():
-        assert config == {"session.x64quantprecision": "1"}
+    if not quantize.default_int8_kernels_saturate() and not config:
+        # the default kernels are trusted off an AVX2-without-VNNI CPU only for settings that
+        # cannot saturate
+        assert Int8Settings.from_json(q["choice"]["quantizer"]).saturation_free
     assert config in ({}, {"session.x64quantprecision": "1"})
     # independent check against the fp32 model, on all 16 photos (8 never seen in calibration):
     # the requirement is cosine >= 0.99 on real photos
@@ -199,20 +202,23 @@ def test_attempt_plan_is_fixed_fast_kernels_first():
     plan = quantize.attempt_plan(40, saturating=True)
     kernels = ["exact" if c else "default" for _, c in plan]
     n_fast = kernels.count("default")
-    # every fast attempt before any exact one; the same float prefixes for both
+    # every fast attempt before any exact one, each with a growing float prefix
     assert kernels == ["default"] * n_fast + ["exact"] * (len(plan) - n_fast) and n_fast > 0
-    assert [s for s, _ in plan[:n_fast]] == [s for s, _ in plan[n_fast:]]
-    assert [s.float_first for s, _ in plan[:n_fast]] == sorted(
-        s.float_first for s, _ in plan[:n_fast]
-    )
+    fast = [s.float_first for s, _ in plan[:n_fast]]
+    assert fast == sorted(fast) and fast[0] == 0
+    assert {s for s, _ in plan[:n_fast]} == {quantize.DEFAULT_INT8.with_float(k) for k in fast}
+    assert {s for s, _ in plan[n_fast:]} == {quantize.FALLBACK_INT8.with_float(k) for k in fast}
     assert quantize.attempt_plan(40, saturating=True) == plan  # no state, no randomness
-    # a CPU whose default kernels do not saturate cannot vouch for the saturating ones: fast
-    # attempts only for settings that cannot saturate
+    # a CPU whose default kernels do not saturate cannot vouch for saturating settings there;
+    # settings that cannot saturate run on the fast kernels everywhere
     other = quantize.attempt_plan(40, saturating=False)
     if quantize.DEFAULT_INT8.saturation_free:
         assert other == plan
     else:
         assert all(c for _, c in other)
+    # 7-bit weights cannot saturate: 2 * 255 * 64 = 32640 < 32767; full 8-bit s8 weights can
+    assert Int8Settings(reduce_range=True).saturation_free
+    assert not Int8Settings().saturation_free
 
 
 def test_gate_refuses_an_attempt_below_tolerance_and_moves_on(tmp_path, monkeypatch, capsys):

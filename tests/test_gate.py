@@ -48,3 +48,26 @@ def test_every_leave_one_out_is_the_runtimes():
         np.testing.assert_array_equal(other, ref)
     assert gate.rank_agreement(e, e + 1e-7) == 1.0
     assert gate.rank_agreement(e, np.roll(e, 1, axis=0)) < 0.9
+
+
+def test_fp16_gate_checks_the_knn_rank_agreement(tmp_path):
+    """A real fp16 conversion (onnxruntime's converter) of a real ONNX model, run by
+    onnxruntime: the report's rank agreement is the runtime's leave-one-out scores' Spearman,
+    checked against the table's fp16 entry, and a model that ranks differently is refused."""
+    from tiny_model import build_tiny_model, make_tiny_model
+
+    fp32 = make_tiny_model(tmp_path / "m.onnx", dim=32)
+    half = tmp_path / "m16.onnx"
+    quantize.to_fp16(str(fp32), str(half))
+    names, images = verify.verification_inputs(32)  # real photos + seeded noise
+    rep = quantize.verify_fp16(str(fp32), str(half), names, images)
+    ref, out = verify.ort_embed(str(fp32), images), verify.ort_embed(str(half), images)
+    assert rep["knn_spearman"] == gate.rank_agreement(ref, out)
+    assert rep["knn_spearman"] >= gate.TOLERANCES["fp16"].min_rank
+    assert rep["tolerance"]["min_knn_spearman"] == gate.TOLERANCES["fp16"].min_rank == 0.98
+    # another model's features rank the images differently (measured rho 0.74 on these 20
+    # inputs): refused by the rank check alone
+    other = build_tiny_model(tmp_path / "other.onnx", 32, 32, features="conv", seed=3)
+    rank_only = gate.Tolerance(min_cosine=-1.0, min_rank=0.98)
+    with pytest.raises(verify.VerificationError, match="kNN-score rank agreement .* 0.98"):
+        quantize.verify_fp16(str(fp32), str(other), names, images, rank_only)

@@ -177,6 +177,7 @@ def test_score_ray_parquet_matches_local_scores(bundles, data, tmp_path, monkeyp
     assert all(json_fields | {"frame"} <= set(r) for r in rows)
     bad = [r for r in rows if r["path"] == str(data["bad_video"])]
     assert len(bad) == 1 and bad[0]["score"] is None and "video" in bad[0]["error"]
+    assert bad[0]["norm_score"] is None
     by_path = {r["path"]: r for r in rows if r["frame"] is None}
     det = Detector.load(remote)
     for ref in det.score_paths(data["held"] + data["defects"] + [data["broken"]]):
@@ -393,3 +394,33 @@ def test_segments_decode_the_frames_of_a_sequential_read(textile_dirs, tmp_path,
     for kw, n in (({"max_frames": 5}, 5), ({"seconds": 1.0}, 9)):  # 1 s at 25 fps: 0..24
         segs, _ = ray_video.plan_segments([path], every=3, **kw)
         assert sum(s["frames"] for s in segs) == n, kw
+
+
+def test_fit_ray_of_a_video_alone_decides_colour_as_the_local_fit(cluster, model, data, tmp_path):
+    """No images: the first batch of frames decides gray vs colour on the driver, as the local
+    video fit decides it; --max-frames 30 takes the same frames."""
+    video = str(data["fit_video"])
+    local = fit_bundle(model, tmp_path / "local", images=[video], max_frames=30, progress=False)
+    rc = fit_cli.main(
+        [
+            str(model),
+            video,
+            "--max-frames",
+            "30",
+            "-o",
+            str(tmp_path / "ray"),
+            "--threads",
+            "1",
+            "--ray-workers",
+            "2",
+            "-q",
+            "--ray",
+        ]
+    )
+    assert rc == 0
+    ml = json.loads((local / "dn2.json").read_text())
+    mr = json.loads((tmp_path / "ray" / "dn2.json").read_text())
+    assert ml["fit"]["color"]["detected"]["sampled"] > 0  # decided by frames, not defaulted
+    assert mr["fit"]["color"] == ml["fit"]["color"]
+    assert mr["fit"]["streams"] == ml["fit"]["streams"] == [{"source": video, "frames": 30}]
+    np.testing.assert_allclose(mr["threshold"]["value"], ml["threshold"]["value"], rtol=RTOL)

@@ -158,6 +158,11 @@ def test_a_bad_source_is_named(cams, tmp_path, capsys):
     args = [str(bundle), "--source", str(v["clean"]), "--source", str(v["short"])]
     assert main(args + ["--camera-id", "only-one"]) == 2
     assert "--camera-id: expected one id per source (2), found 1" in capsys.readouterr().err
+    # the sources open, the bundle does not: a message, and every opened source closed
+    nob = [str(tmp_path / "no_bundle"), "--source", str(v["clean"]), "--source", str(v["short"])]
+    assert main(nob) == 2
+    err = capsys.readouterr().err
+    assert "no_bundle" in err and "Traceback" not in err
 
 
 def test_camera_ids_and_sources_files(tmp_path):

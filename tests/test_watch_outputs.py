@@ -88,7 +88,7 @@ def test_scores_file_csv_and_jsonl(scene, tmp_path):
     # JSON lines by extension; an existing scores file is never overwritten without --force
     watch(str(bundle), str(clip), WatchConfig(scores=str(tmp_path / "s.jsonl"), max_frames=5))
     assert [json.loads(x)["frame"] for x in open(tmp_path / "s.jsonl")] == list(range(5))
-    with pytest.raises(Dn2Error, match="--force"):
+    with pytest.raises(Dn2Error, match="pass force"):
         watch(str(bundle), str(clip), WatchConfig(scores=str(tmp_path / "s.jsonl"), max_frames=5))
     watch(
         str(bundle),
@@ -183,7 +183,7 @@ def test_runs_never_overwrite_each_others_evidence(scene, tmp_path):
     s1 = watch(str(bundle), str(clip), kw.replace(output_video=str(tmp_path / "out.avi")))
     first = {e["snapshot"]: os.path.getmtime(e["snapshot"]) for e in lines(tmp_path / "ev.jsonl")}
     video_size = os.path.getsize(tmp_path / "out.avi")
-    with pytest.raises(Dn2Error, match="exists.*--force"):
+    with pytest.raises(Dn2Error, match="exists.*pass force"):
         watch(str(bundle), str(clip), kw.replace(output_video=str(tmp_path / "out.avi")))
     s2 = watch(str(bundle), str(clip), kw)
     ev = lines(tmp_path / "ev.jsonl")
@@ -387,6 +387,8 @@ def test_learned_bundle_is_not_replaced_without_force(scene, tmp_path):
     keep = tmp_path / "learned"
     keep.mkdir()
     (keep / "dn2.json").write_text("{}")
-    with pytest.raises(Dn2Error, match="--learn-bundle .* --force"):
+    # the library names its parameters (the CLI maps them to --learn-bundle / --force)
+    with pytest.raises(Dn2Error, match="learn_bundle .* pass force") as err:
         watch(str(bundle), str(clip), WatchConfig(learn="30f", learn_bundle=str(keep)))
+    assert err.value.params == ("learn_bundle", "force")
     assert (keep / "dn2.json").read_text() == "{}"

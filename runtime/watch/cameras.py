@@ -47,13 +47,14 @@ def read_streams(path: Union[str, Path]) -> List[str]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise Dn2Error(
-            f"--source {path}: cannot read this sources file: {exc.strerror or exc}"
+            f"source {path}: cannot read this sources file: {exc.strerror or exc}",
+            param="source",
         ) from None
     lines = [ln.strip() for ln in text.splitlines()]
     found = [ln for ln in lines if ln and not ln.startswith("#")]
     if not found:
         raise Dn2Error(
-            f"--source {path}: expected one source per line (video file, camera index, "
+            f"source {path}: expected one source per line (video file, camera index, "
             "URL or GStreamer pipeline), found no source in it"
         )
     return found

@@ -43,7 +43,8 @@ def open_live(
             if left <= 0:
                 raise SourceError(
                     f"{exc}; gave up after {attempt} attempts in "
-                    f"{connect_timeout:g} s (--connect-timeout)"
+                    f"{connect_timeout:g} s (connect_timeout)",
+                    param="connect_timeout",
                 ) from None
             delay = min(backoff.delay(attempt), left)
             log(

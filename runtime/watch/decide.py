@@ -48,11 +48,15 @@ class Transition:
 class Decider:
     def __init__(self, threshold: float, min_consecutive: int = 3, cooldown: float = 0.0):
         if min_consecutive < 1:
-            raise Dn2Error(f"--min-consecutive must be >= 1, found {min_consecutive}")
+            raise Dn2Error(
+                f"min_consecutive must be >= 1, found {min_consecutive}", param="min_consecutive"
+            )
         if cooldown < 0:
-            raise Dn2Error(f"--cooldown must be >= 0 seconds, found {cooldown}")
+            raise Dn2Error(f"cooldown must be >= 0 seconds, found {cooldown}", param="cooldown")
         if not math.isfinite(threshold):
-            raise Dn2Error(f"threshold must be a finite number, found {threshold}")
+            raise Dn2Error(
+                f"threshold must be a finite number, found {threshold}", param="threshold"
+            )
         self.threshold = float(threshold)
         self.n = int(min_consecutive)
         self.cooldown = float(cooldown)

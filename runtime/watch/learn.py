@@ -36,16 +36,19 @@ def parse_learn(text: str) -> Tuple[str, float]:
     """'30' / '30s' / '2.5s' -> ('seconds', 30.0); '300f' / '300frames' -> ('frames', 300)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|seconds|f|frames)?\s*", str(text))
     if not m:
-        raise Dn2Error(f"--learn expects seconds (30, 30s) or frames (300f), found {text!r}")
+        raise Dn2Error(
+            f"learn expects seconds (30, 30s) or frames (300f), found {text!r}", param="learn"
+        )
     value, unit = float(m.group(1)), (m.group(2) or "s")
     if unit.startswith("f"):
         if value != int(value) or value < MIN_LEARN_FRAMES:
             raise Dn2Error(
-                f"--learn {text}: needs a whole number of at least {MIN_LEARN_FRAMES} frames"
+                f"learn {text}: needs a whole number of at least {MIN_LEARN_FRAMES} frames",
+                param="learn",
             )
         return "frames", int(value)
     if value <= 0:
-        raise Dn2Error(f"--learn {text}: needs a positive number of seconds")
+        raise Dn2Error(f"learn {text}: needs a positive number of seconds", param="learn")
     return "seconds", value
 
 
@@ -60,13 +63,15 @@ def model_path(bundle_or_model: Union[str, Path]) -> Path:
         if len(models) == 1:
             return models[0]
         raise Dn2Error(
-            f"--learn: {p} is a folder without one model.onnx; expected a dn2 "
-            "model (.onnx) or a bundle folder"
+            f"learn: {p} is a folder without one model.onnx; expected a dn2 "
+            "model (.onnx) or a bundle folder",
+            param="learn",
         )
     if not p.is_file():
         raise Dn2Error(
-            f"--learn: model {p}: expected a dn2 model (.onnx from dn2-export) or "
-            f"a bundle folder, found {found(p)}"
+            f"learn: model {p}: expected a dn2 model (.onnx from dn2-export) or "
+            f"a bundle folder, found {found(p)}",
+            param="learn",
         )
     return p
 
@@ -105,8 +110,9 @@ def blocked_scores(
             out.append(knn_score(build_bank(bank, index="exact"), items[b], k=k))
     if not out:
         raise Dn2Error(
-            f"--learn: {len(emb)} frames are too few to calibrate a threshold"
-            f"{f' for groups of {group}' if group else ''}; learn for longer"
+            f"learn: {len(emb)} frames are too few to calibrate a threshold"
+            f"{f' for groups of {group}' if group else ''}; learn for longer",
+            param="learn",
         )
     return np.concatenate(out)
 
@@ -215,8 +221,9 @@ def learn_from_queue(
     emb, rest = collect_frames(queue, spec, embedder.embed_batch, batch, stop, log, decide_color)
     if group and len(emb) < BLOCKS * (group + 1):
         raise Dn2Error(
-            f"--learn with --group {group}: {len(emb)} frames are too few; learn "
-            f"at least {BLOCKS * (group + 1)} frames"
+            f"learn with group {group}: {len(emb)} frames are too few; learn "
+            f"at least {BLOCKS * (group + 1)} frames",
+            params=("learn", "group"),
         )
     names = [f"learned frame {i}" for i in range(len(emb))]
     # the bundle's threshold (and group bank) are the blocked hold-out ones watched with

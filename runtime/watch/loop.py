@@ -131,17 +131,19 @@ def check_options(cfg: WatchConfig) -> None:
 
         if trusted_key_path(cfg.trusted_key):
             raise BundleError(
-                "--learn fits an unsigned bundle on this box, but a trusted key "
-                "is configured (--trusted-key / DN2_TRUSTED_KEY): fit and sign "
-                "elsewhere, or run without the key"
+                "learn fits an unsigned bundle on this box, but a trusted key "
+                "is configured (trusted_key / DN2_TRUSTED_KEY): fit and sign "
+                "elsewhere, or run without the key",
+                params=("learn", "trusted_key"),
             )
         parse_learn(cfg.learn)
-    check_new_output(cfg.scores, "--scores", cfg.force)
+    check_new_output(cfg.scores, "scores", cfg.force)
     lb = cfg.learn_bundle
     if lb and not cfg.force and Path(lb).is_dir() and any(Path(lb).iterdir()):
         raise Dn2Error(
-            f"--learn-bundle {lb} exists and is not empty (an earlier "
-            "run's bundle?); pass --force to replace it, or give a new folder"
+            f"learn_bundle {lb} exists and is not empty (an earlier "
+            "run's bundle?); pass force to replace it, or give a new folder",
+            params=("learn_bundle", "force"),
         )
 
 
@@ -212,7 +214,7 @@ def _watch_one(
     bundle, source, cfg: WatchConfig, *, stop, on_event, on_score, log, sinks, live, backoff, run_id
 ) -> Summary:
     check_options(cfg)
-    check_new_output(cfg.output_video, "--output-video", cfg.force)
+    check_new_output(cfg.output_video, "output_video", cfg.force)
     stop = stop or threading.Event()
     run_id = run_id or new_run_id()
     halt = threading.Event()  # stops the reader: set at the end, whatever the reason

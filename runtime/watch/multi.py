@@ -72,7 +72,7 @@ def watch_many(
     check_options(cfg)
     ids = camera_ids(sources, cfg.camera_id)
     for cid in ids:
-        check_new_output(per_camera_path(cfg.output_video, cid), "--output-video", cfg.force)
+        check_new_output(per_camera_path(cfg.output_video, cid), "output_video", cfg.force)
     stop = stop or threading.Event()
     run_id = run_id or new_run_id()
     halt, ready = threading.Event(), threading.Event()
@@ -122,7 +122,6 @@ def watch_many(
             scorer = Scorer(detector, out, decider, cfg.group, cfg.hop or 1, Stats(), clog, cb)
             summary = Summary(source=src.name, mode=mode, threshold=thr, run_id=run_id, camera=cid)
             cams.append(Camera(cid, src, queue, reader, out, scorer, summary))
-        srcs = []  # the readers close them now
         if live is not None:
             live.attach(
                 reader=cams[0].reader,
@@ -135,12 +134,14 @@ def watch_many(
             )
         for c in cams:
             c.reader.start()
+        srcs = []  # the readers close them now
         total = Stats()
         _score_all(detector, cams, cfg, total, stop, ready, log)
     finally:
         halt.set()
         for c in cams:
-            c.reader.join(timeout=5.0)
+            if c.reader.ident is not None:  # started (a failure before the start: not)
+                c.reader.join(timeout=5.0)
             c.outputs.close()
         for s in srcs:
             s.close()

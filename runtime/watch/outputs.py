@@ -16,22 +16,25 @@ from .overlay import VideoSink, Window, draw
 
 def check_new_output(path: Optional[str], flag: str, force: bool) -> None:
     """Refuse to overwrite an earlier run's output (unless ``force``), and a path that cannot
-    be written, before any work is done."""
+    be written, before any work is done. ``flag``: the parameter's name (``output_video``),
+    which the errors carry as their ``param``."""
     if not path or path == "-":
         return
     p = Path(path)
     if p.is_file() and p.stat().st_size and not force:
         raise Dn2Error(
-            f"{flag} {p} exists (from an earlier run?); pass --force to overwrite "
-            "it, or give a new name"
+            f"{flag} {p} exists (from an earlier run?); pass force to overwrite "
+            "it, or give a new name",
+            params=(flag, "force"),
         )
     if p.is_dir():
-        raise Dn2Error(f"{flag} {p}: expected a file name, found a folder")
+        raise Dn2Error(f"{flag} {p}: expected a file name, found a folder", param=flag)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise Dn2Error(
-            f"{flag} {p}: cannot create its folder {p.parent}: {exc.strerror or exc}"
+            f"{flag} {p}: cannot create its folder {p.parent}: {exc.strerror or exc}",
+            param=flag,
         ) from exc
 
 

@@ -76,8 +76,9 @@ class VideoSink:
         suffix = self.path.suffix.lower()
         if suffix not in _FOURCC:
             raise Dn2Error(
-                f"--output-video {self.path}: expected a name ending in "
-                f"{', '.join(sorted(_FOURCC))}, found {suffix or 'no suffix'!r}"
+                f"output_video {self.path}: expected a name ending in "
+                f"{', '.join(sorted(_FOURCC))}, found {suffix or 'no suffix'!r}",
+                param="output_video",
             )
         self._fourcc = _FOURCC[suffix]
         self._writer = None

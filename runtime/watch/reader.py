@@ -152,7 +152,7 @@ class Reader(threading.Thread):
     ):
         super().__init__(name="dn2-watch-reader", daemon=True)
         if stride < 1:
-            raise Dn2Error(f"--stride must be >= 1, found {stride}")
+            raise Dn2Error(f"stride must be >= 1, found {stride}", param="stride")
         self.source, self.queue, self.stop = source, queue, stop
         self.stride, self.max_frames, self.prepare = stride, max_frames, prepare
         if backoff is None:

@@ -169,7 +169,8 @@ class CaptureSource(Source):
             index = int(str(self.spec).strip())
             if not 0 <= index < 10_000:  # OpenCV takes a C int; real indices are small
                 raise SourceError(
-                    f"--source {self.spec}: expected a camera index in [0, 9999], found {index}"
+                    f"source {self.spec}: expected a camera index in [0, 9999], found {index}",
+                    param="source",
                 )
             cap = cv2.VideoCapture(index)
         elif self.kind == "url":
@@ -187,9 +188,10 @@ class CaptureSource(Source):
             what = found(self.spec)
             if self.kind == "file" and what != "a regular file":
                 raise SourceError(
-                    f"--source {self.spec!r}: expected a video file, a folder "
+                    f"source {self.spec!r}: expected a video file, a folder "
                     "of images, a camera index, a stream URL or a GStreamer "
-                    f"pipeline, found {what}"
+                    f"pipeline, found {what}",
+                    param="source",
                 )
             cap = cv2.VideoCapture(str(self.spec))
         if not cap.isOpened():
@@ -388,8 +390,9 @@ def open_source(
         else:
             if realtime and kind != "file":
                 raise SourceError(
-                    f"--realtime replays a video file; {spec!r} is a {kind} "
-                    "source, which is live already"
+                    f"realtime replays a video file; {spec!r} is a {kind} "
+                    "source, which is live already",
+                    param="realtime",
                 )
             src = CaptureSource(
                 spec, kind, live=kind in ("camera", "url", "gstreamer"), realtime=realtime

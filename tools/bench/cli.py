@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--streams-json",
         metavar="PATH",
         help="the multi-camera goal's figure: the JSON of "
-        "python -m dn2.tools.bench.watch --streams 4 --json PATH",
+        "python -m dn2.tools.bench.watch --model M --streams 4 --json PATH",
     )
     p.add_argument("--work-dir", help="keep frames and exported models here (reused next run)")
     json_output_options(p, "the full report")

@@ -3,7 +3,9 @@
 Per class c: ``--train`` training images of c are normal; the test set is ``--test`` test
 images of c (normal) and ``--test`` test images of the other classes (anomalous), written as PNG
 into the ``Folder`` layout and run through ``dn2.tools.eval.folder`` with ``--mode both``; the
-same run gives the global signal's, the patch signal's and the decision's ROC-AUC.
+same run gives the global signal's, the patch signal's and the decision's ROC-AUC, and
+(``dn2.tools.studies.combine_rules``) every combination rule's, refitted on the bundle's held-out
+normal score pairs.
 
     python -m dn2.tools.bench.fmnist_modes --model M.onnx [--classes 0 1 ...] [--train 100]
         [--test 100] [--view full] [--json OUT]
@@ -35,9 +37,13 @@ def _write(root: Path, ds, c: int, n_train: int, n_test: int, rng) -> None:
             cv2.imwrite(str(root / d / f"{split.name}_{int(i):05d}.png"), split.load(int(i)))
 
 
+row_sigs = ("global", "patch")
+
+
 def main(argv=None) -> int:
     from dn2.tools.eval.datasets import load_fashion_mnist
     from dn2.tools.eval.folder import evaluate_folder
+    from dn2.tools.studies.combine_rules import rules_table
 
     p = argparse.ArgumentParser(
         prog="python -m dn2.tools.bench.fmnist_modes",
@@ -59,12 +65,21 @@ def main(argv=None) -> int:
     for c in a.classes:
         with tempfile.TemporaryDirectory(prefix="dn2-fm-") as tmp:
             _write(Path(tmp), ds, c, a.train, a.test, rng)
+            bundle = str(Path(tmp) / "bundle")
             r = evaluate_folder(
-                tmp, a.model, mode="both", view=a.view, threads=a.threads, log=lambda m: None
+                tmp,
+                a.model,
+                bundle=bundle,
+                mode="both",
+                view=a.view,
+                threads=a.threads,
+                log=lambda m: None,
             )
+            rules = rules_table(bundle, r["results"])["rules"]
         row = {
             "both": r["image_auroc"]["other"],
             **{sig: v["other"] for sig, v in r["image_auroc_by_signal"].items()},
+            **{f"rule_{k}": v["auroc_other"] for k, v in rules.items() if k not in row_sigs},
         }
         out["classes"][str(c)] = row
         print(

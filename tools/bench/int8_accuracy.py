@@ -28,7 +28,9 @@ def _embed(path: str, images: np.ndarray, threads: int) -> np.ndarray:
     return np.concatenate([emb.embed_batch(images[i : i + 16]) for i in range(0, len(images), 16)])
 
 
-def int8_accuracy(work: Path, threads: int, log: Callable[[str], None]) -> Dict[str, object]:
+def int8_accuracy(
+    work: Path, threads: int, log: Callable[[str], None], n_train: int = 100, n_test: int = 200
+) -> Dict[str, object]:
     """The accuracy report, or ``{"error": why}`` when the data or weights are missing."""
     from dn2.runtime.modelmeta import K_INT8_CHOICE, read_model_meta
     from dn2.tools.studies.int8 import agreement, aurocs
@@ -37,8 +39,9 @@ def int8_accuracy(work: Path, threads: int, log: Callable[[str], None]) -> Dict[
     from .models import export_models
 
     try:
+        work.mkdir(parents=True, exist_ok=True)
         models = export_models(ARCH, "imagenet", 224, work, ("fp32", "int8"), None, log)
-        data = load_study_images(224)
+        data = load_study_images(224, n_train=n_train, n_test=n_test)
     except (Dn2Error, ImportError, OSError) as exc:
         log(f"accuracy check skipped: {exc}")
         return {"error": f"{type(exc).__name__}: {exc}"}

@@ -28,8 +28,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from dn2.export.int8config import Int8Settings
+from dn2.export.quantize import ORT_INT8_CONFIG as EXACT
 
-EXACT = {"session.x64quantprecision": "1"}
 BASE = Int8Settings()
 LITE_SETTINGS = (
     BASE,
@@ -44,7 +44,13 @@ LITE_SETTINGS = (
     Int8Settings(float_first=1),
     Int8Settings(float_last=2),
     Int8Settings(float_first=8),
+    Int8Settings(float_first=12),
+    Int8Settings(float_first=16),
+    Int8Settings(reduce_range=True, calibration="percentile"),
     Int8Settings(reduce_range=True, float_first=8),
+    Int8Settings(reduce_range=True, float_first=12),
+    Int8Settings(reduce_range=True, float_first=16),
+    Int8Settings(reduce_range=True, float_first=24),
     Int8Settings(weights="u8", float_first=8),
 )
 RESNET_SETTINGS = (
@@ -60,28 +66,20 @@ def _log(msg: str) -> None:
     print(f"[int8-study] {msg}", file=sys.stderr, flush=True)
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> List[str]:
+def int8_flags() -> List[str]:
     """The SIMD flags that decide the int8 kernels (avx2, avx512*, *vnni*, amx*)."""
-    flags = set()
-    try:
-        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
-            if line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-    except OSError:
-        return []
+    from dn2.export.quantize import cpu_flags
+
     keep = ("avx2", "fma", "f16c")
-    return sorted(f for f in flags if f in keep or f.startswith(("avx512", "amx")) or "vnni" in f)
+    return sorted(
+        f for f in cpu_flags() if f in keep or f.startswith(("avx512", "amx")) or "vnni" in f
+    )
 
 
 def embed(path: str, images: np.ndarray, config: Dict[str, str], threads: int) -> np.ndarray:
-    from dn2.export.verify import ort_session
+    from dn2.export.verify import ort_embed
 
-    sess = ort_session(path, config, threads)
-    out = [
-        sess.run(None, {sess.get_inputs()[0].name: images[i : i + 8]})[0]
-        for i in range(0, len(images), 8)
-    ]
-    return np.concatenate(out).astype(np.float32)
+    return ort_embed(path, images, config, threads=threads)
 
 
 def aurocs(emb: np.ndarray, data, sl: Dict[str, slice]) -> Dict[str, float]:
@@ -261,7 +259,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"flags {' '.join(cpu_flags()) or '-'}; load avg at start {[round(x, 2) for x in load0]}"
+        f"flags {' '.join(int8_flags()) or '-'}; load avg at start {[round(x, 2) for x in load0]}"
     )
     rows = run_study(
         args.arch,

@@ -39,7 +39,9 @@ def parse_bind(spec: str):
         if not 0 <= p <= 65535:
             raise ValueError
     except ValueError:
-        raise Dn2Error(f"--http {spec}: expected [HOST:]PORT, e.g. 127.0.0.1:8080") from None
+        raise Dn2Error(
+            f"http {spec}: expected [HOST:]PORT, e.g. 127.0.0.1:8080", param="http"
+        ) from None
     return host, p
 
 
@@ -61,7 +63,7 @@ class StatusServer:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
             raise Dn2Error(
-                f"--http {host}:{port}: cannot listen there: {exc.strerror or exc}"
+                f"http {host}:{port}: cannot listen there: {exc.strerror or exc}", param="http"
             ) from exc
         self.httpd.daemon_threads = True
         h, p = self.httpd.server_address[:2]

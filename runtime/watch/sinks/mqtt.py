@@ -46,16 +46,19 @@ class MqttTarget:
             raise MissingExtraError("paho-mqtt", "serve", "dn2-watch --mqtt") from None
         u = urlsplit(url)
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-            raise Dn2Error(f"--mqtt {url}: expected mqtt://host[:port]/topic or mqtts://...")
+            raise Dn2Error(
+                f"mqtt {url}: expected mqtt://host[:port]/topic or mqtts://...", param="mqtt"
+            )
         if u.username or u.password:
             raise Dn2Error(
-                "--mqtt: credentials do not belong on the command line (they show "
+                "mqtt: credentials do not belong on the command line (they show "
                 "in ps and shell history); set DN2_MQTT_USERNAME / "
-                "DN2_MQTT_PASSWORD or put them in --sink-config"
+                "DN2_MQTT_PASSWORD or put them in sink_config",
+                params=("mqtt", "sink_config"),
             )
         base = u.path.strip("/") or "dn2"
         if any(c in base for c in "+#"):
-            raise Dn2Error(f"--mqtt {url}: the topic may not hold MQTT wildcards (+ #)")
+            raise Dn2Error(f"mqtt {url}: the topic may not hold MQTT wildcards (+ #)", param="mqtt")
         self.camera_id, self.log, self.ack_timeout = camera_id, log, ack_timeout
         self.base = base
         self.topic = f"{base}/{camera_id}/events"

@@ -71,8 +71,9 @@ class ScoresWriter:
             p = Path(path)
             if p.exists() and p.is_file() and p.stat().st_size and not force:
                 raise Dn2Error(
-                    f"--scores {p} exists (from an earlier run?); pass --force to "
-                    "overwrite it, or give a new name"
+                    f"scores {p} exists (from an earlier run?); pass force to "
+                    "overwrite it, or give a new name",
+                    params=("scores", "force"),
                 )
             self._fd, self._own = _open_nonblocking(p, "scores file", append=False), True
         if self.csv:

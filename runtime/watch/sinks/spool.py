@@ -70,7 +70,8 @@ class SpooledSink(Sink):
         except OSError as exc:
             raise Dn2Error(
                 f"cannot use spool folder {self.dir}: {exc.strerror or exc} "
-                "(give another with --spool DIR)"
+                "(give another with spool DIR)",
+                param="spool",
             ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -78,7 +79,8 @@ class SpooledSink(Sink):
             os.close(fd)
             raise Dn2Error(
                 f"spool folder {self.dir} is in use by another dn2-watch sending "
-                "to the same sink; give each its own --spool DIR"
+                "to the same sink; give each its own spool DIR",
+                param="spool",
             ) from exc
         return fd
 

@@ -31,11 +31,12 @@ class WebhookTarget:
     def __init__(self, url: str, config: Dict[str, Any], camera_id: str = ""):
         u = urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise Dn2Error(f"--webhook {url}: expected an http:// or https:// URL")
+            raise Dn2Error(f"webhook {url}: expected an http:// or https:// URL", param="webhook")
         if u.username or u.password:
             raise Dn2Error(
-                "--webhook: credentials do not belong on the command line; put an "
-                "Authorization header in --sink-config (webhook.headers)"
+                "webhook: credentials do not belong on the command line; put an "
+                "Authorization header in sink_config (webhook.headers)",
+                params=("webhook", "sink_config"),
             )
         self.url, self.camera_id = url, camera_id
         self.headers = {"Content-Type": "application/json", **(config.get("headers") or {})}
