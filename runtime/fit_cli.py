@@ -34,6 +34,7 @@ from .combine import DEFAULT_RULE, RULES
 from .config import FitConfig
 from .errors import Dn2Error
 from .fit_append_cli import add_append_args, run_append
+from .fit_view_cli import view_fit as fit_views
 from .ray_inputs import RAY_PARAMS, add_ray_args, ray_address
 from .scoring import DEFAULT_L2NORM
 from .threshold import METHODS
@@ -289,64 +290,6 @@ PARAMS = {
 }
 
 
-def _view_fit(a) -> Optional[str]:
-    """Fit through views / patches when asked (or when the model has patches): else None."""
-    from .modelmeta import patch_spec, read_model_meta
-    from .views import View
-
-    view = View.parse(a.view, a.roi)
-    mode = a.mode
-    if mode == "auto":
-        has = patch_spec(read_model_meta(a.model), a.model) is not None
-        mode = "both" if has else "global"
-    if mode == "global" and view == View():
-        return None
-    extra = [
-        n
-        for n, v in (
-            ("--clean", a.clean),
-            ("--kmeans", a.kmeans),
-            ("--group-size", a.group_size),
-            ("--group-dirs", a.group_dirs),
-            ("--val-normal", a.val_normal),
-            ("--l2norm-select", a.l2norm_select),
-            ("--ray", getattr(a, "ray", None)),
-            ("--augment", getattr(a, "augment", "none") not in (None, "none")),
-        )
-        if v
-    ]
-    if extra or a.threshold_method != "fpr":
-        raise Dn2Error(
-            f"{', '.join(extra) or '--threshold-method'}: not available with "
-            f"--mode {mode} / --view {view}; expected the global mode with the crop "
-            f"view (dn2-fit --mode global)"
-        )
-    from .patchfit import DEFAULTS, fit_view_bundle
-
-    out = fit_view_bundle(
-        a.model,
-        a.output,
-        a.normal,
-        mode=mode,
-        view=view,
-        k=a.k,
-        fpr=a.fpr,
-        l2norm=a.l2norm,
-        index=a.index,
-        batch=a.batch,
-        threads=a.threads,
-        providers=a.providers,
-        seed=a.seed,
-        progress=not a.quiet,
-        jpeg_draft=a.jpeg_draft,
-        bank_size=a.patch_bank or DEFAULTS["bank_size"],
-        topk=a.patch_topk or DEFAULTS["topk"],
-        combine_rule=a.combine,
-        reduction="max" if a.patch_topk == 1 else DEFAULTS["reduction"],
-    )
-    return str(out)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     a = start(parser, argv, "fit", PARAMS)
@@ -377,7 +320,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             shards_dir=a.ray_shards,
         )
     try:
-        view_fit = _view_fit(a)
+        view_fit = fit_views(a)
         if view_fit is not None:
             print(view_fit)
             return EXIT_OK

@@ -273,7 +273,6 @@ def test_fit_widens_the_hnsw_search_for_a_large_bank(lite0_at, tmp_path, monkeyp
     x = gaussian_mixture(300, 1280, seed=0)[0]  # 300 rows: over the lowered cut of 200
     monkeypatch.setattr(B, "LARGE_BANK_ROWS", 200)
     for out, hnsw, ef in (("big", None, B.LARGE_BANK_EF), ("mine", {"ef": 40}, 40)):
-        b = fit_bundle(model, tmp_path / out, embeddings=x, index="hnsw", hnsw=hnsw,
-                       progress=False)
+        b = fit_bundle(model, tmp_path / out, embeddings=x, index="hnsw", hnsw=hnsw, progress=False)
         params = json.loads((b / "dn2.json").read_text())["bank"]
         assert params["kind"] == "hnsw" and params["ef"] == ef, params

@@ -126,7 +126,9 @@ def test_bundle_without_jpeg_draft_loads_as_full_decode(bundle):
     _edit_manifest(bundle, lambda m: (m["score"].pop("jpeg_draft"), m.update(schema_version=1)))
     assert Detector.load(bundle).embedder.jpeg_draft is False
     _edit_manifest(bundle, lambda m: m.update(schema_version=2))  # schema 2 names every choice
-    with pytest.raises(BundleError, match="score.jpeg_draft: expected true or false, found nothing"):
+    with pytest.raises(
+        BundleError, match="score.jpeg_draft: expected true or false, found nothing"
+    ):
         Detector.load(bundle)
     _edit_manifest(bundle, lambda m: m["score"].update(jpeg_draft=True))
     assert Detector.load(bundle).embedder.jpeg_draft is True
@@ -155,7 +157,10 @@ def test_tampered_model_is_refused(bundle):
             r"expected schema_version 2 \(or 1, converted on read\), found 3 .*refit it with "
             r"this dn2: dn2 fit MODEL.onnx NORMAL_IMAGES --output BUNDLE",
         ),
-        (lambda m: m["score"].pop("color"), "score.color: expected 'gray' or 'color', found nothing"),
+        (
+            lambda m: m["score"].pop("color"),
+            "score.color: expected 'gray' or 'color', found nothing",
+        ),
         (lambda m: m.update(schema="other"), "expected schema 'dn2-bundle', found 'other'"),
         (lambda m: m["bank"].update(dim=65), "bank.dim: expected the model's dim 64, found 65"),
         (lambda m: m["bank"].update(metric="cosine"), "expected 'sqeuclidean', found 'cosine'"),

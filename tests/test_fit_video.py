@@ -125,7 +125,9 @@ def test_group_bank_from_sliding_windows_alerts_only_on_the_defect_run(
 
 def test_fit_from_an_http_camera_that_comes_up_late(lite0_model, textile, tmp_path, capsys):
     pieces = [cv2.resize(cv2.imread(p), (320, 180)) for p in textile[:60]]
-    with MjpegCamera(pieces, fps=30.0) as cam:
+    # 20 s of footage: a live reader drops the oldest frames while the embedder lags (a loaded
+    # machine), so the camera must keep streaming until the fit has its 40 frames
+    with MjpegCamera(pieces * 10, fps=30.0) as cam:
         import time
 
         cam.down_until = time.monotonic() + 1.5  # the camera is still booting: 503

@@ -24,11 +24,20 @@ def clip(textile_dirs, tmp_path_factory):
     "args,message",
     [
         (["{tmp}/no_bundle", "--source", "{tmp}/missing.avi"], "found no such path"),
-        (["{tmp}/no_bundle", "--source", "{clip}", "--hop", "2"], "--hop: expected only together with --group"),
-        (["{tmp}/no_bundle", "--source", "{clip}", "--batch", "0"], "--batch-size: expected >= 1, found 0"),
+        (
+            ["{tmp}/no_bundle", "--source", "{clip}", "--hop", "2"],
+            "--hop: expected only together with --group",
+        ),
+        (
+            ["{tmp}/no_bundle", "--source", "{clip}", "--batch", "0"],
+            "--batch-size: expected >= 1, found 0",
+        ),
         (["{tmp}/no_bundle", "--source", "{clip}", "--learn", "ten"], "--learn expects"),
         (["{tmp}/no.onnx", "--source", "{clip}", "--learn", "30f"], "model"),
-        (["{tmp}/no_bundle", "--source", "{clip}", "--realtime", "--group", "1"], "--group: expected >= 2, found 1"),
+        (
+            ["{tmp}/no_bundle", "--source", "{clip}", "--realtime", "--group", "1"],
+            "--group: expected >= 2, found 1",
+        ),
         (["{tmp}/no_bundle", "--source", "7", "--realtime"], "replays a video file"),
     ],
 )

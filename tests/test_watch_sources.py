@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
+from dn2.runtime.watch.foldersource import FolderSource
 from dn2.runtime.watch.reader import Backoff, FrameQueue, Reader
 from dn2.runtime.watch.sources import (
     CaptureSource,
-    FolderSource,
     Source,
     SourceError,
     SourceFailure,
