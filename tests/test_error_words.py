@@ -74,3 +74,20 @@ def test_a_sink_error_says_the_flag_and_leaves_urls_alone(tmp_path, capsys):
     out = capsys.readouterr().err
     assert rc == 2 and "--mqtt http://127.0.0.1:1/x: expected mqtt://host" in out, out
     assert "--mqtt://" not in out  # the scheme in a URL is not the parameter
+
+
+def test_watch_group_errors_name_the_field_and_the_cli_the_flag(tmp_path, capsys):
+    from dn2.runtime.cliargs import error_text
+    from dn2.runtime.detector import Detector
+    from dn2.runtime.watch.cli import build_parser
+    from dn2.runtime.watch.loop import _threshold
+
+    model = make_tiny_model(tmp_path / "m.onnx", dim=8)
+    x = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    fit_bundle(model, tmp_path / "b", embeddings=x, progress=False)
+    det = Detector.load(tmp_path / "b", load_model=False)  # a real bundle without groups
+    err = _raised(_threshold, det, None, 5)
+    assert err.param == "group" and str(err).startswith("group: expected a bundle fitted")
+    assert "--group " not in str(err)  # the Python caller set WatchConfig(group=5)
+    said = error_text(err, build_parser())
+    assert said.startswith("--group: expected") and "dn2 fit --group-size M" in said

@@ -336,16 +336,18 @@ def _threshold(detector, override: Optional[float], group: Optional[int]) -> flo
         gthr = getattr(detector, "group_threshold", None)
         if gthr is None:
             raise Dn2Error(
-                "--group needs a bundle with a group bank (fit it with "
-                "dn2-fit --group-size M); this bundle has none"
+                "group: expected a bundle fitted with dn2 fit --group-size M (it holds the "
+                "normal means of M frames), found a bundle without them",
+                param="group",
             )
         m = getattr(detector, "manifest", None)
         sizes = (m.group.sizes if m is not None and m.group is not None else None) or (None, None)
         if sizes[0] is not None and sizes[0] == sizes[1] and int(sizes[0]) != int(group):
             raise Dn2Error(
-                f"--group {group}: the bundle's normal groups have {sizes[0]} "
-                f"images each; use --group {sizes[0]} (means of other sizes "
-                "spread differently, so the bundle's group threshold would not hold)"
+                f"group={group}: expected {sizes[0]}, the size of the bundle's normal groups "
+                "(means of other sizes spread differently, so the threshold of its groups "
+                f"would not hold); use group={sizes[0]}",
+                param="group",
             )
         return float(override) if override is not None else float(gthr)
     return float(override) if override is not None else float(detector.threshold)
