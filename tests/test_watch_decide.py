@@ -77,7 +77,7 @@ def test_each_alert_is_one_start_and_one_end_over_a_long_noisy_stream():
 
 
 def test_bad_options_are_refused():
-    with pytest.raises(Dn2Error, match="min-consecutive"):
+    with pytest.raises(Dn2Error, match="min_consecutive"):
         Decider(1.0, min_consecutive=0)
     with pytest.raises(Dn2Error, match="cooldown"):
         Decider(1.0, cooldown=-1)
