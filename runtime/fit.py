@@ -116,7 +116,9 @@ def fit_bundle(
     ``frames`` (``ray_video.frame_rows``) marks the frame rows of ``embeddings`` and their videos.
     ``augment="camera"``: ``augment_copies`` camera-path variants of every normal image
     (real MJPG / mp4v round trips, sensor noise, scale, light; ``dn2.runtime.augment``) join
-    the bank and the calibration, each in its original's duplicate group."""
+    the bank (``augment_into``: or the bank and the calibration, each in its original's
+    duplicate group, or the calibration only); ``"auto"`` (the default) is "camera" for the
+    still images of a fit into an exact bank, "none" for frames, k-means and embeddings."""
     cfg = fit_config(config, **options)
     model_path = Path(model_path)
     regular_file(model_path, "a dn2 ONNX model file (from dn2-export)")
@@ -212,11 +214,12 @@ def fit_bundle(
     if not temporal.any():
         temporal = None
     need = needed_images(k, clean)
-    if len(x) < need:
+    n_inputs = int((origin < 0).sum())  # images and frames; their camera variants not counted
+    if n_inputs < need:
         raise Dn2Error(
             f"fit needs at least {need} good normal images (k={k} neighbours + 1 "
             f"for leave-one-out{f', after cleaning {clean:g}' if clean else ''}), "
-            f"found {len(x)} ({len(failed)} bad files skipped)"
+            f"found {n_inputs} ({len(failed)} bad files skipped)"
         )
     vn, vn_failed = validation_embeddings(emb, val_normal, "val_normal", progress)
     va, va_failed = validation_embeddings(emb, val_anomalous, "val_anomalous", progress)
@@ -352,7 +355,7 @@ def fit_bundle(
         group=group,
         fit=FitRecord(
             config=cfg,
-            images=int(len(x)),
+            images=n_inputs,
             kept=int(in_bank.sum()),
             failed=len(failed),
             dropped=int((~keep).sum()),
