@@ -11,12 +11,12 @@ default: the threshold stays the one the stills calibrate), or the bank and the 
 ("both": each variant is calibrated in the duplicate group of its original,
 ``dn2.runtime.dupes``, so an image and its variant never vouch for each other; the variants'
 higher scores raise the threshold), or only the calibration. Measured (BENCHMARKS.md "Camera
-path"): "both" cost 14-23 points of defect recall, "bank" 0-2 of 120 defects. Seeded; the settings are
-recorded in the manifest (``fit.augment``). ``augment="auto"``, the default, is "camera" for
-the still images of a fit into an exact bank and "none" for video / stream frames, k-means
-banks and rows given as embeddings (``--ray``): with it, every measured condition met <= 1
-false alert per 1000 frames, where the bank without variants gave 1.17 on MJPG with sensor
-noise (BENCHMARKS.md "Camera path", four 3000-frame lines per condition).
+path"): "both" cost 14-23 points of defect recall, "bank" 0-2 of 120 defects. Seeded; the
+settings are recorded in the manifest (``fit.augment``). ``augment="auto"``, the default, is
+"camera" for the still images of a fit into an exact bank and "none" for video / stream
+frames, k-means banks and rows given as embeddings (``--ray``): with it, every measured
+condition met <= 1 false alert per 1000 frames, where the bank without variants gave 1.17 on
+MJPG with sensor noise (BENCHMARKS.md "Camera path", four 3000-frame lines per condition).
 """
 
 from __future__ import annotations
