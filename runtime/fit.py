@@ -245,27 +245,33 @@ def fit_bundle(
     xk = x[in_bank]
     hnsw = dict(hnsw_params(len(xk) if kmeans is None else kmeans), **(hnsw or {}))
     bank = build_bank(xk, index, **hnsw) if kmeans is None else None
+    # copies are found among the inputs only: camera variants are far from each other and
+    # would widen the near-copy scale and chain unrelated images into one group; each variant
+    # then joins its original's group (calibrated without it, and vice versa)
+    var = np.zeros(len(x), bool) if origin is None else origin >= 0
+    labels = np.arange(len(x))
     if temporal is None:
-        labels, dups = find_duplicates(
-            x,
+        rows_ = np.flatnonzero(~var)
+        sub, dups = find_duplicates(
+            x[rows_],
             seed=seed,
-            bank=bank if in_bank.all() else None,
-            hashes=hashes,
+            bank=bank if in_bank.all() and not var.any() else None,
+            hashes=None if hashes is None else [hashes[i] for i in rows_],
             near_ratio=cfg.near_copy_ratio,
         )
+        labels[rows_] = rows_[sub]
     else:  # frames are calibrated in time blocks; copies matter among the images only
-        labels, dups = np.arange(len(x)), {"images_in_groups": 0, "frames": "time blocks"}
-        if (~temporal).sum() > 1:
+        dups = {"images_in_groups": 0, "frames": "time blocks"}
+        still = np.flatnonzero(~temporal & ~var)
+        if still.size > 1:
             sub, dups = find_duplicates(
-                x[~temporal],
+                x[still],
                 seed=seed,
-                hashes=[h for h, t in zip(hashes, temporal) if not t],
+                hashes=[hashes[i] for i in still],
                 near_ratio=cfg.near_copy_ratio,
             )
-            labels[np.flatnonzero(~temporal)] = np.flatnonzero(~temporal)[sub]
-    if origin is not None:  # a variant is calibrated without its original, and vice versa
-        var = origin >= 0
-        labels[var] = labels[origin[var]]
+            labels[still] = still[sub]
+    labels[var] = labels[origin[var]]
     if dups["images_in_groups"]:
         say(
             progress,
