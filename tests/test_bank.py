@@ -258,6 +258,27 @@ def test_bench_bank_scale_saves_resumes_and_reloads_a_graph(tmp_path, capsys):
     assert "no ground truth" in capsys.readouterr().err
 
 
+def test_bench_bank_scale_measures_the_two_stage_bank(tmp_path, capsys):
+    """bank_scale --project D: the graph over D principal axes, queries through the product's
+    ProjectedHnswBank, one row per (ef, rerank); a saved projected graph re-measures alike."""
+    import json
+
+    from dn2.tools.bench import bank_scale as bs
+
+    args = ["--n", "3000", "--dim", "64", "--workdir", str(tmp_path), "--queries", "50"]
+    two = ["--project", "48", "--rerank", "4", "32", "--efs", "32"]
+    assert bs.main(args + two + ["--grid", "8:40", "--save-index"]) == 0
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [(r["ef"], r["rerank"], r["project"]) for r in rows] == [(32, 4, 48), (32, 32, 48)]
+    # 48 of 64 axes of a 128-d latent: re-ranking 32 candidates finds what 4 cannot
+    assert rows[1]["recall@2"] >= 0.9 and rows[1]["recall@2"] > rows[0]["recall@2"]
+    assert all(r["worst_score_ratio"] >= 1.0 for r in rows)  # exact distances: never lower
+    saved = tmp_path / "hnsw_mixture_3000x64p48_M8_efc40.bin"
+    assert bs.main(args + two + ["--load-index", str(saved)]) == 0
+    again = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [r["recall@2"] for r in again] == [r["recall@2"] for r in rows]
+
+
 def test_fit_takes_the_large_bank_settings_past_the_cut(lite0_at, tmp_path, monkeypatch):
     """fit_bundle builds its bank with hnsw_params(n, dim): the defaults up to LARGE_BANK_ROWS
     rows, the two-stage bank above (the cut lowered here so a small fit crosses it); an

@@ -98,7 +98,9 @@ def test_malformed_projection_files_are_refused_with_a_clear_message(tmp_path):
         np.save(proj_path, arr, allow_pickle=False)
         return load_bank(tmp_path / "bank.bin", params)
 
-    with pytest.raises(Dn2Error, match=r"orthonormal projection axes .* found \|A A\^T - I\| up to"):
+    with pytest.raises(
+        Dn2Error, match=r"orthonormal projection axes .* found \|A A\^T - I\| up to"
+    ):
         load_with(np.vstack([good[:1], 2 * good[1:]]))  # scaled axes
     bad = good.copy()
     bad[3, 5] = np.nan
@@ -111,7 +113,9 @@ def test_malformed_projection_files_are_refused_with_a_clear_message(tmp_path):
     np.save(proj_path, good, allow_pickle=False)
     rows = sibling(tmp_path / "bank.bin", "rows")
     np.save(rows, x[:-1], allow_pickle=False)
-    with pytest.raises(Dn2Error, match=r"manifest says \[500, 256\], the file declares \[499, 256\]"):
+    with pytest.raises(
+        Dn2Error, match=r"manifest says \[500, 256\], the file declares \[499, 256\]"
+    ):
         load_bank(tmp_path / "bank.bin", params)
     rows.unlink()
     with pytest.raises(Dn2Error, match="bank.rows.npy"):
