@@ -6,7 +6,8 @@ embedding of each model input (``T`` inputs: 1 for crop/full, R x C for tiles) a
 patch signal, its patch features. Memory stays bounded:
 
 * patch features go straight into per-fold ``StreamingCoreset`` pools (at most ``per_image``
-  rows per image, each pool shrunk by a greedy coreset when it exceeds its capacity);
+  rows per image, each pool shrunk by a greedy coreset when it exceeds its capacity); the
+  bundle's bank is one greedy coreset of ``bank_size`` rows over all the pools;
 * for calibration, the patch features of up to ``calib_images`` images are spilled to a
   float16 memmap in a temporary folder (disk, not RAM) and scored after the pass.
 
@@ -40,7 +41,7 @@ from .bank import build_bank
 from .bundle import write_bundle
 from .combine import DEFAULT_RULE, apply_rule, fit_rule
 from .config import COMBINES, MODES, ScoreConfig
-from .coreset import StreamingCoreset
+from .coreset import StreamingCoreset, greedy_coreset
 from .errors import Dn2Error
 from .manifest import (
     BankRef,
@@ -257,7 +258,10 @@ def fit_view_bundle(
             calibrated = ~np.isnan(pscores)
             pthr = conformal_quantile(pscores[calibrated], fpr)
             pix = conformal_quantile(pmax[calibrated], fpr)
-            bank_rows = np.concatenate(fold_banks)
+            # the bank: one greedy coreset over every fold's pool (not the union of the fold
+            # banks, whose separate coresets cover the patches less evenly)
+            pooled = np.concatenate([p.pool() for p in pools])
+            bank_rows = pooled[np.sort(greedy_coreset(pooled, bank_size, seed=seed + 1))]
             patch_bank = build_bank(bank_rows, index)
             t_fit = time.perf_counter() - t1
             pinfo = {

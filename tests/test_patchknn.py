@@ -138,3 +138,16 @@ def test_fit_records_prune_and_scores_match_the_exact_kernel(lite0_patches, text
         assert abs(r.patch_score - want) <= 1e-5 * want  # float32 rounding of two blockings
         assert r.map is not None and r.map.shape == it.shape
     assert res[2].patch_score > max(res[0].patch_score, res[1].patch_score)
+
+
+def test_fit_cli_patch_prune_bad_value_is_a_clear_error(
+    lite0_patches, textile_dirs, tmp_path, capsys
+):
+    from dn2.runtime import fit_cli
+
+    noms = sorted(textile_dirs["nominal"].glob("*.jpg"))[:4]
+    args = [str(lite0_patches[0]), *map(str, noms), "--output", str(tmp_path / "b"), "-q"]
+    assert fit_cli.main(args + ["--patch-prune", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "prune" in err and "-1" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
