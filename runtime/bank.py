@@ -1,6 +1,6 @@
 """kNN banks: the normal embeddings (or k-means centres) and their k-nearest search.
 
-One small interface, two backends:
+One small interface, two backends (and a two-stage HNSW bank in ``bank_projected.py``):
 
 * ``ExactBank``: numpy float32, squared L2 by the norm trick ``||q||^2 - 2 q.b + ||b||^2``
   (one sgemm per block), clamped at 0, chunked over queries *and* bank rows so memory stays
@@ -24,24 +24,18 @@ n x 2048   bank                        1 query (ms)  batched (ms/q)  build (s)  
 1k         exact                       0.37          0.06            0.005     1 (ref.)
 1k         hnsw M=32 efc=200 ef=128    0.52          0.21            0.19      1.0
 10k        exact                       4.1           0.38            0.04      1 (ref.)
-10k        hnsw M=16 efc=200 ef=10     0.47          0.34            20        0.93
 10k        hnsw M=32 efc=200 ef=128    4.4           4.2             37        1.0
 100k       exact                       110           11.4            1.4       1 (ref.)
 100k       hnsw M=16 efc=200 ef=10     0.78          0.68            546       0.72
-100k       hnsw M=16 efc=200 ef=64     2.7           2.0             501       0.99
 100k       hnsw M=32 efc=200 ef=128    2.7           2.2             624       0.9975
 =========  ==========================  ============  ==============  ========  ===========
 
-Exact single-query cost is memory-bound, ~0.2 ns per stored float on a quiet machine, and
-batched exact scoring beats HNSW to beyond 10k x 2048; HNSW at the defaults answers a single
-query in ~3-4 ms whatever the size but costs a build (37 s at 10k) and approximation. The cut
-sits where exact single-query latency (~6-7 ms at 16k x 2048) is within 2x of HNSW's while
-still exact, build-free and faster batched; above it exact grows linearly (110 ms at 100k).
-
-HNSW defaults M=32, ef_construction=200, ef=128 keep recall@2 >= 0.99 for in-distribution
-queries up to 100k (0.9975; worst score raised 0.1 %), where hnswlib's own ef=10 falls to 0.72
-and can raise a normal image's score 2.2x. For anomaly-like out-of-distribution queries recall
-is lower (0.76 at 100k) but a miss only raises an anomaly's score (<= 5 % measured).
+Exact single-query cost is memory-bound (~0.2 ns per stored float, quiet); batched exact beats
+HNSW to beyond 10k x 2048. The cut sits where exact single-query latency (~6-7 ms at 16k x
+2048) is within 2x of HNSW's (~3-4 ms at the defaults) while exact and build-free. Defaults
+M=32, ef_construction=200, ef=128 hold recall@2 >= 0.99 in-distribution up to 100k (0.9975;
+hnswlib's ef=10: 0.72, a normal score up to 2.2x); out-of-distribution recall is lower (0.76)
+but a miss only raises an anomaly's score (<= 5 %). Past 100k rows: ``bank_projected.py``.
 """
 
 from __future__ import annotations
@@ -57,24 +51,21 @@ from .errors import Dn2Error
 
 EXACT_MAX_ELEMENTS = 1 << 25  # size cut for index="auto" (see module docstring)
 HNSW_DEFAULTS = {"M": 32, "ef_construction": 200, "ef": 128}  # recall@2 >= 0.99, bench_bank
-# Past LARGE_BANK_ROWS rows (the largest size at which HNSW_DEFAULTS was measured to hold
-# recall@2 >= 0.99) the same graph degree needs a wider search: at 1,000,000 x 512 rows
-# (mixture; M=32, ef_construction=100, a sparser graph than the default 200 builds) recall@2
-# was 0.9515 at ef=128 and 0.9795 at ef=512, the worst normal score raised 1.80x vs 1.54x
-# (BENCHMARKS.md "Banks of a million", python -m dn2.tools.bench.bank_scale). A query costs
-# about 3x at ef=512 and no rebuild, so fit_bundle takes hnsw_params(n): ef raised to
-# LARGE_BANK_EF there; M and ef_construction stay. 0.99 at 1M was not reached (see there).
-LARGE_BANK_ROWS = 100_000
-LARGE_BANK_EF = 512
+# Past LARGE_BANK_ROWS rows (where HNSW_DEFAULTS last held recall@2 >= 0.99) one graph over the
+# full rows falls short (1M x 512: 0.9795 at ef=512): fit_bundle takes hnsw_params(n, dim), the
+# two-stage bank of bank_projected.py, M=48 (1M x 512: 0.9925 at ef=128; BENCHMARKS.md).
+LARGE_BANK_ROWS, LARGE_BANK_EF, LARGE_BANK_M, PROJECT_DIM, RERANK = 100_000, 512, 48, 128, 64
 METRIC = "sqeuclidean"
 KINDS = ("exact", "hnsw")
 
 
-def hnsw_params(n: int) -> Dict[str, int]:
-    """The HNSW settings for a bank of ``n`` rows: HNSW_DEFAULTS, with ``ef`` raised to
-    ``LARGE_BANK_EF`` above ``LARGE_BANK_ROWS`` rows (see above)."""
-    out = dict(HNSW_DEFAULTS)
-    if int(n) > LARGE_BANK_ROWS:
+def hnsw_params(n: int, dim: int = 0) -> Dict[str, int]:
+    """HNSW_DEFAULTS up to LARGE_BANK_ROWS rows; above, the two-stage bank (``project``,
+    ``rerank``) when dim > PROJECT_DIM, else one stage with ef raised to LARGE_BANK_EF."""
+    big, out = int(n) > LARGE_BANK_ROWS, dict(HNSW_DEFAULTS)
+    if big and int(dim) > PROJECT_DIM:
+        out.update(M=LARGE_BANK_M, project=PROJECT_DIM, rerank=RERANK)
+    elif big:
         out["ef"] = max(out["ef"], LARGE_BANK_EF)
     return out
 
@@ -358,6 +349,12 @@ def _int_or_none(v) -> Optional[int]:
     return None if v is None else int(v)
 
 
+def _two_stage():
+    from .bank_projected import ProjectedHnswBank  # imports this module: not at the top
+
+    return ProjectedHnswBank
+
+
 def choose_kind(index: str, n: int, dim: int) -> str:
     """``auto`` -> exact when n * dim <= EXACT_MAX_ELEMENTS, else hnsw."""
     if index == "auto":
@@ -373,7 +370,13 @@ def build_bank(x, index: str = "auto", **hnsw) -> Bank:
     if x.shape[0] == 0:
         raise BankError("bank data: expected at least one embedding, found none")
     kind = choose_kind(index, x.shape[0], x.shape[1])
-    bank = ExactBank(x.shape[1]) if kind == "exact" else HnswBank(x.shape[1], **hnsw)
+    if kind == "exact":
+        bank = ExactBank(x.shape[1])
+    elif hnsw.get("project"):  # 0 / absent: one stage
+        bank = _two_stage()(x.shape[1], **hnsw)
+    else:
+        drop = ("project", "rerank")
+        bank = HnswBank(x.shape[1], **{k: v for k, v in hnsw.items() if k not in drop})
     bank.add(x)
     return bank
 
@@ -382,8 +385,8 @@ def load_bank(path, params: Dict) -> Bank:
     kind = params.get("kind")
     if kind == "exact":
         bank = ExactBank.load(path, params)
-    elif kind == "hnsw":
-        bank = HnswBank.load(path, params)
+    elif kind == "hnsw":  # two stages when ``project`` is set
+        bank = (_two_stage() if params.get("project") else HnswBank).load(path, params)
     else:
         raise BankError(f"bank kind: expected one of {KINDS}, found {kind!r}")
     for key in ("n", "dim"):

@@ -89,7 +89,7 @@ class FitConfig(_Config):
     kmeans_backend: str = opt("auto", choice(KMEANS_BACKENDS), "k-means implementation")
     index: str = opt("auto", choice(INDEXES), "bank backend (auto: exact below the size cut)")
     hnsw: Optional[Dict[str, int]] = opt(
-        None, hnsw_rule, "HNSW parameters (M, ef_construction, ef) over the defaults"
+        None, hnsw_rule, "HNSW settings over the defaults: M, ef_construction, ef, project, rerank"
     )
     fpr: float = opt(
         0.01,

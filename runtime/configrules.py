@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-HNSW_KEYS = ("M", "ef_construction", "ef")
+HNSW_KEYS = ("M", "ef_construction", "ef", "project", "rerank")  # project 0: one stage
 
 Rule = Callable[[str, Any], Any]  # (name, value) -> the value to store, or raise ConfigError
 
@@ -148,9 +148,11 @@ def hnsw_rule(name: str, v: Any) -> Any:
     if (
         not isinstance(v, Mapping)
         or any(k not in HNSW_KEYS for k in v)
-        or not all(_is_int(x) and x >= 1 for x in v.values())
+        or not all(_is_int(x) and x >= (0 if k == "project" else 1) for k, x in v.items())
     ):
-        raise _bad(name, f"None or a mapping of {', '.join(HNSW_KEYS)} to integers >= 1", v)
+        raise _bad(
+            name, f"None or a mapping of {', '.join(HNSW_KEYS)} to integers >= 1 (project >= 0)", v
+        )
     return dict(v)
 
 

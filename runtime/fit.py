@@ -243,7 +243,7 @@ def fit_bundle(
     in_bank = keep & ~variant if into == "calibration" else keep
     scored = ~variant if into == "bank" else np.ones(len(x), bool)
     xk = x[in_bank]
-    hnsw = dict(hnsw_params(len(xk) if kmeans is None else kmeans), **(hnsw or {}))
+    hnsw = dict(hnsw_params(len(xk) if kmeans is None else kmeans, x.shape[1]), **(hnsw or {}))
     bank = build_bank(xk, index, **hnsw) if kmeans is None else None
     # copies are found among the inputs only: camera variants are far from each other and
     # would widen the near-copy scale and chain unrelated images into one group; each variant

@@ -61,6 +61,7 @@ def view_fit(a) -> Optional[str]:
         jpeg_draft=a.jpeg_draft,
         bank_size=a.patch_bank or DEFAULTS["bank_size"],
         topk=a.patch_topk or DEFAULTS["topk"],
+        prune=DEFAULTS["prune"] if a.patch_prune is None else a.patch_prune,
         combine_rule=a.combine,
         reduction="max" if a.patch_topk == 1 else DEFAULTS["reduction"],
     )

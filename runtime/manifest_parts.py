@@ -7,9 +7,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .manifest_check import MAX_ROWS, METRIC, Check
+from .manifest_check import MAX_ROWS, METRIC, MISSING, Check
 
-HNSW_PARAMS = ("M", "ef_construction", "ef", "seed")
+HNSW_PARAMS = ("M", "ef_construction", "ef", "seed", "project", "rerank")
 
 
 def _extra(sec: Mapping, typed) -> Dict[str, Any]:
@@ -114,6 +114,14 @@ class BankRef:
             seed = c.integer(d, "seed", f"{field_}.seed", 0, (1 << 63) - 1, required=False)
             if seed is not None:
                 hnsw["seed"] = seed
+            proj = c.integer(d, "project", f"{field_}.project", 1, dim - 1, required=False)
+            if proj is not None:  # two stages: the projection and full rows beside the graph
+                hnsw["project"] = proj
+                hnsw["rerank"] = c.integer(d, "rerank", f"{field_}.rerank", 1, 1 << 20)
+                for tag in ("proj", "rows"):
+                    sib = f"{name.rsplit('.', 1)[0]}.{tag}.npy"
+                    if sib not in files:
+                        c.fail(f"files.{sib}", f"a digest ({field_}.project is set)", MISSING)
         contents = d.get("contents")
         return cls(
             contents=contents if isinstance(contents, str) else None,

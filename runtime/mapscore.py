@@ -32,7 +32,8 @@ class ViewScorer:
         p = m.patch
         self.patch = None
         if p is not None:
-            self.patch = PatchScorer(bundle.patch_bank, p.k, p.reduction, p.topk, p.sigma)
+            prune = int(p.extra.get("prune", 0))  # bundles fitted before pruning: exact
+            self.patch = PatchScorer(bundle.patch_bank, p.k, p.reduction, p.topk, p.sigma, prune)
             self.patch_threshold = p.threshold.value
             self.pixel_threshold = p.pixel_threshold.value
         self.threshold = m.threshold.value

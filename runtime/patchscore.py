@@ -11,12 +11,14 @@ frame (``dn2.runtime.views.stitch``), smoothed by a Gaussian of ``SIGMA`` model-
 
 from __future__ import annotations
 
+import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-from .bank import Bank, ExactBank
+from .bank import Bank, ExactBank, blas_threads, build_bank
+from .coreset import greedy_coreset
 from .errors import Dn2Error
 from .views import Rect, stitch
 
@@ -47,27 +49,113 @@ def reduce_cells(cells: np.ndarray, reduction: str = "topk", topk: int = 10) -> 
     raise Dn2Error(f"patch reduction: expected one of {REDUCTIONS}, found {reduction!r}")
 
 
-def nearest_sq(bank: ExactBank, q: np.ndarray, block: int = 1 << 22) -> np.ndarray:
-    """Squared L2 distance of each row of ``q`` to its nearest bank row: one sgemm and a row
-    minimum per block (``bank.search`` keeps ids and sorts k candidates, ~2x slower for k=1)."""
-    x, bn = bank.data, np.einsum("ij,ij->i", bank.data, bank.data)
-    out = np.empty(len(q), np.float32)
-    step = max(1, block // max(1, len(x)))
-    for i in range(0, len(q), step):
-        qs = q[i : i + step]
-        d = qs @ x.T
-        d *= -2.0
-        d += bn[None, :]
-        out[i : i + step] = d.min(axis=1) + np.einsum("ij,ij->i", qs, qs)
+# Query rows per distance block: a block is [BLOCK_ROWS, bank rows] float32 (8 MB at 2048
+# rows). 256 and 1024 rows cost the same on one BLAS thread; smaller blocks lost with 2 threads
+# under load (a thread hand-off per call).
+BLOCK_ROWS = 1024
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Scoring (``PatchScorer``) runs the kNN's sgemm on one BLAS thread: the model runs beside it on
+# onnxruntime's threads (the overlapped pipeline), and BLAS threads spinning on a busy core slow
+# both (BENCHMARKS.md, "Patch kNN kernel"). The fit's calibration, with no model beside it, keeps
+# every BLAS thread.
+SCORE_ONE_BLAS_THREAD = True
+_SUB: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def prepared_bank(bank: ExactBank) -> np.ndarray:
+    """The bank as the kNN's one sgemm wants it, built once per bank (and again only if rows
+    were added): ``[2, n, dim + 1]`` float32 whose row j is ``[-2 x_j, ||x_j||^2]``, so that
+    ``[q, 1] @ row_j = ||q - x_j||^2 - ||q||^2`` with no extra pass over the distances."""
+    hit = _PREPARED.get(bank)
+    if hit is not None and hit.shape[0] == bank.n:
+        return hit
+    x = bank.data
+    a = np.empty((x.shape[0], x.shape[1] + 1), np.float32)
+    np.multiply(x, -2.0, out=a[:, :-1])
+    a[:, -1] = np.einsum("ij,ij->i", x, x)
+    _PREPARED[bank] = a
+    return a
+
+
+def nearest_sq(
+    bank: ExactBank, q: np.ndarray, k: int = 1, block_rows: int = BLOCK_ROWS
+) -> np.ndarray:
+    """Mean squared L2 distance of each row of ``q`` [N, dim] to its ``k`` nearest bank rows,
+    float32 [N]. One sgemm per block of query rows against the prepared bank (the -2 and the
+    bank norms folded in), then a row minimum (k = 1) or a partition (k > 1) of the block;
+    ``||q||^2`` added per row at the end. ``bank.search`` keeps ids and sorts its k candidates:
+    ~2x slower for the same distances."""
+    a = prepared_bank(bank)
+    n, c = q.shape
+    k = max(1, min(int(k), a.shape[0]))
+    qa = np.empty((n, c + 1), np.float32)
+    qa[:, :c] = q
+    qa[:, c] = 1.0
+    at = a.T
+    out = np.empty(n, np.float32)
+    step = max(1, int(block_rows))
+    buf = np.empty((min(step, n), a.shape[0]), np.float32)
+    for i in range(0, n, step):
+        d = buf[: min(step, n - i)]
+        np.matmul(qa[i : i + step], at, out=d)
+        if k == 1:
+            d.min(axis=1, out=out[i : i + step])
+        else:
+            out[i : i + step] = np.partition(d, k - 1, axis=1)[:, :k].mean(axis=1)
+    out += np.einsum("ij,ij->i", q, q)
     return np.maximum(out, 0.0, out=out)
 
 
-def cell_scores(bank: Bank, patches: np.ndarray, k: int = 1) -> np.ndarray:
-    """[N, C, h, w] patch features -> [N, h, w] float32 distances to the normal bank."""
+def sub_bank(bank: ExactBank, rows: int) -> ExactBank:
+    """The greedy coreset of ``rows`` of the bank's own rows (built once per bank)."""
+    hit = _SUB.get(bank)
+    if hit is not None and hit[0] == (bank.n, rows):
+        return hit[1]
+    sub = build_bank(bank.data[np.sort(greedy_coreset(bank.data, rows))], "exact")
+    _SUB[bank] = ((bank.n, rows), sub)
+    return sub
+
+
+def pruned_sq(bank: ExactBank, q: np.ndarray, k: int, topk: int, rows: int) -> np.ndarray:
+    """``nearest_sq`` of one image's cells, exact for every cell that can be among its ``topk``
+    largest and an upper bound elsewhere: every cell is first scored against ``sub_bank(rows)``
+    (a subset, so never nearer than the bank); the cells of highest bound are scored exactly,
+    their ``topk``-th largest distance ``t`` is a floor of the true ``topk``-th largest, and
+    only the cells whose bound exceeds ``t`` are scored exactly too. A cell left out has
+    distance <= bound <= ``t`` and ``topk`` exact cells are >= ``t``, so the ``topk`` largest
+    (the image score, max or top-k mean) are the exact ones."""
+    topk = max(1, int(topk))
+    if rows <= 0 or bank.n <= 2 * rows or len(q) <= 8 * topk:
+        return nearest_sq(bank, q, k)
+    u = nearest_sq(sub_bank(bank, rows), q, k)
+    first = np.argpartition(-u, 4 * topk)[: 4 * topk]
+    d = nearest_sq(bank, q[first], k)
+    t = np.partition(d, len(d) - topk)[len(d) - topk]
+    u[first] = -np.inf  # scored already
+    rest = np.flatnonzero(u > t)
+    u[first] = d
+    if len(rest):
+        u[rest] = nearest_sq(bank, q[rest], k)
+    return u
+
+
+def cell_scores(
+    bank: Bank,
+    patches: np.ndarray,
+    k: int = 1,
+    one_blas_thread: bool = False,
+    prune: int = 0,
+    topk: int = 10,
+) -> np.ndarray:
+    """[N, C, h, w] patch features -> [N, h, w] float32 distances to the normal bank. With
+    ``prune`` > 0 (rows of the sub-bank, exact banks only) ``patches`` are one image's model
+    inputs and the cells that cannot reach its ``topk`` largest carry an upper bound
+    (``pruned_sq``)."""
     n, _, h, w = np.shape(patches)
     rows = patch_rows(patches).reshape(n * h * w, -1)
-    if k == 1 and isinstance(bank, ExactBank):
-        d = nearest_sq(bank, rows)
+    if isinstance(bank, ExactBank):
+        with blas_threads(1 if one_blas_thread else len(rows)):
+            d = pruned_sq(bank, rows, k, topk, prune) if prune else nearest_sq(bank, rows, k)
     else:
         d = bank.search(rows, k)[0].mean(axis=1)
     return np.sqrt(d).reshape(n, h, w).astype(np.float32)
@@ -109,18 +197,29 @@ class PatchScorer:
     """The patch bank and how to read it; ``params`` go to / come from the manifest."""
 
     def __init__(
-        self, bank: Bank, k: int = 1, reduction: str = "topk", topk: int = 10, sigma: float = SIGMA
+        self,
+        bank: Bank,
+        k: int = 1,
+        reduction: str = "topk",
+        topk: int = 10,
+        sigma: float = SIGMA,
+        prune: int = 0,
     ):
         if reduction not in REDUCTIONS:
             raise Dn2Error(f"patch reduction: expected one of {REDUCTIONS}, found {reduction!r}")
         self.bank, self.k, self.reduction, self.topk = bank, int(k), reduction, int(topk)
         self.sigma = float(sigma)
+        self.one_blas_thread = SCORE_ONE_BLAS_THREAD
+        self.prune = int(prune) if isinstance(bank, ExactBank) else 0
+        if self.prune and bank.n > 2 * self.prune:
+            prepared_bank(bank), prepared_bank(sub_bank(bank, self.prune))  # at load, not per image
 
     def params(self) -> Dict:
         return {"k": self.k, "reduction": self.reduction, "topk": self.topk, "sigma": self.sigma}
 
     def cells(self, patches: np.ndarray) -> np.ndarray:
-        return cell_scores(self.bank, patches, self.k)
+        t = self.topk if self.reduction == "topk" else 1
+        return cell_scores(self.bank, patches, self.k, self.one_blas_thread, self.prune, t)
 
     def image_scores(self, cells: np.ndarray) -> np.ndarray:
         """[N_images, T, h, w] (T model inputs per image) -> [N_images]."""

@@ -258,21 +258,47 @@ def test_bench_bank_scale_saves_resumes_and_reloads_a_graph(tmp_path, capsys):
     assert "no ground truth" in capsys.readouterr().err
 
 
-def test_fit_widens_the_hnsw_search_for_a_large_bank(lite0_at, tmp_path, monkeypatch):
-    """fit_bundle builds its bank with hnsw_params(n): the defaults up to LARGE_BANK_ROWS
-    rows, ef raised to LARGE_BANK_EF above (the cut lowered here so a small fit crosses it;
-    an explicit hnsw setting still wins)."""
+def test_bench_bank_scale_measures_the_two_stage_bank(tmp_path, capsys):
+    """bank_scale --project D: the graph over D principal axes, queries through the product's
+    ProjectedHnswBank, one row per (ef, rerank); a saved projected graph re-measures alike."""
+    import json
+
+    from dn2.tools.bench import bank_scale as bs
+
+    args = ["--n", "3000", "--dim", "64", "--workdir", str(tmp_path), "--queries", "50"]
+    two = ["--project", "48", "--rerank", "4", "32", "--efs", "32"]
+    assert bs.main(args + two + ["--grid", "8:40", "--save-index"]) == 0
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [(r["ef"], r["rerank"], r["project"]) for r in rows] == [(32, 4, 48), (32, 32, 48)]
+    # 48 of 64 axes of a 128-d latent: re-ranking 32 candidates finds what 4 cannot
+    assert rows[1]["recall@2"] >= 0.9 and rows[1]["recall@2"] > rows[0]["recall@2"]
+    assert all(r["worst_score_ratio"] >= 1 - 1e-4 for r in rows)  # exact ids, float32 rounding
+    saved = tmp_path / "hnsw_mixture_3000x64p48_M8_efc40.bin"
+    assert bs.main(args + two + ["--load-index", str(saved)]) == 0
+    again = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [r["recall@2"] for r in again] == [r["recall@2"] for r in rows]
+
+
+def test_fit_takes_the_large_bank_settings_past_the_cut(lite0_at, tmp_path, monkeypatch):
+    """fit_bundle builds its bank with hnsw_params(n, dim): the defaults up to LARGE_BANK_ROWS
+    rows, the two-stage bank above (the cut lowered here so a small fit crosses it); an
+    explicit hnsw setting still wins, ``project: 0`` keeps one stage."""
     import json
 
     from dn2.runtime import bank as B
     from dn2.runtime.fit import fit_bundle
 
-    assert B.hnsw_params(B.LARGE_BANK_ROWS) == HNSW_DEFAULTS
-    assert B.hnsw_params(1_000_000)["ef"] == B.LARGE_BANK_EF > HNSW_DEFAULTS["ef"]
+    assert B.hnsw_params(B.LARGE_BANK_ROWS, 1280) == HNSW_DEFAULTS
     model = lite0_at(96)
     x = gaussian_mixture(300, 1280, seed=0)[0]  # 300 rows: over the lowered cut of 200
     monkeypatch.setattr(B, "LARGE_BANK_ROWS", 200)
-    for out, hnsw, ef in (("big", None, B.LARGE_BANK_EF), ("mine", {"ef": 40}, 40)):
+    big = B.hnsw_params(300, 1280)
+    assert big["project"] == B.PROJECT_DIM and big["rerank"] == B.RERANK
+    assert big["M"] == B.LARGE_BANK_M and big["ef"] == HNSW_DEFAULTS["ef"]
+    for out, hnsw in (("big", None), ("mine", {"ef": 40}), ("one", {"project": 0})):
         b = fit_bundle(model, tmp_path / out, embeddings=x, index="hnsw", hnsw=hnsw, progress=False)
         params = json.loads((b / "dn2.json").read_text())["bank"]
-        assert params["kind"] == "hnsw" and params["ef"] == ef, params
+        want = {**big, **(hnsw or {})}
+        assert params["kind"] == "hnsw" and params["ef"] == want["ef"], params
+        assert params["M"] == want["M"], params
+        assert params.get("project") == (want["project"] or None), params

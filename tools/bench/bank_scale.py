@@ -3,6 +3,13 @@
     python -m dn2.tools.bench.bank_scale --n 1000000 --dim 512 --workdir /tmp/b1m \\
         [--data mixture|real --real EMB.npy] [--grid 16:100 32:200] [--efs 32 64 128]
         [--queries 1000] [--build-threads 2] [--kmeans-c 1000 --kmeans-sample 100000]
+        [--project 128 --rerank 16 32 64]
+
+``--project D``: the two-stage bank of ``dn2.runtime.bank_projected`` (the product's own
+class): the graph is built over the rows projected on their first D principal axes (written
+to ``--workdir`` like the rows), queries are answered by ``ProjectedHnswBank.search`` (graph
+candidates, ``--rerank`` R of them, re-ranked exactly on the memory-mapped full rows), one
+row per (ef, R).
 
 The bank rows never sit in anonymous memory: they are written chunk by chunk to a ``.npy`` in
 ``--workdir`` and read back memory-mapped (page cache, reclaimable), so the process's own
@@ -137,7 +144,7 @@ def recall_at(exact_ids: np.ndarray, approx_ids: np.ndarray) -> float:
     return hits / exact_ids.size
 
 
-def index_path(workdir: str, data: str, n: int, dim: int, m: int, efc: int) -> str:
+def index_path(workdir: str, data: str, n: int, dim, m: int, efc: int) -> str:
     return os.path.join(workdir, f"hnsw_{data}_{n}x{dim}_M{m}_efc{efc}.bin")
 
 
@@ -259,6 +266,15 @@ def main(argv=None) -> int:
         help="a graph saved by --save-index: no build, only recall@2 and latency at --efs "
         "(needs the bank rows and ground truth the saving run left in --workdir)",
     )
+    p.add_argument(
+        "--project",
+        type=int,
+        default=0,
+        help="the two-stage bank: graph over the first D principal axes, exact re-rank",
+    )
+    p.add_argument(
+        "--rerank", type=int, nargs="+", default=[64], help="--project: candidates re-ranked"
+    )
     p.add_argument("--json", default=None, help="write all rows here too")
     a = p.parse_args(argv)
     if a.load_index:
@@ -316,15 +332,29 @@ def main(argv=None) -> int:
         "data": a.data,
         "exact_batched_ms_per_query": round(exact_s / len(q) * 1e3, 2) if a.grid else None,
     }
+    graph_rows, measure = x, lambda index: query_rows(index, q, ed, ei, a.efs)
+    if a.project and (a.grid or a.load_index):
+        from dn2.runtime.bank_projected import ProjectedHnswBank
+        from dn2.tools.bench.bank_scale_proj import project_rows, query_two_stage
+
+        t = time.perf_counter()
+        proj, graph_rows = project_rows(a.workdir, x, a.project, f"{a.data}_{a.n}x{x.shape[1]}")
+        base.update(project=a.project, project_s=round(time.perf_counter() - t, 1))
+
+        def measure(index):
+            bank = ProjectedHnswBank.of_parts(proj, x, index)
+            return query_two_stage(bank, q, ed, ei, a.efs, a.rerank)
+
+    tag = f"{x.shape[1]}" + (f"p{a.project}" if a.project else "")
     if a.load_index:
         a.grid = []
-        index = load_hnsw(a.load_index, int(x.shape[1]))
+        index = load_hnsw(a.load_index, int(graph_rows.shape[1]))
         if index.get_current_count() != len(x):
             p.error(
                 f"--load-index: {a.load_index} holds {index.get_current_count()} rows, "
                 f"the bank {len(x)}"
             )
-        for r in query_rows(index, q, ed, ei, a.efs):
+        for r in measure(index):
             row = {
                 **base,
                 "M": index.M,
@@ -337,11 +367,11 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
     for g in a.grid:
         m, efc = (int(v) for v in g.split(":"))
-        save = index_path(a.workdir, a.data, a.n, int(x.shape[1]), m, efc) if a.save_index else ""
-        index, build = build_hnsw(x, m, efc, a.build_threads, save=save)
+        save = index_path(a.workdir, a.data, a.n, tag, m, efc) if a.save_index else ""
+        index, build = build_hnsw(graph_rows, m, efc, a.build_threads, save=save)
         mem = _mem()
         say(f"built M={m} efc={efc} in {build:.1f} s; {mem}")
-        for r in query_rows(index, q, ed, ei, a.efs):
+        for r in measure(index):
             row = {
                 **base,
                 "M": m,

@@ -12,7 +12,10 @@ each scored on ``--test`` held-out nominal vs local-defect images (ROC-AUC with 
 the 10 highest cells and with the max), with its build time and bank / peak bytes.
 
 ``speed``: the same images end to end (decode, view, model, kNN, map) with a global-mode and a
-both-mode bundle of one model, alternating, reporting images/s and their ratio.
+both-mode bundle of one model, alternating, reporting images/s and their ratio; the both-mode
+bundle runs three times per round: as fitted (the patch kNN on one BLAS thread, the default),
+with the opt-in pruned kNN (a sub-bank of a quarter of the bank), and on every BLAS thread (the
+earlier behaviour). ``--size`` sets the patch bank rows (default: the fit's).
 
     python -m dn2.tools.bench.patch_bank compare --model M.onnx [--train 60] [--test 60]
         [--size 4096] [--json OUT]
@@ -69,7 +72,7 @@ def compare(a) -> dict:
     }
     t_embed = time.perf_counter() - t0
     allp = np.concatenate(train)
-    n = a.size
+    n = a.size or 4096
     out = {
         "train_images": a.train,
         "test_images": a.test,
@@ -150,21 +153,36 @@ def speed(a) -> dict:
                 noms[: a.train],
                 mode=mode,
                 view=View.parse(a.view),
+                **({"bank_size": a.size} if a.size else {}),
                 threads=a.threads,
                 progress=False,
             )
             dets[mode] = Detector.load(f"{tmp}/{mode}", threads=a.threads)
             dets[mode].analyze_paths(imgs[:2])  # warm-up
-        for _ in range(2):
+        patch = dets["both"].view_scorer.patch
+        prune = patch.prune
+        variants = (  # name, bundle, patch kNN on one BLAS thread, sub-bank rows
+            ("global", "global", True, prune),
+            ("both", "both", True, prune),
+            ("both_pruned", "both", True, patch.bank.n // 4),
+            ("both_blas_all", "both", False, prune),
+        )
+        for _ in range(a.rounds):
             r = {}
-            for mode, d in dets.items():
+            for name, mode, one, rows in variants:
+                patch.one_blas_thread, patch.prune = one, rows
                 t = time.perf_counter()
-                d.analyze_paths(imgs, maps=mode != "global")
-                r[mode] = a.images / (time.perf_counter() - t)
-            r["ratio"] = r["both"] / r["global"]
+                dets[mode].analyze_paths(imgs, maps=mode != "global")
+                r[name] = a.images / (time.perf_counter() - t)
+            patch.one_blas_thread, patch.prune = True, prune
+            for name in ("both", "both_pruned", "both_blas_all"):
+                r[f"ratio_{name}"] = r[name] / r["global"]
             out["rounds"].append(r)
             print(
-                f"images/s global {r['global']:.2f} both {r['both']:.2f} ratio {r['ratio']:.2f}",
+                "images/s "
+                + ", ".join(f"{v[0]} {r[v[0]]:.2f}" for v in variants)
+                + " | ratio to global: "
+                + ", ".join(f"{v[0]} {r['ratio_' + v[0]]:.2f}" for v in variants[1:]),
                 file=sys.stderr,
                 flush=True,
             )
@@ -182,9 +200,10 @@ def main(argv=None) -> int:
     p.add_argument("--view", default="full")
     p.add_argument("--train", type=int, default=60)
     p.add_argument("--test", type=int, default=60)
-    p.add_argument("--size", type=int, default=4096)
+    p.add_argument("--size", type=int, default=None)
     p.add_argument("--images", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json")
     a = p.parse_args(argv)
     res = compare(a) if a.what == "compare" else speed(a)

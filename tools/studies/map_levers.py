@@ -8,7 +8,11 @@ is 4), and each map set is scored: pixel ROC-AUC overall and per defect type, an
 same pass keeps each image's raw global and patch score (``--json``'s ``results``, the input of
 ``python -m dn2.tools.studies.combine_rules``).
 
-    python -m dn2.tools.studies.map_levers DIR --bundle B [--sigmas 0 2 4 6 8] [--json OUT]
+``--prune R`` scores with the pruned patch kNN's sub-bank of R rows instead of the bundle's own
+setting (0: every cell exact), to measure what the pruning does to the maps.
+
+    python -m dn2.tools.studies.map_levers DIR --bundle B [--sigmas 0 2 4 6 8] [--prune R]
+        [--json OUT]
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from pathlib import Path
 from typing import Dict
 
 
-def run(root: str, bundle: str, sigmas, threads=None) -> Dict:
+def run(root: str, bundle: str, sigmas, threads=None, prune=None) -> Dict:
     from dn2.runtime.detector import Detector
-    from dn2.runtime.patchscore import frame_map
+    from dn2.runtime.patchscore import PatchScorer, frame_map
     from dn2.tools.eval.folder import _mask, scan
     from dn2.tools.eval.locmetrics import aupro, pixel_auc
 
@@ -31,6 +35,10 @@ def run(root: str, bundle: str, sigmas, threads=None) -> Dict:
     vs = det.view_scorer
     if vs.patch is None:
         raise ValueError(f"{bundle}: expected a bundle with the patch signal, found none")
+    if prune is not None:  # the pruned kNN's sub-bank rows instead of the bundle's (0: exact)
+        vs.patch = PatchScorer(
+            vs.patch.bank, vs.patch.k, vs.patch.reduction, vs.patch.topk, vs.patch.sigma, prune
+        )
     kept, results = [], []  # kept: (type, cells, rects, shape, mask)
     for kind, files in s["test"].items():
         for f, it in zip(files, vs.viewer.paths(files)):
@@ -43,6 +51,7 @@ def run(root: str, bundle: str, sigmas, threads=None) -> Dict:
                     (kind, list(cells), it.rects, it.shape, _mask(s["masks"].get(f), it.shape))
                 )
     out: Dict = {"images": len(kept), "bundle_sigma": vs.patch.sigma, "sigmas": {}}
+    out["prune"] = vs.patch.prune
     out["results"] = results
     for sg in sigmas:
         maps = [
@@ -71,10 +80,11 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", required=True)
     p.add_argument("--sigmas", type=float, nargs="+", default=[0, 2, 4, 6, 8])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--prune", type=int, default=None, help="sub-bank rows (0: every cell exact)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     try:
-        res = run(a.dir, a.bundle, a.sigmas, a.threads)
+        res = run(a.dir, a.bundle, a.sigmas, a.threads, a.prune)
     except ValueError as exc:
         print(f"map_levers: error: {exc}", file=sys.stderr)
         return 2
