@@ -53,8 +53,8 @@ EXACT_MAX_ELEMENTS = 1 << 25  # size cut for index="auto" (see module docstring)
 HNSW_DEFAULTS = {"M": 32, "ef_construction": 200, "ef": 128}  # recall@2 >= 0.99, bench_bank
 # Past LARGE_BANK_ROWS rows (where HNSW_DEFAULTS last held recall@2 >= 0.99) one graph over the
 # full rows falls short (1M x 512: 0.9795 at ef=512): fit_bundle takes hnsw_params(n, dim), the
-# two-stage bank of bank_projected.py (BENCHMARKS.md "Banks of a million").
-LARGE_BANK_ROWS, LARGE_BANK_EF, PROJECT_DIM, RERANK = 100_000, 512, 128, 64
+# two-stage bank of bank_projected.py, M=48 (1M x 512: 0.9925 at ef=128; BENCHMARKS.md).
+LARGE_BANK_ROWS, LARGE_BANK_EF, LARGE_BANK_M, PROJECT_DIM, RERANK = 100_000, 512, 48, 128, 64
 METRIC = "sqeuclidean"
 KINDS = ("exact", "hnsw")
 
@@ -64,7 +64,7 @@ def hnsw_params(n: int, dim: int = 0) -> Dict[str, int]:
     ``rerank``) when dim > PROJECT_DIM, else one stage with ef raised to LARGE_BANK_EF."""
     big, out = int(n) > LARGE_BANK_ROWS, dict(HNSW_DEFAULTS)
     if big and int(dim) > PROJECT_DIM:
-        out.update(project=PROJECT_DIM, rerank=RERANK)
+        out.update(M=LARGE_BANK_M, project=PROJECT_DIM, rerank=RERANK)
     elif big:
         out["ef"] = max(out["ef"], LARGE_BANK_EF)
     return out

@@ -82,6 +82,7 @@ def test_hnsw_params_turn_two_stage_past_the_large_bank_cut():
     assert "project" not in small
     big = hnsw_params(B.LARGE_BANK_ROWS + 1, 512)
     assert big["project"] == B.PROJECT_DIM and big["rerank"] == B.RERANK
+    assert big["M"] == B.LARGE_BANK_M  # the graph measured to hold 0.99 at 1M
     narrow = hnsw_params(B.LARGE_BANK_ROWS + 1, B.PROJECT_DIM)  # nothing to project away
     assert "project" not in narrow and narrow["ef"] == B.LARGE_BANK_EF
 
@@ -208,3 +209,24 @@ def test_real_fit_two_stage_bank_scores_as_the_exact_bank(lite0_at, textile_dirs
     (crafted / "dn2.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match=r"files.bank.rows.npy: expected a digest"):
         load_bundle(crafted)
+
+
+def test_bench_bank_ivf_reads_the_bank_scale_workdir(tmp_path, capsys):
+    """bank_ivf: k-means lists over the projected rows, nprobe lists scanned, exact re-rank;
+    more lists probed never finds fewer of the true pairs; refuses a workdir without truth."""
+    from dn2.tools.bench import bank_ivf, bank_scale
+
+    args = ["--n", "3000", "--dim", "64", "--workdir", str(tmp_path), "--queries", "50"]
+    assert bank_scale.main(args + ["--grid", "8:40", "--efs", "16"]) == 0
+    capsys.readouterr()
+    ivf = ["--project", "48", "--lists", "30", "--nprobe", "1", "30", "--rerank", "16"]
+    assert bank_ivf.main(args + ivf) == 0
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [r["nprobe"] for r in rows] == [1, 30]
+    assert rows[1]["rows_scanned"] == 3000  # every list: the whole bank
+    assert rows[1]["recall@2"] >= rows[0]["recall@2"]
+    assert rows[1]["recall@2"] >= 0.9  # all rows scanned in 48 of 64 axes, 16 re-ranked
+    assert all(r["worst_score_ratio"] >= 1 - REL for r in rows)  # exact distances: never lower
+    with pytest.raises(SystemExit):
+        bank_ivf.main(["--workdir", str(tmp_path / "none"), "--n", "10"])
+    assert "not found" in capsys.readouterr().err
