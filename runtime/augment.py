@@ -142,8 +142,11 @@ def augment_files(paths: Sequence[str], copies: int = 1, seed: int = 0):
     return variants, [idx[o] for o in origin]
 
 
+VARIANT_CHUNK = 256  # files per chunk of variants (memory: one chunk of decoded images)
+
+
 def embed_variants(
-    embedder, paths: Sequence[str], copies: int = 1, seed: int = 0, chunk: int = 256
+    embedder, paths: Sequence[str], copies: int = 1, seed: int = 0, chunk: int = VARIANT_CHUNK
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Embeddings of the camera variants of ``paths`` ([M, D]) and each one's original
     (index into ``paths``), ``chunk`` files at a time (memory: one chunk of decoded images)."""
@@ -168,18 +171,37 @@ def resolve(augment: str, kmeans, has_stills: bool) -> str:
     return augment
 
 
-def augment_rows(embedder, x, names, temporal, cfg, say=lambda m: None):
+def augment_rows(embedder, x, names, temporal, cfg, say=lambda m: None, variants=None):
     """The fit's normal rows with the camera variants of its image rows after them (when
     ``cfg.augment`` resolves to "camera", :func:`resolve`): (x, names, temporal [N] bool,
     origin [N] (-1 or the row of the variant's original), manifest ``fit.augment`` or None).
-    ``embedder``: None when the rows came as embeddings (nothing to augment)."""
+    ``embedder``: None when the rows came as embeddings (nothing to augment, unless
+    ``variants`` brings them: (embeddings [M, D], index of each one's original among the
+    image rows), made elsewhere as :func:`embed_variants` makes them, e.g. on Ray)."""
     temporal = np.zeros(len(x), bool) if temporal is None else np.asarray(temporal, bool)
     origin = np.full(len(x), -1, np.int64)
     real = np.flatnonzero(~temporal)
-    has_stills = embedder is not None and real.size > 0
-    if resolve(cfg.augment, cfg.kmeans, has_stills) != "camera" or embedder is None:
+    source = embedder is not None or variants is not None
+    has_stills = source and real.size > 0
+    if resolve(cfg.augment, cfg.kmeans, has_stills) != "camera" or not source:
         return x, list(names), temporal, origin, None
-    xa, orig = embed_variants(embedder, [names[i] for i in real], cfg.augment_copies, cfg.seed)
+    if variants is None:
+        paths = [names[i] for i in real]
+        xa, orig = embed_variants(embedder, paths, cfg.augment_copies, cfg.seed)
+    else:
+        xa, orig = np.asarray(variants[0], np.float32), np.asarray(variants[1], np.int64)
+        if xa.ndim != 2 or xa.shape[1] != x.shape[1] or len(orig) != len(xa):
+            raise Dn2Error(
+                f"variants: expected [M, {x.shape[1]}] embeddings and M origins, found "
+                f"{xa.shape} and {len(orig)}",
+                param="variants",
+            )
+        if len(orig) and (orig.min() < 0 or orig.max() >= real.size):
+            raise Dn2Error(
+                f"variants: expected origins in 0..{real.size - 1} (the image rows), found "
+                f"{orig.min()}..{orig.max()}",
+                param="variants",
+            )
     origin = np.concatenate([origin, real[orig]])
     names = list(names) + [f"{names[real[o]]} (camera variant)" for o in orig]
     info = dict(

@@ -86,6 +86,7 @@ def fit_bundle(
     frames: Optional[dict] = None,
     prior=None,
     before_install=None,
+    variants=None,
     **options,
 ) -> Path:
     """Fit a bundle at ``output`` from normal ``images`` (paths, folders, globs) or
@@ -118,7 +119,9 @@ def fit_bundle(
     (real MJPG / mp4v round trips, sensor noise, scale, light; ``dn2.runtime.augment``) join
     the bank (``augment_into``: or the bank and the calibration, each in its original's
     duplicate group, or the calibration only); ``"auto"`` (the default) is "camera" for the
-    still images of a fit into an exact bank, "none" for frames, k-means and embeddings."""
+    still images of a fit into an exact bank, "none" for frames, k-means and embeddings
+    (``variants``: their camera variants made elsewhere, e.g. on Ray:
+    ``augment.augment_rows``)."""
     cfg = fit_config(config, **options)
     model_path = Path(model_path)
     regular_file(model_path, "a dn2 ONNX model file (from dn2-export)")
@@ -208,6 +211,7 @@ def fit_bundle(
         prior,
         len(failed),
         lambda m: say(progress, m),
+        variants=variants,
     )
     x, names, hashes, temporal = rows.x, rows.names, rows.hashes, rows.temporal
     segs, origin, streams = rows.segments, rows.origin, rows.streams

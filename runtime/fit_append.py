@@ -157,10 +157,13 @@ def new_rows(x, names, hashes, temporal, segs, origin, streams) -> Rows:
     )
 
 
-def normal_rows(embedder, new: Rows, cfg, prior: Optional[Rows], n_failed: int, say):
+def normal_rows(
+    embedder, new: Rows, cfg, prior: Optional[Rows], n_failed: int, say, variants=None
+):
     """The fit's rows: ``new`` (embedded inputs, their image files hashed for exact copies)
     without files already in the ``prior`` bundle (``dn2 fit --append``), then their camera
-    variants (``cfg.augment``), after the ``prior`` rows. Returns (rows, ``fit.augment``)."""
+    variants (``cfg.augment``; ``variants``: made elsewhere, ``augment.augment_rows``), after
+    the ``prior`` rows. Returns (rows, ``fit.augment``)."""
     from .augment import augment_rows
     from .dupes import file_hashes
 
@@ -171,7 +174,7 @@ def normal_rows(embedder, new: Rows, cfg, prior: Optional[Rows], n_failed: int, 
     if prior is not None:  # a file already in the bundle is not added again
         new = _drop_known(prior, new, n_failed, say)
     x, names, temporal, origin, aug_info = augment_rows(
-        embedder, new.x, new.names, new.temporal, cfg, say=say
+        embedder, new.x, new.names, new.temporal, cfg, say=say, variants=variants
     )
     hashes = new.hashes + [None] * (len(x) - len(new.x))  # variants: no file of their own
     rows = Rows(x, names, hashes, temporal, new.segments, origin, new.streams)

@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
         "path changes it (real MJPG / mp4v round trips, per-channel sensor "
         "noise, a few %% of scale, brightness, contrast; seeded) to the bank "
         "(--augment-into); auto (default): camera for still images into an exact "
-        "bank, none for video / stream frames, --kmeans and --ray; none: off "
+        "bank (on the workers with --ray), none for video / stream frames and "
+        "--kmeans; none: off "
         "(one embedding pass; BENCHMARKS.md 'Camera path')",
     )
     p.add_argument(

@@ -64,7 +64,9 @@ def fit_bundle_ray(
     import dataclasses
 
     from . import fit_video as FV
+    from . import ray_augment as RA
     from . import ray_video as RV
+    from .augment import resolve
     from .bundle import check_output
     from .config import FitConfig
     from .fit import color_mode, fit_bundle, fit_config
@@ -80,12 +82,6 @@ def fit_bundle_ray(
     cfg = fit_config(
         fit_kwargs.get("config"), **{k: v for k, v in fit_kwargs.items() if k in fields}
     )
-    if cfg.augment == "camera":
-        raise Dn2Error(
-            "fit --ray: --augment camera is not available (the workers embed the files as "
-            "they are); expected --augment auto or none, or the fit without --ray",
-            param="augment",
-        )
     image_in, videos = FV.split_inputs(expand_inputs(images))  # a missing path: an error
     live = [v for v in videos if not os.path.isfile(v)]
     if live:
@@ -117,7 +113,7 @@ def fit_bundle_ray(
         if files
         else RV.video_colour(color, segs, batch, lambda m: _say(progress, m))
     )
-    tmp = None
+    tmp, variants = None, None
     if shards_dir is None:
         parent = Path(output).resolve().parent
         parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +135,19 @@ def fit_bundle_ray(
             if files:
                 info = embed_to_shards(model_path, files, shards_dir, **pool)
                 _report(progress, info, "images")
+            x, names, failed = load_shards(shards_dir) if files else _empty(model_path)
+            if names and resolve(cfg.augment, cfg.kmeans, True) == "camera":
+                # the stills' camera variants, as a local fit makes them, on the workers
+                xa, orig, info = RA.embed_variants_on_ray(
+                    model_path,
+                    names,
+                    cfg.augment_copies,
+                    cfg.seed,
+                    Path(shards_dir) / "variants",
+                    **pool,
+                )
+                variants = (xa, orig)
+                _report(progress, info, "camera variants")
             if segs:
                 info = RV.embed_videos_to_shards(
                     model_path, segs, Path(shards_dir) / "frames", **pool
@@ -147,7 +156,6 @@ def fit_bundle_ray(
         finally:
             if started:
                 shutdown()
-        x, names, failed = load_shards(shards_dir) if files else _empty(model_path)
         xv, vnames, vfailed = (
             load_shards(Path(shards_dir) / "frames") if segs else _empty(model_path)
         )
@@ -181,6 +189,7 @@ def fit_bundle_ray(
         jpeg_draft=jpeg_draft,
         color=colour,
         progress=progress,
+        variants=variants,
         **fit_kwargs,
     )
 

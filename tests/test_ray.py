@@ -106,11 +106,8 @@ def data(tmp_path_factory, textile_dirs):
 def bundles(cluster, model, data, tmp_path_factory):
     """The same images fitted locally and with --ray (2 actors, 1 thread each)."""
     d = tmp_path_factory.mktemp("raybundles")
-    # a --ray fit adds no camera variants (augment auto resolves to none there), so the local
-    # fit it must equal is the one without them
-    local = fit_bundle(
-        model, d / "local", images=[str(data["train"])], kmeans=None, augment="none", progress=False
-    )
+    # both with the defaults: camera variants of every still (made on the workers by --ray)
+    local = fit_bundle(model, d / "local", images=[str(data["train"])], kmeans=None, progress=False)
     rc = fit_cli.main(
         [
             str(model),
@@ -142,6 +139,9 @@ def test_fit_ray_matches_local_fit(bundles, data):
         }, key
     assert mr["fit"]["images"] == ml["fit"]["images"] == N_FIT
     assert mr["fit"]["failed"] == ml["fit"]["failed"] == 1
+    # the same camera variants, one per still, made on the workers by --ray
+    assert mr["fit"]["augment"] == ml["fit"]["augment"]
+    assert ml["fit"]["augment"]["variants"] == N_FIT and ml["bank"]["n"] == 2 * N_FIT
     rl = json.loads((local / "fit_report.json").read_text())
     rr = json.loads((remote / "fit_report.json").read_text())
     assert rr["kept"] == rl["kept"]  # same files, same order
@@ -149,7 +149,9 @@ def test_fit_ray_matches_local_fit(bundles, data):
     np.testing.assert_allclose(mr["threshold"]["value"], ml["threshold"]["value"], rtol=RTOL)
     # the shards hold the embeddings in file order, without pickles
     x, names, failed = load_shards(shards)
-    assert x.shape == (N_FIT, 1280) and names == rl["kept"] and failed[0][0] == data["broken"]
+    assert x.shape == (N_FIT, 1280) and failed[0][0] == data["broken"]
+    assert names == rl["kept"][:N_FIT]  # the kept rows: the stills, then their variants
+    assert rl["kept"][N_FIT] == names[0] + " (camera variant)"
     dl, dr = Detector.load(local), Detector.load(remote)
     paths = data["held"] + data["defects"]
     sl = [r.score for r in dl.score_paths(paths)]
@@ -298,10 +300,8 @@ def test_fit_ray_video_matches_local_video_fit(cluster, model, data, tmp_path, m
     threshold and scores as the local video fit."""
     inputs = [str(data["few"]), str(data["fit_video"])]
     opts = dict(every=2, seconds=2.9)  # 25 fps: frames 0, 2, ..., 72 (72 / 25 < 2.9): 37
-    # without camera variants, as a --ray fit is (augment auto resolves to none there)
-    local = fit_bundle(
-        model, tmp_path / "local", images=inputs, augment="none", progress=False, **opts
-    )
+    # the defaults: camera variants of the 30 stills (none of the frames), on the workers
+    local = fit_bundle(model, tmp_path / "local", images=inputs, progress=False, **opts)
     monkeypatch.setattr(ray_video, "SEGMENT_FRAMES", 8)  # 37 frames: 5 read tasks
     rc = fit_cli.main(
         [
@@ -331,6 +331,7 @@ def test_fit_ray_video_matches_local_video_fit(cluster, model, data, tmp_path, m
     )
     assert mr["fit"]["temporal_frames"] == ml["fit"]["temporal_frames"] == 37
     assert mr["fit"]["images"] == ml["fit"]["images"] == 30 + 37
+    assert mr["fit"]["augment"] == ml["fit"]["augment"] and ml["fit"]["augment"]["variants"] == 30
     assert mr["score"] == ml["score"] and mr["fit"]["color"] == ml["fit"]["color"]
     assert "blocked hold-out" in ml["threshold"]["calibration"]
     assert mr["threshold"]["calibration"] == ml["threshold"]["calibration"]
