@@ -1,4 +1,4 @@
-"""Banks that survive the camera: ``dn2-fit --augment camera``.
+"""Banks that survive the camera: ``dn2-fit --augment camera``, the default for stills.
 
 Each normal image gets ``copies`` variants made the way a camera path changes a picture:
 a few percent of scale (the part's distance to the lens), brightness and contrast (light),
@@ -11,8 +11,12 @@ default: the threshold stays the one the stills calibrate), or the bank and the 
 ("both": each variant is calibrated in the duplicate group of its original,
 ``dn2.runtime.dupes``, so an image and its variant never vouch for each other; the variants'
 higher scores raise the threshold), or only the calibration. Measured (BENCHMARKS.md "Camera
-path"): "both" cost 14-23 points of defect recall, "bank" 0-3. Seeded; the settings are
-recorded in the manifest (``fit.augment``).
+path"): "both" cost 14-23 points of defect recall, "bank" 0-2 of 120 defects. Seeded; the
+settings are recorded in the manifest (``fit.augment``). ``augment="auto"``, the default, is
+"camera" for the still images of a fit into an exact bank and "none" for video / stream
+frames, k-means banks and rows given as embeddings (``--ray``): with it, every measured
+condition met <= 1 false alert per 1000 frames, where the bank without variants gave 1.17 on
+MJPG with sensor noise (BENCHMARKS.md "Camera path", four 3000-frame lines per condition).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 
 from .errors import Dn2Error
 
-AUGMENTS = ("none", "camera")
+AUGMENTS = ("auto", "none", "camera")
 CODECS = (("MJPG", ".avi"), ("mp4v", ".mp4"))
 SETTINGS = {
     "scale": 0.03,
@@ -154,23 +158,34 @@ def embed_variants(
     return np.vstack(parts).astype(np.float32), np.asarray(origin, np.int64)
 
 
+def resolve(augment: str, kmeans, has_stills: bool) -> str:
+    """What ``augment`` means for this fit: "auto" (the default) is "camera" when there are
+    still images to vary and the bank is exact (a k-means bank calibrates on folds of its
+    own rows, where bank-only variants cannot go), "none" otherwise; the rest as given."""
+    check_option(augment)
+    if augment == "auto":
+        return "camera" if has_stills and kmeans is None else "none"
+    return augment
+
+
 def augment_rows(embedder, x, names, temporal, cfg, say=lambda m: None):
     """The fit's normal rows with the camera variants of its image rows after them (when
-    ``cfg.augment`` is "camera"): (x, names, temporal [N] bool, origin [N] (-1 or the row of
-    the variant's original), manifest ``fit.augment`` or None). ``embedder``: None when the
-    rows came as embeddings (nothing to augment)."""
-    check_option(cfg.augment)
+    ``cfg.augment`` resolves to "camera", :func:`resolve`): (x, names, temporal [N] bool,
+    origin [N] (-1 or the row of the variant's original), manifest ``fit.augment`` or None).
+    ``embedder``: None when the rows came as embeddings (nothing to augment)."""
     temporal = np.zeros(len(x), bool) if temporal is None else np.asarray(temporal, bool)
     origin = np.full(len(x), -1, np.int64)
-    if cfg.augment != "camera" or embedder is None:
-        return x, list(names), temporal, origin, None
     real = np.flatnonzero(~temporal)
+    has_stills = embedder is not None and real.size > 0
+    if resolve(cfg.augment, cfg.kmeans, has_stills) != "camera" or embedder is None:
+        return x, list(names), temporal, origin, None
     xa, orig = embed_variants(embedder, [names[i] for i in real], cfg.augment_copies, cfg.seed)
     origin = np.concatenate([origin, real[orig]])
     names = list(names) + [f"{names[real[o]]} (camera variant)" for o in orig]
     info = dict(
         SETTINGS,
         mode="camera",
+        option=cfg.augment,
         copies=int(cfg.augment_copies),
         seed=int(cfg.seed),
         variants=int(len(xa)),

@@ -129,9 +129,10 @@ class FitConfig(_Config):
         30.0, number(0.0, lo_open=True), "live sources: seconds to keep trying to connect"
     )
     augment: str = opt(
-        "none",
-        choice(("none", "camera")),
-        "camera: add camera-path variants of every normal image to the bank",
+        "auto",
+        choice(("auto", "none", "camera")),
+        "camera: add camera-path variants of every normal image to the bank; auto "
+        "(default): camera for still images into an exact bank, none otherwise",
     )
     augment_copies: int = opt(1, integer(1), "variants per normal image with augment camera")
     augment_into: str = opt(
@@ -160,7 +161,7 @@ class FitConfig(_Config):
             raise ConfigError(
                 f"kmeans {self.kmeans}: expected at least k={self.k} centres", param="kmeans"
             )
-        if self.augment != "none" and self.augment_into != "both" and self.kmeans is not None:
+        if self.augment == "camera" and self.augment_into != "both" and self.kmeans is not None:
             raise ConfigError(
                 f"augment_into {self.augment_into!r}: expected 'both' with a k-means bank "
                 "(its calibration holds out folds of the bank's own images), found kmeans",

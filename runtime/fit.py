@@ -116,7 +116,9 @@ def fit_bundle(
     ``frames`` (``ray_video.frame_rows``) marks the frame rows of ``embeddings`` and their videos.
     ``augment="camera"``: ``augment_copies`` camera-path variants of every normal image
     (real MJPG / mp4v round trips, sensor noise, scale, light; ``dn2.runtime.augment``) join
-    the bank and the calibration, each in its original's duplicate group."""
+    the bank (``augment_into``: or the bank and the calibration, each in its original's
+    duplicate group, or the calibration only); ``"auto"`` (the default) is "camera" for the
+    still images of a fit into an exact bank, "none" for frames, k-means and embeddings."""
     cfg = fit_config(config, **options)
     model_path = Path(model_path)
     regular_file(model_path, "a dn2 ONNX model file (from dn2-export)")
@@ -212,11 +214,12 @@ def fit_bundle(
     if not temporal.any():
         temporal = None
     need = needed_images(k, clean)
-    if len(x) < need:
+    n_inputs = int((origin < 0).sum())  # images and frames; their camera variants not counted
+    if n_inputs < need:
         raise Dn2Error(
             f"fit needs at least {need} good normal images (k={k} neighbours + 1 "
             f"for leave-one-out{f', after cleaning {clean:g}' if clean else ''}), "
-            f"found {len(x)} ({len(failed)} bad files skipped)"
+            f"found {n_inputs} ({len(failed)} bad files skipped)"
         )
     vn, vn_failed = validation_embeddings(emb, val_normal, "val_normal", progress)
     va, va_failed = validation_embeddings(emb, val_anomalous, "val_anomalous", progress)
@@ -242,27 +245,33 @@ def fit_bundle(
     xk = x[in_bank]
     hnsw = dict(hnsw_params(len(xk) if kmeans is None else kmeans, x.shape[1]), **(hnsw or {}))
     bank = build_bank(xk, index, **hnsw) if kmeans is None else None
+    # copies are found among the inputs only: camera variants are far from each other and
+    # would widen the near-copy scale and chain unrelated images into one group; each variant
+    # then joins its original's group (calibrated without it, and vice versa)
+    var = np.zeros(len(x), bool) if origin is None else origin >= 0
+    labels = np.arange(len(x))
     if temporal is None:
-        labels, dups = find_duplicates(
-            x,
+        rows_ = np.flatnonzero(~var)
+        sub, dups = find_duplicates(
+            x[rows_],
             seed=seed,
-            bank=bank if in_bank.all() else None,
-            hashes=hashes,
+            bank=bank if in_bank.all() and not var.any() else None,
+            hashes=None if hashes is None else [hashes[i] for i in rows_],
             near_ratio=cfg.near_copy_ratio,
         )
+        labels[rows_] = rows_[sub]
     else:  # frames are calibrated in time blocks; copies matter among the images only
-        labels, dups = np.arange(len(x)), {"images_in_groups": 0, "frames": "time blocks"}
-        if (~temporal).sum() > 1:
+        dups = {"images_in_groups": 0, "frames": "time blocks"}
+        still = np.flatnonzero(~temporal & ~var)
+        if still.size > 1:
             sub, dups = find_duplicates(
-                x[~temporal],
+                x[still],
                 seed=seed,
-                hashes=[h for h, t in zip(hashes, temporal) if not t],
+                hashes=[hashes[i] for i in still],
                 near_ratio=cfg.near_copy_ratio,
             )
-            labels[np.flatnonzero(~temporal)] = np.flatnonzero(~temporal)[sub]
-    if origin is not None:  # a variant is calibrated without its original, and vice versa
-        var = origin >= 0
-        labels[var] = labels[origin[var]]
+            labels[still] = still[sub]
+    labels[var] = labels[origin[var]]
     if dups["images_in_groups"]:
         say(
             progress,
@@ -352,7 +361,7 @@ def fit_bundle(
         group=group,
         fit=FitRecord(
             config=cfg,
-            images=int(len(x)),
+            images=n_inputs,
             kept=int(in_bank.sum()),
             failed=len(failed),
             dropped=int((~keep).sum()),

@@ -225,12 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--augment",
-        choices=("none", "camera"),
-        default="none",
+        choices=("auto", "none", "camera"),
+        default="auto",
         help="camera: add variants of every normal image made the way a camera "
         "path changes it (real MJPG / mp4v round trips, per-channel sensor "
         "noise, a few %% of scale, brightness, contrast; seeded) to the bank "
-        "(--augment-into; default none; BENCHMARKS.md 'Camera path')",
+        "(--augment-into); auto (default): camera for still images into an exact "
+        "bank, none for video / stream frames, --kmeans and --ray; none: off "
+        "(one embedding pass; BENCHMARKS.md 'Camera path')",
     )
     p.add_argument(
         "--augment-copies",

@@ -31,7 +31,7 @@ def view_fit(a) -> Optional[str]:
             ("--val-normal", a.val_normal),
             ("--l2norm-select", a.l2norm_select),
             ("--ray", getattr(a, "ray", None)),
-            ("--augment", getattr(a, "augment", "none") not in (None, "none")),
+            ("--augment", getattr(a, "augment", "none") not in (None, "none", "auto")),
         )
         if v
     ]

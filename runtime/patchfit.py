@@ -69,7 +69,7 @@ from .views import View
 DEFAULTS = {
     # 2048 rows: textile local 0.9410 vs 0.9181 at 4096 (top-10 mean, 200 training images), half
     # the kNN's sgemm; pixel ROC-AUC of the localisation set 0.9551 vs 0.9534 (BENCHMARKS.md,
-    # "Patch kNN kernel")
+    # "Patch kNN: one sgemm")
     "bank_size": 2048,
     "per_image": 512,
     "folds": 5,
@@ -80,7 +80,7 @@ DEFAULTS = {
     # the pruned patch kNN (``patchscore.pruned_sq``) is opt-in: with a sub-bank of a quarter of
     # the bank it ran 2-3x faster and kept every image score exact, but the cells it leaves out
     # carry the sub-bank's bound and the localisation set's pixel ROC-AUC fell 0.9534 -> 0.9085
-    # (BENCHMARKS.md, "Patch kNN kernel"). 0: every cell against the whole bank.
+    # (BENCHMARKS.md, "Patch kNN: one sgemm"). 0: every cell against the whole bank.
     "prune": 0,
 }
 

@@ -56,7 +56,7 @@ BLOCK_ROWS = 1024
 _PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Scoring (``PatchScorer``) runs the kNN's sgemm on one BLAS thread: the model runs beside it on
 # onnxruntime's threads (the overlapped pipeline), and BLAS threads spinning on a busy core slow
-# both (BENCHMARKS.md, "Patch kNN kernel"). The fit's calibration, with no model beside it, keeps
+# both (BENCHMARKS.md, "Patch kNN: one sgemm"). The fit's calibration, with no model beside it, keeps
 # every BLAS thread.
 SCORE_ONE_BLAS_THREAD = True
 _SUB: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -64,7 +64,7 @@ _SUB: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def prepared_bank(bank: ExactBank) -> np.ndarray:
     """The bank as the kNN's one sgemm wants it, built once per bank (and again only if rows
-    were added): ``[2, n, dim + 1]`` float32 whose row j is ``[-2 x_j, ||x_j||^2]``, so that
+    were added): ``[n, dim + 1]`` float32 whose row j is ``[-2 x_j, ||x_j||^2]``, so that
     ``[q, 1] @ row_j = ||q - x_j||^2 - ||q||^2`` with no extra pass over the distances."""
     hit = _PREPARED.get(bank)
     if hit is not None and hit.shape[0] == bank.n:
@@ -211,8 +211,10 @@ class PatchScorer:
         self.sigma = float(sigma)
         self.one_blas_thread = SCORE_ONE_BLAS_THREAD
         self.prune = int(prune) if isinstance(bank, ExactBank) else 0
-        if self.prune and bank.n > 2 * self.prune:
-            prepared_bank(bank), prepared_bank(sub_bank(bank, self.prune))  # at load, not per image
+        if isinstance(bank, ExactBank) and bank.n:  # prepared at load, not per image
+            prepared_bank(bank)
+            if self.prune and bank.n > 2 * self.prune:
+                prepared_bank(sub_bank(bank, self.prune))
 
     def params(self) -> Dict:
         return {"k": self.k, "reduction": self.reduction, "topk": self.topk, "sigma": self.sigma}

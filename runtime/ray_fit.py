@@ -80,6 +80,12 @@ def fit_bundle_ray(
     cfg = fit_config(
         fit_kwargs.get("config"), **{k: v for k, v in fit_kwargs.items() if k in fields}
     )
+    if cfg.augment == "camera":
+        raise Dn2Error(
+            "fit --ray: --augment camera is not available (the workers embed the files as "
+            "they are); expected --augment auto or none, or the fit without --ray",
+            param="augment",
+        )
     image_in, videos = FV.split_inputs(expand_inputs(images))  # a missing path: an error
     live = [v for v in videos if not os.path.isfile(v)]
     if live:

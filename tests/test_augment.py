@@ -33,9 +33,8 @@ def test_variants_carry_the_codec_cast_and_noise(textile):
 
 def test_fit_with_augment_records_it_and_groups_variants(lite0_model, textile, tmp_path):
     plain, aug = tmp_path / "plain", tmp_path / "aug"
-    assert (
-        fit_cli.main([str(lite0_model), *textile[:40], "-o", str(plain), "-q", "--fpr", "0.1"]) == 0
-    )
+    args = [str(lite0_model), *textile[:40], "-o", str(plain), "-q", "--fpr", "0.1"]
+    assert fit_cli.main(args + ["--augment", "none"]) == 0
     assert (
         fit_cli.main(
             [
@@ -70,3 +69,32 @@ def test_fit_with_augment_records_it_and_groups_variants(lite0_model, textile, t
         Detector.load(both, load_model=False).threshold
         > 0.8 * Detector.load(plain, load_model=False).threshold
     )
+
+
+def test_the_default_varies_stills_not_frames_nor_kmeans(lite0_model, textile, tmp_path):
+    """augment auto (the default): camera variants of still images join an exact bank; the
+    frames of a real MJPG video with sensor noise, and a k-means bank, get none."""
+    from videos import line_video
+
+    still = tmp_path / "still"
+    assert fit_cli.main([str(lite0_model), *textile[:30], "-o", str(still), "-q"]) == 0
+    m = load_bundle(still).manifest
+    assert m.fit.config.augment == "auto"
+    assert m.fit.augment["option"] == "auto" and m.fit.augment["mode"] == "camera"
+    assert m.fit.augment["into"] == "bank" and m.fit.augment["variants"] == 30
+    assert m.bank.n == 60 and m.threshold.extra["n_calibration"] == 30
+
+    vid, _ = line_video(tmp_path / "line.avi", textile[100:130], 120, seed=1)
+    frames = tmp_path / "frames"
+    assert fit_cli.main([str(lite0_model), str(vid), "--every", "2", "-o", str(frames), "-q"]) == 0
+    mf = load_bundle(frames).manifest
+    assert mf.fit.augment is None and mf.bank.n == 60  # 120 frames, every 2nd
+
+    km = tmp_path / "km"
+    args = [str(lite0_model), *textile[:30], "-o", str(km), "-q", "--kmeans", "10"]
+    assert fit_cli.main(args) == 0
+    mk = load_bundle(km).manifest
+    assert mk.fit.augment is None and mk.bank.n == 10
+    # "camera" asked for explicitly with a k-means bank is still refused (bank-only variants
+    # cannot join a bank calibrated on folds of its own rows)
+    assert fit_cli.main(args + ["-o", str(tmp_path / "km2"), "--augment", "camera"]) == 2

@@ -210,7 +210,7 @@ def test_stale_temp_folders_of_dead_writers_are_removed(work, tmp_path):
     assert not stale.exists() and alive.exists() and other.exists()
     assert clean_stale(tmp_path / "c") == [str(other)]
     m = json.loads((out / MANIFEST).read_text())
-    assert m["bank"]["n"] == 12
+    assert m["fit"]["images"] == 12 and m["bank"]["n"] == 24  # + a camera variant of each
 
 
 def test_a_fifo_in_place_of_the_bundles_model_is_named_not_read(work, tmp_path):

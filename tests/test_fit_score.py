@@ -58,7 +58,10 @@ def test_fit_skips_and_records_bad_files(world):
     assert m.fit.images == 60 and m.fit.failed == 2
     failed = dict((p.split("/")[-1], msg) for p, msg in rep["failed"])
     assert set(failed) == {"broken.jpg", "notes.txt"} and "expected" in failed["broken.jpg"]
-    assert len(rep["kept"]) == 60 and m.group.size == 5 and m.group.n_groups == 200
+    # the bank's rows: the 60 images, then (the default for stills) a camera variant of each
+    stills = [n for n in rep["kept"] if not n.endswith(" (camera variant)")]
+    assert len(stills) == 60 and len(rep["kept"]) == 60 + m.fit.augment["variants"] == 120
+    assert m.group.size == 5 and m.group.n_groups == 200
     assert m.score.l2norm is True  # the default (BENCHMARKS.md: +1.0 pt Fashion-MNIST)
 
 

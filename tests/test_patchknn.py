@@ -75,6 +75,11 @@ def test_prepared_bank_built_once_and_again_after_add(feats):
         a[:, -1], (bank_rows[:1000].astype(np.float64) ** 2).sum(1), rtol=1e-5
     )
     assert prepared_bank(bank) is a  # cached: not rebuilt per call
+    from dn2.runtime import patchscore
+
+    fresh = build_bank(bank_rows[:500], "exact")
+    patchscore.PatchScorer(fresh)
+    assert fresh in patchscore._PREPARED  # the scorer prepares its bank at load
     bank.add(bank_rows[1000:])
     b = prepared_bank(bank)
     assert b.shape[0] == len(bank_rows)

@@ -48,7 +48,9 @@ def test_score_paths_overlaps_knn_and_reports_bad_files(files, tmp_path):
 
     model, paths, bad = files
     good = [p for p in paths if p not in bad]
-    bundle = fit_bundle(model, tmp_path / "b", images=good[:12], progress=False)
+    # without camera variants: with them the fitted images score ~1e-6 (against themselves
+    # and their variant), where float32 rounding of the batch GEMM is no longer relative
+    bundle = fit_bundle(model, tmp_path / "b", images=good[:12], augment="none", progress=False)
     det = Detector.load(str(bundle), batch_size=4)
     twice = paths + [good[0]]  # a file named twice gets two results
     res = det.score_paths(twice)

@@ -4,7 +4,8 @@
         [--frames 1000] [--seeds 0,1] [--bundles default,augment] [--min-consecutive 3,5]
 
 Fits bundles on the first ``--train`` textile stills (conformal-clip-data, gray pieces) —
-``colour`` (``--color color``), ``default`` (the gray bank of ``--color auto``), ``augment``
+``colour`` (``--color color``), ``plain`` (the gray bank of ``--color auto``, ``--augment
+none``), ``default`` (the defaults: gray, camera variants in the bank), ``augment``
 (``--augment camera --augment-into both``: variants join the bank and the calibration),
 ``augment-bank`` / ``augment-calib`` (``--augment-into bank | calibration``), ``fpr005`` /
 ``augment-bank-fpr005`` (the same at ``--fpr 0.005``) — and ``video``: per condition, a
@@ -33,6 +34,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .camera_lines import _ints, add_line, line_stats, rows_of, table
+
 CONDITIONS = [
     ("lossless", "FFV1", ".avi", 0.0),
     ("lossless+noise", "FFV1", ".avi", None),
@@ -42,8 +45,9 @@ CONDITIONS = [
     ("mp4v+noise", "mp4v", ".mp4", None),
 ]
 BUNDLES = {
-    "colour": ("colour, no augment", dict(color="color")),
-    "default": ("gray (default)", dict()),
+    "colour": ("colour, no augment", dict(color="color", augment="none")),
+    "plain": ("gray, no augment", dict(augment="none")),
+    "default": ("gray + augment bank (default)", dict()),
     "augment": (
         "augment, bank and calibration",
         dict(augment="camera", augment_into="both"),
@@ -53,7 +57,7 @@ BUNDLES = {
         "augment, calibration only",
         dict(augment="camera", augment_into="calibration"),
     ),
-    "fpr005": ("gray, fpr 0.005", dict(fpr=0.005)),
+    "fpr005": ("gray, no augment, fpr 0.005", dict(augment="none", fpr=0.005)),
     "augment-bank-fpr005": (
         "augment bank only, fpr 0.005",
         dict(augment="camera", augment_into="bank", fpr=0.005),
@@ -106,35 +110,6 @@ def embed_video(path: Path, embedder, chunk: int = 128) -> np.ndarray:
             break
     cap.release()
     return np.vstack(parts)[np.asarray(index)]
-
-
-def alerts(scores, threshold: float, min_consecutive: int):
-    from dn2.runtime.watch.decide import Decider
-
-    from ..demo.verdict import Alert
-
-    d, out, start = Decider(threshold, min_consecutive), [], None
-    for i, s in enumerate(scores):
-        t = d.update(float(s), i, i / 10.0)
-        if t is not None and t.kind == "start":
-            start = t.first_frame
-        elif t is not None and t.kind == "end":
-            out.append(Alert(start, i))
-            start = None
-    if start is not None:
-        out.append(Alert(start, None))
-    return out
-
-
-def at_rest_run(above: np.ndarray, rest: np.ndarray, lo: int, hi: int, n: int) -> bool:
-    """Whether frames lo..hi hold ``n`` consecutive above-threshold frames of a piece at rest
-    (no join in view): such a false alert is the piece's doing, not the join's."""
-    run = 0
-    for t in range(lo, hi + 1):
-        run = run + 1 if above[t] and rest[t] else 0
-        if run >= n:
-            return True
-    return False
 
 
 def fit_stills(model, work: Path, names: List[str], stills, threads, seed, log) -> Dict:
@@ -201,17 +176,18 @@ def run(
     fit_every: int,
     threads: Optional[int],
     log,
+    fit_seed: Optional[int] = None,
+    save: Optional[Path] = None,
 ) -> Dict:
     import conformal_clip_data as ccd
 
     from dn2.runtime.embedder import Embedder
 
-    from ..demo.verdict import judge
     from ..demo.video import Piece, ground_truth, plan_line
 
     nominal = sorted(str(p) for p in Path(ccd.nominal_dir()).glob("*.jpg"))
     defects = sorted(str(p) for p in Path(ccd.global_dir()).glob("*.jpg"))
-    seed0 = seeds[0]
+    seed0 = seeds[0] if fit_seed is None else int(fit_seed)
     dets = fit_stills(model, work, bundles, nominal[:train], threads, seed0, log)
     embedders = {g: Embedder(model, threads=threads, gray=g) for g in (False, True)}
     totals: Dict = {}
@@ -239,60 +215,27 @@ def run(
                 seed=seed,
             )
             truth = [r.__dict__ for r in ground_truth(plan)]
-            in_defect = np.zeros(frames, bool)
-            for r in truth:
-                in_defect[r["visible_start"] : r["visible_end"] + 1] = True
             rest = (np.arange(frames) % plan.cycle) >= plan.move_frames - 1
             vid = render(plan, work / f"{name}-{seed}{ext}", fourcc, sig, seed)
             grays = {d.manifest.score.color == "gray" for d in here.values()}
             emb = {g: embed_video(vid, embedders[g]) for g in grays}
             vid.unlink()
+            scores = {}
             for key, det in here.items():
-                s = det.score_embeddings(emb[det.manifest.score.color == "gray"])
-                above = s > det.threshold
+                s = scores[key] = det.score_embeddings(emb[det.manifest.score.color == "gray"])
                 for mc in min_consecutive:
-                    al = alerts(s, det.threshold, mc)
-                    v = judge(truth, al, n_frames=len(s))
-                    piece = sum(
-                        at_rest_run(above, rest, a, len(s) - 1 if b is None else b, mc)
-                        for a, b in v.false_alert_frames
-                    )
-                    t = totals.setdefault(
-                        (name, key, mc),
-                        dict(frames=0, false=[], piece=0, found=0, injected=0, above=[], med=[]),
-                    )
-                    t["frames"] += len(s)
-                    t["false"].append(v.false_alerts)
-                    t["piece"] += piece
-                    t["found"] += v.found
-                    t["injected"] += v.injected
-                    t["above"].append(float(np.mean(above[~in_defect])))
-                    t["med"].append(float(np.median(s[~in_defect]) / det.threshold))
+                    v = line_stats(s, det.threshold, truth, rest, mc)
+                    add_line(totals, (name, key, mc), v)
                     log(
-                        f"{name:<15} {key:<14} seed {seed} mc {mc}: false {v.false_alerts} "
-                        f"({piece} at rest) recall {v.found}/{v.injected} in {len(s)} frames"
+                        f"{name:<15} {key:<14} seed {seed} mc {mc}: false {v['false']} "
+                        f"({v['piece']} at rest) recall {v['found']}/{v['injected']} in "
+                        f"{len(s)} frames"
                     )
-    rows = []
-    for (name, key, mc), t in totals.items():
-        n_false = int(sum(t["false"]))
-        rows.append(
-            {
-                "condition": name,
-                "bundle": BUNDLES[key][0],
-                "key": key,
-                "min_consecutive": mc,
-                "frames": t["frames"],
-                "false_alerts": n_false,
-                "false_per_seed": t["false"],
-                "false_at_rest": t["piece"],
-                "false_per_1000": round(1000.0 * n_false / t["frames"], 2),
-                "found": t["found"],
-                "injected": t["injected"],
-                "recall": round(t["found"] / max(t["injected"], 1), 4),
-                "normal_frames_above": round(float(np.mean(t["above"])), 4),
-                "median_normal_x_threshold": round(float(np.mean(t["med"])), 3),
-            }
-        )
+            if save is not None:
+                from .camera_lines import save_line
+
+                save_line(save, name, seed, scores, here, truth, rest)
+    rows = rows_of(totals, {k: v[0] for k, v in BUNDLES.items()})
     return {
         "model": model,
         "train": train,
@@ -301,28 +244,9 @@ def run(
         "defects_per_1000": n_defects,
         "sigma": sigma,
         "fit_every": fit_every,
+        "fit_seed": seed0,
         "rows": rows,
     }
-
-
-def table(res: Dict) -> str:
-    lines = [
-        "| condition | bundle | min consecutive | false alerts / frames (per 1000; at rest) "
-        "| recall | normal frames above | median normal score / threshold |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in res["rows"]:
-        lines.append(
-            f"| {r['condition']} | {r['bundle']} | {r['min_consecutive']} | "
-            f"{r['false_alerts']} / {r['frames']} ({r['false_per_1000']}; "
-            f"{r['false_at_rest']}) | {r['found']}/{r['injected']} ({r['recall']:.0%}) | "
-            f"{r['normal_frames_above']:.1%} | {r['median_normal_x_threshold']} |"
-        )
-    return "\n".join(lines)
-
-
-def _ints(text: str) -> List[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def main(argv=None) -> int:
@@ -337,10 +261,19 @@ def main(argv=None) -> int:
     p.add_argument("--sigma", type=float, default=3.0)
     p.add_argument("--min-consecutive", type=_ints, default=[3], help="e.g. 3,5")
     p.add_argument("--seeds", type=_ints, default=[0], help="one line per seed, e.g. 0,1,2")
-    p.add_argument("--bundles", default="colour,default,augment", help=",".join(BUNDLES))
+    p.add_argument("--bundles", default="plain,augment-bank", help=",".join(BUNDLES))
     p.add_argument("--conditions", default=",".join(c[0] for c in CONDITIONS))
     p.add_argument("--fit-every", type=int, default=5, help="video bundle: every N-th frame")
     p.add_argument("--threads", type=int)
+    p.add_argument(
+        "--fit-seed", type=int, help="seed of the fits (augmentation); default: the first seed"
+    )
+    p.add_argument(
+        "--save",
+        type=Path,
+        help="folder: each line's per-frame scores, thresholds and ground truth (.npz), "
+        "for python -m dn2.tools.studies.camera_lines",
+    )
     a = p.parse_args(argv)
     bundles = [b for b in a.bundles.split(",") if b]
     bad = [b for b in bundles if b not in BUNDLES]
@@ -361,6 +294,8 @@ def main(argv=None) -> int:
             a.fit_every,
             a.threads,
             lambda m: print(m, file=sys.stderr, flush=True),
+            fit_seed=a.fit_seed,
+            save=a.save,
         )
     Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
     print(table(res))
