@@ -172,3 +172,43 @@ def grouped_scores(
         s = np.where(take, d, 0.0).sum(axis=1, dtype=np.float64) / np.maximum(got, 1)
         out[rows] = s.astype(np.float32)
     return out
+
+
+def copy_groups(
+    x: np.ndarray,
+    origin: Optional[np.ndarray],
+    temporal: Optional[np.ndarray],
+    hashes: Optional[Sequence[Optional[str]]],
+    bank: Optional[Bank],
+    seed: int,
+    near_ratio: float,
+) -> Tuple[np.ndarray, Dict]:
+    """(a group label per row of a fit, the :func:`find_duplicates` report) for the fit's rows
+    ``x``: still images grouped with their exact (``hashes``) and near copies; frames
+    (``temporal``) are calibrated in time blocks, so copies matter among the images only.
+    Copies are looked for among the inputs only: camera variants (``origin`` >= 0) are far
+    from each other and would widen the near-copy scale and chain unrelated images into one
+    group; each variant then joins its original's group (calibrated without it, and vice
+    versa). ``bank``: the fit's bank over all of ``x``, reused when no row is a variant."""
+    var = np.zeros(len(x), bool) if origin is None else origin >= 0
+    labels = np.arange(len(x))
+    if temporal is None:
+        rows = np.flatnonzero(~var)
+        sub, dups = find_duplicates(
+            x[rows],
+            seed=seed,
+            bank=bank if not var.any() else None,
+            hashes=None if hashes is None else [hashes[i] for i in rows],
+            near_ratio=near_ratio,
+        )
+        labels[rows] = rows[sub]
+    else:
+        dups = {"images_in_groups": 0, "frames": "time blocks"}
+        still = np.flatnonzero(~temporal & ~var)
+        if still.size > 1:
+            sub, dups = find_duplicates(
+                x[still], seed=seed, hashes=[hashes[i] for i in still], near_ratio=near_ratio
+            )
+            labels[still] = still[sub]
+    labels[var] = labels[origin[var]]
+    return labels, dups

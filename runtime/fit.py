@@ -26,7 +26,7 @@ from . import fit_append as FA
 from .bank import build_bank, hnsw_params
 from .bundle import check_output, write_bundle
 from .config import FitConfig
-from .dupes import find_duplicates, grouped_scores
+from .dupes import copy_groups, grouped_scores
 from .errors import Dn2Error
 from .fitparts import (
     Inputs,
@@ -249,33 +249,9 @@ def fit_bundle(
     xk = x[in_bank]
     hnsw = dict(hnsw_params(len(xk) if kmeans is None else kmeans, x.shape[1]), **(hnsw or {}))
     bank = build_bank(xk, index, **hnsw) if kmeans is None else None
-    # copies are found among the inputs only: camera variants are far from each other and
-    # would widen the near-copy scale and chain unrelated images into one group; each variant
-    # then joins its original's group (calibrated without it, and vice versa)
-    var = np.zeros(len(x), bool) if origin is None else origin >= 0
-    labels = np.arange(len(x))
-    if temporal is None:
-        rows_ = np.flatnonzero(~var)
-        sub, dups = find_duplicates(
-            x[rows_],
-            seed=seed,
-            bank=bank if in_bank.all() and not var.any() else None,
-            hashes=None if hashes is None else [hashes[i] for i in rows_],
-            near_ratio=cfg.near_copy_ratio,
-        )
-        labels[rows_] = rows_[sub]
-    else:  # frames are calibrated in time blocks; copies matter among the images only
-        dups = {"images_in_groups": 0, "frames": "time blocks"}
-        still = np.flatnonzero(~temporal & ~var)
-        if still.size > 1:
-            sub, dups = find_duplicates(
-                x[still],
-                seed=seed,
-                hashes=[hashes[i] for i in still],
-                near_ratio=cfg.near_copy_ratio,
-            )
-            labels[still] = still[sub]
-    labels[var] = labels[origin[var]]
+    labels, dups = copy_groups(
+        x, origin, temporal, hashes, bank if in_bank.all() else None, seed, cfg.near_copy_ratio
+    )
     if dups["images_in_groups"]:
         say(
             progress,
