@@ -157,9 +157,7 @@ def new_rows(x, names, hashes, temporal, segs, origin, streams) -> Rows:
     )
 
 
-def normal_rows(
-    embedder, new: Rows, cfg, prior: Optional[Rows], n_failed: int, say, variants=None
-):
+def normal_rows(embedder, new: Rows, cfg, prior: Optional[Rows], n_failed: int, say, variants=None):
     """The fit's rows: ``new`` (embedded inputs, their image files hashed for exact copies)
     without files already in the ``prior`` bundle (``dn2 fit --append``), then their camera
     variants (``cfg.augment``; ``variants``: made elsewhere, ``augment.augment_rows``), after
