@@ -193,3 +193,39 @@ def test_real_fit_records_faiss_and_scores_as_hnswlib_walks(lite0_at, textile_di
             shutil.copy(f, tmp_path / "bad" / f.name)
         (tmp_path / "bad" / "dn2.json").write_text(json.dumps(m))
         load_bundle(tmp_path / "bad")
+
+
+def _huge_kib(arr):
+    """AnonHugePages of the mapping holding the middle of ``arr`` (its start may sit in a
+    split-off 4 KiB mapping)."""
+    addr, inside = arr.ctypes.data + arr.nbytes // 2, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and head == "AnonHugePages:":
+                return int(line.split()[1])
+    return 0
+
+
+def test_huge_page_advice_keeps_the_data_and_backs_it_with_huge_pages():
+    """The walker's arrays are advised to 2 MiB pages (Linux): the bytes stay as they were;
+    where the kernel accepted, the array's mapping reports huge pages in /proc/self/smaps."""
+    from numpy._core.multiarray import _set_madvise_hugepage
+
+    from dn2.runtime.bank_faiss import advise_huge_pages
+
+    was = _set_madvise_hugepage(False)  # numpy advises its own large arrays: not this one
+    try:
+        arr = np.random.default_rng(0).random((1 << 22,), np.float64)  # 32 MiB, 4 KiB pages
+    finally:
+        _set_madvise_hugepage(was)
+    before, huge_before = arr.copy(), _huge_kib(arr)
+    ok = advise_huge_pages(arr)
+    np.testing.assert_array_equal(arr, before)
+    assert advise_huge_pages(arr[:100]) is False  # too small to be worth a huge page
+    if not ok:
+        return  # not Linux >= 6.1 with transparent huge pages: nothing more to check
+    assert _huge_kib(arr) >= huge_before + 2048  # at least one more 2 MiB page
