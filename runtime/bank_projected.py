@@ -164,9 +164,10 @@ class ProjectedHnswBank(Bank):
         out_d = np.empty((len(q), k), np.float32)
         out_i = np.empty((len(q), k), np.int64)
         step = max(1, _BLOCK // (r * self.dim))
+        rows = self.rows.view(np.ndarray)  # a memmap's Python-level indexing costs ~0.1 ms
         for a in range(0, len(q), step):
             ids = cand[a : a + step]
-            diff = self.rows[ids.ravel()].reshape(len(ids), r, self.dim) - q[a : a + step, None]
+            diff = rows[ids.ravel()].reshape(len(ids), r, self.dim) - q[a : a + step, None]
             d = np.einsum("qrd,qrd->qr", diff, diff)  # exact squared L2 on the full rows
             o = np.argsort(d, 1, kind="stable")[:, :k]
             at = np.arange(len(ids))[:, None]

@@ -229,3 +229,26 @@ def test_huge_page_advice_keeps_the_data_and_backs_it_with_huge_pages():
     if not ok:
         return  # not Linux >= 6.1 with transparent huge pages: nothing more to check
     assert _huge_kib(arr) >= huge_before + 2048  # at least one more 2 MiB page
+
+
+def test_bench_bank_load_reads_a_saved_graph_with_either_engine(tmp_path, capsys):
+    """bank_load: the graph bank_scale saved, loaded as a bundle loads it, walked by faiss and
+    by hnswlib: the same recall@2 (the same graph; fp16 only orders candidates)."""
+    from dn2.tools.bench import bank_load, bank_scale
+
+    w = str(tmp_path)
+    args = ["--n", "3000", "--dim", "64", "--workdir", w, "--queries", "50"]
+    scale = ["--project", "48", "--grid", "8:40", "--efs", "32", "--save-index"]
+    assert bank_scale.main(args + scale) == 0
+    capsys.readouterr()
+    graph = str(tmp_path / "hnsw_mixture_3000x64p48_M8_efc40.bin")
+    rows = {}
+    for engine in ("faiss", "hnswlib"):
+        load = ["--project", "48", "--graph", graph, "--engine", engine, "--efs", "32"]
+        assert bank_load.main(args + load + ["--rerank", "16"]) == 0
+        rows[engine] = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert rows["faiss"]["recall@2"] == rows["hnswlib"]["recall@2"] >= 0.9
+    assert rows["faiss"]["worst_score_ratio"] >= 1 - REL  # exact distances: never lower
+    with pytest.raises(SystemExit):
+        bank_load.main(["--workdir", str(tmp_path / "none"), "--graph", graph])
+    assert "not found" in capsys.readouterr().err
