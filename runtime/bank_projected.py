@@ -11,9 +11,9 @@ Why: graph search cost grows with the dimension of each distance and a graph ove
 full-width rows is poorly connected; real embeddings and the benchmark's mixture have most of
 their variance in far fewer axes than they have dims. At 1,000,000 x 512 rows (mixture, rank
 128) the one-stage graph (M=32) reached recall@2 0.9795 at 3.9 ms per query (ef=512, quiet);
-this bank (128 axes, M=48, ef_construction=200) 0.9925 at ef=128, 1.24-2.11 ms per query under
-load 2.5-8 (BENCHMARKS.md "Banks of a million, two stages"; ``python -m
-dn2.tools.bench.bank_scale --project D``).
+this bank (128 axes, M=48, ef_construction=200) 0.9925 at ef=128, 1.53-1.65 ms per query
+quiet with hnswlib walking the graph, 0.86 ms (load 3.5) with faiss (BENCHMARKS.md "Banks of a
+million, two stages"; ``python -m dn2.tools.bench.bank_scale --project D``).
 
 Files (``bank.bin`` is the one the manifest's ``file`` names; the other two sit beside it,
 listed and digested in ``files`` like every bundle file):
