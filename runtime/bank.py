@@ -375,7 +375,7 @@ def build_bank(x, index: str = "auto", **hnsw) -> Bank:
     elif hnsw.get("project"):  # 0 / absent: one stage
         bank = _two_stage()(x.shape[1], **hnsw)
     else:
-        drop = ("project", "rerank")
+        drop = ("project", "rerank", "engine")
         bank = HnswBank(x.shape[1], **{k: v for k, v in hnsw.items() if k not in drop})
     bank.add(x)
     return bank

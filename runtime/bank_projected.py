@@ -11,9 +11,9 @@ Why: graph search cost grows with the dimension of each distance and a graph ove
 full-width rows is poorly connected; real embeddings and the benchmark's mixture have most of
 their variance in far fewer axes than they have dims. At 1,000,000 x 512 rows (mixture, rank
 128) the one-stage graph (M=32) reached recall@2 0.9795 at 3.9 ms per query (ef=512, quiet);
-this bank (128 axes, M=48, ef_construction=200) 0.9925 at ef=128, 1.24-2.11 ms per query under
-load 2.5-8 (BENCHMARKS.md "Banks of a million, two stages"; ``python -m
-dn2.tools.bench.bank_scale --project D``).
+this bank (128 axes, M=48, ef_construction=200) 0.9925 at ef=128, 1.53-1.65 ms per query
+quiet with hnswlib walking the graph, 0.86 ms (load 3.5) with faiss (BENCHMARKS.md "Banks of a
+million, two stages"; ``python -m dn2.tools.bench.bank_scale --project D``).
 
 Files (``bank.bin`` is the one the manifest's ``file`` names; the other two sit beside it,
 listed and digested in ``files`` like every bundle file):
@@ -22,21 +22,41 @@ listed and digested in ``files`` like every bundle file):
   byte (:func:`dn2.runtime.bankfile.check_hnsw_file`) before hnswlib reads it;
 * ``<stem>.proj.npy``: float32 ``[project + 1, dim]``, row 0 the mean, rows 1.. orthonormal axes;
 * ``<stem>.rows.npy``: float32 ``[n, dim]``, the full rows, memory-mapped on load.
+
+``engine`` says who walks the graph: ``hnswlib``, or ``faiss`` (``bank_faiss.py``: the same
+graph, parsed into faiss with fp16 rows; about half hnswlib's time per query at 1M). ``auto``
+(the default) takes faiss when it is installed (``dn2[kmeans]``), else hnswlib; the manifest
+records the engine chosen, and a bundle without one (older) walks with hnswlib.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from . import bank_faiss
 from .bank import HNSW_DEFAULTS, RERANK, Bank, BankError, HnswBank, _as_matrix, blas_threads
-from .bankfile import BankFileError, check_npy_file
+from .bankfile import BankFileError, check_hnsw_file, check_npy_file
 
 PCA_SAMPLE = 100_000  # rows the axes are fitted on (a seeded sample beyond that)
 ORTHO_TOL = 1e-3  # |A A^T - I| allowed in a stored projection (float32 rounding is ~1e-6)
 _BLOCK = 1 << 23  # floats gathered per re-rank block (32 MB)
+ENGINES = ("auto", "hnswlib", "faiss")
+
+
+def resolve_engine(engine: str) -> str:
+    """``auto`` -> faiss when importable, else hnswlib; ``faiss`` without faiss raises the
+    error naming the extra."""
+    if engine not in ENGINES:
+        raise BankError(f"engine: expected one of {', '.join(ENGINES)}, found {engine!r}")
+    if engine == "auto":
+        return "faiss" if bank_faiss.faiss_available() else "hnswlib"
+    if engine == "faiss":
+        bank_faiss.faiss_module()
+    return engine
 
 
 def sibling(path, tag: str) -> Path:
@@ -94,9 +114,13 @@ class ProjectedHnswBank(Bank):
         ef: int = HNSW_DEFAULTS["ef"],
         seed: int = 100,
         threads: int = 1,
+        engine: str = "auto",
     ):
         super().__init__(dim)
         self.project, self.rerank = int(project), int(rerank)
+        self.engine = resolve_engine(engine)
+        self._walker: Optional[bank_faiss.FaissWalker] = None  # engine faiss, made on first use
+        self._source: Optional[Path] = None  # the graph file a faiss-walked bank was loaded from
         if not 1 <= self.project < self.dim:
             raise BankError(f"project: expected 1 <= project < dim {dim}, found {project}")
         if self.rerank < 1:
@@ -110,6 +134,8 @@ class ProjectedHnswBank(Bank):
         return int(self.rows.shape[0])
 
     def _reduce(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 1:  # a [1, dim] x [dim, project] product: BLAS runs it on one thread
+            return np.ascontiguousarray((x - self.proj[0]) @ self.proj[1:].T, np.float32)
         with blas_threads(len(x)):
             return np.ascontiguousarray((x - self.proj[0]) @ self.proj[1:].T, np.float32)
 
@@ -120,21 +146,28 @@ class ProjectedHnswBank(Bank):
         for i in range(0, len(a), 1 << 16):  # projected in blocks: bounded extra memory
             self.graph.add(self._reduce(a[i : i + (1 << 16)]))
         self.rows = np.concatenate([self.rows, a]) if self.n else a.copy()
+        self._walker = None  # the graph changed: a faiss walker is re-made on the next search
 
     def search(self, q, k: int, threads: int = -1) -> Tuple[np.ndarray, np.ndarray]:
         k = self._check_k(k)
         q = _as_matrix(q, self.dim, "query")
         r = min(self.n, max(self.rerank, k))
-        g = self.graph._index  # the graph's own hnswlib index: candidates only, order unused
-        g.set_ef(max(self.graph.ef, r))  # hnswlib needs ef >= k
-        cand, _ = g.knn_query(self._reduce(q), k=r, num_threads=threads)
+        if self.engine == "faiss":  # candidates only, order unused
+            if self._walker is None:  # a bank built in this process (a fit)
+                self._walker = bank_faiss.FaissWalker.from_hnswlib(self.graph._index)
+            cand = self._walker.search(self._reduce(q), r, self.graph.ef, threads)
+        else:
+            g = self.graph._index
+            g.set_ef(max(self.graph.ef, r))  # hnswlib needs ef >= k
+            cand, _ = g.knn_query(self._reduce(q), k=r, num_threads=threads)
         cand = np.sort(cand.astype(np.int64), 1)  # id order: equal distances resolve by id
         out_d = np.empty((len(q), k), np.float32)
         out_i = np.empty((len(q), k), np.int64)
         step = max(1, _BLOCK // (r * self.dim))
+        rows = self.rows.view(np.ndarray)  # a memmap's Python-level indexing costs ~0.1 ms
         for a in range(0, len(q), step):
             ids = cand[a : a + step]
-            diff = self.rows[ids.ravel()].reshape(len(ids), r, self.dim) - q[a : a + step, None]
+            diff = rows[ids.ravel()].reshape(len(ids), r, self.dim) - q[a : a + step, None]
             d = np.einsum("qrd,qrd->qr", diff, diff)  # exact squared L2 on the full rows
             o = np.argsort(d, 1, kind="stable")[:, :k]
             at = np.arange(len(ids))[:, None]
@@ -146,7 +179,10 @@ class ProjectedHnswBank(Bank):
         return np.asarray(self.rows, np.float32)
 
     def save(self, path) -> None:
-        self.graph.save(path)
+        if self.graph._index is None:  # loaded for faiss: hnswlib holds nothing, copy the file
+            shutil.copyfile(self._source, path)
+        else:
+            self.graph.save(path)
         for tag, arr in (("proj", self.proj), ("rows", self.rows)):
             with open(sibling(path, tag), "wb") as f:
                 np.save(f, arr, allow_pickle=False)
@@ -154,13 +190,28 @@ class ProjectedHnswBank(Bank):
     def params(self) -> Dict:
         p = self.graph.params()
         p.update(dim=self.dim, n=self.n, project=self.project, rerank=self.rerank)
+        p["engine"] = self.engine
         return p
 
     @classmethod
-    def of_parts(cls, proj, rows, index, rerank: int = RERANK, ef: int = 0) -> ProjectedHnswBank:
+    def of_parts(
+        cls,
+        proj,
+        rows,
+        index,
+        rerank: int = RERANK,
+        ef: int = 0,
+        engine: str = "hnswlib",
+        graph_file=None,
+    ) -> ProjectedHnswBank:
         """A bank over an hnswlib ``index`` already built on ``rows`` projected by ``proj``
-        (the benchmark builds its million-row graphs itself, with progress and checkpoints)."""
+        (the benchmark builds its million-row graphs itself, with progress and checkpoints);
+        engine faiss walks ``graph_file`` (that index saved), checked first."""
         bank = cls(rows.shape[1], proj.shape[0] - 1, rerank, index.M, index.ef_construction)
+        bank.engine = resolve_engine(engine)
+        if bank.engine == "faiss" and graph_file is not None:
+            head = check_hnsw_file(graph_file, bank.project, len(rows))
+            bank._walker = bank_faiss.FaissWalker.from_hnsw_file(graph_file, head)
         bank.graph.ef = int(ef) or bank.graph.ef
         bank.graph._index, bank.graph._n = index, int(index.get_current_count())
         bank.proj, bank.rows = np.asarray(proj, np.float32), rows
@@ -178,6 +229,7 @@ class ProjectedHnswBank(Bank):
             ef_construction=int(params["ef_construction"]),
             ef=int(params["ef"]),
             seed=int(params.get("seed", 100)),
+            engine=str(params.get("engine", "hnswlib")),  # older bundles: hnswlib
         )
         pfile, rfile = sibling(path, "proj"), sibling(path, "rows")
         try:  # headers, shapes and lengths before numpy or hnswlib reads any of them
@@ -188,6 +240,16 @@ class ProjectedHnswBank(Bank):
         proj = np.load(pfile, allow_pickle=False)
         check_projection(proj, pfile.name)
         rows = np.load(rfile, mmap_mode="r", allow_pickle=False)
-        graph = HnswBank.load(path, {**params, "dim": project, "n": len(rows)})
-        bank.graph, bank.proj, bank.rows = graph, proj, rows
+        if bank.engine == "faiss":  # the whole file checked, then parsed for faiss (no hnswlib)
+            try:
+                head = check_hnsw_file(
+                    path, project, len(rows), bank.graph.M, bank.graph.ef_construction
+                )
+            except BankFileError as exc:
+                raise BankError(str(exc)) from None
+            bank._walker = bank_faiss.FaissWalker.from_hnsw_file(path, head)
+            bank.graph._n, bank._source = len(rows), Path(path)
+        else:
+            bank.graph = HnswBank.load(path, {**params, "dim": project, "n": len(rows)})
+        bank.proj, bank.rows = proj, rows
         return bank

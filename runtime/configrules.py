@@ -14,7 +14,8 @@ import numpy as np
 
 from .errors import ConfigError
 
-HNSW_KEYS = ("M", "ef_construction", "ef", "project", "rerank")  # project 0: one stage
+HNSW_KEYS = ("M", "ef_construction", "ef", "project", "rerank", "engine")  # project 0: 1 stage
+HNSW_ENGINES = ("auto", "hnswlib", "faiss")  # engine: who walks a two-stage bank's graph
 
 Rule = Callable[[str, Any], Any]  # (name, value) -> the value to store, or raise ConfigError
 
@@ -148,10 +149,16 @@ def hnsw_rule(name: str, v: Any) -> Any:
     if (
         not isinstance(v, Mapping)
         or any(k not in HNSW_KEYS for k in v)
-        or not all(_is_int(x) and x >= (0 if k == "project" else 1) for k, x in v.items())
+        or not all(
+            x in HNSW_ENGINES if k == "engine" else _is_int(x) and x >= (0 if k == "project" else 1)
+            for k, x in v.items()
+        )
     ):
         raise _bad(
-            name, f"None or a mapping of {', '.join(HNSW_KEYS)} to integers >= 1 (project >= 0)", v
+            name,
+            f"None or a mapping of {', '.join(HNSW_KEYS[:-1])} to integers >= 1 (project >= 0)"
+            f" and engine to one of {', '.join(HNSW_ENGINES)}",
+            v,
         )
     return dict(v)
 

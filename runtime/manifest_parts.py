@@ -10,6 +10,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from .manifest_check import MAX_ROWS, METRIC, MISSING, Check
 
 HNSW_PARAMS = ("M", "ef_construction", "ef", "seed", "project", "rerank")
+ENGINES = ("hnswlib", "faiss")  # a two-stage bank's graph walker (bank_projected.py)
 
 
 def _extra(sec: Mapping, typed) -> Dict[str, Any]:
@@ -86,10 +87,10 @@ class BankRef:
     n: int = 0
     dim: int = 0
     metric: str = METRIC
-    hnsw: Optional[Mapping[str, int]] = None
+    hnsw: Optional[Mapping[str, Any]] = None  # integers, and a two-stage bank's "engine"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    _TYPED = ("contents", "kind", "file", "sha256", "n", "dim", "metric") + HNSW_PARAMS
+    _TYPED = ("contents", "kind", "file", "sha256", "n", "dim", "metric", "engine") + HNSW_PARAMS
 
     @classmethod
     def parse(cls, c: Check, d: Mapping, field_: str, files, dim: Optional[int]) -> BankRef:
@@ -118,6 +119,8 @@ class BankRef:
             if proj is not None:  # two stages: the projection and full rows beside the graph
                 hnsw["project"] = proj
                 hnsw["rerank"] = c.integer(d, "rerank", f"{field_}.rerank", 1, 1 << 20)
+                if "engine" in d:  # who walks the graph; absent (older bundles): hnswlib
+                    hnsw["engine"] = c.choice(d, "engine", f"{field_}.engine", ENGINES)
                 for tag in ("proj", "rows"):
                     sib = f"{name.rsplit('.', 1)[0]}.{tag}.npy"
                     if sib not in files:
@@ -137,6 +140,8 @@ class BankRef:
     def placed(self, params: Mapping[str, Any], file: str, sha256: str) -> BankRef:
         """This reference for a bank written as ``file`` (``params``: ``Bank.params()``)."""
         hnsw = {k: int(params[k]) for k in HNSW_PARAMS if k in params} or None
+        if hnsw and "engine" in params:
+            hnsw["engine"] = str(params["engine"])
         return dataclasses.replace(
             self,
             kind=params["kind"],

@@ -231,12 +231,7 @@ def main(argv=None) -> int:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--data", choices=("mixture", "real"), default="mixture")
     p.add_argument("--real", default=None, help="float32 .npy [R, D] of real embeddings")
-    p.add_argument(
-        "--noise",
-        type=float,
-        default=0.3,
-        help="real: noise std as a fraction of the per-dimension std",
-    )
+    p.add_argument("--noise", type=float, default=0.3, help="real: noise std / per-dim std")
     p.add_argument("--workdir", required=True, help="where the memory-mapped bank rows go")
     p.add_argument("--grid", nargs="+", default=["16:100"], help="HNSW M:ef_construction")
     p.add_argument("--efs", type=int, nargs="+", default=[16, 32, 64, 128])
@@ -275,6 +270,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--rerank", type=int, nargs="+", default=[64], help="--project: candidates re-ranked"
     )
+    p.add_argument("--engine", choices=("hnswlib", "faiss"), default="hnswlib", help="--project")
     p.add_argument("--json", default=None, help="write all rows here too")
     a = p.parse_args(argv)
     if a.load_index:
@@ -332,17 +328,19 @@ def main(argv=None) -> int:
         "data": a.data,
         "exact_batched_ms_per_query": round(exact_s / len(q) * 1e3, 2) if a.grid else None,
     }
-    graph_rows, measure = x, lambda index: query_rows(index, q, ed, ei, a.efs)
+    graph_rows, measure = x, lambda index, _=None: query_rows(index, q, ed, ei, a.efs)
     if a.project and (a.grid or a.load_index):
         from dn2.runtime.bank_projected import ProjectedHnswBank
         from dn2.tools.bench.bank_scale_proj import project_rows, query_two_stage
 
         t = time.perf_counter()
         proj, graph_rows = project_rows(a.workdir, x, a.project, f"{a.data}_{a.n}x{x.shape[1]}")
-        base.update(project=a.project, project_s=round(time.perf_counter() - t, 1))
+        base.update(project=a.project, project_s=round(time.perf_counter() - t, 1), engine=a.engine)
 
-        def measure(index):
-            bank = ProjectedHnswBank.of_parts(proj, x, index)
+        def measure(index, graph_file=None):
+            bank = ProjectedHnswBank.of_parts(
+                proj, x, index, engine=a.engine, graph_file=graph_file
+            )
             return query_two_stage(bank, q, ed, ei, a.efs, a.rerank)
 
     tag = f"{x.shape[1]}" + (f"p{a.project}" if a.project else "")
@@ -354,7 +352,7 @@ def main(argv=None) -> int:
                 f"--load-index: {a.load_index} holds {index.get_current_count()} rows, "
                 f"the bank {len(x)}"
             )
-        for r in measure(index):
+        for r in measure(index, a.load_index):
             row = {
                 **base,
                 "M": index.M,
@@ -371,7 +369,7 @@ def main(argv=None) -> int:
         index, build = build_hnsw(graph_rows, m, efc, a.build_threads, save=save)
         mem = _mem()
         say(f"built M={m} efc={efc} in {build:.1f} s; {mem}")
-        for r in measure(index):
+        for r in measure(index, save or None):
             row = {
                 **base,
                 "M": m,
