@@ -9,8 +9,8 @@
 ``dn2.runtime.providers``); each is proven by a warm-up inference and the next one is tried
 when it fails. The graph's signature is checked by ``dn2.runtime.contract``.
 
-``cpu_split`` (int8 on the CPU provider by default): a chunk of two or more images is split
-over ``threads`` one-thread sessions run side by side (``b.split`` of them; 0: not split).
+``cpu_split`` (fp32 and int8 on the CPU provider by default): a chunk of two or more images is
+split over ``threads`` one-thread sessions run side by side (``b.split`` of them; 0: not split).
 """
 
 from __future__ import annotations
@@ -44,13 +44,14 @@ CPU_SESSION_DEFAULTS = {
 }
 
 
-# int8 batches on the CPU split over one-thread sessions, one per core, instead of one session
-# with intra-op threads: `python -m dn2.tools.studies.cpu_engines` (ResNet101, the gate's int8
-# QDQ model, 2 cores, batch 8, calls alternated, under load) measured 1.17x the img/s (1.18x
-# less CPU time per image) for int8 and 0.99x (1.06x) for fp32 (BENCHMARKS.md "CPU engines and
-# onnxruntime levers"), so only int8 splits by default. A split needs every session to get an
-# image: with more threads than images per batch it stays one session.
-SPLIT_PRECISIONS = ("int8",)
+# Batches on the CPU split over one-thread sessions, one per core, instead of one session with
+# intra-op threads: `python -m dn2.tools.studies.cpu_engines` (ResNet101, 2 cores, batch 8,
+# calls alternated, under load 5-6) measured 1.185x the img/s (1.145x less CPU time per image)
+# for the gate's int8 model and 1.061x (1.070x) for fp32, the same embeddings (BENCHMARKS.md
+# "CPU engines and onnxruntime levers"). A split needs every session to get an image: with
+# more threads than images per batch it stays one session. The sessions hold their own copy
+# of the weights (ResNet101: +2 x 44 MB int8, +2 x 170 MB fp32 on 2 cores).
+SPLIT_PRECISIONS = ("fp32", "int8")
 
 
 def cores() -> int:

@@ -297,13 +297,12 @@ def test_cli_cpu_split_rows_time_the_other_split_setting(work, tmp_path, capsys)
     argv += ["--bank-size", "40", "--quick", "--cpu-split-rows", "--work-dir", str(work)]
     assert cli.main(argv + ["--json", str(out)]) == 0, capsys.readouterr().err
     data = json.loads(out.read_text())
-    # 2 threads, batches of 2: int8 splits by default, so its comparison row is one session;
-    # fp32 does not, so its comparison row is the split
+    # 2 threads, batches of 2: the runtime splits them, so the comparison rows are one session
     assert [p["name"] for p in data["pipelines"]] == [
         "torch-eager b2",
         "dn2-fp32 b2",
         "dn2-int8 b2",
-        "dn2-fp32-split b2",
+        "dn2-fp32-1session b2",
         "dn2-int8-1session b2",
     ]
     assert data["config"]["cpu_split_rows"] is True

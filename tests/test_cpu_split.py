@@ -1,4 +1,4 @@
-"""int8 batches split over one-thread onnxruntime sessions, and the CPU engines study that
+"""Batches split over one-thread onnxruntime sessions, and the CPU engines study that
 measured it: real exports (ResNet18, random weights, 64 px), real sessions."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _frames(work, size):
     )
 
 
-def test_int8_splits_by_default_and_gives_the_unsplit_embeddings(study_dir):
+def test_batches_split_by_default_and_give_the_unsplit_embeddings(study_dir):
     from dn2.runtime.embedder import Embedder
 
     int8 = str(study_dir / "resnet18-64-int8.onnx")
@@ -42,9 +42,10 @@ def test_int8_splits_by_default_and_gives_the_unsplit_embeddings(study_dir):
     split = Embedder(int8, providers="cpu", threads=2, batch_size=8)
     one = Embedder(int8, providers="cpu", threads=2, batch_size=8, cpu_split=False)
     assert split.backend.split == 2 and one.backend.split == 0
-    # fp32 measured no gain: one session unless asked; more threads than images: no split
-    assert Embedder(fp32, providers="cpu", threads=2, batch_size=8).backend.split == 0
-    assert Embedder(fp32, providers="cpu", threads=2, cpu_split=True).backend.split == 2
+    assert Embedder(fp32, providers="cpu", threads=2, batch_size=8).backend.split == 2
+    assert Embedder(fp32, providers="cpu", threads=2, cpu_split=False).backend.split == 0
+    # one thread, or more threads than images per batch: nothing to split
+    assert Embedder(int8, providers="cpu", threads=1, batch_size=8).backend.split == 0
     assert Embedder(int8, providers="cpu", threads=4, batch_size=2).backend.split == 0
     x = _frames(study_dir, 64)
     for n in (1, 3, 8, 16):  # one image (never split), odd halves, a full and two chunks

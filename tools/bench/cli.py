@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpu-split-rows",
         action="store_true",
         help="also time each dn2 pipeline with the other CPU batch split setting "
-        "(dn2-int8-1session: int8 on one session; dn2-fp32-split: fp32 split over one-thread "
-        "sessions)",
+        "(dn2-fp32-1session / dn2-int8-1session: one session where the runtime splits "
+        "batches over one-thread sessions; -split where it does not)",
     )
     p.add_argument(
         "--accuracy",

@@ -5,7 +5,7 @@ centre-crops to the model's uint8 BGR input, the ``Embedder`` runs the ONNX grap
 (cast and normalisation are inside the graph), the runtime's exact kNN scores against the bank,
 and the decision is score > threshold. ``jpeg_draft=True`` is the same pipeline with the
 opt-in reduced-scale JPEG decode (``dn2-fit --jpeg-draft``), sharing the other one's session.
-``cpu_split``: the Embedder's CPU batch split (None: the runtime's default, int8 only).
+``cpu_split``: the Embedder's CPU batch split (None: the runtime's default).
 """
 
 from __future__ import annotations
