@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -110,6 +111,7 @@ class OrtBackend:
         self.split = self._split_count(cpu_split)
         self._parts: list = []  # the one-thread sessions of a split, opened on first use
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._split_lock = threading.Lock()
 
     def _split_count(self, cpu_split: Optional[bool]) -> int:
         """How many one-thread sessions a batch is split over (0: none); see SPLIT_PRECISIONS."""
@@ -121,12 +123,13 @@ class OrtBackend:
         return n if 2 <= n <= self.batch_size else 0
 
     def _run_split(self, tensors: List[str], chunk: np.ndarray) -> List[np.ndarray]:
-        if not self._parts:
-            self._parts = [
-                self._session([prov.CPU], self.meta, False, last=True, threads=1)
-                for _ in range(self.split)
-            ]
-            self._pool = ThreadPoolExecutor(self.split, thread_name_prefix="dn2-ort-split")
+        with self._split_lock:  # opened once, even when several threads call run at once
+            if not self._parts:
+                self._parts = [
+                    self._session([prov.CPU], self.meta, False, last=True, threads=1)
+                    for _ in range(self.split)
+                ]
+                self._pool = ThreadPoolExecutor(self.split, thread_name_prefix="dn2-ort-split")
         pieces = np.array_split(chunk, min(self.split, len(chunk)))
         futures = [
             self._pool.submit(s.run, tensors, {INPUT_NAME: np.ascontiguousarray(p)})
