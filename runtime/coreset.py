@@ -96,8 +96,12 @@ class StreamingCoreset:
             self._parts = [np.concatenate(self._parts)]
         return self._parts[0]
 
-    def result(self, n: int) -> np.ndarray:
+    def result(self, n: int, weights: Optional[np.ndarray] = None) -> np.ndarray:
+        """``n`` rows of the pool by greedy coreset; with per-channel ``weights`` [dim] the
+        pool is scaled by them first (selection and rows in the weighted space)."""
         pool = self.pool()
         if len(pool) == 0:
             raise Dn2Error("patch bank: expected patches from at least one image, found none")
+        if weights is not None:
+            pool = pool * np.asarray(weights, np.float32)
         return pool[np.sort(greedy_coreset(pool, n, seed=self.seed + 1))]

@@ -216,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         "against the whole bank)",
     )
     p.add_argument(
+        "--patch-weights",
+        choices=("blocks", "none"),
+        default="blocks",
+        help="blocks (default): each layer block of the patch features scaled to the same "
+        "total variance over the normal patches before the kNN (recorded in the bundle); "
+        "none: the features as the model gives them",
+    )
+    p.add_argument(
         "--color",
         choices=("auto", "gray", "color"),
         default="auto",

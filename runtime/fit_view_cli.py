@@ -63,6 +63,7 @@ def view_fit(a) -> Optional[str]:
         topk=a.patch_topk or DEFAULTS["topk"],
         prune=DEFAULTS["prune"] if a.patch_prune is None else a.patch_prune,
         combine_rule=a.combine,
+        block_weights=getattr(a, "patch_weights", "blocks") == "blocks",
         reduction="max" if a.patch_topk == 1 else DEFAULTS["reduction"],
     )
     return str(out)

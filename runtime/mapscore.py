@@ -14,6 +14,7 @@ import numpy as np
 from .combine import rule_of
 from .patchfit import combine
 from .patchscore import PatchScorer, frame_map, peak_and_box, reduce_cells
+from .patchweights import channel_weights, layer_channels
 from .scoring import knn_score, l2normalize
 from .viewembed import ViewEmbedder, ViewItem
 from .views import View
@@ -33,7 +34,14 @@ class ViewScorer:
         self.patch = None
         if p is not None:
             prune = int(p.extra.get("prune", 0))  # bundles fitted before pruning: exact
-            self.patch = PatchScorer(bundle.patch_bank, p.k, p.reduction, p.topk, p.sigma, prune)
+            bw = p.extra.get("block_weights")  # bundles fitted before block weights: none
+            w = None
+            if bw is not None:
+                ch = layer_channels(p.extra.get("layers"), p.extra.get("channels"))
+                w = channel_weights(bw, ch)
+            self.patch = PatchScorer(
+                bundle.patch_bank, p.k, p.reduction, p.topk, p.sigma, prune, weights=w
+            )
             self.patch_threshold = p.threshold.value
             self.pixel_threshold = p.pixel_threshold.value
         self.threshold = m.threshold.value

@@ -204,11 +204,15 @@ class PatchScorer:
         topk: int = 10,
         sigma: float = SIGMA,
         prune: int = 0,
+        weights: Optional[np.ndarray] = None,
     ):
+        """``weights``: per-channel float32 [C] applied to every cell before the kNN (the
+        bank is stored weighted; ``dn2.runtime.patchweights``), or None."""
         if reduction not in REDUCTIONS:
             raise Dn2Error(f"patch reduction: expected one of {REDUCTIONS}, found {reduction!r}")
         self.bank, self.k, self.reduction, self.topk = bank, int(k), reduction, int(topk)
         self.sigma = float(sigma)
+        self.weights = None if weights is None else np.asarray(weights, np.float32)
         self.one_blas_thread = SCORE_ONE_BLAS_THREAD
         self.prune = int(prune) if isinstance(bank, ExactBank) else 0
         if isinstance(bank, ExactBank) and bank.n:  # prepared at load, not per image
@@ -221,6 +225,8 @@ class PatchScorer:
 
     def cells(self, patches: np.ndarray) -> np.ndarray:
         t = self.topk if self.reduction == "topk" else 1
+        if self.weights is not None:
+            patches = np.asarray(patches, np.float32) * self.weights[None, :, None, None]
         return cell_scores(self.bank, patches, self.k, self.one_blas_thread, self.prune, t)
 
     def image_scores(self, cells: np.ndarray) -> np.ndarray:

@@ -136,7 +136,9 @@ def test_fit_records_prune_and_scores_match_the_exact_kernel(lite0_patches, text
     assert vs.patch.prune == 128
     paths = [str(noms[510]), str(noms[511]), str(tmp_path / "defect.jpg")]
     res = det.analyze_paths(paths)
-    exact = PatchScorer(vs.patch.bank, vs.patch.k, vs.patch.reduction, vs.patch.topk)
+    exact = PatchScorer(
+        vs.patch.bank, vs.patch.k, vs.patch.reduction, vs.patch.topk, weights=vs.patch.weights
+    )
     for r, it in zip(res, vs.viewer.paths(paths)):
         c = exact.cells(it.patches)
         want = float(reduce_cells(c[None], exact.reduction, exact.topk)[0])

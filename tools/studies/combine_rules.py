@@ -8,7 +8,13 @@ conformal quantile of the combined pairs at the bundle's fpr, and the rule is sc
 test images: image ROC-AUC per defect type, FPR on test/good and TPR per type at the threshold.
 No re-embedding: one fit + one evaluation gives every rule.
 
+``--sweep W ...`` adds the trade-off between the two signals: Fisher's rule with weight W on
+the global signal's log tail and 1 - W on the patch one (``fisher`` is W = 0.5). Reading the
+test anomalies to pick W would be fitting on anomalies; the rows show how far *any* weighting
+of these two scores can go, not a rule to use.
+
     python -m dn2.tools.studies.combine_rules BUNDLE R.json [BUNDLE2 R2.json ...] [--json OUT]
+        [--sweep 0.3 0.7]
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ from typing import Dict, List
 import numpy as np
 
 
-def rules_table(bundle_dir, results: List[Dict]) -> Dict:
+def rules_table(bundle_dir, results: List[Dict], sweep=()) -> Dict:
     from dn2.runtime.bundle import load_bundle
-    from dn2.runtime.combine import RULES, apply_rule, fit_rule
+    from dn2.runtime.combine import RULES, _log_tail, apply_rule, fit_rule
     from dn2.runtime.threshold import conformal_quantile, roc_auc
 
     m = load_bundle(bundle_dir).manifest
@@ -48,6 +54,15 @@ def rules_table(bundle_dir, results: List[Dict]) -> Dict:
     for rule in RULES:
         params = fit_rule(rule, gc, pc, tg, tp)
         columns[rule] = lambda g, p, params=params: apply_rule(params, g, p)
+    z = fit_rule("fisher", gc, pc, tg, tp)
+    for w in sweep:
+
+        def weighted(g, p, w=float(w), z=z):
+            zg = (np.asarray(g, np.float64) - z["global"]["mean"]) / z["global"]["std"]
+            zp = (np.asarray(p, np.float64) - z["patch"]["mean"]) / z["patch"]["std"]
+            return -2.0 * (w * _log_tail(zg) + (1.0 - w) * _log_tail(zp))
+
+        columns[f"fisher w={w:g}"] = weighted
     for name, fn in columns.items():
         thr = conformal_quantile(fn(gc, pc), fpr)["value"]
         s = {k: fn(*by[k]) for k in kinds}
@@ -69,6 +84,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("pairs", nargs="+", help="BUNDLE RESULTS.json [BUNDLE RESULTS.json ...]")
     p.add_argument("--json")
+    p.add_argument("--sweep", type=float, nargs="*", default=(), metavar="W")
     a = p.parse_args(argv)
     if len(a.pairs) % 2:
         print("combine_rules: error: expected BUNDLE RESULTS.json pairs", file=sys.stderr)
@@ -77,7 +93,7 @@ def main(argv=None) -> int:
     for b, r in zip(a.pairs[::2], a.pairs[1::2]):
         res = json.loads(Path(r).read_text())["results"]
         try:
-            t = rules_table(b, res)
+            t = rules_table(b, res, a.sweep)
         except ValueError as exc:
             print(f"combine_rules: error: {b}: {exc}", file=sys.stderr)
             return 2

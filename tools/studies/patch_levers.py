@@ -8,11 +8,15 @@ coreset, <= 512 patches per image) and every test image's cells are scored once;
 reduction is read from the same cells. Transforms, all fitted on normal patches only:
 ``none``, ``pca:D`` (principal axes of the bank rows, D dims), ``rand:D`` (Gaussian random
 projection), ``first:C`` / ``last:C`` (the first / last C channels: for Lite0 40 = the
-stride-8 block, 112 = the stride-16 block). Query time per image is printed beside each row
-(the machine's load applies: read it as a ratio).
+stride-8 block, 112 = the stride-16 block), ``blocks:C`` (the first C channels and the rest
+scaled to the same total variance over the bank rows: ``dn2.runtime.patchweights``' rule, the
+fit's default, which also selects its coreset in the weighted space; here the rows are
+selected unweighted), ``scale:C:W`` (the first C channels times W). Query time per image is
+printed beside each row (the machine's load applies: read it as a ratio).
 
     python -m dn2.tools.studies.patch_levers --model M.onnx [--train 200] [--sizes 4096 16384]
-        [--transforms none pca:64] [--k 1] [--topk 1 3 10 30] [--cache DIR] [--json OUT]
+        [--transforms none pca:64] [--k 1] [--topk 1 3 10 30] [--view full|tiles=RxC]
+        [--with-global] [--cache DIR] [--json OUT]
 """
 
 from __future__ import annotations
@@ -41,8 +45,11 @@ def _files(n_train: int, n_test: int, with_global: bool) -> Dict[str, List[Path]
     return out
 
 
-def embed_cached(model: str, files: Dict[str, List[Path]], cache: Path, threads: int):
-    """{split: float16 [N, C, h, w]} through the full view, cached per model and split size."""
+def embed_cached(
+    model: str, files: Dict[str, List[Path]], cache: Path, threads: int, view: str = "full"
+):
+    """{split: float16 [N, C, h, w]} through ``view`` (``full``: [N, C, h, w]; tiles: the
+    R x C tiles' cells side by side, [N, C, h, R*C*w]), cached per model, view and split size."""
     from dn2.runtime.embedder import Embedder
     from dn2.runtime.viewembed import ViewEmbedder
     from dn2.runtime.views import View
@@ -50,11 +57,14 @@ def embed_cached(model: str, files: Dict[str, List[Path]], cache: Path, threads:
     cache.mkdir(parents=True, exist_ok=True)
     out, ve = {}, None
     for split, paths in files.items():
-        f = cache / f"{Path(model).stem}_{split}_{len(paths)}.npy"
+        tag = "" if view == "full" else "_" + view.replace("=", "")
+        f = cache / f"{Path(model).stem}{tag}_{split}_{len(paths)}.npy"
         if not f.exists():
             if ve is None:
-                ve = ViewEmbedder(Embedder(model, threads=threads), View("full"))
-            arr = np.stack([it.patches[0].astype(np.float16) for it in ve.paths(paths)])
+                ve = ViewEmbedder(Embedder(model, threads=threads), View.parse(view))
+            arr = np.stack(
+                [np.concatenate(list(it.patches), -1).astype(np.float16) for it in ve.paths(paths)]
+            )
             np.save(f, arr)
         out[split] = np.load(f, allow_pickle=False)
     return out
@@ -64,8 +74,20 @@ def transform(kind: str, bank: np.ndarray, seed: int = 0):
     """(function [M, C] -> [M, D], D) fitted on the normal ``bank`` rows."""
     if kind == "none":
         return (lambda x: x), bank.shape[1]
-    name, d = kind.split(":")
-    d = int(d)
+    name, *args = kind.split(":")
+    if name in ("blocks", "scale"):
+        c = int(args[0])
+        if name == "blocks":
+            from dn2.runtime.patchweights import BlockStats
+
+            st = BlockStats([c, bank.shape[1] - c])
+            st.add(bank)
+            a, b = st.weights()
+        else:
+            a, b = float(args[1]), 1.0
+        w = np.r_[np.full(c, a), np.full(bank.shape[1] - c, b)].astype(np.float32)
+        return (lambda x: x * w), bank.shape[1]
+    d = int(args[0])
     if name == "first":
         return (lambda x: np.ascontiguousarray(x[:, :d])), d
     if name == "last":
@@ -79,7 +101,9 @@ def transform(kind: str, bank: np.ndarray, seed: int = 0):
         _, _, vt = np.linalg.svd(bank - mu, full_matrices=False)
         p = np.ascontiguousarray(vt[:d].T.astype(np.float32))
         return (lambda x: (x - mu) @ p), d
-    raise ValueError(f"transform: expected none|pca:D|rand:D|first:C|last:C, found {kind!r}")
+    raise ValueError(
+        f"transform: expected none|pca:D|rand:D|first:C|last:C|blocks:C|scale:C:W, found {kind!r}"
+    )
 
 
 def run(a) -> Dict:
@@ -90,8 +114,8 @@ def run(a) -> Dict:
 
     files = _files(a.train, a.test, a.with_global)
     t0 = time.perf_counter()
-    feats = embed_cached(a.model, files, Path(a.cache), a.threads)
-    out: Dict = {"model": a.model, "train": a.train, "test": a.test, "rows": []}
+    feats = embed_cached(a.model, files, Path(a.cache), a.threads, a.view)
+    out: Dict = {"model": a.model, "view": a.view, "train": a.train, "test": a.test, "rows": []}
     out["embed_s"] = round(time.perf_counter() - t0, 1)
     train = patch_rows(feats["train"].astype(np.float32))
     grid = feats["good"].shape[2:]
@@ -139,6 +163,7 @@ def main(argv=None) -> int:
     p.add_argument("--train", type=int, default=200)
     p.add_argument("--test", type=int, default=100)
     p.add_argument("--with-global", action="store_true")
+    p.add_argument("--view", default="full", help="full or tiles=RxC (the fit's views)")
     p.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     p.add_argument("--transforms", nargs="+", default=["none"])
     p.add_argument("--k", type=int, nargs="+", default=[1])
