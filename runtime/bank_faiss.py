@@ -8,7 +8,8 @@ rows the search is bound by memory, one cache miss per distance; faiss keeps the
 from the rows and reads 2 bytes per axis instead of hnswlib's 4 (a 128-axis row: 256 bytes
 instead of hnswlib's 512 bytes of row plus 388 of links in one record), and walked the same
 graph in about half of hnswlib's time per query, less again with the nodes renumbered by
-cluster (below; BENCHMARKS.md, "Banks of a million, two stages: faiss walks the same graph"). The fp16 rounding only orders candidates; the exact re-rank on the full rows gives
+cluster (below; BENCHMARKS.md, "Banks of a million, two stages: faiss walks the same
+graph"). The fp16 rounding only orders candidates; the exact re-rank on the full rows gives
 every distance returned.
 
 faiss is the optional extra ``dn2[kmeans]``; without it this engine says so
@@ -179,11 +180,15 @@ class FaissWalker:
         """Labels [nq, k] of the ``k`` graph candidates of each projected query (any order)."""
         nt = 1 if threads == 1 or len(qy) == 1 else (os.cpu_count() or 1)
         nt = nt if threads < 1 else min(nt, threads)
-        self._faiss.omp_set_num_threads(nt)
         ef = max(int(ef), int(k))
         if ef not in self._params:
             self._params[ef] = self._faiss.SearchParametersHNSW(efSearch=ef)
-        _, ids = self.index.search(qy, int(k), params=self._params[ef])
+        prev = self._faiss.omp_get_max_threads()  # a process-wide setting: put it back after
+        self._faiss.omp_set_num_threads(nt)
+        try:
+            _, ids = self.index.search(qy, int(k), params=self._params[ef])
+        finally:
+            self._faiss.omp_set_num_threads(prev)
         if (ids < 0).any():  # fewer than k nodes reached: as hnswlib, refuse rather than pad
             raise Dn2Error(
                 f"the faiss graph walk reached fewer than {k} rows (ef {ef}); raise ef or M"

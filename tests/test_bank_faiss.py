@@ -85,9 +85,12 @@ def test_faiss_walks_the_saved_graph_as_hnswlib_does(saved):
     assert same.mean() >= 0.99, same.mean()
     np.testing.assert_allclose(fd[same], hd[same], rtol=REL)  # exact distances for the ids
     assert (fd.mean(1) >= ed.mean(1) * (1 - REL)).all()  # a miss can only raise a score
-    # batched on 2 threads and one by one: the same answers
+    # batched on 2 threads and one by one: the same answers; faiss's thread setting (process
+    # wide: k-means uses it too) is left as it was
+    before = faiss.omp_get_max_threads()
     one = np.concatenate([fb.search(r, 2, threads=1)[1] for r in q[:40]])
     np.testing.assert_array_equal(one, fi[:40])
+    assert faiss.omp_get_max_threads() == before
     # a loaded faiss bank saves the graph file it walks, byte for byte
     fb.save(d / "copy.bin")
     assert (d / "copy.bin").read_bytes() == (d / "bank.bin").read_bytes()
