@@ -40,11 +40,12 @@ import numpy as np
 from . import bank_faiss
 from .bank import HNSW_DEFAULTS, RERANK, Bank, BankError, HnswBank, _as_matrix, blas_threads
 from .bankfile import BankFileError, check_hnsw_file, check_npy_file
+from .configrules import HNSW_ENGINES
 
 PCA_SAMPLE = 100_000  # rows the axes are fitted on (a seeded sample beyond that)
 ORTHO_TOL = 1e-3  # |A A^T - I| allowed in a stored projection (float32 rounding is ~1e-6)
 _BLOCK = 1 << 23  # floats gathered per re-rank block (32 MB)
-ENGINES = ("auto", "hnswlib", "faiss")
+ENGINES = HNSW_ENGINES  # auto, hnswlib, faiss
 
 
 def resolve_engine(engine: str) -> str:
@@ -164,7 +165,7 @@ class ProjectedHnswBank(Bank):
         out_d = np.empty((len(q), k), np.float32)
         out_i = np.empty((len(q), k), np.int64)
         step = max(1, _BLOCK // (r * self.dim))
-        rows = self.rows.view(np.ndarray)  # a memmap's Python-level indexing costs ~0.1 ms
+        rows = self.rows.view(np.ndarray)  # plain indexing: np.memmap's __getitem__ is Python
         for a in range(0, len(q), step):
             ids = cand[a : a + step]
             diff = rows[ids.ravel()].reshape(len(ids), r, self.dim) - q[a : a + step, None]

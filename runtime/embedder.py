@@ -60,6 +60,8 @@ class Embedder:
     + resize alone 14.7 ms/img, the model 32.2 ms/img); on a GPU box the model is faster than
     decoding and the workers matter more.
     ``allow_fp16``: let TensorRT use FP16 kernels for an FP32 model.
+    ``cpu_split``: split CPU batches over one-thread sessions (None: fp32 and int8 models; see
+    ``dn2.runtime.ort_backend``).
     ``jpeg_draft``: ``embed_paths`` decodes large JPEGs at reduced scale
     (``dn2.runtime.images.read_image(draft_side=...)``); fit and score must agree on it, which is
     why a bundle records it (manifest ``score.jpeg_draft``).
@@ -78,6 +80,7 @@ class Embedder:
         jpeg_draft: bool = False,
         gray: bool = False,
         backend=None,
+        cpu_split: Optional[bool] = None,
     ):
         if backend is None:
             if model_path is None:
@@ -88,6 +91,7 @@ class Embedder:
                 threads=threads,
                 batch_size=batch_size,
                 allow_fp16=allow_fp16,
+                cpu_split=cpu_split,
             )
         elif not isinstance(backend, Backend) or not isinstance(backend.meta, ModelMeta):
             raise ModelError(

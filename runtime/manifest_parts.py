@@ -7,10 +7,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from .configrules import HNSW_ENGINES
 from .manifest_check import MAX_ROWS, METRIC, MISSING, Check
 
 HNSW_PARAMS = ("M", "ef_construction", "ef", "seed", "project", "rerank")
-ENGINES = ("hnswlib", "faiss")  # a two-stage bank's graph walker (bank_projected.py)
+ENGINES = HNSW_ENGINES[1:]  # a two-stage bank's graph walker as recorded (never "auto")
 
 
 def _extra(sec: Mapping, typed) -> Dict[str, Any]:

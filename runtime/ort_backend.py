@@ -8,12 +8,18 @@
 ``providers``: "auto" (TensorRT > CUDA > CPU among those available), a name, or a list (see
 ``dn2.runtime.providers``); each is proven by a warm-up inference and the next one is tried
 when it fails. The graph's signature is checked by ``dn2.runtime.contract``.
+
+``cpu_split`` (fp32 and int8 on the CPU provider by default): a chunk of two or more images is
+split over ``threads`` one-thread sessions run side by side (``b.split`` of them; 0: not split).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -37,6 +43,24 @@ CPU_SESSION_DEFAULTS = {
     "session.intra_op.allow_spinning": "0",
     "session.inter_op.allow_spinning": "0",
 }
+
+
+# Batches on the CPU split over one-thread sessions, one per core, instead of one session with
+# intra-op threads: `python -m dn2.tools.studies.cpu_engines` (ResNet101, 2 cores, batch 8,
+# calls alternated, under load 5-6) measured 1.185x the img/s (1.145x less CPU time per image)
+# for the gate's int8 model and 1.061x (1.070x) for fp32, the same embeddings (BENCHMARKS.md
+# "CPU engines and onnxruntime levers"). A split needs every session to get an image: with
+# more threads than images per batch it stays one session. The sessions hold their own copy
+# of the weights (ResNet101: +2 x 44 MB int8, +2 x 170 MB fp32 on 2 cores).
+SPLIT_PRECISIONS = ("fp32", "int8")
+
+
+def cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class _Fallback(Exception):
@@ -69,6 +93,7 @@ class OrtBackend:
         threads: Optional[int] = None,
         batch_size: int = 8,
         allow_fp16: bool = True,
+        cpu_split: Optional[bool] = None,
     ):
         self.model_path = str(model_path)
         regular_file(self.model_path, "an ONNX model file", ModelError)
@@ -83,8 +108,37 @@ class OrtBackend:
         self.session, self.meta = self._open(prov.resolve(providers), allow_fp16)
         self.provider: str = self.session.get_providers()[0]
         self._tensors = [o.graph_name for o in self.meta.outputs]
+        self.split = self._split_count(cpu_split)
+        self._parts: list = []  # the one-thread sessions of a split, opened on first use
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._split_lock = threading.Lock()
 
-    def _options(self, names: Sequence[str]):
+    def _split_count(self, cpu_split: Optional[bool]) -> int:
+        """How many one-thread sessions a batch is split over (0: none); see SPLIT_PRECISIONS."""
+        if cpu_split is False or self.provider != prov.CPU:
+            return 0
+        if cpu_split is None and self.meta.precision not in SPLIT_PRECISIONS:
+            return 0
+        n = int(self.threads) if self.threads is not None else cores()
+        return n if 2 <= n <= self.batch_size else 0
+
+    def _run_split(self, tensors: List[str], chunk: np.ndarray) -> List[np.ndarray]:
+        with self._split_lock:  # opened once, even when several threads call run at once
+            if not self._parts:
+                self._parts = [
+                    self._session([prov.CPU], self.meta, False, last=True, threads=1)
+                    for _ in range(self.split)
+                ]
+                self._pool = ThreadPoolExecutor(self.split, thread_name_prefix="dn2-ort-split")
+        pieces = np.array_split(chunk, min(self.split, len(chunk)))
+        futures = [
+            self._pool.submit(s.run, tensors, {INPUT_NAME: np.ascontiguousarray(p)})
+            for s, p in zip(self._parts, pieces)
+        ]
+        outs = [f.result() for f in futures]
+        return [np.concatenate([o[i] for o in outs]) for i in range(len(tensors))]
+
+    def _options(self, names: Sequence[str], threads: Optional[int] = None):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -93,14 +147,22 @@ class OrtBackend:
             so.log_severity_level = 3  # errors only; GPU attempts keep onnxruntime's warnings,
             # which say why a provider could not start (missing CUDA/cuDNN libraries, ...)
             config = {**CPU_SESSION_DEFAULTS, **config}  # the model's own entries win
-        if self.threads is not None:
-            so.intra_op_num_threads = int(self.threads)
+        threads = self.threads if threads is None else threads
+        if threads is not None:
+            so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
         for key, value in config.items():
             so.add_session_config_entry(key, value)
         return so
 
-    def _session(self, names: List[str], meta: Optional[ModelMeta], allow_fp16: bool, last: bool):
+    def _session(
+        self,
+        names: List[str],
+        meta: Optional[ModelMeta],
+        allow_fp16: bool,
+        last: bool,
+        threads: Optional[int] = None,
+    ):
         import onnxruntime as ort
 
         plist = (
@@ -109,7 +171,9 @@ class OrtBackend:
             else list(names)
         )
         try:
-            return ort.InferenceSession(self.model_path, self._options(names), providers=plist)
+            return ort.InferenceSession(
+                self.model_path, self._options(names, threads), providers=plist
+            )
         except Exception as exc:  # onnxruntime's own exception types; the text is what matters
             if last:
                 raise ModelError(
@@ -182,7 +246,10 @@ class OrtBackend:
         for i in range(0, batch.shape[0], self.batch_size):
             chunk = np.ascontiguousarray(batch[i : i + self.batch_size])
             try:
-                got = self.session.run(tensors, {INPUT_NAME: chunk})
+                if self.split and len(chunk) >= 2:
+                    got = self._run_split(tensors, chunk)
+                else:
+                    got = self.session.run(tensors, {INPUT_NAME: chunk})
             except Exception as exc:
                 raise ModelError(
                     f"{self.model_path}: inference on {self.provider} failed for "
@@ -202,9 +269,14 @@ class OrtBackend:
 
     def close(self) -> None:
         self.session = None
+        self._parts = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
     def __repr__(self) -> str:
         return (
             f"OrtBackend({self.model_path!r}, provider={self.provider}, "
-            f"outputs={list(self.meta.output_names)}, batch={self.batch_size})"
+            f"outputs={list(self.meta.output_names)}, batch={self.batch_size}, "
+            f"split={self.split})"
         )

@@ -290,6 +290,30 @@ def test_cli_jpeg_draft_rows_share_the_model_and_agree(work, tmp_path, capsys):
     assert peak_rows == ["dn2 fp32 model stage / measured sgemm peak (dn2-fp32 b1)"]
 
 
+def test_cli_cpu_split_rows_time_the_other_split_setting(work, tmp_path, capsys):
+    out = tmp_path / "split.json"
+    argv = ["--arch", "resnet18", "--weights", "none", "--input-size", "64", "--threads", "2"]
+    argv += ["--n-images", "6", "--passes", "1", "--batch", "2", "--frame-size", "320x240"]
+    argv += ["--bank-size", "40", "--quick", "--cpu-split-rows", "--work-dir", str(work)]
+    assert cli.main(argv + ["--json", str(out)]) == 0, capsys.readouterr().err
+    data = json.loads(out.read_text())
+    # 2 threads, batches of 2: the runtime splits them, so the comparison rows are one session
+    assert [p["name"] for p in data["pipelines"]] == [
+        "torch-eager b2",
+        "dn2-fp32 b2",
+        "dn2-int8 b2",
+        "dn2-fp32-1session b2",
+        "dn2-int8-1session b2",
+    ]
+    assert data["config"]["cpu_split_rows"] is True
+    assert all(p["img_per_s"] > 0 for p in data["pipelines"])
+    speed_goals = [g["what"] for g in data["goals"] if g["goal"] == "int8_vs_torch"]
+    assert speed_goals == [
+        "dn2 int8 end-to-end / torch-eager (dn2-int8 b2)",
+        "dn2 int8 end-to-end / torch-eager (dn2-int8-1session b2)",
+    ]
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [

@@ -64,6 +64,12 @@ def main(argv=None) -> int:
     p.add_argument("--efs", type=int, nargs="+", default=[128])
     p.add_argument("--rerank", type=int, nargs="+", default=[64])
     p.add_argument("--repeats", type=int, default=3, help="passes over the queries; fastest kept")
+    p.add_argument(
+        "--order-min-rows",
+        type=int,
+        default=None,
+        help="faiss: renumber nodes by cluster from this many rows (bank_faiss.ORDER_MIN_ROWS)",
+    )
     a = p.parse_args(argv)
     from dn2.runtime.bank import load_bank
     from dn2.runtime.bankfile import hnsw_header
@@ -83,6 +89,10 @@ def main(argv=None) -> int:
     params = {"kind": "hnsw", "n": a.n, "dim": a.dim, "M": h["M"], "ef": max(a.efs)}
     params.update(ef_construction=h["ef_construction"], project=a.project, engine=a.engine)
     params["rerank"] = max(a.rerank)
+    if a.order_min_rows is not None:
+        from dn2.runtime import bank_faiss
+
+        bank_faiss.ORDER_MIN_ROWS = a.order_min_rows
     anon0 = _mem().get("RssAnon", 0.0)
     t = time.perf_counter()
     bank = load_bank(target, params)
@@ -91,6 +101,10 @@ def main(argv=None) -> int:
     say(f"loaded ({a.engine}) in {load_s:.1f} s; {mem}")
     for r in query_two_stage(bank, q, ed, ei, a.efs, a.rerank, repeats=a.repeats):
         row = {"n": a.n, "dim": a.dim, "project": a.project, "engine": a.engine, "M": h["M"]}
+        if a.engine == "faiss":
+            from dn2.runtime import bank_faiss
+
+            row["cluster_order"] = a.n >= bank_faiss.ORDER_MIN_ROWS
         row.update(ef_construction=h["ef_construction"], load_s=round(load_s, 1))
         row["engine_anon_gib"] = round(mem.get("RssAnon", 0.0) - anon0, 2)
         row.update(r, load=_load())

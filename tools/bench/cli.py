@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(dn2-fit --jpeg-draft)",
     )
     p.add_argument(
+        "--cpu-split-rows",
+        action="store_true",
+        help="also time each dn2 pipeline with the other CPU batch split setting "
+        "(dn2-fp32-1session / dn2-int8-1session: one session where the runtime splits "
+        "batches over one-thread sessions; -split where it does not)",
+    )
+    p.add_argument(
         "--accuracy",
         action="store_true",
         help="also export efficientnet_lite0 (real weights) fp32 + int8 and measure the int8 "
@@ -115,6 +122,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             precisions=("fp32",) if args.no_int8 else ("fp32", "int8"),
             work_dir=args.work_dir,
             jpeg_draft=args.jpeg_draft,
+            cpu_split_rows=args.cpu_split_rows,
             accuracy=args.accuracy,
             streams_json=args.streams_json,
         )

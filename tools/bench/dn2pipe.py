@@ -5,6 +5,7 @@ centre-crops to the model's uint8 BGR input, the ``Embedder`` runs the ONNX grap
 (cast and normalisation are inside the graph), the runtime's exact kNN scores against the bank,
 and the decision is score > threshold. ``jpeg_draft=True`` is the same pipeline with the
 opt-in reduced-scale JPEG decode (``dn2-fit --jpeg-draft``), sharing the other one's session.
+``cpu_split``: the Embedder's CPU batch split (None: the runtime's default).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Dn2Pipeline:
         name: str = "",
         jpeg_draft: bool = False,
         share: Dn2Pipeline = None,
+        cpu_split=None,
     ):
         import cv2
 
@@ -41,7 +43,11 @@ class Dn2Pipeline:
             self.embedder, self.knn_fn = share.embedder, share.knn_fn
         else:
             self.embedder = Embedder(
-                str(model_path), providers="auto", threads=threads, batch_size=batch_size
+                str(model_path),
+                providers="auto",
+                threads=threads,
+                batch_size=batch_size,
+                cpu_split=cpu_split,
             )
             self.knn_fn = make_exact_knn(bank, k)
         self.rule = self.embedder.meta.resize

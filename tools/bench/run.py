@@ -123,6 +123,7 @@ def run_bench(
     precisions: Sequence[str] = ("fp32", "int8"),
     work_dir: Optional[str] = None,
     jpeg_draft: bool = False,
+    cpu_split_rows: bool = False,
     accuracy: bool = False,
     streams_json: Optional[str] = None,
     log: Callable[[str], None] = _stderr,
@@ -191,6 +192,22 @@ def run_bench(
                     batch_size=max(batch_sizes),
                 )
             )
+        if cpu_split_rows:  # the other CPU batch split setting (dn2.runtime.ort_backend)
+            for p in [q for q in pipes[1:] if q.embedder.provider == "CPUExecutionProvider"]:
+                split = getattr(p.embedder.backend, "split", 0) == 0
+                pipes.append(
+                    Dn2Pipeline(
+                        models[p.kind]["path"],
+                        p.kind,
+                        bank,
+                        k,
+                        threshold,
+                        threads,
+                        max(batch_sizes),
+                        name=f"dn2-{p.kind}-" + ("split" if split else "1session"),
+                        cpu_split=split,
+                    )
+                )
         if jpeg_draft:  # the opt-in reduced-scale JPEG decode, same sessions and bank
             pipes += [
                 Dn2Pipeline(
@@ -242,6 +259,7 @@ def run_bench(
         "dim": spec.dim,
         "k": k,
         "jpeg_draft_rows": jpeg_draft,
+        "cpu_split_rows": cpu_split_rows,
         "load_avg_start": load_start,
         "models": {
             p: {"file": os.path.basename(m["path"]), "export_s": m["export_s"]}
