@@ -8,7 +8,7 @@ same run gives the global signal's, the patch signal's and the decision's ROC-AU
 normal score pairs.
 
     python -m dn2.tools.bench.fmnist_modes --model M.onnx [--classes 0 1 ...] [--train 100]
-        [--test 100] [--view full] [--json OUT]
+        [--test 100] [--view full] [--patch-topk T] [--json OUT]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--view", default="full")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patch-topk", type=int, default=None, help="the fit's (default 10)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     ds = load_fashion_mnist()
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
                 mode="both",
                 view=a.view,
                 threads=a.threads,
+                fit_kwargs={"topk": a.patch_topk} if a.patch_topk else None,
                 log=lambda m: None,
             )
             rules = rules_table(bundle, r["results"])["rules"]

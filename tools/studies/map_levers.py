@@ -36,9 +36,8 @@ def run(root: str, bundle: str, sigmas, threads=None, prune=None) -> Dict:
     if vs.patch is None:
         raise ValueError(f"{bundle}: expected a bundle with the patch signal, found none")
     if prune is not None:  # the pruned kNN's sub-bank rows instead of the bundle's (0: exact)
-        vs.patch = PatchScorer(
-            vs.patch.bank, vs.patch.k, vs.patch.reduction, vs.patch.topk, vs.patch.sigma, prune
-        )
+        p = vs.patch
+        vs.patch = PatchScorer(p.bank, p.k, p.reduction, p.topk, p.sigma, prune, weights=p.weights)
     kept, results = [], []  # kept: (type, cells, rects, shape, mask)
     for kind, files in s["test"].items():
         for f, it in zip(files, vs.viewer.paths(files)):
