@@ -60,7 +60,7 @@ class Embedder:
     + resize alone 14.7 ms/img, the model 32.2 ms/img); on a GPU box the model is faster than
     decoding and the workers matter more.
     ``allow_fp16``: let TensorRT use FP16 kernels for an FP32 model.
-    ``cpu_split``: split CPU batches over one-thread sessions (None: fp32 and int8 models; see
+    ``cpu_split``: split CPU batches over two sessions (None: fp32 and int8 models; see
     ``dn2.runtime.ort_backend``).
     ``jpeg_draft``: ``embed_paths`` decodes large JPEGs at reduced scale
     (``dn2.runtime.images.read_image(draft_side=...)``); fit and score must agree on it, which is

@@ -10,7 +10,8 @@
 when it fails. The graph's signature is checked by ``dn2.runtime.contract``.
 
 ``cpu_split`` (fp32 and int8 on the CPU provider by default): a chunk of two or more images is
-split over ``threads`` one-thread sessions run side by side (``b.split`` of them; 0: not split).
+split over two sessions run side by side, ``threads`` shared out between them (``b.split``
+sessions, ``b.split_threads`` threads each; 0: not split).
 """
 
 from __future__ import annotations
@@ -45,14 +46,16 @@ CPU_SESSION_DEFAULTS = {
 }
 
 
-# Batches on the CPU split over one-thread sessions, one per core, instead of one session with
-# intra-op threads: `python -m dn2.tools.studies.cpu_engines` (ResNet101, 2 cores, batch 8,
-# calls alternated, under load 5-6) measured 1.185x the img/s (1.145x less CPU time per image)
+# Batches on the CPU split over two sessions side by side (on 2 cores one thread each) instead
+# of one session with intra-op threads: `python -m dn2.tools.studies.cpu_engines` (ResNet101,
+# 2 cores, batch 8, calls alternated, under load 5-6) measured 1.185x the img/s (1.145x less CPU time per image)
 # for the gate's int8 model and 1.061x (1.070x) for fp32, the same embeddings (BENCHMARKS.md
-# "CPU engines and onnxruntime levers"). A split needs every session to get an image: with
-# more threads than images per batch it stays one session. The sessions hold their own copy
-# of the weights (ResNet101: +2 x 44 MB int8, +2 x 170 MB fp32 on 2 cores).
+# "CPU engines and onnxruntime levers"). Measured on 2 cores only, so at most
+# SPLIT_SESSIONS sessions, the threads shared out between them (4 threads: 2 sessions of 2):
+# each session holds its own copy of the weights (ResNet101: +2 x 44 MB int8, +2 x 170 MB
+# fp32), and a many-core box must not hold one copy per core.
 SPLIT_PRECISIONS = ("fp32", "int8")
+SPLIT_SESSIONS = 2
 
 
 def cores() -> int:
@@ -109,25 +112,27 @@ class OrtBackend:
         self.provider: str = self.session.get_providers()[0]
         self._tensors = [o.graph_name for o in self.meta.outputs]
         self.split = self._split_count(cpu_split)
-        self._parts: list = []  # the one-thread sessions of a split, opened on first use
+        n, t = self.split, (int(threads) if threads is not None else cores())
+        self.split_threads = [t // n + (i < t % n) for i in range(n)] if n else []
+        self._parts: list = []  # the sessions of a split, opened on first use
         self._pool: Optional[ThreadPoolExecutor] = None
         self._split_lock = threading.Lock()
 
     def _split_count(self, cpu_split: Optional[bool]) -> int:
-        """How many one-thread sessions a batch is split over (0: none); see SPLIT_PRECISIONS."""
+        """How many sessions a batch is split over (0: none); see SPLIT_PRECISIONS."""
         if cpu_split is False or self.provider != prov.CPU:
             return 0
         if cpu_split is None and self.meta.precision not in SPLIT_PRECISIONS:
             return 0
         n = int(self.threads) if self.threads is not None else cores()
-        return n if 2 <= n <= self.batch_size else 0
+        return min(n, SPLIT_SESSIONS) if n >= 2 and self.batch_size >= 2 else 0
 
     def _run_split(self, tensors: List[str], chunk: np.ndarray) -> List[np.ndarray]:
         with self._split_lock:  # opened once, even when several threads call run at once
             if not self._parts:
                 self._parts = [
-                    self._session([prov.CPU], self.meta, False, last=True, threads=1)
-                    for _ in range(self.split)
+                    self._session([prov.CPU], self.meta, False, last=True, threads=t)
+                    for t in self.split_threads
                 ]
                 self._pool = ThreadPoolExecutor(self.split, thread_name_prefix="dn2-ort-split")
         pieces = np.array_split(chunk, min(self.split, len(chunk)))

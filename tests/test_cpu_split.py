@@ -44,9 +44,19 @@ def test_batches_split_by_default_and_give_the_unsplit_embeddings(study_dir):
     assert split.backend.split == 2 and one.backend.split == 0
     assert Embedder(fp32, providers="cpu", threads=2, batch_size=8).backend.split == 2
     assert Embedder(fp32, providers="cpu", threads=2, cpu_split=False).backend.split == 0
-    # one thread, or more threads than images per batch: nothing to split
+    assert split.backend.split_threads == [1, 1]
+    # one thread or one image per batch: nothing to split; more threads: still two sessions
+    # (two extra copies of the weights at most), the threads shared out
     assert Embedder(int8, providers="cpu", threads=1, batch_size=8).backend.split == 0
-    assert Embedder(int8, providers="cpu", threads=4, batch_size=2).backend.split == 0
+    assert Embedder(int8, providers="cpu", threads=2, batch_size=1).backend.split == 0
+    three = Embedder(int8, providers="cpu", threads=3, batch_size=8).backend
+    assert three.split == 2 and three.split_threads == [2, 1]
+    np.testing.assert_allclose(
+        three.run(_frames(study_dir, 64)[:4])["embedding"],
+        one.embed_batch(_frames(study_dir, 64)[:4]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     x = _frames(study_dir, 64)
     for n in (1, 3, 8, 16):  # one image (never split), odd halves, a full and two chunks
         a, b = split.embed_batch(x[:n]), one.embed_batch(x[:n])

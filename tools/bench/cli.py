@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time each dn2 pipeline with the other CPU batch split setting "
         "(dn2-fp32-1session / dn2-int8-1session: one session where the runtime splits "
-        "batches over one-thread sessions; -split where it does not)",
+        "batches over two sessions; -split where it does not)",
     )
     p.add_argument(
         "--accuracy",

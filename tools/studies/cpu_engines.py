@@ -16,9 +16,9 @@ ratio is to onnxruntime fp32's wall time only).
 
 Rows: ``ort`` (``dn2.runtime.embedder.Embedder`` on the CPU provider, one session, the
 baseline), ``ort-spin`` (intra-op spinning on), ``ort-daz`` (denormals as zero), ``ort-split``
-(the runtime's ``cpu_split``: batch 8 split over ``--threads`` one-thread sessions run side by
-side), ``ov`` (OpenVINO CPU, static batch, hint LATENCY,
-inference precision f32, 1 stream, ``--threads`` threads), ``ov-tput`` (hint THROUGHPUT, 1
+(the runtime's ``cpu_split``: batch 8 split over two sessions, ``--threads`` shared out, run
+side by side), ``ov`` (OpenVINO CPU, static batch, hint LATENCY, inference precision f32, 1
+stream, ``--threads`` threads), ``ov-tput`` (hint THROUGHPUT, 1
 stream), ``ov-2streams`` (batch 8 as two halves on 2 streams), ``torch-eager``. Agreement with
 the onnxruntime fp32 embedding on every study frame: min / mean cosine and the export gate's kNN
 rank agreement (``dn2.export.gate.rank_agreement``). Also printed: the op types onnxruntime's
