@@ -6,10 +6,9 @@ then parsed here with numpy into a ``faiss.IndexHNSWSQ`` (fp16 rows): the same n
 links and entry point, so faiss reads no file and hnswlib loads nothing. Why: at 1,000,000
 rows the search is bound by memory, one cache miss per distance; faiss keeps the links apart
 from the rows and reads 2 bytes per axis instead of hnswlib's 4 (a 128-axis row: 256 bytes
-instead of hnswlib's 512 bytes of row plus 388 of links in one record), and walked the same
-graph in about half of hnswlib's time per query, less again with the nodes renumbered by
-cluster (below; BENCHMARKS.md, "Banks of a million, two stages: faiss walks the same
-graph"). The fp16 rounding only orders candidates; the exact re-rank on the full rows gives
+instead of hnswlib's 512 bytes of row plus 388 of links in one record), and walks the same
+graph faster, faster again with the nodes renumbered by cluster (below; measured in
+BENCHMARKS.md, "Banks of a million, two stages: faiss walks the same graph"). The fp16 rounding only orders candidates; the exact re-rank on the full rows gives
 every distance returned.
 
 faiss is the optional extra ``dn2[kmeans]``; without it this engine says so
@@ -32,8 +31,8 @@ from .errors import Dn2Error, MissingExtraError
 _CHUNK = 1 << 16  # level-0 records parsed per step
 # Past ORDER_MIN_ROWS nodes the walker renumbers them cluster by cluster (k-means of the
 # projected rows, ORDER_ROWS_PER_LIST rows per list, at most ORDER_LISTS lists), so a walk
-# that stays near its query reads nearby memory: at 1M rows 12-38 % less CPU per query than
-# file order on the same graph, alternated loads (BENCHMARKS.md); results do not change.
+# that stays near its query reads nearby memory (less CPU per query than file order on the
+# same graph: BENCHMARKS.md); results do not change.
 ORDER_MIN_ROWS, ORDER_ROWS_PER_LIST, ORDER_LISTS = 100_000, 1000, 1000
 
 

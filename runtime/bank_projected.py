@@ -9,11 +9,9 @@ misses can only make a score higher, never lower.
 
 Why: graph search cost grows with the dimension of each distance and a graph over noisy
 full-width rows is poorly connected; real embeddings and the benchmark's mixture have most of
-their variance in far fewer axes than they have dims. At 1,000,000 x 512 rows (mixture, rank
-128) the one-stage graph (M=32) reached recall@2 0.9795 at 3.9 ms per query (ef=512, quiet);
-this bank (128 axes, M=48, ef_construction=200) 0.9925 at ef=128, 1.53-1.65 ms per query
-quiet with hnswlib walking the graph, 0.86 ms (load 3.5) with faiss (BENCHMARKS.md "Banks of a
-million, two stages"; ``python -m dn2.tools.bench.bank_scale --project D``).
+their variance in far fewer axes than they have dims. The 1M measurements (one-stage graph
+against this bank, hnswlib and faiss walking it) are in BENCHMARKS.md, "Banks of a million, two
+stages" (``python -m dn2.tools.bench.bank_scale --project D``).
 
 Files (``bank.bin`` is the one the manifest's ``file`` names; the other two sit beside it,
 listed and digested in ``files`` like every bundle file):
@@ -24,7 +22,7 @@ listed and digested in ``files`` like every bundle file):
 * ``<stem>.rows.npy``: float32 ``[n, dim]``, the full rows, memory-mapped on load.
 
 ``engine`` says who walks the graph: ``hnswlib``, or ``faiss`` (``bank_faiss.py``: the same
-graph, parsed into faiss with fp16 rows; about half hnswlib's time per query at 1M). ``auto``
+graph, parsed into faiss with fp16 rows, faster per query at 1M: BENCHMARKS.md). ``auto``
 (the default) takes faiss when it is installed (``dn2[kmeans]``), else hnswlib; the manifest
 records the engine chosen, and a bundle without one (older) walks with hnswlib.
 """

@@ -47,13 +47,12 @@ CPU_SESSION_DEFAULTS = {
 
 
 # Batches on the CPU split over two sessions side by side (on 2 cores one thread each) instead
-# of one session with intra-op threads: `python -m dn2.tools.studies.cpu_engines` (ResNet101,
-# 2 cores, batch 8, calls alternated, under load 5-6) measured 1.185x the img/s (1.145x less CPU time per image)
-# for the gate's int8 model and 1.061x (1.070x) for fp32, the same embeddings (BENCHMARKS.md
-# "CPU engines and onnxruntime levers"). Measured on 2 cores only, so at most
+# of one session with intra-op threads: more img/s for the same embeddings, measured with
+# `python -m dn2.tools.studies.cpu_engines` and `dn2 bench --cpu-split-rows` on 2 cores
+# (BENCHMARKS.md "CPU engines and onnxruntime levers"). Measured on 2 cores only, so at most
 # SPLIT_SESSIONS sessions, the threads shared out between them (4 threads: 2 sessions of 2):
-# each session holds its own copy of the weights (ResNet101: +2 x 44 MB int8, +2 x 170 MB
-# fp32), and a many-core box must not hold one copy per core.
+# each session holds its own copy of the weights, and a many-core box must not hold one copy
+# per core.
 SPLIT_PRECISIONS = ("fp32", "int8")
 SPLIT_SESSIONS = 2
 
