@@ -8,8 +8,9 @@ rows the search is bound by memory, one cache miss per distance; faiss keeps the
 from the rows and reads 2 bytes per axis instead of hnswlib's 4 (a 128-axis row: 256 bytes
 instead of hnswlib's 512 bytes of row plus 388 of links in one record), and walks the same
 graph faster, faster again with the nodes renumbered by cluster (below; measured in
-BENCHMARKS.md, "Banks of a million, two stages: faiss walks the same graph"). The fp16 rounding only orders candidates; the exact re-rank on the full rows gives
-every distance returned.
+BENCHMARKS.md, "Banks of a million, two stages: faiss walks the same graph"). The fp16
+rounding only orders candidates; the exact re-rank on the full rows gives every distance
+returned.
 
 faiss is the optional extra ``dn2[kmeans]``; without it this engine says so
 (:func:`faiss_module`) and ``dn2 fit`` keeps engine ``hnswlib``.
