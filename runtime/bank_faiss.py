@@ -26,7 +26,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .bankfile import HNSW_HEADER
+from .bankfile import HNSW_HEADER, check_hnsw_file
 from .errors import Dn2Error, MissingExtraError
 
 _CHUNK = 1 << 16  # level-0 records parsed per step
@@ -166,8 +166,6 @@ class FaissWalker:
     def from_hnswlib(cls, index) -> FaissWalker:
         """The walker of an hnswlib index built in this process (a fit): written to a temporary
         file, checked and parsed like a loaded one."""
-        from .bankfile import check_hnsw_file
-
         fd, tmp = tempfile.mkstemp(suffix=".bin", prefix="dn2-graph-")
         os.close(fd)
         try:

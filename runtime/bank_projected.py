@@ -29,6 +29,7 @@ records the engine chosen, and a bundle without one (older) walks with hnswlib.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -133,9 +134,9 @@ class ProjectedHnswBank(Bank):
         return int(self.rows.shape[0])
 
     def _reduce(self, x: np.ndarray) -> np.ndarray:
-        if len(x) == 1:  # a [1, dim] x [dim, project] product: BLAS runs it on one thread
-            return np.ascontiguousarray((x - self.proj[0]) @ self.proj[1:].T, np.float32)
-        with blas_threads(len(x)):
+        # one query: a [1, dim] x [dim, project] product that BLAS runs on one thread anyway,
+        # so the thread limit's own cost is skipped
+        with contextlib.nullcontext() if len(x) == 1 else blas_threads(len(x)):
             return np.ascontiguousarray((x - self.proj[0]) @ self.proj[1:].T, np.float32)
 
     def add(self, x) -> None:

@@ -305,7 +305,7 @@ def fit_bundle(
     if getattr(bank, "engine", "") == "hnswlib" and hnsw.get("engine", "auto") == "auto":
         say(
             progress,
-            "two-stage bank: hnswlib walks the graph (pip install 'dn2[kmeans]': faiss, ~2x faster)",
+            "two-stage bank: hnswlib walks the graph (pip install 'dn2[kmeans]': faiss walks it faster)",
         )
     warn = capped_warning(threshold)
     if warn:

@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="R",
         help="opt-in pruned patch kNN with a sub-bank of R rows (at most half the bank): the "
-        "image score stays exact, 2-3x faster, but cells that cannot reach the image's top "
+        "image score stays exact and scoring is faster, but cells that cannot reach the top "
         "cells keep the sub-bank's upper bound, which blurs the map (default 0: every cell "
         "against the whole bank)",
     )

@@ -80,15 +80,14 @@ DEFAULTS = {
     "reduction": "topk",
     "topk": 10,
     "calib_images": 200,
-    # the pruned patch kNN (``patchscore.pruned_sq``) is opt-in: with a sub-bank of a quarter of
-    # the bank it ran 2-3x faster and kept every image score exact, but the cells it leaves out
-    # carry the sub-bank's bound and the localisation set's pixel ROC-AUC fell 0.9534 -> 0.9085
-    # (BENCHMARKS.md, "Patch kNN: one sgemm"). 0: every cell against the whole bank.
+    # the pruned patch kNN (``patchscore.pruned_sq``) is opt-in: faster, and every image score
+    # stays exact, but the cells it leaves out carry the sub-bank's bound, which costs the maps
+    # pixel ROC-AUC (BENCHMARKS.md, "Patch kNN: one sgemm"). 0: every cell against the whole bank.
     "prune": 0,
     # every layer block of the patch features scaled to the same total variance over the
-    # normal patches (``dn2.runtime.patchweights``): textile local defects, patch signal
-    # 0.9188 -> 0.9413, mode both 0.8583 -> 0.8860 local and 0.9637 -> 0.9700 global
-    # (BENCHMARKS.md, "Block weights"). False: the features as the model gives them.
+    # normal patches (``dn2.runtime.patchweights``): better on the textile local defects in
+    # patch and both modes (BENCHMARKS.md, "Block weights"). False: the features as the model
+    # gives them.
     "block_weights": True,
 }
 

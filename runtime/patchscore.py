@@ -84,7 +84,7 @@ def nearest_sq(
     float32 [N]. One sgemm per block of query rows against the prepared bank (the -2 and the
     bank norms folded in), then a row minimum (k = 1) or a partition (k > 1) of the block;
     ``||q||^2`` added per row at the end. ``bank.search`` keeps ids and sorts its k candidates:
-    ~2x slower for the same distances."""
+    slower for the same distances."""
     a = prepared_bank(bank)
     n, c = q.shape
     k = max(1, min(int(k), a.shape[0]))

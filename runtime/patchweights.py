@@ -3,7 +3,7 @@
 The ``patches`` output concatenates blocks of different layers (Lite0: 40 channels at stride 8
 and 112 at stride 16; ResNets: layer2 and layer3). Their squared distances simply add, so the
 block with the larger spread decides the nearest normal patch: on Lite0 the stride-16 block
-carries about twice the variance of the finer stride-8 one, which sees the small flaws best.
+carries more variance than the finer stride-8 one, which sees the small flaws best.
 The fit measures each block's total variance over the normal training patches (every cell of
 every image, streamed: one sum and one sum of squares per channel) and scales block ``b`` by
 ``sqrt(mean_V / V_b)``, so each block holds the same total variance. Normal data only: no
