@@ -84,10 +84,8 @@ DEFAULTS = {
     # stays exact, but the cells it leaves out carry the sub-bank's bound, which costs the maps
     # pixel ROC-AUC (BENCHMARKS.md, "Patch kNN: one sgemm"). 0: every cell against the whole bank.
     "prune": 0,
-    # the sub-grid patch kNN (``patchscore.subgrid_sq``): every 2nd cell of each axis exact,
-    # the rest interpolated, the image's top cells exact; about a third of the kNN's sgemm for
-    # the same pixel ROC-AUC and image ROC-AUC within noise (BENCHMARKS.md, "Sub-grid patch
-    # kNN"). 1: every cell against the whole bank.
+    # the sub-grid patch kNN (``patchscore.subgrid_sq``; 1: every cell): a third of the kNN's
+    # work, ROC-AUCs within noise (BENCHMARKS.md, "Sub-grid patch kNN")
     "cell_step": 2,
     # every layer block of the patch features scaled to the same total variance over the
     # normal patches (``dn2.runtime.patchweights``): better on the textile local defects in
@@ -159,10 +157,8 @@ def fit_view_bundle(
     if int(prune) < 0:
         raise Dn2Error(f"prune: expected 0 or more sub-bank rows, found {prune}", param="prune")
     if not isinstance(cell_step, int) or not 1 <= cell_step <= 8:
-        raise Dn2Error(
-            f"cell_step: expected an integer step from 1 (every cell) to 8, found {cell_step!r}",
-            param="cell_step",
-        )
+        msg = f"cell_step: expected an integer step from 1 (every cell) to 8, found {cell_step!r}"
+        raise Dn2Error(msg, param="cell_step")
     if combine_rule not in COMBINES:
         raise Dn2Error(
             f"combine_rule: expected one of {', '.join(COMBINES)}, found {combine_rule!r}",

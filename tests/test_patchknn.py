@@ -142,7 +142,8 @@ def test_subgrid_kernel_keeps_the_top_cells_exact_and_the_map(feats, step):
         m_ref = frame_map([exact], rect, 224, 224, 224, SIGMA)
         # the map's Gaussian (2 cells) smooths over the interpolation, which can only lower
         # a cell between exact ones a little: within 5 % of the map's level everywhere
-        # (measured <= 2.9 % at step 2, 4.1 % at step 3 on these images) and the peak within one cell (8 px)
+        # (measured <= 2.9 % at step 2, 4.1 % at step 3 on these images) and the peak
+        # within one cell (8 px)
         assert np.abs(m_got - m_ref).max() <= 0.05 * m_ref.max()
         p_got = np.unravel_index(np.argmax(m_got), m_got.shape)
         p_ref = np.unravel_index(np.argmax(m_ref), m_ref.shape)

@@ -16,8 +16,10 @@ both-mode bundle of one model, alternating, reporting images/s and their ratio; 
 bundle runs four times per round: as fitted (the defaults: the sub-grid patch kNN on one BLAS
 thread), with every cell exact (``both_exact``: the default before the sub-grid kNN), with the
 opt-in pruned kNN (a sub-bank of a quarter of the bank, every cell's bound from it), and on
-every BLAS thread (the earlier behaviour). ``--size`` sets the patch bank rows (default: the
-fit's).
+every BLAS thread (the earlier behaviour). Each variant's CPU time (all threads of the
+process) per image is printed beside its rate: the work, which a busy machine does not change
+much, where the rates are the work scheduled on the cores. ``--size`` sets the patch bank rows
+(default: the fit's).
 
     python -m dn2.tools.bench.patch_bank compare --model M.onnx [--train 60] [--test 60]
         [--size 4096] [--json OUT]
@@ -175,9 +177,10 @@ def speed(a) -> dict:
             r = {}
             for name, mode, one, rows, st in variants:
                 patch.one_blas_thread, patch.prune, patch.step = one, rows, st
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 dets[mode].analyze_paths(imgs, maps=mode != "global")
                 r[name] = a.images / (time.perf_counter() - t)
+                r[f"cpu_ms_{name}"] = 1000 * (time.process_time() - c) / a.images
             patch.one_blas_thread, patch.prune, patch.step = True, prune, step
             for name, *_ in variants[1:]:
                 r[f"ratio_{name}"] = r[name] / r["global"]
@@ -186,7 +189,9 @@ def speed(a) -> dict:
                 "images/s "
                 + ", ".join(f"{v[0]} {r[v[0]]:.2f}" for v in variants)
                 + " | ratio to global: "
-                + ", ".join(f"{v[0]} {r['ratio_' + v[0]]:.2f}" for v in variants[1:]),
+                + ", ".join(f"{v[0]} {r['ratio_' + v[0]]:.2f}" for v in variants[1:])
+                + " | CPU ms/image: "
+                + ", ".join(f"{v[0]} {r['cpu_ms_' + v[0]]:.1f}" for v in variants),
                 file=sys.stderr,
                 flush=True,
             )
