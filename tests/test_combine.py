@@ -141,7 +141,9 @@ def test_cfisher_weighs_the_patch_by_the_pairs_correlation_on_real_scores(scored
     # patch = an affine copy of the global scores: rho = 1, the rule ranks as the global signal
     twin_c, twin = 3.0 * gc + 1.0, 3.0 * g + 1.0
     assert pair_correlation(gc, twin_c) == pytest.approx(1.0, abs=1e-9)
-    assert (np.argsort(cf(gc, twin_c, g, twin), kind="stable") == np.argsort(g, kind="stable")).all()
+    assert (
+        np.argsort(cf(gc, twin_c, g, twin), kind="stable") == np.argsort(g, kind="stable")
+    ).all()
     # patch scores paired with the global ones in reverse order (rho <= 0): plain Fisher
     order = np.argsort(gc)
     anti = np.empty_like(pc)
@@ -169,7 +171,9 @@ def test_cfisher_on_strongly_correlated_real_pairs_holds_fpr_and_keeps_the_globa
     from scipy.stats import spearmanr
 
     assert spearmanr(s, g)[0] > 0.95  # vs plain Fisher's weight 1 on the same pairs:
-    assert spearmanr(s, g)[0] > spearmanr(apply_rule(fit_rule("fisher", gc, pc2, 1, 1), g, p2), g)[0]
+    assert (
+        spearmanr(s, g)[0] > spearmanr(apply_rule(fit_rule("fisher", gc, pc2, 1, 1), g, p2), g)[0]
+    )
 
 
 def test_older_bundles_without_a_stored_rule_keep_the_threshold_max():
@@ -189,9 +193,15 @@ def test_a_damaged_stored_rule_is_refused_with_what_was_expected():
     ):
         with pytest.raises(Dn2Error, match=what):
             rule_of(broken, "fisher", 3.0, 8.0)
-    cf = fit_rule("cfisher", np.array([1.0, 2.0, 3.0, 4.0]), np.array([5.0, 7.0, 6.0, 8.0]), 4.0, 8.0)
+    cf = fit_rule(
+        "cfisher", np.array([1.0, 2.0, 3.0, 4.0]), np.array([5.0, 7.0, 6.0, 8.0]), 4.0, 8.0
+    )
     assert rule_of(cf, "cfisher", 4.0, 8.0) == cf
-    for broken in ({**cf, "patch_weight": 1.0}, {**cf, "rho": 1.5}, {k: v for k, v in cf.items() if k != "rho"}):
+    for broken in (
+        {**cf, "patch_weight": 1.0},
+        {**cf, "rho": 1.5},
+        {k: v for k, v in cf.items() if k != "rho"},
+    ):
         with pytest.raises(Dn2Error, match="patch_weight"):
             rule_of(broken, "cfisher", 4.0, 8.0)
     # a bundle fitted with plain fisher (before cfisher was the default) reads as it was

@@ -18,7 +18,10 @@ the bundle's fpr. The runtime's rules come first (``combine_rules.rules_table``)
 distribution, not its order, so with a conformal threshold it equals ``fisher``: not listed.)
 
     python -m dn2.tools.studies.combine_candidates --set NAME BUNDLE R.json [--set ...]
-        [--fmnist NAME DIR ...] [--json OUT]
+        [--fmnist NAME DIR ...] [--weights W ...] [--json OUT]
+
+``--weights W ...`` adds Fisher with a constant weight W on the patch term (a sweep read on
+the anomalies, not a rule). Each set's pair correlation rho is printed first.
 
 ``--fmnist NAME DIR``: a ``fmnist_modes --keep DIR`` folder; its columns are the mean over the
 classes of the image ROC-AUC, the standard error of the mean per-class difference from the
@@ -99,8 +102,12 @@ def conformal(gc, pc):
     def logp(s, c, m, sd):
         s = np.asarray(s, np.float64)
         above = n - np.searchsorted(c, s, side="left")
-        past = np.log(1.0 / (n + 1)) + _tail((s - m) / sd) - _tail(np.full(s.shape, (c[-1] - m) / sd))
-        return np.where(above == 0, np.minimum(past, np.log(1.0 / (n + 1))), np.log((above + 1.0) / (n + 1)))
+        past = (
+            np.log(1.0 / (n + 1)) + _tail((s - m) / sd) - _tail(np.full(s.shape, (c[-1] - m) / sd))
+        )
+        return np.where(
+            above == 0, np.minimum(past, np.log(1.0 / (n + 1))), np.log((above + 1.0) / (n + 1))
+        )
 
     def score(g, p):
         return -2.0 * (logp(g, cal[0], *stats[0]) + logp(p, cal[1], *stats[1]))
@@ -141,11 +148,20 @@ CANDIDATES: Dict[str, Fit] = {
 }
 
 
-def set_columns(bundle, results_json) -> Dict[str, Dict[str, float]]:
+def pair_rho(bundle) -> float:
+    from dn2.runtime.bundle import load_bundle
+
+    pairs = load_bundle(bundle).manifest.signals.calibration_pairs
+    return float(np.corrcoef(pairs["global"], pairs["patch"])[0, 1])
+
+
+def set_columns(bundle, results_json, weights=()) -> Dict[str, Dict[str, float]]:
     from dn2.tools.studies.combine_rules import rules_table
 
     res = json.loads(Path(results_json).read_text())["results"]
-    rows = rules_table(bundle, res, extra=CANDIDATES)["rules"]
+    extra = dict(CANDIDATES)
+    extra.update({f"w={w:g} (constant)": weighted(lambda r, w=float(w): w) for w in weights})
+    rows = rules_table(bundle, res, extra=extra)["rules"]
     out = {}
     for name, row in rows.items():
         keep = {k[len("auroc_") :]: v for k, v in row.items() if k.startswith("auroc_")}
@@ -154,10 +170,10 @@ def set_columns(bundle, results_json) -> Dict[str, Dict[str, float]]:
     return out
 
 
-def fmnist_columns(folder) -> Dict[str, Dict[str, float]]:
+def fmnist_columns(folder, weights=()) -> Dict[str, Dict[str, float]]:
     per = []
     for b in sorted(Path(folder).glob("class_*.json")):
-        per.append(set_columns(b.with_suffix(""), b))
+        per.append(set_columns(b.with_suffix(""), b, weights))
     if not per:
         raise ValueError(f"{folder}: expected class_C.json + class_C/ of fmnist_modes --keep")
     out = {}
@@ -167,7 +183,8 @@ def fmnist_columns(folder) -> Dict[str, Dict[str, float]]:
         se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
         out[name] = {
             "mean": float(auc.mean()),
-            "se vs global": se,
+            "vs global": float(diff.mean()),
+            "se": se,
             "fpr": float(np.mean([c[name]["fpr"] for c in per])),
         }
     return out
@@ -181,6 +198,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--set", nargs=3, action="append", default=[], metavar=("NAME", "BUNDLE", "R"))
     p.add_argument("--fmnist", nargs=2, action="append", default=[], metavar=("NAME", "DIR"))
+    p.add_argument("--weights", type=float, nargs="*", default=(), metavar="W")
     p.add_argument("--json")
     a = p.parse_args(argv)
     if not a.set and not a.fmnist:
@@ -189,9 +207,12 @@ def main(argv=None) -> int:
     sets = {}
     try:
         for name, b, r in a.set:
-            sets[name] = set_columns(b, r)
+            sets[name] = set_columns(b, r, a.weights)
+            print(f"{name}: rho {pair_rho(b):.3f}")
         for name, d in a.fmnist:
-            sets[name] = fmnist_columns(d)
+            sets[name] = fmnist_columns(d, a.weights)
+            rhos = [pair_rho(b) for b in sorted(Path(d).glob("class_*")) if b.is_dir()]
+            print(f"{name}: rho per class " + " ".join(f"{r:.3f}" for r in rhos))
     except (ValueError, OSError) as exc:
         print(f"combine_candidates: error: {exc}", file=sys.stderr)
         return 2
