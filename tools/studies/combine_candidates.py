@@ -151,8 +151,12 @@ CANDIDATES: Dict[str, Fit] = {
 def pair_rho(bundle) -> float:
     from dn2.runtime.bundle import load_bundle
 
-    pairs = load_bundle(bundle).manifest.signals.calibration_pairs
-    return float(np.corrcoef(pairs["global"], pairs["patch"])[0, 1])
+    sig = load_bundle(bundle).manifest.signals
+    pairs = sig.calibration_pairs if sig is not None else None
+    if pairs is None:
+        raise ValueError(f"{bundle}: no calibration pairs: expected a mode-both bundle")
+    gc, pc = np.asarray(pairs["global"]), np.asarray(pairs["patch"])
+    return float(np.corrcoef(gc, pc)[0, 1])
 
 
 def set_columns(bundle, results_json, weights=()) -> Dict[str, Dict[str, float]]:
