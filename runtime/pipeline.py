@@ -13,7 +13,10 @@
 
 Batches come out in input order, each as soon as its tail is done (a batch never waits for
 the next one, so the latency of one image is decode + model + tail, as without overlap).
-``workers=0`` runs everything on the caller's thread (no threads at all). An exception of
+``workers=0`` runs everything on the caller's thread (no threads at all). While a pool runs,
+OpenCV's own thread pool is set to one thread (``decode_threads``, restored after): the pool
+already decodes several files at once, and OpenCV's workers on top would take the cores from
+the model's onnxruntime threads mid-operator (BENCHMARKS.md "The pipeline behind the model"). An exception of
 ``model`` or ``tail`` is raised to the caller; leaving the loop early stops the threads.
 This is the one implementation: ``Embedder.embed_paths`` (``dn2 score`` on files, the
 embedding stage of ``dn2 fit``), ``Detector.score_paths`` and the benchmark's dn2 pipelines use
@@ -26,6 +29,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
@@ -45,6 +49,34 @@ class Batch:
     order: List[bool] = field(default_factory=list)  # input order: True an item, False an error
 
 
+_CV_LOCK = threading.Lock()
+_cv_users = [0, None]  # pipelines running a decode pool, OpenCV's thread count before them
+
+
+@contextmanager
+def decode_threads(enabled: bool = True):
+    """OpenCV's thread pool at one thread while any decode pool runs; the setting before the
+    first one is put back when the last one ends (several pipelines may run at once).
+    ``enabled=False`` leaves OpenCV alone (for A/B measurements)."""
+    if not enabled:
+        yield
+        return
+    import cv2
+
+    with _CV_LOCK:
+        if _cv_users[0] == 0:
+            _cv_users[1] = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+        _cv_users[0] += 1
+    try:
+        yield
+    finally:
+        with _CV_LOCK:
+            _cv_users[0] -= 1
+            if _cv_users[0] == 0:
+                cv2.setNumThreads(_cv_users[1])
+
+
 def _safe(load: Callable, item) -> Tuple[Any, Optional[np.ndarray], Optional[str]]:
     try:
         return item, load(item), None
@@ -54,14 +86,20 @@ def _safe(load: Callable, item) -> Tuple[Any, Optional[np.ndarray], Optional[str
         return item, None, f"{item}: {type(exc).__name__}: {exc}"
 
 
-def prefetched(items: Iterable, load: Callable, workers: int, window: int) -> Iterator[Tuple]:
+def prefetched(
+    items: Iterable, load: Callable, workers: int, window: int, opencv_one_thread: bool = True
+) -> Iterator[Tuple]:
     """``(item, x, error)`` for every item in input order, ``load`` running in ``workers``
-    threads up to ``window`` items ahead (``workers=0``: in the calling thread)."""
+    threads up to ``window`` items ahead (``workers=0``: in the calling thread); OpenCV at one
+    thread meanwhile unless ``opencv_one_thread=False`` (see ``decode_threads``)."""
     if workers == 0:
         yield from (_safe(load, it) for it in items)
         return
     it = iter(items)
-    with ThreadPoolExecutor(workers, thread_name_prefix="dn2-decode") as ex:
+    with (
+        decode_threads(opencv_one_thread),
+        ThreadPoolExecutor(workers, thread_name_prefix="dn2-decode") as ex,
+    ):
         todo = deque(ex.submit(_safe, load, x) for x in islice(it, window + workers))
         while todo:
             res = todo.popleft().result()
@@ -71,11 +109,11 @@ def prefetched(items: Iterable, load: Callable, workers: int, window: int) -> It
             yield res
 
 
-def _batches(items, load, batch, workers, ahead, size):
+def _batches(items, load, batch, workers, ahead, size, opencv_one_thread=True):
     """(good items, their loads, errors, order) per batch of ``batch`` good items (or items
     whose ``size`` adds up to at least ``batch``), in input order."""
     good, xs, errs, order, n = [], [], [], [], 0
-    for item, x, err in prefetched(items, load, workers, ahead * batch):
+    for item, x, err in prefetched(items, load, workers, ahead * batch, opencv_one_thread):
         if err is not None:
             errs.append((item, err))
             order.append(False)
@@ -101,10 +139,12 @@ def overlapped(
     ahead: int = 2,
     size: Optional[Callable[[Any], int]] = None,
     collate: Callable[[List], Any] = np.stack,
+    opencv_one_thread: bool = True,
 ) -> Iterator[Batch]:
     """See the module doc. ``size(x)``: how many model inputs one load holds (a frame cut
     into tiles), so a batch holds about ``batch`` inputs; ``collate(loads)`` makes the model's
-    argument (default ``np.stack``)."""
+    argument (default ``np.stack``); ``opencv_one_thread=False`` leaves OpenCV's thread pool
+    as the caller set it while the decode pool runs."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, found {batch}")
     tail = tail or (lambda y: y)
@@ -128,7 +168,8 @@ def overlapped(
 
     def model_stage():
         try:
-            for good, xs, errs, order in _batches(items, load, batch, workers, ahead, size):
+            batches = _batches(items, load, batch, workers, ahead, size, opencv_one_thread)
+            for good, xs, errs, order in batches:
                 if stop.is_set():
                     return
                 y = model(collate(xs)) if xs else None

@@ -3,6 +3,7 @@ order kept, bad files reported, on real textile photos through a real onnxruntim
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -149,3 +150,55 @@ def test_tiled_views_keep_order_and_errors_with_the_decode_pool(files, batch):
             assert a.embeddings.shape == (4, b.embeddings.shape[1]) and a.rects == b.rects
             # the same batches through the same session (float32 round-off only)
             np.testing.assert_allclose(a.embeddings, b.embeddings, rtol=1e-6, atol=1e-7)
+
+
+def test_opencv_runs_one_thread_while_a_decode_pool_runs_and_is_restored(files):
+    """The decode pool is the parallelism: OpenCV's own pool is at one thread while any
+    pipeline's pool decodes (two pipelines at once too), and back to what it was after."""
+    import cv2
+
+    model, paths, bad = files
+    emb = Embedder(model, batch_size=2)
+    # 8 batches: more than the pipeline holds in flight (queues of 1 and 2, a batch in the
+    # model, one in the tail), so the first one cannot run to its end while it is paused
+    good = [p for p in paths if p not in bad][:16]
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        seen = []
+
+        def load(p):
+            seen.append(cv2.getNumThreads())
+            return emb.load_file(p)
+
+        first = overlapped(good, load, emb.embed_batch, batch=2)
+        next(first)  # the first pipeline's pool is running
+        second = list(overlapped(good, load, emb.embed_batch, batch=2))  # a second at once
+        assert cv2.getNumThreads() == 1  # the first one is still running
+        rest = list(first)
+        assert len(second) == 8 and len(rest) == 7
+        assert seen and set(seen) == {1}
+        assert cv2.getNumThreads() == 2  # both done: restored
+        seen.clear()
+        list(overlapped(good, load, emb.embed_batch, batch=2, workers=0))  # no pool
+        assert set(seen) == {2}  # the caller's setting is left alone
+    finally:
+        cv2.setNumThreads(before)
+
+
+def test_overlap_ab_runs_every_variant_on_a_real_session(files, tmp_path):
+    from dn2.tools.bench import overlap_ab
+
+    model, paths, bad = files
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for p in [p for p in paths if p not in bad][:4]:
+        (frames / Path(p).name).write_bytes(Path(p).read_bytes())
+    out = tmp_path / "ab.json"
+    argv = [str(model), "--frames", str(frames), "--n", "4", "--batch", "1", "2", "--rounds", "2"]
+    assert overlap_ab.main(argv + ["--threads", "1", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert set(got) == {f"{v} b{b}" for v in overlap_ab.VARIANTS for b in (1, 2)}
+    for row in got.values():
+        assert len(row["rounds"]) == 2 and all(r > 0 for r in row["rounds"])
+        assert row["median"] == pytest.approx(float(np.median(row["rounds"])), abs=1e-4)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Protocol, Sequence
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -60,7 +60,29 @@ class Timings:
     bare_images: int = 0
     bare_model: List[float] = field(default_factory=list)
     overlap_images: int = 0  # dn2 pipelines: the same batches through runtime.pipeline
+    overlap_pass_images: List[int] = field(default_factory=list)  # images per overlapped pass
     overlap: List[float] = field(default_factory=list)  # wall seconds per pass
+    # one entry per pass: (e2e seconds, images, bare seconds, bare images), see run_all
+    per_pass: List[Tuple[float, int, float, int]] = field(default_factory=list)
+
+    def pass_rates(self) -> Dict[str, List[Optional[float]]]:
+        """Per pass: sequential img/s, bare model img/s, overlapped img/s, and the two
+        ratios to the bare model of the same pass (timed seconds apart, not minutes)."""
+        seq = [n / t for t, n, _, _ in self.per_pass]
+        bare = [n / t if t else None for _, _, t, n in self.per_pass]
+        ovl = [n_img / t for t, n_img in zip(self.overlap, self.overlap_pass_images)]
+        ovl = ovl if len(ovl) == len(self.per_pass) else [None] * len(self.per_pass)
+
+        def over(a, b):
+            return [round(x / y, 4) if x and y else None for x, y in zip(a, b)]
+
+        return {
+            "img_per_s": [round(x, 3) for x in seq],
+            "bare_model_img_per_s": [None if x is None else round(x, 3) for x in bare],
+            "overlapped_img_per_s": [None if x is None else round(x, 3) for x in ovl],
+            "e2e_over_bare_model": over(seq, bare),
+            "overlapped_over_bare_model": over(ovl, bare),
+        }
 
     def summary(self) -> Dict[str, object]:
         """img/s, per-batch latency percentiles, per-image stage means, model-only throughput."""
@@ -107,6 +129,7 @@ class Timings:
                 if self.overlap and self.bare_model
                 else None
             ),
+            "per_pass": self.pass_rates(),
         }
 
 
@@ -183,6 +206,7 @@ def run_overlapped(pipe: Pipeline, batches: Sequence[Sequence[str]], timings: Ti
     if n != len(flat):
         raise RuntimeError(f"{pipe.name}: {len(flat)} images in, {n} decisions out")
     timings.overlap_images += n
+    timings.overlap_pass_images.append(n)
 
 
 def run_bare_model(pipe: Pipeline, inputs: Sequence, timings: Timings) -> None:
@@ -206,7 +230,10 @@ def run_all(
     each pass followed by the same batches through the bare model stage.
 
     Passes are interleaved (pass 1 of every pipeline, then pass 2, ...) so that a change in
-    machine load during the run spreads over all pipelines instead of hitting one.
+    machine load during the run spreads over all pipelines instead of hitting one, and every
+    other pass runs the pipelines in reverse order, so a drift within a pass does not always
+    favour the same ones. Each pass is also kept apart (``Timings.per_pass``): the report's
+    ratios are medians of per-pass ratios, each from timings taken seconds apart.
     """
     plan = [(p, b, make_batches(paths, b)) for p in pipes for b in batch_sizes]
     results = {(p.name, b): Timings(p.name, p.kind, b) for p, b, _ in plan}
@@ -215,14 +242,18 @@ def run_all(
         run_batch(p, batches[0])  # warm-up: allocators, thread pools, lazy init; not counted
         prepared[(p.name, b)] = [p.preprocess(p.decode(x)) for x in batches]  # not timed
     for k in range(passes):
-        for p, b, batches in plan:
+        for p, b, batches in plan if k % 2 == 0 else plan[::-1]:
             if progress:
                 progress(
                     f"pass {k + 1}/{passes}: {p.name} batch {b} ({len(batches)} batches)"
                     " + bare model"
                 )
-            run_pass(p, batches, results[(p.name, b)])
+            t = results[(p.name, b)]
+            before = (sum(t.e2e), t.images, sum(t.bare_model), t.bare_images)
+            run_pass(p, batches, t)
             if hasattr(p, "load_one"):
-                run_overlapped(p, batches, results[(p.name, b)])
-            run_bare_model(p, prepared[(p.name, b)], results[(p.name, b)])
+                run_overlapped(p, batches, t)
+            run_bare_model(p, prepared[(p.name, b)], t)
+            after = (sum(t.e2e), t.images, sum(t.bare_model), t.bare_images)
+            t.per_pass.append(tuple(type(a)(a - z) for a, z in zip(after, before)))
     return [results[(p.name, b)] for p, b, _ in plan]
