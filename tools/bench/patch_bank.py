@@ -16,7 +16,9 @@ both-mode bundle of one model, alternating, reporting images/s and their ratio; 
 bundle runs four times per round: as fitted (the defaults: the sub-grid patch kNN on one BLAS
 thread), with every cell exact (``both_exact``: the default before the sub-grid kNN), with the
 opt-in pruned kNN (a sub-bank of a quarter of the bank, every cell's bound from it), and on
-every BLAS thread (the earlier behaviour). Each variant's CPU time (all threads of the
+every BLAS thread (the earlier behaviour); ``--both-threads N ...`` adds the both bundle as
+fitted with N onnxruntime intra-op threads instead of ``--threads`` (a scheduling lever: the
+model on fewer threads beside the kNN's). Each variant's CPU time (all threads of the
 process) per image is printed beside its rate: the work, which a busy machine does not change
 much, where the rates are the work scheduled on the cores. ``--size`` sets the patch bank rows
 (default: the fit's).
@@ -163,6 +165,9 @@ def speed(a) -> dict:
             )
             dets[mode] = Detector.load(f"{tmp}/{mode}", threads=a.threads)
             dets[mode].analyze_paths(imgs[:2])  # warm-up
+        for th in a.both_threads:  # the both bundle with other onnxruntime intra-op threads
+            dets[f"both_ort{th}"] = Detector.load(f"{tmp}/both", threads=th)
+            dets[f"both_ort{th}"].analyze_paths(imgs[:2])
         patch = dets["both"].view_scorer.patch
         prune, step = patch.prune, patch.step
         out["cell_step"] = step
@@ -172,11 +177,13 @@ def speed(a) -> dict:
             ("both_exact", "both", True, 0, 1),
             ("both_pruned", "both", True, patch.bank.n // 4, 1),
             ("both_blas_all", "both", False, prune, step),
+            *((f"both_ort{th}", f"both_ort{th}", True, prune, step) for th in a.both_threads),
         )
         for _ in range(a.rounds):
             r = {}
             for name, mode, one, rows, st in variants:
-                patch.one_blas_thread, patch.prune, patch.step = one, rows, st
+                if mode == "both":
+                    patch.one_blas_thread, patch.prune, patch.step = one, rows, st
                 t, c = time.perf_counter(), time.process_time()
                 dets[mode].analyze_paths(imgs, maps=mode != "global")
                 r[name] = a.images / (time.perf_counter() - t)
@@ -213,6 +220,13 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--both-threads",
+        type=int,
+        nargs="*",
+        default=[],
+        help="speed: also the both bundle with these onnxruntime intra-op threads",
+    )
     p.add_argument("--json")
     a = p.parse_args(argv)
     res = compare(a) if a.what == "compare" else speed(a)
