@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RULE,
         help="mode both: how the two scores make the decision score, each rule fitted on "
         "the held-out normal scores (z: each signal standardised by its normal mean and "
-        "sd): fisher (default: -2 sum log p of the z-scores' Gaussian tails), zmax (the "
+        "sd): cfisher (default: fisher with the patch term weighted by (1 - rho)^2, rho the "
+        "pairs' correlation), fisher (-2 sum log p of the z-scores' Gaussian tails), zmax (the "
         "larger z), zsum, max / sum (of score / its threshold); then calibrated again",
     )
     p.add_argument(
