@@ -44,7 +44,7 @@ from .modelmeta import ModelSpec  # noqa: F401  (one of the config objects; re-e
 POOLINGS = ("mean", "max")
 MODES = ("global", "patch", "both")  # which signals decide (patch needs a model with patches)
 # mode both: how the two scores join (dn2.runtime.combine)
-COMBINES = ("fisher", "zmax", "zsum", "max", "sum")
+COMBINES = ("cfisher", "fisher", "zmax", "zsum", "max", "sum")
 INDEXES = ("auto", "exact", "hnsw")
 THRESHOLD_METHODS = ("fpr", "val-fpr", "youden", "f1")
 KMEANS_BACKENDS = ("auto", "faiss", "sklearn")
@@ -64,7 +64,7 @@ class ScoreConfig(_Config):
     combine: str = opt(
         "max",
         choice(COMBINES),
-        "mode both: how the two scores join (the fit records its rule, by default fisher: "
+        "mode both: how the two scores join (the fit records its rule, by default cfisher: "
         "dn2.runtime.combine.DEFAULT_RULE; max is what bundles that record none used)",
     )
 

@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RULE,
         help="mode both: how the two scores make the decision score, each rule fitted on "
         "the held-out normal scores (z: each signal standardised by its normal mean and "
-        "sd): fisher (default: -2 sum log p of the z-scores' Gaussian tails), zmax (the "
+        "sd): cfisher (default: fisher with the patch term weighted by (1 - rho)^2, rho the "
+        "pairs' correlation), fisher (-2 sum log p of the z-scores' Gaussian tails), zmax (the "
         "larger z), zsum, max / sum (of score / its threshold); then calibrated again",
     )
     p.add_argument(
@@ -214,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
         "image score stays exact and scoring is faster, but cells that cannot reach the top "
         "cells keep the sub-bank's upper bound, which blurs the map (default 0: every cell "
         "against the whole bank)",
+    )
+    p.add_argument(
+        "--patch-cell-step",
+        type=int,
+        default=None,
+        metavar="S",
+        help="patch kNN on every S-th cell of each axis, the cells between interpolated and "
+        "the image's top cells scored exactly (default 2: about a third of the kNN's work for "
+        "the same maps and scores; 1: every cell against the whole bank)",
     )
     p.add_argument(
         "--patch-weights",

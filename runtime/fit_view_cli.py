@@ -62,6 +62,9 @@ def view_fit(a) -> Optional[str]:
         bank_size=a.patch_bank or DEFAULTS["bank_size"],
         topk=a.patch_topk or DEFAULTS["topk"],
         prune=DEFAULTS["prune"] if a.patch_prune is None else a.patch_prune,
+        cell_step=DEFAULTS["cell_step"]
+        if getattr(a, "patch_cell_step", None) is None
+        else a.patch_cell_step,
         combine_rule=a.combine,
         block_weights=getattr(a, "patch_weights", "blocks") == "blocks",
         reduction="max" if a.patch_topk == 1 else DEFAULTS["reduction"],

@@ -34,13 +34,14 @@ class ViewScorer:
         self.patch = None
         if p is not None:
             prune = int(p.extra.get("prune", 0))  # bundles fitted before pruning: exact
+            step = int(p.extra.get("cell_step", 1))  # before the sub-grid kNN: every cell
             bw = p.extra.get("block_weights")  # bundles fitted before block weights: none
             w = None
             if bw is not None:
                 ch = layer_channels(p.extra.get("layers"), p.extra.get("channels"))
                 w = channel_weights(bw, ch)
             self.patch = PatchScorer(
-                bundle.patch_bank, p.k, p.reduction, p.topk, p.sigma, prune, weights=w
+                bundle.patch_bank, p.k, p.reduction, p.topk, p.sigma, prune, weights=w, step=step
             )
             self.patch_threshold = p.threshold.value
             self.pixel_threshold = p.pixel_threshold.value

@@ -84,6 +84,9 @@ DEFAULTS = {
     # stays exact, but the cells it leaves out carry the sub-bank's bound, which costs the maps
     # pixel ROC-AUC (BENCHMARKS.md, "Patch kNN: one sgemm"). 0: every cell against the whole bank.
     "prune": 0,
+    # the sub-grid patch kNN (``patchscore.subgrid_sq``; 1: every cell): a third of the kNN's
+    # work, ROC-AUCs within noise (BENCHMARKS.md, "Sub-grid patch kNN")
+    "cell_step": 2,
     # every layer block of the patch features scaled to the same total variance over the
     # normal patches (``dn2.runtime.patchweights``): better on the textile local defects in
     # patch and both modes (BENCHMARKS.md, "Block weights"). False: the features as the model
@@ -137,10 +140,12 @@ def fit_view_bundle(
     combine_rule: str = DEFAULT_RULE,
     prune: int = DEFAULTS["prune"],
     block_weights: bool = DEFAULTS["block_weights"],
+    cell_step: int = DEFAULTS["cell_step"],
 ) -> Path:
     """Fit a view-aware bundle (global, patch or both signals); returns its path. ``prune``:
     rows of the pruned patch kNN's sub-bank (0: every cell scored against the whole bank),
-    used by the calibration here and recorded for scoring."""
+    ``cell_step``: the sub-grid step of the patch kNN (1: every cell exact); both used by the
+    calibration here and recorded for scoring."""
     from .embedder import Embedder
     from .fitparts import as_list as _as_list
     from .images import find_images
@@ -151,6 +156,9 @@ def fit_view_bundle(
         raise Dn2Error(f"fpr: expected a rate in (0, 1), found {fpr}", param="fpr")
     if int(prune) < 0:
         raise Dn2Error(f"prune: expected 0 or more sub-bank rows, found {prune}", param="prune")
+    if not isinstance(cell_step, int) or not 1 <= cell_step <= 8:
+        msg = f"cell_step: expected an integer step from 1 (every cell) to 8, found {cell_step!r}"
+        raise Dn2Error(msg, param="cell_step")
     if combine_rule not in COMBINES:
         raise Dn2Error(
             f"combine_rule: expected one of {', '.join(COMBINES)}, found {combine_rule!r}",
@@ -267,7 +275,9 @@ def fit_view_bundle(
                     feats = np.asarray(spill[spill_rows[j]], np.float32)
                     if wch is not None:
                         feats *= wch[None, :, None, None]
-                    cells = cell_scores(fb, feats, patch_k, prune=prune, topk=top_cells)
+                    cells = cell_scores(
+                        fb, feats, patch_k, prune=prune, topk=top_cells, step=cell_step
+                    )
                     pscores[j] = reduce_cells(cells[None], reduction, topk)[0]
                     h, w = frame_shapes[j]
                     pmax[j] = frame_map(list(cells), rects_of[j], h, w, emb.input_size).max()
@@ -307,6 +317,7 @@ def fit_view_bundle(
                     "grid": emb.patch_spec["grid"],
                     "calibration": calibration,
                     "prune": int(prune),
+                    "cell_step": int(cell_step),
                     **({"block_weights": bw} if bw is not None else {}),
                 },
             )

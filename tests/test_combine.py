@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dn2.runtime.combine import RULES, _log_tail, apply_rule, fit_rule, rule_of
+from dn2.runtime.combine import RULES, _log_tail, apply_rule, fit_rule, pair_correlation, rule_of
 from dn2.runtime.detector import Detector
 from dn2.runtime.errors import Dn2Error
 from dn2.runtime.threshold import conformal_quantile
@@ -58,12 +58,16 @@ def test_manifest_keeps_the_rule_and_the_pairs_and_the_detector_applies_it(score
     bundle, det, held, bad = scored
     m = json.loads((Path(bundle) / "dn2.json").read_text())
     rule = m["signals"]["combine"]
-    assert rule["rule"] == "fisher" and m["score"]["combine"] == "fisher"  # the default
+    assert rule["rule"] == "cfisher" and m["score"]["combine"] == "cfisher"  # the default
     pairs = m["signals"]["calibration_pairs"]
     assert len(pairs["global"]) == len(pairs["patch"]) == N_TRAIN  # every image calibrated
     # the stored mean / sd are those of the held-out pairs
     assert rule["global"]["mean"] == pytest.approx(np.mean(pairs["global"]), rel=1e-9)
     assert rule["patch"]["std"] == pytest.approx(np.std(pairs["patch"], ddof=1), rel=1e-9)
+    # and the correlation and weight are those of the same pairs
+    rho = min(max(np.corrcoef(pairs["global"], pairs["patch"])[0, 1], 0.0), 1.0)
+    assert rule["rho"] == pytest.approx(rho, abs=1e-12)
+    assert rule["patch_weight"] == pytest.approx((1.0 - rho) ** 2, abs=1e-12)
     for r in held + bad:
         want = float(apply_rule(rule, r.global_score, r.patch_score)[0])
         assert r.score == pytest.approx(want, rel=1e-5, abs=1e-6)  # float32 round trip
@@ -103,10 +107,73 @@ def test_z_rules_do_not_depend_on_a_signals_units(scored):
     pc = np.asarray(m["signals"]["calibration_pairs"]["patch"])
     g = np.asarray([r.global_score for r in held + bad])
     p = np.asarray([r.patch_score for r in held + bad])
-    for rule in ("zmax", "zsum", "fisher"):
+    for rule in ("zmax", "zsum", "fisher", "cfisher"):
         a = apply_rule(fit_rule(rule, gc, pc, 1.0, 1.0), g, p)
         b = apply_rule(fit_rule(rule, 1e3 * gc + 5.0, pc, 1.0, 1.0), 1e3 * g + 5.0, p)
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # float32 outputs
+
+
+def _real_pairs_and_tests(scored):
+    bundle, _, held, bad = scored
+    m = json.loads((Path(bundle) / "dn2.json").read_text())
+    gc = np.asarray(m["signals"]["calibration_pairs"]["global"])
+    pc = np.asarray(m["signals"]["calibration_pairs"]["patch"])
+    g = np.asarray([r.global_score for r in held + bad])
+    p = np.asarray([r.patch_score for r in held + bad])
+    return gc, pc, g, p
+
+
+def test_cfisher_weighs_the_patch_by_the_pairs_correlation_on_real_scores(scored):
+    """The weight follows the normal pairs: a patch signal that repeats the global one counts
+    nothing, an independent one counts as in plain Fisher (the real pooled and patch scores of
+    the textile images, recombined)."""
+    gc, pc, g, p = _real_pairs_and_tests(scored)
+
+    def cf(gc_, pc_, g_, p_):
+        return apply_rule(fit_rule("cfisher", gc_, pc_, 1.0, 1.0), g_, p_)
+
+    # the formula, term by term, on the real pairs as fitted
+    rule = fit_rule("cfisher", gc, pc, 1.0, 1.0)
+    zg = (g - gc.mean()) / gc.std(ddof=1)
+    zp = (p - pc.mean()) / pc.std(ddof=1)
+    want = -2.0 * (_log_tail(zg) + rule["patch_weight"] * _log_tail(zp))
+    np.testing.assert_allclose(cf(gc, pc, g, p), want, rtol=1e-5)  # float32 output
+    # patch = an affine copy of the global scores: rho = 1, the rule ranks as the global signal
+    twin_c, twin = 3.0 * gc + 1.0, 3.0 * g + 1.0
+    assert pair_correlation(gc, twin_c) == pytest.approx(1.0, abs=1e-9)
+    assert (
+        np.argsort(cf(gc, twin_c, g, twin), kind="stable") == np.argsort(g, kind="stable")
+    ).all()
+    # patch scores paired with the global ones in reverse order (rho <= 0): plain Fisher
+    order = np.argsort(gc)
+    anti = np.empty_like(pc)
+    anti[order] = np.sort(pc)[::-1]
+    assert pair_correlation(gc, anti) == 0.0
+    np.testing.assert_allclose(
+        cf(gc, anti, g, p), apply_rule(fit_rule("fisher", gc, anti, 1.0, 1.0), g, p), rtol=1e-6
+    )
+
+
+def test_cfisher_on_strongly_correlated_real_pairs_holds_fpr_and_keeps_the_global_order(scored):
+    """Real pairs made to vary together (patch + a multiple of the global, as on Fashion-MNIST):
+    the weight drops, the conformal threshold still holds its rate on the held-out normals."""
+    bundle, _, held, bad = scored
+    gc, pc, g, p = _real_pairs_and_tests(scored)
+    lam = 3.0 * pc.std() / gc.std()  # global's share large enough for rho ~ 0.9
+    pc2, p2 = pc + lam * gc, p + lam * g
+    rule = fit_rule("cfisher", gc, pc2, 1.0, 1.0)
+    assert 0.8 < rule["rho"] < 1.0 and rule["patch_weight"] < 0.04
+    thr = conformal_quantile(apply_rule(rule, gc, pc2), FPR)["value"]
+    s = apply_rule(rule, g, p2)
+    n = len(held)
+    assert int((s[:n] > thr).sum()) <= 9  # 10 % of 40 = 4; 9 is the binomial 99 % bound
+    # nearly the global signal's order: Spearman of the decision and the global score
+    from scipy.stats import spearmanr
+
+    assert spearmanr(s, g)[0] > 0.95  # vs plain Fisher's weight 1 on the same pairs:
+    assert (
+        spearmanr(s, g)[0] > spearmanr(apply_rule(fit_rule("fisher", gc, pc2, 1, 1), g, p2), g)[0]
+    )
 
 
 def test_older_bundles_without_a_stored_rule_keep_the_threshold_max():
@@ -126,6 +193,20 @@ def test_a_damaged_stored_rule_is_refused_with_what_was_expected():
     ):
         with pytest.raises(Dn2Error, match=what):
             rule_of(broken, "fisher", 3.0, 8.0)
+    cf = fit_rule(
+        "cfisher", np.array([1.0, 2.0, 3.0, 4.0]), np.array([5.0, 7.0, 6.0, 8.0]), 4.0, 8.0
+    )
+    assert rule_of(cf, "cfisher", 4.0, 8.0) == cf
+    for broken in (
+        {**cf, "patch_weight": 1.0},
+        {**cf, "rho": 1.5},
+        {k: v for k, v in cf.items() if k != "rho"},
+    ):
+        with pytest.raises(Dn2Error, match="patch_weight"):
+            rule_of(broken, "cfisher", 4.0, 8.0)
+    # a bundle fitted with plain fisher (before cfisher was the default) reads as it was
+    old = {k: v for k, v in good.items()}
+    assert rule_of(old, "cfisher", 3.0, 8.0)["rule"] == "fisher"
 
 
 def test_fisher_tail_is_exact_near_and_finite_far():

@@ -138,7 +138,12 @@ def test_export_patches_fp16_is_gated(tmp_path):
 
 
 def test_maps_land_on_pasted_defects(both_bundle, pasted):
+    from dn2.runtime.patchfit import DEFAULTS
+
     det = Detector.load(both_bundle, threads=2)
+    # the default sub-grid patch kNN, recorded at fit and used for scoring
+    assert det.bundle.manifest.patch.extra["cell_step"] == DEFAULTS["cell_step"] == 2
+    assert det.view_scorer.patch.step == 2
     res = det.analyze_paths([p for p, _ in pasted])
     hits = 0
     for r, (_, mask) in zip(res, pasted):

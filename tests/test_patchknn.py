@@ -107,6 +107,70 @@ def test_pruned_kernel_keeps_the_top_cells_exact(feats):
     assert pruned_any > 0  # the sub-bank bound left cells out: the pruning ran
 
 
+@pytest.mark.parametrize("step", [2, 3])
+def test_subgrid_kernel_keeps_the_top_cells_exact_and_the_map(feats, step):
+    from dn2.runtime.patchscore import SIGMA, frame_map, reduce_cells, subgrid_sq
+
+    bank_rows, pat = feats
+    bank = build_bank(bank_rows, "exact")
+    h, w = pat.shape[2:]
+    approx = 0
+    for img in pat:  # one model input at a time, as the scorer calls it
+        q = patch_rows(img[None]).reshape(-1, pat.shape[1])
+        exact = np.sqrt(nearest_sq(bank, q)).reshape(h, w)
+        got = np.sqrt(subgrid_sq(bank, q, h, w, 1, 10, step)).reshape(h, w)
+        # the sub-grid cells (every step-th and the last of each axis) are exact
+        iy = sorted({*range(0, h, step), h - 1})
+        ix = sorted({*range(0, w, step), w - 1})
+        sub = np.ix_(iy, ix)
+        np.testing.assert_allclose(got[sub], exact[sub], rtol=1e-5)  # float32 sgemm blocks
+        # the 10 highest cells of the result are exact distances of those cells, and the
+        # image score is read from them: never above the exact one
+        top = np.argsort(-got.ravel())[:10]
+        np.testing.assert_allclose(got.ravel()[top], exact.ravel()[top], rtol=1e-5)
+        for red, t in (("max", 1), ("topk", 10)):
+            a = float(reduce_cells(exact[None], red, t)[0])
+            b = float(reduce_cells(got[None], red, t)[0])
+            assert b <= a * (1 + 1e-5)
+            # measured on these features within 2 % of the exact score (refined around
+            # the highest sub-grid cells); a broken refinement loses far more
+            assert b >= 0.97 * a
+        # cells left interpolated exist (the kernel skipped work) and the smoothed maps agree
+        approx += int(np.sum(np.abs(got - exact) > 1e-3 * exact.max()))
+        rect = [(0, 0, 224, 224)]
+        m_got = frame_map([got], rect, 224, 224, 224, SIGMA)
+        m_ref = frame_map([exact], rect, 224, 224, 224, SIGMA)
+        # the map's Gaussian (2 cells) smooths over the interpolation, which can only lower
+        # a cell between exact ones a little: within 5 % of the map's level everywhere
+        # (measured <= 2.9 % at step 2, 4.1 % at step 3 on these images) and the peak
+        # within one cell (8 px)
+        assert np.abs(m_got - m_ref).max() <= 0.05 * m_ref.max()
+        p_got = np.unravel_index(np.argmax(m_got), m_got.shape)
+        p_ref = np.unravel_index(np.argmax(m_ref), m_ref.shape)
+        assert max(abs(p_got[0] - p_ref[0]), abs(p_got[1] - p_ref[1])) <= 8
+    assert approx > 0.3 * len(pat) * h * w  # most cells off the sub-grid were not scored
+    # the pasted object is the image whose score stands out, as with the exact kernel
+    s = [
+        float(np.sqrt(subgrid_sq(bank, patch_rows(i[None])[0], h, w, 1, 1, step)).max())
+        for i in pat
+    ]
+    assert s[2] > 1.2 * max(s[:2])
+
+
+def test_subgrid_scorer_equals_the_kernel_per_input(feats):
+    from dn2.runtime.patchscore import PatchScorer, subgrid_sq
+
+    bank_rows, pat = feats
+    bank = build_bank(bank_rows, "exact")
+    h, w = pat.shape[2:]
+    ps = PatchScorer(bank, step=2)
+    cells = ps.cells(pat)  # three model inputs of one frame (as tiles): each its own sub-grid
+    for i, img in enumerate(pat):
+        want = np.sqrt(subgrid_sq(bank, patch_rows(img[None])[0], h, w, 1, 10, 2)).reshape(h, w)
+        np.testing.assert_allclose(cells[i], want, rtol=1e-5)  # float32 sgemm blockings
+    np.testing.assert_allclose(PatchScorer(bank).cells(pat), cell_scores(bank, pat), rtol=1e-5)
+
+
 def test_fit_records_prune_and_scores_match_the_exact_kernel(lite0_patches, textile_dirs, tmp_path):
     from dn2.runtime.detector import Detector
     from dn2.runtime.patchfit import fit_view_bundle
@@ -158,3 +222,15 @@ def test_fit_cli_patch_prune_bad_value_is_a_clear_error(
     err = capsys.readouterr().err
     assert "prune" in err and "-1" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
+    assert fit_cli.main(args + ["--patch-cell-step", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cell_step" in err and "0" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+    # a good value reaches the bundle and the scorer
+    from dn2.runtime.detector import Detector
+
+    noms = sorted(textile_dirs["nominal"].glob("*.jpg"))[:12]
+    args = [str(lite0_patches[0]), *map(str, noms), "--output", str(tmp_path / "b"), "-q"]
+    assert fit_cli.main(args + ["--patch-cell-step", "3", "--threads", "2"]) == 0
+    det = Detector.load(tmp_path / "b", threads=2)
+    assert det.bundle.manifest.patch.extra["cell_step"] == 3 == det.view_scorer.patch.step

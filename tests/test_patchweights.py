@@ -77,7 +77,9 @@ def test_fit_records_the_weights_and_scoring_applies_them(lite0_patches, noms, d
     plain = PatchScorer(vs.patch.bank, vs.patch.k, vs.patch.reduction, vs.patch.topk)
     for r, it in zip(res, vs.viewer.paths(paths)):
         weighted = it.patches * vs.patch.weights[None, :, None, None]
-        c = cell_scores(vs.patch.bank, weighted, vs.patch.k)
+        c = cell_scores(  # the bundle's kernel (the sub-grid kNN by default)
+            vs.patch.bank, weighted, vs.patch.k, topk=vs.patch.topk, step=vs.patch.step
+        )
         want = float(reduce_cells(c[None], vs.patch.reduction, vs.patch.topk)[0])
         assert abs(r.patch_score - want) <= 1e-5 * want  # float32 rounding of the blockings
         unweighted = float(reduce_cells(plain.cells(it.patches)[None], "topk", vs.patch.topk)[0])

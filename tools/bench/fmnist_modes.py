@@ -8,7 +8,11 @@ same run gives the global signal's, the patch signal's and the decision's ROC-AU
 normal score pairs.
 
     python -m dn2.tools.bench.fmnist_modes --model M.onnx [--classes 0 1 ...] [--train 100]
-        [--test 100] [--view full] [--patch-topk T] [--json OUT]
+        [--test 100] [--view full] [--patch-topk T] [--json OUT] [--keep DIR]
+
+``--keep DIR`` keeps each class's bundle (``DIR/class_C``) and raw test scores
+(``DIR/class_C.json``), the inputs of ``combine_rules``, so rules can be re-scored without
+re-embedding.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patch-topk", type=int, default=None, help="the fit's (default 10)")
     p.add_argument("--json")
+    p.add_argument("--keep", metavar="DIR", help="keep each class's bundle and raw scores here")
     a = p.parse_args(argv)
     ds = load_fashion_mnist()
     rng = np.random.default_rng(a.seed)
@@ -66,7 +71,7 @@ def main(argv=None) -> int:
     for c in a.classes:
         with tempfile.TemporaryDirectory(prefix="dn2-fm-") as tmp:
             _write(Path(tmp), ds, c, a.train, a.test, rng)
-            bundle = str(Path(tmp) / "bundle")
+            bundle = str(Path(a.keep) / f"class_{c}" if a.keep else Path(tmp) / "bundle")
             r = evaluate_folder(
                 tmp,
                 a.model,
@@ -78,6 +83,9 @@ def main(argv=None) -> int:
                 log=lambda m: None,
             )
             rules = rules_table(bundle, r["results"])["rules"]
+            if a.keep:
+                kept = {"results": r["results"], "class": c}
+                (Path(a.keep) / f"class_{c}.json").write_text(json.dumps(kept))
         row = {
             "both": r["image_auroc"]["other"],
             **{sig: v["other"] for sig, v in r["image_auroc_by_signal"].items()},

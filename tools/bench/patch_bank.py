@@ -13,9 +13,15 @@ the 10 highest cells and with the max), with its build time and bank / peak byte
 
 ``speed``: the same images end to end (decode, view, model, kNN, map) with a global-mode and a
 both-mode bundle of one model, alternating, reporting images/s and their ratio; the both-mode
-bundle runs three times per round: as fitted (the patch kNN on one BLAS thread, the default),
-with the opt-in pruned kNN (a sub-bank of a quarter of the bank), and on every BLAS thread (the
-earlier behaviour). ``--size`` sets the patch bank rows (default: the fit's).
+bundle runs four times per round: as fitted (the defaults: the sub-grid patch kNN on one BLAS
+thread), with every cell exact (``both_exact``: the default before the sub-grid kNN), with the
+opt-in pruned kNN (a sub-bank of a quarter of the bank, every cell's bound from it), and on
+every BLAS thread (the earlier behaviour); ``--both-threads N ...`` adds the both bundle as
+fitted with N onnxruntime intra-op threads instead of ``--threads`` (a scheduling lever: the
+model on fewer threads beside the kNN's). Each variant's CPU time (all threads of the
+process) per image is printed beside its rate: the work, which a busy machine does not change
+much, where the rates are the work scheduled on the cores. ``--size`` sets the patch bank rows
+(default: the fit's).
 
     python -m dn2.tools.bench.patch_bank compare --model M.onnx [--train 60] [--test 60]
         [--size 4096] [--json OUT]
@@ -159,30 +165,40 @@ def speed(a) -> dict:
             )
             dets[mode] = Detector.load(f"{tmp}/{mode}", threads=a.threads)
             dets[mode].analyze_paths(imgs[:2])  # warm-up
+        for th in a.both_threads:  # the both bundle with other onnxruntime intra-op threads
+            dets[f"both_ort{th}"] = Detector.load(f"{tmp}/both", threads=th)
+            dets[f"both_ort{th}"].analyze_paths(imgs[:2])
         patch = dets["both"].view_scorer.patch
-        prune = patch.prune
-        variants = (  # name, bundle, patch kNN on one BLAS thread, sub-bank rows
-            ("global", "global", True, prune),
-            ("both", "both", True, prune),
-            ("both_pruned", "both", True, patch.bank.n // 4),
-            ("both_blas_all", "both", False, prune),
+        prune, step = patch.prune, patch.step
+        out["cell_step"] = step
+        variants = (  # name, bundle, patch kNN on one BLAS thread, sub-bank rows, grid step
+            ("global", "global", True, prune, step),
+            ("both", "both", True, prune, step),
+            ("both_exact", "both", True, 0, 1),
+            ("both_pruned", "both", True, patch.bank.n // 4, 1),
+            ("both_blas_all", "both", False, prune, step),
+            *((f"both_ort{th}", f"both_ort{th}", True, prune, step) for th in a.both_threads),
         )
         for _ in range(a.rounds):
             r = {}
-            for name, mode, one, rows in variants:
-                patch.one_blas_thread, patch.prune = one, rows
-                t = time.perf_counter()
+            for name, mode, one, rows, st in variants:
+                if mode == "both":
+                    patch.one_blas_thread, patch.prune, patch.step = one, rows, st
+                t, c = time.perf_counter(), time.process_time()
                 dets[mode].analyze_paths(imgs, maps=mode != "global")
                 r[name] = a.images / (time.perf_counter() - t)
-            patch.one_blas_thread, patch.prune = True, prune
-            for name in ("both", "both_pruned", "both_blas_all"):
+                r[f"cpu_ms_{name}"] = 1000 * (time.process_time() - c) / a.images
+            patch.one_blas_thread, patch.prune, patch.step = True, prune, step
+            for name, *_ in variants[1:]:
                 r[f"ratio_{name}"] = r[name] / r["global"]
             out["rounds"].append(r)
             print(
                 "images/s "
                 + ", ".join(f"{v[0]} {r[v[0]]:.2f}" for v in variants)
                 + " | ratio to global: "
-                + ", ".join(f"{v[0]} {r['ratio_' + v[0]]:.2f}" for v in variants[1:]),
+                + ", ".join(f"{v[0]} {r['ratio_' + v[0]]:.2f}" for v in variants[1:])
+                + " | CPU ms/image: "
+                + ", ".join(f"{v[0]} {r['cpu_ms_' + v[0]]:.1f}" for v in variants),
                 file=sys.stderr,
                 flush=True,
             )
@@ -204,6 +220,13 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--both-threads",
+        type=int,
+        nargs="*",
+        default=[],
+        help="speed: also the both bundle with these onnxruntime intra-op threads",
+    )
     p.add_argument("--json")
     a = p.parse_args(argv)
     res = compare(a) if a.what == "compare" else speed(a)

@@ -263,6 +263,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--patch-bank", type=int, default=None)
     p.add_argument("--patch-topk", type=int, default=None)
     p.add_argument("--patch-weights", choices=("blocks", "none"), default=None)
+    p.add_argument("--patch-cell-step", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", dest="json_out")
     p.add_argument("--plots")
@@ -272,6 +273,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         kw["bank_size"] = a.patch_bank
     if a.patch_weights:
         kw["block_weights"] = a.patch_weights == "blocks"
+    if a.patch_cell_step:
+        kw["cell_step"] = a.patch_cell_step
     if a.patch_topk:
         kw.update(topk=a.patch_topk, reduction="max" if a.patch_topk == 1 else "topk")
     try:

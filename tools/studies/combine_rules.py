@@ -28,7 +28,9 @@ from typing import Dict, List
 import numpy as np
 
 
-def rules_table(bundle_dir, results: List[Dict], sweep=()) -> Dict:
+def rules_table(bundle_dir, results: List[Dict], sweep=(), extra=None) -> Dict:
+    """Every rule's row; ``extra`` maps more column names to ``fit(gc, pc) -> score(g, p)``
+    (candidate rules of a study), each fitted on the same normal pairs."""
     from dn2.runtime.bundle import load_bundle
     from dn2.runtime.combine import RULES, _log_tail, apply_rule, fit_rule
     from dn2.runtime.threshold import conformal_quantile, roc_auc
@@ -63,6 +65,8 @@ def rules_table(bundle_dir, results: List[Dict], sweep=()) -> Dict:
             return -2.0 * (w * _log_tail(zg) + (1.0 - w) * _log_tail(zp))
 
         columns[f"fisher w={w:g}"] = weighted
+    for name, fit in (extra or {}).items():
+        columns[name] = fit(gc, pc)
     for name, fn in columns.items():
         thr = conformal_quantile(fn(gc, pc), fpr)["value"]
         s = {k: fn(*by[k]) for k in kinds}

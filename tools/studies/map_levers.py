@@ -9,10 +9,12 @@ same pass keeps each image's raw global and patch score (``--json``'s ``results`
 ``python -m dn2.tools.studies.combine_rules``).
 
 ``--prune R`` scores with the pruned patch kNN's sub-bank of R rows instead of the bundle's own
-setting (0: every cell exact), to measure what the pruning does to the maps.
+setting (0: every cell exact), ``--cell-step S`` with the sub-grid patch kNN of step S
+(``dn2.runtime.patchscore.subgrid_sq``; 1: every cell exact), to measure what either does to
+the maps and the image scores. A set without masks gives the image scores only.
 
     python -m dn2.tools.studies.map_levers DIR --bundle B [--sigmas 0 2 4 6 8] [--prune R]
-        [--json OUT]
+        [--cell-step S] [--json OUT]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Dict
 
 
-def run(root: str, bundle: str, sigmas, threads=None, prune=None) -> Dict:
+def run(root: str, bundle: str, sigmas, threads=None, prune=None, step=None) -> Dict:
     from dn2.runtime.detector import Detector
     from dn2.runtime.patchscore import PatchScorer, frame_map
     from dn2.tools.eval.folder import _mask, scan
@@ -35,9 +37,18 @@ def run(root: str, bundle: str, sigmas, threads=None, prune=None) -> Dict:
     vs = det.view_scorer
     if vs.patch is None:
         raise ValueError(f"{bundle}: expected a bundle with the patch signal, found none")
-    if prune is not None:  # the pruned kNN's sub-bank rows instead of the bundle's (0: exact)
+    if prune is not None or step is not None:  # instead of the bundle's own (0 / 1: exact)
         p = vs.patch
-        vs.patch = PatchScorer(p.bank, p.k, p.reduction, p.topk, p.sigma, prune, weights=p.weights)
+        vs.patch = PatchScorer(
+            p.bank,
+            p.k,
+            p.reduction,
+            p.topk,
+            p.sigma,
+            p.prune if prune is None else prune,
+            weights=p.weights,
+            step=p.step if step is None else step,
+        )
     kept, results = [], []  # kept: (type, cells, rects, shape, mask)
     for kind, files in s["test"].items():
         for f, it in zip(files, vs.viewer.paths(files)):
@@ -50,8 +61,10 @@ def run(root: str, bundle: str, sigmas, threads=None, prune=None) -> Dict:
                     (kind, list(cells), it.rects, it.shape, _mask(s["masks"].get(f), it.shape))
                 )
     out: Dict = {"images": len(kept), "bundle_sigma": vs.patch.sigma, "sigmas": {}}
-    out["prune"] = vs.patch.prune
+    out["prune"], out["cell_step"] = vs.patch.prune, vs.patch.step
     out["results"] = results
+    if not any(k[0] != "good" for k in kept):  # no masks: image scores only
+        sigmas = []
     for sg in sigmas:
         maps = [
             frame_map(c, r, sh[0], sh[1], det.view_scorer.embedder.input_size, sg)
@@ -80,10 +93,13 @@ def main(argv=None) -> int:
     p.add_argument("--sigmas", type=float, nargs="+", default=[0, 2, 4, 6, 8])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--prune", type=int, default=None, help="sub-bank rows (0: every cell exact)")
+    p.add_argument(
+        "--cell-step", type=int, default=None, help="sub-grid step of the patch kNN (1: exact)"
+    )
     p.add_argument("--json")
     a = p.parse_args(argv)
     try:
-        res = run(a.dir, a.bundle, a.sigmas, a.threads, a.prune)
+        res = run(a.dir, a.bundle, a.sigmas, a.threads, a.prune, a.cell_step)
     except ValueError as exc:
         print(f"map_levers: error: {exc}", file=sys.stderr)
         return 2
