@@ -6,6 +6,9 @@ Identity aliases of shared initializers. Both confuse quantization and TensorRT 
 
 * ``fold_pads_into_convs``: zero Pads feeding a Conv become the Conv's (asymmetric) ``pads``
   attribute (ONNX Conv allows begin != end), which is exactly TensorFlow "SAME" padding;
+* ``pin_input_reshapes``: ``Reshape(x, Shape(images))`` (the preprocessing's pixels back into
+  the input's shape) gets the constant shape ``[-1, S, S, 3]``, so shape inference sees every
+  convolution's size (the batch stays dynamic);
 * ``remove_identities``, ``constants_to_initializers`` and ``remove_dead_nodes``.
 """
 
@@ -147,10 +150,38 @@ def constants_to_initializers(model) -> int:
     return len(moved)
 
 
+def pin_input_reshapes(model, input_shape) -> int:
+    """``Reshape(x, Shape(input))`` -> ``Reshape(x, [-1, *input_shape[1:]])``; returns how many."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    source = graph.input[0].name
+    whole = {  # Shape nodes of the whole input (no start / end attributes)
+        n.output[0]
+        for n in graph.node
+        if n.op_type == "Shape" and n.input[0] == source and not n.attribute
+    }
+    pinned = 0
+    for node in graph.node:
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in whole:
+            name = f"{node.name or 'reshape'}_input_shape"
+            value = np.array([-1, *input_shape[1:]], np.int64)
+            graph.initializer.append(numpy_helper.from_array(value, name))
+            node.input[1] = name
+            pinned += 1
+    return pinned
+
+
 def clean(model, input_shape) -> Dict[str, int]:
     """All passes; returns counts for the log."""
     ids = remove_identities(model)
+    pinned = pin_input_reshapes(model, input_shape)
     pads = fold_pads_into_convs(model, input_shape)
     consts = constants_to_initializers(model)
     remove_dead_nodes(model)
-    return {"identities_removed": ids, "pads_folded": pads, "constants_moved": consts}
+    return {
+        "identities_removed": ids,
+        "pads_folded": pads,
+        "constants_moved": consts,
+        "reshapes_pinned": pinned,
+    }

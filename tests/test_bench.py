@@ -108,7 +108,8 @@ def test_dn2_rows_also_run_the_overlapped_runtime_pipeline(report):
 
 
 def test_flops_match_torch_conv_shapes(report):
-    """The ONNX-graph count equals MACs summed over torch Conv2d/Linear forward shapes."""
+    """The ONNX-graph count equals MACs summed over torch Conv2d/Linear forward shapes (and the
+    preprocessing's channel Gemm)."""
     import torch
 
     from dn2.tools.bench.models import torch_trunk
@@ -131,6 +132,8 @@ def test_flops_match_torch_conv_shapes(report):
         trunk(torch.zeros(1, 3, 64, 64))
     for h in hs:
         h.remove()
+    # plus the graph's preprocessing: BGR -> RGB and normalisation as a Gemm [S*S, 3] @ [3, 3]
+    macs.append(64 * 64 * 3 * 3)
     assert report["model_flops"]["macs"] == sum(macs)
     assert report["model_flops"]["gflops"] == pytest.approx(2 * sum(macs) / 1e9, abs=1e-4)
 
