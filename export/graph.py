@@ -63,17 +63,23 @@ class EmbeddingGraph(nn.Module):
     def __init__(self, spec: ArchSpec, model: nn.Module):
         super().__init__()
         self.trunk = Trunk(spec, model)
-        # (x - mean) / std  ==  x * scale + shift: one Mul and one Add in the graph
-        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.register_buffer("scale", 1.0 / std)
+        # BGR -> RGB and (x - mean) / std on the channel-last pixels as one Gemm, pixels [P, 3]
+        # @ mix + shift: mix holds one 1 / std per column, so the products are those of
+        # x * (1 / std) and the sums add exact zeros. onnxruntime runs the int8 graph
+        # channel-last, where a Slice, a Mul and an Add broadcast over the 3 channels cost
+        # several times the Gemm (BENCHMARKS.md "int8 on a CPU without VNNI", the profile).
+        mean = torch.tensor(spec.mean, dtype=torch.float32)
+        std = torch.tensor(spec.std, dtype=torch.float32)
+        mix = torch.zeros(3, 3, dtype=torch.float32)
+        for rgb in range(3):
+            mix[2 - rgb, rgb] = 1.0 / std[rgb]  # input channel 2 - c (BGR) -> output c (RGB)
+        self.register_buffer("mix", mix)
         self.register_buffer("shift", -mean / std)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC BGR -> normalised float NCHW RGB (what the trunk was trained on)."""
-        x = images.to(torch.float32).permute(0, 3, 1, 2)
-        x = torch.flip(x, dims=[1])  # BGR -> RGB
-        return x * self.scale + self.shift
+        x = torch.addmm(self.shift, images.to(torch.float32).reshape(-1, 3), self.mix)
+        return x.reshape_as(images).permute(0, 3, 1, 2)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.trunk(self.preprocess(images)).mean(dim=(2, 3))

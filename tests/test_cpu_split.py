@@ -102,3 +102,21 @@ def test_cpu_engines_study_runs_every_row_and_agrees_with_itself(study_dir, tmp_
         assert acc["ov-int8"]["cos_min"] > 0.98  # OpenVINO's own int8 kernels, same QDQ graph
     printed = capsys.readouterr().out
     assert "| ort-int8-split | 8 |" in printed and "onnxruntime optimised int8 graph" in printed
+
+
+def test_profile_of_the_int8_graph_per_op_type(study_dir):
+    """onnxruntime's profiler over the int8 export: the convolutions are QLinearConv, the
+    channel-last preprocessing is a Gemm (no Slice, Mul or Add broadcast over 3 channels), and the
+    per-op shares add up."""
+    from dn2.tools.studies.ort_profile import profile
+
+    int8 = str(study_dir / "resnet18-64-int8.onnx")
+    r = profile(int8, np.ascontiguousarray(_frames(study_dir, 64)[:2]), 1, 2)
+    ops = {o["op"]: o for o in r["ops"]}
+    assert ops["QLinearConv"]["nodes"] == 20  # every ResNet18 convolution int8
+    assert "Gemm" in ops and not {"Slice", "Mul", "Add"} & set(ops)
+    assert sum(o["share"] for o in r["ops"]) == pytest.approx(1.0, abs=1e-3)  # 4-decimal rounding
+    kinds = {c["kind"]: c for c in r["convs"]}
+    assert kinds["7x7 stride 2"]["nodes"] == 1 and kinds["3x3 stride 1"]["nodes"] > 10
+    assert all(c["gflop_per_s"] > 0 for c in r["convs"])
+    assert r["batch"] == 2 and r["wall_ms_per_image"] > 0

@@ -69,7 +69,17 @@ def test_lite_graph_is_clean_tf_same_padding_folded_into_convs(tmp_path):
     ops = [n.op_type for n in model.graph.node]
     assert counts["pads_folded"] == 17  # stem + 16 depthwise convs with kernel > 1
     assert "Pad" not in ops and "Identity" not in ops and "Constant" not in ops
-    assert set(ops) <= {"Cast", "Transpose", "Slice", "Mul", "Add", "Conv", "Clip", "ReduceMean"}
+    assert set(ops) <= {
+        "Cast",
+        "Reshape",
+        "Gemm",
+        "Shape",
+        "Transpose",
+        "Conv",
+        "Clip",
+        "ReduceMean",
+        "Add",
+    }
     pads = [
         list(a.ints)
         for n in model.graph.node
@@ -99,3 +109,23 @@ def test_metadata_round_trips_through_the_runtime_reader(tmp_path):
     back = read_model_meta(str(path))
     assert back == meta
     assert back.resize == ResizeRule(resize_to=73, crop=64)  # 64 / 0.875 = 73.1
+
+
+def test_preprocessing_is_the_normalisation_of_the_rgb_pixels():
+    """One Gemm over the channels (BGR -> RGB and 1 / std, plus the shift): the numbers of
+    (x[..., ::-1] - mean) / std, in NCHW, on a real photo."""
+    import torch
+
+    from dn2.tools.bench.frames import sample_photos
+
+    spec = get_arch("resnet18")
+    graph = build_graph(spec, load_weights(spec, "none").model)
+    img = np.ascontiguousarray(sample_photos()[0][:48, :64, ::-1])  # BGR, as the runtime feeds
+    got = graph.preprocess(torch.from_numpy(img[None].copy())).numpy()[0]
+    rgb = img[..., ::-1].astype(np.float32)
+    mean, std = np.float32(spec.mean), np.float32(spec.std)
+    want = (rgb * (np.float32(1) / std) + (-mean / std)).transpose(2, 0, 1)
+    # the products are exact copies of x * (1 / std) (the other two terms are exact zeros);
+    # only a fused multiply-add in the Gemm could round once instead of twice: 1 ulp
+    np.testing.assert_allclose(got, want, rtol=2e-7, atol=1e-6)
+    assert got.shape == (3, 48, 64)

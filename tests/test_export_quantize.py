@@ -130,8 +130,9 @@ class _RGBGraph(EmbeddingGraph):
     """A plausible bug: the channel swap forgotten."""
 
     def preprocess(self, images):
-        x = images.float().permute(0, 3, 1, 2)
-        return x * self.scale + self.shift
+        # mix with its rows reversed: input channel c -> output channel c, BGR read as RGB
+        x = images.float() @ self.mix.flip(0) + self.shift
+        return x.permute(0, 3, 1, 2)
 
 
 def test_fp32_gate_catches_a_wrong_graph(tmp_path):

@@ -25,6 +25,7 @@ ALLOWED_OPS = {
     "Cast",
     "Transpose",
     "Mul",
+    "Gemm",
     "Add",
     "Conv",
     "Clip",

@@ -226,3 +226,11 @@ def test_fit_cli_patch_prune_bad_value_is_a_clear_error(
     err = capsys.readouterr().err
     assert "cell_step" in err and "0" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
+    # a good value reaches the bundle and the scorer
+    from dn2.runtime.detector import Detector
+
+    noms = sorted(textile_dirs["nominal"].glob("*.jpg"))[:12]
+    args = [str(lite0_patches[0]), *map(str, noms), "--output", str(tmp_path / "b"), "-q"]
+    assert fit_cli.main(args + ["--patch-cell-step", "3", "--threads", "2"]) == 0
+    det = Detector.load(tmp_path / "b", threads=2)
+    assert det.bundle.manifest.patch.extra["cell_step"] == 3 == det.view_scorer.patch.step
