@@ -19,8 +19,9 @@ stands out of its own normal spread, not by its units or the size of its thresho
   the one kept whole: it is the paper's detector, the patch one is added for local defects. On a
   concordant pair (z_g = z_p = z) the log tails go as z^2 / 2, so the patch then counts as
   ((1 - rho) z)^2: the part of its z that the global z does not predict (E[z_p | z_g] =
-  rho z_g). Chosen by measurement (BENCHMARKS.md, "Combining the two signals"): it keeps
-  plain Fisher's textile numbers and brings Fashion-MNIST to the global mode's.
+  rho z_g). Chosen by measurement (BENCHMARKS.md, "The rule weighted by the normal pairs'
+  correlation", every rule on every set): it keeps plain Fisher's textile numbers and brings
+  Fashion-MNIST to the global mode's.
 * ``fisher``: Fisher's -2 (log p_g + log p_p), each p the Gaussian tail of its z (the
   default before ``cfisher``; over textile local + global, Fashion-MNIST and the
   localisation set the best compromise of the unweighted rules).
