@@ -16,8 +16,9 @@ the next one, so the latency of one image is decode + model + tail, as without o
 ``workers=0`` runs everything on the caller's thread (no threads at all). While a pool runs,
 OpenCV's own thread pool is set to one thread (``decode_threads``, restored after): the pool
 already decodes several files at once, and OpenCV's workers on top would take the cores from
-the model's onnxruntime threads mid-operator (BENCHMARKS.md "The pipeline behind the model"). An exception of
-``model`` or ``tail`` is raised to the caller; leaving the loop early stops the threads.
+the model's onnxruntime threads mid-operator (BENCHMARKS.md "The pipeline behind the model").
+An exception of ``model`` or ``tail`` is raised to the caller; leaving the loop early stops
+the threads.
 This is the one implementation: ``Embedder.embed_paths`` (``dn2 score`` on files, the
 embedding stage of ``dn2 fit``), ``Detector.score_paths`` and the benchmark's dn2 pipelines use
 it; ``dn2 watch`` has the same shape with a camera reader in place of the pool.
@@ -96,10 +97,8 @@ def prefetched(
         yield from (_safe(load, it) for it in items)
         return
     it = iter(items)
-    with (
-        decode_threads(opencv_one_thread),
-        ThreadPoolExecutor(workers, thread_name_prefix="dn2-decode") as ex,
-    ):
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="dn2-decode")
+    with decode_threads(opencv_one_thread), pool as ex:
         todo = deque(ex.submit(_safe, load, x) for x in islice(it, window + workers))
         while todo:
             res = todo.popleft().result()
