@@ -70,9 +70,8 @@ from .viewembed import ViewEmbedder
 from .views import View
 
 DEFAULTS = {
-    # 2048 rows: textile local 0.9410 vs 0.9181 at 4096 (top-10 mean, 200 training images), half
-    # the kNN's sgemm; pixel ROC-AUC of the localisation set 0.9551 vs 0.9534 (BENCHMARKS.md,
-    # "Patch kNN: one sgemm")
+    # 2048 rows: as good as 4096 on textile and the localisation set within noise, at half the
+    # kNN's sgemm (BENCHMARKS.md, "Patch kNN: one sgemm")
     "bank_size": 2048,
     "per_image": 512,
     "folds": 5,

@@ -154,11 +154,8 @@ def _axis_weights(n: int, step: int) -> Tuple[np.ndarray, np.ndarray]:
 
 
 # Seeds of the sub-grid kNN's refinement per top cell of the image score: the cells around the
-# 2 x topk highest sub-grid cells are scored exactly. On the fit's bank and 20 held-out normal
-# 448 px textile images (whose top cells are scattered, the hard case) the top-10 mean falls
-# short of the exact one by at most 2.4 / 1.7 / 1.1 / 0.4 % with 1 / 2 / 4 / 8 x, at 8.5 /
-# 8.4 / 9.6 / 11.7 ms against 24.8 ms for every cell; the textile and localisation ROC-AUCs
-# do not tell 2 x from every cell (BENCHMARKS.md, "Sub-grid patch kNN").
+# 2 x topk highest sub-grid cells are scored exactly. More seeds bring the top-10 mean closer to
+# the exact one at more kNN work; what each costs and gives: BENCHMARKS.md, "Sub-grid patch kNN".
 SEEDS = 2
 
 
