@@ -99,20 +99,6 @@ def test_every_rule_holds_fpr_on_held_out_normals_and_flags_pasted_defects(score
     assert int(decide(bad).sum()) >= 6, rule  # real objects / textures pasted at 12-20 %
 
 
-def test_z_rules_do_not_depend_on_a_signals_units(scored):
-    """Scaling one signal (another model, another distance) leaves a z-rule's ranking alone."""
-    bundle, _, held, bad = scored
-    m = json.loads((Path(bundle) / "dn2.json").read_text())
-    gc = np.asarray(m["signals"]["calibration_pairs"]["global"])
-    pc = np.asarray(m["signals"]["calibration_pairs"]["patch"])
-    g = np.asarray([r.global_score for r in held + bad])
-    p = np.asarray([r.patch_score for r in held + bad])
-    for rule in ("zmax", "zsum", "fisher", "cfisher"):
-        a = apply_rule(fit_rule(rule, gc, pc, 1.0, 1.0), g, p)
-        b = apply_rule(fit_rule(rule, 1e3 * gc + 5.0, pc, 1.0, 1.0), 1e3 * g + 5.0, p)
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # float32 outputs
-
-
 def _real_pairs_and_tests(scored):
     bundle, _, held, bad = scored
     m = json.loads((Path(bundle) / "dn2.json").read_text())
@@ -121,6 +107,15 @@ def _real_pairs_and_tests(scored):
     g = np.asarray([r.global_score for r in held + bad])
     p = np.asarray([r.patch_score for r in held + bad])
     return gc, pc, g, p
+
+
+def test_z_rules_do_not_depend_on_a_signals_units(scored):
+    """Scaling one signal (another model, another distance) leaves a z-rule's ranking alone."""
+    gc, pc, g, p = _real_pairs_and_tests(scored)
+    for rule in ("zmax", "zsum", "fisher", "cfisher"):
+        a = apply_rule(fit_rule(rule, gc, pc, 1.0, 1.0), g, p)
+        b = apply_rule(fit_rule(rule, 1e3 * gc + 5.0, pc, 1.0, 1.0), 1e3 * g + 5.0, p)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # float32 outputs
 
 
 def test_cfisher_weighs_the_patch_by_the_pairs_correlation_on_real_scores(scored):
