@@ -70,8 +70,7 @@ from .viewembed import ViewEmbedder
 from .views import View
 
 DEFAULTS = {
-    # 2048 rows: as good as 4096 on textile and the localisation set within noise, at half the
-    # kNN's sgemm (BENCHMARKS.md, "Patch kNN: one sgemm")
+    # 2048 rows: as good as 4096 within noise, half the kNN's sgemm (BENCHMARKS.md, "Patch kNN")
     "bank_size": 2048,
     "per_image": 512,
     "folds": 5,
@@ -79,17 +78,13 @@ DEFAULTS = {
     "reduction": "topk",
     "topk": 10,
     "calib_images": 200,
-    # the pruned patch kNN (``patchscore.pruned_sq``) is opt-in: faster, and every image score
-    # stays exact, but the cells it leaves out carry the sub-bank's bound, which costs the maps
-    # pixel ROC-AUC (BENCHMARKS.md, "Patch kNN: one sgemm"). 0: every cell against the whole bank.
+    # the pruned patch kNN (``patchscore.pruned_sq``), opt-in: exact image scores, maps less
+    # exact (BENCHMARKS.md, "Patch kNN: one sgemm"). 0: every cell against the whole bank.
     "prune": 0,
-    # the sub-grid patch kNN (``patchscore.subgrid_sq``; 1: every cell): a third of the kNN's
-    # work, ROC-AUCs within noise (BENCHMARKS.md, "Sub-grid patch kNN")
+    # the sub-grid patch kNN (``patchscore.subgrid_sq``; 1: every cell; BENCHMARKS.md, "Sub-grid")
     "cell_step": 2,
-    # every layer block of the patch features scaled to the same total variance over the
-    # normal patches (``dn2.runtime.patchweights``): better on the textile local defects in
-    # patch and both modes (BENCHMARKS.md, "Block weights"). False: the features as the model
-    # gives them.
+    # every layer block of the patch features scaled to the same total variance over the normal
+    # patches (``dn2.runtime.patchweights``; BENCHMARKS.md, "Block weights"). False: as given.
     "block_weights": True,
 }
 
