@@ -13,7 +13,11 @@
 
 Batches come out in input order, each as soon as its tail is done (a batch never waits for
 the next one, so the latency of one image is decode + model + tail, as without overlap).
-``workers=0`` runs everything on the caller's thread (no threads at all). While a pool runs,
+``workers=0`` runs everything on the caller's thread (no threads at all). The pool's threads
+run at nice ``DECODE_NICE`` (Linux; a nice value is per thread): when the model's onnxruntime
+threads wake they take the cores back at once, instead of waiting for a decode to be
+preempted mid-operator while the other model thread waits for them (BENCHMARKS.md "The
+pipeline behind the model"); the model and tail threads keep the caller's priority. While a pool runs,
 OpenCV's own thread pool is set to one thread (``decode_threads``, restored after): the pool
 already decodes several files at once, and OpenCV's workers on top would take the cores from
 the model's onnxruntime threads mid-operator (BENCHMARKS.md "The pipeline behind the model").
@@ -26,6 +30,7 @@ it; ``dn2 watch`` has the same shape with a camera reader in place of the pool.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections import deque
@@ -40,6 +45,7 @@ import numpy as np
 from .errors import Dn2Error
 
 _END = object()
+DECODE_NICE = 19  # the decode pool's nice value; 0 leaves it at the caller's (see the doc)
 
 
 @dataclass
@@ -78,6 +84,22 @@ def decode_threads(enabled: bool = True):
                 cv2.setNumThreads(_cv_users[1])
 
 
+def lower_priority(nice) -> None:
+    """This thread (Linux: a nice value and a policy are per thread) at a lower priority:
+    ``nice`` 1-19 raises its nice value to that, ``"idle"`` makes it SCHED_IDLE; 0 or None
+    leaves it. Best effort: where the OS refuses or lacks it, the thread runs as it was."""
+    if not nice:
+        return
+    try:
+        if nice == "idle":
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(int(nice), os.getpriority(os.PRIO_PROCESS, tid)))
+    except (AttributeError, OSError):
+        pass
+
+
 def _safe(load: Callable, item) -> Tuple[Any, Optional[np.ndarray], Optional[str]]:
     try:
         return item, load(item), None
@@ -88,7 +110,12 @@ def _safe(load: Callable, item) -> Tuple[Any, Optional[np.ndarray], Optional[str
 
 
 def prefetched(
-    items: Iterable, load: Callable, workers: int, window: int, opencv_one_thread: bool = True
+    items: Iterable,
+    load: Callable,
+    workers: int,
+    window: int,
+    opencv_one_thread: bool = True,
+    nice=None,
 ) -> Iterator[Tuple]:
     """``(item, x, error)`` for every item in input order, ``load`` running in ``workers``
     threads up to ``window`` items ahead (``workers=0``: in the calling thread); OpenCV at one
@@ -97,7 +124,9 @@ def prefetched(
         yield from (_safe(load, it) for it in items)
         return
     it = iter(items)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="dn2-decode")
+    pool = ThreadPoolExecutor(
+        workers, thread_name_prefix="dn2-decode", initializer=lower_priority, initargs=(nice,)
+    )
     with decode_threads(opencv_one_thread), pool as ex:
         todo = deque(ex.submit(_safe, load, x) for x in islice(it, window + workers))
         while todo:
@@ -108,11 +137,11 @@ def prefetched(
             yield res
 
 
-def _batches(items, load, batch, workers, ahead, size, opencv_one_thread=True):
+def _batches(items, load, batch, workers, ahead, size, opencv_one_thread=True, nice=None):
     """(good items, their loads, errors, order) per batch of ``batch`` good items (or items
     whose ``size`` adds up to at least ``batch``), in input order."""
     good, xs, errs, order, n = [], [], [], [], 0
-    for item, x, err in prefetched(items, load, workers, ahead * batch, opencv_one_thread):
+    for item, x, err in prefetched(items, load, workers, ahead * batch, opencv_one_thread, nice):
         if err is not None:
             errs.append((item, err))
             order.append(False)
@@ -139,11 +168,14 @@ def overlapped(
     size: Optional[Callable[[Any], int]] = None,
     collate: Callable[[List], Any] = np.stack,
     opencv_one_thread: bool = True,
+    decode_nice=DECODE_NICE,
+    tail_nice=None,
 ) -> Iterator[Batch]:
     """See the module doc. ``size(x)``: how many model inputs one load holds (a frame cut
     into tiles), so a batch holds about ``batch`` inputs; ``collate(loads)`` makes the model's
     argument (default ``np.stack``); ``opencv_one_thread=False`` leaves OpenCV's thread pool
-    as the caller set it while the decode pool runs."""
+    as the caller set it while the decode pool runs; ``decode_nice`` / ``tail_nice``: the
+    decode pool's and the tail thread's priority (see ``lower_priority``; for A/B runs)."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, found {batch}")
     tail = tail or (lambda y: y)
@@ -167,7 +199,9 @@ def overlapped(
 
     def model_stage():
         try:
-            batches = _batches(items, load, batch, workers, ahead, size, opencv_one_thread)
+            batches = _batches(
+                items, load, batch, workers, ahead, size, opencv_one_thread, decode_nice
+            )
             for good, xs, errs, order in batches:
                 if stop.is_set():
                     return
@@ -179,6 +213,7 @@ def overlapped(
             put(to_tail, exc)
 
     def tail_stage():
+        lower_priority(tail_nice)
         while not stop.is_set():
             try:
                 v = to_tail.get(timeout=0.1)

@@ -202,3 +202,49 @@ def test_overlap_ab_runs_every_variant_on_a_real_session(files, tmp_path):
     for row in got.values():
         assert len(row["rounds"]) == 2 and all(r > 0 for r in row["rounds"])
         assert row["median"] == pytest.approx(float(np.median(row["rounds"])), abs=1e-4)
+
+
+def _nice_and_policy():
+    import os
+
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), os.sched_getscheduler(0)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "SCHED_IDLE"), reason="Linux thread priorities")
+@pytest.mark.parametrize("nice", [19, "idle"])
+def test_decode_and_tail_threads_run_at_the_asked_priority_and_the_caller_keeps_its_own(
+    files, nice
+):
+    """The decode pool (and the tail, when asked) yields the cores to the model's threads; the
+    caller's and the model stage's threads keep their priority, and every item still comes out."""
+    import os
+
+    model, paths, bad = files
+    emb = Embedder(model, batch_size=2)
+    good = [p for p in paths if p not in bad][:8]
+    mine = _nice_and_policy()
+    seen, in_model, in_tail = [], [], []
+
+    def load(p):
+        seen.append(_nice_and_policy())
+        return emb.load_file(p)
+
+    def model_fn(x):
+        in_model.append(_nice_and_policy())
+        return emb.embed_batch(x)
+
+    def tail(y):
+        in_tail.append(_nice_and_policy())
+        return y
+
+    kw = dict(batch=2, decode_nice=nice, tail_nice=nice)
+    out = [b for b in overlapped(good, load, model_fn, tail=tail, **kw)]
+    assert sum(len(b.items) for b in out) == len(good)
+    want = (max(mine[0], 19), mine[1]) if nice == 19 else (mine[0], os.SCHED_IDLE)
+    assert len(seen) == len(good) and set(seen) == {want}
+    assert in_tail and set(in_tail) == {want}
+    assert set(in_model) == {mine} and _nice_and_policy() == mine
+    # the default leaves every thread as it was
+    seen.clear()
+    list(overlapped(good, load, emb.embed_batch, batch=2, decode_nice=0))
+    assert set(seen) == {mine}

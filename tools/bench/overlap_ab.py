@@ -6,9 +6,13 @@
 The bench's dn2 pipeline (``dn2.tools.bench.dn2pipe``: the runtime's decode, resize, model
 and exact kNN over a 5000 x 2048 bank) through ``dn2.runtime.pipeline.overlapped``, with:
 
-* ``default``: as the runtime runs it (decode pool of 2, OpenCV at one thread meanwhile);
+* ``default``: as the runtime runs it (decode pool of 2 at nice ``DECODE_NICE``, OpenCV at
+  one thread meanwhile);
+* ``nice0``: the decode pool at the caller's priority;
+* ``idle``: the decode pool at SCHED_IDLE (it runs only on a core nothing else wants);
+* ``tail19``: the kNN / decision thread at nice 19 too;
 * ``opencv-pool``: OpenCV's own pool left at ``--threads`` threads inside the decode pool;
-* ``workers1``: a decode pool of one thread (OpenCV at one thread).
+* ``workers1``: a decode pool of one thread.
 
 Each round runs every variant once (the order reversed every other round): one overlapped pass
 over the ``--n`` frames, then the model alone on the same prepared batches; the variant's
@@ -29,9 +33,12 @@ from typing import Dict, List, Optional
 import numpy as np
 
 VARIANTS = {
-    "default": {"workers": 2, "opencv_one_thread": True},
-    "opencv-pool": {"workers": 2, "opencv_one_thread": False},
-    "workers1": {"workers": 1, "opencv_one_thread": True},
+    "default": {},
+    "nice0": {"decode_nice": 0},
+    "idle": {"decode_nice": "idle"},
+    "tail19": {"tail_nice": 19},
+    "opencv-pool": {"opencv_one_thread": False},
+    "workers1": {"workers": 1},
 }
 
 

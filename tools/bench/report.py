@@ -87,6 +87,13 @@ def build_report(
             _per_pass_ratio(s["per_pass"]["img_per_s"], ref["per_pass"]["img_per_s"]) if ref else []
         )
         row["x_torch_eager"] = _median(row["x_torch_eager_per_pass"])
+        # dn2's end to end as dn2 score and fit run it (decode pool, model and kNN overlapped)
+        # over the same torch-eager pass: what the speed goals are judged on
+        ovl = s["per_pass"].get("overlapped_img_per_s") or []
+        row["x_torch_eager_overlapped_per_pass"] = (
+            _per_pass_ratio(ovl, ref["per_pass"]["img_per_s"]) if ref and any(ovl) else []
+        )
+        row["x_torch_eager_overlapped"] = _median(row["x_torch_eager_overlapped_per_pass"])
         for key in ("e2e_over_bare_model", "overlapped_over_bare_model"):
             row[f"{key}_median"] = _median(s["per_pass"][key])
         if gf is not None:
@@ -141,17 +148,27 @@ def _goal(goal_id: str, where: str, value, note: str = "") -> Dict[str, object]:
     return dict(row, measured=value, met=bool(met), **({"note": note} if note else {}))
 
 
+def _x_torch_goal(goal_id: str, r: Dict[str, object]) -> Dict[str, object]:
+    """dn2 end to end over torch-eager: the overlapped pipeline (dn2's own end to end) where
+    it ran, the sequential one's ratio beside it; the sequential one alone otherwise."""
+    seq = r.get("x_torch_eager_per_pass") or []
+    ovl = r.get("x_torch_eager_overlapped_per_pass") or []
+    if not any(v is not None for v in ovl):
+        return _goal(goal_id, r["name"], r["x_torch_eager"], _passes_note(seq))
+    note = _passes_note(ovl)
+    seq_note = f"sequential stages: {_f(r['x_torch_eager'], 3)}"
+    note = f"{note}; {seq_note}" if note else seq_note
+    return _goal(goal_id, f"{r['name']}, overlapped", r["x_torch_eager_overlapped"], note)
+
+
 def _row_goals(rows: Sequence[Dict[str, object]]) -> Dict[str, List[Dict[str, object]]]:
     """The goals read off the pipeline rows, by goal id."""
     out: Dict[str, List[Dict[str, object]]] = {g[0]: [] for g in GOALS}
     for r in rows:
         kind, name = r["kind"], r["name"]
         per_pass = r.get("per_pass") or {}
-        x_note = _passes_note(r.get("x_torch_eager_per_pass") or [])
-        if kind == "int8":
-            out["int8_vs_torch"].append(_goal("int8_vs_torch", name, r["x_torch_eager"], x_note))
-        if kind == "fp32":
-            out["fp32_vs_torch"].append(_goal("fp32_vs_torch", name, r["x_torch_eager"], x_note))
+        if kind in ("fp32", "int8"):
+            out[f"{kind}_vs_torch"].append(_x_torch_goal(f"{kind}_vs_torch", r))
         if kind in ("fp32", "int8") and r.get("overlapped_over_bare_model") is not None:
             # end to end as dn2 score and fit run it: decode pool, model and kNN overlapped
             where = f"{name}, overlapped"
@@ -249,7 +266,8 @@ def format_tables(report: Dict[str, object]) -> str:
         "stage columns: ms per image inside the pipeline; p50/p95: latency of one batch, "
         "decode to decision; bare model: the model stage alone on prepared batches, "
         "back to back; x torch and e2e/bare: medians over the passes of each pass's ratio "
-        "(end-to-end img/s over torch-eager's or the bare model's in the same pass); model "
+        "(the stages run one after the other, img/s over torch-eager's or the bare model's "
+        "in the same pass; the goals read dn2's overlapped pipeline, the next line); model "
         "GFLOP/s and % peak: the bare model stage"
     )
     ovl = [r for r in report["pipelines"] if r.get("overlapped_img_per_s")]
@@ -258,18 +276,22 @@ def format_tables(report: Dict[str, object]) -> str:
             "overlapped (decode pool, model and kNN overlapped as dn2 score runs them): "
             + ", ".join(
                 f"{r['name']} batch {r['batch']} {r['overlapped_img_per_s']:.2f} img/s = "
+                f"{_f(r.get('x_torch_eager_overlapped'), 3)} x torch, "
                 f"{_f(r.get('overlapped_over_bare_model_median'), 3)} of bare"
                 for r in ovl
             )
         )
     if cfg.get("passes", 1) > 1:
-        lines.append("per pass (in order; x torch, then overlapped / bare where run):")
+        lines.append(
+            "per pass (in order; x torch sequential, x torch overlapped, overlapped / bare):"
+        )
         for r in report["pipelines"]:
             if r["kind"] == "torch":
                 continue
             x = ", ".join(_f(v, 3) for v in r.get("x_torch_eager_per_pass") or [])
+            xo = ", ".join(_f(v, 3) for v in r.get("x_torch_eager_overlapped_per_pass") or [])
             o = ", ".join(_f(v, 3) for v in r["per_pass"]["overlapped_over_bare_model"])
-            lines.append(f"  {r['name']}: x torch {x}; overlapped / bare {o}")
+            lines.append(f"  {r['name']}: x torch {x}; overlapped {xo or '-'}; / bare {o}")
     if report.get("agreement"):
         lines += [
             "",
