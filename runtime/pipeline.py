@@ -17,7 +17,8 @@ the next one, so the latency of one image is decode + model + tail, as without o
 run at nice ``DECODE_NICE`` (Linux; a nice value is per thread): when the model's onnxruntime
 threads wake they take the cores back at once, instead of waiting for a decode to be
 preempted mid-operator while the other model thread waits for them (BENCHMARKS.md "The
-pipeline behind the model"); the model and tail threads keep the caller's priority. While a pool runs,
+pipeline behind the model"); the model and tail threads keep the caller's priority, and
+``DN2_DECODE_NICE`` sets another value (``decode_nice_setting``). While a pool runs,
 OpenCV's own thread pool is set to one thread (``decode_threads``, restored after): the pool
 already decodes several files at once, and OpenCV's workers on top would take the cores from
 the model's onnxruntime threads mid-operator (BENCHMARKS.md "The pipeline behind the model").
@@ -45,7 +46,7 @@ import numpy as np
 from .errors import Dn2Error
 
 _END = object()
-DECODE_NICE = 19  # the decode pool's nice value; 0 leaves it at the caller's (see the doc)
+DECODE_NICE = 19  # the decode pool's nice value (see the doc); DN2_DECODE_NICE overrides it
 
 
 @dataclass
@@ -82,6 +83,21 @@ def decode_threads(enabled: bool = True):
             _cv_users[0] -= 1
             if _cv_users[0] == 0:
                 cv2.setNumThreads(_cv_users[1])
+
+
+def decode_nice_setting():
+    """The decode pool's priority: ``DN2_DECODE_NICE`` (a nice value 0-19, or ``idle``) where
+    set, else ``DECODE_NICE``. 0 keeps the caller's, for a box whose other processes keep every
+    core busy (there a pool at nice 19 gets little CPU and the run slows)."""
+    raw = os.environ.get("DN2_DECODE_NICE", "").strip()
+    if not raw:
+        return DECODE_NICE
+    if raw == "idle":
+        return raw
+    value = int(raw) if raw.isdigit() else -1
+    if not 0 <= value <= 19:
+        raise Dn2Error(f"DN2_DECODE_NICE: expected a nice value 0-19 or 'idle', found {raw!r}")
+    return value
 
 
 def lower_priority(nice) -> None:
@@ -168,16 +184,19 @@ def overlapped(
     size: Optional[Callable[[Any], int]] = None,
     collate: Callable[[List], Any] = np.stack,
     opencv_one_thread: bool = True,
-    decode_nice=DECODE_NICE,
+    decode_nice=None,
     tail_nice=None,
 ) -> Iterator[Batch]:
     """See the module doc. ``size(x)``: how many model inputs one load holds (a frame cut
     into tiles), so a batch holds about ``batch`` inputs; ``collate(loads)`` makes the model's
     argument (default ``np.stack``); ``opencv_one_thread=False`` leaves OpenCV's thread pool
     as the caller set it while the decode pool runs; ``decode_nice`` / ``tail_nice``: the
-    decode pool's and the tail thread's priority (see ``lower_priority``; for A/B runs)."""
+    decode pool's and the tail thread's priority (see ``lower_priority``; ``decode_nice``
+    None: ``decode_nice_setting()``)."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, found {batch}")
+    if decode_nice is None:
+        decode_nice = decode_nice_setting()
     tail = tail or (lambda y: y)
 
     if workers == 0:

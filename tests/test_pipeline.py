@@ -248,3 +248,29 @@ def test_decode_and_tail_threads_run_at_the_asked_priority_and_the_caller_keeps_
     seen.clear()
     list(overlapped(good, load, emb.embed_batch, batch=2, decode_nice=0))
     assert set(seen) == {mine}
+
+
+def test_the_decode_priority_follows_the_environment_and_a_bad_value_is_named(files, monkeypatch):
+    from dn2.runtime.errors import Dn2Error
+    from dn2.runtime.pipeline import DECODE_NICE
+
+    model, paths, bad = files
+    emb = Embedder(model, batch_size=2)
+    good = [p for p in paths if p not in bad][:4]
+    mine = _nice_and_policy()
+    seen = []
+
+    def load(p):
+        seen.append(_nice_and_policy()[0])
+        return emb.load_file(p)
+
+    for env, want in (("", max(mine[0], DECODE_NICE)), ("0", mine[0]), ("7", max(mine[0], 7))):
+        monkeypatch.setenv("DN2_DECODE_NICE", env)
+        seen.clear()
+        assert sum(len(b.items) for b in overlapped(good, load, emb.embed_batch, batch=2)) == 4
+        assert set(seen) == {want}, env
+    monkeypatch.setenv("DN2_DECODE_NICE", "-3")
+    with pytest.raises(
+        Dn2Error, match="DN2_DECODE_NICE: expected a nice value 0-19 or 'idle', found '-3'"
+    ):
+        list(overlapped(good, load, emb.embed_batch, batch=2))

@@ -3,7 +3,9 @@
 JSON (schema ``dn2-bench-1``): ``config``, ``machine``, ``sgemm`` (measured peak), ``model_flops``
 (how counted), ``pipelines`` (one object per pipeline and batch size: ``name`` containing torch /
 fp32 / int8, ``img_per_s``, latency p50/p95, per-stage ms per image, ratio to torch-eager at the
-same batch, achieved model-stage GFLOP/s and its share of the sgemm peak), ``agreement``
+same batch (``x_torch_eager`` for the sequential rows, ``x_torch_eager_overlapped`` for dn2's
+overlapped pipeline, which the goals read), achieved model-stage GFLOP/s and its share of the
+sgemm peak), ``agreement``
 (embedding cosines between pipelines, and the int8 vs fp32 kNN rank agreement), ``int8_choice``
 (the export gate's), ``accuracy`` (``--accuracy``), ``streams`` (``--streams-json``) and ``goals``
 (every target: measured and met or missed, or not measured and why).
