@@ -85,25 +85,31 @@ def decode_threads(enabled: bool = True):
                 cv2.setNumThreads(_cv_users[1])
 
 
+def check_nice(value, what: str):
+    """``value`` as a priority setting: an int 0-19 or ``"idle"`` (None: the caller's)."""
+    if value is None or value == "idle":
+        return value
+    text = str(value).strip()
+    number = int(text) if text.isascii() and text.isdigit() else -1
+    if isinstance(value, bool) or not 0 <= number <= 19:
+        raise Dn2Error(f"{what}: expected a nice value 0-19 or 'idle', found {value!r}")
+    return number
+
+
 def decode_nice_setting():
     """The decode pool's priority: ``DN2_DECODE_NICE`` (a nice value 0-19, or ``idle``) where
     set, else ``DECODE_NICE``. 0 keeps the caller's, for a box whose other processes keep every
-    core busy (there a pool at nice 19 gets little CPU and the run slows)."""
+    core busy (there a pool at nice 19 would get little CPU and the run would slow)."""
     raw = os.environ.get("DN2_DECODE_NICE", "").strip()
-    if not raw:
-        return DECODE_NICE
-    if raw == "idle":
-        return raw
-    value = int(raw) if raw.isdigit() else -1
-    if not 0 <= value <= 19:
-        raise Dn2Error(f"DN2_DECODE_NICE: expected a nice value 0-19 or 'idle', found {raw!r}")
-    return value
+    return check_nice(raw, "DN2_DECODE_NICE") if raw else DECODE_NICE
 
 
 def lower_priority(nice) -> None:
     """This thread (Linux: a nice value and a policy are per thread) at a lower priority:
     ``nice`` 1-19 raises its nice value to that, ``"idle"`` makes it SCHED_IDLE; 0 or None
-    leaves it. Best effort: where the OS refuses or lacks it, the thread runs as it was."""
+    leaves it. Best effort: where the OS refuses or lacks it, the thread runs as it was.
+    Threads and processes this thread starts inherit the priority (OpenCV is kept at one
+    thread while a decode pool runs, so it starts no pool of its own from here)."""
     if not nice:
         return
     try:
@@ -135,7 +141,9 @@ def prefetched(
 ) -> Iterator[Tuple]:
     """``(item, x, error)`` for every item in input order, ``load`` running in ``workers``
     threads up to ``window`` items ahead (``workers=0``: in the calling thread); OpenCV at one
-    thread meanwhile unless ``opencv_one_thread=False`` (see ``decode_threads``)."""
+    thread meanwhile unless ``opencv_one_thread=False`` (see ``decode_threads``); the threads
+    at priority ``nice`` (``lower_priority``; None: the caller's). Leaving early cancels the
+    loads not yet started."""
     if workers == 0:
         yield from (_safe(load, it) for it in items)
         return
@@ -143,14 +151,17 @@ def prefetched(
     pool = ThreadPoolExecutor(
         workers, thread_name_prefix="dn2-decode", initializer=lower_priority, initargs=(nice,)
     )
-    with decode_threads(opencv_one_thread), pool as ex:
-        todo = deque(ex.submit(_safe, load, x) for x in islice(it, window + workers))
-        while todo:
-            res = todo.popleft().result()
-            nxt = next(it, _END)
-            if nxt is not _END:
-                todo.append(ex.submit(_safe, load, nxt))
-            yield res
+    with decode_threads(opencv_one_thread):
+        try:
+            todo = deque(pool.submit(_safe, load, x) for x in islice(it, window + workers))
+            while todo:
+                res = todo.popleft().result()
+                nxt = next(it, _END)
+                if nxt is not _END:
+                    todo.append(pool.submit(_safe, load, nxt))
+                yield res
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _batches(items, load, batch, workers, ahead, size, opencv_one_thread=True, nice=None):
@@ -195,14 +206,16 @@ def overlapped(
     None: ``decode_nice_setting()``)."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, found {batch}")
-    if decode_nice is None:
-        decode_nice = decode_nice_setting()
     tail = tail or (lambda y: y)
+    tail_nice = check_nice(tail_nice, "tail_nice")
 
     if workers == 0:
         for good, xs, errs, order in _batches(items, load, batch, 0, ahead, size):
             yield Batch(good, tail(model(collate(xs))) if xs else None, errs, order)
         return
+    decode_nice = (
+        decode_nice_setting() if decode_nice is None else check_nice(decode_nice, "decode_nice")
+    )
     stop = threading.Event()
     to_tail: queue.Queue = queue.Queue(maxsize=1)  # the model runs at most 1 batch ahead
     out: queue.Queue = queue.Queue(maxsize=2)

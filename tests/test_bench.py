@@ -43,7 +43,7 @@ def report(work):
 
 def test_report_schema(report):
     json.dumps(report)  # the whole report must serialise
-    assert report["schema"] == "dn2-bench-1"
+    assert report["schema"] == "dn2-bench-2"
     pipes = report["pipelines"]
     names = [p["name"] for p in pipes]
     # three pipelines x two batch sizes, each name says which pipeline it is
@@ -384,3 +384,37 @@ def test_ratios_are_medians_of_per_pass_ratios(work):
             assert g["measured"] == pytest.approx(row["x_torch_eager_overlapped"], abs=1e-3)
             assert f"sequential stages: {row['x_torch_eager']:.3f}" in g["note"]
     assert "per pass (in order" in format_tables(rep)
+
+
+def _row(kind, seq, ovl):
+    """A pipeline row as build_report makes it: per-pass x torch-eager, sequential and
+    overlapped (no timing)."""
+    med = sorted(seq)[len(seq) // 2] if seq else None
+    omed = sorted(ovl)[len(ovl) // 2] if ovl else None
+    return {
+        "kind": kind,
+        "name": f"dn2-{kind} b1",
+        "per_pass": {},
+        "x_torch_eager_per_pass": seq,
+        "x_torch_eager": med,
+        "x_torch_eager_overlapped_per_pass": ovl,
+        "x_torch_eager_overlapped": omed,
+    }
+
+
+def test_x_torch_goals_read_the_overlapped_pipeline_and_fall_back_to_the_sequential_one():
+    goals = evaluate_goals(
+        [
+            _row("int8", [2.5, 2.6, 2.4], [2.9, 3.1, 2.8]),  # both ran: the overlapped decides
+            _row("fp32", [1.6], []),  # no overlapped pass: the sequential ratio, said so
+        ]
+    )
+    by = {g["goal"]: g for g in goals if g["goal"] in ("int8_vs_torch", "fp32_vs_torch")}
+    i8, f32 = by["int8_vs_torch"], by["fp32_vs_torch"]
+    assert i8["measured"] == 2.9 and i8["met"] and i8["what"].endswith("(dn2-int8 b1, overlapped)")
+    assert i8["note"] == "median of 3 passes: 2.900, 3.100, 2.800; sequential stages: 2.500"
+    assert f32["measured"] == 1.6 and f32["met"] and f32["what"].endswith("(dn2-fp32 b1)")
+    assert "overlapped" not in f32["what"] and "note" not in f32  # one pass: nothing to list
+    # a row with no torch-eager reference (no ratio at all): not measured, never a crash
+    none = evaluate_goals([_row("int8", [], [])])
+    assert [g["met"] for g in none if g["goal"] == "int8_vs_torch"] == [None]

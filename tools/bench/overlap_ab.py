@@ -6,8 +6,8 @@
 The bench's dn2 pipeline (``dn2.tools.bench.dn2pipe``: the runtime's decode, resize, model
 and exact kNN over a 5000 x 2048 bank) through ``dn2.runtime.pipeline.overlapped``, with:
 
-* ``default``: as the runtime runs it (decode pool of 2 at nice ``DECODE_NICE``, OpenCV at
-  one thread meanwhile);
+* ``default``: as the runtime runs it (decode pool of 2 at the runtime's priority setting,
+  ``DN2_DECODE_NICE`` or else ``DECODE_NICE``; OpenCV at one thread meanwhile);
 * ``nice0``: the decode pool at the caller's priority;
 * ``idle``: the decode pool at SCHED_IDLE (it runs only on a core nothing else wants);
 * ``tail19``: the kNN / decision thread at nice 19 too;

@@ -1,7 +1,8 @@
 """dn2-bench's report: the JSON document and the printed markdown tables.
 
-JSON (schema ``dn2-bench-1``): ``config``, ``machine``, ``sgemm`` (measured peak), ``model_flops``
-(how counted), ``pipelines`` (one object per pipeline and batch size: ``name`` containing torch /
+JSON (schema ``dn2-bench-2``; ``-1`` judged the speed goals on the sequential rows):
+``config``, ``machine``, ``sgemm`` (measured peak), ``model_flops`` (how counted),
+``pipelines`` (one object per pipeline and batch size: ``name`` containing torch /
 fp32 / int8, ``img_per_s``, latency p50/p95, per-stage ms per image, ratio to torch-eager at the
 same batch (``x_torch_eager`` for the sequential rows, ``x_torch_eager_overlapped`` for dn2's
 overlapped pipeline, which the goals read), achieved model-stage GFLOP/s and its share of the
@@ -19,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .pipelines import STAGES
 
-SCHEMA = "dn2-bench-1"
+SCHEMA = "dn2-bench-2"
 GOALS = (  # (id, text, comparison, target)
     ("int8_vs_torch", "dn2 int8 end-to-end / torch-eager", ">=", 2.7),
     ("int8_rank", "int8 vs fp32 kNN rank agreement (Spearman, leave-one-out k=2)", ">=", 0.95),
@@ -293,7 +294,9 @@ def format_tables(report: Dict[str, object]) -> str:
             x = ", ".join(_f(v, 3) for v in r.get("x_torch_eager_per_pass") or [])
             xo = ", ".join(_f(v, 3) for v in r.get("x_torch_eager_overlapped_per_pass") or [])
             o = ", ".join(_f(v, 3) for v in r["per_pass"]["overlapped_over_bare_model"])
-            lines.append(f"  {r['name']}: x torch {x}; overlapped {xo or '-'}; / bare {o}")
+            lines.append(
+                f"  {r['name']}: x torch {x}; overlapped {xo or '-'}; overlapped / bare {o}"
+            )
     if report.get("agreement"):
         lines += [
             "",
