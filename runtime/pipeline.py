@@ -14,11 +14,12 @@
 Batches come out in input order, each as soon as its tail is done (a batch never waits for
 the next one, so the latency of one image is decode + model + tail, as without overlap).
 ``workers=0`` runs everything on the caller's thread (no threads at all). The pool's threads
-run at nice ``DECODE_NICE`` (Linux; a nice value is per thread): when the model's onnxruntime
-threads wake they take the cores back at once, instead of waiting for a decode to be
-preempted mid-operator while the other model thread waits for them (BENCHMARKS.md "The
-pipeline behind the model"); the model and tail threads keep the caller's priority, and
-``DN2_DECODE_NICE`` sets another value (``decode_nice_setting``). While a pool runs,
+run at nice ``DECODE_NICE`` (Linux; a nice value is per thread), so that a woken onnxruntime
+thread should get its core back at once instead of waiting for a decode to be preempted while
+the other model thread waits at the operator's barrier (inferred, not traced; the A/B is in
+BENCHMARKS.md "The pipeline behind the model"); the model and tail threads keep the
+caller's priority, and ``DN2_DECODE_NICE`` sets another value (``decode_nice_setting``).
+While a pool runs,
 OpenCV's own thread pool is set to one thread (``decode_threads``, restored after): the pool
 already decodes several files at once, and OpenCV's workers on top would take the cores from
 the model's onnxruntime threads mid-operator (BENCHMARKS.md "The pipeline behind the model").

@@ -9,7 +9,7 @@ and exact kNN over a 5000 x 2048 bank) through ``dn2.runtime.pipeline.overlapped
 * ``default``: as the runtime runs it (decode pool of 2 at the runtime's priority setting,
   ``DN2_DECODE_NICE`` or else ``DECODE_NICE``; OpenCV at one thread meanwhile);
 * ``nice0``: the decode pool at the caller's priority;
-* ``idle``: the decode pool at SCHED_IDLE (it runs only on a core nothing else wants);
+* ``idle``: the decode pool at SCHED_IDLE (a sliver of CPU while anything else wants a core);
 * ``tail19``: the kNN / decision thread at nice 19 too;
 * ``opencv-pool``: OpenCV's own pool left at ``--threads`` threads inside the decode pool;
 * ``workers1``: a decode pool of one thread.
